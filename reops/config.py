@@ -1,0 +1,60 @@
+"""Settings: every timeout, bound and policy comes from here, never from a literal in code.
+
+Values come from, in order: defaults below, `~/.reops/config.toml` (or $REOPS_CONFIG),
+`REOPS_<NAME>` environment variables, then command-line flags.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+HostKeyPolicy = Literal["strict", "accept-new", "off"]
+
+
+def home() -> Path:
+    """reops' own directory (keys, store, sockets): $REOPS_HOME or ~/.reops."""
+    return Path(os.environ.get("REOPS_HOME", Path.home() / ".reops")).expanduser()
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """How to reach hosts: bounds, timeouts and the host-key policy."""
+
+    forks: int = 256  # hosts worked on at once; sized for hundreds of hosts
+    connect_timeout: float = 10.0  # seconds to connect + authenticate
+    command_timeout: float | None = None  # seconds per command; None waits forever
+    idle_timeout: float = 60.0  # seconds an unused SSH connection stays open
+    host_key_checking: HostKeyPolicy = "strict"
+    known_hosts: str | None = None  # default: ~/.ssh/known_hosts, as ssh does
+    user: str | None = None
+    sudo: bool = False
+    keepalive_interval: float = 15.0  # SSH keepalives, so dead peers are noticed
+
+    def with_(self, **changes: Any) -> Settings:
+        clean = {k: v for k, v in changes.items() if v is not None}
+        return msgspec.structs.replace(self, **clean)
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("REOPS_CONFIG", home() / "config.toml")).expanduser()
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Settings from the config file's [ssh] table and REOPS_* variables."""
+    data: dict[str, Any] = {}
+    p = path or config_path()
+    if p.exists():
+        with p.open("rb") as f:
+            data.update(tomllib.load(f).get("ssh", {}))
+    for name in Settings.__struct_fields__:
+        env = os.environ.get(f"REOPS_{name.upper()}")
+        if env is not None:
+            data[name] = env
+    try:
+        return msgspec.convert(data, Settings, strict=False)
+    except msgspec.ValidationError as e:
+        raise ValueError(f"{p}: [ssh] {e}") from None
