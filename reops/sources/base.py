@@ -1,0 +1,37 @@
+"""The contract every transport implements: run one Op on one Host, return one Result.
+
+An executor never raises for a host's failure: a host that is down, a hung command, a
+refused key, a lost agent — each comes back as a failure Result with a clear `err`.
+The stream layer adds bounded concurrency and turns executors into Observables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from reops.config import Settings
+from reops.model import Host, Line, Result
+from reops.ops.base import Op
+
+LineSink = Callable[[Line], None]
+
+
+class Executor(Protocol):
+    """Runs ops on hosts over one transport (ssh, agent, libvirt, local)."""
+
+    transport: str
+
+    async def run(
+        self, host: Host, op: Op, settings: Settings, on_line: LineSink | None = None
+    ) -> Result:
+        """Run `op` on `host`; stream output lines to `on_line` when given."""
+        ...
+
+    def available(self, host: Host) -> bool:
+        """Whether this transport can reach `host` now (agents: connected + accepted)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; safe to call twice."""
+        ...
