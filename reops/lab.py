@@ -1,0 +1,592 @@
+"""A local fleet of real OpenSSH sshd "hosts" on loopback, for demos and tests.
+
+Each host is its own sshd listening on its own 127.0.x.y address with its own ed25519
+host key, so everything reops does over SSH (strict known_hosts, key auth, sftp, many
+hosts at once, a host going down, a changed host key) is exercised against the real
+server rather than a mock.
+
+Readiness is event-driven: sshd (Debian/Ubuntu builds, and upstream >= 9.8) sends the
+systemd notification ``READY=1`` on ``$NOTIFY_SOCKET`` once its listen socket is bound.
+Daemonising is *not* a readiness signal: sshd forks into the background before it binds.
+
+    >>> lab = Lab(Path("lab"), hosts=20)
+    >>> info = lab.up()
+    >>> lab.stop_host("web1"); lab.start_host("web1")
+    >>> Lab.load(Path("lab")).down()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import pwd
+import secrets
+import selectors
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from reops.model import Host, Hosts
+
+#: the login user created for the lab when running as root
+LAB_USER = "reops-lab"
+#: where the first host listens; 127.0.0.1 is never used (it is everybody's localhost)
+FIRST_ADDRESS = "127.0.1.1"
+DEFAULT_PORT = 2222
+DEFAULT_HOSTS = 20
+#: seconds to wait for all sshd processes to report readiness (or exit) before giving up
+START_TIMEOUT = 60.0
+#: seconds to wait for an sshd to exit after SIGTERM before sending SIGKILL
+STOP_TIMEOUT = 10.0
+
+STATE_VERSION = 1
+ROLES = {"web": "frontend", "db": "database", "cache": "cache"}
+GROUP_VARS: dict[str, dict[str, Any]] = {
+    "web": {"http_port": 8080},
+    "db": {"db_port": 5432},
+    "cache": {"cache_port": 6379},
+}
+_CRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
+
+
+class LabError(RuntimeError):
+    """The lab could not be brought up, acted on or found; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class LabInfo:
+    """Everything a client needs to reach a running lab."""
+
+    root: Path
+    inventory: Path
+    known_hosts: Path
+    key: Path
+    hosts: Mapping[str, str]  # name -> address, in inventory order
+    user: str
+    port: int
+
+    def as_hosts(self) -> Hosts:
+        """The lab's hosts as model values (key, known_hosts, port and user filled in)."""
+        return Hosts(
+            Host(
+                name=name,
+                address=address,
+                port=self.port,
+                user=self.user,
+                key=str(self.key),
+                known_hosts=str(self.known_hosts),
+                groups=(_group_of(name),),
+                tags={"dc": _dc_of(name), "role": ROLES[_group_of(name)]},
+                vars=dict(GROUP_VARS[_group_of(name)]),
+            )
+            for name, address in self.hosts.items()
+        )
+
+
+def _group_of(name: str) -> str:
+    return name.rstrip("0123456789")
+
+
+def _dc_of(name: str) -> str:
+    return "ams" if int(name[len(_group_of(name)) :]) % 2 else "fra"
+
+
+def host_names(n: int) -> list[str]:
+    """About half web, a quarter db, a quarter cache: web1.., db1.., cache1..."""
+    db, cache = (n + 1) // 4, (n + 2) // 4
+    web = n - db - cache
+    return [
+        *(f"web{i}" for i in range(1, web + 1)),
+        *(f"db{i}" for i in range(1, db + 1)),
+        *(f"cache{i}" for i in range(1, cache + 1)),
+    ]
+
+
+def addresses(first: str, n: int) -> list[str]:
+    """n loopback addresses from `first`, skipping .0, .255 and 127.0.0.1."""
+    addr = ipaddress.IPv4Address(first)
+    loopback = ipaddress.IPv4Network("127.0.0.0/8")
+    out: list[str] = []
+    while len(out) < n:
+        if addr not in loopback:
+            raise LabError(f"ran out of loopback addresses after {first} for {n} hosts")
+        last = int(addr) & 0xFF
+        if last not in (0, 255) and str(addr) != "127.0.0.1":
+            out.append(str(addr))
+        addr += 1
+    return out
+
+
+def known_hosts_pattern(address: str, port: int) -> str:
+    """How ssh names a host in known_hosts: bare for port 22, else [addr]:port."""
+    return address if port == 22 else f"[{address}]:{port}"
+
+
+class Lab:
+    """A fleet of sshd processes under `root`; state lives in root/state.json."""
+
+    def __init__(
+        self,
+        root: Path,
+        hosts: int = DEFAULT_HOSTS,
+        base_port: int = DEFAULT_PORT,
+        user: str | None = None,
+        *,
+        first_address: str = FIRST_ADDRESS,
+        start_timeout: float = START_TIMEOUT,
+        stop_timeout: float = STOP_TIMEOUT,
+    ) -> None:
+        if hosts < 1:
+            raise LabError(f"a lab needs at least one host, not {hosts}")
+        self.root = Path(root).absolute()
+        self.port = base_port
+        self.first_address = first_address
+        self.as_root = os.geteuid() == 0
+        self.user = user or (LAB_USER if self.as_root else pwd.getpwuid(os.geteuid()).pw_name)
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        names = host_names(hosts)
+        self.hosts: dict[str, str] = dict(zip(names, addresses(first_address, hosts), strict=True))
+        self.pids: dict[str, int | None] = dict.fromkeys(names)
+
+    # -- paths -------------------------------------------------------------------------
+
+    @property
+    def state_path(self) -> Path:
+        return self.root / "state.json"
+
+    def host_dir(self, name: str) -> Path:
+        return self.root / "hosts" / name
+
+    def config_path(self, name: str) -> Path:
+        return self.host_dir(name) / "sshd_config"
+
+    def log_path(self, name: str) -> Path:
+        return self.host_dir(name) / "sshd.log"
+
+    @property
+    def info(self) -> LabInfo:
+        """Where the lab's inventory, keys and hosts are (valid once up)."""
+        return LabInfo(
+            root=self.root,
+            inventory=self.root / "inventory.toml",
+            known_hosts=self.root / "known_hosts",
+            key=self.root / "id_ed25519",
+            hosts=dict(self.hosts),
+            user=self.user,
+            port=self.port,
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, root: Path) -> Lab:
+        """The lab whose state is in `root` (e.g. to stop it from another process)."""
+        root = Path(root).absolute()
+        try:
+            state = json.loads((root / "state.json").read_text())
+        except FileNotFoundError:
+            raise LabError(f"no lab at {root} (no state.json; is it up?)") from None
+        except json.JSONDecodeError as e:
+            raise LabError(f"{root / 'state.json'}: {e}") from None
+        if state.get("version") != STATE_VERSION:
+            raise LabError(f"{root / 'state.json'}: unknown state version {state.get('version')}")
+        lab = cls.__new__(cls)
+        lab.root = root
+        lab.port = state["port"]
+        lab.first_address = state["first_address"]
+        lab.as_root = os.geteuid() == 0
+        lab.user = state["user"]
+        lab.start_timeout = state.get("start_timeout", START_TIMEOUT)
+        lab.stop_timeout = state.get("stop_timeout", STOP_TIMEOUT)
+        lab.hosts = {name: h["address"] for name, h in state["hosts"].items()}
+        lab.pids = {name: h["pid"] for name, h in state["hosts"].items()}
+        return lab
+
+    def up(self) -> LabInfo:
+        """Generate keys and configs, start every host's sshd at once, return the info."""
+        if self.state_path.exists() and any(self.status().values()):
+            raise LabError(f"a lab is already up at {self.root}; take it down first")
+        sshd = _sshd_binary()
+        if self.as_root:
+            _ensure_root_prerequisites(self.user)
+        self._write_files()
+        self._save()
+        try:
+            self._start(list(self.hosts), sshd)
+        except BaseException:
+            self.down()
+            raise
+        return self.info
+
+    def down(self) -> None:
+        """Stop every sshd this lab started (and their sessions); forget the state."""
+        if not self.state_path.exists() and not any(self.pids.values()):
+            return
+        self._stop(list(self.hosts))
+        self.state_path.unlink(missing_ok=True)
+
+    def status(self) -> dict[str, bool]:
+        """Which hosts are up: name -> True when its sshd is running."""
+        return {name: self._alive(name) for name in self.hosts}
+
+    def stop_host(self, name: str) -> None:
+        """Take one host down: its sshd and its open sessions go away (connections refused)."""
+        self._check(name)
+        self._stop([name])
+        self._save()
+
+    def start_host(self, name: str) -> None:
+        """Bring one stopped host back, with whatever host key it has on disk."""
+        self._check(name)
+        if self._alive(name):
+            return
+        self._start([name], _sshd_binary())
+
+    def rotate_host_key(self, name: str) -> None:
+        """Give a host a new host key and restart it; known_hosts keeps the old key."""
+        self._check(name)
+        was_up = self._alive(name)
+        if was_up:
+            self._stop([name])
+        _write_key(self.host_dir(name) / "ssh_host_ed25519_key", _new_key())
+        if was_up:
+            self._start([name], _sshd_binary())
+        else:
+            self._save()
+
+    # -- files -------------------------------------------------------------------------
+
+    def _write_files(self) -> None:
+        """Keys, known_hosts, authorized_keys, inventory and one sshd_config per host."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)  # the login user must reach authorized_keys
+        client = _new_key()
+        _write_key(self.root / "id_ed25519", client)
+        pub = client.export_public_key("openssh").decode()
+        (self.root / "id_ed25519.pub").write_text(pub)
+        _write_text(self.root / "authorized_keys", pub, 0o644)
+        lines = []
+        for name, address in self.hosts.items():
+            d = self.host_dir(name)
+            d.mkdir(parents=True, exist_ok=True)
+            d.chmod(0o755)
+            key = _new_key()
+            _write_key(d / "ssh_host_ed25519_key", key)
+            host_pub = key.export_public_key("openssh").decode().split()
+            lines.append(f"{known_hosts_pattern(address, self.port)} {host_pub[0]} {host_pub[1]}\n")
+            self.config_path(name).write_text(self._sshd_config(name, address))
+        _write_text(self.root / "known_hosts", "".join(lines), 0o644)
+        _write_text(self.root / "inventory.toml", self._inventory(), 0o644)
+
+    def _sshd_config(self, name: str, address: str) -> str:
+        d = self.host_dir(name)
+        auth_keys = self.root / "authorized_keys"
+        lines = [
+            f"ListenAddress {address}:{self.port}",
+            "AddressFamily inet",
+            f"HostKey {d / 'ssh_host_ed25519_key'}",
+            f"PidFile {d / 'sshd.pid'}",
+            f"AuthorizedKeysFile {auth_keys}",
+            "PubkeyAuthentication yes",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "UsePAM no",
+            "StrictModes no",
+            "PermitRootLogin no",
+            f"AllowUsers {self.user}",
+            "MaxStartups 1000:30:2000",
+            "MaxSessions 100",
+            "UseDNS no",
+            "PrintMotd no",
+            "PrintLastLog no",
+            "LogLevel ERROR",
+            "Subsystem sftp internal-sftp",
+        ]
+        if self.as_root:
+            # sshd opens AuthorizedKeysFile as the login user, who cannot get through a
+            # 0700 parent (pytest's tmp dirs, /root); then the key comes from this command.
+            cat = shutil.which("cat") or "/usr/bin/cat"
+            path = str(auth_keys).replace("%", "%%").replace('"', '\\"')
+            lines += [f'AuthorizedKeysCommand {cat} "{path}"', "AuthorizedKeysCommandUser root"]
+        return "\n".join(lines) + "\n"
+
+    def _inventory(self) -> str:
+        out = [
+            "# generated by reops lab; relative paths are relative to this file",
+            "[defaults]",
+            f"user = {_toml_str(self.user)}",
+            f"port = {self.port}",
+            'key = "id_ed25519"',
+            'known_hosts = "known_hosts"',
+            "",
+        ]
+        groups = list(dict.fromkeys(_group_of(n) for n in self.hosts))
+        for g in groups:
+            kv = ", ".join(f"{k} = {json.dumps(v)}" for k, v in GROUP_VARS[g].items())
+            out += [f"[groups.{g}]", f"vars = {{ {kv} }}", ""]
+        for name, address in self.hosts.items():
+            g = _group_of(name)
+            out += [
+                f"[hosts.{name}]",
+                f"address = {_toml_str(address)}",
+                f"groups = [{_toml_str(g)}]",
+                f'tags = {{ dc = "{_dc_of(name)}", role = "{ROLES[g]}" }}',
+                "",
+            ]
+        return "\n".join(out)
+
+    def _save(self) -> None:
+        state = {
+            "version": STATE_VERSION,
+            "port": self.port,
+            "first_address": self.first_address,
+            "user": self.user,
+            "start_timeout": self.start_timeout,
+            "stop_timeout": self.stop_timeout,
+            "hosts": {n: {"address": a, "pid": self.pids.get(n)} for n, a in self.hosts.items()},
+        }
+        _write_text(self.state_path, json.dumps(state, indent=1) + "\n", 0o644)
+
+    # -- processes ------------------------------------------------------------------------
+
+    def _check(self, name: str) -> None:
+        if name not in self.hosts:
+            raise LabError(f"no host {name!r} in the lab at {self.root}")
+
+    def _ours(self, pid: int, name: str) -> bool:
+        """Whether `pid` is still this lab's sshd for `name` (pids get reused)."""
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        return str(self.config_path(name)).encode() in cmdline
+
+    def _alive(self, name: str) -> bool:
+        pid = self.pids.get(name)
+        if pid is None:
+            return False
+        _reap(pid)
+        return self._ours(pid, name)
+
+    def _start(self, names: list[str], sshd: str) -> None:
+        """Spawn one sshd per host, then wait for each to say READY=1 or to exit."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        notify = f"reops-lab-{os.getpid()}-{secrets.token_hex(8)}"
+        sock.bind("\0" + notify)  # abstract: no path length or permission trouble
+        env = {"NOTIFY_SOCKET": "@" + notify, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        pending: dict[int, str] = {}
+        with sock, selectors.DefaultSelector() as sel:
+            sel.register(sock, selectors.EVENT_READ)
+            try:
+                for name in names:
+                    pid = self._spawn(name, sshd, env)
+                    self.pids[name] = pid
+                    pending[pid] = name
+                    sel.register(os.pidfd_open(pid), selectors.EVENT_READ, pid)
+                self._save()
+                self._await_ready(sel, sock, pending)
+            finally:
+                for key in list(sel.get_map().values()):
+                    if key.data is not None:
+                        os.close(key.fd)
+
+    def _spawn(self, name: str, sshd: str, env: dict[str, str]) -> int:
+        log = self.log_path(name)
+        log.write_bytes(b"")
+        return os.posix_spawn(
+            sshd,
+            [sshd, "-D", "-e", "-f", str(self.config_path(name))],
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_APPEND, 0),
+                (os.POSIX_SPAWN_OPEN, 2, str(log), os.O_WRONLY | os.O_APPEND, 0),
+            ],
+            setsid=True,  # a Ctrl-C in the launching terminal must not take the lab down
+        )
+
+    def _await_ready(
+        self, sel: selectors.BaseSelector, sock: socket.socket, pending: dict[int, str]
+    ) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while pending:
+            events = sel.select(deadline - time.monotonic())
+            if not events:
+                names = ", ".join(sorted(pending.values()))
+                raise LabError(
+                    f"sshd did not report readiness within {self.start_timeout:g}s for: "
+                    f"{names} (reops lab needs an sshd with systemd notify support: "
+                    "Debian/Ubuntu builds or OpenSSH >= 9.8)"
+                )
+            for key, _ in events:
+                if key.data is None:  # a notification
+                    msg, anc, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(_CRED.size))
+                    pid = next(
+                        (
+                            _CRED.unpack(data[: _CRED.size])[0]
+                            for level, kind, data in anc
+                            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
+                        ),
+                        None,
+                    )
+                    if pid in pending and b"READY=1" in msg.split(b"\n"):
+                        name = pending.pop(pid)
+                        self._close_pidfd(sel, pid)
+                else:  # an sshd exited before it was ready
+                    pid = key.data
+                    name = pending.pop(pid)
+                    _reap(pid)
+                    self.pids[name] = None
+                    log = self.log_path(name).read_text(errors="replace").strip()
+                    raise LabError(
+                        f"sshd for {name} ({self.hosts[name]}:{self.port}) exited: "
+                        f"{log or 'no output'}\n  config: {self.config_path(name)}"
+                    )
+
+    @staticmethod
+    def _close_pidfd(sel: selectors.BaseSelector, pid: int) -> None:
+        for key in list(sel.get_map().values()):
+            if key.data == pid:
+                sel.unregister(key.fd)
+                os.close(key.fd)
+
+    def _stop(self, names: Iterable[str]) -> None:
+        """SIGTERM each host's sshd and its sessions; wait on pidfds until they are gone."""
+        listeners = {n: pid for n in names if (pid := self.pids.get(n)) and self._ours(pid, n)}
+        sessions = _children_of(set(listeners.values()))
+        fds: dict[int, int] = {}
+        for pid in [*listeners.values(), *sessions]:
+            try:
+                fds[os.pidfd_open(pid)] = pid
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+        try:
+            _wait_exit(fds, self.stop_timeout)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        for n in names:
+            pid = self.pids.get(n)
+            if pid is not None:
+                _reap(pid)
+            self.pids[n] = None
+            (self.host_dir(n) / "sshd.pid").unlink(missing_ok=True)
+
+
+def _wait_exit(fds: dict[int, int], timeout: float) -> None:
+    """Block until every pidfd in `fds` is readable (process gone); SIGKILL stragglers."""
+    left = dict(fds)
+    with selectors.DefaultSelector() as sel:
+        for fd in left:
+            sel.register(fd, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        killed = False
+        while left:
+            events = sel.select(max(0.0, deadline - time.monotonic()))
+            if not events:
+                if killed:
+                    raise LabError(f"processes {sorted(left.values())} did not exit")
+                for fd in left:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                killed, deadline = True, time.monotonic() + timeout
+            for key, _ in events:
+                sel.unregister(key.fd)
+                _reap(left.pop(key.fd))
+
+
+def _children_of(parents: set[int]) -> list[int]:
+    """Pids whose parent is in `parents`: sshd's per-connection processes."""
+    if not parents:
+        return []
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if ppid in parents:
+            out.append(int(entry.name))
+    return out
+
+
+def _reap(pid: int) -> None:
+    """Collect `pid` if it is our exited child, so it does not linger as a zombie."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _sshd_binary() -> str:
+    path = os.environ.get("PATH", "")
+    found = shutil.which("sshd", path=f"/usr/sbin:/usr/local/sbin:/sbin:{path}")
+    if not found:
+        raise LabError("sshd not found (install openssh-server)")
+    return os.path.abspath(found)  # sshd re-execs itself and insists on an absolute path
+
+
+def _ensure_root_prerequisites(user: str) -> None:
+    """As root: sshd's privsep dir and an unlocked login user with a cheap shell."""
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        _run(["useradd", "--system", "--create-home", "--shell", "/bin/sh", user])
+    # without PAM, sshd refuses accounts whose password field starts with "!" (locked);
+    # useradd --system creates exactly that. "*" means: no password, but not locked.
+    if _shadow_password(user).startswith("!"):
+        _run(["usermod", "--password", "*", user])
+
+
+def _shadow_password(user: str) -> str:
+    try:
+        for line in Path("/etc/shadow").read_text().splitlines():
+            fields = line.split(":")
+            if fields[0] == user and len(fields) > 1:
+                return fields[1]
+    except OSError:
+        pass
+    return ""
+
+
+def _run(cmd: list[str]) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise LabError(f"{' '.join(cmd)} failed: {done.stderr.strip() or done.returncode}")
+
+
+def _new_key() -> asyncssh.SSHKey:
+    return asyncssh.generate_private_key("ssh-ed25519")
+
+
+def _write_key(path: Path, key: asyncssh.SSHKey) -> None:
+    _write_text(path, key.export_private_key("openssh").decode(), 0o600)
+
+
+def _write_text(path: Path, text: str, mode: int) -> None:
+    """Write atomically with `mode` (readers never see a half-written file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _toml_str(s: str) -> str:
+    return json.dumps(s)  # a JSON string is a valid TOML basic string
