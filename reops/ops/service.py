@@ -1,0 +1,199 @@
+"""Services: start, stop, restart, reload, enable, disable and status on systemd or OpenRC.
+
+One script per host picks the init system (systemd when `/run/systemd/system` exists, as
+sd_booted(3) does; OpenRC when `rc-service` is installed), checks the service exists and
+only then acts, so the failures are clear: exit 66 `reops: service 'x' not found`, exit 69
+`reops: systemd is not running on this host …`. start/stop/enable/disable look before they
+act and report `changed` honestly; restart and reload always change.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from reops.ops.base import Op
+from reops.ops.text import (
+    CHANGED,
+    EX_NOINPUT,
+    EX_UNAVAILABLE,
+    UNCHANGED,
+    changed_marker,
+    fail,
+    key_values,
+    marker,
+    q,
+    script,
+    sections,
+    to_float,
+    to_int,
+)
+
+ACTIONS = ("start", "stop", "restart", "reload", "enable", "disable")
+_NAME = re.compile(r"[A-Za-z0-9@_.:\\-]+")
+
+
+class ServiceStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A service's state on one host (a row in a polars table)."""
+
+    name: str
+    init: str  # systemd | openrc
+    active: bool
+    state: str  # systemd ActiveState (active, failed, …) or OpenRC's (started, stopped, …)
+    sub: str = ""  # systemd SubState (running, exited, dead, …)
+    enabled: bool | None = None  # starts at boot; None when that does not apply (static)
+    unit_file_state: str = ""
+    pid: int | None = None
+    since: float | None = None  # epoch seconds the service last became active
+    description: str = ""
+
+
+def _preamble(name: str) -> str:
+    if not _NAME.fullmatch(name) or name.startswith("-"):
+        raise ValueError(f"not a service name: {name!r}")
+    not_running = ("systemd is not running on this host (no /run/systemd/system) "
+                   "and OpenRC is not installed")
+    return script(
+        f"svc={q(name)}",
+        "if [ -d /run/systemd/system ]; then init=systemd",
+        "elif command -v rc-service >/dev/null 2>&1; then init=openrc",
+        f"else {fail(EX_UNAVAILABLE, not_running)}",
+        "fi",
+        marker("init"),
+        'echo "$init"',
+        'if [ "$init" = systemd ]; then',
+        '  if [ "$(systemctl show -p LoadState --value -- "$svc")" = not-found ]; then',
+        f"    {fail(EX_NOINPUT, f'service {name} not found (systemd)')}",
+        "  fi",
+        'elif [ ! -x "/etc/init.d/$svc" ]; then',
+        f"  {fail(EX_NOINPUT, f'service {name} not found (OpenRC: no /etc/init.d/{name})')}",
+        "fi",
+    )
+
+
+_SYSTEMD = {
+    "start": ('systemctl is-active --quiet -- "$svc"', 'systemctl start -- "$svc"'),
+    "stop": ('! systemctl is-active --quiet -- "$svc"', 'systemctl stop -- "$svc"'),
+    "enable": ('systemctl is-enabled --quiet -- "$svc"', 'systemctl enable -- "$svc"'),
+    "disable": ('! systemctl is-enabled --quiet -- "$svc"', 'systemctl disable -- "$svc"'),
+    "restart": ("false", 'systemctl restart -- "$svc"'),
+    "reload": ("false", 'systemctl reload -- "$svc"'),
+}
+
+_OPENRC = {
+    "start": ('rc-service "$svc" status >/dev/null 2>&1', 'rc-service "$svc" start'),
+    "stop": ('! rc-service "$svc" status >/dev/null 2>&1', 'rc-service "$svc" stop'),
+    "enable": ('[ -e "/etc/runlevels/default/$svc" ]', 'rc-update add "$svc" default'),
+    "disable": ('[ ! -e "/etc/runlevels/default/$svc" ]', 'rc-update del "$svc" default'),
+    "restart": ("false", 'rc-service "$svc" restart'),
+    "reload": ("false", 'rc-service "$svc" reload'),
+}
+
+
+def _act(init_cmds: tuple[str, str]) -> str:
+    done, do = init_cmds
+    if done == "false":
+        return f"{do} && {CHANGED}"
+    return f"if {done}; then {UNCHANGED}; else {do} && {CHANGED}; fi"
+
+
+def action(verb: str, name: str, *, sudo: bool = False, become_user: str | None = None) -> Op:
+    """Run `verb` (start, stop, restart, reload, enable, disable) on service `name`."""
+    if verb not in ACTIONS:
+        raise ValueError(f"unknown service action {verb!r}; expected one of {ACTIONS}")
+    cmd = script(
+        _preamble(name),
+        'if [ "$init" = systemd ]; then',
+        f"  {_act(_SYSTEMD[verb])}",
+        "else",
+        f"  {_act(_OPENRC[verb])}",
+        "fi",
+    )
+    return Op(name=f"service.{verb}", command=cmd, sudo=sudo, become_user=become_user,
+              changed=changed_marker, parse=_parse_init)
+
+
+def start(name: str, *, sudo: bool = False, become_user: str | None = None) -> Op:
+    """Start `name` unless it is already running."""
+    return action("start", name, sudo=sudo, become_user=become_user)
+
+
+def stop(name: str, *, sudo: bool = False, become_user: str | None = None) -> Op:
+    """Stop `name` unless it is already stopped."""
+    return action("stop", name, sudo=sudo, become_user=become_user)
+
+
+def restart(name: str, *, sudo: bool = False, become_user: str | None = None) -> Op:
+    """Restart `name` (always a change)."""
+    return action("restart", name, sudo=sudo, become_user=become_user)
+
+
+def reload(name: str, *, sudo: bool = False, become_user: str | None = None) -> Op:
+    """Reload `name`'s configuration (always a change)."""
+    return action("reload", name, sudo=sudo, become_user=become_user)
+
+
+def enable(name: str, *, sudo: bool = False, become_user: str | None = None) -> Op:
+    """Make `name` start at boot unless it already does."""
+    return action("enable", name, sudo=sudo, become_user=become_user)
+
+
+def disable(name: str, *, sudo: bool = False, become_user: str | None = None) -> Op:
+    """Stop `name` starting at boot unless it already does not."""
+    return action("disable", name, sudo=sudo, become_user=become_user)
+
+
+def status(name: str, *, sudo: bool = False, become_user: str | None = None) -> Op:
+    """The state of `name`: `data` is a ServiceStatus (a query: never changes the host)."""
+    cmd = script(
+        _preamble(name),
+        marker("status"),
+        'if [ "$init" = systemd ]; then',
+        "  systemctl show -p Id,Description,LoadState,ActiveState,SubState,UnitFileState"
+        ',MainPID,ActiveEnterTimestamp -- "$svc"',
+        '  ts=$(systemctl show -p ActiveEnterTimestamp --value -- "$svc")',
+        '  [ -n "$ts" ] && echo "SinceEpoch=$(date -d "$ts" +%s 2>/dev/null)"',
+        "else",
+        '  echo "Id=$svc"',
+        '  echo "OpenRC=$(rc-service "$svc" status 2>&1 | tail -n 1)"',
+        '  if [ -e "/etc/runlevels/default/$svc" ]; then echo Enabled=yes;'
+        " else echo Enabled=no; fi",
+        '  [ -r "/run/$svc.pid" ] && echo "MainPID=$(cat "/run/$svc.pid")"',
+        "fi",
+        "exit 0",
+    )
+    return Op(name="service.status", command=cmd, sudo=sudo, become_user=become_user,
+              parse=lambda out: parse_status(name, out))
+
+
+def _parse_init(out: str) -> str:
+    return sections(out).get("init", "").strip()
+
+
+_ENABLED = {"enabled": True, "enabled-runtime": True, "linked": True, "linked-runtime": True,
+            "alias": True, "disabled": False, "masked": False, "masked-runtime": False}
+
+
+def parse_status(name: str, out: str) -> ServiceStatus:
+    """A status script's output into a ServiceStatus."""
+    parts = sections(out)
+    init = parts.get("init", "").strip()
+    kv = key_values(parts.get("status", ""))
+    pid = to_int(kv.get("MainPID"))
+    pid = pid or None  # systemd reports 0 when nothing runs
+    if init == "openrc":
+        line = kv.get("OpenRC", "")
+        m = re.search(r"status:\s*(\S+)", line)
+        state = m.group(1) if m else (line.strip() or "unknown")
+        return ServiceStatus(name=name, init=init, active=state == "started", state=state,
+                             enabled=kv.get("Enabled") == "yes", pid=pid)
+    state = kv.get("ActiveState", "unknown")
+    since = to_float(kv.get("SinceEpoch"))
+    ufs = kv.get("UnitFileState", "")
+    return ServiceStatus(
+        name=kv.get("Id", name), init=init or "systemd", active=state in ("active", "reloading"),
+        state=state, sub=kv.get("SubState", ""), enabled=_ENABLED.get(ufs),
+        unit_file_state=ufs, pid=pid, since=since if since else None,
+        description=kv.get("Description", ""),
+    )
