@@ -1,0 +1,97 @@
+"""`reops-agent`: the agent's command line (argparse: the agent depends on nothing else)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+from reops_agent import __version__
+from reops_agent.agent import Agent, AgentConfig
+from reops_agent.keys import load_keypair, parse_public_key
+from reops_agent.protocol import fingerprint, valid_name
+
+
+def default_keys_dir() -> Path:
+    """$REOPS_AGENT_HOME, else /var/lib/reops-agent for root, else ~/.reops-agent."""
+    env = os.environ.get("REOPS_AGENT_HOME")
+    if env:
+        return Path(env).expanduser()
+    return Path("/var/lib/reops-agent") if os.geteuid() == 0 else Path.home() / ".reops-agent"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="reops-agent",
+        description="Connect to a reops hub (CurveZMQ) and run functions for it.",
+        epilog="Shipped Python code is refused unless --allow-code is given: with it, the hub "
+        "can run any Python as this agent's user.",
+    )
+    p.add_argument("--hub", help="hub endpoint, e.g. tcp://10.0.0.1:7720")
+    p.add_argument("--hub-key", help="the hub's z85 public key (or a file holding it)")
+    p.add_argument("--name", default=socket.gethostname().split(".")[0],
+                   help="agent name (default: short hostname)")
+    p.add_argument("--keys-dir", type=Path, default=None,
+                   help="where the agent's key pair lives (default: $REOPS_AGENT_HOME, "
+                   "/var/lib/reops-agent as root, else ~/.reops-agent)")
+    p.add_argument("--allow-code", action="store_true",
+                   help="run Python functions shipped by the hub (off by default)")
+    p.add_argument("--concurrency", type=int, default=16, help="calls running at once")
+    p.add_argument("--heartbeat", type=float, default=5.0,
+                   help="seconds between heartbeats until the hub sets its own")
+    p.add_argument("--backlog", type=int, default=1000,
+                   help="schedule results kept while the hub is away (oldest dropped)")
+    p.add_argument("--reconnect-max", type=float, default=5.0,
+                   help="longest wait between reconnection attempts, seconds")
+    p.add_argument("--print-key", action="store_true",
+                   help="print this agent's public key and fingerprint, then exit")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--version", action="version", version=f"reops-agent {__version__}")
+    return p
+
+
+async def serve(cfg: AgentConfig) -> None:
+    """Run the agent until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await Agent(cfg).run(stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s reops-agent %(levelname)s %(message)s")
+    keys_dir = args.keys_dir or default_keys_dir()
+    try:
+        public, secret = load_keypair(keys_dir, "agent")
+    except OSError as e:
+        print(f"reops-agent: cannot read or create keys in {keys_dir}: {e}")
+        return 2
+    if args.print_key:
+        print(f"{public.decode()} {fingerprint(public.decode())}")
+        return 0
+    if not args.hub or not args.hub_key:
+        print("reops-agent: --hub and --hub-key are required (see --help)")
+        return 2
+    if not valid_name(args.name):
+        print(f"reops-agent: invalid --name {args.name!r}: letters, digits, . _ - only")
+        return 2
+    try:
+        hub_key = parse_public_key(args.hub_key)
+    except (OSError, ValueError) as e:
+        print(f"reops-agent: --hub-key: {e}")
+        return 2
+    cfg = AgentConfig(hub=args.hub, hub_key=hub_key, public_key=public, secret_key=secret,
+                      name=args.name, allow_code=args.allow_code,
+                      concurrency=max(1, args.concurrency), heartbeat_s=args.heartbeat,
+                      backlog=max(1, args.backlog), reconnect_max_s=args.reconnect_max)
+    asyncio.run(serve(cfg))
+    return 0
