@@ -216,8 +216,13 @@ class Lab:
 
     def up(self) -> LabInfo:
         """Generate keys and configs, start every host's sshd at once, return the info."""
-        if self.state_path.exists() and any(self.status().values()):
-            raise LabError(f"a lab is already up at {self.root}; take it down first")
+        if self.state_path.exists():
+            running = [n for n, up in Lab.load(self.root).status().items() if up]
+            if running:
+                raise LabError(
+                    f"a lab is already up at {self.root} ({len(running)} hosts running); "
+                    "take it down first"
+                )
         sshd = _sshd_binary()
         if self.as_root:
             _ensure_root_prerequisites(self.user)

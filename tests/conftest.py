@@ -1,0 +1,155 @@
+"""Shared fixtures: a real sshd fleet on loopback, plus hosts that hang or refuse.
+
+Address plan (all loopback, never 127.0.0.1), so test labs never meet a user's
+`reops lab up` (127.0.1.x:2222), each other, or another engineer's test session running
+at the same time (hence ephemeral ports, retried when taken):
+
+    127.0.1.x   : ephemeral   the session `lab`
+    127.0.10-249: ephemeral   one /24 per `lab_factory` lab
+    127.0.250.1 : ephemeral   `tarpit`
+    127.0.251.1 : ephemeral   `dead_address`
+
+Set REOPS_TEST_PORT to pin the labs' port (e.g. 2322) when debugging with `ssh`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reops.lab import FIRST_ADDRESS, Lab, LabError, LabInfo
+
+#: a fixed port for the test labs (unset: a free ephemeral port per lab)
+PINNED_PORT = int(os.environ.get("REOPS_TEST_PORT", "0"))
+#: how many ports to try when another process holds the one we picked
+PORT_ATTEMPTS = 5
+SESSION_LAB_HOSTS = 20
+TARPIT_ADDRESS = "127.0.250.1"
+DEAD_ADDRESS = "127.0.251.1"
+
+LabFactory = Callable[..., Lab]
+
+
+def free_port(address: str) -> int:
+    """A port the kernel says is free on `address` right now (may be taken by the time
+    sshd binds: callers retry)."""
+    with socket.socket() as s:
+        s.bind((address, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def up_on_free_port(root: Path, hosts: int, **kwargs: Any) -> Lab:
+    """Bring a lab up on `base_port`, or on a free port, retrying when that one is taken."""
+    first = kwargs.setdefault("first_address", FIRST_ADDRESS)
+    pinned = kwargs.pop("base_port", PINNED_PORT)
+    for attempt in range(PORT_ATTEMPTS):
+        fleet = Lab(
+            root / f"try{attempt}", hosts=hosts, base_port=pinned or free_port(first), **kwargs
+        )
+        try:
+            fleet.up()
+            return fleet
+        except LabError as e:
+            if pinned or "Address already in use" not in str(e):
+                raise
+    raise LabError(f"no free port for a lab on {first} after {PORT_ATTEMPTS} attempts")
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabInfo]:
+    """A 20-host lab shared by the whole session; do not stop or rotate its hosts."""
+    fleet = up_on_free_port(tmp_path_factory.mktemp("lab"), SESSION_LAB_HOSTS)
+    try:
+        yield fleet.info
+    finally:
+        fleet.down()
+
+
+@pytest.fixture(scope="session")
+def _lab_blocks() -> Iterator[int]:
+    """Third octets handed to factory labs, so no two of them share an address."""
+    return itertools.count(10)
+
+
+@pytest.fixture
+def lab_factory(
+    tmp_path_factory: pytest.TempPathFactory, _lab_blocks: Iterator[int]
+) -> Iterator[LabFactory]:
+    """Make fresh labs (already up) for destructive tests; all are taken down afterwards.
+
+    `lab_factory()` gives one host; `lab_factory(hosts=5)`; any other `Lab` keyword
+    (base_port, first_address, user, ...) overrides the defaults.
+    """
+    made: list[Lab] = []
+
+    def make(hosts: int = 1, **kwargs: Any) -> Lab:
+        if "first_address" not in kwargs:
+            blocks = [next(_lab_blocks) for _ in range((hosts + 252) // 253)]
+            if blocks[-1] > 249:
+                raise RuntimeError("lab_factory ran out of address blocks")
+            kwargs["first_address"] = f"127.0.{blocks[0]}.1"
+        new = up_on_free_port(tmp_path_factory.mktemp("lab"), hosts, **kwargs)
+        made.append(new)
+        return new
+
+    try:
+        yield make
+    finally:
+        for each in made:
+            each.down()
+
+
+class _Tarpit:
+    """A TCP listener that accepts connections and never says a word."""
+
+    def __init__(self, address: str) -> None:
+        self.sock = socket.create_server((address, 0), backlog=128)
+        self.accepted: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, name="tarpit", daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # shutdown() below wakes accept() up
+                return
+            self.accepted.append(conn)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.sock.getsockname()[:2]
+        return host, port
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.thread.join()
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+@pytest.fixture
+def tarpit() -> Iterator[tuple[str, int]]:
+    """(address, port) that accepts TCP but never sends an SSH banner: connect timeouts."""
+    pit = _Tarpit(TARPIT_ADDRESS)
+    try:
+        yield pit.address
+    finally:
+        pit.close()
+
+
+@pytest.fixture
+def dead_address() -> tuple[str, int]:
+    """(address, port) where nothing listens: connections are refused at once."""
+    with socket.socket() as s:
+        s.bind((DEAD_ADDRESS, 0))
+        return DEAD_ADDRESS, s.getsockname()[1]
