@@ -118,7 +118,8 @@ class _Lines:
                 parsed = _key_path(line, start)
                 if parsed and parsed[1] < len(line) and line[parsed[1]] == "]":
                     table = parsed[0]
-                    self.where.setdefault(tuple(table), lineno)
+                    for k in range(1, len(table) + 1):  # [a.b] also defines a
+                        self.where.setdefault(tuple(table[:k]), lineno)
                 continue
             parsed = _key_path(line, 0)
             if parsed and parsed[1] < len(line) and line[parsed[1]] == "=":

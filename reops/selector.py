@@ -63,10 +63,13 @@ class SelectorError(ValueError):
 
 def hint(word: str, candidates: Iterable[str], *, limit: int = 3) -> str:
     """` (did you mean 'x' or 'y'?)` for the closest candidates, or `""` if none is close."""
-    near = difflib.get_close_matches(word, list(dict.fromkeys(candidates)), n=limit, cutoff=0.6)
+    known = list(dict.fromkeys(candidates))
+    near = set(difflib.get_close_matches(word, known, n=limit, cutoff=0.6))
     if not near:
         return ""
-    return " (did you mean " + " or ".join(repr(n) for n in near) + "?)"
+    shown = [repr(k) for k in known if k in near]  # in the order the user knows them
+    listed = shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " or " + shown[-1]
+    return f" (did you mean {listed}?)"
 
 
 # ── syntax tree ─────────────────────────────────────────────────────────────────────────
@@ -323,7 +326,8 @@ class StandardAtoms(Generic[S]):
         key, eq, value = arg.partition("=")
         keys = [k for i in self.items for k in i.tags]
         if key not in keys:
-            raise SelectorError(f"no {self.noun} has tag {key!r}{hint(key, keys)}")
+            near = hint(key, keys) or f"; tags in use: {', '.join(sorted(set(keys))[:12])}"
+            raise SelectorError(f"no {self.noun} has tag {key!r}{near}")
         if not eq:
             return lambda item: key in item.tags
         values = [i.tags[key] for i in self.items if key in i.tags]
