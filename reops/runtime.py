@@ -1,0 +1,121 @@
+"""The runtime: one asyncio event loop, in a background thread, that owns all I/O.
+
+A plain REPL, IPython, Jupyter, a click command and a long-running flow all talk to the
+same loop: blocking callers through `Runtime.call`, async callers by awaiting
+`Runtime.wrap`. Pipelines keep running while the caller's thread does other things.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: how long process exit waits for connections to close politely
+SHUTDOWN_GRACE_S = 5.0
+
+
+class Runtime:
+    """A daemon thread running an event loop until the process exits."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._resources: dict[str, Any] = {}
+        self.thread = threading.Thread(target=self._main, name="reops-runtime", daemon=True)
+        self.thread.start()
+        self._ready.wait()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._ready.set)
+        self.loop.run_forever()
+
+    @property
+    def in_loop(self) -> bool:
+        """Whether the caller runs on the runtime's own thread."""
+        return threading.current_thread() is self.thread
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Schedule `coro` on the loop from any thread."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the loop and block until it is done (Ctrl-C cancels it)."""
+        if self.in_loop:
+            coro.close()
+            raise RuntimeError("blocking call from the runtime thread: await it instead")
+        fut = self.submit(coro)
+        try:
+            return fut.result()
+        except KeyboardInterrupt:
+            fut.cancel()
+            raise
+
+    async def wrap(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await `coro` on the runtime loop from any other loop."""
+        if asyncio.get_running_loop() is self.loop:
+            return await coro
+        return await asyncio.wrap_future(self.submit(coro))
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run `fn(*args)` on the loop thread, from any thread."""
+        if self.in_loop:
+            fn(*args)
+        else:
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def resource(self, name: str, factory: Callable[[], T]) -> T:
+        """A per-runtime singleton (e.g. the SSH connection pool), made on first use."""
+        res = self._resources.get(name)
+        if res is None:
+            res = self._resources[name] = factory()
+            close = getattr(res, "close", None)
+            if close is not None:
+                self.on_close(close)
+        return res  # type: ignore[no-any-return]
+
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Register an async cleanup (e.g. closing connections) run at shutdown."""
+        self._closers.append(closer)
+
+    async def _close_all(self) -> None:
+        for closer in reversed(self._closers):
+            try:
+                await closer()
+            except Exception:  # cleanup must not mask the real exit
+                pass
+        self._closers.clear()
+
+    def shutdown(self) -> None:
+        """Close registered resources and stop the loop; idempotent."""
+        if not self.loop.is_running():
+            return
+        if not self.in_loop:
+            try:
+                self.submit(self._close_all()).result(timeout=SHUTDOWN_GRACE_S)
+            except Exception:
+                pass
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=SHUTDOWN_GRACE_S)
+
+
+_runtime: Runtime | None = None
+_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    """The process-wide runtime, started on first use."""
+    global _runtime
+    if _runtime is None:
+        with _lock:
+            if _runtime is None:
+                _runtime = Runtime()
+                atexit.register(_runtime.shutdown)
+    return _runtime

@@ -1,0 +1,51 @@
+"""JSON Lines: one Result per line, written as each host finishes (for tail -f and jq)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import IO
+
+import msgspec
+import reactivex
+from reactivex import abc
+
+from reops.model import Event, Result
+from reops.streams.core import Operator, Stream
+
+_encoder = msgspec.json.Encoder()
+
+
+def jsonl(target: str | Path | IO[str] | None = None, *, lines: bool = False) -> Operator:
+    """Append each Result (and Line, if `lines`) as JSON to a file or stdout; pass events on."""
+
+    def apply(up: Stream) -> Stream:
+        def subscribe(observer: abc.ObserverBase[Event],
+                      scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
+            owned = isinstance(target, (str, Path))
+            f: IO[str] = (open(Path(target).expanduser(), "a")  # noqa: SIM115
+                          if isinstance(target, (str, Path)) else (target or sys.stdout))
+
+            def close() -> None:
+                if owned and not f.closed:
+                    f.close()
+
+            def on_next(e: Event) -> None:
+                if lines or isinstance(e, Result):
+                    f.write(_encoder.encode(e).decode() + "\n")
+                    f.flush()
+                observer.on_next(e)
+
+            def on_error(exc: Exception) -> None:
+                close()
+                observer.on_error(exc)
+
+            def on_completed() -> None:
+                close()
+                observer.on_completed()
+
+            return up.observable.subscribe(on_next, on_error, on_completed)
+
+        return Stream(reactivex.create(subscribe), up.hosts, lambda hs: apply(up.rebuild(hs)))
+
+    return Operator(apply, "jsonl")

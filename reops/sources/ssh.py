@@ -1,0 +1,448 @@
+"""Run ops over SSH with asyncssh: pooled connections, verified host keys, clear failures.
+
+One connection per host, reused across the steps of a pipeline and across calls in one
+process; idle connections close after `Settings.idle_timeout`. Concurrency is bounded by
+`Settings.forks`. Every failure mode becomes a Result with a precise `err`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from reops.config import Settings
+from reops.model import UNREACHED, Host, Line, Result, Status, failure_result
+from reops.ops.base import Op
+from reops.sources.base import LineSink
+
+DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+
+
+class Unreached(Exception):
+    """A host could not be reached; `status` and the message go into the Result."""
+
+    def __init__(self, message: str, status: Status = "unreachable") -> None:
+        super().__init__(message)
+        self.status: Status = status
+
+
+def _endpoint(host: Host) -> str:
+    return f"{host.address}:{host.port}"
+
+
+def _known_hosts_entry(host: Host) -> str:
+    return host.address if host.port == 22 else f"[{host.address}]:{host.port}"
+
+
+@dataclass
+class _Pooled:
+    """A live connection and how many commands use it right now."""
+
+    conn: asyncssh.SSHClientConnection
+    users: int = 0
+    idle: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class _Caches:
+    """Parsed files, so 200 connects parse known_hosts and keys once, not 200 times."""
+
+    known: dict[str, tuple[float, asyncssh.SSHKnownHosts | None]] = field(default_factory=dict)
+    keys: dict[str, asyncssh.SSHKey] = field(default_factory=dict)
+    options: dict[tuple[Any, ...], asyncssh.SSHClientConnectionOptions] = field(
+        default_factory=dict
+    )
+
+    def known_hosts(self, path: str) -> asyncssh.SSHKnownHosts | None:
+        p = os.path.expanduser(path)
+        try:
+            mtime = os.stat(p).st_mtime
+        except FileNotFoundError:
+            return None
+        hit = self.known.get(p)
+        if hit is None or hit[0] != mtime:
+            hit = (mtime, asyncssh.read_known_hosts(p))
+            self.known[p] = hit
+        return hit[1]
+
+    def key(self, path: str) -> asyncssh.SSHKey:
+        p = os.path.expanduser(path)
+        k = self.keys.get(p)
+        if k is None:
+            try:
+                k = asyncssh.read_private_key(p)
+            except (OSError, asyncssh.KeyImportError) as e:
+                raise Unreached(f"cannot load SSH key {p}: {e}") from None
+            self.keys[p] = k
+        return k
+
+
+class SshExecutor:
+    """The SSH transport: implements `reops.sources.base.Executor`."""
+
+    transport = "ssh"
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self._pool: dict[tuple[Any, ...], _Pooled] = {}
+        self._connecting: dict[tuple[Any, ...], asyncio.Future[_Pooled]] = {}
+        self._caches = _Caches()
+        self._forks: asyncio.Semaphore | None = None
+        self._forks_n = 0
+        self._accept_lock: asyncio.Lock | None = None
+
+    def available(self, host: Host) -> bool:
+        return True
+
+    def _semaphore(self, settings: Settings) -> asyncio.Semaphore:
+        if self._forks is None or self._forks_n != settings.forks:
+            self._forks = asyncio.Semaphore(settings.forks)
+            self._forks_n = settings.forks
+        return self._forks
+
+    # -- connections -------------------------------------------------------------------
+
+    def _policy_key(self, host: Host, settings: Settings) -> tuple[Any, ...]:
+        user = host.user or settings.user or _local_user()
+        kh = host.known_hosts or settings.known_hosts or DEFAULT_KNOWN_HOSTS
+        return (host.address, host.port, user, host.key, settings.host_key_checking, kh)
+
+    def _options(self, host: Host, settings: Settings, user: str) -> Any:
+        """Connection options shared by every host with the same login and timeouts."""
+        okey = (user, host.key, settings.connect_timeout, settings.keepalive_interval)
+        opts = self._caches.options.get(okey)
+        if opts is None:
+            kwargs: dict[str, Any] = {
+                "username": user,
+                "connect_timeout": settings.connect_timeout,
+                "keepalive_interval": settings.keepalive_interval,
+                "config": None,  # we do not read ~/.ssh/config per connect
+                "agent_path": None if host.key else (),
+            }
+            if host.key:
+                kwargs["client_keys"] = [self._caches.key(host.key)]
+            opts = asyncssh.SSHClientConnectionOptions(**kwargs)
+            self._caches.options[okey] = opts
+        return opts
+
+    def _trusted_keys(self, host: Host, settings: Settings) -> Any:
+        """The known_hosts argument for asyncssh under the chosen policy."""
+        policy = settings.host_key_checking
+        if policy == "off":
+            return None
+        path = host.known_hosts or settings.known_hosts or DEFAULT_KNOWN_HOSTS
+        known = self._caches.known_hosts(path)
+        keys: list[Any] = []
+        ca: list[Any] = []
+        revoked: list[Any] = []
+        if known is not None:
+            keys, ca, revoked, *_ = known.match(host.address, host.address, host.port)
+        if keys or ca:
+            return (keys, ca, revoked)
+        if policy == "accept-new":
+            return None
+        raise Unreached(
+            f"host key of {_known_hosts_entry(host)} is not in {os.path.expanduser(path)}; "
+            "add it (ssh-keyscan) or use --host-key-checking accept-new"
+        )
+
+    async def _connect(self, host: Host, settings: Settings, user: str) -> _Pooled:
+        trusted = self._trusted_keys(host, settings)
+        options = self._options(host, settings, user)
+        try:
+            conn = await asyncssh.connect(
+                host.address, host.port, known_hosts=trusted, options=options
+            )
+        except asyncssh.HostKeyNotVerifiable as e:
+            path = os.path.expanduser(
+                host.known_hosts or settings.known_hosts or DEFAULT_KNOWN_HOSTS
+            )
+            raise Unreached(
+                f"host key of {_known_hosts_entry(host)} does not match {path} ({e.reason}); "
+                "if the host was reinstalled, remove the old entry: "
+                f"ssh-keygen -f {shlex.quote(path)} -R {shlex.quote(_known_hosts_entry(host))}"
+            ) from None
+        except asyncssh.PermissionDenied:
+            how = f"key {host.key}" if host.key else "your SSH agent and default keys"
+            raise Unreached(
+                f"authentication failed for {user}@{_endpoint(host)} with {how}"
+            ) from None
+        except ConnectionRefusedError:
+            raise Unreached(
+                f"connection refused by {_endpoint(host)} (is sshd running there?)"
+            ) from None
+        except socket.gaierror as e:
+            raise Unreached(f"cannot resolve {host.address!r}: {e.strerror}") from None
+        except (TimeoutError, asyncio.TimeoutError):
+            raise Unreached(
+                f"no SSH answer from {_endpoint(host)} within {settings.connect_timeout:g} s "
+                "(connect timeout; raise it with --connect-timeout)",
+                status="timeout",
+            ) from None
+        except (OSError, asyncssh.Error) as e:
+            reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
+            raise Unreached(f"cannot connect to {_endpoint(host)}: {reason}") from None
+        if trusted is None and settings.host_key_checking == "accept-new":
+            await self._remember_host_key(host, settings, conn)
+        return _Pooled(conn)
+
+    async def _remember_host_key(
+        self, host: Host, settings: Settings, conn: asyncssh.SSHClientConnection
+    ) -> None:
+        """accept-new: record a first-seen key so the next connect is checked strictly."""
+        key = conn.get_server_host_key()
+        if key is None:
+            return
+        path = Path(
+            os.path.expanduser(host.known_hosts or settings.known_hosts or DEFAULT_KNOWN_HOSTS)
+        )
+        line = f"{_known_hosts_entry(host)} {key.export_public_key('openssh').decode().strip()}\n"
+        if self._accept_lock is None:
+            self._accept_lock = asyncio.Lock()
+        async with self._accept_lock:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as f:
+                f.write(line)
+
+    async def _acquire(self, host: Host, settings: Settings) -> tuple[tuple[Any, ...], _Pooled]:
+        pkey = self._policy_key(host, settings)
+        pooled = self._pool.get(pkey)
+        if pooled is not None and not pooled.conn.is_closed():
+            return pkey, self._use(pooled)
+        if pooled is not None:
+            self._pool.pop(pkey, None)
+        pending = self._connecting.get(pkey)
+        if pending is None:
+            pending = asyncio.get_running_loop().create_future()
+            self._connecting[pkey] = pending
+            try:
+                pooled = await self._connect(host, settings, pkey[2])
+            except BaseException as e:
+                self._connecting.pop(pkey, None)
+                if not pending.done():
+                    pending.set_exception(e)
+                    pending.exception()  # mark retrieved: waiters may be none
+                raise
+            self._connecting.pop(pkey, None)
+            self._pool[pkey] = pooled
+            pending.set_result(pooled)
+            return pkey, self._use(pooled)
+        return pkey, self._use(await asyncio.shield(pending))
+
+    def _use(self, pooled: _Pooled) -> _Pooled:
+        pooled.users += 1
+        if pooled.idle is not None:
+            pooled.idle.cancel()
+            pooled.idle = None
+        return pooled
+
+    def _release(self, pkey: tuple[Any, ...], pooled: _Pooled, settings: Settings) -> None:
+        pooled.users -= 1
+        if pooled.users == 0 and self._pool.get(pkey) is pooled:
+            loop = asyncio.get_running_loop()
+            pooled.idle = loop.call_later(settings.idle_timeout, self._expire, pkey, pooled)
+
+    def _expire(self, pkey: tuple[Any, ...], pooled: _Pooled) -> None:
+        if pooled.users == 0 and self._pool.get(pkey) is pooled:
+            del self._pool[pkey]
+            pooled.conn.close()
+
+    async def close(self) -> None:
+        conns = [p.conn for p in self._pool.values()]
+        self._pool.clear()
+        for c in conns:
+            c.close()
+        for c in conns:
+            try:
+                await c.wait_closed()
+            except Exception:
+                pass
+
+    # -- running ops -------------------------------------------------------------------
+
+    async def run(
+        self, host: Host, op: Op, settings: Settings | None = None, on_line: LineSink | None = None
+    ) -> Result:
+        """Run `op` on `host`; always returns exactly one Result."""
+        settings = settings or self.settings
+        started = time.time()
+        t0 = time.monotonic()
+        async with self._semaphore(settings):
+            try:
+                return await self._run(host, op, settings, on_line, started, t0)
+            except Unreached as e:
+                return failure_result(
+                    host.name, op.name, str(e), status=e.status, started_at=started,
+                    duration_s=time.monotonic() - t0,
+                )
+
+    async def _run(
+        self, host: Host, op: Op, settings: Settings, on_line: LineSink | None,
+        started: float, t0: float,
+    ) -> Result:
+        for attempt in (1, 2):
+            pkey, pooled = await self._acquire(host, settings)
+            try:
+                return await self._dispatch(host, op, settings, pooled.conn, on_line, started, t0)
+            except (asyncssh.ChannelOpenError, asyncssh.ConnectionLost, BrokenPipeError) as e:
+                # a pooled connection that died while idle: reconnect once, transparently
+                self._pool.pop(pkey, None)
+                pooled.conn.close()
+                if attempt == 2 or time.monotonic() - t0 > settings.connect_timeout:
+                    raise Unreached(
+                        f"connection to {_endpoint(host)} lost: {getattr(e, 'reason', e)}"
+                    ) from None
+            finally:
+                self._release(pkey, pooled, settings)
+        raise AssertionError("unreachable")
+
+    async def _dispatch(
+        self, host: Host, op: Op, settings: Settings, conn: asyncssh.SSHClientConnection,
+        on_line: LineSink | None, started: float, t0: float,
+    ) -> Result:
+        if op.kind == "shell":
+            return await self._shell(host, op, settings, conn, on_line, started, t0)
+        if op.kind in ("upload", "download"):
+            return await self._transfer(host, op, conn, started, t0)
+        return failure_result(
+            host.name, op.name, f"op kind {op.kind!r} cannot run over SSH (needs an agent)",
+            status="error", started_at=started, duration_s=time.monotonic() - t0,
+        )
+
+    async def _shell(
+        self, host: Host, op: Op, settings: Settings, conn: asyncssh.SSHClientConnection,
+        on_line: LineSink | None, started: float, t0: float,
+    ) -> Result:
+        command = op.command_for(host)
+        if settings.sudo and not op.sudo:
+            command = op.with_(sudo=True).command_for(host)
+        timeout = op.timeout if op.timeout is not None else settings.command_timeout
+        process = await conn.create_process(command, stdin=asyncssh.DEVNULL if op.stdin is None
+                                            else asyncssh.PIPE)
+        if op.stdin is not None:
+            process.stdin.write(op.stdin)
+            process.stdin.write_eof()
+        out_parts: list[str] = []
+        err_parts: list[str] = []
+        readers = asyncio.gather(
+            _pump(process.stdout, out_parts, host.name, "out", on_line),
+            _pump(process.stderr, err_parts, host.name, "err", on_line),
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                await readers
+                await process.wait_closed()
+        except TimeoutError:
+            readers.cancel()
+            _kill(process)
+            return Result(
+                host=host.name, op=op.name, status="timeout", code=UNREACHED,
+                out="".join(out_parts), err=(
+                    "".join(err_parts) + f"command timed out after {timeout:g} s "
+                    "(killed; raise it with --timeout)"
+                ), started_at=started, duration_s=time.monotonic() - t0,
+            )
+        except asyncio.CancelledError:
+            _kill(process)
+            raise
+        out, err = "".join(out_parts), "".join(err_parts)
+        code = process.exit_status
+        if code is None or code < 0:
+            sig = process.exit_signal
+            code = 128 + _signum(sig[0]) if sig else UNREACHED
+            err += f"killed by signal {sig[0]}" if sig else "command ended without an exit status"
+        return _finish(host, op, code, out, err, started, t0)
+
+    async def _transfer(
+        self, host: Host, op: Op, conn: asyncssh.SSHClientConnection, started: float, t0: float
+    ) -> Result:
+        try:
+            async with conn.start_sftp_client() as sftp:
+                if op.kind == "upload":
+                    await sftp.put(op.local, op.remote, recurse=True, preserve=op.mode is None)
+                    if op.mode is not None:
+                        await sftp.chmod(op.remote, op.mode)
+                    dest = op.remote
+                else:
+                    target = Path(op.local) / host.name
+                    target.mkdir(parents=True, exist_ok=True)
+                    await sftp.get(op.remote, str(target), recurse=True, preserve=True)
+                    dest = str(target / Path(op.remote).name)
+        except (OSError, asyncssh.SFTPError) as e:
+            reason = getattr(e, "reason", None) or str(e)
+            src, dst = (op.local, op.remote) if op.kind == "upload" else (op.remote, op.local)
+            return Result(
+                host=host.name, op=op.name, status="failed", code=1,
+                err=f"{op.kind} {src} -> {dst}: {reason}", started_at=started,
+                duration_s=time.monotonic() - t0,
+            )
+        return Result(
+            host=host.name, op=op.name, status="ok", code=0, out=dest, data=dest,
+            started_at=started, duration_s=time.monotonic() - t0,
+        )
+
+
+async def _pump(
+    stream: asyncssh.SSHReader[str], parts: list[str], host: str, name: str,
+    on_line: LineSink | None,
+) -> None:
+    """Collect a process stream; emit whole lines as they arrive when asked to."""
+    if on_line is None:
+        while chunk := await stream.read(65536):
+            parts.append(chunk)
+        return
+    kind = "out" if name == "out" else "err"
+    async for line in stream:
+        parts.append(line)
+        on_line(Line(host, kind, line.rstrip("\n")))
+
+
+def _kill(process: asyncssh.SSHClientProcess[str]) -> None:
+    """Stop a remote command: signal it (OpenSSH ≥ 7.9 honours it), then close the channel."""
+    try:
+        process.send_signal("KILL")
+    except Exception:
+        pass
+    process.close()
+
+
+def _signum(name: str) -> int:
+    try:
+        return int(signal.Signals[f"SIG{name}"])
+    except KeyError:
+        return 0
+
+
+def _finish(host: Host, op: Op, code: int, out: str, err: str, started: float,
+            t0: float) -> Result:
+    status: Status = "ok" if code in op.ok_codes else "failed"
+    data: Any = None
+    changed = None
+    if status == "ok" and op.parse is not None:
+        try:
+            data = op.parse(out)
+        except Exception as e:  # a parser bug must not lose the host's result
+            status = "error"
+            err += f"{op.name}: cannot parse output: {type(e).__name__}: {e}"
+    if op.changed is not None and status == "ok":
+        changed = op.changed(code, out)
+    return Result(
+        host=host.name, op=op.name, status=status, code=code, out=out, err=err,
+        started_at=started, duration_s=time.monotonic() - t0, transport="ssh", data=data,
+        changed=changed,
+    )
+
+
+def _local_user() -> str:
+    import getpass
+
+    return getpass.getuser()

@@ -1,0 +1,250 @@
+"""Streams: lazy, run-once ReactiveX pipelines of per-host events, and the `|` DSL.
+
+A Stream is an Observable of `Result` (and optional `Line`) events over a known set of
+hosts, plus the recipe to build the same pipeline again for fewer hosts (`rebuild`),
+which is what per-host `retry`, `rolling` batches and `then` need. Sources are cold, and
+each Stream runs its remote work at most once however many branches subscribe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any
+
+import reactivex
+from reactivex import Observable, abc
+from reactivex.disposable import Disposable
+from reactivex.subject import ReplaySubject
+
+from reops.model import Event, Host, Hosts, Line, Outcome, Result, failure_result
+from reops.runtime import get_runtime
+
+Rebuild = Callable[[Hosts], "Stream"]
+RunOne = Callable[[Host, Callable[[Line], None] | None], Awaitable[Result]]
+
+
+class Stream:
+    """A pipeline over hosts; `|` applies operators, `run()`/`await` give the Outcome."""
+
+    __slots__ = ("_once", "hosts", "rebuild")
+
+    def __init__(self, source: Observable[Event], hosts: Hosts,
+                 rebuild: Rebuild | None = None) -> None:
+        self._once = _Once(source)
+        self.hosts = hosts
+        self.rebuild: Rebuild = rebuild or _no_rebuild
+
+    @property
+    def observable(self) -> Observable[Event]:
+        """The events; every subscriber sees the same single run."""
+        return self._once.observable
+
+    def __or__(self, operator: Any) -> Stream:
+        if isinstance(operator, Operator):
+            return operator.apply(self)
+        if callable(operator):  # a plain reactivex operator: keep hosts and the recipe
+            up = self
+            return Stream(operator(self.observable), self.hosts,
+                          lambda hs: up.rebuild(hs) | operator)
+        raise TypeError(f"cannot pipe a Stream into {operator!r}: not an operator")
+
+    def subscribe(self, *args: Any, **kwargs: Any) -> abc.DisposableBase:
+        """Keep a long-running pipeline alive; dispose the result to stop it."""
+        return self.observable.subscribe(*args, **kwargs)
+
+    def run(self) -> Outcome:
+        return run(self)
+
+    def __await__(self) -> Generator[Any, None, Outcome]:
+        return outcome_async(self).__await__()
+
+    def __repr__(self) -> str:
+        return f"<Stream over {self.hosts!r}>"
+
+
+class Operator:
+    """A Stream → Stream transformation usable with `|`."""
+
+    __slots__ = ("apply", "name")
+
+    def __init__(self, apply: Callable[[Stream], Stream], name: str = "") -> None:
+        self.apply = apply
+        self.name = name or getattr(apply, "__name__", "operator")
+
+    def __repr__(self) -> str:
+        return f"<operator {self.name}>"
+
+
+def _no_rebuild(hosts: Hosts) -> Stream:
+    raise TypeError("this stream cannot be re-run for other hosts (it has no source recipe)")
+
+
+class _Once:
+    """Subscribe upstream once, replay to every subscriber; cancel when nobody listens."""
+
+    __slots__ = ("_conn", "_lock", "_refs", "_source", "_subject", "observable")
+
+    def __init__(self, source: Observable[Event]) -> None:
+        self._source = source
+        self._subject: ReplaySubject[Event] | None = None
+        self._conn: abc.DisposableBase | None = None
+        self._refs = 0
+        self._lock = threading.Lock()
+        self.observable: Observable[Event] = reactivex.create(self._subscribe)
+
+    def _subscribe(self, observer: abc.ObserverBase[Event],
+                   scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
+        with self._lock:
+            first = self._subject is None
+            if self._subject is None:
+                self._subject = ReplaySubject()
+            subject = self._subject
+            self._refs += 1
+        sub = subject.subscribe(observer)
+        if first:
+            self._conn = self._source.subscribe(subject)
+
+        def dispose() -> None:
+            sub.dispose()
+            with self._lock:
+                self._refs -= 1
+                last = self._refs == 0
+            if last and self._conn is not None:
+                self._conn.dispose()
+
+        return Disposable(dispose)
+
+
+def fanout(hosts: Hosts, run_one: RunOne, *, lines: bool = False) -> Observable[Event]:
+    """One task per host on the runtime loop; each host's Result flows as soon as it is done.
+
+    Disposing the subscription cancels the hosts still running.
+    """
+
+    def subscribe(observer: abc.ObserverBase[Event],
+                  scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
+        rt = get_runtime()
+        tasks: list[asyncio.Task[None]] = []
+        state = {"left": len(hosts), "cancelled": False}
+        on_line = observer.on_next if lines else None
+
+        async def one(host: Host) -> None:
+            started = time.time()
+            try:
+                result = await run_one(host, on_line)
+            except asyncio.CancelledError:
+                return
+            except Exception as e:  # an executor bug must not lose the host
+                result = failure_result(host.name, "?", f"internal error: {type(e).__name__}: "
+                                        f"{e}", status="error", started_at=started)
+            observer.on_next(result)
+            state["left"] -= 1
+            if state["left"] == 0:
+                observer.on_completed()
+
+        def start() -> None:
+            if state["cancelled"]:
+                return
+            if not state["left"]:
+                observer.on_completed()
+                return
+            loop = rt.loop
+            tasks.extend(loop.create_task(one(h)) for h in hosts)
+
+        def cancel() -> None:
+            for t in tasks:
+                t.cancel()
+
+        def dispose() -> None:
+            state["cancelled"] = True
+            rt.call_soon(cancel)
+
+        rt.call_soon(start)
+        return Disposable(dispose)
+
+    return reactivex.create(subscribe)
+
+
+def _outcome(stream: Stream, results: dict[str, Result], interrupted: bool) -> Outcome:
+    names = [h for h in stream.hosts.names if h in results]
+    names += [h for h in results if h not in stream.hosts]
+    if interrupted:
+        for name in stream.hosts.names:
+            if name not in results:
+                results[name] = failure_result(
+                    name, "?", "interrupted before this host finished", status="error")
+                names.append(name)
+    out = Outcome(hosts=names, interrupted=interrupted)
+    for name in names:
+        out.add(results[name])
+    return out
+
+
+def run(stream: Stream) -> Outcome:
+    """Run a pipeline to the end and return its Outcome (Ctrl-C gives a partial one)."""
+    rt = get_runtime()
+    if rt.in_loop:
+        raise RuntimeError("run() blocks: inside the runtime loop use `await stream` instead")
+    results: dict[str, Result] = {}
+    done = threading.Event()
+    errors: list[Exception] = []
+
+    def on_next(e: Event) -> None:
+        if isinstance(e, Result):
+            results[e.host] = e
+
+    def on_error(e: Exception) -> None:
+        errors.append(e)
+        done.set()
+
+    sub = stream.observable.subscribe(on_next, on_error, done.set)
+    interrupted = False
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        sub.dispose()
+    if errors:
+        raise errors[0]
+    return _outcome(stream, dict(results), interrupted)
+
+
+async def outcome_async(stream: Stream) -> Outcome:
+    """`await stream`: the Outcome, from any event loop."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    results: dict[str, Result] = {}
+
+    def settle(exc: Exception | None = None) -> None:
+        if fut.done():
+            return
+        if exc is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(exc)
+
+    def from_any_thread(exc: Exception | None = None) -> None:
+        try:
+            if asyncio.get_running_loop() is loop:
+                settle(exc)
+                return
+        except RuntimeError:
+            pass
+        loop.call_soon_threadsafe(settle, exc)
+
+    def on_next(e: Event) -> None:
+        if isinstance(e, Result):
+            results[e.host] = e
+
+    sub = stream.observable.subscribe(on_next, from_any_thread, from_any_thread)
+    try:
+        await fut
+    except asyncio.CancelledError:
+        sub.dispose()
+        raise
+    sub.dispose()
+    return _outcome(stream, dict(results), False)

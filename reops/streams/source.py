@@ -1,0 +1,177 @@
+"""Turning an Op into a Stream over Hosts: transport choice, settings, dry runs.
+
+`step(describe)` turns a function that describes an Op (`exec_("uname -a")`) into the
+user-facing operation `exec_(hosts, "uname -a") -> Stream`. The transport is chosen per
+host at run time: SSH, an agent, or `auto` (agent where connected, SSH for the rest, as
+re-ops downgraded).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, Protocol
+
+import msgspec
+
+from reops.config import Settings, load_settings
+from reops.model import Host, Hosts, Line, Result
+from reops.ops.base import Op
+from reops.runtime import get_runtime
+from reops.sources.base import Executor
+from reops.streams.core import Stream, fanout
+
+Via = Literal["ssh", "agent", "auto"]
+
+
+class Defaults(msgspec.Struct, kw_only=True):
+    """Per-process defaults for new streams (the CLI sets them from flags)."""
+
+    settings: Settings = msgspec.field(default_factory=load_settings)
+    via: Via = "ssh"
+    lines: bool = False
+    dry_run: bool = False
+
+
+def defaults() -> Defaults:
+    return get_runtime().resource("defaults", Defaults)
+
+
+def configure(*, via: Via | None = None, lines: bool | None = None,
+              dry_run: bool | None = None, **settings: Any) -> Defaults:
+    """Set process defaults: `configure(forks=50, command_timeout=30, via="auto")`."""
+    d = defaults()
+    if settings:
+        d.settings = d.settings.with_(**settings)
+    if via is not None:
+        d.via = via
+    if lines is not None:
+        d.lines = lines
+    if dry_run is not None:
+        d.dry_run = dry_run
+    return d
+
+
+def _ssh() -> Executor:
+    from reops.sources.ssh import SshExecutor
+
+    return get_runtime().resource("ssh", SshExecutor)
+
+
+def _agent() -> Executor:
+    from reops.sources.agents import AgentExecutor  # type: ignore[attr-defined]
+
+    return get_runtime().resource("agent", AgentExecutor)
+
+
+class DryRun:
+    """An executor that runs nothing and reports the command each host would run."""
+
+    transport = "local"
+
+    def available(self, host: Host) -> bool:
+        return True
+
+    async def run(self, host: Host, op: Op, settings: Settings,
+                  on_line: Callable[[Line], None] | None = None) -> Result:
+        if op.kind == "shell":
+            what = op.command_for(host)
+        elif op.kind == "upload":
+            what = f"upload {op.local} -> {host.name}:{op.remote}"
+        elif op.kind == "download":
+            what = f"download {host.name}:{op.remote} -> {op.local}/{host.name}/"
+        else:
+            what = f"call {op.function}{op.args!r}"
+        return Result(host=host.name, op=op.name, status="ok", code=0, out=what,
+                      started_at=time.time(), transport="local", data={"dry_run": what})
+
+    async def close(self) -> None:
+        return None
+
+
+def chooser(via: Via, dry_run: bool) -> Callable[[Host], Executor]:
+    """Which executor runs a host, decided when the host's step starts."""
+    if dry_run:
+        dry = DryRun()
+        return lambda h: dry
+    if via == "ssh":
+        ssh = _ssh()
+        return lambda h: ssh
+    agent = _agent()
+    if via == "agent":
+        return lambda h: agent
+    ssh = _ssh()
+    return lambda h: agent if agent.available(h) else ssh
+
+
+def as_hosts(hosts: Hosts | Host | Iterable[Host]) -> Hosts:
+    if isinstance(hosts, Hosts):
+        return hosts
+    if isinstance(hosts, Host):
+        return Hosts([hosts])
+    return Hosts(hosts)
+
+
+def source(hosts: Hosts | Host | Iterable[Host], op: Op, *, via: Via | None = None,
+           settings: Settings | None = None, lines: bool | None = None,
+           dry_run: bool | None = None) -> Stream:
+    """A cold Stream that runs `op` once on every host, each Result as soon as it is ready."""
+    hs = as_hosts(hosts)
+    d = defaults()
+    use_via = via or d.via
+    use_settings = settings or d.settings
+    use_lines = d.lines if lines is None else lines
+    use_dry = d.dry_run if dry_run is None else dry_run
+    pick = chooser(use_via, use_dry)
+
+    async def run_one(host: Host, on_line: Callable[[Line], None] | None) -> Result:
+        return await pick(host).run(host, op, use_settings, on_line)
+
+    def rebuild(subset: Hosts) -> Stream:
+        return source(subset, op, via=use_via, settings=use_settings, lines=use_lines,
+                      dry_run=use_dry)
+
+    return Stream(fanout(hs, run_one, lines=use_lines), hs, rebuild)
+
+
+class StepFn(Protocol):
+    describe: Callable[..., Op]
+
+    def __call__(self, hosts: Hosts | Host | Iterable[Host], *args: Any,
+                 **kwargs: Any) -> Stream: ...
+
+
+_SOURCE_KW = ("via", "settings", "lines", "dry_run")
+
+
+def step(describe: Callable[..., Op]) -> StepFn:
+    """Make a Hosts-first operation out of an Op description."""
+
+    @functools.wraps(describe)
+    def make(hosts: Hosts | Host | Iterable[Host], *args: Any, **kwargs: Any) -> Stream:
+        source_kw = {k: kwargs.pop(k) for k in _SOURCE_KW if k in kwargs}
+        return source(hosts, describe(*args, **kwargs), **source_kw)
+
+    make.describe = describe  # type: ignore[attr-defined]
+    return make  # type: ignore[return-value]
+
+
+def as_step(fn: Callable[..., Any]) -> Callable[..., Stream]:
+    """A Hosts-first callable giving a Stream, from a step or any `f(hosts, ...)`.
+
+    A user function may return a Stream (it composes other steps) or a bare Op.
+    """
+    if hasattr(fn, "describe"):
+        return fn
+
+    def call(hosts: Hosts, *args: Any, **kwargs: Any) -> Stream:
+        made = fn(hosts, *args, **kwargs)
+        if isinstance(made, Stream):
+            return made
+        if isinstance(made, Op):
+            return source(hosts, made)
+        raise TypeError(f"{getattr(fn, '__name__', fn)!r} returned {type(made).__name__}; "
+                        "a step must return a Stream or an Op")
+
+    return call
