@@ -380,10 +380,8 @@ class Lab:
 
     def _alive(self, name: str) -> bool:
         pid = self.pids.get(name)
-        if pid is None:
-            return False
-        _reap(pid)
-        return self._ours(pid, name)
+        # a dead-but-unreaped sshd is a zombie with an empty cmdline: not ours, not up
+        return pid is not None and self._ours(pid, name)
 
     def _start(self, names: list[str], sshd: str) -> None:
         """Spawn one sshd per host, then wait for each to say READY=1 or to exit."""
@@ -453,7 +451,7 @@ class Lab:
                 else:  # an sshd exited before it was ready
                     pid = key.data
                     name = pending.pop(pid)
-                    _reap(pid)
+                    _reap(key.fd)
                     self.pids[name] = None
                     log = self.log_path(name).read_text(errors="replace").strip()
                     raise LabError(
@@ -470,24 +468,33 @@ class Lab:
 
     def _stop(self, names: Iterable[str]) -> None:
         """SIGTERM each host's sshd and its sessions; wait on pidfds until they are gone."""
-        listeners = {n: pid for n in names if (pid := self.pids.get(n)) and self._ours(pid, n)}
-        sessions = _children_of(set(listeners.values()))
-        fds: dict[int, int] = {}
-        for pid in [*listeners.values(), *sessions]:
-            try:
-                fds[os.pidfd_open(pid)] = pid
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
+        fds: dict[int, int] = {}  # pidfd -> pid: signals and waits cannot hit a reused pid
         try:
+            for n in names:
+                pid = self.pids.get(n)
+                if pid is not None and (fd := _pidfd(pid)) is not None:
+                    if self._ours(pid, n):
+                        fds[fd] = pid
+                    else:  # long gone (perhaps our zombie) or the pid was reused
+                        _reap(fd)
+                        os.close(fd)
+            # the open sessions: per-connection sshd and the users' commands below them
+            tree = _descendants(set(fds.values()))
+            family = set(fds.values()) | set(tree)
+            for pid in tree:
+                if (fd := _pidfd(pid)) is not None:
+                    if _parent_of(pid) in family:
+                        fds[fd] = pid
+                    else:
+                        os.close(fd)
+            for fd in fds:
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(fd, signal.SIGTERM)
             _wait_exit(fds, self.stop_timeout)
         finally:
             for fd in fds:
                 os.close(fd)
         for n in names:
-            pid = self.pids.get(n)
-            if pid is not None:
-                _reap(pid)
             self.pids[n] = None
             (self.host_dir(n) / "sshd.pid").unlink(missing_ok=True)
 
@@ -506,35 +513,55 @@ def _wait_exit(fds: dict[int, int], timeout: float) -> None:
                 if killed:
                     raise LabError(f"processes {sorted(left.values())} did not exit")
                 for fd in left:
-                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                    with contextlib.suppress(ProcessLookupError):
+                        signal.pidfd_send_signal(fd, signal.SIGKILL)
                 killed, deadline = True, time.monotonic() + timeout
             for key, _ in events:
                 sel.unregister(key.fd)
-                _reap(left.pop(key.fd))
+                left.pop(key.fd)
+                _reap(key.fd)
 
 
-def _children_of(parents: set[int]) -> list[int]:
-    """Pids whose parent is in `parents`: sshd's per-connection processes."""
-    if not parents:
+def _pidfd(pid: int) -> int | None:
+    """A pidfd for `pid`, or None when no such process exists."""
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[1])  # comm may hold spaces and ")"
+
+
+def _descendants(roots: set[int]) -> list[int]:
+    """Every process below `roots`: sshd's per-connection processes and their commands."""
+    if not roots:
         return []
-    out = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if ppid in parents:
-            out.append(int(entry.name))
+    children: dict[int, list[int]] = {}
+    for e in os.scandir("/proc"):
+        if e.name.isdigit() and (ppid := _parent_of(int(e.name))) is not None:
+            children.setdefault(ppid, []).append(int(e.name))
+    out: list[int] = []
+    todo = list(roots)
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
     return out
 
 
-def _reap(pid: int) -> None:
-    """Collect `pid` if it is our exited child, so it does not linger as a zombie."""
+def _reap(pidfd: int) -> None:
+    """Collect the process if it is our exited child, so it does not linger as a zombie.
+
+    By pidfd, not pid: the pid may already name some other child of this process.
+    """
     with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+        os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
 
 
 def _sshd_binary() -> str:

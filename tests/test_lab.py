@@ -59,6 +59,31 @@ def openssh(info: LabInfo, name: str, *args: str) -> subprocess.CompletedProcess
     )  # fmt: skip
 
 
+def running(pid: int) -> bool:
+    """Whether `pid` exists and has not exited (an orphaned zombie has exited, and some
+    sandboxes' pid 1 never reaps them)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def zombie_children() -> list[int]:
+    """Exited children of this process nobody collected (stopped sshd must be reaped)."""
+    me, out = os.getpid(), []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+            if state == "Z" and int(ppid) == me:
+                out.append(int(entry.name))
+    return out
+
+
 def lab_processes(root: Path) -> list[int]:
     """Pids whose command line mentions the lab's directory (its sshd listeners)."""
     needle = str(root).encode()
@@ -214,8 +239,11 @@ async def test_stopped_host_refuses_then_comes_back(lab_factory: LabFactory) -> 
 async def test_stopping_a_host_drops_its_open_sessions(lab_factory: LabFactory) -> None:
     fleet = lab_factory()
     async with await connect(fleet.info, "web1") as conn:
-        assert (await conn.run("echo hi", check=True)).stdout == "hi\n"
+        busy = await conn.create_process("echo $$; exec sleep 300")
+        remote_pid = int(await busy.stdout.readline())
+        assert running(remote_pid)
         fleet.stop_host("web1")  # like the machine going away, not like `systemctl restart`
+        assert not running(remote_pid)  # the command went down with it
         with pytest.raises((asyncssh.Error, OSError)):
             await asyncio.wait_for(conn.run("echo still", check=True), 10)
 
@@ -223,8 +251,10 @@ async def test_stopping_a_host_drops_its_open_sessions(lab_factory: LabFactory) 
 def test_down_leaves_no_sshd_and_is_idempotent(lab_factory: LabFactory) -> None:
     fleet = lab_factory(hosts=3)
     assert len(lab_processes(fleet.root)) == 3
+    fleet.stop_host("web1")
     fleet.down()
     assert lab_processes(fleet.root) == []
+    assert zombie_children() == []
     assert not (fleet.root / "state.json").exists()
     assert not any(fleet.status().values())
     fleet.down()  # again: nothing to do, no error
