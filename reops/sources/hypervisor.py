@@ -1,0 +1,380 @@
+"""libvirt as a source: one connection per hypervisor, lifecycle calls and domain events.
+
+Blocking libvirt calls run in worker threads so the runtime loop never stalls; events come
+from libvirt's event thread (see `reops.systems.libvirt_events`) onto this connection's
+loop and out as an Observable of `HypervisorEvent`. Every method is idempotent where it can
+be (create reuses existing volumes and domains, destroy of a missing domain is done), so a
+job interrupted by a crash can simply run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any, TypeVar
+from xml.sax.saxutils import escape
+
+import libvirt
+import msgspec
+import reactivex as rx
+from reactivex import operators as ops
+from reactivex.subject import Subject
+
+from reops.systems.domain_xml import (
+    DiskSpec,
+    DomainInfo,
+    DomainSpec,
+    domain_xml,
+    parse_domain,
+    volume_xml,
+)
+from reops.systems.libvirt_events import (
+    EVENT_THREAD,
+    NETWORK_EVENTS,
+    POOL_EVENTS,
+    HypervisorEvent,
+    domain_event_names,
+)
+from reops.systems.model import MachinesError
+
+T = TypeVar("T")
+
+STATES = {0: "unknown", 1: "running", 2: "running", 3: "paused", 4: "running",
+          5: "stopped", 6: "stopped", 7: "paused"}
+IP_SOURCES = (
+    ("DHCP lease", libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE),
+    ("guest agent", libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT),
+    ("ARP", libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP),
+)
+_UNDEFINE = (
+    libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+)
+
+
+def _first_line(e: BaseException) -> str:
+    text = e.get_error_message() if isinstance(e, libvirt.libvirtError) else str(e)
+    return (text or type(e).__name__).strip().splitlines()[0]
+
+
+def _missing(e: libvirt.libvirtError) -> bool:
+    return e.get_error_code() in (
+        libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_STORAGE_VOL,
+        libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT, libvirt.VIR_ERR_NO_NETWORK,
+        libvirt.VIR_ERR_NO_STORAGE_POOL,
+    )
+
+
+class Hypervisor:
+    """One open libvirt connection, its lifecycle operations and its event stream."""
+
+    def __init__(self, name: str, uri: str, conn: libvirt.virConnect,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.name = name
+        self.uri = uri
+        self._conn = conn
+        self._loop = loop
+        self._subject: Subject[HypervisorEvent] = Subject()
+        self._callbacks: list[tuple[Callable[[int], Any], int]] = []
+        self.events: rx.Observable[HypervisorEvent] = self._subject.pipe(ops.share())
+        self._register_events()
+
+    @classmethod
+    async def connect(cls, name: str, uri: str, timeout: float) -> Hypervisor:
+        """Open `uri`; a one-line MachinesError when it cannot be reached within `timeout`."""
+        EVENT_THREAD.ensure()
+        try:
+            conn = await asyncio.wait_for(asyncio.to_thread(libvirt.open, uri), timeout)
+        except TimeoutError:
+            raise MachinesError(
+                f"hypervisor {name!r} ({uri}) is unreachable: no answer in {timeout:g}s"
+            ) from None
+        except libvirt.libvirtError as e:
+            raise MachinesError(
+                f"hypervisor {name!r} ({uri}) is unreachable: {_first_line(e)}"
+            ) from None
+        return cls(name, uri, conn, asyncio.get_running_loop())
+
+    async def close(self) -> None:
+        """Stop events and close the connection; safe to call twice."""
+        callbacks, self._callbacks = self._callbacks, []
+        for deregister, cb_id in callbacks:
+            with contextlib.suppress(libvirt.libvirtError):
+                deregister(cb_id)
+        if callbacks:
+            with contextlib.suppress(libvirt.libvirtError):
+                await asyncio.to_thread(self._conn.close)
+            self._subject.on_completed()
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking libvirt call in a worker thread; errors become MachinesError."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except libvirt.libvirtError as e:
+            raise MachinesError(f"{self.name}: {_first_line(e)}") from None
+
+    # ---- events
+    def _emit(self, kind: Any, name: str, uuid: str, event: str, detail: str) -> None:
+        """Called in libvirt's event thread: hand the event to our loop."""
+        ev = HypervisorEvent(hypervisor=self.name, kind=kind, name=name, uuid=uuid,
+                             event=event, detail=detail)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
+            self._loop.call_soon_threadsafe(self._subject.on_next, ev)
+
+    def _register_events(self) -> None:
+        c = self._conn
+
+        def on_domain(_c: Any, dom: Any, event: int, detail: int, _o: Any) -> None:
+            self._emit("domain", dom.name(), dom.UUIDString(), *domain_event_names(event, detail))
+
+        def on_network(_c: Any, net: Any, event: int, detail: int, _o: Any) -> None:
+            name = NETWORK_EVENTS[event] if event < len(NETWORK_EVENTS) else str(event)
+            self._emit("network", net.name(), net.UUIDString(), name, str(detail))
+
+        def on_pool(_c: Any, pool: Any, event: int, detail: int, _o: Any) -> None:
+            name = POOL_EVENTS[event] if event < len(POOL_EVENTS) else str(event)
+            self._emit("pool", pool.name(), pool.UUIDString(), name, str(detail))
+
+        registrations: list[tuple[Callable[..., int], Callable[[int], Any], int, Any]] = [
+            (c.domainEventRegisterAny, c.domainEventDeregisterAny,
+             libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_domain),
+            (c.networkEventRegisterAny, c.networkEventDeregisterAny,
+             libvirt.VIR_NETWORK_EVENT_ID_LIFECYCLE, on_network),
+            (c.storagePoolEventRegisterAny, c.storagePoolEventDeregisterAny,
+             libvirt.VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE, on_pool),
+        ]
+        for register, deregister, event_id, cb in registrations:
+            try:
+                self._callbacks.append((deregister, register(None, event_id, cb, None)))
+            except libvirt.libvirtError:  # a driver without network or pool events
+                continue
+
+    async def next_event(self, pred: Callable[[HypervisorEvent], bool],
+                         timeout: float) -> HypervisorEvent | None:
+        """The next event satisfying `pred`, or None after `timeout` seconds."""
+        fut: asyncio.Future[HypervisorEvent] = self._loop.create_future()
+
+        def hit(ev: HypervisorEvent) -> None:
+            if pred(ev) and not fut.done():
+                fut.set_result(ev)
+
+        sub = self.events.subscribe(hit)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            sub.dispose()
+
+    # ---- lookups
+    def _domain(self, name: str) -> libvirt.virDomain:
+        return self._conn.lookupByName(name)
+
+    def _find(self, name: str) -> libvirt.virDomain | None:
+        try:
+            return self._conn.lookupByName(name)
+        except libvirt.libvirtError as e:
+            if _missing(e):
+                return None
+            raise
+
+    def _pool(self, pool: str) -> libvirt.virStoragePool:
+        try:
+            return self._conn.storagePoolLookupByName(pool)
+        except libvirt.libvirtError as e:
+            if _missing(e):
+                raise MachinesError(f"{self.name}: no storage pool {pool!r}") from None
+            raise
+
+    async def state(self, name: str) -> str:
+        """running, stopped, paused, unknown — or missing when no such domain exists."""
+        def get() -> str:
+            dom = self._find(name)
+            return "missing" if dom is None else STATES.get(dom.state()[0], "unknown")
+        return await self._call(get)
+
+    async def domains(self) -> list[DomainInfo]:
+        """Every domain on this hypervisor, as `sync` sees it."""
+        def read() -> list[DomainInfo]:
+            return [
+                parse_domain(d.XMLDesc(0), STATES.get(d.state()[0], "unknown"))
+                for d in self._conn.listAllDomains()
+            ]
+        return await self._call(read)
+
+    async def check_pool(self, pool: str, bases: list[str]) -> None:
+        """Fail before anything is recorded when the pool or a base volume is missing."""
+        def check() -> None:
+            p = self._pool(pool)
+            have = set(p.listVolumes())
+            missing = [b for b in bases if b not in have]
+            if missing:
+                raise MachinesError(
+                    f"{self.name}: no base volume {', '.join(map(repr, missing))} in pool "
+                    f"{pool!r} (has: {', '.join(sorted(have)) or 'none'})"
+                )
+        await self._call(check)
+
+    # ---- lifecycle
+    async def create(self, spec: DomainSpec, pool: str,
+                     volumes: list[tuple[str, int, str | None]]) -> DomainInfo:
+        """Make the volumes (overlays on their base) and define the domain; reuse what exists.
+
+        `volumes`: (name, size_gb, base volume name or None) in disk order.
+        """
+        def make() -> DomainInfo:
+            disks: list[DiskSpec] = []
+            if volumes:
+                p = self._pool(pool)
+                for vol_name, size_gb, base in volumes:
+                    try:
+                        vol = p.storageVolLookupByName(vol_name)
+                    except libvirt.libvirtError as e:
+                        if not _missing(e):
+                            raise
+                        backing = p.storageVolLookupByName(base).path() if base else None
+                        vol = p.createXML(volume_xml(vol_name, size_gb, backing), 0)
+                    disks.append(DiskSpec(vol.path()))
+            network = spec.network
+            if network and network != "user":
+                try:
+                    self._conn.networkLookupByName(network)
+                except libvirt.libvirtError:
+                    network = "user" if spec.type in ("qemu", "kvm") else None
+            full = msgspec.structs.replace(spec, disks=tuple(disks), network=network)
+            dom = self._find(spec.name) or self._conn.defineXML(domain_xml(full))
+            return parse_domain(dom.XMLDesc(0), STATES.get(dom.state()[0], "unknown"))
+        return await self._call(make)
+
+    async def start(self, name: str) -> None:
+        """Boot the domain; already running is fine."""
+        def boot() -> None:
+            dom = self._domain(name)
+            if not dom.isActive():
+                dom.create()
+        await self._call(boot)
+
+    async def stop(self, name: str, timeout: float) -> str:
+        """Ask the guest to shut down; destroy it if it has not stopped within `timeout`."""
+        stopped = asyncio.ensure_future(self.next_event(
+            lambda e: e.kind == "domain" and e.name == name and e.event == "STOPPED", timeout
+        ))
+        await asyncio.sleep(0)  # let the waiter subscribe before we act
+
+        def shutdown() -> bool:
+            dom = self._domain(name)
+            if not dom.isActive():
+                return False
+            dom.shutdown()
+            return True
+        try:
+            if not await self._call(shutdown):
+                return "already stopped"
+            if await self.state(name) == "stopped" or await stopped is not None:
+                return "shut down"
+        finally:
+            stopped.cancel()
+        await self.destroy(name)
+        return f"destroyed: no clean shutdown within {timeout:g}s"
+
+    async def destroy(self, name: str) -> None:
+        """Power the domain off now; not running (or missing) is fine."""
+        def off() -> None:
+            dom = self._find(name)
+            if dom is not None and dom.isActive():
+                dom.destroy()
+        await self._call(off)
+
+    async def remove(self, name: str, pool: str, volumes: list[str]) -> None:
+        """Power off, undefine (with snapshot metadata) and delete the volumes; idempotent."""
+        def rm() -> None:
+            dom = self._find(name)
+            if dom is not None:
+                if dom.isActive():
+                    dom.destroy()
+                try:
+                    dom.undefineFlags(_UNDEFINE)
+                except libvirt.libvirtError as e:  # drivers without NVRAM (test:///)
+                    if e.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
+                        raise
+                    dom.undefineFlags(_UNDEFINE & ~libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+            if volumes:
+                p = self._pool(pool)
+                for vol_name in volumes:
+                    try:
+                        p.storageVolLookupByName(vol_name).delete(0)
+                    except libvirt.libvirtError as e:
+                        if not _missing(e):
+                            raise
+        await self._call(rm)
+
+    async def snapshot(self, name: str, snap: str) -> None:
+        """A named snapshot of the domain."""
+        xml = f"<domainsnapshot><name>{escape(snap)}</name></domainsnapshot>"
+        await self._call(lambda: self._domain(name).snapshotCreateXML(xml, 0))
+
+    async def revert(self, name: str, snap: str) -> None:
+        """Back to the named snapshot; a clear error when it does not exist."""
+        def back() -> None:
+            dom = self._domain(name)
+            try:
+                s = dom.snapshotLookupByName(snap, 0)
+            except libvirt.libvirtError as e:
+                if _missing(e):
+                    have = ", ".join(dom.snapshotListNames()) or "none"
+                    raise MachinesError(
+                        f"{name} has no snapshot {snap!r} (has: {have})") from None
+                raise
+            dom.revertToSnapshot(s, 0)
+        await self._call(back)
+
+    async def ip(self, name: str, timeout: float) -> str:
+        """The domain's first IPv4 address: DHCP lease, then guest agent, then ARP."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        delay = 0.25
+        tried: dict[str, str] = {}
+        while True:
+            found = await asyncio.to_thread(self._addresses, name, tried)
+            if found:
+                return found
+            left = deadline - loop.time()
+            if left <= 0:
+                why = "; ".join(f"{k}: {v}" for k, v in tried.items())
+                raise MachinesError(f"{name}: no IP address after {timeout:g}s ({why})")
+            # wake on the domain's next event, or retry after a growing pause
+            await self.next_event(lambda e: e.name == name, min(delay, left))
+            delay = min(delay * 2, 5.0)
+
+    async def ip_now(self, name: str) -> str | None:
+        """The domain's address if one is known right now (no waiting)."""
+        return await asyncio.to_thread(self._addresses, name, {})
+
+    def _addresses(self, name: str, tried: dict[str, str]) -> str | None:
+        try:
+            dom = self._domain(name)
+        except libvirt.libvirtError as e:
+            tried["lookup"] = _first_line(e)
+            return None
+        for label, source in IP_SOURCES:
+            try:
+                ifaces = dom.interfaceAddresses(source, 0) or {}
+            except libvirt.libvirtError as e:
+                tried[label] = _first_line(e)
+                continue
+            for iface in ifaces.values():
+                for a in iface.get("addrs") or []:
+                    if a.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4 and not str(
+                        a.get("addr", "")
+                    ).startswith("127."):
+                        return str(a["addr"])
+            tried[label] = "no address yet"
+        return None
+
+    def domain_type(self) -> str:
+        """The domain type this driver wants: test for test:///, qemu (TCG) otherwise."""
+        return "test" if self._conn.getType().lower() == "test" else "qemu"
+
+

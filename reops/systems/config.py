@@ -1,0 +1,90 @@
+"""Machines settings: hypervisors by name, presets, timeouts and per-operation bounds.
+
+Read from the `[hypervisors.*]`, `[presets.*]` and `[machines]` tables of config.toml,
+so no timeout or limit is a literal in the code that uses it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from reops.config import config_path, home
+from reops.systems.model import MachinesError, ProviderKind
+
+
+class HypervisorConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """One configured hypervisor: a libvirt URI (or a rack of physical machines)."""
+
+    name: str
+    uri: str = ""
+    kind: ProviderKind = "libvirt"
+    pool: str = "default"
+    network: str = "default"
+    broadcast: str = "255.255.255.255:9"  # physical: Wake-on-LAN destination
+
+
+class MachinesSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Timeouts (seconds) and bounds for jobs on machines."""
+
+    stop_timeout: float = 60.0  # graceful shutdown before destroy
+    ip_timeout: float = 120.0  # waiting for a started machine's address
+    connect_timeout: float = 30.0  # opening a hypervisor connection
+    concurrency: dict[str, int] = msgspec.field(
+        default_factory=lambda: {"create": 4, "reload": 2, "sync": 1}
+    )
+    default_concurrency: int = 8
+    default_hypervisor: str | None = None
+
+    def limit(self, op: str) -> int:
+        return max(1, self.concurrency.get(op, self.default_concurrency))
+
+
+class MachinesConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the machines layer reads from config.toml."""
+
+    hypervisors: dict[str, HypervisorConfig]
+    presets: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    settings: MachinesSettings = msgspec.field(default_factory=MachinesSettings)
+
+    def hypervisor(self, name: str | None) -> HypervisorConfig:
+        """The named hypervisor, or the default one; a clear error when unknown."""
+        name = name or self.settings.default_hypervisor or next(iter(self.hypervisors), None)
+        if name is None:
+            raise MachinesError("no hypervisor configured: add [hypervisors.NAME] uri = ...")
+        try:
+            return self.hypervisors[name]
+        except KeyError:
+            known = ", ".join(sorted(self.hypervisors)) or "none"
+            raise MachinesError(f"unknown hypervisor {name!r} (configured: {known})") from None
+
+
+def embedded_uri(root: Path | None = None) -> str:
+    """qemu:///embed under reops' home where QEMU is installed, else libvirt's test driver."""
+    if shutil.which("qemu-system-x86_64"):
+        return f"qemu:///embed?root={root or home() / 'qemu'}"
+    return "test:///default"
+
+
+def load_machines_config(path: Path | None = None) -> MachinesConfig:
+    """The machines tables of config.toml; `local` (embedded) when no hypervisor is set."""
+    p = path or config_path()
+    data: dict[str, Any] = {}
+    if p.exists():
+        with p.open("rb") as f:
+            data = tomllib.load(f)
+    try:
+        hyps = {
+            name: msgspec.convert({"name": name, **table}, HypervisorConfig)
+            for name, table in data.get("hypervisors", {}).items()
+        }
+        settings = msgspec.convert(data.get("machines", {}), MachinesSettings)
+    except msgspec.ValidationError as e:
+        raise MachinesError(f"{p}: {e}") from None
+    if not hyps:
+        hyps = {"local": HypervisorConfig(name="local", uri=embedded_uri())}
+    return MachinesConfig(hypervisors=hyps, presets=data.get("presets", {}), settings=settings)

@@ -1,0 +1,206 @@
+"""What each job does: create, start, stop, reload, destroy, clear, snapshot, revert, sync.
+
+Handlers re-read the system from the store before changing it (events may have updated it
+meanwhile), are idempotent where the queue retries them, and undo their own partial work
+when creating fails, so a failed create leaves no domain, volume or record behind.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from reops.model import Result
+from reops.sources.hypervisor import Hypervisor
+from reops.systems import wol
+from reops.systems.domain_xml import DomainSpec, mac_for
+from reops.systems.model import Job, Machine, MachinesError, Placement, System
+
+if TYPE_CHECKING:
+    from reops.systems.machines import Machines
+
+#: how a physical machine is stopped: run `shutdown` on it over SSH (the SSH source's job)
+ShutdownSeam = Callable[[System], Awaitable[Result]]
+Handler = Callable[[Job], Awaitable[Mapping[str, Any] | None]]
+
+
+class Handlers:
+    """The job handlers of one Machines service."""
+
+    def __init__(self, machines: Machines, shutdown: ShutdownSeam | None) -> None:
+        self.m = machines
+        self.shutdown = shutdown
+
+    def table(self) -> dict[str, Handler]:
+        return {
+            "create": self.create, "start": self.start, "stop": self.stop,
+            "reload": self.reload, "destroy": self.destroy, "clear": self.clear,
+            "snapshot": self.snapshot, "revert": self.revert, "sync": self.sync,
+        }
+
+    # ---- helpers
+    def _system(self, job: Job) -> System:
+        s = self.m.store.system(job.system_id or "")
+        if s is None:
+            raise MachinesError(f"system {(job.system_id or '?')[:7]} no longer exists")
+        return s
+
+    def _save(self, s: System, **changes: Any) -> System:
+        machine = changes.pop("machine", {})
+        placement = changes.pop("placement", {})
+        s = msgspec.structs.replace(
+            s, machine=msgspec.structs.replace(s.machine, **machine),
+            placement=msgspec.structs.replace(s.placement, **placement),
+            updated_at=time.time(), **changes,
+        )
+        self.m.store.put_system(s)
+        return s
+
+    async def _hyp(self, s: System) -> Hypervisor:
+        return await self.m.hypervisor(s.placement.hypervisor)
+
+    async def _boot(self, s: System, hyp: Hypervisor) -> dict[str, Any]:
+        """Start and find the address; the system is running even if no address shows up."""
+        await hyp.start(s.placement.domain)
+        s = self._save(self._fresh(s), state="running")
+        if not s.machine.adapters:
+            return {"state": "running"}
+        ip = await hyp.ip(s.placement.domain, self.m.settings.ip_timeout)
+        self._save(self._fresh(s), state="running", machine={"ip": ip})
+        return {"state": "running", "ip": ip}
+
+    def _fresh(self, s: System) -> System:
+        return self.m.store.system(s.id) or s
+
+    # ---- operations
+    async def create(self, job: Job) -> dict[str, Any]:
+        """Volumes + domain + boot; on failure remove what was made and the record."""
+        s = self._system(job)
+        hyp = await self._hyp(s)
+        p = s.placement
+        cfg = self.m.config.hypervisor(p.hypervisor)
+        spec = DomainSpec(
+            name=p.domain, system_id=s.id, cpu=s.machine.cpu, ram=s.machine.ram,
+            network=cfg.network or None, mac=mac_for(s.id), type=hyp.domain_type(),
+        )
+        vols = [(v.name, v.size_gb, v.base) for v in p.volumes]
+        try:
+            info = await hyp.create(spec, p.pool, vols)
+        except Exception:
+            await hyp.remove(p.domain, p.pool, [v.name for v in p.volumes])
+            self.m.store.remove_system(s.id)
+            raise
+        s = self._save(s, state="stopped", placement={"uuid": info.uuid},
+                       machine={"mac": info.mac, "adapters": info.networks})
+        result = {"domain": p.domain, "uuid": info.uuid}
+        t = self.m.store.types()
+        provision = next((x.provision for x in t if x.name == s.type), None)
+        if provision:
+            result["provision"] = provision
+        return {**result, **await self._boot(s, hyp)}
+
+    async def start(self, job: Job) -> dict[str, Any]:
+        s = self._system(job)
+        if s.placement.kind == "physical":
+            if not s.machine.mac:
+                raise MachinesError(f"{s.hostname} has no MAC address for Wake-on-LAN")
+            await wol.wake(s.machine.mac, s.placement.broadcast)
+            return {"woken": s.machine.mac, "to": s.placement.broadcast}
+        return await self._boot(s, await self._hyp(s))
+
+    async def stop(self, job: Job) -> dict[str, Any]:
+        s = self._system(job)
+        if s.placement.kind == "physical":
+            if self.shutdown is None:
+                raise MachinesError(
+                    f"stopping {s.hostname} needs SSH: no shutdown seam wired "
+                    "(Machines(shutdown=...) from reops.sources.ssh)")
+            r = await self.shutdown(s)
+            if not r.ok:
+                raise MachinesError(f"{s.hostname}: shutdown failed: {r.err or r.out}")
+            self._save(s, state="stopped", machine={"ip": s.machine.ip})
+            return {"shutdown": "sent"}
+        how = await (await self._hyp(s)).stop(s.placement.domain, self.m.settings.stop_timeout)
+        self._save(self._fresh(s), state="stopped", machine={"ip": None})
+        return {"stop": how}
+
+    async def destroy(self, job: Job) -> dict[str, Any]:
+        s = self._system(job)
+        if s.placement.kind == "physical":
+            raise MachinesError(f"{s.hostname} is physical: use `clear` to forget it")
+        p = s.placement
+        await (await self._hyp(s)).remove(p.domain, p.pool, [v.name for v in p.volumes])
+        self.m.store.remove_system(s.id)
+        return {"destroyed": p.domain}
+
+    async def reload(self, job: Job) -> dict[str, Any]:
+        """Stop, delete, re-create from the same record (same id, name and size)."""
+        s = self._system(job)
+        p = s.placement
+        hyp = await self._hyp(s)
+        await hyp.remove(p.domain, p.pool, [v.name for v in p.volumes])
+        self._save(s, state="creating", machine={"ip": None})
+        return await self.create(job)
+
+    async def clear(self, job: Job) -> dict[str, Any]:
+        """Forget the record only; the machine itself is left alone."""
+        s = self._system(job)
+        self.m.store.remove_system(s.id)
+        return {"cleared": s.hostname}
+
+    async def snapshot(self, job: Job) -> dict[str, Any]:
+        s = self._system(job)
+        await (await self._hyp(s)).snapshot(s.placement.domain, job.args["name"])
+        return {"snapshot": job.args["name"]}
+
+    async def revert(self, job: Job) -> dict[str, Any]:
+        s = self._system(job)
+        hyp = await self._hyp(s)
+        await hyp.revert(s.placement.domain, job.args["name"])
+        state = await hyp.state(s.placement.domain)
+        self._save(self._fresh(s), state=state)
+        return {"reverted": job.args["name"], "state": state}
+
+    async def sync(self, job: Job) -> dict[str, Any]:
+        """Import domains we do not know, refresh those we do, mark vanished ones missing."""
+        name = job.args["hypervisor"]
+        hyp = await self.m.hypervisor(name)
+        store = self.m.store
+        imported, updated = [], 0
+        seen: set[str] = set()
+        for d in await hyp.domains():
+            known = (store.system(d.system_id) if d.system_id else None) or \
+                store.system_by_domain(name, d.name)
+            ip = await hyp.ip_now(d.name) if d.state == "running" else None
+            if known is not None:
+                seen.add(known.id)
+                self._save(known, state=d.state, placement={"uuid": d.uuid, "domain": d.name},
+                           machine={"ip": ip})
+                updated += 1
+                continue
+            s = System(
+                id=d.system_id or _id_for(d.uuid), type="", state=d.state,  # type: ignore[arg-type]
+                description="imported by sync",
+                machine=Machine(hostname=d.name, cpu=d.cpu, ram=d.ram, mac=d.mac, ip=ip,
+                                adapters=d.networks),
+                placement=Placement(hypervisor=name, domain=d.name, uuid=d.uuid),
+            )
+            store.put_system(s)
+            seen.add(s.id)
+            imported.append(d.name)
+        missing = [s.hostname for s in store.systems()
+                   if s.placement.hypervisor == name and s.placement.kind == "libvirt"
+                   and s.id not in seen and s.state != "creating"]
+        for s in store.systems():
+            if s.hostname in missing and s.placement.hypervisor == name:
+                self._save(s, state="missing", machine={"ip": None})
+        return {"imported": imported, "updated": updated, "missing": missing}
+
+
+def _id_for(uuid: str) -> str:
+    """A stable id for a foreign domain: its uuid's hex, padded to 40 characters."""
+    raw = uuid.replace("-", "").lower()
+    return (raw + "0" * 40)[:40]

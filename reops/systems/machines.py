@@ -1,0 +1,270 @@
+"""The Machines service: systems, types, the job queue and hypervisor connections together.
+
+An object with async methods that runs in any asyncio loop: in the CLI's own process for
+now, in the controller (`reops hub`) via `reops.systems.service`. Methods that change
+machines validate everything first (type, presets, hypervisor reachable, pool and base
+volumes), then record systems and jobs in one transaction and return the jobs: bad input
+leaves nothing behind, and the work itself runs in the durable queue.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import reactivex as rx
+
+from reops.config import home
+from reops.model import Host, Hosts
+from reops.sources.hypervisor import Hypervisor
+from reops.systems import select as selecting
+from reops.systems.config import MachinesConfig, load_machines_config
+from reops.systems.handlers import Handlers, ShutdownSeam
+from reops.systems.libvirt_events import HypervisorEvent
+from reops.systems.model import (
+    Job,
+    JobEvent,
+    JobOp,
+    Machine,
+    MachinesError,
+    Placement,
+    System,
+    Type,
+    Volume,
+    new_id,
+    short,
+)
+from reops.systems.presets import Spec, resolve
+from reops.systems.queue import JobQueue
+from reops.systems.store import Store
+
+#: operations on existing systems that need a confirmation on a TTY unless --force
+DESTRUCTIVE: frozenset[str] = frozenset({"destroy", "reload", "clear", "revert", "stop"})
+
+
+class Machines:
+    """Systems and Types in the store, jobs in the queue, one connection per hypervisor."""
+
+    def __init__(self, store: Store, config: MachinesConfig,
+                 shutdown: ShutdownSeam | None = None) -> None:
+        self.store = store
+        self.config = config
+        self.settings = config.settings
+        self._hypervisors: dict[str, Hypervisor] = {}
+        self._subscriptions: list[Any] = []
+        self._handlers = Handlers(self, shutdown)
+        self.queue = JobQueue(store, self._handlers.table(), self.settings.limit)
+
+    @classmethod
+    def open(cls, root: Path | None = None, config: MachinesConfig | None = None,
+             shutdown: ShutdownSeam | None = None) -> Machines:
+        """Machines over `<root>/machines.db` (root: $REOPS_HOME or ~/.reops)."""
+        store = Store((root or home()) / "machines.db")
+        return cls(store, config or load_machines_config(), shutdown)
+
+    async def __aenter__(self) -> Machines:
+        await self.run_queue()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def run_queue(self) -> list[Job]:
+        """Run the job queue here; returns jobs a crash had interrupted (re-queued if safe)."""
+        return await self.queue.start()
+
+    async def aclose(self) -> None:
+        """Stop the queue, close hypervisor connections and the store."""
+        await self.queue.close()
+        for sub in self._subscriptions:
+            sub.dispose()
+        hyps, self._hypervisors = list(self._hypervisors.values()), {}
+        for h in hyps:
+            await h.close()
+        self.store.close()
+
+    # ---- streams
+    @property
+    def job_events(self) -> rx.Observable[JobEvent]:
+        """queued / started / succeeded / failed / interrupted, for every job of this queue."""
+        return self.queue.events
+
+    async def hypervisor(self, name: str | None = None) -> Hypervisor:
+        """The open connection to a configured hypervisor (opened on first use)."""
+        cfg = self.config.hypervisor(name)
+        if cfg.kind != "libvirt":
+            raise MachinesError(f"hypervisor {cfg.name!r} is {cfg.kind}, not libvirt")
+        if cfg.name not in self._hypervisors:
+            hyp = await Hypervisor.connect(cfg.name, cfg.uri, self.settings.connect_timeout)
+            self._hypervisors[cfg.name] = hyp
+            self._subscriptions.append(hyp.events.subscribe(self._on_event))
+        return self._hypervisors[cfg.name]
+
+    async def hypervisor_events(self, name: str | None = None) -> rx.Observable[HypervisorEvent]:
+        """Lifecycle events (domain, network, pool) of a hypervisor as they happen."""
+        return (await self.hypervisor(name)).events
+
+    def _on_event(self, ev: HypervisorEvent) -> None:
+        """Keep recorded states current from the hypervisor's own events."""
+        states = {"STARTED": "running", "RESUMED": "running", "STOPPED": "stopped",
+                  "SUSPENDED": "paused", "PMSUSPENDED": "paused", "CRASHED": "stopped"}
+        if ev.kind != "domain" or ev.event not in states:
+            return
+        s = self.store.system_by_domain(ev.hypervisor, ev.name)
+        if s is None or s.state == "creating":
+            return
+        machine = s.machine if states[ev.event] == "running" else msgspec.structs.replace(
+            s.machine, ip=None)
+        self.store.put_system(msgspec.structs.replace(
+            s, state=states[ev.event], machine=machine, updated_at=time.time()))
+
+    # ---- types
+    def add_type(self, name: str, description: str = "", provision: str | None = None,
+                 args: dict[str, Any] | None = None) -> Type:
+        """Record a Type (a provisioning recipe); replaces one of the same name."""
+        if not name or any(c in name for c in " ,&!():*?[]="):
+            raise MachinesError(f"bad type name {name!r}: no spaces or , & ! ( ) : * ? [ ] =")
+        t = Type(name=name, description=description, provision=provision, args=args or {})
+        self.store.put_type(t)
+        return t
+
+    def types(self) -> list[Type]:
+        return self.store.types()
+
+    def remove_type(self, name: str) -> None:
+        self.store.remove_type(name)
+
+    # ---- systems
+    def systems(self, selector: str = "all") -> list[System]:
+        """Recorded systems matching `selector` (see reops.systems.select)."""
+        return selecting.select(self.store.systems(), selector)
+
+    select = systems
+
+    def running(self) -> list[System]:
+        return self.systems("running")
+
+    def hosts(self, selector: str = "running") -> Hosts:
+        """The selected systems as Hosts, for SSH and agent operations."""
+        return to_hosts(self.systems(selector))
+
+    def system(self, id_or_prefix: str) -> System:
+        return self.store.system_by_prefix(id_or_prefix)
+
+    async def create(self, type_name: str, presets: Sequence[str] = (), *,
+                     count: int | None = None, hypervisor: str | None = None,
+                     hostname: str | None = None) -> list[Job]:
+        """Queue `count` new systems of a type, sized by presets; nothing recorded on bad input."""
+        t = self.store.get_type(type_name)
+        spec = resolve(presets, self.config.presets, count=count, hypervisor=hypervisor)
+        cfg = self.config.hypervisor(spec.hypervisor)
+        hyp = await self.hypervisor(cfg.name)
+        volumes_of = _volumes(spec)
+        if spec.disk_gb or spec.volumes:
+            await hyp.check_pool(cfg.pool, sorted({v.base for v in volumes_of("x") if v.base}))
+        systems: list[System] = []
+        taken = {s.placement.domain for s in self.store.systems()}
+        for i in range(spec.count):
+            sid = new_id()
+            name = hostname or f"{t.name}-{short(sid)}"
+            if hostname and spec.count > 1:
+                name = f"{hostname}-{i + 1}"
+            if name in taken or await hyp.state(name) != "missing":
+                raise MachinesError(f"a machine named {name!r} already exists on {cfg.name}")
+            systems.append(System(
+                id=sid, type=t.name, description=t.description,
+                machine=Machine(hostname=name, domain=spec.domain, user=spec.user, os=spec.os,
+                                cpu=spec.cpu, ram=spec.ram,
+                                adapters=(cfg.network,) if cfg.network else ()),
+                placement=Placement(hypervisor=cfg.name, domain=name, pool=cfg.pool,
+                                    volumes=volumes_of(name)),
+            ))
+        jobs = [Job(id=new_id(), op="create", system_id=s.id) for s in systems]
+        return self.queue.submit_jobs(jobs, systems)
+
+    def register_physical(self, hostname: str, mac: str, *, ip: str | None = None,
+                          type_name: str = "physical", hypervisor: str | None = None,
+                          user: str = "root") -> System:
+        """Record a physical machine (started by Wake-on-LAN, stopped over SSH)."""
+        cfg = self.config.hypervisor(hypervisor)
+        if cfg.kind != "physical":
+            raise MachinesError(f"hypervisor {cfg.name!r} is not kind = \"physical\"")
+        if type_name != "physical":
+            self.store.get_type(type_name)
+        s = System(id=new_id(), type=type_name, state="unknown",
+                   machine=Machine(hostname=hostname, mac=mac, ip=ip, user=user),
+                   placement=Placement(hypervisor=cfg.name, kind="physical",
+                                       broadcast=cfg.broadcast))
+        self.store.put_system(s)
+        return s
+
+    def submit(self, op: JobOp, selector: str, **args: Any) -> list[Job]:
+        """Queue `op` for every system matching `selector`; an error when none match."""
+        chosen = self.systems(selector)
+        if not chosen:
+            raise MachinesError(f"no system matches {selector!r}")
+        jobs = [Job(id=new_id(), op=op, system_id=s.id, args=args) for s in chosen]
+        return self.queue.submit_jobs(jobs)
+
+    async def start(self, selector: str) -> list[Job]:
+        return self.submit("start", selector)
+
+    async def stop(self, selector: str) -> list[Job]:
+        return self.submit("stop", selector)
+
+    async def reload(self, selector: str) -> list[Job]:
+        return self.submit("reload", selector)
+
+    async def destroy(self, selector: str) -> list[Job]:
+        return self.submit("destroy", selector)
+
+    async def clear(self, selector: str) -> list[Job]:
+        return self.submit("clear", selector)
+
+    async def snapshot(self, selector: str, name: str) -> list[Job]:
+        return self.submit("snapshot", selector, name=name)
+
+    async def revert(self, selector: str, name: str) -> list[Job]:
+        return self.submit("revert", selector, name=name)
+
+    async def sync(self, hypervisor: str | None = None) -> Job:
+        """Queue an import of the domains that exist on a hypervisor."""
+        cfg = self.config.hypervisor(hypervisor)
+        await self.hypervisor(cfg.name)  # unreachable: fail now, queue nothing
+        return self.queue.submit("sync", None, hypervisor=cfg.name)
+
+    # ---- jobs
+    def jobs(self, limit: int | None = None) -> list[Job]:
+        return self.store.jobs(limit=limit)
+
+    def job(self, id_or_prefix: str) -> Job:
+        return self.store.job(id_or_prefix)
+
+    async def wait(self, jobs: Sequence[Job] | Job) -> list[Job]:
+        """The jobs once finished (following retries of interrupted ones)."""
+        todo = [jobs] if isinstance(jobs, Job) else list(jobs)
+        return [await self.queue.wait(j.id) for j in todo]
+
+
+def _volumes(spec: Spec) -> Any:
+    """name -> the volumes of a machine called name: the root overlay, then extra volumes."""
+    def of(name: str) -> tuple[Volume, ...]:
+        root = (Volume(name=f"{name}.qcow2", size_gb=spec.disk_gb, base=spec.base),)
+        extra = tuple(Volume(name=f"{name}-{v.name}.qcow2", size_gb=v.size_gb, base=v.base)
+                      for v in spec.volumes)
+        return (root if spec.disk_gb else ()) + extra
+    return of
+
+
+def to_hosts(systems: Sequence[System]) -> Hosts:
+    """Systems as Hosts (address: ip, else the fqdn), tagged with type, hypervisor and id."""
+    return Hosts(
+        Host(name=s.hostname, address=s.machine.ip or s.machine.fqdn, user=s.machine.user,
+             groups=(s.type,) if s.type else (),
+             tags={"type": s.type, "hypervisor": s.placement.hypervisor, "id": s.short_id,
+                   "os": s.machine.os})
+        for s in systems
+    )

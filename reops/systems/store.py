@@ -1,0 +1,209 @@
+"""The embedded store: Types, Systems and Jobs in SQLite (stdlib, WAL, versioned schema).
+
+WAL lets the CLI read while the queue process writes; every change is one short
+transaction, so a SIGKILL at any point leaves the last committed state, never half a row.
+Rows keep the msgspec JSON of the value plus the columns we select and order on.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+
+from reops.systems.model import MIN_PREFIX, Job, JobState, MachinesError, System, Type
+
+T = TypeVar("T")
+
+#: schema versions, applied in order, each once; never edit a released step, append one
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE types (name TEXT PRIMARY KEY, data TEXT NOT NULL);
+    CREATE TABLE systems (
+        id TEXT PRIMARY KEY, hostname TEXT NOT NULL, type TEXT NOT NULL,
+        hypervisor TEXT NOT NULL, domain TEXT NOT NULL, data TEXT NOT NULL);
+    CREATE INDEX systems_hostname ON systems(hostname);
+    CREATE TABLE jobs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, op TEXT NOT NULL,
+        system_id TEXT, state TEXT NOT NULL, data TEXT NOT NULL);
+    CREATE INDEX jobs_state ON jobs(state);
+    """,
+    "CREATE UNIQUE INDEX systems_domain ON systems(hypervisor, domain) WHERE domain != '';",
+)
+
+_enc = msgspec.json.Encoder()
+
+
+class Store:
+    """Types, Systems and Jobs on disk; safe to share between threads of one process."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._lock = threading.RLock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._migrate()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write: all of it is on disk after the block, or none of it."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self.tx() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations"
+                " (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+            )
+            done = {v for (v,) in db.execute("SELECT version FROM schema_migrations")}
+            for version, script in enumerate(MIGRATIONS, start=1):
+                if version in done:
+                    continue
+                for stmt in filter(str.strip, script.split(";")):
+                    db.execute(stmt)
+                db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time()))
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+    def _rows(self, sql: str, args: Iterable[object], cls: type[T]) -> list[T]:
+        with self._lock:
+            rows = self._db.execute(sql, tuple(args)).fetchall()
+        return [msgspec.json.decode(r[0], type=cls) for r in rows]
+
+    # ---- types
+    def put_type(self, t: Type) -> None:
+        with self.tx() as db:
+            db.execute("INSERT OR REPLACE INTO types VALUES (?, ?)", (t.name, _enc.encode(t)))
+
+    def get_type(self, name: str) -> Type:
+        found = self._rows("SELECT data FROM types WHERE name = ?", (name,), Type)
+        if not found:
+            known = ", ".join(t.name for t in self.types()) or "none; add one with `types add`"
+            raise MachinesError(f"unknown type {name!r} (known: {known})")
+        return found[0]
+
+    def types(self) -> list[Type]:
+        return self._rows("SELECT data FROM types ORDER BY name", (), Type)
+
+    def remove_type(self, name: str) -> None:
+        self.get_type(name)
+        with self.tx() as db:
+            used = db.execute("SELECT count(*) FROM systems WHERE type = ?", (name,)).fetchone()
+            if used[0]:
+                raise MachinesError(f"type {name!r} is used by {used[0]} system(s)")
+            db.execute("DELETE FROM types WHERE name = ?", (name,))
+
+    # ---- systems
+    def record(self, systems: Iterable[System], jobs: Iterable[Job] = ()) -> None:
+        """Insert or replace systems and jobs together: all are recorded, or none."""
+        try:
+            with self.tx() as db:
+                for s in systems:
+                    db.execute(
+                        "INSERT OR REPLACE INTO systems VALUES (?, ?, ?, ?, ?, ?)",
+                        (s.id, s.hostname, s.type, s.placement.hypervisor,
+                         s.placement.domain, _enc.encode(s)),
+                    )
+                for j in jobs:
+                    _put_job(db, j)
+        except sqlite3.IntegrityError as e:
+            raise MachinesError(f"a system with that domain name already exists ({e})") from None
+
+    def put_systems(self, systems: Iterable[System]) -> None:
+        self.record(systems)
+
+    def put_system(self, s: System) -> None:
+        self.put_systems([s])
+
+    def system(self, id_: str) -> System | None:
+        found = self._rows("SELECT data FROM systems WHERE id = ?", (id_,), System)
+        return found[0] if found else None
+
+    def systems(self) -> list[System]:
+        return self._rows("SELECT data FROM systems ORDER BY hostname, id", (), System)
+
+    def system_by_domain(self, hypervisor: str, domain: str) -> System | None:
+        found = self._rows(
+            "SELECT data FROM systems WHERE hypervisor = ? AND domain = ?",
+            (hypervisor, domain), System,
+        )
+        return found[0] if found else None
+
+    def remove_system(self, id_: str) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM systems WHERE id = ?", (id_,))
+
+    # ---- jobs
+    def put_job(self, j: Job) -> None:
+        with self.tx() as db:
+            _put_job(db, j)
+
+    def job(self, id_or_prefix: str) -> Job:
+        """A job by full id or unique prefix; a clear error when none or several match."""
+        return _unique(
+            "job", id_or_prefix,
+            self._rows("SELECT data FROM jobs WHERE id LIKE ? || '%' ORDER BY seq LIMIT 2",
+                       (_like(id_or_prefix),), Job),
+        )
+
+    def jobs(self, states: Iterable[JobState] = (), limit: int | None = None) -> list[Job]:
+        """Jobs oldest first, optionally only in `states`, optionally the newest `limit`."""
+        wanted = tuple(states)
+        where = f"WHERE state IN ({','.join('?' * len(wanted))})" if wanted else ""
+        sql = f"SELECT data, seq FROM jobs {where} ORDER BY seq DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return self._rows(f"SELECT data FROM ({sql}) ORDER BY seq", wanted, Job)
+
+    def system_by_prefix(self, prefix: str) -> System:
+        return _unique(
+            "system", prefix,
+            self._rows("SELECT data FROM systems WHERE id LIKE ? || '%' LIMIT 2",
+                       (_like(prefix),), System),
+        )
+
+
+def _put_job(db: sqlite3.Connection, j: Job) -> None:
+    db.execute(
+        "INSERT INTO jobs (id, op, system_id, state, data) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT(id) DO UPDATE SET state = excluded.state, data = excluded.data",
+        (j.id, j.op, j.system_id, j.state, _enc.encode(j)),
+    )
+
+
+def _like(prefix: str) -> str:
+    if len(prefix) < MIN_PREFIX or not all(c in "0123456789abcdef" for c in prefix.lower()):
+        raise MachinesError(f"bad id {prefix!r}: give at least {MIN_PREFIX} hex characters")
+    return prefix.lower()
+
+
+def _unique(what: str, prefix: str, found: list[T]) -> T:
+    if not found:
+        raise MachinesError(f"no {what} with id {prefix!r}")
+    if len(found) > 1:
+        raise MachinesError(f"{what} id {prefix!r} is ambiguous: give more characters")
+    return found[0]
