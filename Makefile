@@ -1,0 +1,63 @@
+# reops — every target installs what it needs first (apt as root, a venv with the deps).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+LAB    ?= lab
+HOSTS  ?= 20
+APT_PACKAGES := openssh-server openssh-client rsync gcc pkg-config libvirt-dev \
+                libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
+                qemu-utils
+STAMP  := $(VENV)/.installed
+
+.PHONY: all system venv test lint run bench clean lab-up lab-down
+
+all: test
+
+# System packages: installed only when running as root and something is missing.
+system:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  missing=""; for p in $(APT_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	  done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  fi; \
+	else \
+	  command -v sshd >/dev/null || test -x /usr/sbin/sshd || { echo "sshd missing: sudo apt-get install $(APT_PACKAGES)"; exit 2; }; \
+	fi
+
+$(STAMP): pyproject.toml agent/pyproject.toml
+	$(MAKE) system
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,libvirt]' -e ./agent
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: venv
+	$(BIN)/ruff check reops agent tests bench flows
+	$(BIN)/mypy
+
+# The main job on the embedded default: a local lab fleet and an example saved flow.
+run: venv
+	-$(BIN)/reops lab down --dir $(LAB) 2>/dev/null
+	$(BIN)/reops lab up --hosts $(HOSTS) --dir $(LAB)
+	$(BIN)/reops run flows/examples/fleet_report.py --inventory $(LAB)/inventory.toml --selector all --save fleet.parquet
+	@echo "lab is still up: try  $(BIN)/reops exec -i $(LAB)/inventory.toml all -- uptime ; stop it with  $(BIN)/reops lab down --dir $(LAB)"
+
+lab-up: venv
+	$(BIN)/reops lab up --hosts $(HOSTS) --dir $(LAB)
+
+lab-down: venv
+	$(BIN)/reops lab down --dir $(LAB)
+
+bench: venv
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

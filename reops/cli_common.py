@@ -1,0 +1,121 @@
+"""What every fleet command shares: host selection, SSH flags, output modes, exit codes.
+
+`@fleet_options` adds the flags; `run_on_fleet(opts, build)` selects hosts, configures
+the runtime, runs the pipeline `build(hosts)` and prints it the chosen way.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from reops.cli import UserError, default_inventory
+
+
+def fleet_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Inventory, selector-independent SSH flags, output, retries, batches."""
+    options = [
+        click.option("-i", "--inventory", "inventory_path", type=click.Path(path_type=Path),
+                     default=None, help="Inventory TOML [default: $REOPS_INVENTORY, "
+                     "./inventory.toml, ./lab/inventory.toml]."),
+        click.option("-o", "--output", type=click.Choice(["pretty", "json", "jsonl"]),
+                     default="pretty", show_default=True,
+                     help="pretty: ✔/✘ per host; json: the Outcome; jsonl: a Result per line."),
+        click.option("--save", type=click.Path(path_type=Path), default=None,
+                     help="Also append the Results to this parquet table."),
+        click.option("-f", "--forks", type=click.IntRange(1), default=None,
+                     help="Hosts worked on at once [default: 256]."),
+        click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True),
+                     default=None, help="Seconds to connect and log in [default: 10]."),
+        click.option("-t", "--timeout", "command_timeout",
+                     type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Seconds a command may run before it is killed [default: none]."),
+        click.option("--host-key-checking", type=click.Choice(["strict", "accept-new", "off"]),
+                     default=None, help="strict: known_hosts must match [default]; "
+                     "accept-new: record unknown hosts; off: do not check (unsafe)."),
+        click.option("--known-hosts", type=click.Path(path_type=Path), default=None,
+                     help="known_hosts file for hosts without their own "
+                     "[default: ~/.ssh/known_hosts]."),
+        click.option("-u", "--user", default=None, help="Login user for hosts without one."),
+        click.option("--sudo", is_flag=True, help="Run commands as root through sudo -n."),
+        click.option("--via", type=click.Choice(["ssh", "agent", "auto"]), default="ssh",
+                     show_default=True, help="Transport; auto: agent where connected, else SSH."),
+        click.option("--stream", "lines", is_flag=True,
+                     help="Show output lines live as hosts print them."),
+        click.option("--dry-run", is_flag=True, help="Print what each host would run; run nothing."),
+        click.option("--retry", "retries", type=click.IntRange(0), default=0,
+                     help="Re-run failed hosts up to N times."),
+        click.option("--rolling", "batch", type=click.IntRange(1), default=None,
+                     help="Work on N hosts at a time, batch after batch."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def select_hosts(inventory_path: Path | None, selector: str) -> Any:
+    from reops.inventory import inventory
+
+    path = inventory_path or default_inventory()
+    inv = inventory(path)
+    hosts = inv.select(selector)
+    if not len(hosts):
+        raise UserError(f"selector {selector!r} matched no hosts in {path}")
+    return hosts
+
+
+def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any]) -> None:
+    """Select, configure, run `build(hosts)` and exit 0/1 by the Outcome."""
+    from reops.sinks.jsonl import jsonl
+    from reops.sinks.table import save
+    from reops.sinks.terminal import pretty
+    from reops.streams.core import run
+    from reops.streams.operators import retry, rolling
+    from reops.streams.source import configure
+
+    hosts = select_hosts(opts["inventory_path"], selector)
+    settings = {k: opts[k] for k in ("forks", "connect_timeout", "command_timeout",
+                                     "host_key_checking", "user") if opts.get(k) is not None}
+    if opts.get("known_hosts") is not None:
+        settings["known_hosts"] = str(opts["known_hosts"])
+    if opts.get("sudo"):
+        settings["sudo"] = True
+    configure(via=opts["via"], lines=opts["lines"] and opts["output"] == "pretty",
+              dry_run=opts["dry_run"], **settings)
+    stream = build(hosts)
+    if opts["retries"]:
+        stream = stream | retry(opts["retries"])
+    if opts["batch"]:
+        stream = stream | rolling(opts["batch"])
+    if opts["output"] == "pretty":
+        stream = stream | pretty()
+    elif opts["output"] == "jsonl":
+        stream = stream | jsonl(sys.stdout)
+    outcome = run(stream)
+    if opts["output"] == "json":
+        sys.stdout.write(outcome.to_json().decode() + "\n")
+    if opts["save"] is not None:
+        path = save(outcome, opts["save"])
+        if opts["output"] == "pretty":
+            click.echo(f"saved {len(outcome.results)} rows to {path}", err=True)
+    if outcome.interrupted:
+        click.echo("reops: interrupted: hosts not finished are reported as errors", err=True)
+        sys.exit(130)
+    sys.exit(outcome.exit_code)
+
+
+def fleet_command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a click callback that gets (selector, opts) and returns a build function."""
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> None:
+        selector = kwargs.pop("selector")
+        build = fn(selector=selector, **kwargs)
+        run_on_fleet(kwargs, selector, build)
+
+    return wrapper
