@@ -153,7 +153,12 @@ class Lab:
         self.port = base_port
         self.first_address = first_address
         self.as_root = os.geteuid() == 0
-        self.user = user or (LAB_USER if self.as_root else pwd.getpwuid(os.geteuid()).pw_name)
+        me = pwd.getpwuid(os.geteuid()).pw_name
+        self.user = user or (LAB_USER if self.as_root else me)
+        if self.user == "root":
+            raise LabError("the lab never logs in as root (PermitRootLogin no); pick another user")
+        if not self.as_root and self.user != me:
+            raise LabError(f"an unprivileged sshd can only log in as {me}, not {self.user}")
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         names = host_names(hosts)

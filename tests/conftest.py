@@ -8,6 +8,7 @@ at the same time (hence ephemeral ports, retried when taken):
     127.0.10-249: ephemeral   one /24 per `lab_factory` lab
     127.0.250.1 : ephemeral   `tarpit`
     127.0.251.1 : ephemeral   `dead_address`
+    127.0.252+  : any         free for tests that build a `Lab` by hand
 
 Set REOPS_TEST_PORT to pin the labs' port (e.g. 2322) when debugging with `ssh`.
 """

@@ -293,6 +293,18 @@ def test_taken_address_is_reported_and_nothing_is_left_running(
     assert not (clash.root / "state.json").exists()
 
 
+def test_sshd_config_errors_are_reported(tmp_path: Path) -> None:
+    class Broken(Lab):
+        def _sshd_config(self, name: str, address: str) -> str:
+            return super()._sshd_config(name, address) + "NoSuchOption yes\n"
+
+    broken = Broken(tmp_path / "broken", hosts=3, first_address="127.0.252.1")
+    with pytest.raises(LabError, match=r"Bad configuration option: NoSuchOption(.|\n)*config: "):
+        broken.up()
+    assert lab_processes(broken.root) == []
+    assert zombie_children() == []
+
+
 def test_up_twice_is_refused(lab_factory: LabFactory) -> None:
     fleet = lab_factory()
     with pytest.raises(LabError, match="already up"):
