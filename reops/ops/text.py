@@ -91,11 +91,11 @@ def without_markers(out: str) -> str:
 
 
 def changed_marker(code: int, out: str) -> bool | None:
-    """`changed` for scripts that print a changed/unchanged marker (last one wins)."""
-    found = [m for m in markers(out) if m in ("changed", "unchanged")]
+    """`changed` for scripts printing changed/unchanged markers: any change counts."""
+    found = set(markers(out)) & {"changed", "unchanged"}
     if not found:
         return None
-    return found[-1] == "changed"
+    return "changed" in found
 
 
 def key_values(text: str, sep: str = "=") -> dict[str, str]:
