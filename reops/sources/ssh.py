@@ -134,11 +134,12 @@ class SshExecutor:
             self._caches.options[okey] = opts
         return opts
 
-    def _trusted_keys(self, host: Host, settings: Settings) -> Any:
-        """The known_hosts argument for asyncssh under the chosen policy."""
+    def _trusted_keys(self, host: Host, settings: Settings) -> tuple[Any, bool]:
+        """The known_hosts argument for asyncssh under the chosen policy, and whether
+        known_hosts lists this host at all (so errors can say which problem it is)."""
         policy = settings.host_key_checking
         if policy == "off":
-            return None
+            return None, False
         path = host.known_hosts or settings.known_hosts or DEFAULT_KNOWN_HOSTS
         known = self._caches.known_hosts(path)
         keys: list[Any] = []
@@ -147,16 +148,13 @@ class SshExecutor:
         if known is not None:
             keys, ca, revoked, *_ = known.match(host.address, host.address, host.port)
         if keys or ca:
-            return (keys, ca, revoked)
+            return (keys, ca, revoked), True
         if policy == "accept-new":
-            return None
-        raise Unreached(
-            f"host key of {_known_hosts_entry(host)} is not in {os.path.expanduser(path)}; "
-            "add it (ssh-keyscan) or use --host-key-checking accept-new"
-        )
+            return None, False
+        return ([], [], []), False  # connect, then fail verification with a clear message
 
     async def _connect(self, host: Host, settings: Settings, user: str) -> _Pooled:
-        trusted = self._trusted_keys(host, settings)
+        trusted, listed = self._trusted_keys(host, settings)
         options = self._options(host, settings, user)
         try:
             conn = await asyncssh.connect(
@@ -166,6 +164,11 @@ class SshExecutor:
             path = os.path.expanduser(
                 host.known_hosts or settings.known_hosts or DEFAULT_KNOWN_HOSTS
             )
+            if not listed:
+                raise Unreached(
+                    f"host key of {_known_hosts_entry(host)} is not in {path}; add it "
+                    "(ssh-keyscan) or use --host-key-checking accept-new"
+                ) from None
             raise Unreached(
                 f"host key of {_known_hosts_entry(host)} does not match {path} ({e.reason}); "
                 "if the host was reinstalled, remove the old entry: "
@@ -402,6 +405,8 @@ async def _pump(
         return
     kind = "out" if name == "out" else "err"
     async for line in stream:
+        if not line:  # EOF
+            break
         parts.append(line)
         on_line(Line(host, kind, line.rstrip("\n")))
 
