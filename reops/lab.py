@@ -249,17 +249,20 @@ class Lab:
 
     def status(self) -> dict[str, bool]:
         """Which hosts are up: name -> True when its sshd is running."""
+        self._sync()
         return {name: self._alive(name) for name in self.hosts}
 
     def stop_host(self, name: str) -> None:
         """Take one host down: its sshd and its open sessions go away (connections refused)."""
         self._check(name)
+        self._sync()
         self._stop([name])
         self._save()
 
     def start_host(self, name: str) -> None:
         """Bring one stopped host back, with whatever host key it has on disk."""
         self._check(name)
+        self._sync()
         if self._alive(name):
             return
         self._start([name], _sshd_binary())
@@ -267,6 +270,7 @@ class Lab:
     def rotate_host_key(self, name: str) -> None:
         """Give a host a new host key and restart it; known_hosts keeps the old key."""
         self._check(name)
+        self._sync()
         was_up = self._alive(name)
         if was_up:
             self._stop([name])
@@ -370,6 +374,23 @@ class Lab:
         _write_text(self.state_path, json.dumps(state, indent=1) + "\n", 0o644)
 
     # -- processes ------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return f"Lab({str(self.root)!r}, hosts={len(self.hosts)}, port={self.port})"
+
+    def _sync(self) -> None:
+        """Take pids from state.json: another process (`reops lab ...`) may have acted."""
+        try:
+            saved = json.loads(self.state_path.read_text())["hosts"]
+        except (OSError, ValueError, KeyError):
+            return
+        for name in self.hosts:
+            if name in saved and saved[name].get("pid") != self.pids.get(name):
+                old = self.pids.get(name)
+                if old is not None and _is_sshd(old) and (fd := _pidfd(old)) is not None:
+                    _reap(fd)  # our own child, stopped elsewhere: collect the zombie
+                    os.close(fd)
+                self.pids[name] = saved[name].get("pid")
 
     def _check(self, name: str) -> None:
         if name not in self.hosts:
@@ -541,6 +562,13 @@ def _parent_of(pid: int) -> int | None:
     except OSError:
         return None
     return int(stat[stat.rindex(")") + 2 :].split()[1])  # comm may hold spaces and ")"
+
+
+def _is_sshd(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "sshd"
+    except OSError:
+        return False
 
 
 def _descendants(roots: set[int]) -> list[int]:

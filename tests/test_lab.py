@@ -270,6 +270,18 @@ def test_down_from_another_process(lab_factory: LabFactory) -> None:
     assert not any(fleet.status().values())
     with pytest.raises(LabError, match="no lab"):
         Lab.load(fleet.root)
+    fleet.down()  # this process started them: it collects the exited sshd
+    assert zombie_children() == []
+
+
+def test_two_handles_on_one_lab_agree(lab_factory: LabFactory) -> None:
+    fleet = lab_factory(hosts=2)
+    other = Lab.load(fleet.root)  # as `reops lab ...` in another shell would
+    other.stop_host("cache1")
+    assert fleet.status() == {"web1": True, "cache1": False}
+    fleet.start_host("cache1")
+    assert other.status() == {"web1": True, "cache1": True}
+    assert zombie_children() == []
 
 
 async def test_user_lab_and_test_lab_coexist_on_other_ports(
