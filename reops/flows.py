@@ -467,14 +467,18 @@ def _import(path: Path) -> types.ModuleType:
         sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # a stray exit() must not end `reops flows`
         del sys.modules[name]
         raise _import_error(path, e) from None
     return module
 
 
 def load_flows(path: str | Path) -> list[Flow]:
-    """The `@flow` functions defined in the Python file at `path`, in source order."""
+    """The `@flow` functions defined in the Python file at `path`, in source order.
+
+    The file runs as a module with a unique name (never `__main__`); its directory joins
+    sys.path, as with `python FILE`, so flows can import helper modules beside them.
+    """
     p = Path(path)
     module = _import(p)
     funcs = [

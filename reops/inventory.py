@@ -274,6 +274,8 @@ class _Loader:
         for name, raw in self.table(data.get("hosts", {}), ("hosts",), "").items():
             where = ("hosts", name)
             self.check_name(name, where)
+            if name == "all":
+                raise self.fail(where, "'all' is reserved: the selector 'all' means every host")
             raw = self.table(raw, where, "")
             hosts.append(self.host(name, raw, defaults, groups))
 

@@ -283,6 +283,13 @@ def test_error_raised_at_import_time(tmp_path: Path) -> None:
     assert str(e.value) == f"{path}:4: ZeroDivisionError: division by zero"
 
 
+def test_exit_at_import_time_is_an_error_not_an_exit(tmp_path: Path) -> None:
+    path = write(tmp_path, "import sys\nsys.exit(3)\n")
+    with pytest.raises(FlowError) as e:
+        load_flows(path)
+    assert str(e.value) == f"{path}:2: SystemExit: 3"
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FlowError, match=r"nope\.py: no such flow file$"):
         load_flows(tmp_path / "nope.py")
@@ -370,7 +377,12 @@ def test_decorator_keeps_the_function_callable() -> None:
     def subtract(a: int, b: int) -> int:
         return a - b
 
+    @flow
+    def scale(x: int, /, factor: int = 2) -> int:
+        return x * factor
+
     assert add(1) == 3 and subtract(3, 1) == 2
+    assert invoke(Flow.of(scale), "--x", "3", "--factor", "5")[0] == 15
     assert Flow.of(add).name == "add" and Flow.of(subtract).name == "sub"
     assert invoke(Flow.of(add), "--a", "5")[0] == 7
 

@@ -226,6 +226,11 @@ BAD: list[tuple[str, str, str]] = [
         "avoid spaces and , & ! ( ) : * ? [ ] =",
     ),
     (
+        "host named all",
+        "[hosts.web1]\n[hosts.all]\n",
+        "{f}:2: host 'all': 'all' is reserved: the selector 'all' means every host",
+    ),
+    (
         "tag value not a string",
         "[hosts.web1]\naddress = 'a'\ntags = { rack = 4 }\n",
         "{f}:3: host 'web1': tags.rack must be a string, got 4 (quote it)",
