@@ -326,8 +326,6 @@ class SshExecutor:
         on_line: LineSink | None, started: float, t0: float,
     ) -> Result:
         command = op.command_for(host)
-        if settings.sudo and not op.sudo:
-            command = op.with_(sudo=True).command_for(host)
         timeout = op.timeout if op.timeout is not None else settings.command_timeout
         process = await conn.create_process(command, stdin=asyncssh.DEVNULL if op.stdin is None
                                             else asyncssh.PIPE)

@@ -124,6 +124,8 @@ def source(hosts: Hosts | Host | Iterable[Host], op: Op, *, via: Via | None = No
     use_lines = d.lines if lines is None else lines
     use_dry = d.dry_run if dry_run is None else dry_run
     pick = chooser(use_via, use_dry)
+    if use_settings.sudo and not op.sudo and not op.become_user:
+        op = op.with_(sudo=True)
 
     async def run_one(host: Host, on_line: Callable[[Line], None] | None) -> Result:
         return await pick(host).run(host, op, use_settings, on_line)
