@@ -19,9 +19,11 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from reops_agent import __version__
 from reops_agent.functions import Runner
@@ -89,7 +91,10 @@ class Agent:
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue(cfg.outbox)
         self._ctx = zmq.asyncio.Context()
         self._sock = self._socket()
+        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self._sock.connect(cfg.hub)
         self._said: str = ""
+        self._retime = asyncio.Event()  # the heartbeat interval changed: restart the wait
 
     def _socket(self) -> zmq.asyncio.Socket:
         cfg = self.cfg
@@ -105,7 +110,6 @@ class Agent:
         beat_ms = max(1, int(cfg.heartbeat_s * 1000))
         s.setsockopt(zmq.HEARTBEAT_IVL, beat_ms)  # ZMTP pings: drop half-open TCP
         s.setsockopt(zmq.HEARTBEAT_TIMEOUT, beat_ms * cfg.misses)
-        s.connect(cfg.hub)
         return s
 
     def hello(self) -> Hello:
@@ -124,8 +128,8 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve the hub until `stop` is set."""
         log.info("agent %s connecting to %s", self.cfg.name, self.cfg.hub)
-        self._send_now(self.hello())
-        tasks = [asyncio.create_task(t) for t in (self._receive(), self._beat(), self._send())]
+        tasks = [asyncio.create_task(t) for t in (self._receive(), self._beat(), self._send(),
+                                                  self._connected())]
         try:
             await stop.wait()
         finally:
@@ -133,6 +137,7 @@ class Agent:
                 t.cancel()
             await asyncio.gather(*tasks, *self.calls.values(), *self.schedules.values(),
                                  return_exceptions=True)
+            self._monitor.close(0)
             self._sock.close(0)
             self._ctx.term()
 
@@ -140,8 +145,8 @@ class Agent:
 
     def _send_now(self, msg: Msg) -> None:
         """Send a droppable message (Hello, Beat) now, or drop it if the hub is away."""
-        with contextlib.suppress(zmq.Again):
-            self._sock.send(encode(msg), flags=zmq.NOBLOCK)
+        sent: Any = self._sock.send(encode(msg), flags=zmq.NOBLOCK)  # a Future
+        sent.add_done_callback(_retrieve)
 
     async def _queue(self, msg: Msg) -> None:
         """Send in order with everything else queued (lines, results)."""
@@ -152,11 +157,23 @@ class Agent:
             frame = await self._outbox.get()
             await self._sock.send(frame)
 
+    async def _connected(self) -> None:
+        """Register as soon as a connection to the hub is authenticated (first or again)."""
+        while True:
+            event = parse_monitor_message(await self._monitor.recv_multipart())
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.registered = False
+                self._send_now(self.hello())
+
     # ── heartbeats ────────────────────────────────────────────────────────────────────
 
     async def _beat(self) -> None:
         while True:
-            await asyncio.sleep(self.heartbeat_s)
+            try:
+                await asyncio.wait_for(self._retime.wait(), self.heartbeat_s)
+                self._retime.clear()
+            except TimeoutError:
+                pass
             silent = time.monotonic() - self.last_heard
             if self.registered and silent > self.heartbeat_s * self.misses:
                 self.registered = False
@@ -183,13 +200,15 @@ class Agent:
     def _handle(self, msg: HubMsg) -> None:
         match msg:
             case Welcome():
-                self.heartbeat_s, self.misses = msg.heartbeat_s, msg.misses
+                self._adopt(msg.heartbeat_s)
+                self.misses = msg.misses
                 if not self.registered:
                     log.info("registered with the hub as %s", self.cfg.name)
                 self.registered = True
                 self._said = ""
                 self._flush_backlog()
             case Pending():
+                self._adopt(msg.heartbeat_s)
                 self._say(f"key pending on the hub: accept it there with `reops keys accept "
                           f"{self.cfg.name}` (fingerprint {msg.fingerprint})")
             case Refused():
@@ -216,6 +235,12 @@ class Agent:
                     task.cancel()
             case Beat():
                 pass
+
+    def _adopt(self, heartbeat_s: float) -> None:
+        """Beat at the hub's interval from now on."""
+        if heartbeat_s > 0 and heartbeat_s != self.heartbeat_s:
+            self.heartbeat_s = heartbeat_s
+            self._retime.set()
 
     def _say(self, text: str) -> None:
         """Log a state message once, not on every heartbeat."""
@@ -282,3 +307,9 @@ class Agent:
             first = False
             self._outbox.put_nowait(encode(tick))
 
+
+
+def _retrieve(fut: asyncio.Future[object]) -> None:
+    """Consume a dropped send's exception (zmq.Again) so asyncio does not warn about it."""
+    if not fut.cancelled():
+        fut.exception()

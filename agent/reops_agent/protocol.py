@@ -118,6 +118,7 @@ class Pending(Msg, tag="pending", kw_only=True):
     """The agent's key awaits acceptance (`reops keys accept NAME`); no service until then."""
 
     fingerprint: str = ""
+    heartbeat_s: float = 0.0  # how often to ask again
 
 
 class Refused(Msg, tag="refused", kw_only=True):

@@ -1,0 +1,237 @@
+"""Clients of the hub's control socket: async (REPL, flows, executors) and blocking (CLI).
+
+A request gets any number of items, then one done (its value) or error (HubError). When
+the hub is not running, HubNotRunning says so in one line and how to start it; when it
+goes away mid-request, pending requests fail with HubGone instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncGenerator, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+from reops.hub.wire import Reply, Request, encoder, reply_decoder
+
+log = logging.getLogger("reops.hub.client")
+
+#: how long to wait for a hub to answer its first ping before saying it is not running
+CONNECT_TIMEOUT = 3.0
+
+
+class HubNotRunning(ConnectionError):
+    """No hub answers on the control socket."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"no reops hub is running (control socket {path}); "
+                         "start one with `reops hub`")
+
+
+class HubGone(ConnectionError):
+    """The hub went away while a request was in progress."""
+
+
+class HubError(RuntimeError):
+    """The hub answered a request with an error (its message is the text)."""
+
+
+def default_path() -> Path:
+    from reops.hub.settings import load_hub_settings
+
+    return load_hub_settings().control_path
+
+
+# ── blocking ──────────────────────────────────────────────────────────────────────────
+
+
+def request_sync(path: Path | None, method: str, params: dict[str, Any] | None = None, *,
+                 timeout: float = CONNECT_TIMEOUT,
+                 on_item: Callable[[Any], None] | None = None, wait: bool = False) -> Any:
+    """One request from blocking code; `timeout` bounds the wait for each reply.
+
+    With `wait`, a hub that is still starting (no socket yet) is waited for, up to `timeout`.
+    """
+    path = path or default_path()
+    if not wait and not path.exists():
+        raise HubNotRunning(path)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(f"ipc://{path}")
+        sock.send(encoder.encode(Request(id=1, method=method, params=params or {})))
+        while True:
+            if not sock.poll(int(timeout * 1000)):
+                raise HubNotRunning(path)
+            reply = reply_decoder.decode(sock.recv())
+            if reply.kind == "item":
+                if on_item is not None:
+                    on_item(reply.value)
+            elif reply.kind == "error":
+                raise HubError(str(reply.value))
+            else:
+                return reply.value
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+def ping_sync(path: Path | None = None, timeout: float = CONNECT_TIMEOUT,
+              wait: bool = False) -> dict[str, Any]:
+    """The hub's ping answer (pid, key, bind, agent count) or HubNotRunning."""
+    info: dict[str, Any] = request_sync(path, "ping", timeout=timeout, wait=wait)
+    return info
+
+
+# ── async ─────────────────────────────────────────────────────────────────────────────
+
+
+class HubClient:
+    """A long-lived connection to the hub's control socket, bound to one event loop."""
+
+    def __init__(self, path: Path | None = None, *,
+                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        self.path = path or default_path()
+        self.connect_timeout = connect_timeout
+        self._ids = itertools.count(1)
+        self._queues: dict[int, asyncio.Queue[Reply | BaseException]] = {}
+        self._ctx: zmq.asyncio.Context | None = None
+        self._sock: zmq.asyncio.Socket | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ready: asyncio.Future[None] | None = None
+
+    async def connect(self) -> None:
+        """Connect and ping; HubNotRunning if no hub answers in time."""
+        if self._ready is None:
+            self._ready = asyncio.get_running_loop().create_future()
+            try:
+                self._open()
+                await asyncio.wait_for(self._request_once("ping", {}), self.connect_timeout)
+            except (TimeoutError, HubGone) as e:
+                ready, self._ready = self._ready, None
+                ready.set_exception(HubNotRunning(self.path))
+                ready.exception()  # retrieved: waiters get their own copy below
+                await self._close_sockets()
+                raise HubNotRunning(self.path) from e
+            self._ready.set_result(None)
+        await asyncio.shield(self._ready)
+
+    def _open(self) -> None:
+        if not self.path.exists():
+            raise HubGone(str(self.path))
+        self._ctx = zmq.asyncio.Context()
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        sock.connect(f"ipc://{self.path}")
+        self._sock = sock
+        self._tasks = [asyncio.create_task(self._read()),
+                       asyncio.create_task(self._watch(monitor))]
+
+    async def _read(self) -> None:
+        assert self._sock is not None
+        while True:
+            frame = await self._sock.recv()
+            try:
+                reply = reply_decoder.decode(frame)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                log.warning("ignoring a bad reply from the hub")
+                continue
+            queue = self._queues.get(reply.id)
+            if queue is not None:
+                queue.put_nowait(reply)
+
+    async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
+        try:
+            while True:
+                event = parse_monitor_message(await monitor.recv_multipart())
+                if event["event"] == zmq.EVENT_DISCONNECTED:
+                    for queue in self._queues.values():
+                        queue.put_nowait(HubGone("the hub went away during the request"))
+        finally:
+            monitor.close(0)
+
+    async def stream(self, method: str, **params: Any) -> AsyncGenerator[Any, None]:
+        """Items of a streaming request (call, schedule, subscribe); ends at its done.
+
+        A subscription's first item is {"topic": "subscribed"}: events after it reach you.
+        """
+        await self.connect()
+        async for item in self._stream(method, params):
+            yield item
+
+    async def _stream(self, method: str, params: dict[str, Any]) -> AsyncGenerator[Any, None]:
+        assert self._sock is not None
+        rid = next(self._ids)
+        queue: asyncio.Queue[Reply | BaseException] = asyncio.Queue()
+        self._queues[rid] = queue
+        finished = False
+        try:
+            await self._sock.send(encoder.encode(Request(id=rid, method=method, params=params)))
+            while True:
+                reply = await queue.get()
+                if isinstance(reply, BaseException):
+                    finished = True
+                    raise reply
+                if reply.kind == "item":
+                    yield reply.value
+                    continue
+                finished = True
+                if reply.kind == "error":
+                    raise HubError(str(reply.value))
+                return
+        finally:
+            self._queues.pop(rid, None)
+            if not finished and self._sock is not None and not self._sock.closed:
+                self._sock.send(encoder.encode(Request(id=0, method="cancel",
+                                                       params={"id": rid})))
+
+    async def _request_once(self, method: str, params: dict[str, Any]) -> Any:
+        value: Any = None
+        rid = next(self._ids)
+        queue: asyncio.Queue[Reply | BaseException] = asyncio.Queue()
+        self._queues[rid] = queue
+        assert self._sock is not None
+        try:
+            await self._sock.send(encoder.encode(Request(id=rid, method=method, params=params)))
+            while True:
+                reply = await queue.get()
+                if isinstance(reply, BaseException):
+                    raise reply
+                if reply.kind == "error":
+                    raise HubError(str(reply.value))
+                if reply.kind == "done":
+                    value = reply.value
+                    return value
+        finally:
+            self._queues.pop(rid, None)
+
+    async def request(self, method: str, **params: Any) -> Any:
+        """The final value of a request (its items, if any, are dropped)."""
+        await self.connect()
+        return await self._request_once(method, params)
+
+    async def _close_sockets(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    async def close(self) -> None:
+        """Close the connection; safe to call twice (a later request reconnects)."""
+        await self._close_sockets()
+        self._ready = None

@@ -1,0 +1,163 @@
+"""The hub's local control socket: an ipc ROUTER only the hub's user can reach.
+
+The socket lives in a 0700 directory and is itself 0600, so only the user running the hub
+(and root) can connect; agents never can (they only reach the CurveZMQ endpoint).
+Handlers are registered by name; each request runs as its own task, may stream items via
+its Session, and ends with one done or error reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import zmq
+import zmq.asyncio
+from reops_agent.protocol import MAX_MESSAGE
+
+from reops.hub.wire import Reply, Request, encoder, request_decoder
+
+log = logging.getLogger("reops.hub.control")
+
+
+class Session:
+    """One control request in progress: stream items back, learn when it is cancelled."""
+
+    def __init__(self, server: ControlServer, client: bytes, request: Request) -> None:
+        self.server = server
+        self.client = client
+        self.request = request
+        self.cancelled = asyncio.Event()
+        self.on_cancel: list[Callable[[], None]] = []
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.request.params
+
+    def emit(self, value: Any) -> None:
+        """Send one item to the client (dropped, and the session cancelled, if it left)."""
+        if not self.cancelled.is_set():
+            self.server.reply(self, Reply(id=self.request.id, kind="item", value=value))
+
+    def cancel(self) -> None:
+        if not self.cancelled.is_set():
+            self.cancelled.set()
+            for fn in self.on_cancel:
+                fn()
+
+
+Handler = Callable[[Session], Awaitable[Any]]
+
+
+class BadRequest(ValueError):
+    """A request the hub cannot act on; its message goes back to the client as is."""
+
+
+class ControlServer:
+    """Dispatches control requests to registered handlers; publishes events."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path.parent, 0o700)
+        path.unlink(missing_ok=True)
+        s = ctx.socket(zmq.ROUTER)
+        s.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+        s.setsockopt(zmq.SNDHWM, 100_000)
+        old = os.umask(0o177)
+        try:
+            s.bind(f"ipc://{path}")
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        self.sock = s
+        self.handlers: dict[str, Handler] = {}
+        self.sessions: dict[tuple[bytes, int], Session] = {}
+        self.subscribers: dict[Session, tuple[str, ...]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.register("subscribe", self._subscribe)
+
+    def register(self, name: str, handler: Handler) -> None:
+        """Serve control method `name` with `handler(session) -> value`."""
+        if name in self.handlers or name == "cancel":
+            raise ValueError(f"control method {name!r} is already registered")
+        self.handlers[name] = handler
+
+    def publish(self, topic: str, data: Any) -> None:
+        """Send an event to every subscriber of `topic` (or of a prefix of it, or of all)."""
+        for session, topics in list(self.subscribers.items()):
+            if not topics or any(topic.startswith(t) for t in topics):
+                session.emit({"topic": topic, "data": data})
+
+    async def _subscribe(self, session: Session) -> None:
+        topics = session.params.get("topics") or ()
+        self.subscribers[session] = tuple(str(t) for t in topics)
+        session.emit({"topic": "subscribed", "data": {}})  # events from here on reach you
+        try:
+            await session.cancelled.wait()
+        finally:
+            self.subscribers.pop(session, None)
+
+    def reply(self, session: Session, reply: Reply) -> None:
+        sent: Any = self.sock.send_multipart([session.client, encoder.encode(reply)],
+                                             flags=zmq.NOBLOCK)
+        if sent.done() and sent.exception() is not None:
+            log.info("control client gone; ending its requests")
+            for s in [s for s in self.sessions.values() if s.client == session.client]:
+                s.cancel()
+        elif not sent.done():
+            sent.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    async def serve(self) -> None:
+        while True:
+            frames = await self.sock.recv_multipart()
+            if len(frames) != 2:
+                log.warning("dropped a control message of %d frames", len(frames))
+                continue
+            client, payload = frames
+            try:
+                request = request_decoder.decode(payload)
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                log.warning("dropped a bad control message: %s", e)
+                continue
+            if request.method == "cancel":
+                target = self.sessions.get((client, int(request.params.get("id", -1))))
+                if target is not None:
+                    target.cancel()
+                continue
+            task = asyncio.create_task(self._run(client, request))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, client: bytes, request: Request) -> None:
+        session = Session(self, client, request)
+        handler = self.handlers.get(request.method)
+        key = (client, request.id)
+        self.sessions[key] = session
+        try:
+            if handler is None:
+                raise BadRequest(f"unknown control method {request.method!r}")
+            value = await handler(session)
+            self.reply(session, Reply(id=request.id, kind="done", value=value))
+        except (BadRequest, KeyError, ValueError, TypeError) as e:
+            text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            self.reply(session, Reply(id=request.id, kind="error", value=str(text)))
+        except Exception as e:
+            log.exception("control method %s failed", request.method)
+            self.reply(session, Reply(id=request.id, kind="error",
+                                      value=f"hub error in {request.method}: {e}"))
+        finally:
+            self.sessions.pop(key, None)
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self.sock.close(0)
+        self.path.unlink(missing_ok=True)

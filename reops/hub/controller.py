@@ -1,0 +1,231 @@
+"""The controller: one process owning agents (Fleet) and the control socket, plus services.
+
+Built-in control methods: ping, agents, keys, keys.accept/reject/delete, call, schedule,
+subscribe (and cancel). Other services add theirs in the same process:
+
+    controller.register("jobs.submit", handler)   # async handler(session) -> value
+    controller.publish("jobs", {"event": "done", "job": 7})
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from reops_agent.protocol import CodeRef, code_hash
+
+from reops import __version__
+from reops.hub.control import BadRequest, ControlServer, Handler, Session
+from reops.hub.fleet import Fleet
+from reops.hub.keystore import KeyEntry, KeyStore
+from reops.hub.settings import HubSettings
+from reops.hub.zap import Authenticator
+
+log = logging.getLogger("reops.hub")
+
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+def _entry(e: KeyEntry) -> dict[str, Any]:
+    return {"name": e.name, "state": e.state, "key": e.key, "fingerprint": e.fingerprint}
+
+
+def _code(raw: Any) -> CodeRef | None:
+    if not raw:
+        return None
+    if not isinstance(raw, dict) or "source" not in raw or "function" not in raw:
+        raise BadRequest("code must be {source, function[, module]}")
+    source = str(raw["source"])
+    return CodeRef(hash=code_hash(source), function=str(raw["function"]),
+                   module=str(raw.get("module") or "shipped"), source=source)
+
+
+def _timeout(raw: Any) -> float | None:
+    if raw is None:
+        return None
+    t = float(raw)
+    if t <= 0:
+        raise BadRequest("timeout must be positive")
+    return t
+
+
+class Controller:
+    """The hub daemon's state, driven by `serve()` on one event loop."""
+
+    def __init__(self, settings: HubSettings) -> None:
+        self.settings = settings
+        self.keys = KeyStore(settings.keys_path)
+        self.keys.ensure()
+        self.public_key = self.keys.hub_public_key()
+        self.ctx = zmq.asyncio.Context()
+        self._listeners: list[Listener] = []
+        self.zap = Authenticator(self.ctx, self.keys)  # bound before any CURVE socket
+        self.fleet = Fleet(self.ctx, settings, self.keys, self.publish)
+        self.control = ControlServer(self.ctx, settings.control_path)
+        for name, handler in {
+            "ping": self._ping, "agents": self._agents, "keys": self._keys,
+            "keys.accept": self._accept, "keys.reject": self._reject,
+            "keys.delete": self._delete, "call": self._call, "schedule": self._schedule,
+        }.items():
+            self.register(name, handler)
+
+    def register(self, name: str, handler: Handler) -> None:
+        """Serve control method `name` (e.g. "jobs.submit") with `async handler(session)`."""
+        self.control.register(name, handler)
+
+    def publish(self, topic: str, data: dict[str, Any]) -> None:
+        """An event for control subscribers (`reops events`) and in-process listeners."""
+        self.control.publish(topic, data)
+        for fn in list(self._listeners):
+            try:
+                fn(topic, data)
+            except Exception:
+                log.exception("event listener failed")
+
+    def listen(self, fn: Listener) -> Callable[[], None]:
+        """Call `fn(topic, data)` on every event in this process; returns the remover."""
+        self._listeners.append(fn)
+        return lambda: self._listeners.remove(fn) if fn in self._listeners else None
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then release sockets and fail what is in flight."""
+        log.info("hub %s listening for agents on %s (key %s), control ipc://%s",
+                 __version__, self.fleet.endpoint, self.public_key, self.control.path)
+        tasks = [asyncio.create_task(c) for c in (
+            self.zap.serve(), self.fleet.serve(), self.fleet.heartbeat(), self.control.serve())]
+        try:
+            done, _ = await asyncio.wait([*tasks, asyncio.create_task(stop.wait())],
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t in tasks and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.fleet.close()
+            self.control.close()
+            self.zap.close()
+            self.ctx.term()
+
+    # ── built-in control methods ─────────────────────────────────────────────────────
+
+    async def _ping(self, s: Session) -> dict[str, Any]:
+        return {"hub": __version__, "pid": os.getpid(), "bind": self.fleet.endpoint,
+                "key": self.public_key, "agents": len(self.fleet.registry),
+                "calls": len(self.fleet.calls), "bad_frames": self.fleet.bad_frames,
+                "heartbeat_s": self.settings.heartbeat_s, "misses": self.settings.misses}
+
+    async def _agents(self, s: Session) -> list[dict[str, Any]]:
+        return [rec.info() for rec in self.fleet.registry]
+
+    async def _keys(self, s: Session) -> list[dict[str, Any]]:
+        return [_entry(e) for e in self.keys.entries()]
+
+    def _names(self, s: Session) -> list[str]:
+        names = s.params.get("names") or []
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise BadRequest("names must be a list of agent names")
+        return names
+
+    async def _accept(self, s: Session) -> list[dict[str, Any]]:
+        if s.params.get("all_pending"):
+            done = self.keys.accept_all_pending()
+        else:
+            done = [self.keys.accept(n) for n in self._names(s)]
+        for e in done:
+            self.fleet.nudge(e.name)
+            self.publish("keys", {"event": "accepted", "agent": e.name})
+        return [_entry(e) for e in done]
+
+    async def _reject(self, s: Session) -> list[dict[str, Any]]:
+        done = [self.keys.reject(n) for n in self._names(s)]
+        for e in done:
+            self.fleet.drop(e.name, "key rejected")
+            self.publish("keys", {"event": "rejected", "agent": e.name})
+        return [_entry(e) for e in done]
+
+    async def _delete(self, s: Session) -> list[dict[str, Any]]:
+        done = [self.keys.delete(n) for n in self._names(s)]
+        for e in done:
+            self.fleet.drop(e.name, "key deleted")
+            self.publish("keys", {"event": "deleted", "agent": e.name})
+        return [_entry(e) for e in done]
+
+    async def _call(self, s: Session) -> dict[str, Any]:
+        """Fan a call out to `hosts`; stream lines and one result per host, in any order."""
+        p = s.params
+        hosts = self._hosts(p)
+        remaining = len(hosts)
+        finished = asyncio.Event()
+        ids: list[int] = []
+
+        def on_line(host: str, stream: str, text: str) -> None:
+            s.emit({"k": "line", "host": host, "stream": stream, "text": text})
+
+        def on_done(host: str, result: dict[str, Any]) -> None:
+            nonlocal remaining
+            s.emit({"k": "result", "host": host, **result})
+            remaining -= 1
+            if remaining == 0:
+                finished.set()
+
+        fn, args, kwargs, timeout, code = self._fn(p)
+        stream = bool(p.get("stream"))
+        for host in hosts:
+            cid = self.fleet.call(host, fn, args, kwargs, timeout=timeout, stream=stream,
+                                  code=code, on_done=on_done,
+                                  on_line=on_line if stream else None)
+            if cid is not None:
+                ids.append(cid)
+
+        def cancel() -> None:
+            for i in ids:
+                self.fleet.cancel(i)
+
+        s.on_cancel.append(cancel)
+        if remaining:
+            await finished.wait()
+        return {"hosts": len(hosts)}
+
+    async def _schedule(self, s: Session) -> None:
+        """Run a function every N s on `hosts`, streaming ticks until cancelled."""
+        p = s.params
+        every = float(p.get("every") or 0)
+        if every <= 0:
+            raise BadRequest("every must be a positive number of seconds")
+        fn, args, kwargs, timeout, code = self._fn(p)
+
+        def on_tick(host: str, seq: int, dropped: int, result: dict[str, Any]) -> None:
+            s.emit({"k": "tick", "host": host, "seq": seq, "dropped": dropped, **result})
+
+        sid = self.fleet.schedule(self._hosts(p), fn, args, kwargs, every=every,
+                                  timeout=timeout, code=code, on_tick=on_tick)
+        try:
+            await s.cancelled.wait()
+        finally:
+            self.fleet.unschedule(sid)
+
+    @staticmethod
+    def _hosts(p: dict[str, Any]) -> list[str]:
+        hosts = p.get("hosts")
+        if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
+            raise BadRequest("hosts must be a list of agent names")
+        return hosts
+
+    @staticmethod
+    def _fn(p: dict[str, Any]) -> tuple[str, list[Any], dict[str, Any], float | None,
+                                         CodeRef | None]:
+        code = _code(p.get("code"))
+        fn = str(p.get("fn") or (code.function if code else ""))
+        if not fn:
+            raise BadRequest("fn (a built-in function name) or code is required")
+        args, kwargs = p.get("args") or [], p.get("kwargs") or {}
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise BadRequest("args must be a list and kwargs a map")
+        return fn, args, kwargs, _timeout(p.get("timeout")), code

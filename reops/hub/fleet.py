@@ -1,0 +1,337 @@
+"""The agents' side of the hub: a CurveZMQ ROUTER, registration, heartbeats, calls, ticks.
+
+Nothing an agent sends can stop the hub: every frame is size-checked and decoded inside a
+guard, bad frames are logged and counted, and only registered connections are served.
+Sends never block the loop (NOBLOCK; a full or vanished peer fails that call at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from reops_agent.protocol import (
+    MAX_MESSAGE,
+    Beat,
+    Call,
+    Cancel,
+    CodeRef,
+    Done,
+    Hello,
+    Missing,
+    Msg,
+    Output,
+    Pending,
+    ProtocolError,
+    Refused,
+    Schedule,
+    Tick,
+    Unknown,
+    Unschedule,
+    Welcome,
+    decode_agent,
+    encode,
+    fingerprint,
+)
+
+from reops.hub.calls import CallTable, InFlight, OnDone, OnLine, failure
+from reops.hub.keystore import KeyStore
+from reops.hub.registry import AgentRecord, Registry
+from reops.hub.settings import HubSettings
+
+log = logging.getLogger("reops.hub")
+
+Publish = Callable[[str, dict[str, Any]], None]
+OnTick = Callable[[str, int, int, dict[str, Any]], None]  # host, seq, dropped, result
+
+#: shipped module sources remembered for agents that ask again (Missing)
+SOURCES_KEPT = 256
+
+
+@dataclass(slots=True)
+class ActiveSchedule:
+    """A schedule the hub keeps alive: re-sent to its agents when they register again."""
+
+    message: Schedule
+    targets: frozenset[str]
+    on_tick: OnTick
+
+
+class Fleet:
+    """Connected agents and the calls and schedules running on them."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, settings: HubSettings, keys: KeyStore,
+                 publish: Publish) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.publish = publish
+        self.registry = Registry()
+        self.calls = CallTable(settings.max_calls)
+        self.schedules: dict[int, ActiveSchedule] = {}
+        self.sources: OrderedDict[str, CodeRef] = OrderedDict()
+        self.pending: dict[str, bytes] = {}  # name → connection of agents awaiting a key
+        self.bad_frames = 0
+        public, secret = keys.hub_keypair()
+        s = ctx.socket(zmq.ROUTER)
+        s.curve_server = True
+        s.curve_publickey, s.curve_secretkey = public, secret
+        s.zap_domain = b"reops"
+        s.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished agent fails loudly
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+        s.setsockopt(zmq.SNDHWM, 100_000)
+        s.setsockopt(zmq.RCVHWM, 100_000)
+        beat_ms = max(1, int(settings.heartbeat_s * 1000))
+        s.setsockopt(zmq.HEARTBEAT_IVL, beat_ms)
+        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, beat_ms * settings.misses)
+        s.bind(settings.bind)
+        self.endpoint = s.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.sock = s
+
+    # ── receiving ─────────────────────────────────────────────────────────────────────
+
+    async def serve(self) -> None:
+        while True:
+            frames = await self.sock.recv_multipart(copy=False)
+            try:
+                self.receive(frames)
+            except Exception:  # a hub bug on one message must not stop the others
+                log.exception("error handling an agent message")
+
+    def receive(self, frames: list[zmq.Frame]) -> None:
+        """Handle one multipart message from the ROUTER: [routing id, payload]."""
+        if len(frames) != 2:
+            self._bad(frames[0].bytes if frames else b"", f"{len(frames)} frames, expected 2")
+            return
+        routing, payload = frames[0].bytes, frames[1]
+        try:
+            msg = decode_agent(payload.bytes)
+        except ProtocolError as e:
+            self._bad(routing, str(e))
+            return
+        if isinstance(msg, Hello):
+            key = str(payload.get("User-Id") or "")
+            address = str(payload.get("Peer-Address") or "")
+            self._hello(routing, key, address, msg)
+            return
+        rec, came_back = self.registry.beat(routing, msg if isinstance(msg, Beat) else None)
+        if rec is None:
+            self._send(routing, Unknown())
+            return
+        if came_back:
+            log.info("agent %s is back", rec.name)
+            self.publish("agents", {"event": "back", "agent": rec.name})
+        match msg:
+            case Output():
+                self.calls.line(rec.name, msg)
+            case Done():
+                self.calls.done(rec.name, msg)
+            case Missing():
+                self._resend(rec, msg)
+            case Tick():
+                self._tick(rec, msg)
+
+    def _bad(self, routing: bytes, why: str) -> None:
+        self.bad_frames += 1
+        rec = self.registry.by_routing.get(routing)
+        who = rec.name if rec else f"connection {routing.hex()[:10]}"
+        log.warning("dropped a bad message from %s: %s", who, why[:200])
+
+    def _hello(self, routing: bytes, key: str, address: str, hello: Hello) -> None:
+        name = hello.name
+        accepted = self.keys.accepted_key(name)
+        if accepted is None and self.settings.auto_accept and not self.keys.is_rejected(key):
+            self.keys.pre_accept(name, key)
+            accepted = key
+        if accepted is not None and accepted != key:
+            log.warning("agent %s presented a key other than its accepted one (%s); refused",
+                        name, fingerprint(key))
+            self._send(routing, Refused(reason=f"name {name} belongs to another key"))
+            return
+        if accepted is None:
+            if self.keys.is_rejected(key):
+                self._send(routing, Refused(reason="key rejected"))
+                return
+            if self.keys.add_pending(name, key):
+                log.info("agent %s is pending (fingerprint %s): reops keys accept %s",
+                         name, fingerprint(key), name)
+                self.publish("keys", {"event": "pending", "agent": name,
+                                      "fingerprint": fingerprint(key)})
+            self.pending[name] = routing
+            self._send(routing, Pending(fingerprint=fingerprint(key),
+                                        heartbeat_s=self.settings.heartbeat_s))
+            return
+        self.pending.pop(name, None)
+        old = self.registry.by_name.get(name)
+        if old is not None and old.hello.pid != hello.pid:
+            self.calls.fail_agent(name, "unreachable", f"agent {name} restarted during the call")
+        rec, event = self.registry.register(routing, key, address, hello)
+        self._send(routing, Welcome(heartbeat_s=self.settings.heartbeat_s,
+                                    misses=self.settings.misses))
+        if event != "again":
+            log.info("agent %s %s from %s", name, event, address)
+            self.publish("agents", {"event": event, "agent": name, "address": address})
+        for sched in self.schedules.values():
+            if name in sched.targets:
+                self._send(routing, self._for(rec, sched.message))
+
+    # ── sending ───────────────────────────────────────────────────────────────────────
+
+    def _send(self, routing: bytes, msg: Msg | bytes) -> str | None:
+        """Send without blocking; the reason when it could not be sent."""
+        frame = msg if isinstance(msg, bytes) else encode(msg)
+        sent: Any = self.sock.send_multipart([routing, frame], flags=zmq.NOBLOCK)
+        if not sent.done():
+            sent.add_done_callback(_retrieve)
+            return None
+        exc = sent.exception()
+        if exc is None:
+            return None
+        if isinstance(exc, zmq.Again):
+            return "its send queue is full"
+        return "not connected" if getattr(exc, "errno", None) == zmq.EHOSTUNREACH else str(exc)
+
+    def _for(self, rec: AgentRecord, msg: Call | Schedule) -> Call | Schedule:
+        """`msg` with shipped source stripped when `rec` already has that module."""
+        ref = msg.code
+        if ref is None:
+            return msg
+        if ref.hash in rec.code:
+            ref = CodeRef(hash=ref.hash, function=ref.function, module=ref.module)
+        else:
+            rec.code.add(ref.hash)
+        if isinstance(msg, Call):
+            return Call(id=msg.id, fn=msg.fn, args=msg.args, kwargs=msg.kwargs,
+                        timeout=msg.timeout, stream=msg.stream, code=ref)
+        return Schedule(id=msg.id, fn=msg.fn, every=msg.every, args=msg.args,
+                        kwargs=msg.kwargs, timeout=msg.timeout, code=ref)
+
+    def _remember(self, code: CodeRef | None) -> None:
+        if code is not None and code.source is not None:
+            self.sources[code.hash] = code
+            self.sources.move_to_end(code.hash)
+            while len(self.sources) > SOURCES_KEPT:
+                self.sources.popitem(last=False)
+
+    def _resend(self, rec: AgentRecord, missing: Missing) -> None:
+        entry = self.calls.get(missing.id)
+        code = self.sources.get(missing.hash)
+        if entry is None or entry.agent != rec.name:
+            return
+        if code is None:
+            self.calls.fail(missing.id, "error", "shipped code no longer held by the hub")
+            return
+        c = entry.call
+        why = self._send(rec.routing, Call(id=c.id, fn=c.fn, args=c.args, kwargs=c.kwargs,
+                                           timeout=c.timeout, stream=c.stream, code=code))
+        if why:
+            self.calls.fail(c.id, "unreachable", f"agent {rec.name}: {why}")
+
+    # ── calls and schedules ──────────────────────────────────────────────────────────
+
+    def call(self, name: str, fn: str, args: list[Any], kwargs: dict[str, Any], *,
+             timeout: float | None, stream: bool, code: CodeRef | None, on_done: OnDone,
+             on_line: OnLine | None) -> int | None:
+        """Start `fn` on agent `name`; its result goes to `on_done` (now, if it cannot run)."""
+        rec = self.registry.connected(name)
+        if rec is None:
+            lost = name in self.registry.by_name
+            on_done(name, failure("unreachable", f"agent {name} is "
+                                  + ("lost" if lost else "not connected")))
+            return None
+        if len(self.calls) >= self.calls.max_calls:
+            on_done(name, failure("error", f"hub busy: {len(self.calls)} calls in flight"))
+            return None
+        self._remember(code)
+        msg = Call(id=self.calls.next_id(), fn=fn, args=args, kwargs=kwargs, timeout=timeout,
+                   stream=stream, code=code)
+        grace = self.settings.call_grace_s
+        self.calls.add(InFlight(agent=name, call=msg, on_done=on_done, on_line=on_line),
+                       None if timeout is None else timeout + grace)
+        why = self._send(rec.routing, self._for(rec, msg))
+        if why:
+            rec.code.discard(code.hash if code else "")
+            self.calls.fail(msg.id, "unreachable", f"agent {name}: {why}")
+        return msg.id
+
+    def cancel(self, call_id: int) -> None:
+        entry = self.calls.get(call_id)
+        rec = self.registry.connected(entry.agent) if entry else None
+        if rec is not None:
+            self._send(rec.routing, Cancel(id=call_id))
+
+    def schedule(self, targets: list[str], fn: str, args: list[Any], kwargs: dict[str, Any],
+                 *, every: float, timeout: float | None, code: CodeRef | None,
+                 on_tick: OnTick) -> int:
+        """Run `fn` every `every` s on each target, now and whenever it registers again."""
+        self._remember(code)
+        msg = Schedule(id=self.calls.next_id(), fn=fn, every=every, args=args, kwargs=kwargs,
+                       timeout=timeout, code=code)
+        self.schedules[msg.id] = ActiveSchedule(msg, frozenset(targets), on_tick)
+        for name in targets:
+            rec = self.registry.connected(name)
+            if rec is not None:
+                self._send(rec.routing, self._for(rec, msg))
+        return msg.id
+
+    def unschedule(self, sched_id: int) -> None:
+        sched = self.schedules.pop(sched_id, None)
+        for name in sched.targets if sched else ():
+            rec = self.registry.connected(name)
+            if rec is not None:
+                self._send(rec.routing, Unschedule(id=sched_id))
+
+    def _tick(self, rec: AgentRecord, tick: Tick) -> None:
+        sched = self.schedules.get(tick.schedule)
+        if sched is None or rec.name not in sched.targets:
+            self._send(rec.routing, Unschedule(id=tick.schedule))
+            return
+        r = tick.result
+        sched.on_tick(rec.name, tick.seq, tick.dropped, {
+            "status": r.status, "code": r.code, "out": r.out, "err": r.err,
+            "started_at": r.started_at, "duration_s": r.duration_s, "data": r.data})
+
+    def nudge(self, name: str) -> None:
+        """Ask a waiting agent to register again now (its key was just accepted)."""
+        routing = self.pending.pop(name, None)
+        if routing is not None:
+            self._send(routing, Unknown())
+
+    def drop(self, name: str, why: str) -> None:
+        """Stop serving `name` (its key was rejected or deleted)."""
+        if self.registry.forget(name) is not None:
+            self.calls.fail_agent(name, "unreachable", f"agent {name}: {why}")
+            self.publish("agents", {"event": "dropped", "agent": name, "reason": why})
+
+    # ── heartbeats ────────────────────────────────────────────────────────────────────
+
+    async def heartbeat(self) -> None:
+        """Beat every agent each interval; fail the calls of agents silent too long."""
+        window = self.settings.lost_after_s
+        beat = encode(Beat())
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            for rec in list(self.registry):
+                if rec.state == "connected":
+                    self._send(rec.routing, beat)
+            for rec in self.registry.silent(window):
+                err = f"agent {rec.name} lost: no heartbeat for {window:g} s"
+                n = self.calls.fail_agent(rec.name, "unreachable", err)
+                log.warning("%s (%d calls failed)", err, n)
+                self.publish("agents", {"event": "lost", "agent": rec.name, "calls_failed": n})
+
+    def close(self) -> None:
+        for rec in list(self.registry):
+            self.calls.fail_agent(rec.name, "unreachable", "hub shutting down")
+        self.sock.close(0)
+
+
+def _retrieve(fut: asyncio.Future[object]) -> None:
+    if not fut.cancelled():
+        fut.exception()

@@ -1,0 +1,109 @@
+"""Which agents the hub knows: registered connections, their last beat, lost or not.
+
+The routing id ROUTER gives each connection is the only address the hub sends to; a name is
+bound to it at registration (after the key check), so a message from any other connection
+cannot speak for that agent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from reops_agent.protocol import Beat, Hello
+
+AgentState = Literal["connected", "lost"]
+
+
+@dataclass(slots=True)
+class AgentRecord:
+    """One agent as the hub sees it (mutable: beats update it)."""
+
+    name: str
+    key: str
+    routing: bytes
+    address: str
+    hello: Hello
+    registered_at: float = field(default_factory=time.time)
+    last_beat: float = field(default_factory=time.time)
+    last_mono: float = field(default_factory=time.monotonic)
+    load: float = 0.0
+    running: int = 0
+    dropped: int = 0
+    state: AgentState = "connected"
+    code: set[str] = field(default_factory=set)  # shipped module hashes it already has
+
+    def info(self) -> dict[str, Any]:
+        """What `reops agents` shows."""
+        h = self.hello
+        return {
+            "name": self.name, "address": self.address, "state": self.state,
+            "hostname": h.hostname, "os": h.os, "python": h.python, "version": h.version,
+            "pid": h.pid, "allow_code": h.allow_code, "functions": h.functions,
+            "registered_at": self.registered_at, "last_beat": self.last_beat,
+            "load": self.load, "running": self.running, "dropped": self.dropped,
+        }
+
+
+class Registry:
+    """Agents by name and by connection."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, AgentRecord] = {}
+        self.by_routing: dict[bytes, AgentRecord] = {}
+
+    def __iter__(self) -> Iterator[AgentRecord]:
+        return iter(self.by_name.values())
+
+    def __len__(self) -> int:
+        return len(self.by_name)
+
+    def connected(self, name: str) -> AgentRecord | None:
+        rec = self.by_name.get(name)
+        return rec if rec is not None and rec.state == "connected" else None
+
+    def register(self, routing: bytes, key: str, address: str, hello: Hello) -> tuple[
+        AgentRecord, str
+    ]:
+        """Bind `hello.name` to this connection; the event: registered, back or again."""
+        old = self.by_name.get(hello.name)
+        if old is not None:
+            self.by_routing.pop(old.routing, None)
+        rec = AgentRecord(name=hello.name, key=key, routing=routing, address=address,
+                          hello=hello)
+        if old is not None and old.hello.pid == hello.pid and old.key == key:
+            rec.code = old.code if old.routing == routing else set()
+        self.by_name[hello.name] = rec
+        self.by_routing[routing] = rec
+        if old is None:
+            return rec, "registered"
+        return rec, "back" if old.state == "lost" else "again"
+
+    def beat(self, routing: bytes, beat: Beat | None = None) -> tuple[AgentRecord | None, bool]:
+        """Note a sign of life; (record, whether it came back from lost)."""
+        rec = self.by_routing.get(routing)
+        if rec is None:
+            return None, False
+        rec.last_beat, rec.last_mono = time.time(), time.monotonic()
+        if beat is not None:
+            rec.load, rec.running, rec.dropped = beat.load, beat.running, beat.dropped
+        came_back = rec.state == "lost"
+        rec.state = "connected"
+        return rec, came_back
+
+    def silent(self, window: float) -> list[AgentRecord]:
+        """Connected agents not heard from for more than `window` seconds: mark them lost."""
+        now = time.monotonic()
+        lost = [r for r in self.by_name.values()
+                if r.state == "connected" and now - r.last_mono > window]
+        for r in lost:
+            r.state = "lost"
+        return lost
+
+    def forget(self, name: str) -> AgentRecord | None:
+        rec = self.by_name.pop(name, None)
+        if rec is not None:
+            self.by_routing.pop(rec.routing, None)
+        return rec

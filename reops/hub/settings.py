@@ -1,0 +1,65 @@
+"""The hub's settings: endpoints, key store, heartbeat policy, call bounds.
+
+Values come from defaults below, the `[hub]` table of ~/.reops/config.toml (or
+$REOPS_CONFIG), then `REOPS_HUB_<NAME>` environment variables, then command-line flags.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from reops.config import config_path, home
+
+DEFAULT_PORT = 7720
+
+
+class HubSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """How the hub listens, where its keys live and how it judges agents alive."""
+
+    bind: str = f"tcp://0.0.0.0:{DEFAULT_PORT}"  # where agents connect (CurveZMQ)
+    control: str = ""  # local control socket path; default <home>/run/hub.sock
+    keys_dir: str = ""  # key store; default <home>/keys
+    heartbeat_s: float = 5.0  # heartbeat interval, both ways (agents adopt it)
+    misses: int = 3  # missed heartbeats before an agent is lost
+    auto_accept: bool = False  # accept every new agent key (labs only)
+    call_grace_s: float = 5.0  # wait beyond a call's own timeout before failing it here
+    max_calls: int = 100_000  # in-flight calls; more are refused, not queued without bound
+
+    def with_(self, **changes: Any) -> HubSettings:
+        clean = {k: v for k, v in changes.items() if v is not None}
+        return msgspec.structs.replace(self, **clean)
+
+    @property
+    def control_path(self) -> Path:
+        return Path(self.control).expanduser() if self.control else home() / "run" / "hub.sock"
+
+    @property
+    def keys_path(self) -> Path:
+        return Path(self.keys_dir).expanduser() if self.keys_dir else home() / "keys"
+
+    @property
+    def lost_after_s(self) -> float:
+        """Silence after which an agent (or the hub, for an agent) counts as gone."""
+        return self.heartbeat_s * self.misses
+
+
+def load_hub_settings(path: Path | None = None) -> HubSettings:
+    """HubSettings from the config file's [hub] table and REOPS_HUB_* variables."""
+    data: dict[str, Any] = {}
+    p = path or config_path()
+    if p.exists():
+        with p.open("rb") as f:
+            data.update(tomllib.load(f).get("hub", {}))
+    for name in HubSettings.__struct_fields__:
+        env = os.environ.get(f"REOPS_HUB_{name.upper()}")
+        if env is not None:
+            data[name] = env
+    try:
+        return msgspec.convert(data, HubSettings, strict=False)
+    except msgspec.ValidationError as e:
+        raise ValueError(f"{p}: [hub] {e}") from None

@@ -1,0 +1,318 @@
+"""Agents as a source: run ops through the hub (`--via agent`), call functions, schedules.
+
+    from reops.sources.agents import agents, call, schedule
+    web = agents().select("web*")                 # connected agents as Hosts
+    run(call(web, "facts") | pretty())            # a built-in, one Result per host
+    run(call(web, my_module.check, 3))            # shipped code (agents need --allow-code)
+    schedule(web, "metrics", "cpu", every=10).subscribe(print)   # until disposed
+
+The hub (`reops hub`) owns the agent connections; everything here talks to it over its
+local control socket. Results have transport "agent" and the same fields and meaning as
+over SSH; a host whose agent is not connected is "unreachable" with code -1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import reactivex
+from reactivex.abc import ObserverBase, SchedulerBase
+from reactivex.disposable import Disposable
+
+from reops.config import Settings
+from reops.hub.client import (
+    HubClient,
+    HubError,
+    HubGone,
+    HubNotRunning,
+    default_path,
+    request_sync,
+)
+from reops.model import UNREACHED, Host, Hosts, Line, Result, Status, failure_result
+from reops.ops.base import Op
+from reops.sources.base import LineSink
+
+if TYPE_CHECKING:
+    from reops.streams.core import Stream
+
+#: Op.kwargs key carrying shipped code ({source, function, module}) for kind "call" ops
+CODE_KEY = "__reops_code__"
+#: how long `available()` trusts its list of connected agents
+AVAILABLE_TTL_S = 1.0
+#: how long `available()` waits for the hub before counting no agent as connected
+AVAILABLE_TIMEOUT_S = 0.5
+
+
+def ship(fn: Callable[..., Any]) -> dict[str, str]:
+    """The shipped-code reference for `fn`: its whole module's source and its name."""
+    module = inspect.getmodule(fn)
+    try:
+        source = inspect.getsource(module) if module is not None else None
+    except (OSError, TypeError):
+        source = None
+    if source is None:
+        raise ValueError(f"cannot ship {getattr(fn, '__qualname__', fn)!r}: its module source "
+                         "is not available (define it in a .py module)")
+    return {"source": source, "function": fn.__qualname__,
+            "module": getattr(module, "__name__", "shipped")}
+
+
+class AgentExecutor:
+    """The agent transport: implements `reops.sources.base.Executor` through the hub."""
+
+    transport = "agent"
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self._client: HubClient | None = None
+        self._connected: frozenset[str] = frozenset()
+        self._checked = float("-inf")
+
+    @property
+    def client(self) -> HubClient:
+        if self._client is None:
+            self._client = HubClient(self.path)
+        return self._client
+
+    def available(self, host: Host) -> bool:
+        """Whether `host.name`'s agent is connected and accepted (cached for a second)."""
+        now = time.monotonic()
+        if now - self._checked > AVAILABLE_TTL_S:
+            self._connected = connected_agents(self.path, timeout=AVAILABLE_TIMEOUT_S)
+            self._checked = now
+        return host.name in self._connected
+
+    async def run(self, host: Host, op: Op, settings: Settings,
+                  on_line: LineSink | None = None) -> Result:
+        """Run `op` on `host`'s agent; never raises for the host's failure."""
+        started, t0 = time.time(), time.monotonic()
+
+        def fail(err: str, status: Status = "unreachable", code: int = UNREACHED) -> Result:
+            return failure_result(host.name, op.name, err, status=status, code=code,
+                                  started_at=started, duration_s=time.monotonic() - t0,
+                                  transport="agent")
+
+        try:
+            params = _params(host, op, settings, stream=on_line is not None)
+        except (OSError, ValueError) as e:
+            return fail(f"{op.kind} {op.local}: {e}", status="failed", code=1)
+        item: dict[str, Any] | None = None
+        try:
+            async for it in self.client.stream("call", **params):
+                if it.get("k") == "line" and on_line is not None:
+                    on_line(Line(host.name, it["stream"], it["text"]))
+                elif it.get("k") == "result":
+                    item = it
+        except (HubNotRunning, HubGone, HubError) as e:
+            return fail(str(e))
+        if item is None:
+            return fail("the hub ended the call without a result", status="error")
+        return _result(host, op, item, started, time.monotonic() - t0)
+
+    async def close(self) -> None:
+        """Close the control connection; safe to call twice."""
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def _params(host: Host, op: Op, settings: Settings, *, stream: bool) -> dict[str, Any]:
+    """The hub `call` request for `op` on `host`."""
+    timeout = op.timeout if op.timeout is not None else settings.command_timeout
+    base: dict[str, Any] = {"hosts": [host.name], "timeout": timeout, "stream": stream}
+    if op.kind == "shell":
+        kwargs = {"stdin": op.stdin} if op.stdin is not None else {}
+        return {**base, "fn": "shell", "args": [op.command_for(host)], "kwargs": kwargs}
+    if op.kind == "upload":
+        local = Path(op.local)
+        if local.is_dir():
+            raise ValueError("directories are not transferred over agents; use --via ssh")
+        return {**base, "fn": "file.write",
+                "args": [op.remote, local.read_bytes()], "kwargs": {"mode": op.mode}}
+    if op.kind == "download":
+        return {**base, "fn": "file.read", "args": [op.remote]}
+    kwargs = dict(op.kwargs)
+    code = kwargs.pop(CODE_KEY, None)
+    return {**base, "fn": op.function, "args": list(op.args), "kwargs": kwargs,
+            **({"code": code} if code else {})}
+
+
+def _result(host: Host, op: Op, item: dict[str, Any], started: float,
+            duration: float) -> Result:
+    """A reops Result from the hub's result item, judged as SSH would judge it."""
+    status: Status = item.get("status", "error")
+    code, out, err = int(item.get("code", UNREACHED)), item.get("out", ""), item.get("err", "")
+    data: Any = item.get("data")
+    changed: bool | None = None
+    if op.kind == "shell" and status in ("ok", "failed"):
+        status = "ok" if code in op.ok_codes else "failed"
+    if status == "ok" and op.kind == "download":
+        target = Path(op.local) / host.name
+        target.mkdir(parents=True, exist_ok=True)
+        dest = target / Path(op.remote).name
+        dest.write_bytes(data["content"])
+        dest.chmod(int(data.get("mode", 0o644)))
+        out, data = str(dest), str(dest)
+    elif status == "ok" and op.kind == "upload":
+        changed = bool((data or {}).get("changed", True))
+        out, data = op.remote, op.remote
+    if status == "ok" and op.parse is not None:
+        try:
+            data = op.parse(out)
+        except Exception as e:  # a parser bug must not lose the host's result
+            status = "error"
+            err += f"{op.name}: cannot parse output: {type(e).__name__}: {e}"
+    if op.changed is not None and status == "ok":
+        changed = op.changed(code, out)
+    return Result(host=host.name, op=op.name, status=status, code=code, out=out, err=err,
+                  started_at=float(item.get("started_at") or started), duration_s=duration,
+                  transport="agent", data=data, changed=changed)
+
+
+# ── the hub's registry as Hosts ─────────────────────────────────────────────────────
+
+
+def agent_list(path: Path | None = None, timeout: float = 3.0) -> list[dict[str, Any]]:
+    """Every agent the hub knows, with state, address, version and last beat."""
+    agents: list[dict[str, Any]] = request_sync(path, "agents", timeout=timeout)
+    return agents
+
+
+def connected_agents(path: Path | None = None, timeout: float = 3.0) -> frozenset[str]:
+    """Names of connected agents; empty when no hub runs."""
+    try:
+        return frozenset(a["name"] for a in agent_list(path, timeout)
+                         if a.get("state") == "connected")
+    except (HubNotRunning, HubError):
+        return frozenset()
+
+
+class AgentHosts(Hosts):
+    """Connected agents as Hosts, with the inventory's selector language."""
+
+    __slots__ = ()
+
+    def select(self, selector: str) -> AgentHosts:
+        """Agents matching `selector` (`web*`, `tag:os=Linux`, `a,b`, `!c`…)."""
+        from reops.selector import select, standard_atoms
+
+        hosts = list(self)
+        return AgentHosts(select(hosts, selector, standard_atoms(hosts)))
+
+
+def agents(hub: Path | str | None = None) -> AgentHosts:
+    """The hub's connected agents as Hosts (`hub`: its control socket path)."""
+    path = Path(hub) if hub is not None else None
+    return AgentHosts(
+        Host(name=a["name"], address=a.get("address") or a["name"],
+             tags={"os": a.get("os", ""), "agent": a.get("version", "")},
+             vars={"agent": a})
+        for a in agent_list(path) if a.get("state") == "connected"
+    )
+
+
+# ── calls and schedules ─────────────────────────────────────────────────────────────
+
+
+def _fn(fn: str | Callable[..., Any]) -> tuple[str, dict[str, Any]]:
+    if isinstance(fn, str):
+        return fn, {}
+    name = getattr(fn, "__name__", "shipped")
+    return name, {CODE_KEY: ship(fn)}
+
+
+def call(hosts: Hosts | Iterable[Host], fn: str | Callable[..., Any], *args: Any,
+         timeout: float | None = None, **kwargs: Any) -> Stream:
+    """Run `fn` (a built-in name, or a Python function to ship) on each host's agent."""
+    from reops.streams.source import source
+
+    name, extra = _fn(fn)
+    op = Op(name=f"call:{name}", kind="call", function=name, args=args,
+            kwargs={**kwargs, **extra}, timeout=timeout)
+    return source(hosts, op, via="agent")
+
+
+def schedule(hosts: Hosts | Iterable[Host], fn: str | Callable[..., Any], *args: Any,
+             every: float, timeout: float | None = None, hub: Path | None = None,
+             **kwargs: Any) -> reactivex.Observable[Result]:
+    """Results of `fn` run every `every` seconds on each host's agent, until disposed."""
+    from reops.runtime import get_runtime
+
+    name, extra = _fn(fn)
+    code = extra.get(CODE_KEY)
+    names = [h.name for h in hosts]
+    op_name = f"schedule:{name}"
+
+    def subscribe(observer: ObserverBase[Result], _: SchedulerBase | None = None) -> Disposable:
+        async def pump() -> None:
+            client = HubClient(hub)
+            try:
+                async for it in client.stream("schedule", hosts=names, fn=name, args=list(args),
+                                              kwargs=kwargs, every=every, timeout=timeout,
+                                              **({"code": code} if code else {})):
+                    observer.on_next(_tick(op_name, it))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                observer.on_error(e)
+            else:
+                observer.on_completed()
+            finally:
+                await client.close()
+
+        fut = get_runtime().submit(pump())
+        return Disposable(lambda: _cancel(fut))
+
+    return reactivex.create(subscribe)
+
+
+def _cancel(fut: Any) -> None:
+    fut.cancel()
+
+
+def _tick(op_name: str, it: dict[str, Any]) -> Result:
+    err = it.get("err", "")
+    if it.get("dropped"):
+        err += f"{it['dropped']} earlier results dropped while the hub was away"
+    return Result(host=it["host"], op=op_name, status=it.get("status", "error"),
+                  code=int(it.get("code", UNREACHED)), out=it.get("out", ""), err=err,
+                  started_at=float(it.get("started_at") or 0.0),
+                  duration_s=float(it.get("duration_s") or 0.0), transport="agent",
+                  data=it.get("data"))
+
+
+def agent_events(hub: Path | None = None,
+                 topics: Iterable[str] = ("agents", "keys")) -> reactivex.Observable[Any]:
+    """Registry events ({topic, data}: registered, lost, back, pending…) until disposed."""
+    from reops.runtime import get_runtime
+
+    wanted = list(topics)
+
+    def subscribe(observer: ObserverBase[Any], _: SchedulerBase | None = None) -> Disposable:
+        async def pump() -> None:
+            client = HubClient(hub)
+            try:
+                async for event in client.stream("subscribe", topics=wanted):
+                    observer.on_next(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                observer.on_error(e)
+            else:
+                observer.on_completed()
+            finally:
+                await client.close()
+
+        fut = get_runtime().submit(pump())
+        return Disposable(lambda: _cancel(fut))
+
+    return reactivex.create(subscribe)
+
+
+__all__ = ["AgentExecutor", "AgentHosts", "agent_events", "agent_list", "agents", "call",
+           "connected_agents", "default_path", "schedule", "ship"]
