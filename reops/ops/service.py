@@ -31,6 +31,8 @@ from reops.ops.text import (
 )
 
 ACTIONS = ("start", "stop", "restart", "reload", "enable", "disable")
+#: exists iff systemd is PID 1 (what sd_booted(3) checks)
+SYSTEMD_RUN_DIR = "/run/systemd/system"
 _NAME = re.compile(r"[A-Za-z0-9@_.:\\-]+")
 
 
@@ -52,11 +54,11 @@ class ServiceStatus(msgspec.Struct, frozen=True, kw_only=True):
 def _preamble(name: str) -> str:
     if not _NAME.fullmatch(name) or name.startswith("-"):
         raise ValueError(f"not a service name: {name!r}")
-    not_running = ("systemd is not running on this host (no /run/systemd/system) "
+    not_running = (f"systemd is not running on this host (no {SYSTEMD_RUN_DIR}) "
                    "and OpenRC is not installed")
     return script(
         f"svc={q(name)}",
-        "if [ -d /run/systemd/system ]; then init=systemd",
+        f"if [ -d {SYSTEMD_RUN_DIR} ]; then init=systemd",
         "elif command -v rc-service >/dev/null 2>&1; then init=openrc",
         f"else {fail(EX_UNAVAILABLE, not_running)}",
         "fi",
