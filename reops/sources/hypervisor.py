@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import urllib.parse
 from collections.abc import Callable
+from pathlib import Path
+from string import Template
 from typing import Any, TypeVar
 from xml.sax.saxutils import escape
 
@@ -54,6 +58,33 @@ _UNDEFINE = (
 )
 
 
+POOL = Template("""\
+<pool type='dir'><name>$name</name><target><path>$path</path></target></pool>""")
+
+#: qemu.conf for an embedded QEMU run by root: no libvirt-qemu user, no virtlogd daemon
+EMBED_QEMU_CONF = 'user = "root"\ngroup = "root"\nstdio_handler = "file"\n'
+
+
+def embed_root(uri: str) -> Path | None:
+    """The directory of a qemu:///embed?root=DIR URI, else None."""
+    u = urllib.parse.urlsplit(uri)
+    if u.scheme != "qemu" or u.path != "/embed":
+        return None
+    roots = urllib.parse.parse_qs(u.query).get("root")
+    return Path(roots[0]).expanduser() if roots else None
+
+
+def prepare_embed(uri: str) -> None:
+    """Write the embedded QEMU's qemu.conf (once) so it runs without libvirt's daemons."""
+    root = embed_root(uri)
+    if root is None or os.geteuid() != 0:
+        return
+    conf = root / "etc" / "qemu.conf"
+    if not conf.exists():
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(EMBED_QEMU_CONF)
+
+
 def _first_line(e: BaseException) -> str:
     text = e.get_error_message() if isinstance(e, libvirt.libvirtError) else str(e)
     return (text or type(e).__name__).strip().splitlines()[0]
@@ -85,6 +116,7 @@ class Hypervisor:
     async def connect(cls, name: str, uri: str, timeout: float) -> Hypervisor:
         """Open `uri`; a one-line MachinesError when it cannot be reached within `timeout`."""
         EVENT_THREAD.ensure()
+        prepare_embed(uri)
         try:
             conn = await asyncio.wait_for(asyncio.to_thread(libvirt.open, uri), timeout)
         except TimeoutError:
@@ -96,6 +128,11 @@ class Hypervisor:
                 f"hypervisor {name!r} ({uri}) is unreachable: {_first_line(e)}"
             ) from None
         return cls(name, uri, conn, asyncio.get_running_loop())
+
+    @property
+    def connection(self) -> libvirt.virConnect:
+        """The raw libvirt connection, for what this class does not wrap."""
+        return self._conn
 
     async def close(self) -> None:
         """Stop events and close the connection; safe to call twice."""
@@ -184,9 +221,19 @@ class Hypervisor:
         try:
             return self._conn.storagePoolLookupByName(pool)
         except libvirt.libvirtError as e:
-            if _missing(e):
-                raise MachinesError(f"{self.name}: no storage pool {pool!r}") from None
-            raise
+            if not _missing(e):
+                raise
+        root = embed_root(self.uri)
+        if root is None:
+            raise MachinesError(f"{self.name}: no storage pool {pool!r}")
+        # an embedded QEMU owns its directory: give it a pool there on first use
+        path = root / "images" / pool
+        path.mkdir(parents=True, exist_ok=True)
+        p = self._conn.storagePoolDefineXML(POOL.substitute(
+            name=escape(pool), path=escape(str(path))), 0)
+        p.create(0)
+        p.setAutostart(1)
+        return p
 
     async def state(self, name: str) -> str:
         """running, stopped, paused, unknown — or missing when no such domain exists."""

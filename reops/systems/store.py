@@ -124,7 +124,10 @@ class Store:
             with self.tx() as db:
                 for s in systems:
                     db.execute(
-                        "INSERT OR REPLACE INTO systems VALUES (?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO systems VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE"
+                        " SET hostname = excluded.hostname, type = excluded.type,"
+                        " hypervisor = excluded.hypervisor, domain = excluded.domain,"
+                        " data = excluded.data",
                         (s.id, s.hostname, s.type, s.placement.hypervisor,
                          s.placement.domain, _enc.encode(s)),
                     )
