@@ -67,7 +67,7 @@ class LazyGroup(click.Group):
                 fail(f"'reops {name}' is not available in this installation ({reason})")
 
             return unavailable
-        return loaded  # type: ignore[no-any-return]
+        return loaded
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, help_) for name, (_, help_) in LAZY.items()]

@@ -32,7 +32,7 @@ def up(count: int, root: Path, port: int, agents: bool) -> None:
 
     info = Lab(root, hosts=count, base_port=port).up()
     if agents:
-        from reops.cli_agents import start_lab_agents  # type: ignore[attr-defined]
+        from reops.cli_agents import start_lab_agents
 
         start_lab_agents(info)
     click.echo(f"lab up: {count} hosts on port {port} as user {info.user}", err=True)

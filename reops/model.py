@@ -88,7 +88,7 @@ class Hosts:
     def glob(self, pattern: str) -> Hosts:
         return Hosts(h for h in self if fnmatch.fnmatchcase(h.name, pattern))
 
-    def __or__(self, other: Hosts) -> Hosts:  # type: ignore[override]
+    def __or__(self, other: Hosts) -> Hosts:
         return Hosts([*self, *other])
 
     def __and__(self, other: Hosts) -> Hosts:

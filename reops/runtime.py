@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -79,7 +80,7 @@ class Runtime:
             close = getattr(res, "close", None)
             if close is not None:
                 self.on_close(close)
-        return res  # type: ignore[no-any-return]
+        return res
 
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Register an async cleanup (e.g. closing connections) run at shutdown."""
@@ -87,10 +88,8 @@ class Runtime:
 
     async def _close_all(self) -> None:
         for closer in reversed(self._closers):
-            try:
+            with contextlib.suppress(Exception):  # cleanup must not mask the real exit
                 await closer()
-            except Exception:  # cleanup must not mask the real exit
-                pass
         self._closers.clear()
 
     def shutdown(self) -> None:
@@ -98,10 +97,8 @@ class Runtime:
         if not self.loop.is_running():
             return
         if not self.in_loop:
-            try:
+            with contextlib.suppress(Exception):
                 self.submit(self._close_all()).result(timeout=SHUTDOWN_GRACE_S)
-            except Exception:
-                pass
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=SHUTDOWN_GRACE_S)
 

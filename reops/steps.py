@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from reops.ops import facts as _facts
 from reops.ops import files, shell
 from reops.streams.source import step
 
@@ -13,5 +14,6 @@ sh = exec_
 ls = step(shell.ls)
 upload = step(files.upload)
 download = step(files.download)
+facts = step(_facts.facts)
 
-__all__ = ["download", "exec_", "ls", "sh", "upload"]
+__all__ = ["download", "exec_", "facts", "ls", "sh", "upload"]

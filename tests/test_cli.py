@@ -12,7 +12,8 @@ import polars as pl
 from reops.lab import LabInfo
 
 
-def reops(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def reops(*args: str, cwd: Path | None = None, timeout: float = 120
+          ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "reops", *args], capture_output=True,
                           text=True, cwd=cwd, timeout=timeout)
 

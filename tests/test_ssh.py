@@ -9,7 +9,6 @@ from pathlib import Path
 
 import asyncssh
 import msgspec
-import pytest
 
 from reops import Host, Hosts, exec_, run
 from reops.config import Settings

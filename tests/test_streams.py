@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import uuid
 from pathlib import Path
@@ -92,7 +93,7 @@ def test_rolling_batches_run_one_after_another(lab: LabInfo) -> None:
     by = {r.host: r for r in out.successful}
     names = hosts.names
     batches = [names[i:i + 4] for i in range(0, len(names), 4)]
-    for earlier, later in zip(batches, batches[1:], strict=False):
+    for earlier, later in itertools.pairwise(batches):
         end = max(by[h].started_at + by[h].duration_s for h in earlier)
         assert min(by[h].started_at for h in later) >= end - 0.05
 

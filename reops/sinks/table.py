@@ -44,7 +44,7 @@ def to_table(results: Outcome | Iterable[Result], *, run_at: datetime | None = N
         cols["transport"].append(r.transport)
         cols["changed"].append(r.changed)
         cols["data"].append(_encode_data(r.data))
-    schema = {
+    schema: dict[str, Any] = {
         "run_at": pl.Datetime("us", "UTC"), "host": pl.String, "op": pl.String,
         "status": pl.String, "code": pl.Int64, "out": pl.String, "err": pl.String,
         "started_at": pl.Datetime("us", "UTC"), "duration_s": pl.Float64,

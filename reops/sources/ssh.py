@@ -8,14 +8,16 @@ process; idle connections close after `Settings.idle_timeout`. Concurrency is bo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import signal
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import asyncssh
 
@@ -142,9 +144,9 @@ class SshExecutor:
             return None, False
         path = host.known_hosts or settings.known_hosts or DEFAULT_KNOWN_HOSTS
         known = self._caches.known_hosts(path)
-        keys: list[Any] = []
-        ca: list[Any] = []
-        revoked: list[Any] = []
+        keys: Sequence[Any] = []
+        ca: Sequence[Any] = []
+        revoked: Sequence[Any] = []
         if known is not None:
             keys, ca, revoked, *_ = known.match(host.address, host.address, host.port)
         if keys or ca:
@@ -185,7 +187,7 @@ class SshExecutor:
             ) from None
         except socket.gaierror as e:
             raise Unreached(f"cannot resolve {host.address!r}: {e.strerror}") from None
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise Unreached(
                 f"no SSH answer from {_endpoint(host)} within {settings.connect_timeout:g} s "
                 "(connect timeout; raise it with --connect-timeout)",
@@ -265,10 +267,8 @@ class SshExecutor:
         for c in conns:
             c.close()
         for c in conns:
-            try:
+            with contextlib.suppress(Exception):
                 await c.wait_closed()
-            except Exception:
-                pass
 
     # -- running ops -------------------------------------------------------------------
 
@@ -401,7 +401,7 @@ async def _pump(
         while chunk := await stream.read(65536):
             parts.append(chunk)
         return
-    kind = "out" if name == "out" else "err"
+    kind: Literal["out", "err"] = "out" if name == "out" else "err"
     async for line in stream:
         if not line:  # EOF
             break
@@ -411,10 +411,8 @@ async def _pump(
 
 def _kill(process: asyncssh.SSHClientProcess[str]) -> None:
     """Stop a remote command: signal it (OpenSSH ≥ 7.9 honours it), then close the channel."""
-    try:
+    with contextlib.suppress(Exception):
         process.send_signal("KILL")
-    except Exception:
-        pass
     process.close()
 
 

@@ -108,11 +108,16 @@ def retry(times: int, *, when: Predicate = failed, delay: float = 0.0) -> Operat
             host = up.hosts.get(e.host)
             if host is None:
                 return reactivex.just(e)
-            rerun = up.rebuild(Hosts([host])).observable.pipe(
-                ops.flat_map(lambda x: again(x, left - 1)))
+            def deeper(x: Event) -> Observable[Event]:
+                return again(x, left - 1)
+
+            rerun = up.rebuild(Hosts([host])).observable.pipe(ops.flat_map(deeper))
             return rerun if delay <= 0 else _after(delay, rerun)
 
-        return Stream(up.observable.pipe(ops.flat_map(lambda e: again(e, times))), up.hosts,
+        def first(e: Event) -> Observable[Event]:
+            return again(e, times)
+
+        return Stream(up.observable.pipe(ops.flat_map(first)), up.hosts,
                       lambda hs: apply(up.rebuild(hs)))
 
     return Operator(apply, f"retry({times})")
@@ -131,10 +136,15 @@ def _after(seconds: float, then_: Observable[Event]) -> Observable[Event]:
 
         handle: list[asyncio.TimerHandle] = []
         rt.call_soon(lambda: handle.append(rt.loop.call_later(seconds, go)))
-        inner.add(Disposable(lambda: rt.call_soon(lambda: [h.cancel() for h in handle])))
+        inner.add(Disposable(lambda: rt.call_soon(_cancel_all, handle)))
         return inner
 
     return reactivex.create(subscribe)
+
+
+def _cancel_all(handles: list[asyncio.TimerHandle]) -> None:
+    for h in handles:
+        h.cancel()
 
 
 def rolling(batch: int, *, max_failed: int | None = None) -> Operator:
@@ -203,7 +213,7 @@ def timeout(seconds: float) -> Operator:
             def finish() -> None:
                 if not finished["v"]:
                     finished["v"] = True
-                    rt.call_soon(lambda: [t.cancel() for t in timer])
+                    rt.call_soon(_cancel_all, timer)
                     observer.on_completed()
                     for d in upstream:
                         d.dispose()
@@ -228,7 +238,7 @@ def timeout(seconds: float) -> Operator:
             upstream.append(up.observable.subscribe(on_next, observer.on_error, finish))
 
             def dispose() -> None:
-                rt.call_soon(lambda: [t.cancel() for t in timer])
+                rt.call_soon(_cancel_all, timer)
                 for d in upstream:
                     d.dispose()
 

@@ -60,7 +60,7 @@ def _ssh() -> Executor:
 
 
 def _agent() -> Executor:
-    from reops.sources.agents import AgentExecutor  # type: ignore[attr-defined]
+    from reops.sources.agents import AgentExecutor
 
     return get_runtime().resource("agent", AgentExecutor)
 

@@ -1,0 +1,65 @@
+"""A fleet report: facts from every selected host → a polars table → parquet + a summary.
+
+    reops run flows/examples/fleet_report.py --inventory lab/inventory.toml --selector all
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reops import inventory as load_inventory
+from reops import pretty, run, to_table
+from reops.flows import flow
+from reops.model import Outcome
+
+
+@flow
+def fleet_report(selector: str = "all", inventory: Path = Path("lab/inventory.toml"),
+                 save: Path | None = None) -> Outcome:
+    """Gather OS, hardware and uptime facts in one round trip per host; print a table.
+
+    Args:
+        selector: which hosts (all, web*, group:db, tag:dc=ams & !web3, ...)
+        inventory: the inventory TOML
+        save: also append the per-host rows to this parquet file
+    """
+    import polars as pl
+    from rich.console import Console
+    from rich.table import Table
+
+    from reops.ops.facts import Facts
+    from reops.steps import facts
+
+    hosts = load_inventory(inventory).select(selector)
+    out = run(facts(hosts, "os", "hardware", "uptime") | pretty(tail=0))
+    rows = [{"host": r.host, **r.data.row()}
+            for r in out.successful if isinstance(r.data, Facts)]
+    if rows:
+        df = pl.DataFrame(rows)
+        table = Table(title=f"fleet report: {len(rows)} hosts", box=None, header_style="bold")
+        cols = [c for c in ("host", "os_id", "os_version", "os_kernel_release", "cpus", "memory_bytes",
+                            "uptime_s") if c in df.columns]
+        for c in cols:
+            table.add_column(c)
+        for rec in df.select(cols).iter_rows():
+            table.add_row(*(_fmt(c, v) for c, v in zip(cols, rec, strict=True)))
+        Console(highlight=False).print(table)
+        summary = df.group_by("os_id", "os_version").len().sort("len", descending=True)
+        for os_id, version, n in summary.iter_rows():
+            print(f"  {n:>4} × {os_id} {version}")
+    if save is not None:
+        from reops.sinks.table import save as save_table
+
+        save_table(to_table(out), save)
+        print(f"saved {len(out.results)} rows to {save}")
+    return out
+
+
+def _fmt(col: str, value: object) -> str:
+    if value is None:
+        return "-"
+    if col == "memory_bytes" and isinstance(value, int):
+        return f"{value / 2**30:.1f} GiB"
+    if col == "uptime_s" and isinstance(value, float):
+        return f"{value / 3600:.1f} h"
+    return str(value)
