@@ -50,16 +50,16 @@ AVAILABLE_TIMEOUT_S = 0.5
 
 def ship(fn: Callable[..., Any]) -> dict[str, str]:
     """The shipped-code reference for `fn`: its whole module's source and its name."""
-    module = inspect.getmodule(fn)
     try:
-        source = inspect.getsource(module) if module is not None else None
+        path = inspect.getsourcefile(fn)
+        source = Path(path).read_text() if path else None
     except (OSError, TypeError):
         source = None
     if source is None:
         raise ValueError(f"cannot ship {getattr(fn, '__qualname__', fn)!r}: its module source "
                          "is not available (define it in a .py module)")
     return {"source": source, "function": fn.__qualname__,
-            "module": getattr(module, "__name__", "shipped")}
+            "module": getattr(fn, "__module__", None) or "shipped"}
 
 
 class AgentExecutor:

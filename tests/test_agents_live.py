@@ -1,0 +1,379 @@
+"""The hub and agents as real processes on loopback, with CurveZMQ and a key store.
+
+A module-wide hub serves agents a1, a2 (no shipped code) and c1 (--allow-code); tests that
+kill or restart things start their own. Heartbeats are short (config), never slept on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import zmq
+import zmq.asyncio
+
+from reops.config import Settings
+from reops.hub.client import HubClient
+from reops.model import Host, Line
+from reops.ops.base import Op
+from reops.sources.agents import CODE_KEY, AgentExecutor, agents, ship
+from reops.sources.agents_lab import (
+    LabAgents,
+    LabHub,
+    await_agents,
+    start_agents,
+    start_hub,
+    wait_for_agents,
+)
+from reops_agent.keys import load_keypair
+from reops_agent.protocol import (
+    Done,
+    Hello,
+    Output,
+    Pending,
+    Refused,
+    Unknown,
+    decode_hub,
+    encode,
+)
+
+HEARTBEAT = 0.25
+MISSES = 4
+WINDOW = HEARTBEAT * MISSES
+AGENT_FLAGS = ["--reconnect-max", "0.3", "--heartbeat", str(HEARTBEAT)]
+
+SHIPPED = '''
+def add(a, b):
+    return a + b
+
+def boom():
+    raise RuntimeError("kaboom")
+'''
+
+
+def _hub(root: Path, **kw: Any) -> LabHub:
+    return start_hub(root / "home", heartbeat_s=HEARTBEAT, misses=MISSES, call_grace_s=1.0,
+                     **kw)
+
+
+def _agents(hub: LabHub, names: list[str], root: Path, **kw: Any) -> LabAgents:
+    return start_agents(names, hub.bind, hub.key, hub.keys_dir, workdir=root / "agents",
+                        extra=AGENT_FLAGS, **kw)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabHub, Path]]:
+    root = tmp_path_factory.mktemp("agents")
+    with _hub(root) as hub, _agents(hub, ["a1", "a2"], root), \
+            _agents(hub, ["c1"], root, allow_code=True):
+        wait_for_agents(hub.control_path, ["a1", "a2", "c1"])
+        yield hub, root
+
+
+@pytest.fixture
+async def client(fleet: tuple[LabHub, Path]) -> AsyncIterator[HubClient]:
+    c = HubClient(fleet[0].control_path)
+    yield c
+    await c.close()
+
+
+async def call(client: HubClient, **params: Any) -> tuple[dict[str, dict[str, Any]], list[Any]]:
+    """Results by host, and the streamed line items, of one hub call."""
+    results: dict[str, dict[str, Any]] = {}
+    lines: list[Any] = []
+    async for item in client.stream("call", **params):
+        if item["k"] == "result":
+            results[item["host"]] = item
+        else:
+            lines.append(item)
+    return results, lines
+
+
+def host(name: str) -> Host:
+    return Host(name=name, address="127.0.0.1")
+
+
+# ── calls ─────────────────────────────────────────────────────────────────────────────
+
+
+async def test_builtins_fan_out(client: HubClient) -> None:
+    results, _ = await call(client, hosts=["a1", "a2", "c1", "ghost"], fn="ping")
+    assert {h: r["status"] for h, r in results.items()} == {
+        "a1": "ok", "a2": "ok", "c1": "ok", "ghost": "unreachable"}
+    assert results["ghost"]["code"] == -1 and "not connected" in results["ghost"]["err"]
+    results, _ = await call(client, hosts=["a1"], fn="metrics", args=["load", "mem"])
+    assert set(results["a1"]["data"]) == {"time", "load", "mem"}
+
+
+async def test_executor_gives_ssh_shaped_results(fleet: tuple[LabHub, Path]) -> None:
+    ex = AgentExecutor(fleet[0].control_path)
+    try:
+        assert ex.available(host("a1")) and not ex.available(host("ghost"))
+        ok = await ex.run(host("a1"), Op(name="exec", command="echo hi"), Settings())
+        assert (ok.status, ok.code, ok.out, ok.transport) == ("ok", 0, "hi\n", "agent")
+        assert ok.started_at > 0 and ok.duration_s > 0
+        bad = await ex.run(host("a2"), Op(name="exec", command="echo no >&2; exit 3"),
+                           Settings())
+        assert (bad.status, bad.code, bad.err) == ("failed", 3, "no\n")
+        gone = await ex.run(host("ghost"), Op(name="exec", command="true"), Settings())
+        assert (gone.status, gone.code, gone.transport) == ("unreachable", -1, "agent")
+        parsed = await ex.run(host("a1"), Op(name="ls", command="printf 'a\\nb\\n'",
+                                             parse=str.split), Settings())
+        assert parsed.data == ["a", "b"]
+    finally:
+        await ex.close()
+
+
+async def test_streamed_lines_arrive_in_order_before_the_result(
+        fleet: tuple[LabHub, Path]) -> None:
+    ex = AgentExecutor(fleet[0].control_path)
+    lines: list[Line] = []
+    try:
+        r = await ex.run(host("a1"), Op(name="exec", command="seq 1 2000; echo done >&2"),
+                         Settings(), on_line=lines.append)
+    finally:
+        await ex.close()
+    assert r.ok
+    assert [ln.text for ln in lines if ln.stream == "out"] == [str(i) for i in range(1, 2001)]
+    assert Line("a1", "err", "done") in lines
+
+
+async def test_call_timing_out(fleet: tuple[LabHub, Path]) -> None:
+    ex = AgentExecutor(fleet[0].control_path)
+    t0 = time.monotonic()
+    try:
+        r = await ex.run(host("a2"), Op(name="exec", command="sleep 20", timeout=0.5),
+                         Settings())
+    finally:
+        await ex.close()
+    assert (r.status, r.code) == ("timeout", -1) and "timed out after 0.5 s" in r.err
+    assert time.monotonic() - t0 < 5
+
+
+async def test_shipped_code_needs_allow_code(client: HubClient, tmp_path: Path) -> None:
+    code = {"source": SHIPPED, "function": "add"}
+    results, _ = await call(client, hosts=["a1", "c1"], fn="add", args=[2, 3], code=code)
+    assert results["c1"]["status"] == "ok" and results["c1"]["data"] == 5
+    assert results["a1"]["status"] == "error" and "--allow-code" in results["a1"]["err"]
+    results, _ = await call(client, hosts=["c1"], fn="boom",
+                            code={"source": SHIPPED, "function": "boom"})
+    assert results["c1"]["status"] == "error"
+    assert "Traceback" in results["c1"]["err"] and "RuntimeError: kaboom" in results["c1"]["err"]
+
+
+async def test_ship_a_module_function_through_the_executor(
+        fleet: tuple[LabHub, Path], tmp_path: Path) -> None:
+    path = tmp_path / "shipme.py"
+    path.write_text(SHIPPED)
+    spec = importlib.util.spec_from_file_location("shipme", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    op = Op(name="call:add", kind="call", function="add", args=(20, 22),
+            kwargs={CODE_KEY: ship(module.add)})
+    ex = AgentExecutor(fleet[0].control_path)
+    try:
+        r = await ex.run(host("c1"), op, Settings())
+    finally:
+        await ex.close()
+    assert (r.status, r.data, r.transport) == ("ok", 42, "agent")
+
+
+async def test_schedule_streams_ticks_until_cancelled(client: HubClient) -> None:
+    ticks: list[dict[str, Any]] = []
+    stream = client.stream("schedule", hosts=["a1", "a2"], fn="metrics", args=["load"],
+                           every=0.1)
+    async for tick in stream:
+        ticks.append(tick)
+        if len(ticks) == 6:
+            break
+    await stream.aclose()
+    assert {t["host"] for t in ticks} == {"a1", "a2"} and all(t["status"] == "ok" for t in ticks)
+    assert "load" in ticks[0]["data"]
+
+
+async def test_agents_source_and_listing(fleet: tuple[LabHub, Path], client: HubClient) -> None:
+    hosts = await asyncio.to_thread(agents, fleet[0].control_path)
+    assert set(hosts.names) >= {"a1", "a2", "c1"}
+    assert hosts.select("a*").names == ["a1", "a2"] or set(hosts.select("a*").names) == {
+        "a1", "a2"}
+    listed = {a["name"]: a for a in await client.request("agents")}
+    assert listed["c1"]["allow_code"] and not listed["a1"]["allow_code"]
+    assert listed["a1"]["version"] and listed["a1"]["python"]
+
+
+# ── keys ──────────────────────────────────────────────────────────────────────────────
+
+
+async def test_pending_accept_reject(fleet: tuple[LabHub, Path], client: HubClient) -> None:
+    hub, root = fleet
+    events = client.stream("subscribe", topics=["keys"])
+    await anext(events)
+    with _agents(hub, ["p1"], root, accept=False):
+        event = await asyncio.wait_for(anext(events), 15)
+        assert event["data"]["event"] == "pending" and event["data"]["agent"] == "p1"
+        keys = {k["name"]: k for k in await client.request("keys")}
+        assert keys["p1"]["state"] == "pending" and len(keys["p1"]["fingerprint"]) == 47
+        results, _ = await call(client, hosts=["p1"], fn="ping")
+        assert results["p1"]["status"] == "unreachable"  # no service while pending
+        await client.request("keys.accept", names=["p1"])
+        await await_agents(hub.control_path, ["p1"], timeout=10)
+        results, _ = await call(client, hosts=["p1"], fn="ping")
+        assert results["p1"]["status"] == "ok"
+        await client.request("keys.reject", names=["p1"])
+        results, _ = await call(client, hosts=["p1"], fn="ping")
+        assert results["p1"]["status"] == "unreachable"
+    await events.aclose()
+    assert {k["name"]: k["state"] for k in await client.request("keys")}["p1"] == "rejected"
+
+
+async def test_rogue_agent_gets_no_service(fleet: tuple[LabHub, Path], client: HubClient,
+                                           tmp_path: Path) -> None:
+    """An unaccepted key may say hello and nothing more, and never sees others' calls."""
+    hub, _ = fleet
+    public, secret = load_keypair(tmp_path, "rogue")
+    ctx = zmq.asyncio.Context()
+    rogue = ctx.socket(zmq.DEALER)
+    rogue.curve_serverkey, rogue.curve_publickey, rogue.curve_secretkey = (
+        hub.key.encode(), public, secret)
+    rogue.setsockopt(zmq.LINGER, 0)
+    rogue.connect(hub.bind)
+    got: list[Any] = []
+
+    async def expect(kind: type) -> None:
+        while True:
+            msg = decode_hub(await rogue.recv())
+            got.append(msg)
+            if isinstance(msg, kind):
+                return
+
+    try:
+        await rogue.send(encode(Hello(name="a1")))  # an accepted name, but not its key
+        await asyncio.wait_for(expect(Refused), 10)
+        await rogue.send(encode(Hello(name="rogue")))
+        await asyncio.wait_for(expect(Pending), 10)
+        running = asyncio.create_task(call(client, hosts=["a1"], fn="shell",
+                                           args=["sleep 0.5; echo real"], stream=True))
+        for call_id in range(1, 400):  # forged answers for whatever calls are in flight
+            await rogue.send(encode(Output(id=call_id, text="forged")))
+            await rogue.send(encode(Done(id=call_id, status="ok", code=0, out="forged")))
+        await asyncio.wait_for(expect(Unknown), 10)
+        results, lines = await running
+        assert results["a1"]["out"] == "real\n" and [ln["text"] for ln in lines] == ["real"]
+        assert all(isinstance(m, (Refused, Pending, Unknown)) for m in got)
+    finally:
+        rogue.close(0)
+        ctx.term()
+    listed = {a["name"] for a in await client.request("agents")}
+    assert "rogue" not in listed
+
+
+# ── liveness ──────────────────────────────────────────────────────────────────────────
+
+
+async def test_agent_killed_mid_call(tmp_path: Path) -> None:
+    with _hub(tmp_path) as hub, _agents(hub, ["k1", "k2"], tmp_path) as lab:
+        await await_agents(hub.control_path, ["k1", "k2"])
+        client = HubClient(hub.control_path)
+        try:
+            stream = client.stream("call", hosts=["k1", "k2"], fn="shell", stream=True,
+                                   args=["echo started; sleep 30"])
+            other = asyncio.create_task(call(client, hosts=["k2"], fn="shell",
+                                             args=["sleep 1; echo fine"]))
+            results: dict[str, Any] = {}
+            killed_at = 0.0
+            async for item in stream:
+                if item["k"] == "line" and item["host"] == "k1" and not killed_at:
+                    lab.kill("k1")
+                    killed_at = time.monotonic()
+                elif item["k"] == "result":
+                    results[item["host"]] = item
+                    if item["host"] == "k1":
+                        break
+            await stream.aclose()
+            elapsed = time.monotonic() - killed_at
+            k1 = results["k1"]
+            assert (k1["status"], k1["code"]) == ("unreachable", -1)
+            assert k1["err"] == f"agent k1 lost: no heartbeat for {WINDOW:g} s"
+            assert elapsed < WINDOW + 2 * HEARTBEAT + 1.0
+            ok, _ = await other
+            assert ok["k2"]["status"] == "ok" and ok["k2"]["out"] == "fine\n"
+        finally:
+            await client.close()
+
+
+async def test_hub_restart_agents_come_back(tmp_path: Path) -> None:
+    with _hub(tmp_path) as hub, _agents(hub, ["r1", "r2"], tmp_path):
+        await await_agents(hub.control_path, ["r1", "r2"])
+        hub.stop(sig=9)
+        await asyncio.to_thread(hub.start)
+        await await_agents(hub.control_path, ["r1", "r2"], timeout=15)
+        client = HubClient(hub.control_path)
+        try:
+            results, _ = await call(client, hosts=["r1", "r2"], fn="ping")
+        finally:
+            await client.close()
+        assert all(r["status"] == "ok" for r in results.values())
+
+
+# ── fuzzing the hub over the wire ─────────────────────────────────────────────────────
+
+
+async def test_hub_survives_garbage_on_the_wire(fleet: tuple[LabHub, Path],
+                                                client: HubClient, tmp_path: Path) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    hub, _ = fleet
+    from reops.hub.keystore import KeyStore
+
+    public, secret = load_keypair(tmp_path, "fuzz")
+    KeyStore(hub.keys_dir).pre_accept("fuzz", public.decode())
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = (
+        hub.key.encode(), public, secret)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(hub.bind)
+    valid = [encode(Hello(name="fuzz")), encode(Done(id=1, status="ok", code=0)),
+             msgspec.msgpack.encode({"t": "beat", "v": 99})]
+
+    frames = st.one_of(
+        st.binary(max_size=300),
+        st.sampled_from(valid).flatmap(lambda f: st.integers(0, len(f)).map(lambda n: f[:n])),
+        st.builds(lambda v: msgspec.msgpack.encode({"t": "hello", "v": v, "name": "x"}),
+                  st.integers(-(2**63), 2**63 - 1)),
+    )
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(frames, min_size=1, max_size=3))
+    def blast(parts: list[bytes]) -> None:
+        sock.send_multipart(parts)
+
+    try:
+        await asyncio.to_thread(blast)
+        sock.send(valid[0])  # and a real hello, registering this key's agent
+    finally:
+        sock.close(0)
+        ctx.term()
+    # an oversized frame: libzmq drops that connection, the hub carries on
+    big_ctx = zmq.Context()
+    big = big_ctx.socket(zmq.DEALER)
+    big.curve_serverkey, big.curve_publickey, big.curve_secretkey = (
+        hub.key.encode(), public, secret)
+    big.setsockopt(zmq.LINGER, 0)
+    big.connect(hub.bind)
+    big.send(b"\x00" * (64 * 1024 * 1024 + 10))
+    big.close(0)
+    big_ctx.term()
+    info = await client.request("ping")
+    assert info["bad_frames"] > 0
+    results, _ = await call(client, hosts=["a1", "a2"], fn="ping")
+    assert all(r["status"] == "ok" for r in results.values())
+    assert "dropped a bad message" in hub.log

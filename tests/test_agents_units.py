@@ -1,0 +1,214 @@
+"""Agent pieces without a network: protocol (fuzzed), key store, functions, shipped code."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reops.hub.keystore import KeyStore
+from reops.hub.zap import decide
+from reops_agent.functions import REFUSED_CODE, Runner
+from reops_agent.protocol import (
+    MAX_MESSAGE,
+    PROTOCOL_VERSION,
+    Beat,
+    Call,
+    CodeRef,
+    Done,
+    Hello,
+    Output,
+    ProtocolError,
+    Tick,
+    code_hash,
+    decode_agent,
+    decode_hub,
+    encode,
+)
+
+VALID = [
+    encode(Hello(name="web1", hostname="h", pid=3, functions=["shell"])),
+    encode(Beat(running=2, load=0.5)),
+    encode(Output(id=7, stream="err", text="x")),
+    encode(Done(id=7, status="ok", code=0, out="o", data={"a": [1, 2]})),
+    encode(Tick(schedule=1, seq=2, result=Done(id=0, status="ok", code=0))),
+]
+
+
+def test_roundtrip_and_version() -> None:
+    msg = decode_agent(VALID[3])
+    assert isinstance(msg, Done) and msg.data == {"a": [1, 2]} and msg.v == PROTOCOL_VERSION
+    call = Call(id=1, fn="shell", args=["uname"], code=CodeRef(hash="h", function="f"))
+    assert decode_hub(encode(call)) == call
+    with pytest.raises(ProtocolError, match="version"):
+        decode_agent(encode(Beat(v=PROTOCOL_VERSION + 1)))
+    with pytest.raises(ProtocolError, match="invalid agent name"):
+        decode_agent(encode(Hello(name="../etc/passwd")))
+    with pytest.raises(ProtocolError, match="exceeds"):
+        decode_agent(b"\x00" * (MAX_MESSAGE + 1))
+    with pytest.raises(ProtocolError):  # a hub message is not an agent message
+        decode_agent(encode(call))
+
+
+def _decodes_or_refuses(frame: bytes) -> None:
+    try:
+        decode_agent(frame)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=512))
+def test_decoder_fuzz_random(frame: bytes) -> None:
+    _decodes_or_refuses(frame)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(VALID), st.data())
+def test_decoder_fuzz_truncated_and_flipped(frame: bytes, data: st.DataObject) -> None:
+    cut = data.draw(st.integers(0, len(frame)))
+    _decodes_or_refuses(frame[:cut])
+    pos = data.draw(st.integers(0, len(frame) - 1))
+    byte = data.draw(st.integers(0, 255))
+    _decodes_or_refuses(frame[:pos] + bytes([byte]) + frame[pos + 1:])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1)
+                    | st.text(max_size=20)
+                    | st.binary(max_size=20),
+                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=5), c,
+                                                                        max_size=4),
+                    max_leaves=20))
+def test_decoder_fuzz_wrong_shapes(value: object) -> None:
+    _decodes_or_refuses(msgspec.msgpack.encode(value))
+    _decodes_or_refuses(msgspec.msgpack.encode({"t": "hello", "v": 1, "name": value}))
+    _decodes_or_refuses(msgspec.msgpack.encode({"t": "done", "v": value, "id": 1}))
+
+
+def test_keystore_flow(tmp_path: Path) -> None:
+    keys = KeyStore(tmp_path / "keys")
+    assert len(keys.hub_public_key()) == 40
+    assert (tmp_path / "keys").stat().st_mode & 0o777 == 0o700
+    assert keys.add_pending("web1", "K" * 40) and not keys.add_pending("web1", "K" * 40)
+    assert [e.state for e in keys.entries()] == ["pending"]
+    assert keys.accept("web1").state == "accepted" and keys.accepted_key("web1") == "K" * 40
+    assert keys.reject("web1").state == "rejected" and keys.is_rejected("K" * 40)
+    assert keys.accepted_key("web1") is None
+    keys.delete("web1")
+    assert keys.get("web1") is None and not keys.is_rejected("K" * 40)
+    with pytest.raises(KeyError):
+        keys.accept("nobody")
+    with pytest.raises(ValueError):
+        keys.add_pending("../x", "K" * 40)
+    keys.add_pending("a", "A" * 40)
+    keys.add_pending("b", "B" * 40)
+    assert {e.name for e in keys.accept_all_pending()} == {"a", "b"}
+
+
+def test_zap_decisions(tmp_path: Path) -> None:
+    import zmq
+
+    keys = KeyStore(tmp_path / "keys")
+    keys.ensure()
+    public, _ = zmq.curve_keypair()
+    raw = zmq.utils.z85.decode(public)
+    req = [b"1.0", b"7", b"reops", b"127.0.0.1", b"", b"CURVE", raw]
+    assert decide(req, keys)[2:5] == [b"200", b"OK", public]
+    (tmp_path / "keys" / "rejected" / "bad").write_text(public.decode())
+    assert decide(req, keys)[2] == b"400"
+    assert decide([b"1.0", b"8", b"", b"", b"", b"NULL"], keys)[2] == b"400"
+    assert decide([b"1.0"], keys)[2] == b"400"
+
+
+# ── functions, run in-process ────────────────────────────────────────────────────────
+
+
+async def test_shell_streams_lines_in_order() -> None:
+    runner = Runner()
+    seen: list[tuple[str, str]] = []
+
+    async def emit(stream: str, text: str) -> None:
+        seen.append((stream, text))
+
+    done = await runner.run(1, "shell", ["for i in $(seq 1 300); do echo l$i; done; "
+                                         "echo e >&2; printf tail; exit 4"], {}, emit=emit)
+    assert done.status == "failed" and done.code == 4
+    outs = [t for s, t in seen if s == "out"]
+    assert outs == [f"l{i}" for i in range(1, 301)] + ["tail"]
+    assert ("err", "e") in seen and done.out.endswith("l300\ntail")
+
+
+async def test_timeout_kills_the_command(tmp_path: Path) -> None:
+    marker = tmp_path / "still-running"
+    done = await Runner().run(1, "shell", [f"sleep 5; touch {marker}"], {}, timeout=0.3)
+    assert done.status == "timeout" and done.code == -1 and "0.3 s" in done.err
+    assert done.duration_s < 3
+
+
+async def test_concurrency_is_bounded() -> None:
+    runner = Runner(concurrency=2)
+    peak = 0
+
+    async def probe() -> None:
+        nonlocal peak
+        peak = max(peak, runner.running)
+
+    async def one() -> None:
+        await runner.run(1, "shell", ["sleep 0.2"], {})
+
+    tasks = [asyncio.create_task(one()) for _ in range(5)]
+    while not all(t.done() for t in tasks):
+        await probe()
+        await asyncio.wait(tasks, timeout=0.05)
+    assert peak == 2
+
+
+SHIPPED = """
+import os
+
+def add(a, b):
+    return a + b
+
+def boom():
+    raise RuntimeError("kaboom")
+
+async def pid():
+    return os.getpid()
+"""
+
+
+async def test_shipped_code_refused_then_run_and_errors() -> None:
+    ref = CodeRef(hash=code_hash(SHIPPED), function="add", source=SHIPPED)
+    refused = await Runner().run(1, "add", [1, 2], {}, code=ref)
+    assert refused.status == "error" and refused.err == REFUSED_CODE
+    runner = Runner(allow_code=True)
+    ok = await runner.run(1, "add", [1, 2], {}, code=ref)
+    assert ok.status == "ok" and ok.data == 3
+    cached = CodeRef(hash=ref.hash, function="boom")  # by hash only: the cache has it
+    err = await runner.run(2, "boom", [], {}, code=cached)
+    assert err.status == "error" and "RuntimeError: kaboom" in err.err and "Traceback" in err.err
+    forged = CodeRef(hash="0" * 64, function="add", source=SHIPPED)
+    assert "does not match" in (await runner.run(3, "add", [1, 2], {}, code=forged)).err
+
+
+async def test_builtins(tmp_path: Path) -> None:
+    runner = Runner()
+    facts = await runner.run(1, "facts", [], {})
+    assert facts.status == "ok" and facts.data["cpus"] >= 1 and facts.data["kernel"]
+    m = await runner.run(1, "metrics", [], {})
+    assert set(m.data) >= {"cpu", "mem", "load", "disk", "net"}
+    assert 0 <= m.data["cpu"]["percent"] <= 100 and m.data["mem"]["total"] > 0
+    bad = await runner.run(1, "metrics", ["gpu"], {})
+    assert bad.status == "error" and "unknown metric" in bad.err
+    target = tmp_path / "d" / "f.txt"
+    w = await runner.run(1, "file.write", [str(target), b"hello"], {"mode": 0o600})
+    assert w.data["changed"] and target.read_bytes() == b"hello"
+    assert not (await runner.run(1, "file.write", [str(target), b"hello"], {})).data["changed"]
+    r = await runner.run(1, "file.read", [str(target)], {})
+    assert r.data["content"] == b"hello" and r.data["mode"] == 0o600
+    assert (await runner.run(1, "nope", [], {})).status == "error"
