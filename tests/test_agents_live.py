@@ -17,6 +17,17 @@ import msgspec
 import pytest
 import zmq
 import zmq.asyncio
+from reops_agent.keys import load_keypair
+from reops_agent.protocol import (
+    Done,
+    Hello,
+    Output,
+    Pending,
+    Refused,
+    Unknown,
+    decode_hub,
+    encode,
+)
 
 from reops.config import Settings
 from reops.hub.client import HubClient
@@ -30,17 +41,6 @@ from reops.sources.agents_lab import (
     start_agents,
     start_hub,
     wait_for_agents,
-)
-from reops_agent.keys import load_keypair
-from reops_agent.protocol import (
-    Done,
-    Hello,
-    Output,
-    Pending,
-    Refused,
-    Unknown,
-    decode_hub,
-    encode,
 )
 
 HEARTBEAT = 0.25

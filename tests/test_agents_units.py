@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from reops.hub.keystore import KeyStore
-from reops.hub.zap import decide
 from reops_agent.functions import REFUSED_CODE, Runner
 from reops_agent.protocol import (
     MAX_MESSAGE,
@@ -29,6 +27,9 @@ from reops_agent.protocol import (
     decode_hub,
     encode,
 )
+
+from reops.hub.keystore import KeyStore
+from reops.hub.zap import decide
 
 VALID = [
     encode(Hello(name="web1", hostname="h", pid=3, functions=["shell"])),
@@ -55,10 +56,8 @@ def test_roundtrip_and_version() -> None:
 
 
 def _decodes_or_refuses(frame: bytes) -> None:
-    try:
+    with contextlib.suppress(ProtocolError):
         decode_agent(frame)
-    except ProtocolError:
-        pass
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
