@@ -164,6 +164,7 @@ class Lab:
         names = host_names(hosts)
         self.hosts: dict[str, str] = dict(zip(names, addresses(first_address, hosts), strict=True))
         self.pids: dict[str, int | None] = dict.fromkeys(names)
+        self._spawned: set[int] = set()  # our unreaped children: their pids cannot be reused
 
     # -- paths -------------------------------------------------------------------------
 
@@ -217,6 +218,7 @@ class Lab:
         lab.stop_timeout = state.get("stop_timeout", STOP_TIMEOUT)
         lab.hosts = {name: h["address"] for name, h in state["hosts"].items()}
         lab.pids = {name: h["pid"] for name, h in state["hosts"].items()}
+        lab._spawned = set()
         return lab
 
     def up(self) -> LabInfo:
@@ -390,6 +392,7 @@ class Lab:
                 if old is not None and _is_sshd(old) and (fd := _pidfd(old)) is not None:
                     _reap(fd)  # our own child, stopped elsewhere: collect the zombie
                     os.close(fd)
+                self._spawned.discard(old or 0)
                 self.pids[name] = saved[name].get("pid")
 
     def _check(self, name: str) -> None:
@@ -397,7 +400,14 @@ class Lab:
             raise LabError(f"no host {name!r} in the lab at {self.root}")
 
     def _ours(self, pid: int, name: str) -> bool:
-        """Whether `pid` is still this lab's sshd for `name` (pids get reused)."""
+        """Whether `pid` is still this lab's sshd for `name` (pids get reused).
+
+        A child we spawned and have not reaped is ours for sure (its cmdline can read
+        empty just after posix_spawn returns: the kernel lets the parent go before it
+        has set up the new program's arguments). Anything else must name our config.
+        """
+        if pid in self._spawned and _child_exited(pid) is not None:
+            return True
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
@@ -406,8 +416,11 @@ class Lab:
 
     def _alive(self, name: str) -> bool:
         pid = self.pids.get(name)
-        # a dead-but-unreaped sshd is a zombie with an empty cmdline: not ours, not up
-        return pid is not None and self._ours(pid, name)
+        if pid is None:
+            return False
+        if pid in self._spawned and (exited := _child_exited(pid)) is not None:
+            return not exited
+        return self._ours(pid, name)  # a zombie's cmdline is empty: not up
 
     def _start(self, names: list[str], sshd: str) -> None:
         """Spawn one sshd per host, then wait for each to say READY=1 or to exit."""
@@ -423,8 +436,12 @@ class Lab:
                 for name in names:
                     pid = self._spawn(name, sshd, env)
                     self.pids[name] = pid
+                    self._spawned.add(pid)
                     pending[pid] = name
                     sel.register(os.pidfd_open(pid), selectors.EVENT_READ, pid)
+                    # read notifications as they come: the kernel queues only a few
+                    # datagrams (net.unix.max_dgram_qlen) and sshd blocks on a full queue
+                    self._handle(sel.select(0), sel, sock, pending)
                 self._save()
                 self._await_ready(sel, sock, pending)
             finally:
@@ -460,30 +477,41 @@ class Lab:
                     f"{names} (reops lab needs an sshd with systemd notify support: "
                     "Debian/Ubuntu builds or OpenSSH >= 9.8)"
                 )
-            for key, _ in events:
-                if key.data is None:  # a notification
-                    msg, anc, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(_CRED.size))
-                    pid = next(
-                        (
-                            _CRED.unpack(data[: _CRED.size])[0]
-                            for level, kind, data in anc
-                            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
-                        ),
-                        None,
-                    )
-                    if pid in pending and b"READY=1" in msg.split(b"\n"):
-                        name = pending.pop(pid)
-                        self._close_pidfd(sel, pid)
-                else:  # an sshd exited before it was ready
-                    pid = key.data
-                    name = pending.pop(pid)
-                    _reap(key.fd)
-                    self.pids[name] = None
-                    log = self.log_path(name).read_text(errors="replace").strip()
-                    raise LabError(
-                        f"sshd for {name} ({self.hosts[name]}:{self.port}) exited: "
-                        f"{log or 'no output'}\n  config: {self.config_path(name)}"
-                    )
+            self._handle(events, sel, sock, pending)
+
+    def _handle(
+        self,
+        events: list[tuple[selectors.SelectorKey, int]],
+        sel: selectors.BaseSelector,
+        sock: socket.socket,
+        pending: dict[int, str],
+    ) -> None:
+        """Mark hosts whose sshd said READY=1; fail on one that exited instead."""
+        for key, _ in events:
+            if key.data is None:  # a notification; the kernel tells us who sent it
+                msg, anc, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(_CRED.size))
+                pid = next(
+                    (
+                        _CRED.unpack(data[: _CRED.size])[0]
+                        for level, kind, data in anc
+                        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
+                    ),
+                    None,
+                )
+                if pid in pending and b"READY=1" in msg.split(b"\n"):
+                    del pending[pid]
+                    self._close_pidfd(sel, pid)
+            else:  # an sshd exited before it was ready
+                pid = key.data
+                name = pending.pop(pid)
+                _reap(key.fd)
+                self._spawned.discard(pid)
+                self.pids[name] = None
+                log = self.log_path(name).read_text(errors="replace").strip()
+                raise LabError(
+                    f"sshd for {name} ({self.hosts[name]}:{self.port}) exited: "
+                    f"{log or 'no output'}\n  config: {self.config_path(name)}"
+                )
 
     @staticmethod
     def _close_pidfd(sel: selectors.BaseSelector, pid: int) -> None:
@@ -521,6 +549,7 @@ class Lab:
             for fd in fds:
                 os.close(fd)
         for n in names:
+            self._spawned.discard(self.pids.get(n) or 0)
             self.pids[n] = None
             (self.host_dir(n) / "sshd.pid").unlink(missing_ok=True)
 
@@ -586,6 +615,14 @@ def _descendants(roots: set[int]) -> list[int]:
         out += kids
         todo += kids
     return out
+
+
+def _child_exited(pid: int) -> bool | None:
+    """For a child of this process: has it exited (without reaping it)? None: not a child."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return None
 
 
 def _reap(pidfd: int) -> None:
