@@ -29,6 +29,7 @@ class Runtime:
         self._ready = threading.Event()
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self._resources: dict[str, Any] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.thread = threading.Thread(target=self._main, name="reops-runtime", daemon=True)
         self.thread.start()
         self._ready.wait()
@@ -71,6 +72,25 @@ class Runtime:
             fn(*args)
         else:
             self.loop.call_soon_threadsafe(fn, *args)
+
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """A task on the loop (call from the loop thread) that `settle` can wait for."""
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _settle(self, grace: float) -> None:
+        cancelling = [t for t in self._tasks if t.cancelling()]
+        if cancelling:
+            await asyncio.wait(cancelling, timeout=grace)
+        await asyncio.sleep(0)  # let cancelled work flush what it wrote (signals, closes)
+
+    def settle(self, grace: float = SHUTDOWN_GRACE_S) -> None:
+        """Block until cancelled tasks have cleaned up (remote commands killed), bounded."""
+        if not self.in_loop:
+            with contextlib.suppress(Exception):
+                self.submit(self._settle(grace)).result(timeout=grace + 1)
 
     def resource(self, name: str, factory: Callable[[], T]) -> T:
         """A per-runtime singleton (e.g. the SSH connection pool), made on first use."""

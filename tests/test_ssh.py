@@ -9,8 +9,9 @@ from pathlib import Path
 
 import asyncssh
 import msgspec
+from reactivex import operators as ops
 
-from reops import Host, Hosts, exec_, run
+from reops import Host, Hosts, Result, exec_, run
 from reops.config import Settings
 from reops.lab import LabInfo
 from reops.steps import download, ls, upload
@@ -173,15 +174,20 @@ def test_ls_parses_entries(lab: LabInfo) -> None:
 def test_ctrl_c_returns_partial_outcome(lab: LabInfo) -> None:
     hosts = lab_hosts(lab).glob("web*")
     fast = hosts["web1"].address
-    cmd = f'case "$SSH_CONNECTION" in *" {fast} "*) echo quick;; *) sleep 30;; esac'
-    timer = threading.Timer(2.0, signal.pthread_kill, (threading.main_thread().ident,
-                                                       signal.SIGINT))
-    timer.start()
-    try:
-        out = run(exec_(hosts, cmd, settings=FAST))
-    finally:
-        timer.cancel()
+    nap = f"sleep 30.{os.getpid()}"  # a pattern only this test's commands have
+    cmd = f'case "$SSH_CONNECTION" in *" {fast} "*) echo quick;; *) {nap};; esac'
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def interrupt_after_web1(e: object) -> None:
+        if isinstance(e, Result) and e.host == "web1":  # the user presses Ctrl-C now
+            signal.pthread_kill(main, signal.SIGINT)
+
+    out = run(exec_(hosts, cmd, settings=FAST) | ops.do_action(interrupt_after_web1))
     assert out.interrupted
     assert len(out.hosts) == len(hosts)
     assert [r.host for r in out.successful] == ["web1"]
     assert all("interrupted" in r.err for r in out.failed)
+    # the interrupted hosts' commands were killed: nothing of ours still sleeps there
+    left = run(exec_(hosts["web1"], f"pgrep -fc '[s]{nap[1:]}' || true", settings=FAST))
+    assert left.successful[0].out.strip() == "0"

@@ -151,8 +151,7 @@ def fanout(hosts: Hosts, run_one: RunOne, *, lines: bool = False) -> Observable[
             if not state["left"]:
                 observer.on_completed()
                 return
-            loop = rt.loop
-            tasks.extend(loop.create_task(one(h)) for h in hosts)
+            tasks.extend(rt.spawn(one(h)) for h in hosts)
 
         def cancel() -> None:
             for t in tasks:
@@ -208,6 +207,8 @@ def run(stream: Stream) -> Outcome:
         interrupted = True
     finally:
         sub.dispose()
+    if interrupted:
+        rt.settle()  # remote commands are killed and channels closed before we return
     if errors:
         raise errors[0]
     return _outcome(stream, dict(results), interrupted)
