@@ -246,6 +246,7 @@ class Lab:
         """Stop every sshd this lab started (and their sessions); forget the state."""
         if not self.state_path.exists() and not any(self.pids.values()):
             return
+        self._sync()
         self._stop(list(self.hosts))
         self.state_path.unlink(missing_ok=True)
 
@@ -387,13 +388,14 @@ class Lab:
         except (OSError, ValueError, KeyError):
             return
         for name in self.hosts:
-            if name in saved and saved[name].get("pid") != self.pids.get(name):
-                old = self.pids.get(name)
-                if old is not None and _is_sshd(old) and (fd := _pidfd(old)) is not None:
-                    _reap(fd)  # our own child, stopped elsewhere: collect the zombie
-                    os.close(fd)
-                self._spawned.discard(old or 0)
-                self.pids[name] = saved[name].get("pid")
+            new, old = saved.get(name, {}).get("pid"), self.pids.get(name)
+            if new == old or (new is None and self._alive(name)):
+                continue  # unchanged, or started here and not saved yet
+            if old in self._spawned and (fd := _pidfd(old)) is not None:
+                _reap(fd)  # our own child, stopped elsewhere: collect the zombie
+                os.close(fd)
+            self._spawned.discard(old or 0)
+            self.pids[name] = new
 
     def _check(self, name: str) -> None:
         if name not in self.hosts:
@@ -591,13 +593,6 @@ def _parent_of(pid: int) -> int | None:
     except OSError:
         return None
     return int(stat[stat.rindex(")") + 2 :].split()[1])  # comm may hold spaces and ")"
-
-
-def _is_sshd(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip() == "sshd"
-    except OSError:
-        return False
 
 
 def _descendants(roots: set[int]) -> list[int]:
