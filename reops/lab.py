@@ -640,14 +640,24 @@ def _sshd_binary() -> str:
 def _ensure_root_prerequisites(user: str) -> None:
     """As root: sshd's privsep dir and an unlocked login user with a cheap shell."""
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    try:
-        pwd.getpwnam(user)
-    except KeyError:
-        _run(["useradd", "--system", "--create-home", "--shell", "/bin/sh", user])
+    if not _user_exists(user):
+        try:
+            _run(["useradd", "--system", "--create-home", "--shell", "/bin/sh", user])
+        except LabError:
+            if not _user_exists(user):  # else another lab created it at the same moment
+                raise
     # without PAM, sshd refuses accounts whose password field starts with "!" (locked);
     # useradd --system creates exactly that. "*" means: no password, but not locked.
     if _shadow_password(user).startswith("!"):
         _run(["usermod", "--password", "*", user])
+
+
+def _user_exists(user: str) -> bool:
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return False
+    return True
 
 
 def _shadow_password(user: str) -> str:
