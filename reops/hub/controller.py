@@ -1,10 +1,15 @@
 """The controller: one process owning agents (Fleet) and the control socket, plus services.
 
 Built-in control methods: ping, agents, keys, keys.accept/reject/delete, call, schedule,
-subscribe (and cancel). Other services add theirs in the same process:
+subscribe (and cancel). Other services add theirs in the same process, from an
+`attach(controller)` function named in HubSettings.services (or the `reops.hub` entry
+point group):
 
-    controller.register("jobs.submit", handler)   # async handler(session) -> value
-    controller.publish("jobs", {"event": "done", "job": 7})
+    def attach(controller):
+        controller.register("jobs.submit", handler)   # async handler(session) -> value
+        controller.run_task(workers)                  # a coroutine for the hub's lifetime
+        ...
+        controller.publish("jobs", {"event": "done", "job": 7})   # to `subscribe` clients
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import zmq
@@ -64,6 +69,7 @@ class Controller:
         self.public_key = self.keys.hub_public_key()
         self.ctx = zmq.asyncio.Context()
         self._listeners: list[Listener] = []
+        self._services: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self.zap = Authenticator(self.ctx, self.keys)  # bound before any CURVE socket
         self.fleet = Fleet(self.ctx, settings, self.keys, self.publish)
         self.control = ControlServer(self.ctx, settings.control_path)
@@ -87,6 +93,10 @@ class Controller:
             except Exception:
                 log.exception("event listener failed")
 
+    def run_task(self, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `factory()` for the hub's lifetime (a service's workers); cancelled at stop."""
+        self._services.append(factory)
+
     def listen(self, fn: Listener) -> Callable[[], None]:
         """Call `fn(topic, data)` on every event in this process; returns the remover."""
         self._listeners.append(fn)
@@ -97,7 +107,8 @@ class Controller:
         log.info("hub %s listening for agents on %s (key %s), control ipc://%s",
                  __version__, self.fleet.endpoint, self.public_key, self.control.path)
         tasks = [asyncio.create_task(c) for c in (
-            self.zap.serve(), self.fleet.serve(), self.fleet.heartbeat(), self.control.serve())]
+            self.zap.serve(), self.fleet.serve(), self.fleet.heartbeat(), self.control.serve(),
+            *(f() for f in self._services))]
         try:
             done, _ = await asyncio.wait([*tasks, asyncio.create_task(stop.wait())],
                                          return_when=asyncio.FIRST_COMPLETED)

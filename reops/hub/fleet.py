@@ -52,6 +52,8 @@ OnTick = Callable[[str, int, int, dict[str, Any]], None]  # host, seq, dropped, 
 
 #: shipped module sources remembered for agents that ask again (Missing)
 SOURCES_KEPT = 256
+#: connections remembered as waiting for acceptance (to nudge them at once)
+MAX_WAITING = 10_000
 
 
 @dataclass(slots=True)
@@ -156,6 +158,7 @@ class Fleet:
             return
         if accepted is None:
             if self.keys.is_rejected(key):
+                self._wait(name, routing)
                 self._send(routing, Refused(reason="key rejected"))
                 return
             if self.keys.add_pending(name, key):
@@ -163,7 +166,7 @@ class Fleet:
                          name, fingerprint(key), name)
                 self.publish("keys", {"event": "pending", "agent": name,
                                       "fingerprint": fingerprint(key)})
-            self.pending[name] = routing
+            self._wait(name, routing)
             self._send(routing, Pending(fingerprint=fingerprint(key),
                                         heartbeat_s=self.settings.heartbeat_s))
             return
@@ -296,6 +299,11 @@ class Fleet:
         sched.on_tick(rec.name, tick.seq, tick.dropped, {
             "status": r.status, "code": r.code, "out": r.out, "err": r.err,
             "started_at": r.started_at, "duration_s": r.duration_s, "data": r.data})
+
+    def _wait(self, name: str, routing: bytes) -> None:
+        """Remember a connection waiting for its key to be accepted (bounded)."""
+        if name in self.pending or len(self.pending) < MAX_WAITING:
+            self.pending[name] = routing
 
     def nudge(self, name: str) -> None:
         """Ask a waiting agent to register again now (its key was just accepted)."""

@@ -29,6 +29,7 @@ class HubSettings(msgspec.Struct, frozen=True, kw_only=True):
     auto_accept: bool = False  # accept every new agent key (labs only)
     call_grace_s: float = 5.0  # wait beyond a call's own timeout before failing it here
     max_calls: int = 100_000  # in-flight calls; more are refused, not queued without bound
+    services: tuple[str, ...] = ()  # "module:attach" functions run with the Controller
 
     def with_(self, **changes: Any) -> HubSettings:
         clean = {k: v for k, v in changes.items() if v is not None}
@@ -58,7 +59,7 @@ def load_hub_settings(path: Path | None = None) -> HubSettings:
     for name in HubSettings.__struct_fields__:
         env = os.environ.get(f"REOPS_HUB_{name.upper()}")
         if env is not None:
-            data[name] = env
+            data[name] = tuple(x for x in env.split(",") if x) if name == "services" else env
     try:
         return msgspec.convert(data, HubSettings, strict=False)
     except msgspec.ValidationError as e:

@@ -213,3 +213,50 @@ async def await_agents(path: Path, names: Iterable[str], timeout: float = 15.0) 
 def wait_for_agents(path: Path, names: Iterable[str], timeout: float = 15.0) -> None:
     """Blocking `await_agents` (from code without a running event loop)."""
     asyncio.run(await_agents(path, names, timeout))
+
+
+# ── agents that outlive the command that started them (`reops lab up --agents`) ──────
+
+
+def _start_time(pid: int) -> str:
+    """The kernel's start time of `pid` (tells a reused pid from ours), or "" if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def save_agents(lab: LabAgents, path: Path) -> None:
+    """Record the lab's agent processes so a later command can stop exactly them."""
+    import json
+
+    records = {name: {"pid": p.pid, "start": _start_time(p.pid)} for name, p in lab.procs.items()}
+    path.write_text(json.dumps(records, indent=1))
+
+
+def stop_saved_agents(path: Path, timeout: float = 5.0) -> int:
+    """Stop the agents recorded in `path` (only if still the same processes); how many."""
+    import json
+
+    if not path.exists():
+        return 0
+    records = json.loads(path.read_text())
+    stopped = []
+    for rec in records.values():
+        if rec["start"] and _start_time(rec["pid"]) == rec["start"]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec["pid"], signal.SIGTERM)
+                stopped.append(rec)
+    for rec in stopped:  # wait on each through a pidfd: no polling
+        with contextlib.suppress(ProcessLookupError, OSError):
+            fd = os.pidfd_open(rec["pid"])
+            try:
+                import select
+
+                if not select.select([fd], [], [], timeout)[0]:
+                    os.kill(rec["pid"], signal.SIGKILL)
+            finally:
+                os.close(fd)
+    path.unlink()
+    return len(stopped)

@@ -1,0 +1,314 @@
+"""`reops hub`, `reops keys`, `reops agents`: the controller, agent keys and agents.
+
+Exit codes: 0 ok, 1 some hosts failed (deploy), 2 usage or input error (including "no hub
+running", said in one line with how to start one).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from reops.cli import UserError
+
+HUB_HELP = """The controller daemon: agents connect to it (CurveZMQ), the CLI, REPL and flows
+reach it over a local control socket.
+
+\b
+  reops hub                         # foreground; prints its public key
+  reops hub --background            # detached; log next to the control socket
+  reops hub --print-key             # the key agents pin: reops-agent --hub-key KEY
+  reops hub --stop
+"""
+
+
+def _settings(**overrides: Any) -> Any:
+    from reops.hub.settings import load_hub_settings
+
+    try:
+        return load_hub_settings().with_(**overrides)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+@click.command("hub", help=HUB_HELP)
+@click.option("--bind", default=None,
+              help="Endpoint agents connect to [default: tcp://0.0.0.0:7720].")
+@click.option("--control", type=click.Path(path_type=Path), default=None,
+              help="Control socket path [default: ~/.reops/run/hub.sock].")
+@click.option("--keys-dir", type=click.Path(path_type=Path), default=None,
+              help="Key store: pending/ accepted/ rejected/ [default: ~/.reops/keys].")
+@click.option("--heartbeat", "heartbeat_s", type=click.FloatRange(min=0, min_open=True),
+              default=None, help="Seconds between heartbeats, both ways [default: 5].")
+@click.option("--misses", type=click.IntRange(1), default=None,
+              help="Missed heartbeats before an agent is lost [default: 3].")
+@click.option("--auto-accept", is_flag=True, default=None,
+              help="Accept every new agent key (labs only).")
+@click.option("--background", is_flag=True, help="Start detached and return.")
+@click.option("--print-key", is_flag=True, help="Print the hub's public key and exit.")
+@click.option("--stop", is_flag=True, help="Stop the running hub.")
+@click.option("-v", "--verbose", is_flag=True)
+def hub(bind: str | None, control: Path | None, keys_dir: Path | None,
+        heartbeat_s: float | None, misses: int | None, auto_accept: bool | None,
+        background: bool, print_key: bool, stop: bool, verbose: bool) -> None:
+    from reops.hub.daemon import HubAlreadyRunning, run_hub, start_background, stop_running
+    from reops.hub.keystore import KeyStore
+
+    settings = _settings(bind=bind, control=str(control) if control else None,
+                         keys_dir=str(keys_dir) if keys_dir else None,
+                         heartbeat_s=heartbeat_s, misses=misses, auto_accept=auto_accept)
+    if print_key:
+        click.echo(KeyStore(settings.keys_path).hub_public_key())
+        return
+    if stop:
+        pid = stop_running(settings)
+        click.echo(f"hub stopped (pid {pid})" if pid else "no hub was running", err=True)
+        return
+    try:
+        if background:
+            info = start_background(settings)
+            click.echo(f"hub running (pid {info['pid']}) on {info['bind']}; log {info['log']}",
+                       err=True)
+            click.echo(info["key"])
+            return
+        run_hub(settings, verbose=verbose)
+    except (HubAlreadyRunning, RuntimeError, OSError) as e:
+        raise UserError(str(e).splitlines()[0]) from None
+
+
+# ── keys ──────────────────────────────────────────────────────────────────────────────
+
+
+def _store(keys_dir: Path | None) -> Any:
+    from reops.hub.keystore import KeyStore
+
+    return KeyStore(keys_dir or _settings().keys_path)
+
+
+def _hub_request(method: str, params: dict[str, Any]) -> Any:
+    """Ask the running hub (so it acts at once); None when no hub runs."""
+    from reops.hub.client import HubError, HubNotRunning, request_sync
+
+    try:
+        return request_sync(_settings().control_path, method, params)
+    except HubNotRunning:
+        return None
+    except HubError as e:
+        raise UserError(str(e)) from None
+
+
+@click.group("keys", invoke_without_command=True)
+@click.option("--keys-dir", type=click.Path(path_type=Path), default=None,
+              help="Key store [default: ~/.reops/keys].")
+@click.option("--json", "as_json", is_flag=True, help="One JSON list.")
+@click.pass_context
+def keys(ctx: click.Context, keys_dir: Path | None, as_json: bool) -> None:
+    """Agent keys, like salt-key: pending agents get no service until accepted.
+
+    \b
+      reops keys                       # list, with fingerprints
+      reops keys accept web1 web2      # or: reops keys accept --all-pending
+      reops keys reject web9
+      reops keys delete web3           # forget; it shows up as pending again
+    """
+    ctx.obj = keys_dir
+    if ctx.invoked_subcommand is None:
+        _list_keys(keys_dir, as_json)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def keys_list(keys_dir: Path | None, as_json: bool) -> None:
+    """Every key: accepted, pending, rejected."""
+    _list_keys(keys_dir, as_json)
+
+
+def _list_keys(keys_dir: Path | None, as_json: bool) -> None:
+    entries = _store(keys_dir).entries()
+    if as_json:
+        click.echo(json.dumps([{"name": e.name, "state": e.state, "key": e.key,
+                                "fingerprint": e.fingerprint} for e in entries]))
+        return
+    for state in ("accepted", "pending", "rejected"):
+        mine = [e for e in entries if e.state == state]
+        click.echo(f"{state.capitalize()} keys ({len(mine)}):")
+        for e in mine:
+            click.echo(f"  {e.name:<24} {e.fingerprint}")
+
+
+def _change(keys_dir: Path | None, action: str, names: tuple[str, ...],
+            sources: tuple[str, ...]) -> None:
+    from reops_agent.protocol import valid_name
+
+    if not names:
+        raise UserError(f"name the agents to {action} (see reops keys)")
+    store = _store(keys_dir)
+    for name in names:
+        entry = store.get(name) if valid_name(name) else None
+        if entry is None or entry.state not in sources:
+            raise UserError(f"no {' or '.join(sources)} key named {name!r} (see reops keys)")
+    use_hub = keys_dir is None or keys_dir == _settings().keys_path
+    done = _hub_request(f"keys.{action}", {"names": list(names)}) if use_hub else None
+    if done is None:  # no hub running: change the files; the hub reads them at registration
+        method = {"accept": store.accept, "reject": store.reject, "delete": store.delete}[action]
+        done = [{"name": method(n).name} for n in names]
+    past = {"accept": "accepted", "reject": "rejected", "delete": "deleted"}[action]
+    for d in done:
+        click.echo(f"{past} {d['name']}")
+
+
+@keys.command("accept")
+@click.argument("names", nargs=-1)
+@click.option("--all-pending", is_flag=True, help="Accept every pending key.")
+@click.pass_obj
+def keys_accept(keys_dir: Path | None, names: tuple[str, ...], all_pending: bool) -> None:
+    """Accept pending (or rejected) keys: those agents are served from now on."""
+    if all_pending:
+        names = tuple(e.name for e in _store(keys_dir).entries("pending"))
+        if not names:
+            click.echo("no pending keys", err=True)
+            return
+    _change(keys_dir, "accept", names, ("pending", "rejected"))
+
+
+@keys.command("reject")
+@click.argument("names", nargs=-1)
+@click.pass_obj
+def keys_reject(keys_dir: Path | None, names: tuple[str, ...]) -> None:
+    """Reject keys: their connections are refused, their agents dropped."""
+    _change(keys_dir, "reject", names, ("pending", "accepted"))
+
+
+@keys.command("delete")
+@click.argument("names", nargs=-1)
+@click.pass_obj
+def keys_delete(keys_dir: Path | None, names: tuple[str, ...]) -> None:
+    """Forget keys (a deleted agent that connects again shows up as pending)."""
+    _change(keys_dir, "delete", names, ("pending", "accepted", "rejected"))
+
+
+# ── agents ────────────────────────────────────────────────────────────────────────────
+
+
+@click.group("agents", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON list.")
+@click.pass_context
+def agents(ctx: click.Context, as_json: bool) -> None:
+    """Agents the hub knows: name, address, version, last beat, load.
+
+    \b
+      reops agents
+      reops agents deploy -i inventory.toml 'group:web' --hub tcp://10.0.0.1:7720
+    """
+    if ctx.invoked_subcommand is None:
+        _list_agents(as_json)
+
+
+@agents.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def agents_list(as_json: bool) -> None:
+    """Agents the hub knows (connected and lost)."""
+    _list_agents(as_json)
+
+
+def _list_agents(as_json: bool) -> None:
+    from reops.hub.client import HubNotRunning
+    from reops.sources.agents import agent_list
+
+    try:
+        rows = agent_list(_settings().control_path)
+    except HubNotRunning as e:
+        raise UserError(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    now = time.time()
+    click.echo(f"{'NAME':<20} {'STATE':<10} {'ADDRESS':<16} {'VERSION':<8} {'LAST BEAT':>9} "
+               f"{'LOAD':>5} {'RUNNING':>7}")
+    for a in sorted(rows, key=lambda a: a["name"]):
+        click.echo(f"{a['name']:<20} {a['state']:<10} {a['address']:<16} {a['version']:<8} "
+                   f"{now - a['last_beat']:>8.1f}s {a['load']:>5.2f} {a['running']:>7}")
+    click.echo(f"{sum(a['state'] == 'connected' for a in rows)}/{len(rows)} connected", err=True)
+
+
+@agents.command("deploy")
+@click.option("-i", "--inventory", "inventory_path", type=click.Path(path_type=Path),
+              default=None, help="Inventory TOML.")
+@click.argument("selector")
+@click.option("--hub", "hub_endpoint", default=None,
+              help="Endpoint agents connect to [default: the running hub's, unless 0.0.0.0].")
+@click.option("--wheels", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              default=None, help="Offline: a directory of wheels (reops-agent, pyzmq, msgspec).")
+@click.option("--allow-code", is_flag=True, help="Let the hub ship Python code to the agents.")
+@click.option("--sudo", is_flag=True, help="Install system-wide with sudo (systemd unit).")
+@click.option("-t", "--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0,
+              show_default=True, help="Seconds each deploy step may take per host.")
+def agents_deploy(inventory_path: Path | None, selector: str, hub_endpoint: str | None,
+                  wheels: Path | None, allow_code: bool, sudo: bool, timeout: float) -> None:
+    """Install and start the agent on hosts over SSH, its key pre-accepted."""
+    from reops.cli_common import select_hosts
+    from reops.hub.deploy import deploy
+
+    settings = _settings()
+    hosts = select_hosts(inventory_path, selector)
+    endpoint = hub_endpoint or _default_endpoint(settings)
+    outcome = deploy(hosts, endpoint=endpoint, settings=settings, wheels=wheels,
+                     allow_code=allow_code, sudo=sudo, timeout=timeout)
+    for r in outcome.results:
+        mark = "✔" if r.ok else "✘"
+        click.echo(f"{mark} {r.host}" + ("" if r.ok else f": {r.err.strip().splitlines()[-1:]}"))
+    sys.exit(outcome.exit_code)
+
+
+def _default_endpoint(settings: Any) -> str:
+    from reops.hub.client import HubNotRunning, ping_sync
+
+    try:
+        bind = str(ping_sync(settings.control_path)["bind"])
+    except HubNotRunning:
+        bind = settings.bind
+    if "0.0.0.0" in bind or "*" in bind:
+        raise UserError(f"the hub listens on {bind}: say which address agents should use, "
+                        "e.g. --hub tcp://10.0.0.1:7720")
+    return bind
+
+
+# ── the lab (`reops lab up --agents`) ─────────────────────────────────────────────────
+
+
+def start_lab_agents(info: Any, allow_code: bool = True) -> None:
+    """Start an agent per lab host, keys accepted, against the running hub (or a new one)."""
+    from reops.hub.client import HubNotRunning, ping_sync
+    from reops.hub.daemon import start_background
+    from reops.sources.agents_lab import save_agents, start_agents, wait_for_agents
+
+    settings = _settings()
+    try:
+        hub_info = ping_sync(settings.control_path)
+    except HubNotRunning:
+        if "0.0.0.0" in settings.bind:
+            settings = settings.with_(bind=settings.bind.replace("0.0.0.0", "127.0.0.1"))
+        hub_info = start_background(settings)
+        click.echo(f"hub started (pid {hub_info['pid']}) on {hub_info['bind']}", err=True)
+    endpoint = str(hub_info["bind"]).replace("0.0.0.0", "127.0.0.1")
+    names = list(info.hosts)
+    workdir = Path(info.root) / "agents"
+    stop_lab_agents(info.root)
+    lab = start_agents(names, endpoint, hub_info["key"], settings.keys_path, workdir=workdir,
+                       allow_code=allow_code)
+    save_agents(lab, workdir / "agents.json")
+    wait_for_agents(settings.control_path, names, timeout=30 + len(names) * 0.1)
+    click.echo(f"{len(names)} agents connected to the hub at {endpoint}", err=True)
+
+
+def stop_lab_agents(root: Path | str) -> int:
+    """Stop the agents `start_lab_agents` started for the lab in `root`; how many."""
+    from reops.sources.agents_lab import stop_saved_agents
+
+    return stop_saved_agents(Path(root) / "agents" / "agents.json")
