@@ -10,6 +10,7 @@ import os
 import stat
 import subprocess
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -96,7 +97,7 @@ def test_command_lines(op: Op, lines: list[str]) -> None:
     lambda: files.grep("x"),
     lambda: files.line_in_file("/f", "two\nlines"),
 ])
-def test_bad_arguments_raise_before_anything_runs(call) -> None:  # type: ignore[no-untyped-def]
+def test_bad_arguments_raise_before_anything_runs(call: Callable[[], object]) -> None:
     with pytest.raises(ValueError):
         call()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -35,7 +36,7 @@ def test_script(kinds: tuple[str, ...], interval: float, has: list[str],
 
 @pytest.mark.parametrize("call", [lambda: metrics.metrics("gpu"),
                                   lambda: metrics.metrics(interval=-1)])
-def test_bad_arguments(call) -> None:  # type: ignore[no-untyped-def]
+def test_bad_arguments(call: Callable[[], object]) -> None:
     with pytest.raises(ValueError):
         call()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -129,7 +130,7 @@ def test_every_action_checks_init_and_existence(verb: str) -> None:
     lambda: service.start("nginx; reboot"), lambda: service.start("-x"),
     lambda: service.start(""), lambda: service.action("explode", "nginx"),
 ])
-def test_bad_input_is_refused(call) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_is_refused(call: Callable[[], object]) -> None:
     with pytest.raises(ValueError):
         call()
 
