@@ -18,8 +18,7 @@ _EXPORTS: dict[str, str] = {
     # values
     "Host": "reops.model", "Hosts": "reops.model", "Result": "reops.model",
     "Outcome": "reops.model", "Line": "reops.model", "Settings": "reops.config",
-    # inventory
-    "inventory": "reops.inventory", "Inventory": "reops.inventory",
+    "Inventory": "reops.inventory",
     # streams
     "Stream": "reops.streams.core", "run": "reops.streams.core",
     "step": "reops.streams.source", "source": "reops.streams.source",
@@ -39,7 +38,11 @@ _EXPORTS: dict[str, str] = {
     "flow": "reops.flows",
 }
 
-__all__ = sorted(_EXPORTS)
+# `reops.inventory` is both a module and the loader function: import the (light) module
+# now and bind the function, so a later `import reops.inventory` cannot shadow it.
+from reops.inventory import inventory  # noqa: E402
+
+__all__ = sorted([*_EXPORTS, "inventory"])
 
 
 def __getattr__(name: str) -> Any:

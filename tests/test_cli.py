@@ -122,3 +122,17 @@ def test_timeout_flag_kills_hung_command(lab: LabInfo) -> None:
     assert p.returncode == 1
     doc = json.loads(p.stdout)
     assert [r["status"] for r in doc["failure"]["-1"]] == ["timeout", "timeout"]
+
+
+def test_repl_has_the_api_and_the_inventory(lab: LabInfo) -> None:
+    script = 'print("N", len(inv))\nprint("OUT", run(exec_(inv.select("db1"), "echo hi")).ok)\n'
+    p = subprocess.run([sys.executable, "-m", "reops", "repl", "-i", str(lab.inventory)],
+                       input=script, capture_output=True, text=True, timeout=60)
+    assert "N 20" in p.stdout + p.stderr and "OUT True" in p.stdout + p.stderr
+
+
+def test_inventory_function_survives_submodule_import() -> None:
+    p = subprocess.run([sys.executable, "-c", "import reops.inventory, reops\n"
+                        "from reops import inventory\nprint(callable(inventory))"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip() == "True", p.stderr
