@@ -1,8 +1,9 @@
 """`reops types|systems|jobs|events`: machines from the command line.
 
-For now each command runs the Machines service in its own process (the queue's flock makes
-sure only one process runs jobs at a time; a crash is recovered by the next command). Once
-`reops hub` hosts the service (reops.systems.service), these commands become its clients.
+When `reops hub` runs and hosts Machines (reops.systems.service), every command is its
+client: jobs run and VMs stay connected there. Without a hub, a command runs Machines in its
+own process (the queue's flock lets one process run jobs at a time; the next command
+recovers what a crash interrupted).
 Exit codes: 0 every job succeeded, 1 some failed, 2 bad input (one line on stderr).
 """
 
@@ -20,9 +21,9 @@ import msgspec
 
 from reops.cli import UserError
 from reops.selector import SelectorError
+from reops.systems.api import MachinesAPI, connect
 from reops.systems.libvirt_events import HypervisorEvent
-from reops.systems.machines import Machines
-from reops.systems.model import Job, JobEvent, MachinesError, System, short
+from reops.systems.model import Job, JobEvent, JobEventKind, JobOp, MachinesError, System, short
 
 T = TypeVar("T")
 
@@ -37,23 +38,23 @@ def _errors() -> Iterator[None]:
             from None
 
 
-def _run(work: Callable[[Machines], Awaitable[T]], *, queue: bool = False) -> T:
-    """Open Machines (running the queue here when asked), do `work`, close."""
+def _run(work: Callable[[MachinesAPI], Awaitable[T]]) -> T:
+    """Reach Machines (the hub's, else run here), do `work`, close."""
     async def main() -> T:
-        m = Machines.open()
+        api = await connect()
         try:
-            if queue:
-                for j in await m.run_queue():
-                    click.echo(f"recovered: job {j.short_id} {j.op}: {j.error}", err=True)
-            return await work(m)
+            for j in getattr(api, "recovered", ()):
+                click.echo(f"recovered: job {j.short_id} {j.op}: {j.error}", err=True)
+            return await work(api)
         finally:
-            await m.aclose()
+            await api.aclose()
     with _errors():
         return asyncio.run(main())
 
 
-def _progress(m: Machines) -> None:
-    names = {s.id: s.hostname for s in m.store.systems()}
+async def _finish(api: MachinesAPI, jobs: list[Job]) -> int:
+    """Show the jobs' progress until they end; 1 when any did not succeed."""
+    names = {s.id: s.hostname for s in await api.systems()}
 
     def show(ev: JobEvent) -> None:
         j = ev.job
@@ -61,17 +62,30 @@ def _progress(m: Machines) -> None:
             "hypervisor", "")
         tail = f": {j.error}" if j.error else (f" {_brief(j.result)}" if j.result else "")
         click.echo(f"  {ev.event:<11} {j.op:<8} {what:<20} job {j.short_id}{tail}", err=True)
-    m.job_events.subscribe(show)
+
+    ended: set[str] = set()
+
+    def show_once(ev: JobEvent) -> None:
+        if ev.event not in ("queued", "started"):
+            ended.add(ev.job.id)
+        show(ev)
+
+    for j in jobs:
+        show(JobEvent(event="queued", job=j))
+    done = await api.wait(jobs, show_once)
+    for j in done:  # finished before we were listening (a fast job in the hub)
+        if j.id not in ended and j.retry_of not in ended and j.state != "running":
+            show(JobEvent(event=_ended(j), job=j))
+    return 0 if all(j.state == "succeeded" for j in done) else 1
+
+
+def _ended(j: Job) -> JobEventKind:
+    return "succeeded" if j.state == "succeeded" else (
+        "interrupted" if j.state == "interrupted" else "failed")
 
 
 def _brief(result: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in result.items() if v not in (None, [], ""))
-
-
-async def _finish(m: Machines, jobs: list[Job]) -> int:
-    done = await m.wait(jobs)
-    failed = [j for j in done if j.state != "succeeded"]
-    return 1 if failed else 0
 
 
 def _confirm(op: str, chosen: list[System], force: bool) -> None:
@@ -105,8 +119,8 @@ def types_add(name: str, description: str, provision: str | None, args: tuple[st
     """Add (or replace) a type: reops types add redis -d "redis server" -p flows/redis.py"""
     parsed = dict(a.partition("=")[::2] for a in args)
 
-    async def work(m: Machines) -> None:
-        t = m.add_type(name, description, provision, parsed)
+    async def work(api: MachinesAPI) -> None:
+        t = await api.add_type(name, description, provision, parsed)
         click.echo(f"type {t.name} added")
     _run(work)
 
@@ -115,8 +129,8 @@ def types_add(name: str, description: str, provision: str | None, args: tuple[st
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text")
 def types_ls(output: str) -> None:
     """List types."""
-    async def work(m: Machines) -> None:
-        ts = m.types()
+    async def work(api: MachinesAPI) -> None:
+        ts = await api.types()
         if output == "json":
             click.echo(msgspec.json.encode(ts).decode())
             return
@@ -129,8 +143,8 @@ def types_ls(output: str) -> None:
 @click.argument("name")
 def types_rm(name: str) -> None:
     """Remove a type no system uses."""
-    async def work(m: Machines) -> None:
-        m.remove_type(name)
+    async def work(api: MachinesAPI) -> None:
+        await api.remove_type(name)
         click.echo(f"type {name} removed")
     _run(work)
 
@@ -153,21 +167,20 @@ def systems() -> None:
 def systems_create(type_name: str, presets: tuple[str, ...], count: int | None,
                    hypervisor: str | None, hostname: str | None) -> None:
     """Create systems of a type: reops systems create redis --preset small --count 2"""
-    async def work(m: Machines) -> int:
-        _progress(m)
-        jobs = await m.create(type_name, presets, count=count, hypervisor=hypervisor,
-                              hostname=hostname)
-        code = await _finish(m, jobs)
-        _print_systems(m.systems("all"), only={j.system_id for j in jobs})
+    async def work(api: MachinesAPI) -> int:
+        jobs = await api.create(type_name, presets, count, hypervisor, hostname)
+        code = await _finish(api, jobs)
+        made = {j.system_id for j in jobs}
+        _print_systems([s for s in await api.systems() if s.id in made])
         return code
-    sys.exit(_run(work, queue=True))
+    sys.exit(_run(work))
 
 
-def _print_systems(chosen: list[System], only: set[str | None] | None = None) -> None:
+def _print_systems(chosen: list[System]) -> None:
     rows = [
         (s.short_id, s.hostname, s.machine.ip or "-", s.type or "-", s.machine.os or "-",
-         s.placement.hypervisor, s.state)
-        for s in chosen if only is None or s.id in only
+         s.placement.hypervisor, str(s.state))
+        for s in chosen
     ]
     _table(rows, ("ID", "HOSTNAME", "IP", "TYPE", "OS", "HYPERVISOR", "STATE"))
 
@@ -177,8 +190,8 @@ def _print_systems(chosen: list[System], only: set[str | None] | None = None) ->
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text")
 def systems_ls(selector: str, output: str) -> None:
     """List systems: reops systems ls 'typed:redis & running'"""
-    async def work(m: Machines) -> None:
-        chosen = m.systems(selector)
+    async def work(api: MachinesAPI) -> None:
+        chosen = await api.systems(selector)
         if output == "json":
             click.echo(msgspec.json.encode(chosen).decode())
         else:
@@ -186,30 +199,30 @@ def systems_ls(selector: str, output: str) -> None:
     _run(work)
 
 
-def _lifecycle(op: str, help_: str, destructive: bool) -> click.Command:
+def _lifecycle(op: JobOp, help_: str, destructive: bool) -> click.Command:
     @click.command(op, help=help_)
     @click.argument("selector")
     @click.option("--force", "-f", is_flag=True, help="Do not ask for confirmation.")
     def cmd(selector: str, force: bool) -> None:
-        async def work(m: Machines) -> int:
-            chosen = m.systems(selector)
+        async def work(api: MachinesAPI) -> int:
+            chosen = await api.systems(selector)
             if not chosen:
                 raise MachinesError(f"no system matches {selector!r}")
             if destructive:
                 _confirm(op, chosen, force)
-            _progress(m)
-            return await _finish(m, m.submit(op, selector))  # type: ignore[arg-type]
-        sys.exit(_run(work, queue=True))
+            return await _finish(api, await api.submit(op, selector))
+        sys.exit(_run(work))
     return cmd
 
 
-for _op, _help, _destructive in (
+LIFECYCLE: tuple[tuple[JobOp, str, bool], ...] = (
     ("start", "Start systems (VMs boot; physical machines get a Wake-on-LAN packet).", False),
     ("stop", "Stop systems: graceful shutdown, destroyed after machines.stop_timeout.", True),
     ("reload", "Destroy and re-create systems from their records (same id and size).", True),
     ("destroy", "Power off and delete systems: domain, volumes and record.", True),
     ("clear", "Forget systems' records; the machines themselves are left alone.", True),
-):
+)
+for _op, _help, _destructive in LIFECYCLE:
     systems.add_command(_lifecycle(_op, _help, _destructive))
 
 
@@ -218,10 +231,9 @@ for _op, _help, _destructive in (
 @click.argument("name")
 def systems_snapshot(selector: str, name: str) -> None:
     """Take a named snapshot of systems."""
-    async def work(m: Machines) -> int:
-        _progress(m)
-        return await _finish(m, await m.snapshot(selector, name))
-    sys.exit(_run(work, queue=True))
+    async def work(api: MachinesAPI) -> int:
+        return await _finish(api, await api.submit("snapshot", selector, name=name))
+    sys.exit(_run(work))
 
 
 @systems.command("revert")
@@ -230,21 +242,19 @@ def systems_snapshot(selector: str, name: str) -> None:
 @click.option("--force", "-f", is_flag=True, help="Do not ask for confirmation.")
 def systems_revert(selector: str, name: str, force: bool) -> None:
     """Revert systems to a named snapshot."""
-    async def work(m: Machines) -> int:
-        _confirm("revert", m.systems(selector), force)
-        _progress(m)
-        return await _finish(m, await m.revert(selector, name))
-    sys.exit(_run(work, queue=True))
+    async def work(api: MachinesAPI) -> int:
+        _confirm("revert", await api.systems(selector), force)
+        return await _finish(api, await api.submit("revert", selector, name=name))
+    sys.exit(_run(work))
 
 
 @systems.command("sync")
 @click.option("--hypervisor", default=None, help="A [hypervisors.NAME] from config.toml.")
 def systems_sync(hypervisor: str | None) -> None:
     """Import the machines that already exist on a hypervisor."""
-    async def work(m: Machines) -> int:
-        _progress(m)
-        return await _finish(m, [await m.sync(hypervisor)])
-    sys.exit(_run(work, queue=True))
+    async def work(api: MachinesAPI) -> int:
+        return await _finish(api, [await api.sync(hypervisor)])
+    sys.exit(_run(work))
 
 
 @systems.command("register")
@@ -256,9 +266,8 @@ def systems_sync(hypervisor: str | None) -> None:
 def systems_register(hostname: str, mac: str, ip: str | None, hypervisor: str | None,
                      type_name: str) -> None:
     """Record a physical machine (started by Wake-on-LAN)."""
-    async def work(m: Machines) -> None:
-        s = m.register_physical(hostname, mac, ip=ip, type_name=type_name,
-                                hypervisor=hypervisor)
+    async def work(api: MachinesAPI) -> None:
+        s = await api.register(hostname, mac, ip, type_name, hypervisor)
         click.echo(f"system {s.short_id} {s.hostname} registered")
     _run(work)
 
@@ -271,23 +280,19 @@ def jobs() -> None:
     """The durable job queue."""
 
 
-def _job_rows(m: Machines, js: list[Job]) -> list[tuple[str, ...]]:
-    names = {s.id: s.hostname for s in m.store.systems()}
-    return [
-        (j.short_id, j.op, names.get(j.system_id or "", short(j.system_id or "") or "-"),
-         j.state, time.strftime("%H:%M:%S", time.localtime(j.created_at)),
-         (j.error or _brief(j.result))[:60])
-        for j in js
-    ]
-
-
 @jobs.command("ls")
 @click.option("--limit", "-n", type=int, default=50, help="Newest N jobs.")
 def jobs_ls(limit: int) -> None:
     """List jobs, oldest first."""
-    async def work(m: Machines) -> None:
-        _table(_job_rows(m, m.jobs(limit=limit)),
-               ("ID", "OP", "SYSTEM", "STATE", "CREATED", "RESULT"))
+    async def work(api: MachinesAPI) -> None:
+        names = {s.id: s.hostname for s in await api.systems()}
+        rows = [
+            (j.short_id, j.op, names.get(j.system_id or "", short(j.system_id or "") or "-"),
+             j.state, time.strftime("%H:%M:%S", time.localtime(j.created_at)),
+             (j.error or _brief(j.result))[:60])
+            for j in await api.jobs(limit)
+        ]
+        _table(rows, ("ID", "OP", "SYSTEM", "STATE", "CREATED", "RESULT"))
     _run(work)
 
 
@@ -295,21 +300,20 @@ def jobs_ls(limit: int) -> None:
 @click.argument("job_id")
 def jobs_show(job_id: str) -> None:
     """Show one job (any unique id prefix) as JSON."""
-    async def work(m: Machines) -> None:
-        click.echo(msgspec.json.format(msgspec.json.encode(m.job(job_id))).decode())
+    async def work(api: MachinesAPI) -> None:
+        click.echo(msgspec.json.format(msgspec.json.encode(await api.job(job_id))).decode())
     _run(work)
 
 
 @jobs.command("wait")
 @click.argument("job_id")
 def jobs_wait(job_id: str) -> None:
-    """Run the queue here until a job is finished; exit 0 when it succeeded."""
-    async def work(m: Machines) -> int:
-        _progress(m)
-        job = (await m.wait([m.job(job_id)]))[0]
+    """Wait until a job has finished (following retries); exit 0 when it succeeded."""
+    async def work(api: MachinesAPI) -> int:
+        job = (await api.wait([await api.job(job_id)]))[0]
         click.echo(f"job {job.short_id} {job.state}{': ' + job.error if job.error else ''}")
         return 0 if job.state == "succeeded" else 1
-    sys.exit(_run(work, queue=True))
+    sys.exit(_run(work))
 
 
 # ── events ───────────────────────────────────────────────────────────────────────────────
@@ -321,9 +325,9 @@ def jobs_wait(job_id: str) -> None:
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text")
 def events(names: tuple[str, ...], count: int | None, output: str) -> None:
     """Hypervisor lifecycle events as they happen (Ctrl-C to stop)."""
-    async def work(m: Machines) -> None:
-        done = asyncio.get_running_loop().create_future()
+    async def work(api: MachinesAPI) -> None:
         seen = 0
+        enough = asyncio.Event()
 
         def show(ev: HypervisorEvent) -> None:
             nonlocal seen
@@ -333,14 +337,15 @@ def events(names: tuple[str, ...], count: int | None, output: str) -> None:
                 stamp = time.strftime("%H:%M:%S", time.localtime(ev.time))
                 click.echo(f"{stamp} {ev.hypervisor} {ev.kind} {ev.name} {ev.event} {ev.detail}")
             seen += 1
-            if count is not None and seen >= count and not done.done():
-                done.set_result(None)
+            if count is not None and seen >= count:
+                enough.set()
 
-        for name in names or tuple(m.config.hypervisors):
-            if m.config.hypervisors.get(name) and m.config.hypervisors[name].kind != "libvirt":
-                continue
-            (await m.hypervisor_events(name)).subscribe(show)
-        click.echo("watching hypervisor events (Ctrl-C to stop)", err=True)
-        await done
+        click.echo(f"watching hypervisor events ({api.where}; Ctrl-C to stop)", err=True)
+        watching = asyncio.ensure_future(api.watch(names, show))
+        stop = asyncio.ensure_future(enough.wait())
+        await asyncio.wait([watching, stop], return_when=asyncio.FIRST_COMPLETED)
+        for t in (watching, stop):
+            t.cancel()
+        await asyncio.gather(watching, stop, return_exceptions=True)
     with suppress(KeyboardInterrupt):
         _run(work)

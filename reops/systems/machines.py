@@ -10,7 +10,7 @@ leaves nothing behind, and the work itself runs in the durable queue.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ class Machines:
         self.settings = config.settings
         self._hypervisors: dict[str, Hypervisor] = {}
         self._subscriptions: list[Any] = []
+        self._on_connect: list[Callable[[Hypervisor], None]] = []
         self._handlers = Handlers(self, shutdown)
         self.queue = JobQueue(store, self._handlers.table(), self.settings.limit)
 
@@ -101,7 +102,15 @@ class Machines:
             hyp = await Hypervisor.connect(cfg.name, cfg.uri, self.settings.connect_timeout)
             self._hypervisors[cfg.name] = hyp
             self._subscriptions.append(hyp.events.subscribe(self._on_event))
+            for fn in self._on_connect:
+                fn(hyp)
         return self._hypervisors[cfg.name]
+
+    def on_connect(self, fn: Callable[[Hypervisor], None]) -> None:
+        """Call `fn(hypervisor)` for every connection opened from now on (and open ones)."""
+        self._on_connect.append(fn)
+        for hyp in self._hypervisors.values():
+            fn(hyp)
 
     async def hypervisor_events(self, name: str | None = None) -> rx.Observable[HypervisorEvent]:
         """Lifecycle events (domain, network, pool) of a hypervisor as they happen."""

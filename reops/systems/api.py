@@ -1,0 +1,225 @@
+"""One async interface to Machines for the CLI and REPL: in this process, or in `reops hub`.
+
+`connect()` picks the hub when one answers on the control socket (jobs and hypervisor
+connections then live there and outlast the command); otherwise Machines runs here, with
+the job queue in this process until the command ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import msgspec
+
+from reops.systems.libvirt_events import HypervisorEvent
+from reops.systems.machines import Machines
+from reops.systems.model import Job, JobEvent, JobOp, MachinesError, System, Type
+
+T = TypeVar("T")
+OnJob = Callable[[JobEvent], None]
+OnEvent = Callable[[HypervisorEvent], None]
+
+
+class MachinesAPI(Protocol):
+    """What the CLI does with machines, wherever they are run."""
+
+    where: str  # "in-process" or "hub"
+
+    async def systems(self, selector: str = "all") -> list[System]: ...
+    async def types(self) -> list[Type]: ...
+    async def add_type(self, name: str, description: str, provision: str | None,
+                       args: dict[str, Any]) -> Type: ...
+    async def remove_type(self, name: str) -> None: ...
+    async def create(self, type_name: str, presets: Sequence[str], count: int | None,
+                     hypervisor: str | None, hostname: str | None) -> list[Job]: ...
+    async def submit(self, op: JobOp, selector: str, **args: Any) -> list[Job]: ...
+    async def sync(self, hypervisor: str | None) -> Job: ...
+    async def register(self, hostname: str, mac: str, ip: str | None, type_name: str,
+                       hypervisor: str | None) -> System: ...
+    async def jobs(self, limit: int | None) -> list[Job]: ...
+    async def job(self, id_or_prefix: str) -> Job: ...
+    async def wait(self, jobs: Sequence[Job], on_job: OnJob | None = None) -> list[Job]: ...
+    async def watch(self, names: Sequence[str], on_event: OnEvent,
+                    on_ready: Callable[[], None] | None = None) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+class LocalMachines:
+    """Machines in this process; the queue runs here (recovering a crashed run first)."""
+
+    where = "in-process"
+
+    def __init__(self, machines: Machines) -> None:
+        self.m = machines
+        self.recovered: list[Job] = []
+
+    async def start(self) -> None:
+        self.recovered = await self.m.run_queue()
+
+    async def systems(self, selector: str = "all") -> list[System]:
+        return self.m.systems(selector)
+
+    async def types(self) -> list[Type]:
+        return self.m.types()
+
+    async def add_type(self, name: str, description: str, provision: str | None,
+                       args: dict[str, Any]) -> Type:
+        return self.m.add_type(name, description, provision, args)
+
+    async def remove_type(self, name: str) -> None:
+        self.m.remove_type(name)
+
+    async def create(self, type_name: str, presets: Sequence[str], count: int | None,
+                     hypervisor: str | None, hostname: str | None) -> list[Job]:
+        return await self.m.create(type_name, presets, count=count, hypervisor=hypervisor,
+                                   hostname=hostname)
+
+    async def submit(self, op: JobOp, selector: str, **args: Any) -> list[Job]:
+        return self.m.submit(op, selector, **args)
+
+    async def sync(self, hypervisor: str | None) -> Job:
+        return await self.m.sync(hypervisor)
+
+    async def register(self, hostname: str, mac: str, ip: str | None, type_name: str,
+                       hypervisor: str | None) -> System:
+        return self.m.register_physical(hostname, mac, ip=ip, type_name=type_name,
+                                        hypervisor=hypervisor)
+
+    async def jobs(self, limit: int | None) -> list[Job]:
+        return self.m.jobs(limit)
+
+    async def job(self, id_or_prefix: str) -> Job:
+        return self.m.job(id_or_prefix)
+
+    async def wait(self, jobs: Sequence[Job], on_job: OnJob | None = None) -> list[Job]:
+        ids = {j.id for j in jobs}
+
+        def relay(ev: JobEvent) -> None:
+            if on_job is not None and (ev.job.id in ids or ev.job.retry_of in ids):
+                ids.add(ev.job.id)
+                on_job(ev)
+
+        sub = self.m.job_events.subscribe(relay)
+        try:
+            return await self.m.wait(jobs)
+        finally:
+            sub.dispose()
+
+    async def watch(self, names: Sequence[str], on_event: OnEvent,
+                    on_ready: Callable[[], None] | None = None) -> None:
+        """Call `on_event` for every event until cancelled; `on_ready` once listening."""
+        for name in names or _libvirt_names(self.m):
+            (await self.m.hypervisor_events(name)).subscribe(on_event)
+        if on_ready is not None:
+            on_ready()
+        await asyncio.Event().wait()  # until cancelled (Ctrl-C)
+
+    async def aclose(self) -> None:
+        await self.m.aclose()
+
+
+def _libvirt_names(m: Machines) -> list[str]:
+    return [n for n, c in m.config.hypervisors.items() if c.kind == "libvirt"]
+
+
+class HubMachines:
+    """Machines in `reops hub`, over its control socket."""
+
+    where = "hub"
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    async def _call(self, cls: type[T], method: str, **params: Any) -> T:
+        from reops.hub.client import HubError
+        try:
+            value = await self.client.request(method, **params)
+        except HubError as e:
+            raise MachinesError(str(e)) from None
+        return msgspec.convert(value, cls)
+
+    async def systems(self, selector: str = "all") -> list[System]:
+        return await self._call(list[System], "machines.systems", selector=selector)
+
+    async def types(self) -> list[Type]:
+        return await self._call(list[Type], "machines.types")
+
+    async def add_type(self, name: str, description: str, provision: str | None,
+                       args: dict[str, Any]) -> Type:
+        return await self._call(Type, "machines.types.add", name=name,
+                                description=description, provision=provision, args=args)
+
+    async def remove_type(self, name: str) -> None:
+        await self._call(type(None), "machines.types.rm", name=name)
+
+    async def create(self, type_name: str, presets: Sequence[str], count: int | None,
+                     hypervisor: str | None, hostname: str | None) -> list[Job]:
+        return await self._call(list[Job], "machines.create", type=type_name,
+                                presets=list(presets), count=count, hypervisor=hypervisor,
+                                hostname=hostname)
+
+    async def submit(self, op: JobOp, selector: str, **args: Any) -> list[Job]:
+        return await self._call(list[Job], "machines.submit", op=op, selector=selector,
+                                args=args)
+
+    async def sync(self, hypervisor: str | None) -> Job:
+        return await self._call(Job, "machines.sync", hypervisor=hypervisor)
+
+    async def register(self, hostname: str, mac: str, ip: str | None, type_name: str,
+                       hypervisor: str | None) -> System:
+        return await self._call(System, "machines.register", hostname=hostname, mac=mac,
+                                ip=ip, type=type_name, hypervisor=hypervisor)
+
+    async def jobs(self, limit: int | None) -> list[Job]:
+        return await self._call(list[Job], "machines.jobs", limit=limit)
+
+    async def job(self, id_or_prefix: str) -> Job:
+        return await self._call(Job, "machines.job", id=id_or_prefix)
+
+    async def wait(self, jobs: Sequence[Job], on_job: OnJob | None = None) -> list[Job]:
+        from reops.hub.client import HubError
+        try:
+            async for item in self.client.stream("machines.wait", ids=[j.id for j in jobs]):
+                if on_job is not None:
+                    on_job(msgspec.convert(item, JobEvent))
+        except HubError as e:
+            raise MachinesError(str(e)) from None
+        return [await self.job(j.id) for j in jobs]
+
+    async def watch(self, names: Sequence[str], on_event: OnEvent,
+                    on_ready: Callable[[], None] | None = None) -> None:
+        """Call `on_event` for every event until cancelled; `on_ready` once subscribed."""
+        topics = [f"hypervisor.{n}" for n in names] or ["hypervisor."]
+        async for item in self.client.stream("subscribe", topics=topics):
+            if item.get("topic") == "subscribed" and on_ready is not None:
+                on_ready()
+            elif item.get("topic", "").startswith("hypervisor."):
+                on_event(msgspec.convert(item["data"], HypervisorEvent))
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+async def connect(root: Path | None = None, *, hub: bool | None = None) -> MachinesAPI:
+    """The hub's Machines when a hub answers (or `hub=True`), else Machines in this process."""
+    if hub is not False:
+        from reops.hub.client import HubClient, HubNotRunning
+
+        client = HubClient()
+        try:
+            await client.connect()
+            return HubMachines(client)
+        except HubNotRunning:
+            await client.close()
+            if hub:
+                raise
+    local = LocalMachines(Machines.open(root))
+    try:
+        await local.start()
+    except BaseException:
+        await local.aclose()
+        raise
+    return local

@@ -1,0 +1,149 @@
+"""Machines inside the controller (`reops hub`): the queue and hypervisors live there.
+
+`await setup(controller)` runs the job queue in the hub's loop, opens the configured
+hypervisors, publishes job events on topic `jobs` and domain/network/pool events on
+`hypervisor.NAME`, and serves `machines.*` control methods. A VM started through the hub
+keeps running and its events keep flowing after the CLI command that asked has exited.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import msgspec
+
+from reops.selector import SelectorError
+from reops.sources.hypervisor import Hypervisor
+from reops.systems.machines import Machines
+from reops.systems.model import Job, JobEvent, MachinesError
+
+log = logging.getLogger("reops.systems")
+
+
+class Session(Protocol):
+    """What a control handler gets (reops.hub.control.Session)."""
+
+    @property
+    def params(self) -> dict[str, Any]: ...
+    def emit(self, value: Any) -> None: ...
+
+
+class Controller(Protocol):
+    """What this service needs from the hub's Controller."""
+
+    def register(self, name: str, handler: Callable[[Any], Awaitable[Any]]) -> None: ...
+    def publish(self, topic: str, data: dict[str, Any]) -> None: ...
+
+
+def _plain(value: Any) -> Any:
+    return msgspec.to_builtins(value)
+
+
+class MachinesService:
+    """The control methods of Machines; every input error goes back as one line."""
+
+    def __init__(self, machines: Machines) -> None:
+        self.m = machines
+
+    def methods(self) -> dict[str, Callable[[Session], Awaitable[Any]]]:
+        return {
+            "machines.types": self.types, "machines.types.add": self.add_type,
+            "machines.types.rm": self.remove_type, "machines.systems": self.systems,
+            "machines.create": self.create, "machines.submit": self.submit,
+            "machines.sync": self.sync, "machines.register": self.register,
+            "machines.jobs": self.jobs, "machines.job": self.job, "machines.wait": self.wait,
+        }
+
+    async def types(self, s: Session) -> Any:
+        return _plain(self.m.types())
+
+    async def add_type(self, s: Session) -> Any:
+        p = s.params
+        return _plain(self.m.add_type(p["name"], p.get("description", ""),
+                                      p.get("provision"), p.get("args") or {}))
+
+    async def remove_type(self, s: Session) -> None:
+        self.m.remove_type(s.params["name"])
+
+    async def systems(self, s: Session) -> Any:
+        return _plain(self.m.systems(s.params.get("selector") or "all"))
+
+    async def create(self, s: Session) -> Any:
+        p = s.params
+        jobs = await self.m.create(p["type"], p.get("presets") or (), count=p.get("count"),
+                                   hypervisor=p.get("hypervisor"), hostname=p.get("hostname"))
+        return _plain(jobs)
+
+    async def submit(self, s: Session) -> Any:
+        p = s.params
+        return _plain(self.m.submit(p["op"], p["selector"], **(p.get("args") or {})))
+
+    async def sync(self, s: Session) -> Any:
+        return _plain(await self.m.sync(s.params.get("hypervisor")))
+
+    async def register(self, s: Session) -> Any:
+        p = s.params
+        return _plain(self.m.register_physical(
+            p["hostname"], p["mac"], ip=p.get("ip"), type_name=p.get("type") or "physical",
+            hypervisor=p.get("hypervisor")))
+
+    async def jobs(self, s: Session) -> Any:
+        return _plain(self.m.jobs(limit=s.params.get("limit")))
+
+    async def job(self, s: Session) -> Any:
+        return _plain(self.m.job(s.params["id"]))
+
+    async def wait(self, s: Session) -> Any:
+        """Stream the events of these jobs (and their retries) until all have finished."""
+        ids = set(s.params["ids"])
+
+        def relay(ev: JobEvent) -> None:
+            if ev.job.id in ids or ev.job.retry_of in ids:
+                ids.add(ev.job.id)
+                s.emit(_plain(ev))
+
+        sub = self.m.job_events.subscribe(relay)
+        try:
+            todo = [self.m.job(i) for i in list(ids)]
+            return _plain(await self.m.wait(todo))
+        finally:
+            sub.dispose()
+
+
+def _guard(fn: Callable[[Session], Awaitable[Any]]) -> Callable[[Session], Awaitable[Any]]:
+    """Machines' input errors as the control socket's one-line errors."""
+    async def handler(s: Session) -> Any:
+        try:
+            return await fn(s)
+        except (MachinesError, SelectorError) as e:
+            raise ValueError(str(e)) from None
+    return handler
+
+
+async def setup(controller: Controller, machines: Machines | None = None) -> Machines:
+    """Host Machines in `controller`; the caller closes it (`await m.aclose()`) at shutdown."""
+    m = machines or Machines.open()
+    for j in await m.run_queue():
+        log.warning("job %s %s: %s", j.short_id, j.op, j.error)
+
+    def publish_events(hyp: Hypervisor) -> None:
+        topic = f"hypervisor.{hyp.name}"
+        hyp.events.subscribe(lambda ev: controller.publish(topic, _plain(ev)))
+
+    m.on_connect(publish_events)
+    m.job_events.subscribe(lambda ev: controller.publish("jobs", _plain(ev)))
+    for name, cfg in m.config.hypervisors.items():
+        if cfg.kind == "libvirt":
+            try:
+                await m.hypervisor(name)
+            except MachinesError as e:  # reachable later: connections open on first use
+                log.warning("%s", e)
+    for name, fn in MachinesService(m).methods().items():
+        controller.register(name, _guard(fn))
+    return m
+
+
+def job_of(value: Any) -> Job:
+    return msgspec.convert(value, Job)

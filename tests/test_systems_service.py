@@ -1,0 +1,121 @@
+"""Machines hosted in a real controller (the `reops hub` Controller) and used over its socket."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from systems_fixtures import config_toml
+
+from reops.hub.controller import Controller
+from reops.hub.settings import HubSettings
+from reops.systems.config import load_machines_config
+from reops.systems.machines import Machines
+from reops.systems.service import setup
+
+
+class HubThread:
+    """A controller with Machines set up, serving on its own loop in a thread."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.settings = HubSettings(bind="tcp://127.0.0.1:*", control=str(tmp / "run/hub.sock"),
+                                    keys_dir=str(tmp / "keys"))
+        self.machines = Machines.open(tmp, load_machines_config(config_toml(tmp)))
+        self.ready = threading.Event()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self.main(),))
+        self.stop: asyncio.Event | None = None
+
+    async def main(self) -> None:
+        self.stop = asyncio.Event()
+        controller = Controller(self.settings)
+        m = await setup(controller, self.machines)
+        self.loop.call_soon(self.ready.set)
+        try:
+            await controller.serve(self.stop)
+        finally:
+            await m.aclose()
+
+    def __enter__(self) -> HubThread:
+        self.thread.start()
+        assert self.ready.wait(30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.stop is not None
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(30)
+        self.loop.close()
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubThread]:
+    monkeypatch.setenv("REOPS_HOME", str(tmp_path))
+    monkeypatch.setenv("REOPS_CONFIG", str(tmp_path / "config.toml"))
+    monkeypatch.setenv("REOPS_HUB_CONTROL", str(tmp_path / "run/hub.sock"))
+    with HubThread(tmp_path) as h:
+        yield h
+
+
+def test_cli_through_the_hub_keeps_machines_alive(hub: HubThread) -> None:
+    from reops.cli_systems import jobs, systems, types
+
+    cli = CliRunner()
+    assert cli.invoke(types, ["add", "redis"]).exit_code == 0
+    r = cli.invoke(systems, ["create", "redis", "--preset", "tiny", "--hostname", "r1"])
+    assert r.exit_code == 0, r.output
+    assert "succeeded   create" in r.output
+    # a later command sees the same hypervisor connection: the VM is still running there
+    listed = cli.invoke(systems, ["ls", "r1"]).output
+    assert "running" in listed and "192.168.122." in listed
+    r = cli.invoke(systems, ["stop", "r1", "--force"])
+    assert r.exit_code == 0 and "stop=shut down" in r.output, r.output
+    assert "stopped" in cli.invoke(systems, ["ls", "r1"]).output
+    r = cli.invoke(systems, ["create", "nope"])
+    assert r.exit_code == 2 and "unknown type 'nope'" in r.output
+    assert "create" in cli.invoke(jobs, ["ls"]).output
+
+
+
+async def test_api_through_the_hub(hub: HubThread) -> None:
+    from reops.hub.client import HubClient
+    from reops.systems.api import HubMachines
+    from reops.systems.libvirt_events import HypervisorEvent
+    from reops.systems.model import JobEvent, MachinesError
+
+    api = HubMachines(HubClient(hub.settings.control_path))
+    try:
+        await api.add_type("web", "", None, {})
+        seen: list[JobEvent] = []
+        jobs = await api.create("web", ["tiny", "count=2"], None, None, None)
+        done = await api.wait(jobs, seen.append)
+        assert [j.state for j in done] == ["succeeded", "succeeded"]
+        # events relayed are this call's (those before the wait began are not replayed)
+        assert {e.job.id for e in seen} <= {j.id for j in jobs}
+        assert len(await api.systems("typed:web & running")) == 2
+        with pytest.raises(MachinesError, match="unknown preset 'huge'"):
+            await api.create("web", ["huge"], None, None, None)
+        assert len(await api.systems()) == 2
+
+        # events flow from the hub's hypervisor connection to a subscriber
+        ready = asyncio.get_running_loop().create_future()
+        got: asyncio.Queue[HypervisorEvent] = asyncio.Queue()
+        watcher = asyncio.ensure_future(api.watch(["lab"], got.put_nowait,
+                                                  lambda: ready.set_result(None)))
+        await asyncio.wait_for(ready, 10)
+        (stop,) = await api.wait(await api.submit("stop", jobs_host(done, await api.systems())))
+        assert stop.state == "succeeded"
+        ev = await asyncio.wait_for(got.get(), 10)
+        assert (ev.hypervisor, ev.event, ev.detail) == ("lab", "STOPPED", "SHUTDOWN")
+        watcher.cancel()
+    finally:
+        await api.aclose()
+
+
+def jobs_host(jobs: list, systems: list) -> str:
+    """The hostname of the first job's system."""
+    return next(s.hostname for s in systems if s.id == jobs[0].system_id)
