@@ -269,8 +269,9 @@ def test_template_text_is_readable_in_dry_run(tmp_path: Path) -> None:
     assert "cat > \"$tmp\" <<'REOPS_EOF' || exit\nWelcome to web1\nREOPS_EOF\n" in cmd
 
 
-def test_permission_denied_as_another_user_is_a_clear_failure(tmp_path: Path) -> None:
-    """become_user through a stand-in `sudo` (runuser) on a root-only directory."""
+@pytest.fixture
+def sudo_env(tmp_path: Path) -> dict[str, str]:
+    """A PATH whose `sudo` is a stand-in: `-u USER` switches with runuser, else runs as is."""
     if os.geteuid() != 0:
         pytest.skip("needs root to switch users")
     fake = tmp_path / "bin"
@@ -280,14 +281,33 @@ def test_permission_denied_as_another_user_is_a_clear_failure(tmp_path: Path) ->
         '  [ "$1" = "-u" ] && { user=$2; shift; }\n  shift\ndone\nshift\n'
         'exec runuser -u "$user" -- "$@"\n')
     (fake / "sudo").chmod(0o755)
+    return {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+
+
+def test_permission_denied_as_another_user_is_a_clear_failure(tmp_path: Path,
+                                                               sudo_env: dict[str, str]) -> None:
+    """become_user through the stand-in `sudo` on a root-only directory."""
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
-    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
-    r = run_local(files.mkdir(str(private / "x"), become_user="nobody"), env=env)
+    r = run_local(files.mkdir(str(private / "x"), become_user="nobody"), env=sudo_env)
     assert r.status == "failed" and r.code == 1
     assert "Permission denied" in r.err
-    ok = run_local(files.mkdir(str(private / "x"), sudo=True), env=env)
+    ok = run_local(files.mkdir(str(private / "x"), sudo=True), env=sudo_env)
     assert ok.ok and ok.changed is True
+
+
+def test_sudo_wrapping_keeps_heredocs_and_quotes_intact(tmp_path: Path,
+                                                        sudo_env: dict[str, str]) -> None:
+    src = tmp_path / "t"
+    src.write_text("it's \"$host\" \\ `x` $$HOME\n")
+    dest = tmp_path / "out"
+    op = files.template(str(src), str(dest), sudo=True)
+    assert run_local(op, env=sudo_env).changed is True
+    assert run_local(op, env=sudo_env).changed is False
+    assert dest.read_text() == 'it\'s "web1" \\ `x` $HOME\n'
+    line = files.line_in_file(str(dest), "a='b' \"c\"", sudo=True)
+    assert run_local(line, env=sudo_env).changed is True
+    assert dest.read_text().endswith("a='b' \"c\"\n")
 
 
 # --- sync: the source's half ---

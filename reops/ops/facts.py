@@ -100,6 +100,7 @@ class User(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def can_login(self) -> bool:
+        """Whether the shell allows an interactive login (not nologin/false)."""
         return not self.shell.endswith(("nologin", "/false", "/sync")) and bool(self.shell)
 
 
@@ -216,6 +217,7 @@ def parse_facts(out: str) -> Facts:
 
 
 def parse_os(os_release: str, uname: str) -> OsInfo:
+    """os-release KEY=VALUE lines plus `uname -s/-r/-m` and the hostname into OsInfo."""
     kv = key_values(os_release)
     lines = [*uname.splitlines(), "", "", "", ""]
     return OsInfo(id=kv.get("ID", ""), version=kv.get("VERSION_ID", ""),
@@ -228,6 +230,7 @@ _PAIR = re.compile(r'(\w+)="([^"]*)"')
 
 
 def parse_hardware(cpu: str, meminfo: str, disks: str) -> Hardware:
+    """CPU count/model, /proc/meminfo totals and `lsblk -P` (or sysfs) rows."""
     lines = cpu.splitlines()
     cpus = to_int(lines[0]) if lines else None
     model = lines[1].split(":", 1)[1].strip() if len(lines) > 1 and ":" in lines[1] else ""
@@ -293,6 +296,7 @@ def parse_network(links: str, addrs: str, routes: str) -> Network:
 
 
 def parse_passwd(text: str) -> list[User]:
+    """passwd lines (getent or /etc/passwd) into Users; malformed lines are skipped."""
     users: list[User] = []
     for line in text.splitlines():
         f = line.split(":")
@@ -304,5 +308,6 @@ def parse_passwd(text: str) -> list[User]:
 
 
 def parse_uptime(text: str) -> float | None:
+    """Seconds since boot from /proc/uptime."""
     first = text.split()
     return to_float(first[0]) if first else None

@@ -258,6 +258,7 @@ def net_rates(before: list[NetIface], after: list[NetIface], seconds: float) -> 
 
 
 def parse_meminfo(text: str) -> Memory:
+    """/proc/meminfo (kB) into Memory in bytes."""
     kb = {k: to_int(v.split()[0]) or 0 for k, v in key_values(text, ":").items() if v.split()}
     total = kb.get("MemTotal", 0) * 1024
     if "MemAvailable" in kb:
@@ -272,6 +273,7 @@ def parse_meminfo(text: str) -> Memory:
 
 
 def parse_loadavg(text: str) -> Load:
+    """/proc/loadavg into Load."""
     f = text.split()
     running, _, procs = f[3].partition("/") if len(f) > 3 else ("0", "", "0")
     return Load(load1=float(f[0]), load5=float(f[1]), load15=float(f[2]),

@@ -38,6 +38,7 @@ def _probe() -> list[str]:
 
 
 def parse_boot_id(out: str) -> BootId:
+    """The boot_id and uptime sections into a BootId; no boot_id is a parse error."""
     s = sections(out)
     boot = s.get("boot_id", "").strip()
     if not boot:
