@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import asyncssh
-
+from reops.sources.sshlib import asyncssh
 from reops.config import Settings
 from reops.model import UNREACHED, Host, Line, Result, Status, failure_result
 from reops.ops.base import Op
