@@ -72,19 +72,25 @@ class AgentExecutor:
         self._client: HubClient | None = None
         self._connected: frozenset[str] = frozenset()
         self._checked = float("-inf")
+        self._checked_path: Path | None = None
 
-    @property
-    def client(self) -> HubClient:
+    async def _hub(self) -> HubClient:
+        """The control connection, re-made if the configured hub moved (REOPS_HOME)."""
+        path = self.path or default_path()
+        if self._client is not None and self._client.path != path:
+            await self._client.close()
+            self._client = None
         if self._client is None:
-            self._client = HubClient(self.path)
+            self._client = HubClient(path)
         return self._client
 
     def available(self, host: Host) -> bool:
         """Whether `host.name`'s agent is connected and accepted (cached for a second)."""
         now = time.monotonic()
-        if now - self._checked > AVAILABLE_TTL_S:
-            self._connected = connected_agents(self.path, timeout=AVAILABLE_TIMEOUT_S)
-            self._checked = now
+        path = self.path or default_path()
+        if now - self._checked > AVAILABLE_TTL_S or path != self._checked_path:
+            self._connected = connected_agents(path, timeout=AVAILABLE_TIMEOUT_S)
+            self._checked, self._checked_path = now, path
         return host.name in self._connected
 
     async def run(self, host: Host, op: Op, settings: Settings,
@@ -103,7 +109,8 @@ class AgentExecutor:
             return fail(f"{op.kind} {op.local}: {e}", status="failed", code=1)
         item: dict[str, Any] | None = None
         try:
-            async for it in self.client.stream("call", **params):
+            hub = await self._hub()
+            async for it in hub.stream("call", **params):
                 if it.get("k") == "line" and on_line is not None:
                     on_line(Line(host.name, it["stream"], it["text"]))
                 elif it.get("k") == "result":
