@@ -123,8 +123,9 @@ class Machines:
         if ev.kind != "domain" or ev.event not in states:
             return
         s = self.store.system_by_domain(ev.hypervisor, ev.name)
-        if s is None or s.state == "creating":
-            return
+        if s is None or s.state == "creating" or (s.state == "missing" and
+                                                   states[ev.event] == "stopped"):
+            return  # a late event must not undo what create or sync just recorded
         machine = s.machine if states[ev.event] == "running" else msgspec.structs.replace(
             s.machine, ip=None)
         self.store.put_system(msgspec.structs.replace(
