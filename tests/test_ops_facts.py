@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -21,14 +22,16 @@ HOST = Host(name="h1", address="10.0.0.1")
 
 
 @pytest.mark.parametrize(("parts", "sections"), [
-    ((), ["clock", "os-release", "uname", "cpu", "meminfo", "disks", "links", "addrs",
-          "routes", "passwd", "uptime"]),
+    ((), ["clock", "os-release", "uname", "cpu", "meminfo", "disks",
+          "links", "addrs", "routes", "links", "procroute",  # with iproute2 / without
+          "passwd", "uptime"]),
     (("os",), ["clock", "os-release", "uname"]),
     (("uptime", "users"), ["clock", "passwd", "uptime"]),  # always in the canonical order
 ])
 def test_one_script_with_the_asked_sections(parts: tuple[str, ...], sections: list[str]) -> None:
     cmd = facts.facts(*parts).command_for(HOST)
-    printed = [line[len('echo "'):-1] for line in cmd.splitlines() if line.startswith("echo")]
+    printed = [line.strip()[len('echo "'):-1] for line in cmd.splitlines()
+               if line.strip().startswith('echo "')]
     assert markers("\n".join(printed)) == sections
 
 
@@ -112,3 +115,28 @@ def test_live_on_this_host() -> None:
     assert f.users and f.users[0].uid == 0
     assert f.uptime_s and f.uptime_s > 0
     msgspec.json.encode(f)  # the data crosses the wire as is
+
+
+def test_without_iproute2_interfaces_come_from_sysfs(tmp_path: Path) -> None:
+    """Minimal images (debian:12 in docker) have no `ip`: same interfaces, IPv4 route."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    for tool in ("sh", "cat", "uname", "hostname", "nproc", "grep", "lsblk", "tr", "getent",
+                 "date"):
+        path = shutil.which(tool)
+        if path:
+            (bin_ / tool).symlink_to(path)
+    op = facts.facts("network")
+    assert op.parse is not None
+    full = op.parse(subprocess.run(["sh", "-c", op.command_for(HOST)], capture_output=True,
+                                   text=True, timeout=60).stdout)
+    p = subprocess.run([str(bin_ / "sh"), "-c", op.command_for(HOST)], capture_output=True,
+                       text=True, env={"PATH": str(bin_)}, timeout=60)
+    assert p.returncode == 0, p.stderr
+    bare = op.parse(p.stdout)
+    assert full.network is not None and bare.network is not None
+    assert sorted(i.name for i in bare.network.interfaces) == sorted(
+        i.name for i in full.network.interfaces)
+    assert {i.name: (i.mac, i.mtu, i.up) for i in bare.network.interfaces} == {
+        i.name: (i.mac, i.mtu, i.up) for i in full.network.interfaces}
+    assert bare.network.default_route == full.network.default_route

@@ -94,7 +94,8 @@ def changed(op: Op, code: int, out: str) -> bool | None:
 @pytest.mark.parametrize(("op", "lines"), [
     (pkg.install("nginx", "curl"), [
         'for p in nginx curl; do is_installed "$p" || todo="$todo $p"; done',
-        "  apt) DEBIAN_FRONTEND=noninteractive apt-get install -y -q $todo ;;",
+        "  apt) DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=60 install"
+        " -y -q $todo ;;",
         "  dnf) dnf install -y $todo ;;",
         "  apk) apk add $todo ;;",
         "  zypper) zypper --non-interactive install $todo ;;",
@@ -106,9 +107,11 @@ def changed(op: Op, code: int, out: str) -> bool | None:
         "  yum) yum remove -y $todo ;;",
         "  apk) apk del $todo ;;",
     ]),
-    (pkg.upgrade(), ["  apt) DEBIAN_FRONTEND=noninteractive apt-get upgrade -y -q ;;",
+    (pkg.upgrade(), ["  apt) DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=60"
+                     " upgrade -y -q ;;",
                      "  pacman) pacman -Syu --noconfirm ;;"]),
-    (pkg.upgrade(dist=True), ["  apt) DEBIAN_FRONTEND=noninteractive apt-get dist-upgrade -y -q ;;",
+    (pkg.upgrade(dist=True), ["  apt) DEBIAN_FRONTEND=noninteractive apt-get -o "
+                              "DPkg::Lock::Timeout=60 dist-upgrade -y -q ;;",
                               "  dnf) dnf distro-sync -y ;;"]),
     (pkg.update(), ["  apt) apt-get update -q ;;",
                     "  zypper) zypper --non-interactive refresh ;;"]),

@@ -30,7 +30,8 @@ def run_here(op: Op) -> tuple[int, str, str]:
 def test_listening_command() -> None:
     assert security.listening().command_for(HOST) == (
         'command -v ss >/dev/null 2>&1 || { printf "%s\\n" "reops: ss (iproute2) is not '
-        'installed on this host" >&2; exit 69; }\nss -ltnupH')
+        'installed on this host" >&2; exit 69; }\n'
+        "ss -ltnupH 2>/dev/null || ss -ltnup")
 
 
 @pytest.mark.parametrize(("op", "lines"), [
@@ -44,7 +45,8 @@ def test_listening_command() -> None:
         '  *) { printf "%s\\n" "reops: listing pending security updates needs apt, dnf or '
         'yum" >&2; exit 69; } ;;',
     ]),
-    (security.ssh_sessions(), ["who 2>/dev/null", "ss -tnpH state established 2>/dev/null"]),
+    (security.ssh_sessions(), ["who 2>/dev/null", "ss -tnpH state established 2>/dev/null"
+                               " || ss -tnp state established 2>/dev/null"]),
 ])
 def test_script_lines(op: Op, lines: list[str]) -> None:
     cmd = op.command_for(HOST)
@@ -60,6 +62,15 @@ def test_listening_real_capture() -> None:
     assert rows[0] == security.Listener(proto="tcp", address="127.0.1.3", port=2422,
                                         process="sshd", pid=9410)
     assert security.Listener(proto="tcp", address="0.0.0.0", port=2024) in rows  # no process
+
+
+def test_listening_old_ss_with_header() -> None:
+    """CentOS 7's iproute2 4.11 has no -H: the fallback prints a header, which is skipped."""
+    out = ("Netid State  Recv-Q Send-Q Local Address:Port  Peer Address:Port\n"
+           'tcp   LISTEN 0      128          *:22               *:*   '
+           'users:(("sshd",pid=1053,fd=3))\n')
+    assert security.parse_listening(out) == [
+        security.Listener(proto="tcp", address="*", port=22, process="sshd", pid=1053)]
 
 
 def test_listening_sample_udp_ipv6_wildcards_and_bound_devices() -> None:

@@ -159,12 +159,23 @@ _PROBES: dict[str, list[str]] = {
         " done",
     ],
     "network": [
-        marker("links"),
-        "ip -o link show 2>/dev/null",
-        marker("addrs"),
-        "ip -o addr show 2>/dev/null",
-        marker("routes"),
-        "ip route show default 2>/dev/null; ip -6 route show default 2>/dev/null",
+        "if command -v ip >/dev/null 2>&1; then",
+        "  " + marker("links"),
+        "  ip -o link show",
+        "  " + marker("addrs"),
+        "  ip -o addr show",
+        "  " + marker("routes"),
+        "  ip route show default; ip -6 route show default 2>/dev/null",
+        "else  # no iproute2 (minimal images): interfaces from sysfs, routes from procfs",
+        "  " + marker("links"),
+        "  for i in /sys/class/net/*; do",
+        '    up=; [ $(($(cat "$i/flags") & 1)) = 1 ] && up=UP',
+        '    printf "0: %s: <%s> mtu %s state %s link/ether %s\\n" "${i##*/}" "$up"'
+        ' "$(cat "$i/mtu")" "$(tr a-z A-Z < "$i/operstate")" "$(cat "$i/address")"',
+        "  done",
+        "  " + marker("procroute"),
+        "  cat /proc/net/route",
+        "fi",
     ],
     "users": [
         marker("passwd"),
@@ -206,7 +217,8 @@ def parse_facts(out: str) -> Facts:
         os=parse_os(s.get("os-release", ""), s.get("uname", "")) if "uname" in s else None,
         hardware=parse_hardware(s.get("cpu", ""), s.get("meminfo", ""), s.get("disks", ""))
         if "cpu" in s else None,
-        network=parse_network(s.get("links", ""), s.get("addrs", ""), s.get("routes", ""))
+        network=parse_network(s.get("links", ""), s.get("addrs", ""), s.get("routes", ""),
+                              s.get("procroute", ""))
         if "links" in s else None,
         users=parse_passwd(s["passwd"]) if "passwd" in s else None,
         uptime_s=uptime,
@@ -257,8 +269,12 @@ _ADDR = re.compile(r"^\d+:\s+(?P<name>\S+)\s+(?P<family>inet6?)\s+(?P<addr>[^/\s
                    r"(?:.*?\sscope\s+(?P<scope>\S+))?")
 
 
-def parse_network(links: str, addrs: str, routes: str) -> Network:
-    """`ip -o link`, `ip -o addr` and `ip route show default` output into a Network."""
+def parse_network(links: str, addrs: str, routes: str, procroute: str = "") -> Network:
+    """`ip -o link`, `ip -o addr` and `ip route show default` output into a Network.
+
+    Without iproute2 the script prints sysfs links in `ip -o link` form and
+    /proc/net/route (`procroute`), which gives the IPv4 default route.
+    """
     by_name: dict[str, dict[str, Any]] = {}
     for line in links.splitlines():
         m = _LINK.match(line)
@@ -291,8 +307,23 @@ def parse_network(links: str, addrs: str, routes: str) -> Network:
             v4 = route
         elif route.family == "inet6" and v6 is None:
             v6 = route
+    if v4 is None and procroute:
+        v4 = _proc_default_route(procroute)
     return Network(interfaces=[Interface(**e) for e in by_name.values()], default_route=v4,
                    default_route6=v6)
+
+
+def _proc_default_route(text: str) -> Route | None:
+    """The default route in /proc/net/route (gateway in little-endian hex)."""
+    for line in text.splitlines()[1:]:
+        f = line.split()
+        if len(f) > 2 and f[1] == "00000000" and f[2] != "00000000":
+            try:
+                gw = ".".join(str(b) for b in reversed(bytes.fromhex(f[2])))
+            except ValueError:
+                continue
+            return Route(family="inet", gateway=gw, dev=f[0])
+    return None
 
 
 def parse_passwd(text: str) -> list[User]:

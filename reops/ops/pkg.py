@@ -30,6 +30,10 @@ from reops.ops.text import (
 
 Changed = Callable[[int, str], bool | None]
 
+#: apt-get that never prompts and waits (like Ansible) for a held dpkg lock
+#: (unattended-upgrades) instead of failing at once
+APT_GET = "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=60"
+
 MANAGERS: tuple[str, ...] = ("apt", "dnf", "yum", "apk", "zypper", "pacman")
 
 #: detects the manager into $pm and reports it in a `manager` section
@@ -90,7 +94,7 @@ CACHE_DIR = {
 }
 
 UPGRADE = {
-    "apt": "DEBIAN_FRONTEND=noninteractive apt-get upgrade -y -q",
+    "apt": f"{APT_GET} upgrade -y -q",
     "dnf": "dnf upgrade -y",
     "yum": "yum update -y",
     "apk": "apk upgrade",
@@ -98,12 +102,12 @@ UPGRADE = {
     "pacman": "pacman -Syu --noconfirm",
 }
 
-DIST_UPGRADE = {**UPGRADE, "apt": "DEBIAN_FRONTEND=noninteractive apt-get dist-upgrade -y -q",
+DIST_UPGRADE = {**UPGRADE, "apt": f"{APT_GET} dist-upgrade -y -q",
                 "dnf": "dnf distro-sync -y", "apk": "apk upgrade --available",
                 "zypper": "zypper --non-interactive dist-upgrade"}
 
 INSTALL = {
-    "apt": "DEBIAN_FRONTEND=noninteractive apt-get install -y -q $todo",
+    "apt": f"{APT_GET} install -y -q $todo",
     "dnf": "dnf install -y $todo",
     "yum": "yum install -y $todo",
     "apk": "apk add $todo",
@@ -112,7 +116,7 @@ INSTALL = {
 }
 
 REMOVE = {
-    "apt": "DEBIAN_FRONTEND=noninteractive apt-get remove -y -q $todo",
+    "apt": f"{APT_GET} remove -y -q $todo",
     "dnf": "dnf remove -y $todo",
     "yum": "yum remove -y $todo",
     "apk": "apk del $todo",

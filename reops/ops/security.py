@@ -78,7 +78,7 @@ def listening(*, sudo: bool = False, become_user: str | None = None) -> Op:
     cmd = script(
         "command -v ss >/dev/null 2>&1 || "
         + fail(EX_UNAVAILABLE, "ss (iproute2) is not installed on this host"),
-        "ss -ltnupH",
+        "ss -ltnupH 2>/dev/null || ss -ltnup",  # -H needs iproute2 >= 4.17; headers are skipped
     )
     return Op(name="security.listening", command=cmd, sudo=sudo, become_user=become_user,
               parse=parse_listening)
@@ -90,7 +90,7 @@ def ssh_sessions(*, sudo: bool = False, become_user: str | None = None) -> Op:
         marker("who"),
         "who 2>/dev/null",
         marker("ss"),
-        "ss -tnpH state established 2>/dev/null",
+        "ss -tnpH state established 2>/dev/null || ss -tnp state established 2>/dev/null",
         "exit 0",
     )
     return Op(name="security.ssh_sessions", command=cmd, sudo=sudo, become_user=become_user,
