@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from reops.model import Host, Result
 from reops.ops import files
@@ -353,3 +355,35 @@ def test_rsync_argv_really_syncs_over_local_shell(tmp_path: Path) -> None:
     assert {c.path for c in op.parse(p.stdout)} >= {"sub/", "sub/f"}
     again = subprocess.run(local, capture_output=True, text=True, timeout=60)
     assert op.parse(again.stdout) == []
+
+
+# --- properties: any line, any bytes survive the shell quoting ---
+
+_line = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\x00"),
+                max_size=40)
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(_line, max_size=5), line=_line)
+def test_line_in_file_property(tmp_path: Path, lines: list[str], line: str) -> None:
+    f = tmp_path / "prop"
+    f.write_text("".join(x + "\n" for x in lines))
+    a, b = twice(files.line_in_file(str(f), line))
+    assert a.changed is (line not in lines) and b.changed is False
+    assert line in f.read_text().split("\n")
+    a, b = twice(files.line_in_file(str(f), line, present=False))
+    assert a.changed is True and b.changed is False
+    assert line not in f.read_text().split("\n")[:-1]
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=300))
+def test_write_script_property(tmp_path: Path, data: bytes) -> None:
+    dest = tmp_path / "bytes"
+    cmd = files.write_script(str(dest), data)
+    for _ in range(2):
+        p = subprocess.run(["sh", "-c", cmd], capture_output=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+    assert dest.read_bytes() == data
