@@ -359,7 +359,7 @@ def test_rsync_argv_really_syncs_over_local_shell(tmp_path: Path) -> None:
 
 # --- properties: any line, any bytes survive the shell quoting ---
 
-_line = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\x00"),
+_line = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\n\r\x00"),
                 max_size=40)
 
 
