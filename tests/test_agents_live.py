@@ -377,3 +377,78 @@ async def test_hub_survives_garbage_on_the_wire(fleet: tuple[LabHub, Path],
     results, _ = await call(client, hosts=["a1", "a2"], fn="ping")
     assert all(r["status"] == "ok" for r in results.values())
     assert "dropped a bad message" in hub.log
+
+
+# ── schedules and events as Observables ──────────────────────────────────────────────
+
+
+def test_schedule_and_events_observables(fleet: tuple[LabHub, Path]) -> None:
+    import threading
+
+    from reops.model import Result
+    from reops.sources.agents import agent_events, schedule
+
+    hub, root = fleet
+    got: list[Result] = []
+    enough = threading.Event()
+
+    def on_result(r: Result) -> None:
+        got.append(r)
+        if len(got) >= 4:
+            enough.set()
+
+    hosts = agents(hub.control_path).select("a1,a2")
+    sub = schedule(hosts, "metrics", "load", every=0.1, hub=hub.control_path).subscribe(
+        on_result)
+    try:
+        assert enough.wait(15)
+    finally:
+        sub.dispose()
+    assert {r.host for r in got} == {"a1", "a2"}
+    assert all(r.transport == "agent" and r.ok and "load" in r.data for r in got)
+
+    events: list[Any] = []
+    seen, subscribed = threading.Event(), threading.Event()
+
+    def on_event(e: Any) -> None:
+        events.append(e)
+        if e["topic"] == "subscribed":
+            subscribed.set()
+        if e["topic"] == "agents" and e["data"].get("agent") == "e1":
+            seen.set()
+
+    sub = agent_events(hub.control_path).subscribe(on_event)
+    try:
+        assert subscribed.wait(15)
+        with _agents(hub, ["e1"], root):
+            assert seen.wait(15)
+    finally:
+        sub.dispose()
+    assert any(e["data"].get("event") == "registered" for e in events if e["topic"] == "agents")
+
+
+async def test_schedule_results_buffered_while_hub_is_away(tmp_path: Path) -> None:
+    """A paused hub: ticks wait on the agent (bounded backlog, oldest dropped and counted)."""
+    import os
+    import signal
+
+    with _hub(tmp_path) as hub, start_agents(
+            ["s1"], hub.bind, hub.key, hub.keys_dir, workdir=tmp_path / "agents",
+            extra=[*AGENT_FLAGS, "--backlog", "3"]):
+        await await_agents(hub.control_path, ["s1"])
+        client = HubClient(hub.control_path)
+        try:
+            ticks = client.stream("schedule", hosts=["s1"], fn="ping", every=0.1)
+            await asyncio.wait_for(anext(ticks), 10)
+            assert hub.proc is not None
+            os.kill(hub.proc.pid, signal.SIGSTOP)
+            await asyncio.sleep(WINDOW * 3)  # the outage itself: the hub is away this long
+            os.kill(hub.proc.pid, signal.SIGCONT)
+            dropped = 0
+            while not dropped:
+                tick = await asyncio.wait_for(anext(ticks), 15)
+                dropped = tick["dropped"]
+            assert dropped > 5  # ~30 runs while away, 3 kept
+            await ticks.aclose()
+        finally:
+            await client.close()

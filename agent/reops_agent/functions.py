@@ -8,7 +8,6 @@ Blocking built-ins run in worker threads so the agent's socket loop never blocks
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -100,7 +99,7 @@ class Runner:
             if not self.allow_code:
                 return FnResult(status="error", code=1, err=REFUSED_CODE)
             target = self.code.function(code)
-            if inspect.iscoroutinefunction(target):
+            if asyncio.iscoroutinefunction(target):
                 out = await target(*args, **kwargs)
             else:
                 out = await asyncio.to_thread(target, *args, **kwargs)

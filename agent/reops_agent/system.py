@@ -10,7 +10,6 @@ import os
 import platform
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -166,6 +165,8 @@ def file_write(path: str, content: bytes | str, mode: int | None = None,
         return {"changed": False, "size": len(data)}
     if makedirs:
         p.parent.mkdir(parents=True, exist_ok=True)
+    import tempfile  # only writers pay for it (the idle agent stays small)
+
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
