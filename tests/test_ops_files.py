@@ -247,6 +247,7 @@ def test_template_format_engine_and_missing_variable(tmp_path: Path) -> None:
     b"\x00\x01binary\xff\n",
     b"REOPS_EOF\nlooks like the delimiter\n",
     "unicode ✓ line\n".encode(),
+    b"", b"\n", b"two trailing newlines\n\n", b"\n\nblank lines first\n",
 ])
 def test_write_script_round_trips_any_bytes(tmp_path: Path, data: bytes) -> None:
     dest = tmp_path / "f"

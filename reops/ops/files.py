@@ -344,9 +344,7 @@ def write_script(remote: str, data: bytes, *, mode: int | None = None,
         f"  {UNCHANGED}",
         "else",
         '  tmp="$dest.reops.$$"',
-        f"  {writer} > \"$tmp\" <<'{eof}' || exit",
-        body.rstrip("\n"),
-        eof,
+        f"  {writer} > \"$tmp\" <<'{eof}' || exit\n{body}{eof}",  # body ends in \n or is ""
         '  if [ -e "$dest" ]; then chmod "$(stat -c %a -- "$dest")" "$tmp";'
         ' chown "$(stat -c %u:%g -- "$dest")" "$tmp" 2>/dev/null; fi',
         '  mv -f -- "$tmp" "$dest" || { rc=$?; rm -f -- "$tmp"; exit $rc; }',
