@@ -1,0 +1,229 @@
+"""Agents benchmark: hub fan-out, round trips, agent memory, 2,000 simulated agents.
+
+    python bench/bench_agents.py [--agents 10,50,200] [--sim 2000] [--repeat 5]
+
+Real `reops-agent` processes (CurveZMQ on loopback) for fan-out and RSS; the scale test
+uses DEALER sockets in a few helper processes that speak the agent protocol. Prints one
+JSON object. Salt is not compared here (not installed in this venv): see the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+from reops_agent.keys import load_keypair
+from reops_agent.protocol import Beat, Call, Done, Hello, Unknown, decode_hub, encode
+
+from reops.hub.client import HubClient
+from reops.hub.keystore import KeyStore
+from reops.sources.agents_lab import await_agents, start_agents, start_hub
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def fan_out(client: HubClient, names: list[str], fn: str, args: list[Any]) -> float:
+    t0 = time.perf_counter()
+    n = 0
+    async for item in client.stream("call", hosts=names, fn=fn, args=args):
+        if item["k"] == "result":
+            assert item["status"] == "ok", item
+            n += 1
+    assert n == len(names)
+    return time.perf_counter() - t0
+
+
+async def round_trips(client: HubClient, name: str, seconds: float, inflight: int) -> float:
+    done = 0
+    end = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < end:
+            async for _ in client.stream("call", hosts=[name], fn="ping"):
+                pass
+            done += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(inflight)))
+    return done / (time.perf_counter() - t0)
+
+
+def cli_exec(names: list[str], root: Path, env: dict[str, str]) -> float:
+    inv = root / "inventory.toml"
+    inv.write_text("".join(f'[hosts.{n}]\naddress = "127.0.0.1"\n' for n in names))
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "reops.cli", "exec", "-i", str(inv), "all",
+                          "--via", "agent", "-o", "json", "--", "uname", "-a"],
+                         env=env, capture_output=True)
+    took = time.perf_counter() - t0
+    assert out.returncode == 0, out.stderr.decode()[-500:]
+    return took
+
+
+def bench_real(counts: list[int], repeat: int, root: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    hub = start_hub(root / "home", bind="tcp://127.0.0.1:*")
+    env = {**os.environ, "REOPS_HOME": str(root / "home")}
+    try:
+        started = 0
+        labs = []
+        for m in sorted(counts):
+            names = [f"a{i}" for i in range(started, m)]
+            labs.append(start_agents(names, hub.bind, hub.key, hub.keys_dir,
+                                     workdir=root / "agents"))
+            started = m
+            every = [f"a{i}" for i in range(m)]
+            asyncio.run(await_agents(hub.control_path, every, timeout=60 + m))
+
+            async def measure(every: list[str] = every) -> dict[str, float]:
+                client = HubClient(hub.control_path)
+                try:
+                    await fan_out(client, every, "ping", [])  # warm
+                    ping = [await fan_out(client, every, "ping", []) for _ in range(repeat)]
+                    uname = [await fan_out(client, every, "shell", ["uname -a"])
+                             for _ in range(repeat)]
+                finally:
+                    await client.close()
+                return {"ping_s": statistics.median(ping), "uname_s": statistics.median(uname)}
+
+            res = asyncio.run(measure())
+            res["cli_exec_uname_s"] = statistics.median(
+                cli_exec(every, root, env) for _ in range(max(1, repeat // 2)))
+            out[f"M={m}"] = res
+        first = labs[0]
+        pid = first.pid(first.names[0])
+        out["agent_rss_kb_idle"] = rss_kb(pid)
+
+        async def trips() -> dict[str, float]:
+            client = HubClient(hub.control_path)
+            try:
+                return {"sequential": await round_trips(client, "a0", 2.0, 1),
+                        "inflight_32": await round_trips(client, "a0", 2.0, 32)}
+            finally:
+                await client.close()
+
+        out["round_trips_per_s_one_agent"] = asyncio.run(trips())
+        out["hub_rss_kb"] = rss_kb(hub.proc.pid) if hub.proc else 0
+        for lab in labs:
+            lab.stop()
+    finally:
+        hub.stop()
+    return out
+
+
+# ── simulated agents ──────────────────────────────────────────────────────────────────
+
+
+def simulate(hub: str, hub_key: str, keys_dir: str, prefix: str, n: int) -> None:
+    """A helper process: `n` DEALER sockets that register and answer calls."""
+    public, secret = load_keypair(Path(keys_dir), "sim")
+    ctx = zmq.Context()
+    ctx.set(zmq.MAX_SOCKETS, n + 16)
+    socks: dict[zmq.Socket[bytes], bytes] = {}
+    poller = zmq.Poller()
+    for i in range(n):
+        s = ctx.socket(zmq.DEALER)
+        s.curve_serverkey, s.curve_publickey, s.curve_secretkey = hub_key.encode(), public, secret
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(hub)
+        hello = encode(Hello(name=f"{prefix}{i}", version="sim"))
+        s.send(hello)
+        socks[s] = hello
+        poller.register(s, zmq.POLLIN)
+    beat, next_beat = encode(Beat()), time.monotonic() + 2.0
+    while True:
+        for s, _ in poller.poll(500):
+            while True:
+                try:
+                    msg = decode_hub(s.recv(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+                if isinstance(msg, Call):
+                    s.send(encode(Done(id=msg.id, status="ok", code=0, out="pong")))
+                elif isinstance(msg, Unknown):
+                    s.send(socks[s])
+        if time.monotonic() > next_beat:
+            for s in socks:
+                s.send(beat, zmq.NOBLOCK)
+            next_beat = time.monotonic() + 2.0
+
+
+def bench_sim(total: int, helpers: int, root: Path) -> dict[str, Any]:
+    hub = start_hub(root / "simhome", bind="tcp://127.0.0.1:*", heartbeat_s=2.0, misses=5)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        public, _ = load_keypair(root / "simkeys", "sim")
+        store = KeyStore(hub.keys_dir)
+        per = total // helpers
+        names = [f"s{h}x{i}" for h in range(helpers) for i in range(per)]
+        for name in names:
+            store.pre_accept(name, public.decode())
+        t0 = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, __file__, "--simulate", hub.bind, hub.key,
+                                   str(root / "simkeys"), f"s{h}x", str(per)])
+                 for h in range(helpers)]
+        asyncio.run(await_agents(hub.control_path, names, timeout=120))
+        registration = time.perf_counter() - t0
+
+        async def pings() -> list[float]:
+            client = HubClient(hub.control_path)
+            try:
+                return [await fan_out(client, names, "ping", []) for _ in range(5)]
+            finally:
+                await client.close()
+
+        times = asyncio.run(pings())
+        return {"agents": len(names), "registration_s": registration,
+                "ping_fan_out_s_median": statistics.median(times),
+                "ping_fan_out_s_best": min(times),
+                "hub_rss_kb": rss_kb(hub.proc.pid) if hub.proc else 0}
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait()
+        hub.stop()
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--simulate":
+        hub, key, keys_dir, prefix, n = sys.argv[2:7]
+        simulate(hub, key, keys_dir, prefix, int(n))
+        return
+    p = argparse.ArgumentParser()
+    p.add_argument("--agents", default="10,50,200")
+    p.add_argument("--sim", type=int, default=2000)
+    p.add_argument("--helpers", type=int, default=4)
+    p.add_argument("--repeat", type=int, default=5)
+    args = p.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="bench-agents-"))
+    try:
+        report: dict[str, Any] = {}
+        counts = [int(x) for x in args.agents.split(",") if x]
+        if counts:
+            report["real_agents"] = bench_real(counts, args.repeat, root)
+        if args.sim:
+            report["simulated"] = bench_sim(args.sim, args.helpers, root)
+        print(json.dumps(report, indent=1))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
