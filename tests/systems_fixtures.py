@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 from pathlib import Path
 
 NODE_XML = """\
@@ -67,3 +70,13 @@ def config_toml(tmp: Path, *, extra: str = "") -> Path:
         'connect_timeout = 5\n' + extra
     )
     return path
+
+
+def qemu_root() -> str:
+    """One qemu:///embed root for this process: libvirt allows one per process, and QEMU's
+    monitor socket path must stay short (so not under pytest's deep tmp_path)."""
+    root = Path(f"/tmp/reops-qemu-{os.getpid()}")
+    if not root.exists():
+        root.mkdir()
+        atexit.register(shutil.rmtree, root, True)
+    return str(root)

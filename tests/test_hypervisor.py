@@ -14,7 +14,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from systems_fixtures import node_uri
+from systems_fixtures import node_uri, qemu_root
 
 from reops.sources.hypervisor import Hypervisor
 from reops.systems.domain_xml import DomainSpec, mac_for, system_id_of
@@ -160,7 +160,7 @@ def _qemu_usable() -> str | None:
 async def test_embedded_qemu_lifecycle(tmp_path: Path) -> None:
     if (why := _qemu_usable()) is not None:
         pytest.skip(why)
-    h = await Hypervisor.connect("qemu", f"qemu:///embed?root={tmp_path}/qemu", 30)
+    h = await Hypervisor.connect("qemu", f"qemu:///embed?root={qemu_root()}", 30)
     try:
         assert h.domain_type() == "qemu"
         s = DomainSpec(name="tiny1", system_id=new_id(), cpu=1, ram=64, network="default",
@@ -186,3 +186,4 @@ async def test_embedded_qemu_lifecycle(tmp_path: Path) -> None:
 
 def test_libvirt_error_codes_we_rely_on() -> None:
     assert libvirt.VIR_ERR_NO_DOMAIN and libvirt.VIR_ERR_NO_STORAGE_VOL
+

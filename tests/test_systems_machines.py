@@ -171,3 +171,14 @@ async def test_physical_machines_wake_on_lan_and_ssh_seam(tmp_path: Path) -> Non
     async with open_machines(tmp_path) as plain:  # no SSH wired: a clear failure
         (stop,) = await plain.wait(await plain.stop("box1"))
         assert stop.state == "failed" and "needs SSH" in stop.error
+
+
+async def test_hosts_bridge_reads_the_store(m: Machines, tmp_path: Path) -> None:
+    from reops.systems import hosts
+
+    await m.wait(await m.create("redis", ["tiny"], count=2))
+    await m.wait(await m.create("redis", ["tiny"], hostname="off"))
+    await m.wait(await m.stop("off"))
+    found = hosts("typed:redis & running", root=tmp_path)
+    assert len(found) == 2 and all(h.address.startswith("192.168.122.") for h in found)
+    assert all(h.groups == ("redis",) and h.tags["hypervisor"] == "lab" for h in found)

@@ -1,0 +1,43 @@
+"""Machines: Systems and Types, presets, the embedded store, the durable job queue.
+
+    from reops.systems import Machines
+    async with Machines.open() as m:                      # runs the job queue here
+        m.add_type("redis", "redis server")
+        jobs = await m.create("redis", ["small", "debian-12"], count=2)
+        await m.wait(jobs)
+        (await m.hypervisor_events()).subscribe(print)   # domain lifecycle events
+        m.hosts("typed:redis & running")                 # Hosts for SSH/agent ops
+
+Names load lazily: `reops.sources.hypervisor` imports leaf modules of this package.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "Machines": "reops.systems.machines", "to_hosts": "reops.systems.machines",
+    "System": "reops.systems.model", "Type": "reops.systems.model",
+    "Job": "reops.systems.model", "JobEvent": "reops.systems.model",
+    "MachinesError": "reops.systems.model", "Spec": "reops.systems.presets",
+    "resolve": "reops.systems.presets",
+    "Store": "reops.systems.store", "JobQueue": "reops.systems.queue",
+    "HypervisorEvent": "reops.systems.libvirt_events", "hosts": "reops.systems.bridge",
+    "connect": "reops.systems.api", "setup": "reops.systems.service",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'reops.systems' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -20,7 +20,6 @@ import reactivex as rx
 from reops.config import home
 from reops.model import Host, Hosts
 from reops.sources.hypervisor import Hypervisor
-from reops.systems import select as selecting
 from reops.systems.config import MachinesConfig, load_machines_config
 from reops.systems.handlers import Handlers, ShutdownSeam
 from reops.systems.libvirt_events import HypervisorEvent
@@ -39,6 +38,7 @@ from reops.systems.model import (
 )
 from reops.systems.presets import Spec, resolve
 from reops.systems.queue import JobQueue
+from reops.systems.select import select as select_systems
 from reops.systems.store import Store
 
 #: operations on existing systems that need a confirmation on a TTY unless --force
@@ -150,7 +150,7 @@ class Machines:
     # ---- systems
     def systems(self, selector: str = "all") -> list[System]:
         """Recorded systems matching `selector` (see reops.systems.select)."""
-        return selecting.select(self.store.systems(), selector)
+        return select_systems(self.store.systems(), selector)
 
     select = systems
 

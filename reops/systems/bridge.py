@@ -1,0 +1,24 @@
+"""From systems to Hosts: run SSH/agent operations on machines (`reops exec --systems SEL`).
+
+Reads the store only — no queue, no hypervisor connection — so it is cheap and safe to
+call from any command while a hub runs the machines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reops.config import home
+from reops.model import Hosts
+from reops.systems.machines import to_hosts
+from reops.systems.select import select
+from reops.systems.store import Store
+
+
+def hosts(selector: str = "running", root: Path | None = None) -> Hosts:
+    """Hosts for the systems matching `selector`, e.g. hosts('typed:redis & running')."""
+    store = Store((root or home()) / "machines.db")
+    try:
+        return to_hosts(select(store.systems(), selector))
+    finally:
+        store.close()
