@@ -216,19 +216,18 @@ class Agent:
             case Unknown():
                 self.registered = False
                 self._send_now(self.hello())
-            case Call():
-                if self.registered and msg.id not in self.calls:
+            case Call():  # only a hub that registered us sends these: run them
+                if msg.id not in self.calls:
                     self.calls[msg.id] = asyncio.create_task(self._call(msg))
             case Cancel():
                 task = self.calls.get(msg.id)
                 if task is not None:
                     task.cancel()
             case Schedule():
-                if self.registered:
-                    old = self.schedules.pop(msg.id, None)
-                    if old is not None:
-                        old.cancel()
-                    self.schedules[msg.id] = asyncio.create_task(self._schedule(msg))
+                old = self.schedules.pop(msg.id, None)
+                if old is not None:
+                    old.cancel()
+                self.schedules[msg.id] = asyncio.create_task(self._schedule(msg))
             case Unschedule():
                 task = self.schedules.pop(msg.id, None)
                 if task is not None:
