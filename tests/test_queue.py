@@ -127,6 +127,7 @@ RUNNER = textwrap.dedent("""
         await q.start()
         q.submit("create", "a" * 40, tag="c1")     # runs, gets killed: safe, retried
         q.submit("create", "b" * 40, tag="c2")     # queued behind the bound of 1
+        q.submit("snapshot", "a" * 40, tag="s2")   # queued behind c1 on the same system
         q.submit("snapshot", "c" * 40, tag="s1")   # runs, gets killed: not retried
         await asyncio.Event().wait()
 
@@ -154,7 +155,7 @@ async def test_sigkill_mid_job_loses_nothing(tmp_path: Path) -> None:
     store = Store(db)
     before = {j.args["tag"]: j for j in store.jobs()}
     assert {t: j.state for t, j in before.items()} == {
-        "c1": "running", "c2": "queued", "s1": "running"}
+        "c1": "running", "c2": "queued", "s1": "running", "s2": "queued"}
 
     ran: list[str] = []
 
@@ -176,7 +177,10 @@ async def test_sigkill_mid_job_loses_nothing(tmp_path: Path) -> None:
         assert finished["c1"].attempt == 2
         assert finished["c2"].state == "succeeded"
         assert finished["s1"].state == "interrupted"
-        assert sorted(ran) == ["c1", "c2"]
+        finished_s2 = (await q.wait(before["s2"].id)).state
+        assert finished_s2 == "succeeded"
+        assert sorted(ran) == ["c1", "c2", "s2"]
+        assert ran.index("c1") < ran.index("s2")  # the retry kept its place on system a
     finally:
         await q.close()
         store.close()

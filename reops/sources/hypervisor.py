@@ -15,7 +15,6 @@ import os
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
-from string import Template
 from typing import Any, TypeVar
 from xml.sax.saxutils import escape
 
@@ -31,7 +30,6 @@ from reops.systems.domain_xml import (
     DomainSpec,
     domain_xml,
     parse_domain,
-    volume_xml,
 )
 from reops.systems.libvirt_events import (
     EVENT_THREAD,
@@ -41,6 +39,7 @@ from reops.systems.libvirt_events import (
     domain_event_names,
 )
 from reops.systems.model import MachinesError
+from reops.systems.pools import DirPool, LibvirtPool, Pool
 
 T = TypeVar("T")
 
@@ -57,9 +56,6 @@ _UNDEFINE = (
     | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
 )
 
-
-POOL = Template("""\
-<pool type='dir'><name>$name</name><target><path>$path</path></target></pool>""")
 
 #: qemu.conf for an embedded QEMU run by root: no libvirt-qemu user, no virtlogd daemon
 EMBED_QEMU_CONF = 'user = "root"\ngroup = "root"\nstdio_handler = "file"\n'
@@ -217,23 +213,18 @@ class Hypervisor:
                 return None
             raise
 
-    def _pool(self, pool: str) -> libvirt.virStoragePool:
-        try:
-            return self._conn.storagePoolLookupByName(pool)
-        except libvirt.libvirtError as e:
-            if not _missing(e):
-                raise
+    def _pool(self, pool: str) -> Pool:
+        """The named storage pool; a directory under the root for embedded QEMU."""
         root = embed_root(self.uri)
+        try:
+            return LibvirtPool(self._conn.storagePoolLookupByName(pool))
+        except libvirt.libvirtError as e:
+            unsupported = e.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT
+            if not (_missing(e) or unsupported):
+                raise
         if root is None:
             raise MachinesError(f"{self.name}: no storage pool {pool!r}")
-        # an embedded QEMU owns its directory: give it a pool there on first use
-        path = root / "images" / pool
-        path.mkdir(parents=True, exist_ok=True)
-        p = self._conn.storagePoolDefineXML(POOL.substitute(
-            name=escape(pool), path=escape(str(path))), 0)
-        p.create(0)
-        p.setAutostart(1)
-        return p
+        return DirPool(root / "images" / pool)
 
     async def state(self, name: str) -> str:
         """running, stopped, paused, unknown — or missing when no such domain exists."""
@@ -255,7 +246,7 @@ class Hypervisor:
         """Fail before anything is recorded when the pool or a base volume is missing."""
         def check() -> None:
             p = self._pool(pool)
-            have = set(p.listVolumes())
+            have = set(p.volumes())
             missing = [b for b in bases if b not in have]
             if missing:
                 raise MachinesError(
@@ -276,14 +267,8 @@ class Hypervisor:
             if volumes:
                 p = self._pool(pool)
                 for vol_name, size_gb, base in volumes:
-                    try:
-                        vol = p.storageVolLookupByName(vol_name)
-                    except libvirt.libvirtError as e:
-                        if not _missing(e):
-                            raise
-                        backing = p.storageVolLookupByName(base).path() if base else None
-                        vol = p.createXML(volume_xml(vol_name, size_gb, backing), 0)
-                    disks.append(DiskSpec(vol.path()))
+                    path = p.path(vol_name) or p.create(vol_name, size_gb, base)
+                    disks.append(DiskSpec(path))
             network = spec.network
             if network and network != "user":
                 try:
@@ -350,11 +335,7 @@ class Hypervisor:
             if volumes:
                 p = self._pool(pool)
                 for vol_name in volumes:
-                    try:
-                        p.storageVolLookupByName(vol_name).delete(0)
-                    except libvirt.libvirtError as e:
-                        if not _missing(e):
-                            raise
+                    p.delete(vol_name)
         await self._call(rm)
 
     async def snapshot(self, name: str, snap: str) -> None:

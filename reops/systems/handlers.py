@@ -128,6 +128,8 @@ class Handlers:
         return {"stop": how}
 
     async def destroy(self, job: Job) -> dict[str, Any]:
+        if self.m.store.system(job.system_id or "") is None:
+            return {"destroyed": "already gone"}  # e.g. a retry, or destroyed twice
         s = self._system(job)
         if s.placement.kind == "physical":
             raise MachinesError(f"{s.hostname} is physical: use `clear` to forget it")
@@ -147,6 +149,8 @@ class Handlers:
 
     async def clear(self, job: Job) -> dict[str, Any]:
         """Forget the record only; the machine itself is left alone."""
+        if self.m.store.system(job.system_id or "") is None:
+            return {"cleared": "already gone"}
         s = self._system(job)
         self.m.store.remove_system(s.id)
         return {"cleared": s.hostname}

@@ -107,6 +107,9 @@ class JobQueue:
             self._interrupt(j, "the process running the queue stopped")
             for j in self.store.jobs(states=("running",))
         ]
+        for j in interrupted:  # retries keep their place: before jobs queued after them
+            if j.retried_by:
+                self._schedule(self.store.job(j.retried_by))
         self.rescan()
         return interrupted
 
