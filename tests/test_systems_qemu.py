@@ -13,6 +13,7 @@ from systems_fixtures import qemu_root
 
 from reops.systems.config import load_machines_config
 from reops.systems.machines import Machines
+from reops.systems.model import MachinesError
 
 
 def _why_not() -> str | None:
@@ -53,3 +54,30 @@ async def test_embedded_qemu_create_stop_start_destroy(tmp_path: Path) -> None:
         assert events[:2] == ["DEFINED", "RESUMED"] or "STARTED" in events
         assert {"STARTED", "STOPPED", "UNDEFINED"} <= set(events)
 
+
+
+async def test_embedded_qemu_disks_are_overlays_on_the_base(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    root = Path(qemu_root())
+    images = root / "images" / "default"
+    images.mkdir(parents=True, exist_ok=True)
+    base = images / "alpine-3.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "1G"], check=True)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[hypervisors.qemu]\nuri = "qemu:///embed?root={root}"\nnetwork = ""\n')
+    async with Machines.open(tmp_path, load_machines_config(cfg)) as m:
+        m.add_type("disk")
+        with pytest.raises(MachinesError, match=r"no base volume 'debian-12\.qcow2'"):
+            await m.create("disk", ["tiny", "debian-12"])
+        (job,) = await m.wait(await m.create("disk", ["tiny", "ram=64", "alpine-3"]))
+        assert job.state == "succeeded", job.error
+        s = m.systems("typed:disk")[0]
+        overlay = images / f"{s.hostname}.qcow2"
+        info = json.loads(subprocess.run(
+            ["qemu-img", "info", "-U", "--output=json", str(overlay)],
+            capture_output=True, text=True, check=True).stdout)
+        assert info["backing-filename"] == str(base) and info["format"] == "qcow2"
+        (gone,) = await m.wait(await m.destroy(s.hostname))
+        assert gone.state == "succeeded" and not overlay.exists() and base.exists()
