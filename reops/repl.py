@@ -41,7 +41,7 @@ def repl(inventory_path: Path | None) -> None:
     inv = f"; inv = {ns['inv']!r}" if "inv" in ns else ""
     banner = BANNER.format(version=reops.__version__, inv=inv)
     try:
-        from IPython import start_ipython  # type: ignore[import-not-found]
+        from IPython import start_ipython
     except ImportError:
         code.interact(banner=banner, local=ns, exitmsg="")
         return

@@ -11,6 +11,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import signal
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -35,6 +36,8 @@ class Runtime:
         self._ready.wait()
 
     def _main(self) -> None:
+        # Ctrl-C and SIGTERM must reach the caller's (main) thread, never this one
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         asyncio.set_event_loop(self.loop)
         self.loop.call_soon(self._ready.set)
         self.loop.run_forever()
@@ -91,6 +94,11 @@ class Runtime:
         if not self.in_loop:
             with contextlib.suppress(Exception):
                 self.submit(self._settle(grace)).result(timeout=grace + 1)
+
+    def barrier(self) -> None:
+        """Return once everything the loop was running when called has run."""
+        if not self.in_loop:
+            self.submit(asyncio.sleep(0)).result()
 
     def resource(self, name: str, factory: Callable[[], T]) -> T:
         """A per-runtime singleton (e.g. the SSH connection pool), made on first use."""

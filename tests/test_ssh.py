@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import threading
+import subprocess
+import sys
 from pathlib import Path
 
 import asyncssh
 import msgspec
-from reactivex import operators as ops
 
-from reops import Host, Hosts, Result, exec_, run
+from reops import Host, Hosts, exec_, run
 from reops.config import Settings
 from reops.lab import LabInfo
 from reops.steps import download, ls, upload
@@ -171,23 +172,48 @@ def test_ls_parses_entries(lab: LabInfo) -> None:
     assert "etc" in r.data and "tmp" in r.data
 
 
-def test_ctrl_c_returns_partial_outcome(lab: LabInfo) -> None:
-    hosts = lab_hosts(lab).glob("web*")
-    fast = hosts["web1"].address
+CTRL_C_SCRIPT = """
+import sys
+from reactivex import operators as ops
+from reops import Result, exec_, inventory, run
+
+hosts = inventory(sys.argv[1]).select("web*")
+cmd = sys.argv[2]
+
+def tell(e):
+    if isinstance(e, Result):
+        print("done", e.host, flush=True)
+
+out = run(exec_(hosts, cmd) | ops.do_action(tell))
+print(out.to_json().decode(), flush=True)
+print("interrupted" if out.interrupted else "finished", flush=True)
+"""
+
+
+def test_ctrl_c_returns_partial_outcome(lab: LabInfo, tmp_path: Path) -> None:
+    """A real SIGINT to the process, as a terminal's Ctrl-C sends it."""
+    fast = lab.hosts["web1"]
     nap = f"sleep 30.{os.getpid()}"  # a pattern only this test's commands have
     cmd = f'case "$SSH_CONNECTION" in *" {fast} "*) echo quick;; *) {nap};; esac'
-    main = threading.main_thread().ident
-    assert main is not None
-
-    def interrupt_after_web1(e: object) -> None:
-        if isinstance(e, Result) and e.host == "web1":  # the user presses Ctrl-C now
-            signal.pthread_kill(main, signal.SIGINT)
-
-    out = run(exec_(hosts, cmd, settings=FAST) | ops.do_action(interrupt_after_web1))
-    assert out.interrupted
-    assert len(out.hosts) == len(hosts)
-    assert [r.host for r in out.successful] == ["web1"]
-    assert all("interrupted" in r.err for r in out.failed)
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C_SCRIPT)
+    p = subprocess.Popen([sys.executable, str(script), str(lab.inventory), cmd],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    first = p.stdout.readline()
+    if not first:
+        p.kill()
+        raise AssertionError(p.communicate()[1])
+    assert first.split() == ["done", "web1"]
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    *_, outcome_json, last = out.strip().splitlines()
+    assert last == "interrupted" and "Traceback" not in err
+    doc = json.loads(outcome_json)
+    assert len(doc["hosts"]) == 10
+    assert [r["host"] for r in doc["successful"]] == ["web1"]
+    failed = [r for rs in doc["failure"].values() for r in rs]
+    assert len(failed) == 9 and all("interrupted" in r["err"] for r in failed)
     # the interrupted hosts' commands were killed: nothing of ours still sleeps there
-    left = run(exec_(hosts["web1"], f"pgrep -fc '[s]{nap[1:]}' || true", settings=FAST))
+    left = run(exec_(lab.as_hosts()["web1"], f"pgrep -fc '[s]{nap[1:]}' || true"))
     assert left.successful[0].out.strip() == "0"

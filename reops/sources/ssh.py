@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from reops.sources.sshlib import asyncssh
 from reops.config import Settings
 from reops.model import UNREACHED, Host, Line, Result, Status, failure_result
 from reops.ops.base import Op
 from reops.sources.base import LineSink
+from reops.sources.sshlib import asyncssh
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 
@@ -326,8 +326,15 @@ class SshExecutor:
     ) -> Result:
         command = op.command_for(host)
         timeout = op.timeout if op.timeout is not None else settings.command_timeout
-        process = await conn.create_process(command, stdin=asyncssh.DEVNULL if op.stdin is None
-                                            else asyncssh.PIPE)
+        starting = asyncio.ensure_future(conn.create_process(
+            command, stdin=asyncssh.DEVNULL if op.stdin is None else asyncssh.PIPE))
+        try:
+            process = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # the exec request may already be on its way: let it open, then kill it
+            with contextlib.suppress(Exception):
+                _kill(await asyncio.wait_for(starting, settings.connect_timeout))
+            raise
         if op.stdin is not None:
             process.stdin.write(op.stdin)
             process.stdin.write_eof()

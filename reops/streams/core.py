@@ -205,6 +205,7 @@ def run(stream: Stream) -> Outcome:
         done.wait()
     except KeyboardInterrupt:
         interrupted = True
+        rt.barrier()  # events already being delivered on the loop reach `results` first
     finally:
         sub.dispose()
     if interrupted:
