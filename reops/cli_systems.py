@@ -221,6 +221,7 @@ LIFECYCLE: tuple[tuple[JobOp, str, bool], ...] = (
     ("reload", "Destroy and re-create systems from their records (same id and size).", True),
     ("destroy", "Power off and delete systems: domain, volumes and record.", True),
     ("clear", "Forget systems' records; the machines themselves are left alone.", True),
+    ("provision", "Run the systems' Type provisioning flow again.", False),
 )
 for _op, _help, _destructive in LIFECYCLE:
     systems.add_command(_lifecycle(_op, _help, _destructive))

@@ -38,7 +38,7 @@ async def test_create_start_stop_reload_destroy(m: Machines) -> None:
     jobs = await m.create("redis", ["small", "debian-12", "volume=data:20"], count=2)
     done = await m.wait(jobs)
     assert [j.state for j in done] == ["succeeded", "succeeded"]
-    assert done[0].result["provision"] == "flows/redis.py"
+    assert done[0].result["provision"] == "flows/redis.py (not run: no provisioner wired)"
     redis = m.systems("typed:redis")
     assert len(redis) == 2 and all(s.state == "running" and s.machine.ip for s in redis)
     assert m.systems("running & typed:redis") == redis
@@ -182,3 +182,26 @@ async def test_hosts_bridge_reads_the_store(m: Machines, tmp_path: Path) -> None
     found = hosts("typed:redis & running", root=tmp_path)
     assert len(found) == 2 and all(h.address.startswith("192.168.122.") for h in found)
     assert all(h.groups == ("redis",) and h.tags["hypervisor"] == "lab" for h in found)
+
+
+async def test_provisioning_seam_runs_after_boot(tmp_path: Path) -> None:
+    from reops.systems.model import Type
+
+    ran: list[tuple[str, str | None]] = []
+
+    async def provision(s: System, t: Type) -> Result:
+        ran.append((s.hostname, s.machine.ip))
+        ok = s.hostname != "bad"
+        return Result(host=s.hostname, op="provision", status="ok" if ok else "failed",
+                      code=0 if ok else 1, err="" if ok else "apt failed")
+
+    async with Machines.open(tmp_path, load_machines_config(config_toml(tmp_path)),
+                             provision=provision) as m:
+        m.add_type("redis", provision="flows/redis.py")
+        (good,) = await m.wait(await m.create("redis", ["tiny"], hostname="good"))
+        assert good.result["provisioned"] is True and ran[0][1] is not None
+        (bad,) = await m.wait(await m.create("redis", ["tiny"], hostname="bad"))
+        assert bad.state == "failed" and "provisioning with flows/redis.py failed" in bad.error
+        assert "apt failed" in bad.error and m.systems("bad")[0].state == "running"
+        (again,) = await m.wait(await m.provision("good"))
+        assert again.state == "succeeded" and len(ran) == 3

@@ -17,28 +17,33 @@ from reops.model import Result
 from reops.sources.hypervisor import Hypervisor
 from reops.systems import wol
 from reops.systems.domain_xml import DomainSpec, mac_for
-from reops.systems.model import Job, Machine, MachinesError, Placement, System
+from reops.systems.model import Job, Machine, MachinesError, Placement, System, Type
 
 if TYPE_CHECKING:
     from reops.systems.machines import Machines
 
 #: how a physical machine is stopped: run `shutdown` on it over SSH (the SSH source's job)
 ShutdownSeam = Callable[[System], Awaitable[Result]]
+#: how a Type's provisioning flow runs on a new system (the flows layer's job)
+ProvisionSeam = Callable[[System, Type], Awaitable[Result]]
 Handler = Callable[[Job], Awaitable[Mapping[str, Any] | None]]
 
 
 class Handlers:
     """The job handlers of one Machines service."""
 
-    def __init__(self, machines: Machines, shutdown: ShutdownSeam | None) -> None:
+    def __init__(self, machines: Machines, shutdown: ShutdownSeam | None,
+                 provision: ProvisionSeam | None = None) -> None:
         self.m = machines
         self.shutdown = shutdown
+        self.provisioner = provision
 
     def table(self) -> dict[str, Handler]:
         return {
             "create": self.create, "start": self.start, "stop": self.stop,
             "reload": self.reload, "destroy": self.destroy, "clear": self.clear,
             "snapshot": self.snapshot, "revert": self.revert, "sync": self.sync,
+            "provision": self.provision,
         }
 
     # ---- helpers
@@ -95,12 +100,28 @@ class Handlers:
             raise
         s = self._save(s, state="stopped", placement={"uuid": info.uuid},
                        machine={"mac": info.mac, "adapters": info.networks})
-        result = {"domain": p.domain, "uuid": info.uuid}
-        t = self.m.store.types()
-        provision = next((x.provision for x in t if x.name == s.type), None)
-        if provision:
-            result["provision"] = provision
-        return {**result, **await self._boot(s, hyp)}
+        result = {"domain": p.domain, "uuid": info.uuid, **await self._boot(s, hyp)}
+        t = next((x for x in self.m.store.types() if x.name == s.type), None)
+        if t is not None and t.provision:
+            result.update(await self._provision(self._fresh(s), t))
+        return result
+
+    async def _provision(self, s: System, t: Type) -> dict[str, Any]:
+        """Run the Type's flow on the system when a provisioner is wired; else say so."""
+        if self.provisioner is None:
+            return {"provision": f"{t.provision} (not run: no provisioner wired)"}
+        r = await self.provisioner(s, t)
+        if not r.ok:
+            raise MachinesError(f"{s.hostname}: provisioning with {t.provision} failed: "
+                                f"{(r.err or r.out).strip()[:200]}")
+        return {"provision": t.provision, "provisioned": True}
+
+    async def provision(self, job: Job) -> dict[str, Any]:
+        s = self._system(job)
+        t = self.m.store.get_type(s.type)
+        if not t.provision:
+            raise MachinesError(f"type {t.name!r} has no provisioning flow")
+        return await self._provision(s, t)
 
     async def start(self, job: Job) -> dict[str, Any]:
         s = self._system(job)

@@ -21,7 +21,7 @@ from reops.config import home
 from reops.model import Host, Hosts
 from reops.sources.hypervisor import Hypervisor
 from reops.systems.config import MachinesConfig, load_machines_config
-from reops.systems.handlers import Handlers, ShutdownSeam
+from reops.systems.handlers import Handlers, ProvisionSeam, ShutdownSeam
 from reops.systems.libvirt_events import HypervisorEvent
 from reops.systems.model import (
     Job,
@@ -49,22 +49,24 @@ class Machines:
     """Systems and Types in the store, jobs in the queue, one connection per hypervisor."""
 
     def __init__(self, store: Store, config: MachinesConfig,
-                 shutdown: ShutdownSeam | None = None) -> None:
+                 shutdown: ShutdownSeam | None = None,
+                 provision: ProvisionSeam | None = None) -> None:
         self.store = store
         self.config = config
         self.settings = config.settings
         self._hypervisors: dict[str, Hypervisor] = {}
         self._subscriptions: list[Any] = []
         self._on_connect: list[Callable[[Hypervisor], None]] = []
-        self._handlers = Handlers(self, shutdown)
+        self._handlers = Handlers(self, shutdown, provision)
         self.queue = JobQueue(store, self._handlers.table(), self.settings.limit)
 
     @classmethod
     def open(cls, root: Path | None = None, config: MachinesConfig | None = None,
-             shutdown: ShutdownSeam | None = None) -> Machines:
+             shutdown: ShutdownSeam | None = None,
+             provision: ProvisionSeam | None = None) -> Machines:
         """Machines over `<root>/machines.db` (root: $REOPS_HOME or ~/.reops)."""
         store = Store((root or home()) / "machines.db")
-        return cls(store, config or load_machines_config(), shutdown)
+        return cls(store, config or load_machines_config(), shutdown, provision)
 
     async def __aenter__(self) -> Machines:
         await self.run_queue()
@@ -239,6 +241,10 @@ class Machines:
 
     async def revert(self, selector: str, name: str) -> list[Job]:
         return self.submit("revert", selector, name=name)
+
+    async def provision(self, selector: str) -> list[Job]:
+        """Run each selected system's Type provisioning flow again."""
+        return self.submit("provision", selector)
 
     async def sync(self, hypervisor: str | None = None) -> Job:
         """Queue an import of the domains that exist on a hypervisor."""

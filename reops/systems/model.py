@@ -14,7 +14,8 @@ import msgspec
 
 JobState = Literal["queued", "running", "succeeded", "failed", "interrupted"]
 JobOp = Literal[
-    "create", "start", "stop", "reload", "destroy", "clear", "snapshot", "revert", "sync"
+    "create", "start", "stop", "reload", "destroy", "clear", "snapshot", "revert", "sync",
+    "provision",
 ]
 SystemState = Literal["creating", "running", "stopped", "paused", "unknown", "missing"]
 ProviderKind = Literal["libvirt", "physical"]
