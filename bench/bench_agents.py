@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -81,9 +82,9 @@ def bench_real(counts: list[int], repeat: int, root: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     hub = start_hub(root / "home", bind="tcp://127.0.0.1:*")
     env = {**os.environ, "REOPS_HOME": str(root / "home")}
+    labs = []
     try:
         started = 0
-        labs = []
         for m in sorted(counts):
             names = [f"a{i}" for i in range(started, m)]
             labs.append(start_agents(names, hub.bind, hub.key, hub.keys_dir,
@@ -121,9 +122,9 @@ def bench_real(counts: list[int], repeat: int, root: Path) -> dict[str, Any]:
 
         out["round_trips_per_s_one_agent"] = asyncio.run(trips())
         out["hub_rss_kb"] = rss_kb(hub.proc.pid) if hub.proc else 0
+    finally:
         for lab in labs:
             lab.stop()
-    finally:
         hub.stop()
     return out
 
@@ -206,6 +207,7 @@ def main() -> None:
         hub, key, keys_dir, prefix, n = sys.argv[2:7]
         simulate(hub, key, keys_dir, prefix, int(n))
         return
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up agents on kill
     p = argparse.ArgumentParser()
     p.add_argument("--agents", default="10,50,200")
     p.add_argument("--sim", type=int, default=2000)
