@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from systems_fixtures import config_toml
 
 from reops.hub.controller import Controller
+from reops.hub.daemon import attach_services
 from reops.hub.settings import HubSettings
 from reops.systems.config import load_machines_config
 from reops.systems.machines import Machines
@@ -21,10 +22,12 @@ from reops.systems.service import setup
 class HubThread:
     """A controller with Machines set up, serving on its own loop in a thread."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, via_attach: bool = False) -> None:
+        self.via_attach = via_attach
         self.settings = HubSettings(bind="tcp://127.0.0.1:*", control=str(tmp / "run/hub.sock"),
                                     keys_dir=str(tmp / "keys"))
-        self.machines = Machines.open(tmp, load_machines_config(config_toml(tmp)))
+        self.tmp = tmp
+        config_toml(tmp)
         self.ready = threading.Event()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self.main(),))
@@ -33,7 +36,13 @@ class HubThread:
     async def main(self) -> None:
         self.stop = asyncio.Event()
         controller = Controller(self.settings)
-        m = await setup(controller, self.machines)
+        if self.via_attach:  # as `reops hub` does with [hub] services
+            attach_services(controller, ["reops.systems.service:attach"])
+            self.loop.call_soon(self.ready.set)
+            await controller.serve(self.stop)
+            return
+        m = await setup(controller, Machines.open(
+            self.tmp, load_machines_config(self.tmp / "config.toml")))
         self.loop.call_soon(self.ready.set)
         try:
             await controller.serve(self.stop)
@@ -52,12 +61,13 @@ class HubThread:
         self.loop.close()
 
 
-@pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubThread]:
+@pytest.fixture(params=["setup", "attach"])
+def hub(request: pytest.FixtureRequest, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> Iterator[HubThread]:
     monkeypatch.setenv("REOPS_HOME", str(tmp_path))
     monkeypatch.setenv("REOPS_CONFIG", str(tmp_path / "config.toml"))
     monkeypatch.setenv("REOPS_HUB_CONTROL", str(tmp_path / "run/hub.sock"))
-    with HubThread(tmp_path) as h:
+    with HubThread(tmp_path, via_attach=request.param == "attach") as h:
         yield h
 
 

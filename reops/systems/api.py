@@ -187,7 +187,14 @@ class HubMachines:
                     on_job(msgspec.convert(item, JobEvent))
         except HubError as e:
             raise MachinesError(str(e)) from None
-        return [await self.job(j.id) for j in jobs]
+        return [await self._followed(j.id) for j in jobs]
+
+    async def _followed(self, job_id: str) -> Job:
+        """The job, or the retry that finished it when it was interrupted."""
+        job = await self.job(job_id)
+        while job.retried_by:
+            job = await self.job(job.retried_by)
+        return job
 
     async def watch(self, names: Sequence[str], on_event: OnEvent,
                     on_ready: Callable[[], None] | None = None) -> None:

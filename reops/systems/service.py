@@ -1,13 +1,15 @@
 """Machines inside the controller (`reops hub`): the queue and hypervisors live there.
 
-`await setup(controller)` runs the job queue in the hub's loop, opens the configured
-hypervisors, publishes job events on topic `jobs` and domain/network/pool events on
-`hypervisor.NAME`, and serves `machines.*` control methods. A VM started through the hub
-keeps running and its events keep flowing after the CLI command that asked has exited.
+The hub calls `attach(controller)` (a `[hub] services` entry): it registers the
+`machines.*` control methods and runs `setup` in the background, which runs the job queue
+in the hub's loop, opens the configured hypervisors, and publishes job events on topic
+`jobs` and domain/network/pool events on `hypervisor.NAME`. A VM started through the hub
+keeps running, and its events keep flowing, after the CLI command that asked has exited.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -42,10 +44,35 @@ def _plain(value: Any) -> Any:
 
 
 class MachinesService:
-    """The control methods of Machines; every input error goes back as one line."""
+    """The control methods of Machines; every input error goes back as one line.
 
-    def __init__(self, machines: Machines) -> None:
-        self.m = machines
+    Methods can be registered before Machines is ready (the hub attaches services
+    synchronously); each call waits for `bind` (or reports why setup failed).
+    """
+
+    def __init__(self, machines: Machines | None = None) -> None:
+        self._ready: asyncio.Future[Machines] = asyncio.get_running_loop().create_future()
+        self.task: asyncio.Task[None] | None = None
+        if machines is not None:
+            self.bind(machines)
+
+    def bind(self, machines: Machines) -> None:
+        if not self._ready.done():
+            self._ready.set_result(machines)
+
+    def fail(self, error: BaseException) -> None:
+        if not self._ready.done():
+            self._ready.set_exception(MachinesError(f"machines are not available: {error}"))
+            self._ready.exception()  # retrieved: each call gets it from `m`
+
+    @property
+    def m(self) -> Machines:
+        if not self._ready.done():
+            raise MachinesError("machines are starting; try again")
+        return self._ready.result()
+
+    async def ready(self) -> Machines:
+        return await asyncio.shield(self._ready)
 
     def methods(self) -> dict[str, Callable[[Session], Awaitable[Any]]]:
         return {
@@ -112,17 +139,20 @@ class MachinesService:
             sub.dispose()
 
 
-def _guard(fn: Callable[[Session], Awaitable[Any]]) -> Callable[[Session], Awaitable[Any]]:
-    """Machines' input errors as the control socket's one-line errors."""
+def _guard(service: MachinesService,
+           fn: Callable[[Session], Awaitable[Any]]) -> Callable[[Session], Awaitable[Any]]:
+    """Wait for Machines; its input errors become the control socket's one-line errors."""
     async def handler(s: Session) -> Any:
         try:
+            await service.ready()
             return await fn(s)
         except (MachinesError, SelectorError) as e:
             raise ValueError(str(e)) from None
     return handler
 
 
-async def setup(controller: Controller, machines: Machines | None = None) -> Machines:
+async def setup(controller: Controller, machines: Machines | None = None,
+                service: MachinesService | None = None) -> Machines:
     """Host Machines in `controller`; the caller closes it (`await m.aclose()`) at shutdown."""
     m = machines or Machines.open()
     for j in await m.run_queue():
@@ -140,9 +170,46 @@ async def setup(controller: Controller, machines: Machines | None = None) -> Mac
                 await m.hypervisor(name)
             except MachinesError as e:  # reachable later: connections open on first use
                 log.warning("%s", e)
-    for name, fn in MachinesService(m).methods().items():
-        controller.register(name, _guard(fn))
+    if service is None:
+        service = MachinesService(m)
+        _register(controller, service)
+    else:
+        service.bind(m)
     return m
+
+
+def _register(controller: Controller, service: MachinesService) -> None:
+    for name, fn in service.methods().items():
+        controller.register(name, _guard(service, fn))
+
+
+def attach(controller: Controller) -> asyncio.Task[None]:
+    """The hub's service hook: `[hub] services = ["reops.systems.service:attach"]`.
+
+    Registers the `machines.*` methods now and sets Machines up in the background; they
+    close when the hub's loop ends (the task is cancelled then).
+    """
+    service = MachinesService()
+    _register(controller, service)
+
+    async def run() -> None:
+        m: Machines | None = None
+        try:
+            m = Machines.open()
+            await setup(controller, m, service)
+            log.info("machines: queue running, %d hypervisor(s) configured",
+                     len(m.config.hypervisors))
+            await asyncio.Event().wait()  # until the hub stops
+        except Exception as e:
+            log.error("machines could not start: %s", e)
+            service.fail(e)
+        finally:
+            if m is not None:
+                await m.aclose()
+
+    task = asyncio.get_running_loop().create_task(run(), name="reops-machines")
+    service.task = task  # referenced by the registered handlers: lives as long as the hub
+    return task
 
 
 def job_of(value: Any) -> Job:
