@@ -31,6 +31,14 @@ _EXPORTS: dict[str, str] = {
     # operations
     "exec_": "reops.steps", "sh": "reops.steps", "ls": "reops.steps",
     "upload": "reops.steps", "download": "reops.steps", "Op": "reops.ops.base",
+    "sync": "reops.steps", "mkdir": "reops.steps", "rm": "reops.steps", "cp": "reops.steps",
+    "grep": "reops.steps", "extract": "reops.steps", "line_in_file": "reops.steps",
+    "template": "reops.steps", "pkg": "reops.steps", "service": "reops.steps",
+    "facts": "reops.steps", "metrics": "reops.steps", "listening": "reops.steps",
+    "ssh_sessions": "reops.steps", "firewall": "reops.steps",
+    "security_updates": "reops.steps", "reboot": "reops.steps", "shutdown": "reops.steps",
+    "boot_id": "reops.steps", "wait_back": "reops.steps", "collect": "reops.steps",
+    "windows": "reops.steps", "to_metrics_table": "reops.steps",
     # sinks
     "pretty": "reops.sinks.terminal", "jsonl": "reops.sinks.jsonl",
     "to_table": "reops.sinks.table", "save": "reops.sinks.table",

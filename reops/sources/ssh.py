@@ -311,6 +311,9 @@ class SshExecutor:
         self, host: Host, op: Op, settings: Settings, conn: asyncssh.SSHClientConnection,
         on_line: LineSink | None, started: float, t0: float,
     ) -> Result:
+        if op.name == "files.sync":  # rsync when both ends have it, else SFTP
+            from reops.sources.rsync import run_sync
+            return await run_sync(host, op, settings, conn)
         if op.kind == "shell":
             return await self._shell(host, op, settings, conn, on_line, started, t0)
         if op.kind in ("upload", "download"):
