@@ -453,3 +453,37 @@ async def test_schedule_results_buffered_while_hub_is_away(tmp_path: Path) -> No
             await ticks.aclose()
         finally:
             await client.close()
+
+
+async def test_control_socket_survives_garbage(fleet: tuple[LabHub, Path],
+                                               client: HubClient) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    hub, _ = fleet
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"ipc://{hub.control_path}")
+    junk = st.one_of(
+        st.binary(max_size=200),
+        st.builds(lambda m, p: msgspec.msgpack.encode({"id": 1, "method": m, "params": p}),
+                  st.sampled_from(["call", "schedule", "keys.accept", "cancel", "nope",
+                                   "agents"]),
+                  st.dictionaries(st.sampled_from(["hosts", "fn", "every", "names", "id",
+                                                   "timeout", "code", "args"]),
+                                  st.none() | st.integers(-(2**31), 2**31) | st.text(max_size=5)
+                                  | st.lists(st.integers(0, 9), max_size=2), max_size=4)))
+
+    @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(junk, min_size=1, max_size=2))
+    def blast(parts: list[bytes]) -> None:
+        sock.send_multipart(parts)
+
+    try:
+        await asyncio.to_thread(blast)
+    finally:
+        sock.close(0)
+        ctx.term()
+    results, _ = await call(client, hosts=["a1"], fn="ping")
+    assert results["a1"]["status"] == "ok"

@@ -128,7 +128,8 @@ class ControlServer:
                 log.warning("dropped a bad control message: %s", e)
                 continue
             if request.method == "cancel":
-                target = self.sessions.get((client, int(request.params.get("id", -1))))
+                rid = request.params.get("id")
+                target = self.sessions.get((client, rid)) if isinstance(rid, int) else None
                 if target is not None:
                     target.cancel()
                 continue
