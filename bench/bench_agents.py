@@ -39,6 +39,14 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def pss_kb(pid: int) -> int:
+    """Proportional set size: shared pages (libpython, libzmq) split among their users."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
 async def fan_out(client: HubClient, names: list[str], fn: str, args: list[Any]) -> float:
     t0 = time.perf_counter()
     n = 0
@@ -111,6 +119,7 @@ def bench_real(counts: list[int], repeat: int, root: Path) -> dict[str, Any]:
         first = labs[0]
         pid = first.pid(first.names[0])
         out["agent_rss_kb_idle"] = rss_kb(pid)
+        out["agent_pss_kb_idle"] = pss_kb(pid)
 
         async def trips() -> dict[str, float]:
             client = HubClient(hub.control_path)
