@@ -1,0 +1,51 @@
+"""`reops agents deploy` over real SSH to a lab host (opt-in: REOPS_TEST_DEPLOY=1).
+
+Slow (a venv and a pip install per host, ~30 s) and needs PyPI to fetch pyzmq and msgspec
+wheels, so it does not run by default.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reops.config import Settings
+from reops.hub.deploy import deploy
+from reops.ops.shell import exec_
+from reops.sources.agents_lab import start_hub, wait_for_agents
+from reops.streams.core import run
+from reops.streams.source import source
+
+pytestmark = pytest.mark.skipif(os.environ.get("REOPS_TEST_DEPLOY") != "1",
+                                reason="slow, needs PyPI: set REOPS_TEST_DEPLOY=1")
+
+
+def test_deploy_over_ssh(lab_factory: Callable[..., Any], tmp_path: Path,
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+    wheels = tmp_path / "wheels"
+    got = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d",
+                          str(wheels), "pyzmq", "msgspec"], capture_output=True)
+    if got.returncode:
+        pytest.skip("cannot download pyzmq/msgspec wheels")
+    hosts = lab_factory(hosts=1).info.as_hosts()
+    monkeypatch.setenv("REOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("REOPS_CONFIG", str(tmp_path / "none.toml"))
+    name = hosts.names[0]
+    with start_hub(tmp_path / "home", heartbeat_s=0.5) as hub:
+        try:
+            outcome = deploy(hosts, endpoint=hub.bind, settings=hub.settings, wheels=wheels,
+                             ssh_settings=Settings())
+            assert outcome.ok, outcome.failed
+            wait_for_agents(hub.control_path, [name], timeout=30)
+            via_agent = run(source(hosts, exec_("id", "-un"), via="agent"))
+            assert via_agent.ok and via_agent.results[0].transport == "agent"
+        finally:
+            run(source(hosts, exec_(f"kill $(cat .reops-agent/{name}/agent.pid); "
+                                    f"rm -rf .reops-agent/{name} .reops-agent-deploy/{name}"),
+                       via="ssh"))
