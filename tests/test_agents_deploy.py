@@ -47,5 +47,6 @@ def test_deploy_over_ssh(lab_factory: Callable[..., Any], tmp_path: Path,
             assert via_agent.ok and via_agent.results[0].transport == "agent"
         finally:
             run(source(hosts, exec_(f"kill $(cat .reops-agent/{name}/agent.pid); "
-                                    f"rm -rf .reops-agent/{name} .reops-agent-deploy/{name}"),
+                                    f"rm -rf .reops-agent/{name} .reops-agent-deploy/{name}; "
+                                    "rmdir .reops-agent .reops-agent-deploy 2>/dev/null; true"),
                        via="ssh"))
