@@ -81,6 +81,10 @@ def prepare_embed(uri: str) -> None:
         conf.write_text(EMBED_QEMU_CONF)
 
 
+#: libvirt's error while its QEMU driver is still re-attaching to a running guest
+REATTACHING = "monitor must not be NULL"
+
+
 def _first_line(e: BaseException) -> str:
     text = e.get_error_message() if isinstance(e, libvirt.libvirtError) else str(e)
     return (text or type(e).__name__).strip().splitlines()[0]
@@ -101,6 +105,7 @@ class Hypervisor:
                  loop: asyncio.AbstractEventLoop) -> None:
         self.name = name
         self.uri = uri
+        self.reattach_timeout = 0.0
         self._conn = conn
         self._loop = loop
         self._subject: Subject[HypervisorEvent] = Subject()
@@ -123,7 +128,9 @@ class Hypervisor:
             raise MachinesError(
                 f"hypervisor {name!r} ({uri}) is unreachable: {_first_line(e)}"
             ) from None
-        return cls(name, uri, conn, asyncio.get_running_loop())
+        hyp = cls(name, uri, conn, asyncio.get_running_loop())
+        hyp.reattach_timeout = timeout
+        return hyp
 
     @property
     def connection(self) -> libvirt.virConnect:
@@ -142,11 +149,23 @@ class Hypervisor:
             self._subject.on_completed()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking libvirt call in a worker thread; errors become MachinesError."""
-        try:
-            return await asyncio.to_thread(fn, *args)
-        except libvirt.libvirtError as e:
-            raise MachinesError(f"{self.name}: {_first_line(e)}") from None
+        """Run a blocking libvirt call in a worker thread; errors become MachinesError.
+
+        Right after an embedded QEMU driver opens, it re-attaches to running guests in
+        its own threads; a call in that window fails with "monitor must not be NULL".
+        Such calls are retried, with a growing pause, until `reattach_timeout` runs out.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reattach_timeout
+        pause = 0.05
+        while True:
+            try:
+                return await asyncio.to_thread(fn, *args)
+            except libvirt.libvirtError as e:
+                if REATTACHING not in str(e) or loop.time() + pause > deadline:
+                    raise MachinesError(f"{self.name}: {_first_line(e)}") from None
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
     # ---- events
     def _emit(self, kind: Any, name: str, uuid: str, event: str, detail: str) -> None:

@@ -9,6 +9,7 @@ leaves nothing behind, and the work itself runs in the durable queue.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -57,6 +58,7 @@ class Machines:
         self._hypervisors: dict[str, Hypervisor] = {}
         self._subscriptions: list[Any] = []
         self._on_connect: list[Callable[[Hypervisor], None]] = []
+        self._connecting: dict[str, asyncio.Lock] = {}
         self._handlers = Handlers(self, shutdown, provision)
         self.queue = JobQueue(store, self._handlers.table(), self.settings.limit)
 
@@ -100,12 +102,13 @@ class Machines:
         cfg = self.config.hypervisor(name)
         if cfg.kind != "libvirt":
             raise MachinesError(f"hypervisor {cfg.name!r} is {cfg.kind}, not libvirt")
-        if cfg.name not in self._hypervisors:
-            hyp = await Hypervisor.connect(cfg.name, cfg.uri, self.settings.connect_timeout)
-            self._hypervisors[cfg.name] = hyp
-            self._subscriptions.append(hyp.events.subscribe(self._on_event))
-            for fn in self._on_connect:
-                fn(hyp)
+        async with self._connecting.setdefault(cfg.name, asyncio.Lock()):  # one connection
+            if cfg.name not in self._hypervisors:
+                hyp = await Hypervisor.connect(cfg.name, cfg.uri, self.settings.connect_timeout)
+                self._hypervisors[cfg.name] = hyp
+                self._subscriptions.append(hyp.events.subscribe(self._on_event))
+                for fn in self._on_connect:
+                    fn(hyp)
         return self._hypervisors[cfg.name]
 
     def on_connect(self, fn: Callable[[Hypervisor], None]) -> None:
