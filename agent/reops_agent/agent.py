@@ -91,7 +91,9 @@ class Agent:
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue(cfg.outbox)
         self._ctx = zmq.asyncio.Context()
         self._sock = self._socket()
-        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self._monitor = self._sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
         self._sock.connect(cfg.hub)
         self._said: str = ""
         self._retime = asyncio.Event()  # the heartbeat interval changed: restart the wait
@@ -164,6 +166,11 @@ class Agent:
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.registered = False
                 self._send_now(self.hello())
+            elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self._say("the hub refused this agent's key (rejected there?); retrying")
+            else:
+                self._say("cannot authenticate the hub: is --hub-key the hub's current key "
+                          "(reops hub --print-key)? retrying")
 
     # ── heartbeats ────────────────────────────────────────────────────────────────────
 
