@@ -72,10 +72,11 @@ def config_toml(tmp: Path, *, extra: str = "") -> Path:
     return path
 
 
-def qemu_root() -> str:
+def qemu_root(suffix: str = "") -> str:
     """One qemu:///embed root for this process: libvirt allows one per process, and QEMU's
-    monitor socket path must stay short (so not under pytest's deep tmp_path)."""
-    root = Path(f"/tmp/reops-qemu-{os.getpid()}")
+    monitor socket path must stay short (so not under pytest's deep tmp_path). A suffix
+    names a root for other processes (e.g. hubs the test starts)."""
+    root = Path(f"/tmp/reops-qemu-{os.getpid()}{suffix}")
     if not root.exists():
         root.mkdir()
         atexit.register(shutil.rmtree, root, True)

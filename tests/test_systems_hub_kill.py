@@ -58,7 +58,7 @@ class Hubs:
 @pytest.fixture
 def hubs(tmp_path: Path) -> Iterator[Hubs]:
     (tmp_path / "config.toml").write_text(
-        f'[hypervisors.qemu]\nuri = "qemu:///embed?root={qemu_root()}-hub"\nnetwork = ""\n\n'
+        f'[hypervisors.qemu]\nuri = "qemu:///embed?root={qemu_root("-hub")}"\nnetwork = ""\n\n'
         "[machines]\nstop_timeout = 3\n")
     h = Hubs(tmp_path)
     yield h
