@@ -52,9 +52,10 @@ def _run(work: Callable[[MachinesAPI], Awaitable[T]]) -> T:
         return asyncio.run(main())
 
 
-async def _finish(api: MachinesAPI, jobs: list[Job]) -> int:
+async def _finish(api: MachinesAPI, jobs: list[Job],
+                  chosen: Sequence[System] | None = None) -> int:
     """Show the jobs' progress until they end; 1 when any did not succeed."""
-    names = {s.id: s.hostname for s in await api.systems()}
+    names = {s.id: s.hostname for s in (await api.systems() if chosen is None else chosen)}
 
     def show(ev: JobEvent) -> None:
         j = ev.job
@@ -210,7 +211,7 @@ def _lifecycle(op: JobOp, help_: str, destructive: bool) -> click.Command:
                 raise MachinesError(f"no system matches {selector!r}")
             if destructive:
                 _confirm(op, chosen, force)
-            return await _finish(api, await api.submit(op, selector))
+            return await _finish(api, await api.submit(op, selector), chosen)
         sys.exit(_run(work))
     return cmd
 
@@ -244,8 +245,9 @@ def systems_snapshot(selector: str, name: str) -> None:
 def systems_revert(selector: str, name: str, force: bool) -> None:
     """Revert systems to a named snapshot."""
     async def work(api: MachinesAPI) -> int:
-        _confirm("revert", await api.systems(selector), force)
-        return await _finish(api, await api.submit("revert", selector, name=name))
+        chosen = await api.systems(selector)
+        _confirm("revert", chosen, force)
+        return await _finish(api, await api.submit("revert", selector, name=name), chosen)
     sys.exit(_run(work))
 
 
