@@ -54,7 +54,7 @@ async def lifecycle(tmp: Path, hypervisor: str, uri: str, n: int, presets: list[
             if step == "create":
                 jobs = await m.create("bench", [*presets, f"count={n}"])
             else:
-                jobs = m.submit(step, "typed:bench")  # type: ignore[arg-type]
+                jobs = m.submit(step, "typed:bench")
             done = await m.wait(jobs)
             dt = time.perf_counter() - t0
             bad = [j.error for j in done if j.state != "succeeded"]
