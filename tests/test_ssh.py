@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -215,5 +216,27 @@ def test_ctrl_c_returns_partial_outcome(lab: LabInfo, tmp_path: Path) -> None:
     failed = [r for rs in doc["failure"].values() for r in rs]
     assert len(failed) == 9 and all("interrupted" in r["err"] for r in failed)
     # the interrupted hosts' commands were killed: nothing of ours still sleeps there
-    left = run(exec_(lab.as_hosts()["web1"], f"pgrep -fc '[s]{nap[1:]}' || true"))
-    assert left.successful[0].out.strip() == "0"
+    left = run(exec_(lab.as_hosts()["web1"], f"pgrep -fa '[s]{nap[1:]}' || true"))
+    assert left.successful[0].out == "", f"still running after Ctrl-C:\n{left.successful[0].out}"
+
+
+def test_idle_connections_close_after_idle_timeout(lab: LabInfo) -> None:
+    from reops.runtime import get_runtime
+    from reops.sources.ssh import SshExecutor
+
+    host = lab_hosts(lab)["cache5"]
+    settings = Settings(idle_timeout=0.3)
+    assert run(exec_(host, "true", settings=settings)).ok
+    rt = get_runtime()
+    ssh = rt.resource("ssh", SshExecutor)
+    [conn] = [p.conn for key, p in ssh._pool.items() if key[:2] == (host.address, host.port)]
+    # the pool closes it by itself once idle: wait for that event (bounded), no polling
+    rt.call(asyncio.wait_for(conn.wait_closed(), 30))
+    assert all(key[:2] != (host.address, host.port) for key in ssh._pool)
+    assert run(exec_(host, "echo back", settings=settings)).successful[0].out == "back\n"
+
+
+def test_sudo_failure_is_a_clear_result(lab: LabInfo) -> None:
+    out = run(exec_(lab_hosts(lab)["db3"], "id -u", sudo=True))
+    [r] = out.failed
+    assert r.status == "failed" and "sudo" in r.err

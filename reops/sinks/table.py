@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -19,8 +19,7 @@ COLUMNS = ("run_at", "host", "op", "status", "code", "out", "err", "started_at",
            "duration_s", "transport", "changed", "data")
 
 
-def _encode_data(data: Any) -> str | None:
-    return None if data is None else msgspec.json.encode(data).decode()
+_encoder = msgspec.json.Encoder()
 
 
 def to_table(results: Outcome | Iterable[Result], *, run_at: datetime | None = None
@@ -28,29 +27,29 @@ def to_table(results: Outcome | Iterable[Result], *, run_at: datetime | None = N
     """One row per host-step; `data` is kept as JSON text so any shape fits one column."""
     import polars as pl
 
-    rows = results.results if isinstance(results, Outcome) else results
-    cols: dict[str, list[Any]] = {c: [] for c in COLUMNS}
-    stamp = run_at or datetime.now(UTC)
-    for r in rows:
-        cols["run_at"].append(stamp)
-        cols["host"].append(r.host)
-        cols["op"].append(r.op)
-        cols["status"].append(r.status)
-        cols["code"].append(r.code)
-        cols["out"].append(r.out)
-        cols["err"].append(r.err)
-        cols["started_at"].append(datetime.fromtimestamp(r.started_at, UTC))
-        cols["duration_s"].append(r.duration_s)
-        cols["transport"].append(r.transport)
-        cols["changed"].append(r.changed)
-        cols["data"].append(_encode_data(r.data))
-    schema: dict[str, Any] = {
-        "run_at": pl.Datetime("us", "UTC"), "host": pl.String, "op": pl.String,
-        "status": pl.String, "code": pl.Int64, "out": pl.String, "err": pl.String,
-        "started_at": pl.Datetime("us", "UTC"), "duration_s": pl.Float64,
-        "transport": pl.String, "changed": pl.Boolean, "data": pl.String,
+    rows = results.results if isinstance(results, Outcome) else list(results)
+    encode = _encoder.encode
+    cols: dict[str, pl.Series] = {
+        "host": pl.Series([r.host for r in rows], dtype=pl.String),
+        "op": pl.Series([r.op for r in rows], dtype=pl.String),
+        "status": pl.Series([r.status for r in rows], dtype=pl.String),
+        "code": pl.Series([r.code for r in rows], dtype=pl.Int64),
+        "out": pl.Series([r.out for r in rows], dtype=pl.String),
+        "err": pl.Series([r.err for r in rows], dtype=pl.String),
+        "started_at": pl.Series([r.started_at for r in rows], dtype=pl.Float64),
+        "duration_s": pl.Series([r.duration_s for r in rows], dtype=pl.Float64),
+        "transport": pl.Series([r.transport for r in rows], dtype=pl.String),
+        "changed": pl.Series([r.changed for r in rows], dtype=pl.Boolean),
+        "data": pl.Series([None if r.data is None else encode(r.data).decode() for r in rows],
+                          dtype=pl.String),
     }
-    return pl.DataFrame(cols, schema=schema)
+    stamp = run_at or datetime.now(UTC)
+    return pl.DataFrame(cols).select(
+        pl.lit(stamp, dtype=pl.Datetime("us", "UTC")).alias("run_at"),
+        *(pl.col(c) for c in COLUMNS[1:7]),
+        (pl.col("started_at") * 1_000_000).cast(pl.Int64).cast(pl.Datetime("us", "UTC")),
+        *(pl.col(c) for c in COLUMNS[8:]),
+    )
 
 
 def save(table: pl.DataFrame | Outcome | Iterable[Result], path: str | Path) -> Path:

@@ -336,7 +336,7 @@ class SshExecutor:
         except asyncio.CancelledError:
             # the exec request may already be on its way: let it open, then kill it
             with contextlib.suppress(Exception):
-                _kill(await asyncio.wait_for(starting, settings.connect_timeout))
+                await _stop(await asyncio.wait_for(starting, settings.connect_timeout))
             raise
         if op.stdin is not None:
             process.stdin.write(op.stdin)
@@ -353,7 +353,7 @@ class SshExecutor:
                 await process.wait_closed()
         except TimeoutError:
             readers.cancel()
-            _kill(process)
+            await _stop(process)
             return Result(
                 host=host.name, op=op.name, status="timeout", code=UNREACHED,
                 out="".join(out_parts), err=(
@@ -362,7 +362,7 @@ class SshExecutor:
                 ), started_at=started, duration_s=time.monotonic() - t0,
             )
         except asyncio.CancelledError:
-            _kill(process)
+            await _stop(process)
             raise
         out, err = "".join(out_parts), "".join(err_parts)
         code = process.exit_status
@@ -418,10 +418,23 @@ async def _pump(
         on_line(Line(host, kind, line.rstrip("\n")))
 
 
-def _kill(process: asyncssh.SSHClientProcess[str]) -> None:
-    """Stop a remote command: signal it (OpenSSH ≥ 7.9 honours it), then close the channel."""
-    with contextlib.suppress(Exception):
-        process.send_signal("KILL")
+#: when to re-send the kill signal if the command is still there: sshd signals the
+#: command's process group, which does not exist yet if the command was only just forked
+KILL_RESEND_AFTER_S = (0.05, 0.25, 1.0)
+
+
+async def _stop(process: asyncssh.SSHClientProcess[str]) -> None:
+    """Kill a remote command (OpenSSH honours signal requests) and close its channel."""
+    for wait in KILL_RESEND_AFTER_S:
+        with contextlib.suppress(Exception):
+            process.send_signal("KILL")
+        try:
+            await asyncio.wait_for(process.wait_closed(), wait)
+            return
+        except (TimeoutError, asyncio.TimeoutError):
+            continue
+        except Exception:
+            break
     process.close()
 
 

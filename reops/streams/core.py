@@ -17,7 +17,6 @@ from typing import Any
 import reactivex
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
-from reactivex.subject import ReplaySubject
 
 from reops.model import Event, Host, Hosts, Line, Outcome, Result, failure_result
 from reops.runtime import get_runtime
@@ -32,15 +31,21 @@ class Stream:
     __slots__ = ("_once", "hosts", "rebuild")
 
     def __init__(self, source: Observable[Event], hosts: Hosts,
-                 rebuild: Rebuild | None = None) -> None:
-        self._once = _Once(source)
+                 rebuild: Rebuild | None = None, *, replay: bool = True,
+                 shared: bool = True) -> None:
+        self._once: _Once | Observable[Event] = _Once(source, replay) if shared else source
         self.hosts = hosts
         self.rebuild: Rebuild = rebuild or _no_rebuild
 
     @property
     def observable(self) -> Observable[Event]:
-        """The events; every subscriber sees the same single run."""
-        return self._once.observable
+        """The events; every subscriber sees the same single run.
+
+        Streams made `shared=False` (pure filters over a shared stream) pass subscribers
+        straight through: they have no side effects to run twice.
+        """
+        once = self._once
+        return once.observable if isinstance(once, _Once) else once
 
     def __or__(self, operator: Any) -> Stream:
         if isinstance(operator, Operator):
@@ -83,39 +88,83 @@ def _no_rebuild(hosts: Hosts) -> Stream:
 
 
 class _Once:
-    """Subscribe upstream once, replay to every subscriber; cancel when nobody listens."""
+    """Subscribe upstream once and share it; cancel when the last subscriber leaves.
 
-    __slots__ = ("_conn", "_lock", "_refs", "_source", "_subject", "observable")
+    With `replay`, late subscribers first get every event so far (finite op streams:
+    `partition` branches subscribe one after another). Without it, a late subscriber
+    sees only what comes next (long-running streams must not buffer forever).
+    A small hand-written subject: reactivex's ReplaySubject schedules every event
+    through a trampoline and costs ~20x more per event.
+    """
 
-    def __init__(self, source: Observable[Event]) -> None:
+    __slots__ = ("_conn", "_done", "_events", "_lock", "_observers", "_replay", "_source",
+                 "_started", "observable")
+
+    def __init__(self, source: Observable[Event], replay: bool = True) -> None:
         self._source = source
-        self._subject: ReplaySubject[Event] | None = None
+        self._replay = replay
+        self._events: list[Event] = []
+        self._observers: tuple[abc.ObserverBase[Event], ...] = ()
+        self._done: tuple[Exception | None] | None = None  # (None,) completed, (exc,) error
+        self._started = False
         self._conn: abc.DisposableBase | None = None
-        self._refs = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.observable: Observable[Event] = reactivex.create(self._subscribe)
 
     def _subscribe(self, observer: abc.ObserverBase[Event],
                    scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
         with self._lock:
-            first = self._subject is None
-            if self._subject is None:
-                self._subject = ReplaySubject()
-            subject = self._subject
-            self._refs += 1
-        sub = subject.subscribe(observer)
+            for e in self._events:
+                observer.on_next(e)
+            if self._done is not None:
+                _finish(observer, self._done)
+                return Disposable()
+            self._observers = (*self._observers, observer)
+            first = not self._started
+            self._started = True
         if first:
-            self._conn = self._source.subscribe(subject)
+            conn = self._source.subscribe(self._on_next, self._on_error, self._on_completed)
+            with self._lock:
+                self._conn = conn
 
         def dispose() -> None:
-            sub.dispose()
             with self._lock:
-                self._refs -= 1
-                last = self._refs == 0
-            if last and self._conn is not None:
-                self._conn.dispose()
+                self._observers = tuple(o for o in self._observers if o is not observer)
+                last = not self._observers and self._done is None
+                conn = self._conn
+            if last and conn is not None:
+                conn.dispose()
 
         return Disposable(dispose)
+
+    def _on_next(self, e: Event) -> None:
+        with self._lock:
+            if self._replay:
+                self._events.append(e)
+            for o in self._observers:
+                o.on_next(e)
+
+    def _end(self, done: tuple[Exception | None]) -> None:
+        with self._lock:
+            if self._done is not None:
+                return
+            self._done = done
+            observers, self._observers = self._observers, ()
+            for o in observers:
+                _finish(o, done)
+
+    def _on_error(self, exc: Exception) -> None:
+        self._end((exc,))
+
+    def _on_completed(self) -> None:
+        self._end((None,))
+
+
+def _finish(observer: abc.ObserverBase[Event], done: tuple[Exception | None]) -> None:
+    if done[0] is None:
+        observer.on_completed()
+    else:
+        observer.on_error(done[0])
 
 
 def fanout(hosts: Hosts, run_one: RunOne, *, lines: bool = False) -> Observable[Event]:

@@ -46,7 +46,7 @@ def where(pred: Predicate) -> Operator:
 
     def apply(up: Stream) -> Stream:
         return Stream(up.observable.pipe(ops.filter(_keep(pred))), up.hosts,
-                      lambda hs: apply(up.rebuild(hs)))
+                      lambda hs: apply(up.rebuild(hs)), shared=False)
 
     return Operator(apply, f"where({getattr(pred, '__name__', 'pred')})")
 
@@ -255,6 +255,6 @@ def results_only() -> Operator:
 
     def apply(up: Stream) -> Stream:
         return Stream(up.observable.pipe(ops.filter(lambda e: isinstance(e, Result))),
-                      up.hosts, lambda hs: apply(up.rebuild(hs)))
+                      up.hosts, lambda hs: apply(up.rebuild(hs)), shared=False)
 
     return Operator(apply, "results_only")
