@@ -431,7 +431,7 @@ async def _stop(process: asyncssh.SSHClientProcess[str]) -> None:
         try:
             await asyncio.wait_for(process.wait_closed(), wait)
             return
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             continue
         except Exception:
             break
