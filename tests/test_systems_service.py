@@ -129,3 +129,27 @@ async def test_api_through_the_hub(hub: HubThread) -> None:
 def jobs_host(jobs: list, systems: list) -> str:
     """The hostname of the first job's system."""
     return next(s.hostname for s in systems if s.id == jobs[0].system_id)
+
+
+def test_live_observable_through_the_hub(hub: HubThread) -> None:
+    """hypervisor_events() from blocking code: events of machines the hub runs."""
+    import queue
+
+    from reops.hub.client import request_sync
+    from reops.systems.live import hypervisor_events, systems
+
+    got: queue.Queue[object] = queue.Queue()
+    listening = threading.Event()
+    sub = hypervisor_events("lab", on_ready=listening.set).subscribe(got.put)
+    try:
+        assert listening.wait(10)
+        request_sync(hub.settings.control_path, "machines.types.add", {"name": "live"})
+        jobs = request_sync(hub.settings.control_path, "machines.create",
+                            {"type": "live", "presets": ["tiny"], "hostname": "lv1"})
+        ev = got.get(timeout=10)
+        assert (ev.hypervisor, ev.name, ev.event) == ("lab", "lv1", "DEFINED")  # type: ignore[attr-defined]
+        request_sync(hub.settings.control_path, "machines.wait", {"ids": [jobs[0]["id"]]},
+                     timeout=10)
+        assert [s.hostname for s in systems("typed:live")] == ["lv1"]
+    finally:
+        sub.dispose()

@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "Store": "reops.systems.store", "JobQueue": "reops.systems.queue",
     "HypervisorEvent": "reops.systems.libvirt_events", "hosts": "reops.systems.bridge",
     "connect": "reops.systems.api", "setup": "reops.systems.service",
+    "hypervisor_events": "reops.systems.live", "systems": "reops.systems.live",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -210,8 +210,10 @@ class HubMachines:
         await self.client.close()
 
 
-async def connect(root: Path | None = None, *, hub: bool | None = None) -> MachinesAPI:
-    """The hub's Machines when a hub answers (or `hub=True`), else Machines in this process."""
+async def connect(root: Path | None = None, *, hub: bool | None = None,
+                  queue: bool = True) -> MachinesAPI:
+    """The hub's Machines when a hub answers (or `hub=True`), else Machines in this process
+    (running the job queue here unless `queue=False`, e.g. to only watch events)."""
     if hub is not False:
         from reops.hub.client import HubClient, HubNotRunning
 
@@ -224,6 +226,8 @@ async def connect(root: Path | None = None, *, hub: bool | None = None) -> Machi
             if hub:
                 raise
     local = LocalMachines(Machines.open(root))
+    if not queue:
+        return local
     try:
         await local.start()
     except BaseException:
