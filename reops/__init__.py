@@ -39,6 +39,9 @@ _EXPORTS: dict[str, str] = {
     "security_updates": "reops.steps", "reboot": "reops.steps", "shutdown": "reops.steps",
     "boot_id": "reops.steps", "wait_back": "reops.steps", "collect": "reops.steps",
     "windows": "reops.steps", "to_metrics_table": "reops.steps",
+    # agents
+    "agents": "reops.sources.agents", "call": "reops.sources.agents",
+    "schedule": "reops.sources.agents", "agent_events": "reops.sources.agents",
     # sinks
     "pretty": "reops.sinks.terminal", "jsonl": "reops.sinks.jsonl",
     "to_table": "reops.sinks.table", "save": "reops.sinks.table",
@@ -48,7 +51,7 @@ _EXPORTS: dict[str, str] = {
 
 # `reops.inventory` is both a module and the loader function: import the (light) module
 # now and bind the function, so a later `import reops.inventory` cannot shadow it.
-from reops.inventory import inventory  # noqa: E402
+from reops.inventory import inventory as inventory  # noqa: E402
 
 __all__ = sorted([*_EXPORTS, "inventory"])
 

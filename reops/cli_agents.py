@@ -289,6 +289,8 @@ def start_lab_agents(info: Any, allow_code: bool = True) -> None:
     from reops.sources.agents_lab import save_agents, start_agents, wait_for_agents
 
     settings = _settings()
+    workdir = Path(info.root) / "agents"
+    stop_lab_agents(info.root)
     try:
         hub_info = ping_sync(settings.control_path)
     except HubNotRunning:
@@ -296,10 +298,10 @@ def start_lab_agents(info: Any, allow_code: bool = True) -> None:
             settings = settings.with_(bind=settings.bind.replace("0.0.0.0", "127.0.0.1"))
         hub_info = start_background(settings)
         click.echo(f"hub started (pid {hub_info['pid']}) on {hub_info['bind']}", err=True)
+        workdir.mkdir(parents=True, exist_ok=True)  # `lab down` stops the hub it started
+        (workdir / "hub.json").write_text(json.dumps({"pid": hub_info["pid"]}))
     endpoint = str(hub_info["bind"]).replace("0.0.0.0", "127.0.0.1")
     names = list(info.hosts)
-    workdir = Path(info.root) / "agents"
-    stop_lab_agents(info.root)
     lab = start_agents(names, endpoint, hub_info["key"], settings.keys_path, workdir=workdir,
                        allow_code=allow_code)
     save_agents(lab, workdir / "agents.json")
@@ -309,6 +311,20 @@ def start_lab_agents(info: Any, allow_code: bool = True) -> None:
 
 def stop_lab_agents(root: Path | str) -> int:
     """Stop the agents `start_lab_agents` started for the lab in `root`; how many."""
+    from reops.hub.client import HubNotRunning, ping_sync
+    from reops.hub.daemon import stop_running
     from reops.sources.agents_lab import stop_saved_agents
 
-    return stop_saved_agents(Path(root) / "agents" / "agents.json")
+    stopped = stop_saved_agents(Path(root) / "agents" / "agents.json")
+    started = Path(root) / "agents" / "hub.json"
+    if started.exists():
+        settings = _settings()
+        try:
+            running = ping_sync(settings.control_path)
+        except HubNotRunning:
+            running = {}
+        if running.get("pid") == json.loads(started.read_text()).get("pid"):
+            stop_running(settings)
+            click.echo(f"hub stopped (pid {running['pid']}): the lab had started it", err=True)
+        started.unlink()
+    return stopped

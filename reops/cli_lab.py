@@ -48,8 +48,14 @@ def down(root: Path) -> None:
 
     lab_ = Lab.load(root)
     n = len(lab_.hosts)
+    agents = 0
+    if (Path(root) / "agents" / "agents.json").exists():
+        from reops.cli_agents import stop_lab_agents
+
+        agents = stop_lab_agents(root)
     lab_.down()
-    click.echo(f"lab down: {n} hosts stopped", err=True)
+    more = f" and {agents} agents" if agents else ""
+    click.echo(f"lab down: {n} hosts{more} stopped", err=True)
 
 
 @lab.command("status")
