@@ -106,6 +106,7 @@ class Hypervisor:
         self.name = name
         self.uri = uri
         self.reattach_timeout = 0.0
+        self._closed = False
         self._conn = conn
         self._loop = loop
         self._subject: Subject[HypervisorEvent] = Subject()
@@ -139,14 +140,16 @@ class Hypervisor:
 
     async def close(self) -> None:
         """Stop events and close the connection; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
         callbacks, self._callbacks = self._callbacks, []
         for deregister, cb_id in callbacks:
             with contextlib.suppress(libvirt.libvirtError):
                 deregister(cb_id)
-        if callbacks:
-            with contextlib.suppress(libvirt.libvirtError):
-                await asyncio.to_thread(self._conn.close)
-            self._subject.on_completed()
+        with contextlib.suppress(libvirt.libvirtError):
+            await asyncio.to_thread(self._conn.close)
+        self._subject.on_completed()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking libvirt call in a worker thread; errors become MachinesError.
