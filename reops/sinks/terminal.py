@@ -51,6 +51,14 @@ class Printer:
         self._task: Any = None
         self._want_progress = sys.stderr.isatty() if progress is None else progress
         self._timer: Any = None
+        self._streamed: set[str] = set()  # hosts whose lines were shown live
+
+    def _print(self, text: str, style: str | None = None) -> None:
+        """Print a row; above the progress bar when both share the terminal."""
+        if self._progress is not None and self.console.is_terminal:
+            self._progress.console.print(text, style=style, highlight=False, soft_wrap=True)
+        else:
+            self.console.print(text, style=style)
 
     def start(self) -> None:
         if self._want_progress and self.total > 1:
@@ -72,8 +80,9 @@ class Printer:
 
     def line(self, e: Line) -> None:
         if self.show_lines:
+            self._streamed.add(e.host)
             style = "dim" if e.stream == "out" else "yellow"
-            self.console.print(f"[{style}]{e.host:>{self.width}} │[/] {_esc(e.text)}")
+            self._print(f"[{style}]{e.host:>{self.width}} │[/] {_esc(e.text)}")
 
     def result(self, r: Result) -> None:
         self.width = max(self.width, min(len(r.host), 24))
@@ -82,7 +91,7 @@ class Printer:
             self._progress.update(self._task, advance=1)
         mark = "[green]✔[/]" if r.ok else "[red]✘[/]"
         body = r.out if r.ok else (r.err or r.out)
-        lines = _tail(body, self.tail)
+        lines = [] if r.host in self._streamed and r.ok else _tail(body, self.tail)
         head = f"{mark} [bold]{_esc(r.host):<{self.width}}[/] [dim]{r.op} {r.duration_s:.2f}s"
         if not r.ok:
             head += f" {describe_failure(r)}"
@@ -90,17 +99,18 @@ class Printer:
             head += " changed"
         head += "[/]"
         if len(lines) == 1 and len(lines[0]) < 100:
-            self.console.print(f"{head}  {_esc(lines[0])}")
+            self._print(f"{head}  {_esc(lines[0])}")
             return
-        self.console.print(head)
+        self._print(head)
         for text in lines:
-            self.console.print(f"    {_esc(text)}", style=None if r.ok else "red")
+            self._print(f"    {_esc(text)}", style=None if r.ok else "red")
 
     def summary(self, interrupted: bool = False) -> None:
         if self._timer is not None:
             self._timer.cancel()
         if self._progress is not None:
             self._progress.stop()
+            self._progress = None
         ok = self.counts.get("ok", 0)
         total = sum(self.counts.values())
         bad = {k: v for k, v in self.counts.items() if k != "ok"}
