@@ -38,13 +38,18 @@ def _errors() -> Iterator[None]:
             from None
 
 
-def _run(work: Callable[[MachinesAPI], Awaitable[T]]) -> T:
-    """Reach Machines (the hub's, else run here), do `work`, close."""
+def _run(work: Callable[[MachinesAPI], Awaitable[T]], *, jobs: bool = False) -> T:
+    """Reach Machines (the hub's, else run here), do `work`, close.
+
+    `jobs`: the work submits jobs, so follow job events from before they are submitted.
+    """
     async def main() -> T:
         api = await connect()
         try:
             for j in getattr(api, "recovered", ()):
                 click.echo(f"recovered: job {j.short_id} {j.op}: {j.error}", err=True)
+            if jobs:
+                await api.follow()
             return await work(api)
         finally:
             await api.aclose()
@@ -174,7 +179,7 @@ def systems_create(type_name: str, presets: tuple[str, ...], count: int | None,
         made = {j.system_id for j in jobs}
         _print_systems([s for s in await api.systems() if s.id in made])
         return code
-    sys.exit(_run(work))
+    sys.exit(_run(work, jobs=True))
 
 
 def _print_systems(chosen: list[System]) -> None:
@@ -212,7 +217,7 @@ def _lifecycle(op: JobOp, help_: str, destructive: bool) -> click.Command:
             if destructive:
                 _confirm(op, chosen, force)
             return await _finish(api, await api.submit(op, selector), chosen)
-        sys.exit(_run(work))
+        sys.exit(_run(work, jobs=True))
     return cmd
 
 
@@ -235,7 +240,7 @@ def systems_snapshot(selector: str, name: str) -> None:
     """Take a named snapshot of systems."""
     async def work(api: MachinesAPI) -> int:
         return await _finish(api, await api.submit("snapshot", selector, name=name))
-    sys.exit(_run(work))
+    sys.exit(_run(work, jobs=True))
 
 
 @systems.command("revert")
@@ -248,7 +253,7 @@ def systems_revert(selector: str, name: str, force: bool) -> None:
         chosen = await api.systems(selector)
         _confirm("revert", chosen, force)
         return await _finish(api, await api.submit("revert", selector, name=name), chosen)
-    sys.exit(_run(work))
+    sys.exit(_run(work, jobs=True))
 
 
 @systems.command("sync")
@@ -257,7 +262,7 @@ def systems_sync(hypervisor: str | None) -> None:
     """Import the machines that already exist on a hypervisor."""
     async def work(api: MachinesAPI) -> int:
         return await _finish(api, [await api.sync(hypervisor)])
-    sys.exit(_run(work))
+    sys.exit(_run(work, jobs=True))
 
 
 @systems.command("register")
@@ -316,7 +321,7 @@ def jobs_wait(job_id: str) -> None:
         job = (await api.wait([await api.job(job_id)]))[0]
         click.echo(f"job {job.short_id} {job.state}{': ' + job.error if job.error else ''}")
         return 0 if job.state == "succeeded" else 1
-    sys.exit(_run(work))
+    sys.exit(_run(work, jobs=True))
 
 
 # ── events ───────────────────────────────────────────────────────────────────────────────

@@ -8,6 +8,7 @@ the job queue in this process until the command ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -19,6 +20,9 @@ from reops.systems.machines import Machines
 from reops.systems.model import Job, JobEvent, JobOp, MachinesError, System, Type
 
 T = TypeVar("T")
+
+#: seconds `wait` gives already-sent job events to arrive after the hub's final answer
+FOLLOW_GRACE = 5.0
 OnJob = Callable[[JobEvent], None]
 OnEvent = Callable[[HypervisorEvent], None]
 
@@ -42,6 +46,7 @@ class MachinesAPI(Protocol):
     async def jobs(self, limit: int | None) -> list[Job]: ...
     async def job(self, id_or_prefix: str) -> Job: ...
     async def wait(self, jobs: Sequence[Job], on_job: OnJob | None = None) -> list[Job]: ...
+    async def follow(self) -> None: ...
     async def watch(self, names: Sequence[str], on_event: OnEvent,
                     on_ready: Callable[[], None] | None = None) -> None: ...
     async def aclose(self) -> None: ...
@@ -108,6 +113,9 @@ class LocalMachines:
         finally:
             sub.dispose()
 
+    async def follow(self) -> None:
+        """Nothing to do: jobs cannot start here before `wait` listens."""
+
     async def watch(self, names: Sequence[str], on_event: OnEvent,
                     on_ready: Callable[[], None] | None = None) -> None:
         """Call `on_event` for every event until cancelled; `on_ready` once listening."""
@@ -132,6 +140,32 @@ class HubMachines:
 
     def __init__(self, client: Any) -> None:
         self.client = client
+        self._seen: list[JobEvent] | None = None  # job events since `follow`
+        self._listeners: list[OnJob] = []
+        self._following: asyncio.Task[None] | None = None
+
+    async def follow(self) -> None:
+        """Record job events from now on, so `wait` shows jobs that start before it runs."""
+        if self._following is not None:
+            return
+        subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._seen = []
+
+        async def run() -> None:
+            async for item in self.client.stream("subscribe", topics=["jobs"]):
+                if item.get("topic") == "subscribed":
+                    subscribed.set_result(None)
+                    continue
+                ev = msgspec.convert(item["data"], JobEvent)
+                assert self._seen is not None
+                self._seen.append(ev)
+                for fn in list(self._listeners):
+                    fn(ev)
+
+        self._following = asyncio.ensure_future(run())
+        await asyncio.wait([subscribed, self._following], return_when=asyncio.FIRST_COMPLETED)
+        if self._following.done():
+            self._following.result()  # raises why the subscription ended
 
     async def _call(self, cls: type[T], method: str, **params: Any) -> T:
         from reops.hub.client import HubError
@@ -181,13 +215,41 @@ class HubMachines:
 
     async def wait(self, jobs: Sequence[Job], on_job: OnJob | None = None) -> list[Job]:
         from reops.hub.client import HubError
+        ids = {j.id for j in jobs}
+        ended: set[str] = set()
+        news = asyncio.Event()
+
+        def mine(ev: JobEvent) -> None:
+            if ev.job.id in ids or ev.job.retry_of in ids:
+                ids.add(ev.job.id)
+                if ev.event not in ("queued", "started"):
+                    ended.add(ev.job.id)
+                    news.set()
+                if on_job is not None:
+                    on_job(ev)
+
+        following = self._seen is not None
+        if following:
+            for ev in list(self._seen or ()):  # what happened before this wait
+                mine(ev)
+            self._listeners.append(mine)
         try:
             async for item in self.client.stream("machines.wait", ids=[j.id for j in jobs]):
-                if on_job is not None:
-                    on_job(msgspec.convert(item, JobEvent))
+                if not following:
+                    mine(msgspec.convert(item, JobEvent))
+            final = [await self._followed(j.id) for j in jobs]
+            # the hub sent each job's last event before its answer; let it reach `mine`
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FOLLOW_GRACE if following else 0):
+                    while not {f.id for f in final} <= ended:
+                        news.clear()
+                        await news.wait()
+            return final
         except HubError as e:
             raise MachinesError(str(e)) from None
-        return [await self._followed(j.id) for j in jobs]
+        finally:
+            if mine in self._listeners:
+                self._listeners.remove(mine)
 
     async def _followed(self, job_id: str) -> Job:
         """The job, or the retry that finished it when it was interrupted."""
@@ -207,6 +269,9 @@ class HubMachines:
                 on_event(msgspec.convert(item["data"], HypervisorEvent))
 
     async def aclose(self) -> None:
+        if self._following is not None:
+            self._following.cancel()
+            await asyncio.gather(self._following, return_exceptions=True)
         await self.client.close()
 
 
