@@ -42,6 +42,7 @@ from typing import Any, Literal, TypeVar, overload
 import click
 
 from reops.model import Outcome, Result
+from reops.runtime import deferred_interrupts
 
 __all__ = [
     "Flow",
@@ -412,9 +413,10 @@ def keep_alive(running: Any) -> int:
     subscription: Any = None
     try:
         if callable(getattr(running, "subscribe", None)):
-            subscription = running.subscribe(
-                on_next=on_next, on_error=on_error, on_completed=done.set
-            )
+            with deferred_interrupts():  # so a Ctrl-C cannot lose the subscription
+                subscription = running.subscribe(
+                    on_next=on_next, on_error=on_error, on_completed=done.set
+                )
         else:
             subscription = running
         done.wait()  # only Ctrl-C ends a bare Disposable

@@ -13,7 +13,7 @@ import concurrent.futures
 import contextlib
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -129,6 +129,20 @@ class Runtime:
                 self.submit(self._close_all()).result(timeout=SHUTDOWN_GRACE_S)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=SHUTDOWN_GRACE_S)
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C until the block is done (e.g. a subscribe whose disposable we need);
+    a Ctrl-C pressed meanwhile is delivered right after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 _runtime: Runtime | None = None

@@ -19,7 +19,7 @@ from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 
 from reops.model import Event, Host, Hosts, Line, Outcome, Result, failure_result
-from reops.runtime import get_runtime
+from reops.runtime import deferred_interrupts, get_runtime
 
 Rebuild = Callable[[Hosts], "Stream"]
 RunOne = Callable[[Host, Callable[[Line], None] | None], Awaitable[Result]]
@@ -248,15 +248,18 @@ def run(stream: Stream) -> Outcome:
         errors.append(e)
         done.set()
 
-    sub = stream.observable.subscribe(on_next, on_error, done.set)
     interrupted = False
+    sub: abc.DisposableBase | None = None
     try:
+        with deferred_interrupts():  # a Ctrl-C right now must not lose the subscription
+            sub = stream.observable.subscribe(on_next, on_error, done.set)
         done.wait()
     except KeyboardInterrupt:
         interrupted = True
         rt.barrier()  # events already being delivered on the loop reach `results` first
     finally:
-        sub.dispose()
+        if sub is not None:
+            sub.dispose()
     if interrupted:
         rt.settle()  # remote commands are killed and channels closed before we return
     if errors:
