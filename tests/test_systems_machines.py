@@ -205,3 +205,31 @@ async def test_provisioning_seam_runs_after_boot(tmp_path: Path) -> None:
         assert "apt failed" in bad.error and m.systems("bad")[0].state == "running"
         (again,) = await m.wait(await m.provision("good"))
         assert again.state == "succeeded" and len(ran) == 3
+
+
+async def test_physical_status_and_shutdown_over_executors(tmp_path: Path) -> None:
+    """Reachability over real SSH (nothing listens: stopped); shutdown's command via DryRun."""
+    from reops.config import Settings
+    from reops.sources.ssh import SshExecutor
+    from reops.streams.source import DryRun
+    from reops.systems.physical import over
+
+    settings = Settings(connect_timeout=5)
+    ssh = SshExecutor(settings)
+    _, ssh_reachable = over(ssh, settings)
+    dry_shutdown, dry_reachable = over(DryRun(), settings)
+    cfg = load_machines_config(config_toml(tmp_path))
+    async with Machines.open(tmp_path, cfg, reachable=ssh_reachable) as m:
+        m.register_physical("box1", "aa:bb:cc:dd:ee:01", ip="127.0.0.1", hypervisor="rack")
+        (job,) = await m.wait([await m.sync("rack")])
+        assert job.result == {"running": [], "stopped": ["box1"]}, job.error
+    await ssh.close()
+    async with Machines.open(tmp_path, cfg, reachable=dry_reachable,
+                             shutdown=dry_shutdown) as m:
+        (job,) = await m.wait([await m.sync("rack")])
+        assert job.result == {"running": ["box1"], "stopped": []}
+        box = m.systems("box1")[0]
+        r = await dry_shutdown(box)
+        assert r.out == "sudo -n -- sh -c 'shutdown -h now'" and r.host == "box1"
+        (stop,) = await m.wait(await m.stop("box1"))
+        assert stop.state == "succeeded" and m.systems("box1")[0].state == "stopped"

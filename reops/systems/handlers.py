@@ -7,6 +7,7 @@ when creating fails, so a failed create leaves no domain, volume or record behin
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 
 #: how a physical machine is stopped: run `shutdown` on it over SSH (the SSH source's job)
 ShutdownSeam = Callable[[System], Awaitable[Result]]
+#: whether a physical machine answers over SSH (its status)
+ReachableSeam = Callable[[System], Awaitable[bool]]
 #: how a Type's provisioning flow runs on a new system (the flows layer's job)
 ProvisionSeam = Callable[[System, Type], Awaitable[Result]]
 Handler = Callable[[Job], Awaitable[Mapping[str, Any] | None]]
@@ -33,10 +36,12 @@ class Handlers:
     """The job handlers of one Machines service."""
 
     def __init__(self, machines: Machines, shutdown: ShutdownSeam | None,
-                 provision: ProvisionSeam | None = None) -> None:
+                 provision: ProvisionSeam | None = None,
+                 reachable: ReachableSeam | None = None) -> None:
         self.m = machines
         self.shutdown = shutdown
         self.provisioner = provision
+        self.reachable = reachable
 
     def table(self) -> dict[str, Handler]:
         return {
@@ -192,6 +197,8 @@ class Handlers:
     async def sync(self, job: Job) -> dict[str, Any]:
         """Import domains we do not know, refresh those we do, mark vanished ones missing."""
         name = job.args["hypervisor"]
+        if self.m.config.hypervisor(name).kind == "physical":
+            return await self._sync_physical(name)
         hyp = await self.m.hypervisor(name)
         store = self.m.store
         imported, updated = [], 0
@@ -223,6 +230,25 @@ class Handlers:
             if s.hostname in missing and s.placement.hypervisor == name:
                 self._save(s, state="missing", machine={"ip": None})
         return {"imported": imported, "updated": updated, "missing": missing}
+
+
+    async def _sync_physical_one(self, s: System) -> str:
+        assert self.reachable is not None
+        state = "running" if await self.reachable(s) else "stopped"
+        self._save(self._fresh(s), state=state)
+        return state
+
+    async def _sync_physical(self, name: str) -> dict[str, Any]:
+        """Physical machines' state is whether they answer over SSH."""
+        if self.reachable is None:
+            raise MachinesError(f"syncing {name!r} needs SSH: no reachability seam wired "
+                                "(Machines(reachable=...), see reops.systems.physical)")
+        chosen = [s for s in self.m.store.systems() if s.placement.hypervisor == name]
+        states = await asyncio.gather(*(self._sync_physical_one(s) for s in chosen))
+        return {"running": [s.hostname for s, st in zip(chosen, states, strict=True)
+                            if st == "running"],
+                "stopped": [s.hostname for s, st in zip(chosen, states, strict=True)
+                            if st == "stopped"]}
 
 
 def _id_for(uuid: str) -> str:

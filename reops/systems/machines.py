@@ -22,7 +22,7 @@ from reops.config import home
 from reops.model import Host, Hosts
 from reops.sources.hypervisor import Hypervisor
 from reops.systems.config import MachinesConfig, load_machines_config
-from reops.systems.handlers import Handlers, ProvisionSeam, ShutdownSeam
+from reops.systems.handlers import Handlers, ProvisionSeam, ReachableSeam, ShutdownSeam
 from reops.systems.libvirt_events import HypervisorEvent
 from reops.systems.model import (
     Job,
@@ -51,7 +51,8 @@ class Machines:
 
     def __init__(self, store: Store, config: MachinesConfig,
                  shutdown: ShutdownSeam | None = None,
-                 provision: ProvisionSeam | None = None) -> None:
+                 provision: ProvisionSeam | None = None,
+                 reachable: ReachableSeam | None = None) -> None:
         self.store = store
         self.config = config
         self.settings = config.settings
@@ -59,16 +60,17 @@ class Machines:
         self._subscriptions: list[Any] = []
         self._on_connect: list[Callable[[Hypervisor], None]] = []
         self._connecting: dict[str, asyncio.Lock] = {}
-        self._handlers = Handlers(self, shutdown, provision)
+        self._handlers = Handlers(self, shutdown, provision, reachable)
         self.queue = JobQueue(store, self._handlers.table(), self.settings.limit)
 
     @classmethod
     def open(cls, root: Path | None = None, config: MachinesConfig | None = None,
              shutdown: ShutdownSeam | None = None,
-             provision: ProvisionSeam | None = None) -> Machines:
+             provision: ProvisionSeam | None = None,
+             reachable: ReachableSeam | None = None) -> Machines:
         """Machines over `<root>/machines.db` (root: $REOPS_HOME or ~/.reops)."""
         store = Store((root or home()) / "machines.db")
-        return cls(store, config or load_machines_config(), shutdown, provision)
+        return cls(store, config or load_machines_config(), shutdown, provision, reachable)
 
     async def __aenter__(self) -> Machines:
         await self.run_queue()
@@ -252,7 +254,8 @@ class Machines:
     async def sync(self, hypervisor: str | None = None) -> Job:
         """Queue an import of the domains that exist on a hypervisor."""
         cfg = self.config.hypervisor(hypervisor)
-        await self.hypervisor(cfg.name)  # unreachable: fail now, queue nothing
+        if cfg.kind == "libvirt":
+            await self.hypervisor(cfg.name)  # unreachable: fail now, queue nothing
         return self.queue.submit("sync", None, hypervisor=cfg.name)
 
     # ---- jobs

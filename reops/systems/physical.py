@@ -1,0 +1,35 @@
+"""Physical machines over SSH: the shutdown and reachability seams from any Executor.
+
+    from reops.sources.ssh import SshExecutor
+    shutdown, reachable = over(SshExecutor(settings), settings)
+    Machines.open(shutdown=shutdown, reachable=reachable)
+
+Start is Wake-on-LAN (reops.systems.wol); stop runs `shutdown -h now` with sudo; status
+is whether the machine answers a trivial command.
+"""
+
+from __future__ import annotations
+
+from reops.config import Settings
+from reops.model import Result
+from reops.ops.base import Op
+from reops.sources.base import Executor
+from reops.systems.handlers import ReachableSeam, ShutdownSeam
+from reops.systems.machines import to_hosts
+from reops.systems.model import System
+
+SHUTDOWN = Op(name="shutdown", command="shutdown -h now", sudo=True)
+PROBE = Op(name="reachable", command="true")
+
+
+def over(executor: Executor, settings: Settings) -> tuple[ShutdownSeam, ReachableSeam]:
+    """(shutdown, reachable) for Machines, running over `executor` (SSH or agents)."""
+    async def shutdown(s: System) -> Result:
+        (host,) = to_hosts([s])
+        return await executor.run(host, SHUTDOWN, settings)
+
+    async def reachable(s: System) -> bool:
+        (host,) = to_hosts([s])
+        return (await executor.run(host, PROBE, settings)).ok
+
+    return shutdown, reachable
