@@ -290,7 +290,9 @@ async def connect(root: Path | None = None, *, hub: bool | None = None,
             await client.close()
             if hub:
                 raise
-    local = LocalMachines(Machines.open(root))
+    from reops.systems.physical import open_machines
+
+    local = LocalMachines(open_machines(root))
     if not queue:
         return local
     try:

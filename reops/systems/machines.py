@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ class Machines:
         self._subscriptions: list[Any] = []
         self._on_connect: list[Callable[[Hypervisor], None]] = []
         self._connecting: dict[str, asyncio.Lock] = {}
+        self._closers: list[Callable[[], Awaitable[None]]] = []
         self._handlers = Handlers(self, shutdown, provision, reachable)
         self.queue = JobQueue(store, self._handlers.table(), self.settings.limit)
 
@@ -91,7 +92,14 @@ class Machines:
         hyps, self._hypervisors = list(self._hypervisors.values()), {}
         for h in hyps:
             await h.close()
+        closers, self._closers = self._closers, []
+        for close in closers:
+            await close()
         self.store.close()
+
+    def on_close(self, close: Callable[[], Awaitable[None]]) -> None:
+        """Run `close()` in `aclose` (e.g. the SSH executor behind the physical seams)."""
+        self._closers.append(close)
 
     # ---- streams
     @property

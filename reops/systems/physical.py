@@ -10,12 +10,14 @@ is whether the machine answers a trivial command.
 
 from __future__ import annotations
 
-from reops.config import Settings
+from pathlib import Path
+
+from reops.config import Settings, load_settings
 from reops.model import Result
 from reops.ops.base import Op
 from reops.sources.base import Executor
 from reops.systems.handlers import ReachableSeam, ShutdownSeam
-from reops.systems.machines import to_hosts
+from reops.systems.machines import Machines, to_hosts
 from reops.systems.model import System
 
 SHUTDOWN = Op(name="shutdown", command="shutdown -h now", sudo=True)
@@ -33,3 +35,15 @@ def over(executor: Executor, settings: Settings) -> tuple[ShutdownSeam, Reachabl
         return (await executor.run(host, PROBE, settings)).ok
 
     return shutdown, reachable
+
+
+def open_machines(root: Path | None = None) -> Machines:
+    """Machines with physical machines handled over SSH (settings from config.toml)."""
+    from reops.sources.ssh import SshExecutor
+
+    settings = load_settings()
+    ssh = SshExecutor(settings)
+    shutdown, reachable = over(ssh, settings)
+    m = Machines.open(root, shutdown=shutdown, reachable=reachable)
+    m.on_close(ssh.close)
+    return m

@@ -195,7 +195,9 @@ def attach(controller: Controller) -> asyncio.Task[None]:
     async def run() -> None:
         m: Machines | None = None
         try:
-            m = Machines.open()
+            from reops.systems.physical import open_machines
+
+            m = open_machines()
             await setup(controller, m, service)
             log.info("machines: queue running, %d hypervisor(s) configured",
                      len(m.config.hypervisors))
