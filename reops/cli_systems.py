@@ -94,9 +94,14 @@ def _brief(result: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in result.items() if v not in (None, [], ""))
 
 
+def _interactive() -> bool:
+    """Whether a person can answer a question (stdin is a terminal)."""
+    return sys.stdin.isatty()
+
+
 def _confirm(op: str, chosen: list[System], force: bool) -> None:
     """Ask before destructive work on a TTY; scripts and --force go ahead."""
-    if force or not sys.stdin.isatty():
+    if force or not _interactive():
         return
     names = ", ".join(s.hostname for s in chosen[:10]) + (" …" if len(chosen) > 10 else "")
     click.confirm(f"{op} {len(chosen)} system(s): {names}?", abort=True)

@@ -71,3 +71,16 @@ def test_failed_jobs_exit_1(cli: CliRunner) -> None:
     assert r.exit_code == 1 and "failed" in r.output
     assert cli.invoke(systems, ["sync"]).exit_code == 0
     assert "missing" in cli.invoke(systems, ["ls", "c1"]).output
+
+
+def test_destructive_commands_confirm_on_a_tty(cli: CliRunner,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    cli.invoke(types, ["add", "redis"])
+    assert cli.invoke(systems, ["create", "redis", "--hostname", "keep"]).exit_code == 0
+    monkeypatch.setattr("reops.cli_systems._interactive", lambda: True)
+    r = cli.invoke(systems, ["destroy", "keep"], input="n\n")
+    assert "destroy 1 system(s): keep?" in r.output and r.exit_code == 1  # Abort
+    assert "keep" in cli.invoke(systems, ["ls"]).output
+    assert "destroy" not in cli.invoke(jobs, ["ls"]).output  # nothing was queued
+    r = cli.invoke(systems, ["destroy", "keep"], input="y\n")
+    assert r.exit_code == 0 and "succeeded   destroy" in r.output
