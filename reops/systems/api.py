@@ -128,6 +128,8 @@ class LocalMachines:
     async def aclose(self) -> None:
         await self.m.aclose()
 
+    close = aclose  # the runtime closes resources through `close`
+
 
 def _libvirt_names(m: Machines) -> list[str]:
     return [n for n, c in m.config.hypervisors.items() if c.kind == "libvirt"]
@@ -273,6 +275,8 @@ class HubMachines:
             self._following.cancel()
             await asyncio.gather(self._following, return_exceptions=True)
         await self.client.close()
+
+    close = aclose  # the runtime closes resources through `close`
 
 
 async def connect(root: Path | None = None, *, hub: bool | None = None,
