@@ -28,6 +28,14 @@ LAZY: dict[str, tuple[str, str]] = {
     "jobs": ("reops.cli_systems:jobs", "The durable job queue."),
     "events": ("reops.cli_systems:events", "Hypervisor events as they happen."),
     "repl": ("reops.repl:repl", "A live Python session with the reops API loaded."),
+    "facts": ("reops.cli_ops:facts", "What hosts are: os, hardware, network, users, uptime."),
+    "metrics": ("reops.cli_ops:metrics", "cpu, memory, load, disk, net; --every N: live."),
+    "pkg": ("reops.cli_ops:pkg", "Packages: update, upgrade, install, remove, installed."),
+    "service": ("reops.cli_ops:service", "Services: start, stop, restart, reload, enable, status."),
+    "files": ("reops.cli_ops:files", "Files: mkdir, rm, cp, grep, template, sync, upload, …"),
+    "security": ("reops.cli_ops:security", "Listening ports, SSH sessions, firewall, updates."),
+    "reboot": ("reops.cli_ops:reboot", "Reboot hosts and wait until each is back."),
+    "shutdown": ("reops.cli_ops:shutdown", "Power hosts off."),
 }
 
 
