@@ -26,7 +26,7 @@ _EXPORTS: dict[str, str] = {
     "HypervisorEvent": "reops.systems.libvirt_events", "hosts": "reops.systems.bridge",
     "connect": "reops.systems.api", "setup": "reops.systems.service",
     "hypervisor_events": "reops.systems.live", "systems": "reops.systems.live",
-    "create": "reops.systems.streams", "machines": "reops.systems.streams",
+    "create": "reops.systems.streams",
 }
 
 __all__ = sorted(_EXPORTS)
