@@ -26,7 +26,7 @@ from reops.ops.base import Op
 from reops.ops.files import sync as sync_op
 from reops.ops.service import SYSTEMD_RUN_DIR
 from reops.ops.text import EX_UNAVAILABLE, marker, script
-from reops.sources.rsync import sync_via
+from reops.sources.rsync import local_rsync_argv, sync_via
 from reops.steps import (
     boot_id,
     collect,
@@ -229,6 +229,36 @@ def test_sync_falls_back_to_sftp_and_acts_like_rsync(lab: LabInfo, scratch: Path
     third = go()
     assert third.changed is True and [c.path for c in third.data] == ["index.html"]
     assert (dest / "index.html").read_text() == "<h1>changed</h1>\n"
+
+
+def test_sync_with_sudo_but_no_rsync_fails_clearly(lab: LabInfo, scratch: Path) -> None:
+    op = sync_op(str(_site(scratch)), str(scratch / "www"), sudo=True)
+    no_rsync = op.with_(command="PATH=/nonexistent; " + str(op.command))
+    r = only(run(source(one(lab), no_rsync, settings=FAST)))
+    assert r.status == "failed" and r.code == 69 and "SFTP cannot sudo" in r.err
+
+
+def test_rsync_follows_the_ssh_source_policy() -> None:
+    host = Host(name="h", address="10.0.0.5", port=2200, key="/k/id", known_hosts="/k/kh")
+    bare = Host(name="b", address="10.0.0.6")
+    op = sync_op("/nonexistent-local", "/srv/www", delete=True, exclude=["*.tmp"])
+
+    def ssh_e(h: Host, **settings: object) -> str:
+        argv = local_rsync_argv(h, op, Settings(**settings))  # type: ignore[arg-type]
+        return argv[argv.index("-e") + 1]
+
+    strict = ssh_e(host, connect_timeout=7.5)
+    assert "StrictHostKeyChecking=yes" in strict and "UserKnownHostsFile=/k/kh" in strict
+    assert "ConnectTimeout=8" in strict and "-p 2200" in strict and "-i /k/id" in strict
+    assert "IdentitiesOnly=yes" in strict
+    assert "StrictHostKeyChecking=accept-new" in ssh_e(host, host_key_checking="accept-new")
+    off = ssh_e(host, host_key_checking="off")
+    assert "StrictHostKeyChecking=no" in off and "UserKnownHostsFile=/dev/null" in off
+    assert "/k/kh" not in off  # off reads and writes no known_hosts file
+    plain = ssh_e(bare, known_hosts="/etc/kh", user="deploy")
+    assert "UserKnownHostsFile=/etc/kh" in plain and "User=deploy" in plain
+    argv = local_rsync_argv(host, op, Settings())
+    assert "--delete" in argv and argv[-1] == "10.0.0.5:/srv/www"
 
 
 def test_sync_of_a_missing_local_path_fails_clearly(lab: LabInfo, scratch: Path) -> None:
