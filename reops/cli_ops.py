@@ -22,7 +22,7 @@ from reops.cli_common import fleet_options, run_on_fleet, select_hosts
 from reops.model import Result
 
 Row = Sequence[Any]
-#: pretty tables show this many rows per host (-o json has them all)
+#: rows per host in pretty tables (-o json has all)
 ROWS_PER_HOST = 20
 Param = Callable[[Any], Any]
 #: `reops exec`'s flags (a command's other parameters go to its step)
@@ -47,14 +47,14 @@ def _change(r: Result) -> str:
 CHANGE = View(line=_change)
 
 
-def _size(n: float | None) -> str:
+def _size(n: float | None, per: str = "") -> str:
     if n is None:
         return "-"
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            return f"{n:.0f} B{per}" if unit == "B" else f"{n:.1f} {unit}{per}"
         n /= 1024
-    return f"{n:.1f} TiB"
+    return f"{n:.1f} TiB{per}"
 
 
 def _duration(s: float | None) -> str:
@@ -351,8 +351,8 @@ METRIC_COLUMNS = ("cpu", "mem", "load1", "disk max", "net rx", "net tx", "entrop
 def _metrics_cells(data: Any) -> list[str]:
     g = data.row().get
     return [_pct(g("cpu_busy_pct")), _pct(g("mem_used_pct")), _n(g("load1")),
-            _pct(g("disk_max_used_pct")), _size(g("net_rx_bytes_s")) + "/s",
-            _size(g("net_tx_bytes_s")) + "/s", _n(g("entropy"))]
+            _pct(g("disk_max_used_pct")), _size(g("net_rx_bytes_s"), "/s"),
+            _size(g("net_tx_bytes_s"), "/s"), _n(g("entropy"))]
 
 
 METRICS_VIEW = View(line=lambda r: "cpu {} · mem {} · load {} · disk {}".format(
