@@ -26,6 +26,7 @@ from reops.ops.base import Op
 from reops.ops.files import sync as sync_op
 from reops.ops.service import SYSTEMD_RUN_DIR
 from reops.ops.text import EX_UNAVAILABLE, marker, script
+from reops.runtime import get_runtime
 from reops.sources.rsync import local_rsync_argv, sync_via
 from reops.steps import (
     boot_id,
@@ -291,6 +292,7 @@ def test_collect_samples_each_host_until_disposed(lab: LabInfo) -> None:
         assert enough.wait(30), f"only {len(got)} samples"
     finally:
         sub.dispose()
+        get_runtime().barrier()  # a sample being delivered as we disposed lands first
         stopped.set()
     assert not late.wait(1.0), "a sample arrived after dispose"
     with lock:
