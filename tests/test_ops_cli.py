@@ -234,3 +234,25 @@ def test_usage_errors_exit_2(lab: LabInfo, in_process: CliRunner) -> None:
         res = in_process.invoke(main, [*argv, *inv])
         assert res.exit_code == 2, (argv, res.output)
         assert says in res.output, (argv, res.output)
+
+
+def test_views_read_typed_data() -> None:
+    from reops.model import Result
+    from reops.ops.facts import Facts
+    from reops.ops.metrics import Load, Metrics
+    from reops.ops.security import Listener
+    from reops.ops.service import ServiceStatus
+
+    def ok(data: object, changed: bool | None = None) -> Result:
+        return Result(host="h", op="x", status="ok", code=0, data=data, changed=changed)
+
+    running = ServiceStatus(name="nginx.service", init="systemd", active=True, state="active",
+                            sub="running", enabled=True, unit_file_state="enabled", pid=812)
+    assert cli_ops._status_line(ok(running)) == "active (running) · enabled · pid 812"
+    assert cli_ops._change(ok("apt", changed=False)) == "apt: no change"
+    assert cli_ops._change(ok("apt", changed=True)) == "apt"
+    assert cli_ops._facts_row(ok(Facts(uptime_s=90061.0)))[0][-1] == "1d 1h"
+    cells = cli_ops._metrics_cells(Metrics(at=0.0, load=Load(load1=0.5, load5=0, load15=0)))
+    assert cells[2] == "0.5" and cells[4] == "-"
+    ports = [Listener(proto="tcp", address="0.0.0.0", port=p) for p in (443, 22, 80)]
+    assert cli_ops._ports(ok(ports)) == "22/tcp, 80/tcp, 443/tcp"
