@@ -23,6 +23,10 @@ system:
 	    echo "installing:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  fi; \
+	  getent group kvm >/dev/null || groupadd --system kvm; \
+	  getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu; \
+	  id libvirt-qemu >/dev/null 2>&1 || useradd --system -M -d /var/lib/libvirt \
+	    -s /usr/sbin/nologin -g libvirt-qemu -G kvm libvirt-qemu; \
 	else \
 	  command -v sshd >/dev/null || test -x /usr/sbin/sshd || { echo "sshd missing: sudo apt-get install $(APT_PACKAGES)"; exit 2; }; \
 	fi

@@ -23,6 +23,9 @@ def fleet_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("-i", "--inventory", "inventory_path", type=click.Path(path_type=Path),
                      default=None, help="Inventory TOML [default: $REOPS_INVENTORY, "
                      "./inventory.toml, ./lab/inventory.toml]."),
+        click.option("--systems", "systems", default=None, metavar="SELECTOR",
+                     help="Run on machines from the systems store instead of an inventory "
+                     "(e.g. 'typed:redis & running')."),
         click.option("-o", "--output", type=click.Choice(["pretty", "json", "jsonl"]),
                      default="pretty", show_default=True,
                      help="pretty: ✔/✘ per host; json: the Outcome; jsonl: a Result per line."),
@@ -42,6 +45,9 @@ def fleet_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="known_hosts file for hosts without their own "
                      "[default: ~/.ssh/known_hosts]."),
         click.option("-u", "--user", default=None, help="Login user for hosts without one."),
+        click.option("--key", type=click.Path(path_type=Path), default=None,
+                     help="Private key for hosts without one [default: your SSH agent and "
+                     "~/.ssh/id_*]."),
         click.option("--sudo", is_flag=True, help="Run commands as root through sudo -n."),
         click.option("--via", type=click.Choice(["ssh", "agent", "auto"]), default="ssh",
                      show_default=True, help="Transport; auto: agent where connected, else SSH."),
@@ -59,7 +65,16 @@ def fleet_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def select_hosts(inventory_path: Path | None, selector: str) -> Any:
+def select_hosts(inventory_path: Path | None, selector: str, systems: str | None = None
+                 ) -> Any:
+    if systems is not None:
+        from reops.systems import hosts as system_hosts
+
+        found = system_hosts(systems)
+        if not len(found):
+            raise UserError(f"systems selector {systems!r} matched no machines with an address "
+                            "(see `reops systems ls`)")
+        return found
     from reops.inventory import inventory
 
     path = inventory_path or default_inventory()
@@ -79,11 +94,12 @@ def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any
     from reops.streams.operators import retry, rolling
     from reops.streams.source import configure
 
-    hosts = select_hosts(opts["inventory_path"], selector)
+    hosts = select_hosts(opts["inventory_path"], selector, opts.get("systems"))
     settings = {k: opts[k] for k in ("forks", "connect_timeout", "command_timeout",
                                      "host_key_checking", "user") if opts.get(k) is not None}
-    if opts.get("known_hosts") is not None:
-        settings["known_hosts"] = str(opts["known_hosts"])
+    for name in ("known_hosts", "key"):
+        if opts.get(name) is not None:
+            settings[name] = str(Path(opts[name]).expanduser().absolute())
     if opts.get("sudo"):
         settings["sudo"] = True
     configure(via=opts["via"], lines=opts["lines"] and opts["output"] == "pretty",

@@ -16,10 +16,10 @@ from reops.cli_common import fleet_command, fleet_options, select_hosts
 @fleet_options
 @click.option("--become-user", default=None, help="Run the command as this user (sudo -u).")
 @click.argument("selector")
-@click.argument("command", nargs=-1, required=True)
+@click.argument("command", nargs=-1)
 @fleet_command
 def exec_cmd(selector: str, command: tuple[str, ...], become_user: str | None,
-             **_: Any) -> Any:
+             systems: str | None = None, **_: Any) -> Any:
     """Run COMMAND on the hosts SELECTOR picks, each host as soon as it can.
 
     \b
@@ -28,11 +28,14 @@ def exec_cmd(selector: str, command: tuple[str, ...], become_user: str | None,
       reops exec -i lab/inventory.toml 'group:web & !web3' -- systemctl is-active nginx
       reops exec -i lab/inventory.toml 'group:db' -o json -- df -h /
       reops exec -i lab/inventory.toml all --save runs.parquet -- uptime
+      reops exec --systems 'typed:redis & running' -- redis-cli ping
 
     Put the command after `--`; its words run through the login shell on each host.
     """
     from reops.steps import exec_
 
+    if systems is not None:  # no inventory selector: every word is the command
+        command = (selector, *command)
     text = " ".join(command)
     if not text.strip():
         raise UserError("no command given: put it after --, e.g. reops exec all -- uptime")

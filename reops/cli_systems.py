@@ -276,11 +276,12 @@ def systems_sync(hypervisor: str | None) -> None:
 @click.option("--ip", default=None, help="Address for SSH.")
 @click.option("--hypervisor", default=None, help="A [hypervisors.NAME] with kind = \"physical\".")
 @click.option("--type", "type_name", default="physical", help="A type from `reops types ls`.")
+@click.option("--user", default="root", show_default=True, help="SSH login user.")
 def systems_register(hostname: str, mac: str, ip: str | None, hypervisor: str | None,
-                     type_name: str) -> None:
+                     type_name: str, user: str) -> None:
     """Record a physical machine (started by Wake-on-LAN)."""
     async def work(api: MachinesAPI) -> None:
-        s = await api.register(hostname, mac, ip, type_name, hypervisor)
+        s = await api.register(hostname, mac, ip, type_name, hypervisor, user)
         click.echo(f"system {s.short_id} {s.hostname} registered")
     _run(work)
 

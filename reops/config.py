@@ -31,6 +31,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host_key_checking: HostKeyPolicy = "strict"
     known_hosts: str | None = None  # default: ~/.ssh/known_hosts, as ssh does
     user: str | None = None
+    key: str | None = None  # private key for hosts without their own (default: ssh's)
     sudo: bool = False
     keepalive_interval: float = 15.0  # SSH keepalives, so dead peers are noticed
 

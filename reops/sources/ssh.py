@@ -115,11 +115,13 @@ class SshExecutor:
     def _policy_key(self, host: Host, settings: Settings) -> tuple[Any, ...]:
         user = host.user or settings.user or _local_user()
         kh = host.known_hosts or settings.known_hosts or DEFAULT_KNOWN_HOSTS
-        return (host.address, host.port, user, host.key, settings.host_key_checking, kh)
+        key = host.key or settings.key
+        return (host.address, host.port, user, key, settings.host_key_checking, kh)
 
     def _options(self, host: Host, settings: Settings, user: str) -> Any:
         """Connection options shared by every host with the same login and timeouts."""
-        okey = (user, host.key, settings.connect_timeout, settings.keepalive_interval)
+        key = host.key or settings.key
+        okey = (user, key, settings.connect_timeout, settings.keepalive_interval)
         opts = self._caches.options.get(okey)
         if opts is None:
             kwargs: dict[str, Any] = {
@@ -127,10 +129,10 @@ class SshExecutor:
                 "connect_timeout": settings.connect_timeout,
                 "keepalive_interval": settings.keepalive_interval,
                 "config": None,  # we do not read ~/.ssh/config per connect
-                "agent_path": None if host.key else (),
+                "agent_path": None if key else (),
             }
-            if host.key:
-                kwargs["client_keys"] = [self._caches.key(host.key)]
+            if key:
+                kwargs["client_keys"] = [self._caches.key(key)]
             opts = asyncssh.SSHClientConnectionOptions(**kwargs)
             self._caches.options[okey] = opts
         return opts
@@ -176,7 +178,8 @@ class SshExecutor:
                 f"ssh-keygen -f {shlex.quote(path)} -R {shlex.quote(_known_hosts_entry(host))}"
             ) from None
         except asyncssh.PermissionDenied:
-            how = f"key {host.key}" if host.key else "your SSH agent and default keys"
+            key = host.key or settings.key
+            how = f"key {key}" if key else "your SSH agent and default keys"
             raise Unreached(
                 f"authentication failed for {user}@{_endpoint(host)} with {how}"
             ) from None

@@ -42,7 +42,7 @@ class MachinesAPI(Protocol):
     async def submit(self, op: JobOp, selector: str, **args: Any) -> list[Job]: ...
     async def sync(self, hypervisor: str | None) -> Job: ...
     async def register(self, hostname: str, mac: str, ip: str | None, type_name: str,
-                       hypervisor: str | None) -> System: ...
+                       hypervisor: str | None, user: str = "root") -> System: ...
     async def jobs(self, limit: int | None) -> list[Job]: ...
     async def job(self, id_or_prefix: str) -> Job: ...
     async def wait(self, jobs: Sequence[Job], on_job: OnJob | None = None) -> list[Job]: ...
@@ -89,9 +89,9 @@ class LocalMachines:
         return await self.m.sync(hypervisor)
 
     async def register(self, hostname: str, mac: str, ip: str | None, type_name: str,
-                       hypervisor: str | None) -> System:
+                       hypervisor: str | None, user: str = "root") -> System:
         return self.m.register_physical(hostname, mac, ip=ip, type_name=type_name,
-                                        hypervisor=hypervisor)
+                                        hypervisor=hypervisor, user=user)
 
     async def jobs(self, limit: int | None) -> list[Job]:
         return self.m.jobs(limit)
@@ -205,9 +205,9 @@ class HubMachines:
         return await self._call(Job, "machines.sync", hypervisor=hypervisor)
 
     async def register(self, hostname: str, mac: str, ip: str | None, type_name: str,
-                       hypervisor: str | None) -> System:
+                       hypervisor: str | None, user: str = "root") -> System:
         return await self._call(System, "machines.register", hostname=hostname, mac=mac,
-                                ip=ip, type=type_name, hypervisor=hypervisor)
+                                ip=ip, type=type_name, hypervisor=hypervisor, user=user)
 
     async def jobs(self, limit: int | None) -> list[Job]:
         return await self._call(list[Job], "machines.jobs", limit=limit)

@@ -114,7 +114,7 @@ class MachinesService:
         p = s.params
         return _plain(self.m.register_physical(
             p["hostname"], p["mac"], ip=p.get("ip"), type_name=p.get("type") or "physical",
-            hypervisor=p.get("hypervisor")))
+            hypervisor=p.get("hypervisor"), user=p.get("user") or "root"))
 
     async def jobs(self, s: Session) -> Any:
         return _plain(self.m.jobs(limit=s.params.get("limit")))
