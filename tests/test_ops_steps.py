@@ -360,6 +360,7 @@ def test_wait_back_times_out_with_the_reason(lab: LabInfo, scratch: Path) -> Non
                            settings=FAST)))
     assert r.status == "timeout" and r.code == -1
     assert "not back within 1 s" in r.err and "same boot_id" in r.err
+    assert r.data == power.BootId(boot_id="before", uptime_s=r.data.uptime_s)
 
 
 def test_wait_back_keeps_the_ops_own_failure(lab: LabInfo) -> None:

@@ -118,8 +118,7 @@ async def _wait_one(host: Host, op: Op, probe: Op, executor: Executor, settings:
         err=f"{op.name} ran, but the host was not back within {timeout:g} s "
             f"(last probe: {last}); raise it with timeout=/--timeout",
         started_at=started, duration_s=round(time.monotonic() - t0, 3),
-        transport=first.transport, data=Rebooted(before=before, after=before, waited_s=-1.0),
-        changed=True)
+        transport=first.transport, data=before, changed=True)
 
 
 def wait_back(hosts: Hosts | Host | Iterable[Host], op: Op, probe: Op | None = None, *,
@@ -129,8 +128,9 @@ def wait_back(hosts: Hosts | Host | Iterable[Host], op: Op, probe: Op | None = N
               settings: Settings | None = None, dry_run: bool | None = None) -> Stream:
     """Run `op` (it reports a BootId), then wait per host until `probe` shows a new boot.
 
-    One Result per host: ok with `data` a Rebooted, `timeout` when not back in time, or
-    the op's own failure. `first_s` is the pause before the first probe (default: 1 s).
+    One Result per host: ok with `data` a Rebooted; `timeout` (data: the BootId before)
+    when not back in time; or the op's own failure. `first_s`: the pause before the first
+    probe (default: 1 s).
     """
     if timeout <= 0 or poll_s <= 0 or poll_max_s <= 0:
         raise ValueError("timeout, poll_s and poll_max_s must be > 0 seconds")
