@@ -22,10 +22,10 @@ from reops.cli_common import fleet_options, run_on_fleet, select_hosts
 from reops.model import Result
 
 Row = Sequence[Any]
-#: rows per host in pretty tables (-o json has all)
+#: rows per host in pretty tables (-o json: all)
 ROWS_PER_HOST = 20
 Param = Callable[[Any], Any]
-#: `reops exec`'s flags (a command's other parameters go to its step)
+#: `reops exec`'s flags (other parameters go to the step)
 FLEET = {p.name for p in getattr(fleet_options(lambda: None), "__click_params__", ())}
 
 
@@ -138,7 +138,7 @@ def _cmd(group: Any, name: str, path: str, *params: Param, view: View = CHANGE,
                 args.extend(value) if p.nargs == -1 else args.append(value)
         question = confirm(kw) if callable(confirm) else confirm
         if question and not yes and not fleet["dry_run"] and _interactive():
-            hosts = select_hosts(fleet["inventory_path"], selector)
+            hosts = select_hosts(fleet["inventory_path"], selector, fleet.get("systems"))
             names = ", ".join(hosts.names[:5]) + (", …" if len(hosts) > 5 else "")
             click.confirm(f"{question} on {len(hosts)} hosts ({names})?", abort=True)
         run_step(fleet, selector, path, args, {**kw, **(adapt(fleet) if adapt else {})}, view)
@@ -158,7 +158,7 @@ def _cmd(group: Any, name: str, path: str, *params: Param, view: View = CHANGE,
 
 
 def show(view: View, *, dry_run: bool = False) -> Any:
-    """✔/✘ per host with a readable line as each finishes; tables (or scripts) at the end."""
+    """✔/✘ and a readable line per host as it ends; then tables (or scripts)."""
     import reactivex
 
     from reops.sinks.terminal import Printer
@@ -206,7 +206,7 @@ def _display(view: View, r: Result, dry_run: bool) -> Result:
         return msgspec.structs.replace(r, out="dry run: would run the script below")
     try:
         return msgspec.structs.replace(r, out=view.line(r)) if view.line else r
-    except Exception:  # data the view does not fit: show the raw output
+    except Exception:  # data the view does not fit: raw output
         return r
 
 
@@ -311,7 +311,7 @@ def service() -> None:
 
 for _verb in ("start", "stop", "restart", "reload", "enable", "disable"):
     _cmd(service, _verb, "service.action", arg("name"), pre=(_verb,),
-         help=f"{_verb.capitalize()} service NAME (no change when already done).")
+         help=f"{_verb.capitalize()} service NAME (no change if already done).")
 
 
 def _status_line(r: Result) -> str:
@@ -343,8 +343,8 @@ facts = _cmd(None, "facts", "facts", arg("parts", nargs=-1),
 
 # --- metrics ---
 
-SETTINGS = ("forks", "connect_timeout", "command_timeout", "user", "host_key_checking",
-            "known_hosts")
+PATHS = ("known_hosts", "key")
+SETTINGS = ("forks", "connect_timeout", "command_timeout", "user", "host_key_checking", *PATHS)
 METRIC_COLUMNS = ("cpu", "mem", "load1", "disk max", "net rx", "net tx", "entropy")
 
 
@@ -398,9 +398,9 @@ def _watch_metrics(o: dict[str, Any], selector: str, kinds: Sequence[str], every
 
     if o["output"] == "json":
         raise UserError("--every streams samples: use -o pretty (a live table) or -o jsonl")
-    hosts = select_hosts(o["inventory_path"], selector)
-    configure(via=o["via"], **{k: str(v) if k == "known_hosts" else v for k, v in o.items()
-                               if k in SETTINGS and v is not None})  # type: ignore[arg-type]
+    hosts = select_hosts(o["inventory_path"], selector, o.get("systems"))
+    configure(via=o["via"], **{k: os.path.abspath(os.path.expanduser(v)) if k in PATHS else v
+                               for k, v in o.items() if k in SETTINGS and v is not None})
     latest: dict[str, Result] = {}
     seen: dict[str, int] = {}
     done, lock = threading.Event(), threading.Lock()

@@ -256,8 +256,10 @@ def test_rsync_follows_the_ssh_source_policy() -> None:
     off = ssh_e(host, host_key_checking="off")
     assert "StrictHostKeyChecking=no" in off and "UserKnownHostsFile=/dev/null" in off
     assert "/k/kh" not in off  # off reads and writes no known_hosts file
-    plain = ssh_e(bare, known_hosts="/etc/kh", user="deploy")
+    plain = ssh_e(bare, known_hosts="/etc/kh", user="deploy", key="/k/fleet")
     assert "UserKnownHostsFile=/etc/kh" in plain and "User=deploy" in plain
+    assert "-i /k/fleet" in plain and "IdentitiesOnly=yes" in plain
+    assert "-i /k/fleet" not in ssh_e(host, key="/k/fleet")  # the host's own key wins
     argv = local_rsync_argv(host, op, Settings())
     assert "--delete" in argv and argv[-1] == "10.0.0.5:/srv/www"
 

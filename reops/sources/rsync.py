@@ -39,7 +39,8 @@ def sync_via(out: str) -> str:
 
 
 def ssh_options(host: Host, settings: Settings) -> list[str]:
-    """ssh(1) options that match the SSH source's policy for `host` (for rsync -e)."""
+    """ssh(1) options that match the SSH source's policy for `host` (for rsync -e):
+    host-key checking, known_hosts, key, user and connect timeout from `settings`."""
     policy = settings.host_key_checking
     opts = ["-F", "/dev/null",  # like the SSH source: no ~/.ssh/config surprises
             "-o", f"ConnectTimeout={max(1, math.ceil(settings.connect_timeout))}"]
@@ -50,7 +51,9 @@ def ssh_options(host: Host, settings: Settings) -> list[str]:
         opts += ["-o", "StrictHostKeyChecking=" + ("yes" if policy == "strict" else "accept-new")]
         if not host.known_hosts and settings.known_hosts:
             opts += ["-o", f"UserKnownHostsFile={os.path.expanduser(settings.known_hosts)}"]
-    if host.key:
+    if not host.key and settings.key:  # rsync_argv passes the host's own key
+        opts += ["-i", os.path.expanduser(settings.key)]
+    if host.key or settings.key:
         opts += ["-o", "IdentitiesOnly=yes"]
     if not host.user and settings.user:
         opts += ["-o", f"User={settings.user}"]
