@@ -475,6 +475,11 @@ def _import(path: Path) -> types.ModuleType:
     return module
 
 
+def import_file(path: str | Path) -> types.ModuleType:
+    """Import a Python file by path (FlowError with file:line when it fails)."""
+    return _import(Path(path))
+
+
 def load_flows(path: str | Path) -> list[Flow]:
     """The `@flow` functions defined in the Python file at `path`, in source order.
 

@@ -11,19 +11,34 @@ from pathlib import Path
 from typing import Any
 
 
+RECIPE = """
+from reops import exec_, then
+
+def provision(hosts, greeting="hello"):
+    return exec_(hosts, f"echo {greeting} > /tmp/reops-provisioned-$PPID") | then(
+        exec_, "cat /tmp/reops-provisioned-*; rm -f /tmp/reops-provisioned-*")
+"""
+
+
+def _reops_in(home: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    home.mkdir()
+    config = home / "config.toml"
+    config.write_text(f'[hypervisors.rack]\nkind = "physical"\n[ssh]\nkey = "{home}/key"\n')
+    env = {**os.environ, "REOPS_HOME": str(home), "REOPS_CONFIG": str(config)}
+
+    def reops(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "reops", *args], capture_output=True,
+                              text=True, env=env, timeout=120)
+
+    return reops
+
+
 def test_exec_on_a_registered_physical_system(lab_factory: Callable[..., Any],
                                              tmp_path: Path) -> None:
     fleet = lab_factory(hosts=1, base_port=22)  # systems carry an address, not a port
     info = fleet.info
     [address] = info.hosts.values()
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "config.toml").write_text('[hypervisors.rack]\nkind = "physical"\n')
-    env = {**os.environ, "REOPS_HOME": str(home), "REOPS_CONFIG": str(home / "config.toml")}
-
-    def reops(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "reops", *args], capture_output=True,
-                              text=True, env=env, timeout=120)
+    reops = _reops_in(tmp_path / "home")
 
     reg = reops("systems", "register", "box1", "--mac", "52:54:00:aa:bb:cc", "--ip", address,
                 "--hypervisor", "rack", "--user", info.user)
@@ -35,3 +50,38 @@ def test_exec_on_a_registered_physical_system(lab_factory: Callable[..., Any],
     assert doc["hosts"] == ["box1"] and doc["successful"][0]["out"] == "hi\n"
     none = reops("exec", "--systems", "nothing*", "--", "true")
     assert none.returncode == 2 and "nothing" in none.stderr
+
+
+def test_provisioning_runs_the_types_recipe(lab_factory: Callable[..., Any],
+                                            tmp_path: Path) -> None:
+    fleet = lab_factory(hosts=1, base_port=22)
+    info = fleet.info
+    [address] = info.hosts.values()
+    home = tmp_path / "home"
+    reops = _reops_in(home)
+    (home / "key").write_bytes(info.key.read_bytes())
+    (home / "key").chmod(0o600)
+    recipe = tmp_path / "web.py"
+    recipe.write_text(RECIPE)
+    known = f"known_hosts = \"{info.known_hosts}\"\n"
+    (home / "config.toml").write_text((home / "config.toml").read_text() + known)
+    assert reops("types", "add", "web", "-p", str(recipe), "--arg", "greeting=hi-there"
+                 ).returncode == 0
+    assert reops("systems", "register", "box2", "--mac", "52:54:00:aa:bb:cd", "--ip", address,
+                 "--hypervisor", "rack", "--user", info.user, "--type", "web").returncode == 0
+    p = reops("systems", "provision", "box2", "--force")
+    assert p.returncode == 0, p.stdout + p.stderr
+    job_id = reops("jobs", "ls").stdout.splitlines()[1].split()[0]
+    job = json.loads(reops("jobs", "show", job_id).stdout.split("\n  queued")[0])
+    assert job["op"] == "provision" and job["state"] == "succeeded"
+    assert job["result"]["out"] == "hi-there\n"  # the type's --arg reached the recipe
+    bad = tmp_path / "bad.py"
+    bad.write_text("def provision(hosts):\n    from reops import exec_\n"
+                   "    return exec_(hosts, 'exit 3')\n")
+    assert reops("types", "add", "broken", "-p", str(bad)).returncode == 0
+    assert reops("systems", "register", "box3", "--mac", "52:54:00:aa:bb:ce", "--ip", address,
+                 "--hypervisor", "rack", "--user", info.user, "--type", "broken"
+                 ).returncode == 0
+    failed = reops("systems", "provision", "box3", "--force")
+    assert failed.returncode == 1
+    assert "provisioning with" in failed.stdout + failed.stderr

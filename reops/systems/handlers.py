@@ -119,7 +119,7 @@ class Handlers:
         if not r.ok:
             raise MachinesError(f"{s.hostname}: provisioning with {t.provision} failed: "
                                 f"{(r.err or r.out).strip()[:200]}")
-        return {"provision": t.provision, "provisioned": True}
+        return {"provision": t.provision, "provisioned": True, "out": r.out[-2000:]}
 
     async def provision(self, job: Job) -> dict[str, Any]:
         s = self._system(job)

@@ -44,6 +44,8 @@ def open_machines(root: Path | None = None) -> Machines:
     settings = load_settings()
     ssh = SshExecutor(settings)
     shutdown, reachable = over(ssh, settings)
-    m = Machines.open(root, shutdown=shutdown, reachable=reachable)
+    from reops.systems.provisioning import provisioner
+
+    m = Machines.open(root, shutdown=shutdown, reachable=reachable, provision=provisioner())
     m.on_close(ssh.close)
     return m
