@@ -37,7 +37,7 @@ def load_recipe(spec: str) -> Callable[..., Any]:
     if not callable(fn):
         raise MachinesError(f"provisioning recipe {file} has no function "
                             f"{name or 'provision'!r}; write def provision(hosts, ...)")
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def _outcome(made: Any, hosts: Any) -> Outcome:
@@ -59,14 +59,15 @@ def provisioner() -> ProvisionSeam:
     """The provisioning seam for Machines: recipes run over SSH/agents like any pipeline."""
 
     async def provision(system: System, type_: Type) -> Result:
-        if not type_.provision:
+        recipe = type_.provision
+        if not recipe:
             raise MachinesError(f"type {type_.name!r} has no provisioning recipe")
         hosts = to_hosts([system])
         started = time.time()
         t0 = time.monotonic()
 
         def call() -> Outcome:
-            return _outcome(load_recipe(type_.provision)(hosts, **type_.args), hosts)
+            return _outcome(load_recipe(recipe)(hosts, **type_.args), hosts)
 
         # the recipe is blocking user code that itself waits on the runtime loop
         outcome = await asyncio.to_thread(call)
