@@ -113,9 +113,14 @@ def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any
         stream = stream | pretty()
     elif opts["output"] == "jsonl":
         stream = stream | jsonl(sys.stdout)
-    outcome = run(stream)
-    if opts["output"] == "json":
-        sys.stdout.write(outcome.to_json().decode() + "\n")
+    try:
+        outcome = run(stream)
+        if opts["output"] == "json":
+            sys.stdout.write(outcome.to_json().decode() + "\n")
+            sys.stdout.flush()
+    except BrokenPipeError:  # `reops exec … | head`: the reader left; stop quietly
+        _quiet_stdout()
+        sys.exit(141)
     if opts["save"] is not None:
         path = save(outcome, opts["save"])
         if opts["output"] == "pretty":
@@ -124,6 +129,14 @@ def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any
         click.echo("reops: interrupted: hosts not finished are reported as errors", err=True)
         sys.exit(130)
     sys.exit(outcome.exit_code)
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe, point stdout at /dev/null so exit-time flushes stay silent."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def fleet_command(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -136,3 +136,14 @@ def test_inventory_function_survives_submodule_import() -> None:
                         "from reops import inventory\nprint(callable(inventory))"],
                        capture_output=True, text=True, timeout=60)
     assert p.stdout.strip() == "True", p.stderr
+
+
+def test_closed_stdout_ends_quietly(lab: LabInfo) -> None:
+    p = subprocess.Popen([sys.executable, "-m", "reops", "exec", "-i", str(lab.inventory), "all",
+                          "--", "seq", "1", "500"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stderr is not None
+    assert p.stdout.readline()  # the reader takes one line and goes away (`| head -1`)
+    p.stdout.close()
+    assert p.wait(timeout=60) == 141
+    assert "Traceback" not in p.stderr.read()

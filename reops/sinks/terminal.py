@@ -55,10 +55,14 @@ class Printer:
 
     def _print(self, text: str, style: str | None = None) -> None:
         """Print a row; above the progress bar when both share the terminal."""
-        if self._progress is not None and self.console.is_terminal:
-            self._progress.console.print(text, style=style, highlight=False, soft_wrap=True)
-        else:
-            self.console.print(text, style=style)
+        try:
+            if self._progress is not None and self.console.is_terminal:
+                self._progress.console.print(text, style=style, highlight=False,
+                                             soft_wrap=True)
+            else:
+                self.console.print(text, style=style)
+        except SystemExit:  # rich's answer to a closed pipe (`reops exec … | head`)
+            raise BrokenPipeError("output closed") from None
 
     def start(self) -> None:
         if self._want_progress and self.total > 1:
@@ -122,7 +126,7 @@ class Printer:
         parts.append(f"{time.monotonic() - self.started:.2f} s")
         if interrupted:
             parts.append("[yellow]interrupted[/]")
-        self.console.print("── " + " · ".join(parts))
+        self._print("── " + " · ".join(parts))
 
 
 def _esc(text: str) -> str:

@@ -263,6 +263,14 @@ class SshExecutor:
             del self._pool[pkey]
             pooled.conn.close()
 
+    def forget(self, host: Host, settings: Settings | None = None) -> None:
+        """Drop `host`'s pooled connection (e.g. it is rebooting); the next op reconnects."""
+        pooled = self._pool.pop(self._policy_key(host, settings or self.settings), None)
+        if pooled is not None:
+            if pooled.idle is not None:
+                pooled.idle.cancel()
+            pooled.conn.close()
+
     async def close(self) -> None:
         conns = [p.conn for p in self._pool.values()]
         self._pool.clear()

@@ -189,7 +189,14 @@ def fanout(hosts: Hosts, run_one: RunOne, *, lines: bool = False) -> Observable[
             except Exception as e:  # an executor bug must not lose the host
                 result = failure_result(host.name, "?", f"internal error: {type(e).__name__}: "
                                         f"{e}", status="error", started_at=started)
-            observer.on_next(result)
+            try:
+                observer.on_next(result)
+            except Exception as e:  # a sink failed (e.g. a closed pipe): end, don't hang
+                if not state["cancelled"]:
+                    state["cancelled"] = True
+                    cancel()
+                    observer.on_error(e)
+                return
             state["left"] -= 1
             if state["left"] == 0:
                 observer.on_completed()

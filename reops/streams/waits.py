@@ -12,7 +12,6 @@ BootId (tests use a fake one: no real reboot needed to exercise it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Iterable
 
@@ -44,18 +43,9 @@ class Rebooted(msgspec.Struct, frozen=True, kw_only=True):
 def _forget_connection(executor: Executor, host: Host, settings: Settings) -> None:
     """Drop the pooled SSH connection to a rebooting host, so probes open a fresh one
     instead of waiting for keepalives to notice a half-open one."""
-    forget = getattr(executor, "forget", None)  # a public hook, where the executor has one
+    forget = getattr(executor, "forget", None)  # transports without a pool have nothing to drop
     if callable(forget):
         forget(host, settings)
-        return
-    pool = getattr(executor, "_pool", None)
-    key_of = getattr(executor, "_policy_key", None)
-    if isinstance(pool, dict) and callable(key_of):
-        pooled = pool.get(key_of(host, settings))
-        if pooled is not None and getattr(pooled, "users", 1) == 0:
-            pool.pop(key_of(host, settings), None)
-            with contextlib.suppress(Exception):
-                pooled.conn.close()
 
 
 async def _probe(executor: Executor, host: Host, probe: Op, settings: Settings,
