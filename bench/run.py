@@ -476,8 +476,8 @@ class Series:
         return statistics.median(self.cpus) if self.cpus and not self.failure else None
 
 
-def measure_once(tool: Tool, fleet: Fleet, scratch: Path, keep: set[int]) -> tuple[
-        float, float, str | None]:
+def measure_once(tool: Tool, fleet: Fleet, scratch: Path, keep: set[int],
+                 done_runs: list[float]) -> tuple[float, float, str | None]:
     """(wall, cpu, failure) of one run, verified to have reached every host."""
     env = tool.env(fleet, scratch) if tool.env else None
     stdin = tool.stdin(fleet) if tool.stdin else None
@@ -492,8 +492,16 @@ def measure_once(tool: Tool, fleet: Fleet, scratch: Path, keep: set[int]) -> tup
     if r.timed_out:
         failure = f"timed out after {RUN_TIMEOUT:g} s"
     elif not want <= got:
-        tail = (r.stderr.strip() or r.stdout.strip())[-300:].replace("\n", " | ")
-        failure = f"reached {len(want & got)}/{fleet.n} hosts (rc {r.rc}): {tail}"
+        missed = sorted(want - got, key=fleet.addresses.index)
+        names = [fleet.names[fleet.addresses.index(a)] for a in missed]
+        text = r.stdout + "\n" + r.stderr
+        lines = text.splitlines()
+        why = next((ln.strip() for ln in lines if missed[0] in ln and "msg" in ln), "") or \
+            next((ln.strip() for ln in lines if missed[0] in ln or names[0] in ln), "")
+        if not why:
+            why = (r.stderr.strip() or r.stdout.strip())[-200:].replace("\n", " / ")
+        failure = (f"run {len(done_runs) + 1}: reached {len(want & got)}/{fleet.n} hosts "
+                   f"(rc {r.rc}); missed {', '.join(names[:5])}: {why[:240]}")
     wall, cpu = r.wall, r.cpu + (m1 - m0)
     if tool.inner and failure is None:
         try:
@@ -512,7 +520,7 @@ def measure(tools: list[Tool], fleet: Fleet, repeat: int, scratch: Path, keep: s
         for s in series:
             if s.failure or len(s.walls) >= s.max_runs:
                 continue
-            wall, cpu, failure = measure_once(s.tool, fleet, scratch, keep)
+            wall, cpu, failure = measure_once(s.tool, fleet, scratch, keep, s.walls)
             if failure:
                 s.failure = failure
                 log(f"{label} N={fleet.n} {s.tool.name}: FAILED {failure}")
