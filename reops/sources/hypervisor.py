@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 from xml.sax.saxutils import escape
 
-import libvirt
 import msgspec
 import reactivex as rx
 from reactivex import operators as ops
@@ -38,6 +37,7 @@ from reops.systems.libvirt_events import (
     HypervisorEvent,
     domain_event_names,
 )
+from reops.systems.libvirt_quiet import libvirt
 from reops.systems.model import MachinesError
 from reops.systems.pools import DirPool, LibvirtPool, Pool
 
@@ -338,7 +338,7 @@ class Hypervisor:
         def off() -> None:
             dom = self._find(name)
             if dom is not None and dom.isActive():
-                dom.destroy()
+                _power_off(dom)
         await self._call(off)
 
     async def remove(self, name: str, pool: str, volumes: list[str]) -> None:
@@ -347,7 +347,7 @@ class Hypervisor:
             dom = self._find(name)
             if dom is not None:
                 if dom.isActive():
-                    dom.destroy()
+                    _power_off(dom)
                 try:
                     dom.undefineFlags(_UNDEFINE)
                 except libvirt.libvirtError as e:  # drivers without NVRAM (test:///)
@@ -428,3 +428,11 @@ class Hypervisor:
         return "test" if self._conn.getType().lower() == "test" else "qemu"
 
 
+def _power_off(dom: libvirt.virDomain) -> None:
+    """Destroy a domain that was running a moment ago; one that stopped since is fine
+    (e.g. its QEMU went away with the process that had started it)."""
+    try:
+        dom.destroy()
+    except libvirt.libvirtError as e:
+        if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+            raise

@@ -14,8 +14,9 @@ import threading
 import time
 from typing import Literal
 
-import libvirt
 import msgspec
+
+from reops.systems.libvirt_quiet import libvirt
 
 EventKind = Literal["domain", "network", "pool"]
 

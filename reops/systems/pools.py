@@ -12,9 +12,8 @@ import subprocess
 from pathlib import Path
 from typing import Protocol
 
-import libvirt
-
 from reops.systems.domain_xml import volume_xml
+from reops.systems.libvirt_quiet import libvirt
 from reops.systems.model import MachinesError
 
 
