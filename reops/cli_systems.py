@@ -17,6 +17,7 @@ from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 import click
+from pathlib import Path
 import msgspec
 
 from reops.cli import UserError
@@ -124,11 +125,18 @@ def types() -> None:
 @types.command("add")
 @click.argument("name")
 @click.option("--description", "-d", default="", help="What systems of this type are for.")
-@click.option("--provision", "-p", default=None, help="Flow run after create (path or name).")
-@click.option("--arg", "args", multiple=True, help="KEY=VALUE argument for the flow.")
+@click.option("--provision", "-p", default=None, metavar="FILE[:FUNC]",
+              help="Recipe run after create: FUNC(hosts, **args) in FILE [FUNC: provision].")
+@click.option("--arg", "args", multiple=True, help="KEY=VALUE argument for the recipe.")
 def types_add(name: str, description: str, provision: str | None, args: tuple[str, ...]) -> None:
     """Add (or replace) a type: reops types add redis -d "redis server" -p flows/redis.py"""
     parsed = dict(a.partition("=")[::2] for a in args)
+    if provision is not None:  # stored absolute: the hub runs it from another directory
+        file, sep, func = provision.partition(":")
+        path = Path(file).expanduser()
+        if not path.is_file():
+            raise click.BadParameter(f"{file}: no such recipe file", param_hint="--provision")
+        provision = f"{path.resolve()}{sep}{func}"
 
     async def work(api: MachinesAPI) -> None:
         t = await api.add_type(name, description, provision, parsed)

@@ -19,10 +19,24 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     return CliRunner()
 
 
-def test_types_and_systems_round_trip(cli: CliRunner) -> None:
-    r = cli.invoke(types, ["add", "redis", "-d", "redis server", "-p", "flows/redis.py"])
+RECIPE = """
+from reops import exec_
+
+def provision(hosts, port="6379"):
+    # dry run: the test driver's machines have made-up addresses, nothing to reach
+    return exec_(hosts, f"echo port {port}", dry_run=True)
+"""
+
+
+def test_types_and_systems_round_trip(cli: CliRunner, tmp_path: Path) -> None:
+    recipe = tmp_path / "redis.py"
+    recipe.write_text(RECIPE)
+    missing = cli.invoke(types, ["add", "redis", "-p", str(tmp_path / "nope.py")])
+    assert missing.exit_code == 2 and "no such recipe file" in missing.output
+    r = cli.invoke(types, ["add", "redis", "-d", "redis server", "-p", str(recipe),
+                           "--arg", "port=7000"])
     assert r.exit_code == 0, r.output
-    assert "redis  redis server  flows/redis.py" in cli.invoke(types, ["ls"]).output
+    assert f"redis  redis server  {recipe}" in cli.invoke(types, ["ls"]).output
 
     r = cli.invoke(systems, ["create", "redis", "--preset", "small", "--preset", "debian-12",
                              "--count", "2"])
@@ -37,6 +51,8 @@ def test_types_and_systems_round_trip(cli: CliRunner) -> None:
     job_id = r.output.splitlines()[1].split()[0]
     shown = json.loads(cli.invoke(jobs, ["show", job_id]).output)
     assert shown["state"] == "succeeded" and shown["id"].startswith(job_id)
+    assert shown["result"]["provisioned"] is True  # the type's recipe ran, with its --arg
+    assert "echo port 7000" in shown["result"]["out"]
     r = cli.invoke(jobs, ["wait", job_id])
     assert r.exit_code == 0 and "succeeded" in r.output
 

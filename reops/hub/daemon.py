@@ -56,12 +56,14 @@ def attach_services(controller: Controller, names: Iterable[str]) -> None:
     from importlib import import_module
     from importlib.metadata import entry_points
 
+    names = list(names)
     attaches: list[tuple[str, Callable[[Controller], object]]] = []
     for spec in names:
         module, _, attr = spec.partition(":")
         attaches.append((spec, getattr(import_module(module), attr or "attach")))
     for ep in entry_points(group="reops.hub"):
-        attaches.append((ep.value, ep.load()))
+        if ep.value not in names:  # named in the settings too: attach it once
+            attaches.append((ep.value, ep.load()))
     for name, attach in attaches:
         log.info("attaching service %s", name)
         attach(controller)
