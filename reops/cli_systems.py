@@ -14,10 +14,10 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from pathlib import Path
 import msgspec
 
 from reops.cli import UserError

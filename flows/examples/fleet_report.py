@@ -37,8 +37,9 @@ def fleet_report(selector: str = "all", inventory: Path = Path("lab/inventory.to
     if rows:
         df = pl.DataFrame(rows)
         table = Table(title=f"fleet report: {len(rows)} hosts", box=None, header_style="bold")
-        cols = [c for c in ("host", "os_id", "os_version", "os_kernel_release", "cpus", "memory_bytes",
-                            "uptime_s") if c in df.columns]
+        wanted = ("host", "os_id", "os_version", "os_kernel_release", "cpus", "memory_bytes",
+                  "uptime_s")
+        cols = [c for c in wanted if c in df.columns]
         for c in cols:
             table.add_column(c)
         for rec in df.select(cols).iter_rows():
