@@ -18,7 +18,7 @@ _EXPORTS: dict[str, str] = {
     # values
     "Host": "reops.model", "Hosts": "reops.model", "Result": "reops.model",
     "Outcome": "reops.model", "Line": "reops.model", "Settings": "reops.config",
-    "Inventory": "reops.inventory",
+    "inventory": "reops.inventory", "Inventory": "reops.inventory",
     # streams
     "Stream": "reops.streams.core", "run": "reops.streams.core",
     "step": "reops.streams.source", "source": "reops.streams.source",
@@ -49,14 +49,12 @@ _EXPORTS: dict[str, str] = {
     "flow": "reops.flows",
 }
 
-# `reops.inventory` is both a module and the loader function: import the (light) module
-# now and bind the function, so a later `import reops.inventory` cannot shadow it.
-from reops.inventory import inventory as inventory  # noqa: E402
-
-__all__ = sorted([*_EXPORTS, "inventory"])
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
+    if name == "inventory":  # the module itself: callable, the same whatever imported first
+        return importlib.import_module("reops.inventory")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'reops' has no attribute {name!r}")

@@ -20,7 +20,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import tomllib
+import types
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -407,3 +409,14 @@ def inventory(path: str | os.PathLike[str]) -> Inventory:
         line = raw[: e.start].count(b"\n") + 1
         raise InventoryError(f"{p}:{line}: inventory is not valid UTF-8") from None
     return _Loader(text, p).load()
+
+
+class _CallableModule(types.ModuleType):
+    """`reops.inventory` is this module once imported, and `inventory(path)` the function:
+    making the module callable keeps `from reops import inventory` a loader either way."""
+
+    def __call__(self, path: str | os.PathLike[str]) -> Inventory:
+        return inventory(path)
+
+
+sys.modules[__name__].__class__ = _CallableModule

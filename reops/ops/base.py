@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from reops.model import Host
+from reops.model import Host, Status
 
 Kind = Literal["shell", "upload", "download", "call"]
 Parser = Callable[[str], Any]
@@ -49,6 +49,22 @@ class Op:
 
     def with_(self, **changes: Any) -> Op:
         return replace(self, **changes)
+
+    def judge(self, code: int, out: str, err: str = "", data: Any = None
+              ) -> tuple[Status, Any, bool | None, str]:
+        """(status, data, changed, err) of a finished run, the same over every transport:
+        ok by `ok_codes`, `data` from the parser (a parser bug is an error Result, never a
+        lost host), `changed` from the op's rule."""
+        status: Status = "ok" if code in self.ok_codes else "failed"
+        if status == "ok" and self.parse is not None:
+            try:
+                data = self.parse(out)
+            except Exception as e:
+                return "error", data, None, (
+                    f"{err}{self.name}: cannot parse output: {type(e).__name__}: {e}")
+        changed = self.changed(code, out) if self.changed is not None and status == "ok" \
+            else None
+        return status, data, changed, err
 
 
 def privileged(cmd: str, *, sudo: bool = False, become_user: str | None = None) -> str:

@@ -157,8 +157,8 @@ def _result(host: Host, op: Op, item: dict[str, Any], started: float,
     data: Any = item.get("data")
     changed: bool | None = None
     if op.kind == "shell" and status in ("ok", "failed"):
-        status = "ok" if code in op.ok_codes else "failed"
-    if status == "ok" and op.kind == "download":
+        status, data, changed, err = op.judge(code, out, err, data)
+    elif status == "ok" and op.kind == "download":
         target = Path(op.local) / host.name
         target.mkdir(parents=True, exist_ok=True)
         dest = target / Path(op.remote).name
@@ -168,14 +168,6 @@ def _result(host: Host, op: Op, item: dict[str, Any], started: float,
     elif status == "ok" and op.kind == "upload":
         changed = bool((data or {}).get("changed", True))
         out, data = op.remote, op.remote
-    if status == "ok" and op.parse is not None:
-        try:
-            data = op.parse(out)
-        except Exception as e:  # a parser bug must not lose the host's result
-            status = "error"
-            err += f"{op.name}: cannot parse output: {type(e).__name__}: {e}"
-    if op.changed is not None and status == "ok":
-        changed = op.changed(code, out)
     return Result(host=host.name, op=op.name, status=status, code=code, out=out, err=err,
                   started_at=float(item.get("started_at") or started), duration_s=duration,
                   transport="agent", data=data, changed=changed)

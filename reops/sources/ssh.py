@@ -464,17 +464,7 @@ def _signum(name: str) -> int:
 
 def _finish(host: Host, op: Op, code: int, out: str, err: str, started: float,
             t0: float) -> Result:
-    status: Status = "ok" if code in op.ok_codes else "failed"
-    data: Any = None
-    changed = None
-    if status == "ok" and op.parse is not None:
-        try:
-            data = op.parse(out)
-        except Exception as e:  # a parser bug must not lose the host's result
-            status = "error"
-            err += f"{op.name}: cannot parse output: {type(e).__name__}: {e}"
-    if op.changed is not None and status == "ok":
-        changed = op.changed(code, out)
+    status, data, changed, err = op.judge(code, out, err)
     return Result(
         host=host.name, op=op.name, status=status, code=code, out=out, err=err,
         started_at=started, duration_s=time.monotonic() - t0, transport="ssh", data=data,
