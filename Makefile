@@ -60,8 +60,14 @@ lab-up: venv
 lab-down: venv
 	$(BIN)/reops lab down --dir $(LAB)
 
+# Benchmarks (not part of `make test`): SSH peers, agents vs Salt, machines. Ratios matter,
+# not absolute times: the peers run in the same session on the same box.
 bench: venv
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/bench_agents.py
+	test -x bench/.salt/bin/salt || { $(PYTHON) -m venv bench/.salt && bench/.salt/bin/pip install -q salt; }
+	$(BIN)/python bench/salt_peer.py --salt-venv bench/.salt --minions 10,50
+	$(BIN)/python bench/bench_machines.py --qemu 20
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
