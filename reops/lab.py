@@ -28,7 +28,6 @@ import shutil
 import signal
 import socket
 import struct
-import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -37,7 +36,17 @@ from typing import Any
 
 import asyncssh
 
+from reops.lab_setup import LabError, ensure_root_prerequisites, sshd_binary
 from reops.model import Host, Hosts
+from reops.procs import (
+    ProcessError,
+    child_exited,
+    descendants,
+    parent_of,
+    pidfd,
+    reap,
+    wait_exit,
+)
 
 #: the login user created for the lab when running as root
 LAB_USER = "reops-lab"
@@ -58,10 +67,6 @@ GROUP_VARS: dict[str, dict[str, Any]] = {
     "cache": {"cache_port": 6379},
 }
 _CRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
-
-
-class LabError(RuntimeError):
-    """The lab could not be brought up, acted on or found; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,9 +235,9 @@ class Lab:
                     f"a lab is already up at {self.root} ({len(running)} hosts running); "
                     "take it down first"
                 )
-        sshd = _sshd_binary()
+        sshd = sshd_binary()
         if self.as_root:
-            _ensure_root_prerequisites(self.user)
+            ensure_root_prerequisites(self.user)
         self._write_files()
         self._save()
         try:
@@ -268,7 +273,7 @@ class Lab:
         self._sync()
         if self._alive(name):
             return
-        self._start([name], _sshd_binary())
+        self._start([name], sshd_binary())
 
     def rotate_host_key(self, name: str) -> None:
         """Give a host a new host key and restart it; known_hosts keeps the old key."""
@@ -279,7 +284,7 @@ class Lab:
             self._stop([name])
         _write_key(self.host_dir(name) / "ssh_host_ed25519_key", _new_key())
         if was_up:
-            self._start([name], _sshd_binary())
+            self._start([name], sshd_binary())
         else:
             self._save()
 
@@ -391,8 +396,8 @@ class Lab:
             new, old = saved.get(name, {}).get("pid"), self.pids.get(name)
             if new == old or (new is None and self._alive(name)):
                 continue  # unchanged, or started here and not saved yet
-            if old in self._spawned and (fd := _pidfd(old)) is not None:
-                _reap(fd)  # our own child, stopped elsewhere: collect the zombie
+            if old in self._spawned and (fd := pidfd(old)) is not None:
+                reap(fd)  # our own child, stopped elsewhere: collect the zombie
                 os.close(fd)
             self._spawned.discard(old or 0)
             self.pids[name] = new
@@ -408,7 +413,7 @@ class Lab:
         empty just after posix_spawn returns: the kernel lets the parent go before it
         has set up the new program's arguments). Anything else must name our config.
         """
-        if pid in self._spawned and _child_exited(pid) is not None:
+        if pid in self._spawned and child_exited(pid) is not None:
             return True
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -420,7 +425,7 @@ class Lab:
         pid = self.pids.get(name)
         if pid is None:
             return False
-        if pid in self._spawned and (exited := _child_exited(pid)) is not None:
+        if pid in self._spawned and (exited := child_exited(pid)) is not None:
             return not exited
         return self._ours(pid, name)  # a zombie's cmdline is empty: not up
 
@@ -506,7 +511,7 @@ class Lab:
             else:  # an sshd exited before it was ready
                 pid = key.data
                 name = pending.pop(pid)
-                _reap(key.fd)
+                reap(key.fd)
                 self._spawned.discard(pid)
                 self.pids[name] = None
                 log = self.log_path(name).read_text(errors="replace").strip()
@@ -528,25 +533,28 @@ class Lab:
         try:
             for n in names:
                 pid = self.pids.get(n)
-                if pid is not None and (fd := _pidfd(pid)) is not None:
+                if pid is not None and (fd := pidfd(pid)) is not None:
                     if self._ours(pid, n):
                         fds[fd] = pid
                     else:  # long gone (perhaps our zombie) or the pid was reused
-                        _reap(fd)
+                        reap(fd)
                         os.close(fd)
             # the open sessions: per-connection sshd and the users' commands below them
-            tree = _descendants(set(fds.values()))
+            tree = descendants(set(fds.values()))
             family = set(fds.values()) | set(tree)
             for pid in tree:
-                if (fd := _pidfd(pid)) is not None:
-                    if _parent_of(pid) in family:
+                if (fd := pidfd(pid)) is not None:
+                    if parent_of(pid) in family:
                         fds[fd] = pid
                     else:
                         os.close(fd)
             for fd in fds:
                 with contextlib.suppress(ProcessLookupError):
                     signal.pidfd_send_signal(fd, signal.SIGTERM)
-            _wait_exit(fds, self.stop_timeout)
+            try:
+                wait_exit(fds, self.stop_timeout)
+            except ProcessError as e:
+                raise LabError(str(e)) from None
         finally:
             for fd in fds:
                 os.close(fd)
@@ -554,127 +562,6 @@ class Lab:
             self._spawned.discard(self.pids.get(n) or 0)
             self.pids[n] = None
             (self.host_dir(n) / "sshd.pid").unlink(missing_ok=True)
-
-
-def _wait_exit(fds: dict[int, int], timeout: float) -> None:
-    """Block until every pidfd in `fds` is readable (process gone); SIGKILL stragglers."""
-    left = dict(fds)
-    with selectors.DefaultSelector() as sel:
-        for fd in left:
-            sel.register(fd, selectors.EVENT_READ)
-        deadline = time.monotonic() + timeout
-        killed = False
-        while left:
-            events = sel.select(max(0.0, deadline - time.monotonic()))
-            if not events:
-                if killed:
-                    raise LabError(f"processes {sorted(left.values())} did not exit")
-                for fd in left:
-                    with contextlib.suppress(ProcessLookupError):
-                        signal.pidfd_send_signal(fd, signal.SIGKILL)
-                killed, deadline = True, time.monotonic() + timeout
-            for key, _ in events:
-                sel.unregister(key.fd)
-                left.pop(key.fd)
-                _reap(key.fd)
-
-
-def _pidfd(pid: int) -> int | None:
-    """A pidfd for `pid`, or None when no such process exists."""
-    try:
-        return os.pidfd_open(pid)
-    except ProcessLookupError:
-        return None
-
-
-def _parent_of(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat[stat.rindex(")") + 2 :].split()[1])  # comm may hold spaces and ")"
-
-
-def _descendants(roots: set[int]) -> list[int]:
-    """Every process below `roots`: sshd's per-connection processes and their commands."""
-    if not roots:
-        return []
-    children: dict[int, list[int]] = {}
-    for e in os.scandir("/proc"):
-        if e.name.isdigit() and (ppid := _parent_of(int(e.name))) is not None:
-            children.setdefault(ppid, []).append(int(e.name))
-    out: list[int] = []
-    todo = list(roots)
-    while todo:
-        kids = children.get(todo.pop(), [])
-        out += kids
-        todo += kids
-    return out
-
-
-def _child_exited(pid: int) -> bool | None:
-    """For a child of this process: has it exited (without reaping it)? None: not a child."""
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return None
-
-
-def _reap(pidfd: int) -> None:
-    """Collect the process if it is our exited child, so it does not linger as a zombie.
-
-    By pidfd, not pid: the pid may already name some other child of this process.
-    """
-    with contextlib.suppress(ChildProcessError):
-        os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
-
-
-def _sshd_binary() -> str:
-    path = os.environ.get("PATH", "")
-    found = shutil.which("sshd", path=f"/usr/sbin:/usr/local/sbin:/sbin:{path}")
-    if not found:
-        raise LabError("sshd not found (install openssh-server)")
-    return os.path.abspath(found)  # sshd re-execs itself and insists on an absolute path
-
-
-def _ensure_root_prerequisites(user: str) -> None:
-    """As root: sshd's privsep dir and an unlocked login user with a cheap shell."""
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    if not _user_exists(user):
-        try:
-            _run(["useradd", "--system", "--create-home", "--shell", "/bin/sh", user])
-        except LabError:
-            if not _user_exists(user):  # else another lab created it at the same moment
-                raise
-    # without PAM, sshd refuses accounts whose password field starts with "!" (locked);
-    # useradd --system creates exactly that. "*" means: no password, but not locked.
-    if _shadow_password(user).startswith("!"):
-        _run(["usermod", "--password", "*", user])
-
-
-def _user_exists(user: str) -> bool:
-    try:
-        pwd.getpwnam(user)
-    except KeyError:
-        return False
-    return True
-
-
-def _shadow_password(user: str) -> str:
-    try:
-        for line in Path("/etc/shadow").read_text().splitlines():
-            fields = line.split(":")
-            if fields[0] == user and len(fields) > 1:
-                return fields[1]
-    except OSError:
-        pass
-    return ""
-
-
-def _run(cmd: list[str]) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise LabError(f"{' '.join(cmd)} failed: {done.stderr.strip() or done.returncode}")
 
 
 def _new_key() -> asyncssh.SSHKey:
