@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -44,18 +44,28 @@ def config_path() -> Path:
     return Path(os.environ.get("REOPS_CONFIG", home() / "config.toml")).expanduser()
 
 
-def load_settings(path: Path | None = None) -> Settings:
-    """Settings from the config file's [ssh] table and REOPS_* variables."""
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+def load_table(cls: type[S], table: str, env_prefix: str, path: Path | None = None,
+               lists: tuple[str, ...] = ()) -> S:
+    """A settings Struct from a config.toml table, then `<env_prefix><FIELD>` variables
+    (comma-separated for the fields in `lists`); errors name the file and table."""
     data: dict[str, Any] = {}
     p = path or config_path()
     if p.exists():
         with p.open("rb") as f:
-            data.update(tomllib.load(f).get("ssh", {}))
-    for name in Settings.__struct_fields__:
-        env = os.environ.get(f"REOPS_{name.upper()}")
+            data.update(tomllib.load(f).get(table, {}))
+    for name in cls.__struct_fields__:
+        env = os.environ.get(f"{env_prefix}{name.upper()}")
         if env is not None:
-            data[name] = env
+            data[name] = tuple(x for x in env.split(",") if x) if name in lists else env
     try:
-        return msgspec.convert(data, Settings, strict=False)
+        return msgspec.convert(data, cls, strict=False)
     except msgspec.ValidationError as e:
-        raise ValueError(f"{p}: [ssh] {e}") from None
+        raise ValueError(f"{p}: [{table}] {e}") from None
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Settings from the config file's [ssh] table and REOPS_* variables."""
+    return load_table(Settings, "ssh", "REOPS_", path)

@@ -6,14 +6,12 @@ $REOPS_CONFIG), then `REOPS_HUB_<NAME>` environment variables, then command-line
 
 from __future__ import annotations
 
-import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from reops.config import config_path, home
+from reops.config import home, load_table
 
 DEFAULT_PORT = 7720
 
@@ -51,16 +49,4 @@ class HubSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 def load_hub_settings(path: Path | None = None) -> HubSettings:
     """HubSettings from the config file's [hub] table and REOPS_HUB_* variables."""
-    data: dict[str, Any] = {}
-    p = path or config_path()
-    if p.exists():
-        with p.open("rb") as f:
-            data.update(tomllib.load(f).get("hub", {}))
-    for name in HubSettings.__struct_fields__:
-        env = os.environ.get(f"REOPS_HUB_{name.upper()}")
-        if env is not None:
-            data[name] = tuple(x for x in env.split(",") if x) if name == "services" else env
-    try:
-        return msgspec.convert(data, HubSettings, strict=False)
-    except msgspec.ValidationError as e:
-        raise ValueError(f"{p}: [hub] {e}") from None
+    return load_table(HubSettings, "hub", "REOPS_HUB_", path, lists=("services",))

@@ -240,21 +240,26 @@ def schedule(hosts: Hosts | Iterable[Host], fn: str | Callable[..., Any], *args:
              every: float, timeout: float | None = None, hub: Path | None = None,
              **kwargs: Any) -> reactivex.Observable[Result]:
     """Results of `fn` run every `every` seconds on each host's agent, until disposed."""
-    from reops.runtime import get_runtime
-
     name, extra = _fn(fn)
     code = extra.get(CODE_KEY)
-    names = [h.name for h in hosts]
     op_name = f"schedule:{name}"
+    return _hub_stream(hub, "schedule", lambda it: _tick(op_name, it),
+                       hosts=[h.name for h in hosts], fn=name, args=list(args), kwargs=kwargs,
+                       every=every, timeout=timeout, **({"code": code} if code else {}))
 
-    def subscribe(observer: ObserverBase[Result], _: SchedulerBase | None = None) -> Disposable:
+
+def _hub_stream(hub: Path | None, method: str, convert: Callable[[Any], Any],
+                **params: Any) -> reactivex.Observable[Any]:
+    """A hub control stream as an Observable: one stream per subscription, on the
+    runtime loop; disposing it cancels the stream."""
+    from reops.runtime import get_runtime
+
+    def subscribe(observer: ObserverBase[Any], _: SchedulerBase | None = None) -> Disposable:
         async def pump() -> None:
             client = HubClient(hub)
             try:
-                async for it in client.stream("schedule", hosts=names, fn=name, args=list(args),
-                                              kwargs=kwargs, every=every, timeout=timeout,
-                                              **({"code": code} if code else {})):
-                    observer.on_next(_tick(op_name, it))
+                async for it in client.stream(method, **params):
+                    observer.on_next(convert(it))
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -288,29 +293,7 @@ def _tick(op_name: str, it: dict[str, Any]) -> Result:
 def agent_events(hub: Path | None = None,
                  topics: Iterable[str] = ("agents", "keys")) -> reactivex.Observable[Any]:
     """Registry events ({topic, data}: registered, lost, back, pending…) until disposed."""
-    from reops.runtime import get_runtime
-
-    wanted = list(topics)
-
-    def subscribe(observer: ObserverBase[Any], _: SchedulerBase | None = None) -> Disposable:
-        async def pump() -> None:
-            client = HubClient(hub)
-            try:
-                async for event in client.stream("subscribe", topics=wanted):
-                    observer.on_next(event)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                observer.on_error(e)
-            else:
-                observer.on_completed()
-            finally:
-                await client.close()
-
-        fut = get_runtime().submit(pump())
-        return Disposable(lambda: _cancel(fut))
-
-    return reactivex.create(subscribe)
+    return _hub_stream(hub, "subscribe", lambda event: event, topics=list(topics))
 
 
 __all__ = ["AgentExecutor", "AgentHosts", "agent_events", "agent_list", "agents", "call",
