@@ -12,7 +12,11 @@ from typing import Any, Literal
 
 import msgspec
 
-Status = Literal["ok", "failed", "unreachable", "timeout", "error"]
+Status = Literal["ok", "failed", "unreachable", "timeout", "lost", "error"]
+"""ok: exit 0. failed: non-zero exit. unreachable: the command never started (connect,
+auth, host key, agent not connected): safe to retry. timeout: killed at its deadline.
+lost: the connection (or hub, or agent) went away mid-command, so the command may or may
+not have run: never retried blindly. error: reops or the op itself could not proceed."""
 Transport = Literal["ssh", "agent", "libvirt", "local"]
 
 #: exit code used when a host was never reached or the call never completed
