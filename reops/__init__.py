@@ -24,6 +24,7 @@ _EXPORTS: dict[str, str] = {
     "step": "reops.streams.source", "source": "reops.streams.source",
     "configure": "reops.streams.source",
     "successful": "reops.streams.operators", "failed": "reops.streams.operators",
+    "unreachable": "reops.streams.operators", "lost": "reops.streams.operators",
     "partition": "reops.streams.operators", "pick": "reops.streams.operators",
     "where": "reops.streams.operators", "then": "reops.streams.operators",
     "retry": "reops.streams.operators", "rolling": "reops.streams.operators",

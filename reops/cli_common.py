@@ -56,7 +56,8 @@ def fleet_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--dry-run", is_flag=True,
                      help="Print what each host would run; run nothing."),
         click.option("--retry", "retries", type=click.IntRange(0), default=0,
-                     help="Re-run failed hosts up to N times."),
+                     help="Re-run hosts never reached (unreachable) up to N times; hosts where the "
+                     "command started (failed, timeout, lost) are never re-run."),
         click.option("--rolling", "batch", type=click.IntRange(1), default=None,
                      help="Work on N hosts at a time, batch after batch."),
     ]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from reops import Host, Hosts, Outcome, Result, Stream, partition, pretty, retry, run, then
 from reops.sinks.table import save, to_table
-from reops.streams.operators import failed, rolling, successful, where
+from reops.streams.operators import failed, lost, rolling, successful, unreachable, where
 
 
 def hosts_named(*names: str) -> Hosts:
@@ -53,7 +53,7 @@ def test_partition_subscribes_the_source_once() -> None:
 
 def test_retry_reruns_failed_hosts_only_up_to_n() -> None:
     rec = Recorder({"a": [0], "b": [1, 1, 0], "c": [2, 2, 2, 2]})
-    out = run(rec.stream(hosts_named("a", "b", "c")) | retry(2))
+    out = run(rec.stream(hosts_named("a", "b", "c")) | retry(2, when=failed))
     assert rec.runs == Counter({"a": 1, "b": 3, "c": 3})
     assert [r.host for r in out.successful] == ["a", "b"]
     assert list(out.failure) == [2]
@@ -89,7 +89,7 @@ def test_pretty_prints_marks_tail_and_summary() -> None:
 @settings(max_examples=60, deadline=None)
 def test_every_host_gets_exactly_one_result(codes: dict[str, list[int]]) -> None:
     rec = Recorder(codes)
-    out = run(rec.stream(hosts_named(*codes)) | retry(1))
+    out = run(rec.stream(hosts_named(*codes)) | retry(1, when=failed))
     assert sorted(out.hosts) == sorted(codes)
     assert len(out.results) == len(codes)
     assert {r.host for r in out.successful} == {h for h, c in codes.items()
@@ -107,3 +107,44 @@ def test_outcome_and_table_round_trip(tmp_path) -> None:  # type: ignore[no-unty
     save(out, path)
     assert pl.read_parquet(path).height == 6
     assert where(successful).name.startswith("where") and failed(out.failure[2][0])
+
+
+class StatusRecorder:
+    """A source giving each host a scripted status per run, counting the runs."""
+
+    def __init__(self, statuses: dict[str, list[str]]) -> None:
+        self.statuses = statuses
+        self.runs: Counter[str] = Counter()
+
+    def stream(self, hosts: Hosts) -> Stream:
+        def subscribe(observer, scheduler=None):  # type: ignore[no-untyped-def]
+            for h in hosts:
+                n = self.runs[h.name]
+                self.runs[h.name] += 1
+                seq = self.statuses[h.name]
+                status = seq[min(n, len(seq) - 1)]
+                observer.on_next(Result(host=h.name, op="t", status=status,  # type: ignore[arg-type]
+                                        code=0 if status == "ok" else -1))
+            observer.on_completed()
+
+        return Stream(reactivex.create(subscribe), hosts, self.stream)
+
+
+def test_retry_by_default_reruns_only_unreachable_hosts() -> None:
+    """A command that may have started (failed, timeout, lost, error) is never re-run
+    unless asked: at most once per step."""
+    plan = {"never": ["unreachable", "ok"], "failed": ["failed", "ok"],
+            "timeout": ["timeout", "ok"], "lost": ["lost", "ok"], "error": ["error", "ok"]}
+    rec = StatusRecorder(plan)
+    out = run(rec.stream(hosts_named(*plan)) | retry(3))
+    assert rec.runs == Counter({"never": 2, "failed": 1, "timeout": 1, "lost": 1, "error": 1})
+    assert [r.host for r in out.successful] == ["never"]
+    assert {r.host: r.status for r in out.failed} == {
+        "failed": "failed", "timeout": "timeout", "lost": "lost", "error": "error"}
+
+
+def test_retry_when_lost_is_opt_in() -> None:
+    rec = StatusRecorder({"a": ["lost", "ok"], "b": ["unreachable", "ok"]})
+    out = run(rec.stream(hosts_named("a", "b")) | retry(1, when=lost))
+    assert rec.runs == Counter({"a": 2, "b": 1})
+    assert [r.host for r in out.successful] == ["a"] and unreachable(out.failed[0])

@@ -82,7 +82,7 @@ def test_retry_reruns_only_failed_hosts(lab: LabInfo) -> None:
     no_retry = run(exec_(hosts, cmd))
     assert list(no_retry.failure) == [3] and len(no_retry.failure[3]) == len(hosts)
     run(exec_(hosts, f"rm -f /tmp/reops-retry-{tag}-*"))
-    with_retry = run(exec_(hosts, cmd) | retry(1))
+    with_retry = run(exec_(hosts, cmd) | retry(1, when=failed))
     assert with_retry.ok and {r.out for r in with_retry.successful} == {"again\n"}
 
 

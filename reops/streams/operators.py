@@ -37,6 +37,16 @@ def failed(r: Result) -> bool:
     return r.status != "ok"
 
 
+def unreachable(r: Result) -> bool:
+    """A host never reached: the command did not start, so running it again is safe."""
+    return r.status == "unreachable"
+
+
+def lost(r: Result) -> bool:
+    """A host lost mid-command: it may have run, so re-running it is the caller's call."""
+    return r.status == "lost"
+
+
 def _keep(pred: Predicate) -> Callable[[Event], bool]:
     return lambda e: isinstance(e, Line) or pred(e)
 
@@ -96,8 +106,13 @@ def then(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Operator:
     return Operator(apply, f"then({getattr(fn, '__name__', fn)})")
 
 
-def retry(times: int, *, when: Predicate = failed, delay: float = 0.0) -> Operator:
-    """Re-run the whole pipeline for a host whose Result matches `when`, up to `times`."""
+def retry(times: int, *, when: Predicate = unreachable, delay: float = 0.0) -> Operator:
+    """Re-run the whole pipeline for a host whose Result matches `when`, up to `times`.
+
+    By default only hosts never reached (`unreachable`): a command that started may have
+    changed something, so re-running a failed, timed-out or `lost` host must be asked for
+    (`when=failed`, `when=lost`, or any predicate).
+    """
     if times < 0:
         raise ValueError("retry(times): times must be >= 0")
 
