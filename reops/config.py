@@ -34,6 +34,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     key: str | None = None  # private key for hosts without their own (default: ssh's)
     sudo: bool = False
     keepalive_interval: float = 15.0  # SSH keepalives, so dead peers are noticed
+    # captured output per host per stream: the first and last max_output/2 bytes are kept,
+    # the middle is cut with a marker (a host printing gigabytes costs the controller ~this)
+    max_output: int = 2 * 1024 * 1024
+    output_spill: str | None = None  # directory for the full output of cut streams
+    max_line: int = 64 * 1024  # streamed Lines longer than this arrive in pieces
 
     def with_(self, **changes: Any) -> Settings:
         clean = {k: v for k, v in changes.items() if v is not None}
