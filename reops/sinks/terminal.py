@@ -6,20 +6,26 @@ Output goes to stdout; the progress bar goes to stderr and only on a TTY, so pip
 
 from __future__ import annotations
 
+import collections
 import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import IO, Any
 
 import reactivex
 from reactivex import abc
+from reactivex.disposable import Disposable
 
 from reops.model import Event, Line, Result
-from reops.runtime import get_runtime
+from reops.runtime import SHUTDOWN_GRACE_S, get_runtime, terminated
 from reops.streams.core import Operator, Stream
 
 #: a fan-out shows a progress bar only when it takes longer than this
 PROGRESS_AFTER_S = 0.5
+#: live output lines waiting for a slow terminal before the next ones are counted, not shown
+LINE_BUFFER = 10_000
 
 
 def _tail(text: str, n: int) -> list[str]:
@@ -51,7 +57,9 @@ class Printer:
         self._task: Any = None
         self._want_progress = sys.stderr.isatty() if progress is None else progress
         self._timer: Any = None
+        self._done = False
         self._streamed: set[str] = set()  # hosts whose lines were shown live
+        self.writer: _Writer | None = None  # set by pretty(): printing off the loop thread
 
     def _print(self, text: str, style: str | None = None) -> None:
         """Print a row; above the progress bar when both share the terminal."""
@@ -68,9 +76,17 @@ class Printer:
         if self._want_progress and self.total > 1:
             rt = get_runtime()
             rt.call_soon(lambda: setattr(self, "_timer", rt.loop.call_later(
-                PROGRESS_AFTER_S, self._show_progress)))
+                PROGRESS_AFTER_S, self._progress_due)))
+
+    def _progress_due(self) -> None:
+        if self.writer is None:
+            self._show_progress()
+        else:
+            self.writer.must(self._show_progress, self.not_shown)
 
     def _show_progress(self) -> None:
+        if self._done:
+            return
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -81,6 +97,10 @@ class Printer:
         self._progress.start()
         self._task = self._progress.add_task("hosts", total=self.total,
                                              completed=sum(self.counts.values()))
+
+    def not_shown(self, n: int) -> None:
+        """Where live lines were skipped because the terminal was too slow."""
+        self._print(f"[yellow]… {n} lines not shown (slow terminal)[/]")
 
     def line(self, e: Line) -> None:
         if self.show_lines:
@@ -110,8 +130,9 @@ class Printer:
             self._print(f"    {_esc(text)}", style=None if r.ok else "red")
 
     def summary(self, interrupted: bool = False) -> None:
+        self._done = True
         if self._timer is not None:
-            self._timer.cancel()
+            get_runtime().call_soon(self._timer.cancel)
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
@@ -122,10 +143,13 @@ class Printer:
         if bad:
             detail = ", ".join(f"{v} {k}" for k, v in sorted(bad.items()))
             parts.append(f"[red]{total - ok} failed[/] ({detail})")
-        parts.append(f"{total} hosts")
+        if interrupted and total < self.total:
+            parts.append(f"[yellow]{self.total - total} not finished[/]")
+        parts.append(f"{self.total if interrupted else total} hosts")
         parts.append(f"{time.monotonic() - self.started:.2f} s")
         if interrupted:
-            parts.append("[yellow]interrupted[/]")
+            parts.append("[yellow]terminated (SIGTERM)[/]" if terminated()
+                         else "[yellow]interrupted[/]")
         self._print("── " + " · ".join(parts))
 
 
@@ -135,34 +159,157 @@ def _esc(text: str) -> str:
     return escape(text)
 
 
+class _Writer:
+    """Prints on its own thread, so a slow terminal never stalls the loop's SSH I/O.
+
+    Results (and the summary) always get printed; live output lines wait in a bounded
+    buffer, and when the terminal cannot keep up the lines that do not fit are counted
+    and shown as one "… N lines not shown (slow terminal)" row in their place.
+    """
+
+    def __init__(self, max_lines: int) -> None:
+        self._max_lines = max_lines
+        self._items: collections.deque[tuple[bool, Callable[[], None]]] = collections.deque()
+        self._cond = threading.Condition()
+        self._lines = 0  # lines waiting in _items
+        self._dropped = 0
+        self._closed = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="reops-terminal", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Callable[[], None], is_line: bool, drop_marker: Callable[[int], None]
+             ) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            if is_line and self._lines >= self._max_lines:
+                self._dropped += 1
+                return
+            if self._dropped:
+                n, self._dropped = self._dropped, 0
+                self._items.append((False, lambda: drop_marker(n)))
+            self._items.append((is_line, item))
+            self._lines += is_line
+            self._cond.notify()
+
+    def line(self, item: Callable[[], None], drop_marker: Callable[[int], None]) -> None:
+        """Print a live output line, or count it as not shown when the buffer is full."""
+        self._put(item, True, drop_marker)
+
+    def must(self, item: Callable[[], None], drop_marker: Callable[[int], None]) -> None:
+        """Print this whatever the terminal's speed (Results, summary)."""
+        self._put(item, False, drop_marker)
+
+    def close(self, last: Callable[[], None], drop_marker: Callable[[int], None],
+              done: Callable[[BaseException | None], None]) -> None:
+        """Print `last` after everything queued, then call `done(error or None)` (from the
+        writer thread) and end it."""
+        def finish() -> None:
+            try:
+                if self.error is None:
+                    last()
+            except BaseException as e:
+                self.error = self.error or e
+            done(self.error)
+
+        self.must(finish, drop_marker)
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def _main(self) -> None:
+        while True:
+            with self._cond:
+                while not self._items and not self._closed:
+                    self._cond.wait()
+                if not self._items:
+                    return
+                is_line, item = self._items.popleft()
+                self._lines -= is_line
+            if self.error is not None and is_line:
+                continue  # output is gone (closed pipe): only the closing call matters
+            try:
+                item()
+            except BaseException as e:  # a closed pipe: end the stream with it
+                if self.error is None:
+                    self.error = e
+                    self.on_error(e)
+
+    def on_error(self, e: BaseException) -> None:
+        """Replaced by the sink: how a failed write reaches the stream."""
+
+
 def pretty(*, tail: int = 3, file: IO[str] | None = None, progress: bool | None = None,
-           summary: bool = True) -> Operator:
-    """Print each host's ✔/✘ and output tail as it finishes, then a summary line."""
+           summary: bool = True, max_lines: int = LINE_BUFFER) -> Operator:
+    """Print each host's ✔/✘ and output tail as it finishes, then a summary line.
+
+    Printing happens off the runtime loop: Results flow on at once, whatever the
+    terminal's speed; live lines beyond `max_lines` waiting are counted, not shown.
+    """
 
     def apply(up: Stream) -> Stream:
         def subscribe(observer: abc.ObserverBase[Event],
                       scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
+            rt = get_runtime()
             p = Printer(tail=tail, file=file, total=len(up.hosts), progress=progress)
+            w = _Writer(max_lines)
+            p.writer = w
+            state = {"ended": False}
+
+            def end(exc: BaseException | None) -> None:
+                """Deliver the stream's end once, on the loop thread."""
+                def deliver() -> None:
+                    if state["ended"]:
+                        return
+                    state["ended"] = True
+                    if exc is None:
+                        observer.on_completed()
+                    else:
+                        observer.on_error(exc if isinstance(exc, Exception)
+                                          else RuntimeError(str(exc)))
+                rt.call_soon(deliver)
+
+            w.on_error = end  # type: ignore[method-assign]
             p.start()
 
             def on_next(e: Event) -> None:
+                if state["ended"]:
+                    return
                 if isinstance(e, Result):
-                    p.result(e)
-                else:
-                    p.line(e)
+                    w.must(lambda: p.result(e), p.not_shown)
+                elif p.show_lines:
+                    w.line(lambda: p.line(e), p.not_shown)
                 observer.on_next(e)
 
             def on_completed() -> None:
-                if summary:
-                    p.summary()
-                observer.on_completed()
+                w.close(p.summary if summary else _nothing, p.not_shown, end)
 
             def on_error(exc: Exception) -> None:
-                p.summary(interrupted=True)
-                observer.on_error(exc)
+                w.close(lambda: p.summary(interrupted=True), p.not_shown,
+                        lambda _: end(exc))
 
-            return up.observable.subscribe(on_next, on_error, on_completed)
+            sub = up.observable.subscribe(on_next, on_error, on_completed)
+
+            def dispose() -> None:
+                sub.dispose()
+                if state["ended"]:
+                    return
+                state["ended"] = True  # interrupted: what finished, then the summary
+                w.close(lambda: p.summary(interrupted=True) if summary else None,
+                        p.not_shown, lambda _: None)
+                if not rt.in_loop:  # the caller's thread may wait for the terminal
+                    w.join(SHUTDOWN_GRACE_S)
+
+            return Disposable(dispose)
 
         return Stream(reactivex.create(subscribe), up.hosts, lambda hs: apply(up.rebuild(hs)))
 
     return Operator(apply, "pretty")
+
+
+def _nothing() -> None:
+    return None
