@@ -88,7 +88,10 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
+            if type(e).__name__ == "Terminated":  # SIGTERM, see reops.runtime
+                click.echo("reops: terminated (SIGTERM)", err=True)
+                sys.exit(143)
             click.echo("reops: interrupted", err=True)
             sys.exit(130)
         except Exception as e:

@@ -88,6 +88,7 @@ def select_hosts(inventory_path: Path | None, selector: str, systems: str | None
 
 def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any]) -> None:
     """Select, configure, run `build(hosts)` and exit 0/1 by the Outcome."""
+    from reops.runtime import terminate_like_interrupt, terminated
     from reops.sinks.jsonl import jsonl
     from reops.sinks.table import save
     from reops.sinks.terminal import pretty
@@ -95,6 +96,7 @@ def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any
     from reops.streams.operators import retry, rolling
     from reops.streams.source import configure
 
+    terminate_like_interrupt()
     hosts = select_hosts(opts["inventory_path"], selector, opts.get("systems"))
     settings = {k: opts[k] for k in ("forks", "connect_timeout", "command_timeout",
                                      "host_key_checking", "user") if opts.get(k) is not None}
@@ -127,8 +129,9 @@ def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any
         if opts["output"] == "pretty":
             click.echo(f"saved {len(outcome.results)} rows to {path}", err=True)
     if outcome.interrupted:
-        click.echo("reops: interrupted: hosts not finished are reported as errors", err=True)
-        sys.exit(130)
+        why = "terminated (SIGTERM)" if terminated() else "interrupted"
+        click.echo(f"reops: {why}: hosts not finished are reported as errors", err=True)
+        sys.exit(143 if terminated() else 130)
     sys.exit(outcome.exit_code)
 
 

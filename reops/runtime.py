@@ -131,14 +131,39 @@ class Runtime:
             self.thread.join(timeout=SHUTDOWN_GRACE_S)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so both take the same cleanup path."""
+
+
+_terminated = False
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    global _terminated
+    _terminated = True
+    raise Terminated("terminated (SIGTERM)")
+
+
+def terminate_like_interrupt() -> None:
+    """Make SIGTERM (systemd, CI, `timeout`) do what Ctrl-C does: cancel what runs, kill
+    the remote commands, report the partial outcome. Main thread only (Python's rule)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def terminated() -> bool:
+    """Whether this process got SIGTERM through `terminate_like_interrupt` (exit 143)."""
+    return _terminated
+
+
 @contextlib.contextmanager
 def deferred_interrupts() -> Iterator[None]:
-    """Hold Ctrl-C until the block is done (e.g. a subscribe whose disposable we need);
-    a Ctrl-C pressed meanwhile is delivered right after."""
+    """Hold Ctrl-C and SIGTERM until the block is done (e.g. a subscribe whose disposable
+    we need); a signal arriving meanwhile is delivered right after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         yield
     finally:
