@@ -81,7 +81,7 @@ async def _finish(api: MachinesAPI, jobs: list[Job],
         show(JobEvent(event="queued", job=j))
     done = await api.wait(jobs, show_once)
     for j in done:  # finished before we were listening (a fast job in the hub)
-        if j.id not in ended and j.retry_of not in ended and j.state != "running":
+        if j.id not in ended and j.state != "running":
             show(JobEvent(event=_ended(j), job=j))
     return 0 if all(j.state == "succeeded" for j in done) else 1
 

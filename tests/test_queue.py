@@ -123,10 +123,10 @@ RUNNER = textwrap.dedent("""
             if started == 2:
                 print("READY", flush=True)
             await asyncio.Event().wait()  # forever: the test kills us here
-        q = JobQueue(store, {"create": hang, "snapshot": hang}, limit=lambda op: 1)
+        q = JobQueue(store, {"start": hang, "snapshot": hang}, limit=lambda op: 1)
         await q.start()
-        q.submit("create", "a" * 40, tag="c1")     # runs, gets killed: safe, retried
-        q.submit("create", "b" * 40, tag="c2")     # queued behind the bound of 1
+        q.submit("start", "a" * 40, tag="c1")      # runs, gets killed: idempotent, retried
+        q.submit("start", "b" * 40, tag="c2")      # queued behind the bound of 1
         q.submit("snapshot", "a" * 40, tag="s2")   # queued behind c1 on the same system
         q.submit("snapshot", "c" * 40, tag="s1")   # runs, gets killed: not retried
         await asyncio.Event().wait()
@@ -163,7 +163,7 @@ async def test_sigkill_mid_job_loses_nothing(tmp_path: Path) -> None:
         ran.append(job.args["tag"])
         return {"ran": job.args["tag"]}
 
-    q = JobQueue(store, {"create": ok, "snapshot": ok}, limit=lambda op: 1)
+    q = JobQueue(store, {"start": ok, "snapshot": ok}, limit=lambda op: 1)
     interrupted = await q.start()
     try:
         assert sorted(j.args["tag"] for j in interrupted) == ["c1", "s1"]
@@ -171,7 +171,7 @@ async def test_sigkill_mid_job_loses_nothing(tmp_path: Path) -> None:
         assert c1.state == "interrupted" and c1.retried_by is not None
         assert f"(pid {proc.pid})" in c1.error and "retried as job" in c1.error
         assert s1.state == "interrupted" and s1.retried_by is None
-        assert "not retried: snapshot is not safe to repeat" in s1.error
+        assert "not retried because snapshot is not idempotent" in s1.error
         finished = {t: await q.wait(before[t].id) for t in ("c1", "c2", "s1")}
         assert finished["c1"].state == "succeeded" and finished["c1"].retry_of == c1.id
         assert finished["c1"].attempt == 2

@@ -42,17 +42,21 @@ def test_types_and_systems_round_trip(cli: CliRunner, tmp_path: Path) -> None:
                              "--count", "2"])
     assert r.exit_code == 0, r.output
     assert r.output.count("succeeded   create") == 2
+    assert r.output.count("succeeded   provision") == 2  # the create waits follow them
     listed = json.loads(cli.invoke(systems, ["ls", "typed:redis", "-o", "json"]).output)
     assert [s["state"] for s in listed] == ["running", "running"]
     assert all(s["machine"]["ip"] for s in listed)
 
     r = cli.invoke(jobs, ["ls"])
     assert r.exit_code == 0 and r.output.count("create") == 2
+    assert r.output.count("  provision  ") == 2
     job_id = r.output.splitlines()[1].split()[0]
     shown = json.loads(cli.invoke(jobs, ["show", job_id]).output)
     assert shown["state"] == "succeeded" and shown["id"].startswith(job_id)
-    assert shown["result"]["provisioned"] is True  # the type's recipe ran, with its --arg
-    assert "echo port 7000" in shown["result"]["out"]
+    assert shown["result"]["provision"] == f"{recipe} (queued)"
+    prov = json.loads(cli.invoke(jobs, ["show", shown["followed_by"]]).output)
+    assert prov["result"]["provisioned"] is True  # the type's recipe ran, with its --arg
+    assert "echo port 7000" in prov["result"]["out"]
     r = cli.invoke(jobs, ["wait", job_id])
     assert r.exit_code == 0 and "succeeded" in r.output
 

@@ -1,10 +1,12 @@
 """libvirt as a source: one connection per hypervisor, lifecycle calls and domain events.
 
-Blocking libvirt calls run in worker threads so the runtime loop never stalls; events come
-from libvirt's event thread (see `reops.systems.libvirt_events`) onto this connection's
-loop and out as an Observable of `HypervisorEvent`. Every method is idempotent where it can
-be (create reuses existing volumes and domains, destroy of a missing domain is done), so a
-job interrupted by a crash can simply run again.
+Blocking libvirt calls run in threads of their own so the runtime loop never stalls and a
+call a hung libvirtd never answers can be abandoned (the job's deadline) without starving
+the loop's executor or holding the process open at exit. Events come from libvirt's event
+thread (see `reops.systems.libvirt_events`) onto this connection's loop and out as an
+Observable of `HypervisorEvent`. Methods are idempotent where they can be (create reuses
+existing volumes and domains, destroy of a missing domain is done); which jobs may run
+again after a crash is the queue's decision (reops.systems.queue.IDEMPOTENT).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -85,6 +88,35 @@ def prepare_embed(uri: str) -> None:
 REATTACHING = "monitor must not be NULL"
 
 
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a daemon thread of its own; cancelling the await abandons the call.
+
+    Not the loop's executor: a hung libvirtd blocks its threads for good, and executor
+    threads are joined at exit (a hung call would keep the process from ending).
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(value: Any, error: BaseException | None) -> None:
+        if fut.done():  # abandoned (cancelled by a deadline): drop the late answer
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(value)
+
+    def work() -> None:
+        try:
+            value, error = fn(*args), None
+        except BaseException as e:  # handed to the awaiting task, raised there
+            value, error = None, e
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+            loop.call_soon_threadsafe(settle, value, error)
+
+    threading.Thread(target=work, name="libvirt-call", daemon=True).start()
+    return await fut
+
+
 def _first_line(e: BaseException) -> str:
     text = e.get_error_message() if isinstance(e, libvirt.libvirtError) else str(e)
     return (text or type(e).__name__).strip().splitlines()[0]
@@ -120,7 +152,7 @@ class Hypervisor:
         EVENT_THREAD.ensure()
         prepare_embed(uri)
         try:
-            conn = await asyncio.wait_for(asyncio.to_thread(libvirt.open, uri), timeout)
+            conn = await asyncio.wait_for(in_thread(libvirt.open, uri), timeout)
         except TimeoutError:
             raise MachinesError(
                 f"hypervisor {name!r} ({uri}) is unreachable: no answer in {timeout:g}s"
@@ -147,8 +179,9 @@ class Hypervisor:
         for deregister, cb_id in callbacks:
             with contextlib.suppress(libvirt.libvirtError):
                 deregister(cb_id)
-        with contextlib.suppress(libvirt.libvirtError):
-            await asyncio.to_thread(self._conn.close)
+        # a hung libvirtd never answers: give up after the connect timeout, keep closing
+        with contextlib.suppress(libvirt.libvirtError, TimeoutError):
+            await asyncio.wait_for(in_thread(self._conn.close), max(self.reattach_timeout, 1.0))
         self._subject.on_completed()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -163,7 +196,7 @@ class Hypervisor:
         pause = 0.05
         while True:
             try:
-                return await asyncio.to_thread(fn, *args)
+                return await in_thread(fn, *args)
             except libvirt.libvirtError as e:
                 if REATTACHING not in str(e) or loop.time() + pause > deadline:
                     raise MachinesError(f"{self.name}: {_first_line(e)}") from None
@@ -387,7 +420,7 @@ class Hypervisor:
         delay = 0.25
         tried: dict[str, str] = {}
         while True:
-            found = await asyncio.to_thread(self._addresses, name, tried)
+            found = await in_thread(self._addresses, name, tried)
             if found:
                 return found
             left = deadline - loop.time()
@@ -400,7 +433,7 @@ class Hypervisor:
 
     async def ip_now(self, name: str) -> str | None:
         """The domain's address if one is known right now (no waiting)."""
-        return await asyncio.to_thread(self._addresses, name, {})
+        return await in_thread(self._addresses, name, {})
 
     def _addresses(self, name: str, tried: dict[str, str]) -> str | None:
         try:

@@ -103,7 +103,7 @@ class LocalMachines:
         ids = {j.id for j in jobs}
 
         def relay(ev: JobEvent) -> None:
-            if on_job is not None and (ev.job.id in ids or ev.job.retry_of in ids):
+            if on_job is not None and ids & {ev.job.id, ev.job.retry_of, ev.job.follows}:
                 ids.add(ev.job.id)
                 on_job(ev)
 
@@ -222,7 +222,7 @@ class HubMachines:
         news = asyncio.Event()
 
         def mine(ev: JobEvent) -> None:
-            if ev.job.id in ids or ev.job.retry_of in ids:
+            if ids & {ev.job.id, ev.job.retry_of, ev.job.follows}:
                 ids.add(ev.job.id)
                 if ev.event not in ("queued", "started"):
                     ended.add(ev.job.id)
@@ -254,10 +254,10 @@ class HubMachines:
                 self._listeners.remove(mine)
 
     async def _followed(self, job_id: str) -> Job:
-        """The job, or the retry that finished it when it was interrupted."""
+        """The job, or the last of its retries and the jobs it queued (provisioning)."""
         job = await self.job(job_id)
-        while job.retried_by:
-            job = await self.job(job.retried_by)
+        while job.next_id:
+            job = await self.job(job.next_id)
         return job
 
     async def watch(self, names: Sequence[str], on_event: OnEvent,

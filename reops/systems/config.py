@@ -39,9 +39,22 @@ class MachinesSettings(msgspec.Struct, frozen=True, kw_only=True):
     )
     default_concurrency: int = 8
     default_hypervisor: str | None = None
+    #: a job a crash interrupted is retried only if it is safe to repeat and began this recently
+    retry_interrupted_within: float = 600.0
+    #: seconds a job may run before it fails as "timeout" (a hung libvirtd must not hold it)
+    deadlines: dict[str, float] = msgspec.field(default_factory=dict)
 
     def limit(self, op: str) -> int:
         return max(1, self.concurrency.get(op, self.default_concurrency))
+
+    def deadline(self, op: str) -> float:
+        """The configured deadline of `op`, else one longer than the waits the op makes."""
+        if op in self.deadlines:
+            return self.deadlines[op]
+        boot = self.ip_timeout + 180.0  # define, boot, then wait for an address
+        return {"create": boot, "reload": boot, "start": boot,
+                "stop": self.stop_timeout + 120.0, "clear": 60.0,
+                "provision": 3600.0}.get(op, 600.0)
 
 
 class MachinesConfig(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,15 +1,17 @@
 """What each job does: create, start, stop, reload, destroy, clear, snapshot, revert, sync.
 
 Handlers re-read the system from the store before changing it (events may have updated it
-meanwhile), are idempotent where the queue retries them, and undo their own partial work
-when creating fails, so a failed create leaves no domain, volume or record behind.
+meanwhile), are idempotent where the queue retries them (queue.IDEMPOTENT), and undo their
+own partial work when creating fails, so a failed create leaves no domain, volume or record
+behind. Create only makes and boots the machine; its Type's recipe runs in a `provision`
+job queued with create's success, so a crash while provisioning never re-creates.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -18,7 +20,8 @@ from reops.model import Result
 from reops.sources.hypervisor import Hypervisor
 from reops.systems import wol
 from reops.systems.domain_xml import DomainSpec, mac_for
-from reops.systems.model import Job, Machine, MachinesError, Placement, System, Type
+from reops.systems.model import Job, Machine, MachinesError, Placement, System, Type, new_id
+from reops.systems.queue import Done, Handler
 
 if TYPE_CHECKING:
     from reops.systems.machines import Machines
@@ -29,7 +32,6 @@ ShutdownSeam = Callable[[System], Awaitable[Result]]
 ReachableSeam = Callable[[System], Awaitable[bool]]
 #: how a Type's provisioning flow runs on a new system (the flows layer's job)
 ProvisionSeam = Callable[[System, Type], Awaitable[Result]]
-Handler = Callable[[Job], Awaitable[Mapping[str, Any] | None]]
 
 
 class Handlers:
@@ -86,8 +88,9 @@ class Handlers:
         return self.m.store.system(s.id) or s
 
     # ---- operations
-    async def create(self, job: Job) -> dict[str, Any]:
-        """Volumes + domain + boot; on failure remove what was made and the record."""
+    async def create(self, job: Job) -> Done:
+        """Volumes + domain + boot, then provisioning queued; on failure remove what was made
+        and the record."""
         s = self._system(job)
         hyp = await self._hyp(s)
         p = s.placement
@@ -107,9 +110,10 @@ class Handlers:
                        machine={"mac": info.mac, "adapters": info.networks})
         result = {"domain": p.domain, "uuid": info.uuid, **await self._boot(s, hyp)}
         t = next((x for x in self.m.store.types() if x.name == s.type), None)
-        if t is not None and t.provision:
-            result.update(await self._provision(self._fresh(s), t))
-        return result
+        if t is None or not t.provision:
+            return Done(result=result)
+        result["provision"] = f"{t.provision} (queued)"
+        return Done(result=result, then=(Job(id=new_id(), op="provision", system_id=s.id),))
 
     async def _provision(self, s: System, t: Type) -> dict[str, Any]:
         """Run the Type's flow on the system when a provisioner is wired; else say so."""
@@ -164,7 +168,7 @@ class Handlers:
         self.m.store.remove_system(s.id)
         return {"destroyed": p.domain}
 
-    async def reload(self, job: Job) -> dict[str, Any]:
+    async def reload(self, job: Job) -> Done:
         """Stop, delete, re-create from the same record (same id, name and size)."""
         s = self._system(job)
         p = s.placement

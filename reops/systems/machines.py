@@ -62,7 +62,9 @@ class Machines:
         self._connecting: dict[str, asyncio.Lock] = {}
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self._handlers = Handlers(self, shutdown, provision, reachable)
-        self.queue = JobQueue(store, self._handlers.table(), self.settings.limit)
+        self.queue = JobQueue(store, self._handlers.table(), self.settings.limit,
+                              deadline=self.settings.deadline,
+                              retry_within=self.settings.retry_interrupted_within)
 
     @classmethod
     def open(cls, root: Path | None = None, config: MachinesConfig | None = None,
@@ -81,7 +83,8 @@ class Machines:
         await self.aclose()
 
     async def run_queue(self) -> list[Job]:
-        """Run the job queue here; returns jobs a crash had interrupted (re-queued if safe)."""
+        """Run the job queue here; returns jobs a crash had interrupted (retried only when
+        idempotent and recent, see queue.IDEMPOTENT)."""
         return await self.queue.start()
 
     async def aclose(self) -> None:
@@ -274,7 +277,8 @@ class Machines:
         return self.store.job(id_or_prefix)
 
     async def wait(self, jobs: Sequence[Job] | Job) -> list[Job]:
-        """The jobs once finished (following retries of interrupted ones)."""
+        """The jobs once finished, each followed to its retry or the job it queued (a
+        create's provisioning)."""
         todo = [jobs] if isinstance(jobs, Job) else list(jobs)
         return [await self.queue.wait(j.id) for j in todo]
 

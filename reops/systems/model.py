@@ -113,9 +113,14 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     state: JobState = "queued"
     error: str = ""
     result: dict[str, Any] = msgspec.field(default_factory=dict)
+    #: why it ended when not succeeded: "timeout" (its deadline), "crash", "shutdown"
+    reason: str = ""
     attempt: int = 1
     retry_of: str | None = None
     retried_by: str | None = None
+    #: the job queued when this one succeeded (provisioning after create), and back
+    followed_by: str | None = None
+    follows: str | None = None
     pid: int | None = None  # the process that ran (or last ran) it
     created_at: float = msgspec.field(default_factory=time.time)
     started_at: float | None = None
@@ -130,6 +135,11 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
         return self.state in ("succeeded", "failed") or (
             self.state == "interrupted" and self.retried_by is None
         )
+
+    @property
+    def next_id(self) -> str | None:
+        """The job that carries on this one's work: its retry, or the job it queued."""
+        return self.retried_by or (self.followed_by if self.state == "succeeded" else None)
 
 
 class JobEvent(msgspec.Struct, frozen=True, kw_only=True):

@@ -2,9 +2,12 @@
 
 A job is on disk before `submit` returns. Workers are bounded per operation (so twenty
 creates do not overwhelm a hypervisor while a stop still runs at once) and serialized per
-system (a start waits for that system's create). One process at a time runs the queue
-(an flock next to the store); when it dies mid-job, the next one to start it marks that
-job interrupted, says so, and re-queues it when the operation is safe to repeat.
+system (a start waits for that system's create). Every job has a deadline: a hung libvirtd
+fails it as "timeout" and frees its slot. One process at a time runs the queue (an flock
+next to the store); when it dies mid-job, the next one to start it marks that job
+interrupted and says why, and re-queues it only when the operation is idempotent (IDEMPOTENT)
+and it began recently (`retry_interrupted_within`): never a late replay, never a second run
+of a command on a machine.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import fcntl
 import functools
 import os
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -35,13 +38,46 @@ from reops.systems.model import (
 )
 from reops.systems.store import Store
 
-Handler = Callable[[Job], Awaitable[Mapping[str, Any] | None]]
 
-#: operations whose handlers are idempotent, so an interrupted run may simply run again
-RETRY_SAFE: frozenset[str] = frozenset(
-    {"create", "start", "stop", "destroy", "clear", "reload", "revert", "sync"}
-)
+class Done(msgspec.Struct, frozen=True, kw_only=True):
+    """A handler's success that queues more work, recorded with it in one transaction
+    (create -> provision: a crash never leaves a finished create without its provisioning)."""
 
+    result: dict[str, Any]
+    then: tuple[Job, ...] = ()
+
+
+Handler = Callable[[Job], Awaitable[Mapping[str, Any] | Done | None]]
+
+#: Whether an interrupted run of each operation may simply run again, and why. An operation
+#: qualifies only if its handler first checks the state it converges on (so a second run
+#: finds the work done, or finishes it) and runs no command on a machine (at most once).
+IDEMPOTENT: dict[str, tuple[bool, str]] = {
+    "destroy": (True, "it finds the record gone, or removes what is left of the domain"),
+    "clear": (True, "it only forgets a record, and finds it gone the second time"),
+    "sync": (True, "it only reads the hypervisor and refreshes records"),
+    "start": (True, "it boots only a domain that is not running; Wake-on-LAN is one packet"),
+    "reload": (True, "it removes the domain and volumes first, then re-creates the record's"),
+    "create": (False, "a second run would reuse a volume or domain the first left half made"),
+    "stop": (False, "stopping a physical machine runs `shutdown` on it, at most once"),
+    "snapshot": (False, "the first run may have taken the snapshot"),
+    "revert": (False, "a second revert would discard what happened since the first"),
+    "provision": (False, "the Type's recipe runs commands on the machine, at most once"),
+}
+RETRY_SAFE: frozenset[str] = frozenset(op for op, (safe, _) in IDEMPOTENT.items() if safe)
+#: default for `[machines] retry_interrupted_within` (seconds)
+RETRY_WITHIN = 600.0
+
+
+def _again(job: Job) -> str:
+    """The command an operator runs to do an interrupted job's work again."""
+    sid = (job.system_id or "")[:7]
+    if job.op == "create":
+        return f"`reops systems reload {sid}` (re-creates it from its record) or `destroy {sid}`"
+    if job.op == "sync":
+        return f"`reops systems sync --hypervisor {job.args.get('hypervisor', '')}`"
+    name = f" {job.args['name']}" if "name" in job.args else ""
+    return f"`reops systems {job.op} {sid}{name}`"
 
 class QueueLock:
     """One queue runner per store: an exclusive flock, released when the process dies."""
@@ -51,7 +87,7 @@ class QueueLock:
         self._file: IO[str] | None = None
 
     def acquire(self) -> None:
-        f = self.path.open("a+")
+        f = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600), "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -83,12 +119,16 @@ class JobQueue:
         store: Store,
         handlers: Mapping[str, Handler],
         limit: Callable[[str], int] = lambda op: 4,
-        retry_safe: Collection[str] = RETRY_SAFE,
+        deadline: Callable[[str], float] = lambda op: 3600.0,
+        retry_within: float = RETRY_WITHIN,
+        idempotent: Mapping[str, tuple[bool, str]] = IDEMPOTENT,
     ) -> None:
         self.store = store
         self._handlers = dict(handlers)
         self._limit = limit
-        self._retry_safe = frozenset(retry_safe)
+        self._deadline = deadline
+        self._retry_within = retry_within
+        self._idempotent = dict(idempotent)
         self._lock = QueueLock(store.path.with_name(store.path.name + ".queue.lock"))
         self._subject: Subject[JobEvent] = Subject()
         self.events: rx.Observable[JobEvent] = self._subject
@@ -102,11 +142,15 @@ class JobQueue:
     async def start(self) -> list[Job]:
         """Own the queue, recover after a crash, run what is queued; returns the interrupted."""
         self._lock.acquire()
+        try:
+            interrupted = [
+                self._interrupt(j, "the process running the queue stopped", "crash")
+                for j in self.store.jobs(states=("running",))
+            ]
+        except BaseException:
+            self._lock.release()
+            raise
         self._started = True
-        interrupted = [
-            self._interrupt(j, "the process running the queue stopped")
-            for j in self.store.jobs(states=("running",))
-        ]
         for j in interrupted:  # retries keep their place: before jobs queued after them
             if j.retried_by:
                 self._schedule(self.store.job(j.retried_by))
@@ -133,7 +177,7 @@ class JobQueue:
         """Persist a job, announce it, and schedule it when this process runs the queue."""
         return self.submit_jobs([Job(id=new_id(), op=op, system_id=system_id, args=args)])[0]
 
-    def submit_jobs(self, jobs: list[Job], systems: Collection[System] = ()) -> list[Job]:
+    def submit_jobs(self, jobs: list[Job], systems: Sequence[System] = ()) -> list[Job]:
         """Record `systems` and their `jobs` in one transaction, then announce and run them."""
         for job in jobs:
             if job.op not in self._handlers:
@@ -146,11 +190,11 @@ class JobQueue:
         return jobs
 
     async def wait(self, job_id: str) -> Job:
-        """The job once finished; an interrupted job is followed to its retry."""
+        """The job once finished; followed to its retry, or to the job it queued."""
         job = self.store.job(job_id)
-        while not job.done:
-            if job.retried_by:
-                job = self.store.job(job.retried_by)
+        while not job.done or job.next_id:
+            if job.next_id:
+                job = self.store.job(job.next_id)
                 continue
             if job.id not in self._tasks:
                 raise MachinesError(
@@ -187,51 +231,87 @@ class JobQueue:
         async with self._serial(job.system_id), self._sem(job.op):
             job = self._update(job, "started", state="running", started_at=time.time(),
                                pid=os.getpid())
+            limit = self._deadline(job.op)
+            deadline = asyncio.timeout(limit)
             try:
-                result = await self._handlers[job.op](job)
+                async with deadline:
+                    result = await self._handlers[job.op](job)
             except asyncio.CancelledError:
-                self._interrupt(job, "the queue was shut down")
+                self._interrupt(job, "the queue was shut down", "shutdown")
                 raise
+            except TimeoutError as e:
+                if not deadline.expired():
+                    self._fail(job, f"{type(e).__name__}: {e}")
+                else:  # the handler's thread may still be blocked in libvirt: leave it
+                    self._fail(job, f"timeout: {job.op} did not finish within {limit:g}s"
+                               f" ([machines] deadlines.{job.op}); the hypervisor may be hung:"
+                               f" check it, then run {_again(job)} if needed", "timeout")
             except MachinesError as e:
-                self._update(job, "failed", state="failed", error=str(e),
-                             finished_at=time.time())
+                self._fail(job, str(e))
             except Exception as e:  # a bug or an unexpected libvirt answer: keep the reason
-                self._update(job, "failed", state="failed", error=f"{type(e).__name__}: {e}",
-                             finished_at=time.time())
+                self._fail(job, f"{type(e).__name__}: {e}")
             else:
-                self._update(job, "succeeded", state="succeeded", result=dict(result or {}),
-                             finished_at=time.time())
+                self._succeed(job, result)
 
-    def _interrupt(self, job: Job, why: str) -> Job:
-        """Record an interrupted job with a clear reason; re-queue it when safe."""
-        since = datetime.fromtimestamp(job.started_at or job.created_at).isoformat(
-            sep=" ", timespec="seconds")
+    def _fail(self, job: Job, error: str, reason: str = "error") -> None:
+        self._update(job, "failed", state="failed", error=error, reason=reason,
+                     finished_at=time.time())
+
+    def _succeed(self, job: Job, result: Mapping[str, Any] | Done | None) -> None:
+        """Record success and the follow-up jobs the handler queued, in one transaction."""
+        then = [msgspec.structs.replace(j, follows=job.id) for j in
+                (result.then if isinstance(result, Done) else ())]
+        data = result.result if isinstance(result, Done) else dict(result or {})
+        done = msgspec.structs.replace(
+            job, state="succeeded", result=data, finished_at=time.time(),
+            followed_by=then[0].id if then else None)
+        self._commit([("succeeded", done), *(("queued", j) for j in then)])
+        for j in then:
+            self._schedule(j)
+
+    def _interrupt(self, job: Job, why: str, reason: str) -> Job:
+        """Record an interrupted job and, when safe, its retry: both in one transaction."""
+        now = time.time()
+        began = job.started_at or job.created_at
+        since = datetime.fromtimestamp(began).isoformat(sep=" ", timespec="seconds")
         where = f" (pid {job.pid})" if job.pid else ""
+        safe, because = self._idempotent.get(job.op, (False, "it is not known to be safe"))
         retry: Job | None = None
-        if job.op in self._retry_safe:
+        if not safe:
+            then = (f"not retried because {job.op} is not idempotent ({because});"
+                    f" check the system, then run {_again(job)} if needed")
+        elif now - began >= self._retry_within:
+            then = (f"not retried: it began {now - began:.0f}s ago, more than [machines]"
+                    f" retry_interrupted_within = {self._retry_within:g}s;"
+                    f" run {_again(job)} if it is still wanted")
+        else:
             retry = Job(id=new_id(), op=job.op, system_id=job.system_id, args=job.args,
                         attempt=job.attempt + 1, retry_of=job.id)
-            then = f"retried as job {retry.short_id}"
-        else:
-            then = f"not retried: {job.op} is not safe to repeat; check the system, then rerun"
+            then = f"retried as job {retry.short_id} ({because})"
         msg = f"interrupted: {why}{where} while this job was running (since {since}); {then}"
-        done = self._update(job, "interrupted", state="interrupted", error=msg,
-                            finished_at=time.time(),
-                            retried_by=retry.id if retry else None)
+        done = msgspec.structs.replace(
+            job, state="interrupted", error=msg, reason=reason, finished_at=now,
+            retried_by=retry.id if retry else None)
+        changes: list[tuple[JobEventKind, Job]] = [("interrupted", done)]
         if retry is not None:
-            self.store.put_job(retry)
-            self._emit("queued", retry)
+            changes.append(("queued", retry))
+        self._commit(changes)
         return done
 
     def _update(self, job: Job, event: JobEventKind, **changes: Any) -> Job:
         job = msgspec.structs.replace(job, **changes)
-        self.store.put_job(job)
-        self._emit(event, job)
-        if job.state != "running":
-            for fut in self._waiters.pop(job.id, []):
-                if not fut.done():
-                    fut.set_result(job)
+        self._commit([(event, job)])
         return job
+
+    def _commit(self, changes: list[tuple[JobEventKind, Job]]) -> None:
+        """Write jobs in one transaction, then announce them and wake their waiters."""
+        self.store.put_jobs(j for _, j in changes)
+        for event, job in changes:
+            self._emit(event, job)
+            if job.state != "running":
+                for fut in self._waiters.pop(job.id, []):
+                    if not fut.done():
+                        fut.set_result(job)
 
     def _emit(self, event: JobEventKind, job: Job) -> None:
         self._subject.on_next(JobEvent(event=event, job=job))

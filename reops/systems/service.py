@@ -127,7 +127,7 @@ class MachinesService:
         ids = set(s.params["ids"])
 
         def relay(ev: JobEvent) -> None:
-            if ev.job.id in ids or ev.job.retry_of in ids:
+            if ids & {ev.job.id, ev.job.retry_of, ev.job.follows}:
                 ids.add(ev.job.id)
                 s.emit(_plain(ev))
 

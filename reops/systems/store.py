@@ -2,12 +2,18 @@
 
 WAL lets the CLI read while the queue process writes; every change is one short
 transaction, so a SIGKILL at any point leaves the last committed state, never half a row.
+`synchronous=FULL`: a committed job state survives a power cut too, not only a crash (the
+queue decides what to retry from it). The file is 0600 in a 0700 directory: it names every
+machine and how to reach it.
 Rows keep the msgspec JSON of the value plus the columns we select and order on.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -45,11 +51,11 @@ class Store:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _private(self.path)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._lock = threading.RLock()
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._migrate()
 
@@ -82,6 +88,13 @@ class Store:
                 for stmt in filter(str.strip, script.split(";")):
                     db.execute(stmt)
                 db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time()))
+
+    def pragma(self, name: str) -> object:
+        """A PRAGMA's value on this store's connection (e.g. synchronous: 2 is FULL)."""
+        if not name.isidentifier():
+            raise ValueError(f"bad pragma name {name!r}")
+        with self._lock:
+            return self._db.execute(f"PRAGMA {name}").fetchone()[0]
 
     @property
     def schema_version(self) -> int:
@@ -162,8 +175,13 @@ class Store:
 
     # ---- jobs
     def put_job(self, j: Job) -> None:
+        self.put_jobs([j])
+
+    def put_jobs(self, jobs: Iterable[Job]) -> None:
+        """Write jobs together (e.g. an interrupted job and its retry): all, or none."""
         with self.tx() as db:
-            _put_job(db, j)
+            for j in jobs:
+                _put_job(db, j)
 
     def job(self, id_or_prefix: str) -> Job:
         """A job by full id or unique prefix; a clear error when none or several match."""
@@ -188,6 +206,22 @@ class Store:
             self._rows("SELECT data FROM systems WHERE id LIKE ? || '%' LIMIT 2",
                        (_like(prefix),), System),
         )
+
+
+def _private(path: Path) -> None:
+    """Create the store's directory 0700 and file (and WAL files) 0600; tighten looser ones."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = path.parent.stat()
+    if st.st_uid == os.geteuid() and not st.st_mode & stat.S_ISVTX:  # ours, not a /tmp
+        os.chmod(path.parent, 0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for extra in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(extra, 0o600)
 
 
 def _put_job(db: sqlite3.Connection, j: Job) -> None:
