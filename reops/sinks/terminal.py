@@ -175,6 +175,8 @@ class _Writer:
         self._dropped = 0
         self._closed = False
         self.error: BaseException | None = None
+        #: how a failed write (a closed pipe) reaches the stream; set by the sink
+        self.on_error: Callable[[BaseException], None] = lambda e: None
         self._thread = threading.Thread(target=self._main, name="reops-terminal", daemon=True)
         self._thread.start()
 
@@ -239,9 +241,6 @@ class _Writer:
                     self.error = e
                     self.on_error(e)
 
-    def on_error(self, e: BaseException) -> None:
-        """Replaced by the sink: how a failed write reaches the stream."""
-
 
 def pretty(*, tail: int = 3, file: IO[str] | None = None, progress: bool | None = None,
            summary: bool = True, max_lines: int = LINE_BUFFER) -> Operator:
@@ -273,7 +272,7 @@ def pretty(*, tail: int = 3, file: IO[str] | None = None, progress: bool | None 
                                           else RuntimeError(str(exc)))
                 rt.call_soon(deliver)
 
-            w.on_error = end  # type: ignore[method-assign]
+            w.on_error = end
             p.start()
 
             def on_next(e: Event) -> None:
