@@ -90,9 +90,11 @@ def _no_rebuild(hosts: Hosts) -> Stream:
 class _Once:
     """Subscribe upstream once and share it; cancel when the last subscriber leaves.
 
-    With `replay`, late subscribers first get every event so far (finite op streams:
-    `partition` branches subscribe one after another). Without it, a late subscriber
-    sees only what comes next (long-running streams must not buffer forever).
+    With `replay`, late subscribers first get every Result so far (finite op streams:
+    `partition` branches subscribe one after another). Output `Line`s are never kept:
+    a host printing 50 MB must not cost 50 MB (plus objects) per shared stream, and a late
+    subscriber needs the Results, not a replay of the live view. Without `replay`, a late
+    subscriber sees only what comes next (long-running streams must not buffer forever).
     A small hand-written subject: reactivex's ReplaySubject schedules every event
     through a trampoline and costs ~20x more per event.
     """
@@ -139,7 +141,7 @@ class _Once:
 
     def _on_next(self, e: Event) -> None:
         with self._lock:
-            if self._replay:
+            if self._replay and not isinstance(e, Line):
                 self._events.append(e)
             for o in self._observers:
                 o.on_next(e)
