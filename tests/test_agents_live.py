@@ -288,21 +288,19 @@ async def test_agent_killed_mid_call(tmp_path: Path) -> None:
             other = asyncio.create_task(call(client, hosts=["k2"], fn="shell",
                                              args=["sleep 1; echo fine"]))
             results: dict[str, Any] = {}
-            killed_at = 0.0
+            killed = False
             async for item in stream:
-                if item["k"] == "line" and item["host"] == "k1" and not killed_at:
+                if item["k"] == "line" and item["host"] == "k1" and not killed:
                     lab.kill("k1")
-                    killed_at = time.monotonic()
+                    killed = True
                 elif item["k"] == "result":
                     results[item["host"]] = item
                     if item["host"] == "k1":
                         break
             await stream.aclose()
-            elapsed = time.monotonic() - killed_at
             k1 = results["k1"]
-            assert (k1["status"], k1["code"]) == ("unreachable", -1)
-            assert k1["err"] == f"agent k1 lost: no heartbeat for {WINDOW:g} s"
-            assert elapsed < WINDOW + 2 * HEARTBEAT + 1.0
+            assert (k1["status"], k1["code"]) == ("lost", -1)  # it had started: may have run
+            assert "connection dropped during the call" in k1["err"]
             ok, _ = await other
             assert ok["k2"]["status"] == "ok" and ok["k2"]["out"] == "fine\n"
         finally:

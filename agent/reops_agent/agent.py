@@ -50,6 +50,7 @@ from reops_agent.protocol import (
     decode_hub,
     encode,
 )
+from reops_agent.results import fit_tick, messages
 from reops_agent.shipped import CodeMissing
 
 log = logging.getLogger("reops_agent")
@@ -274,7 +275,8 @@ class Agent:
             raise
         finally:
             self.calls.pop(msg.id, None)
-        await self._queue(done)
+        for part in messages(done):  # large output in parts: no frame beyond the hub's limit
+            await self._queue(part)
 
     async def _schedule(self, msg: Schedule) -> None:
         seq = 0
@@ -288,7 +290,7 @@ class Agent:
             except CodeMissing as e:
                 done = Done(id=0, status="error", code=1, err=f"shipped code {e.digest[:12]} "
                             "missing: schedule it again")
-            tick = Tick(schedule=msg.id, seq=seq, result=done)
+            tick = fit_tick(Tick(schedule=msg.id, seq=seq, result=done))
             if self.registered and not self._outbox.full():
                 await self._queue(tick)
             else:

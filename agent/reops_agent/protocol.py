@@ -18,12 +18,21 @@ import msgspec
 
 PROTOCOL_VERSION = 1
 
-#: largest frame either side accepts (file contents travel in one frame)
+#: largest frame the agent accepts from its hub (the hub's own limit is smaller, configurable)
 MAX_MESSAGE = 64 * 1024 * 1024
+#: largest frame an agent sends: results are split or cut to fit (the hub refuses more)
+MAX_SEND = 3 * 1024 * 1024
+#: captured output travels in Output parts of at most this many UTF-8 bytes each
+PART_BYTES = 512 * 1024
+#: file transfers move in chunks of this size (one call each), whatever the file's size
+CHUNK_BYTES = 1024 * 1024
 #: longest streamed line; longer lines are cut (the full text is still in Done.out)
 MAX_LINE = 64 * 1024
-#: most captured stdout/stderr kept per call; the rest is cut with a marker
-MAX_OUTPUT = 16 * 1024 * 1024
+#: captured bytes kept per stream by default: the first half and the last half (the same
+#: default and the same text as the SSH transport); what lies between is cut, with a marker
+MAX_OUTPUT = 2 * 1024 * 1024
+#: the most a caller may ask the agent to keep per stream (max_output)
+MAX_OUTPUT_LIMIT = 16 * 1024 * 1024
 #: agent names: also file names in the hub's key store
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -39,6 +48,46 @@ class Msg(msgspec.Struct, tag_field="t", kw_only=True, omit_defaults=True):
     """Base of every message: carries the protocol version."""
 
     v: int = PROTOCOL_VERSION
+
+
+def cut_marker(cut: int, stream: Stream) -> str:
+    """The line standing in for the bytes left out (the SSH transport's very text)."""
+    name = "stdout" if stream == "out" else "stderr"
+    return f"\n… [reops: cut {cut} bytes of {name}; raise max_output or set output_spill] …\n"
+
+
+def _utf8_head_end(data: bytes) -> int:
+    """Where `data` ends on a whole UTF-8 character (drops a split one at the end)."""
+    n = len(data)
+    for back in range(1, min(4, n) + 1):
+        b = data[n - back]
+        if b < 0x80:
+            return n
+        if b >= 0xC0:  # a lead byte: is its character complete?
+            need = 2 if b < 0xE0 else 3 if b < 0xF0 else 4
+            return n if back >= need else n - back
+    return n
+
+
+def _utf8_tail_start(data: bytes) -> int:
+    """Where `data` starts on a whole UTF-8 character (skips up to 3 continuation bytes)."""
+    i = 0
+    while i < min(3, len(data)) and 0x80 <= data[i] < 0xC0:
+        i += 1
+    return i
+
+
+def decode_output(head: bytes, tail: bytes, total: int, stream: Stream) -> str:
+    """Captured bytes as text, exactly as the SSH transport makes it: UTF-8 with U+FFFD for
+    invalid bytes; when bytes were cut, head and tail end on whole characters and a marker
+    says how many bytes are missing."""
+    if total <= len(head) + len(tail):
+        return (head + tail).decode("utf-8", errors="replace")
+    head = head[: _utf8_head_end(head)]
+    tail = tail[_utf8_tail_start(tail):]
+    return (head.decode("utf-8", errors="replace")
+            + cut_marker(total - len(head) - len(tail), stream)
+            + tail.decode("utf-8", errors="replace"))
 
 
 # ── agent → hub ───────────────────────────────────────────────────────────────────────
@@ -67,11 +116,17 @@ class Beat(Msg, tag="beat", kw_only=True):
 
 
 class Output(Msg, tag="out", kw_only=True):
-    """One line of a running call's output, sent in order before its Done."""
+    """One line of a running call's output, sent in order before its Done.
+
+    With `part`, it is instead a piece of the call's captured output: the hub joins the
+    parts of each stream in order and puts them before Done.out / Done.err (so a large
+    result never needs one large frame).
+    """
 
     id: int
     stream: Stream = "out"
     text: str = ""
+    part: bool = False
 
 
 class Done(Msg, tag="done", kw_only=True):

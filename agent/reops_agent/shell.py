@@ -1,8 +1,10 @@
 """The `shell` built-in: run a command, streaming stdout/stderr lines back as they come.
 
-Lines of each stream keep their order; the captured text is capped at MAX_OUTPUT so a
-runaway command cannot exhaust the agent's memory. A cancelled call (timeout, Cancel)
-kills the command's whole process group.
+Lines of each stream keep their order; each stream keeps its first and last max_output/2
+bytes (a visible marker says how much was cut between, in the SSH transport's words), so a
+runaway command cannot exhaust the agent's memory. stdin is written while stdout/stderr are read: a
+command that echoes its input (`cat`) can never fill a pipe and deadlock. A cancelled call
+(timeout, Cancel) kills the command's whole process group.
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 
-from reops_agent.protocol import MAX_LINE, MAX_OUTPUT, Stream
+from reops_agent.protocol import (
+    MAX_LINE,
+    MAX_OUTPUT,
+    MAX_OUTPUT_LIMIT,
+    Stream,
+    decode_output,
+)
 from reops_agent.results import FnResult
 
 Emit = Callable[[Stream, str], Awaitable[None]]
@@ -22,25 +30,31 @@ _CHUNK = 64 * 1024
 
 
 class _Capture:
-    """Collects one stream's text up to a cap and cuts it into lines for `emit`."""
+    """Keeps one stream's head and tail bytes and cuts its lines for `emit`."""
 
-    def __init__(self, stream: Stream, emit: Emit | None) -> None:
+    def __init__(self, stream: Stream, emit: Emit | None, limit: int = MAX_OUTPUT) -> None:
         self.stream: Stream = stream
         self.emit = emit
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.cut = False
+        limit = max(0, min(limit, MAX_OUTPUT_LIMIT))
+        self.head_max = limit // 2
+        self.tail_max = limit - self.head_max
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
         self.partial = b""
 
     def feed(self, chunk: bytes) -> list[str]:
-        """Keep `chunk`; the complete lines it finished (when streaming)."""
-        if self.size < MAX_OUTPUT:
-            keep = chunk[: MAX_OUTPUT - self.size]
-            self.parts.append(keep)
-            self.size += len(keep)
-            self.cut = self.cut or len(keep) < len(chunk)
-        else:
-            self.cut = True
+        """Keep `chunk` (bounded); the complete lines it finished (when streaming)."""
+        self.total += len(chunk)
+        rest = chunk
+        room = self.head_max - len(self.head)
+        if room > 0:
+            self.head += rest[:room]
+            rest = rest[room:]
+        if rest and self.tail_max:
+            self.tail += rest[-self.tail_max:]
+            if len(self.tail) > self.tail_max:
+                del self.tail[: len(self.tail) - self.tail_max]
         if self.emit is None:
             return []
         data = self.partial + chunk
@@ -50,14 +64,14 @@ class _Capture:
             self.partial = b""
         return [line[:MAX_LINE].decode(errors="replace") for line in lines]
 
-    def tail(self) -> list[str]:
+    def tail_line(self) -> list[str]:
         """The last, unterminated line (when streaming)."""
         rest, self.partial = self.partial, b""
         return [rest.decode(errors="replace")] if rest and self.emit is not None else []
 
     def text(self) -> str:
-        text = b"".join(self.parts).decode(errors="replace")
-        return text + (f"\n[output cut at {MAX_OUTPUT} bytes]\n" if self.cut else "")
+        """What was kept, as UTF-8 text (errors replaced), marked where bytes were cut."""
+        return decode_output(bytes(self.head), bytes(self.tail), self.total, self.stream)
 
 
 async def _pump(reader: asyncio.StreamReader | None, capture: _Capture) -> None:
@@ -70,19 +84,36 @@ async def _pump(reader: asyncio.StreamReader | None, capture: _Capture) -> None:
             for line in lines:
                 await emit(capture.stream, line)
     if emit is not None:
-        for line in capture.tail():
+        for line in capture.tail_line():
             await emit(capture.stream, line)
+
+
+async def _feed(writer: asyncio.StreamWriter | None, data: bytes) -> None:
+    """Write stdin, then close it; a command that exits without reading it is fine."""
+    if writer is None:
+        return
+    try:
+        writer.write(data)
+        await writer.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            writer.close()
 
 
 async def shell(
     command: str,
-    stdin: str | None = None,
+    stdin: str | bytes | None = None,
     cwd: str | None = None,
     env: dict[str, str] | None = None,
+    max_output: int = MAX_OUTPUT,
     *,
     emit: Emit | None = None,
 ) -> FnResult:
-    """Run `command` with /bin/sh; exit code 0 is ok, anything else failed."""
+    """Run `command` with /bin/sh; exit code 0 is ok, anything else failed.
+
+    `max_output` bounds the bytes kept per stream (at most MAX_OUTPUT_LIMIT)."""
     proc = await asyncio.create_subprocess_shell(
         command,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
@@ -92,13 +123,11 @@ async def shell(
         env={**os.environ, **env} if env else None,
         start_new_session=True,
     )
-    out, err = _Capture("out", emit), _Capture("err", emit)
+    out, err = _Capture("out", emit, max_output), _Capture("err", emit, max_output)
+    data = stdin.encode() if isinstance(stdin, str) else stdin
     try:
-        if stdin is not None and proc.stdin is not None:
-            proc.stdin.write(stdin.encode())
-            await proc.stdin.drain()
-            proc.stdin.close()
-        await asyncio.gather(_pump(proc.stdout, out), _pump(proc.stderr, err))
+        await asyncio.gather(_feed(proc.stdin, data or b"") if data is not None else _none(),
+                             _pump(proc.stdout, out), _pump(proc.stderr, err))
         code = await proc.wait()
     finally:
         if proc.returncode is None:
@@ -107,3 +136,7 @@ async def shell(
             await asyncio.shield(proc.wait())
     return FnResult(status="ok" if code == 0 else "failed", code=code, out=out.text(),
                     err=err.text())
+
+
+async def _none() -> None:
+    return None

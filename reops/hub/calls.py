@@ -1,8 +1,11 @@
 """The in-flight call table: every call sent to an agent until its one answer.
 
 Each call ends exactly once — with the agent's Done, a hub-side deadline (its timeout plus
-a grace), or its agent being lost — and its `on_done` callback then gets a plain dict in
-the agent's terms (status, code, out, err, started_at, duration_s, data).
+a grace), or its agent's connection going away — and its `on_done` callback then gets a
+plain dict in the agent's terms (status, code, out, err, started_at, duration_s, data).
+A call that was sent and then lost its agent ends "lost": it may have run.
+A large result arrives as ordered Output parts before its Done; they are joined here
+(bounded per call).
 """
 
 from __future__ import annotations
@@ -14,10 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from reops_agent.protocol import Call, Done, Output
+from reops_agent.protocol import MAX_OUTPUT_LIMIT, Call, Done, Output
 
 OnLine = Callable[[str, str, str], None]  # host, stream, text
 OnDone = Callable[[str, dict[str, Any]], None]  # host, result
+OnExpire = Callable[["InFlight"], None]
+
+#: most characters of output parts kept per call (agents keep at most MAX_OUTPUT_LIMIT bytes
+#: per stream, never more characters than that)
+MAX_PART_CHARS = 2 * MAX_OUTPUT_LIMIT + 64 * 1024
 
 
 @dataclass(slots=True)
@@ -28,9 +36,12 @@ class InFlight:
     call: Call
     on_done: OnDone
     on_line: OnLine | None
+    routing: bytes = b""  # the connection it was sent on
     started_at: float = field(default_factory=time.time)
     t0: float = field(default_factory=time.monotonic)
     deadline: asyncio.TimerHandle | None = None
+    parts: dict[str, list[str]] = field(default_factory=dict)
+    part_chars: int = 0
 
 
 def failure(status: str, err: str, started_at: float = 0.0, duration_s: float = 0.0,
@@ -43,10 +54,11 @@ def failure(status: str, err: str, started_at: float = 0.0, duration_s: float = 
 class CallTable:
     """Calls by id; ids are unique for the hub's lifetime."""
 
-    def __init__(self, max_calls: int) -> None:
+    def __init__(self, max_calls: int, on_expire: OnExpire | None = None) -> None:
         self._ids = itertools.count(1)
         self._calls: dict[int, InFlight] = {}
         self.max_calls = max_calls
+        self.on_expire = on_expire  # tells the agent to stop a call the hub gave up on
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -66,8 +78,16 @@ class CallTable:
                                              expire_after)
 
     def line(self, agent: str, out: Output) -> None:
+        """A streamed line (to `on_line`) or a part of the result (kept, bounded)."""
         entry = self._calls.get(out.id)
-        if entry is not None and entry.agent == agent and entry.on_line is not None:
+        if entry is None or entry.agent != agent:
+            return
+        if out.part:
+            if entry.part_chars + len(out.text) <= MAX_PART_CHARS:
+                entry.parts.setdefault(out.stream, []).append(out.text)
+                entry.part_chars += len(out.text)
+            return
+        if entry.on_line is not None:
             entry.on_line(agent, out.stream, out.text)
 
     def done(self, agent: str, done: Done) -> bool:
@@ -75,8 +95,10 @@ class CallTable:
         entry = self._calls.get(done.id)
         if entry is None or entry.agent != agent:
             return False
-        self._finish(entry, {"status": done.status, "code": done.code, "out": done.out,
-                             "err": done.err, "started_at": done.started_at or entry.started_at,
+        out = "".join([*entry.parts.get("out", ()), done.out])
+        err = "".join([*entry.parts.get("err", ()), done.err])
+        self._finish(entry, {"status": done.status, "code": done.code, "out": out,
+                             "err": err, "started_at": done.started_at or entry.started_at,
                              "duration_s": done.duration_s, "data": done.data})
         return True
 
@@ -93,10 +115,20 @@ class CallTable:
             self.fail(i, status, err)
         return len(ids)
 
+    def fail_routing(self, routings: set[bytes], status: str, err: str) -> list[str]:
+        """Fail every call sent on one of `routings` (connections that went away);
+        the agents they were on (once each)."""
+        hit = [(i, e.agent) for i, e in self._calls.items() if e.routing in routings]
+        for i, agent in hit:
+            self.fail(i, status, err.format(agent=agent))
+        return sorted({agent for _, agent in hit})
+
     def _expire(self, call_id: int, after: float) -> None:
         entry = self._calls.get(call_id)
         if entry is not None:
             entry.deadline = None
+            if self.on_expire is not None:
+                self.on_expire(entry)
             self.fail(call_id, "timeout",
                       f"no answer from agent {entry.agent} within {after:g} s")
 

@@ -2,7 +2,8 @@
 
 A request gets any number of items, then one done (its value) or error (HubError). When
 the hub is not running, HubNotRunning says so in one line and how to start it; when it
-goes away mid-request, pending requests fail with HubGone instead of hanging.
+goes away mid-request, pending requests fail at once with HubGone instead of hanging, and
+the next request connects afresh.
 """
 
 from __future__ import annotations
@@ -107,9 +108,13 @@ class HubClient:
         self._sock: zmq.asyncio.Socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ready: asyncio.Future[None] | None = None
+        self._gone = False  # the connection dropped: reconnect before the next request
 
     async def connect(self) -> None:
         """Connect and ping; HubNotRunning if no hub answers in time."""
+        if self._gone and self._ready is not None and self._ready.done():
+            await self._close_sockets()
+            self._ready, self._gone = None, False
         if self._ready is None:
             self._ready = asyncio.get_running_loop().create_future()
             try:
@@ -154,6 +159,7 @@ class HubClient:
             while True:
                 event = parse_monitor_message(await monitor.recv_multipart())
                 if event["event"] == zmq.EVENT_DISCONNECTED:
+                    self._gone = True
                     for queue in self._queues.values():
                         queue.put_nowait(HubGone("the hub went away during the request"))
         finally:

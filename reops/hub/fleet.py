@@ -17,7 +17,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 from reops_agent.protocol import (
-    MAX_MESSAGE,
+    MAX_SEND,
     Beat,
     Call,
     Cancel,
@@ -39,6 +39,7 @@ from reops_agent.protocol import (
     encode,
     fingerprint,
 )
+from zmq.utils.monitor import parse_monitor_message
 
 from reops.hub.calls import CallTable, InFlight, OnDone, OnLine, failure
 from reops.hub.keystore import KeyStore
@@ -74,7 +75,7 @@ class Fleet:
         self.keys = keys
         self.publish = publish
         self.registry = Registry()
-        self.calls = CallTable(settings.max_calls)
+        self.calls = CallTable(settings.max_calls, on_expire=self._expired)
         self.schedules: dict[int, ActiveSchedule] = {}
         self.sources: OrderedDict[str, CodeRef] = OrderedDict()
         self.pending: dict[str, bytes] = {}  # name → connection of agents awaiting a key
@@ -86,12 +87,17 @@ class Fleet:
         s.zap_domain = b"reops"
         s.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished agent fails loudly
         s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+        # small frames only (calls' results are split, files chunked): nobody can make the
+        # hub allocate big frames; never below what an agent may send in one frame
+        s.setsockopt(zmq.MAXMSGSIZE, max(settings.max_message, MAX_SEND + 64 * 1024))
         s.setsockopt(zmq.SNDHWM, 100_000)
         s.setsockopt(zmq.RCVHWM, 100_000)
         beat_ms = max(1, int(settings.heartbeat_s * 1000))
         s.setsockopt(zmq.HEARTBEAT_IVL, beat_ms)
         s.setsockopt(zmq.HEARTBEAT_TIMEOUT, beat_ms * settings.misses)
+        # a dropped agent connection fails its calls at once ("lost"), not after heartbeats
+        self._monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.conns: dict[bytes, int] = {}  # routing id → the connection's file descriptor
         s.bind(settings.bind)
         self.endpoint = s.getsockopt_string(zmq.LAST_ENDPOINT)
         self.sock = s
@@ -99,12 +105,48 @@ class Fleet:
     # ── receiving ─────────────────────────────────────────────────────────────────────
 
     async def serve(self) -> None:
+        watcher = asyncio.create_task(self._watch())
+        try:
+            while True:
+                frames = await self.sock.recv_multipart(copy=False)
+                try:
+                    self._note_connection(frames)
+                    self.receive(frames)
+                except Exception:  # a hub bug on one message must not stop the others
+                    log.exception("error handling an agent message")
+        finally:
+            watcher.cancel()
+
+    def _note_connection(self, frames: list[zmq.Frame]) -> None:
+        """Remember which connection (file descriptor) a routing id arrived on."""
+        if len(frames) == 2:
+            fd = frames[1].get(zmq.SRCFD)
+            if isinstance(fd, int) and fd >= 0:
+                self.conns[frames[0].bytes] = fd
+
+    async def _watch(self) -> None:
+        """Connection drops from the ROUTER's monitor: fail the calls sent on them."""
         while True:
-            frames = await self.sock.recv_multipart(copy=False)
-            try:
-                self.receive(frames)
-            except Exception:  # a hub bug on one message must not stop the others
-                log.exception("error handling an agent message")
+            event = parse_monitor_message(await self._monitor.recv_multipart())
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                try:
+                    self._disconnected(int(event["value"]))
+                except Exception:
+                    log.exception("error handling a dropped agent connection")
+
+    def _disconnected(self, fd: int) -> None:
+        gone = {r for r, f in self.conns.items() if f == fd}
+        for r in gone:
+            del self.conns[r]
+        failed = self.calls.fail_routing(
+            gone, "lost", "agent {agent}'s connection dropped during the call: the command "
+            "may have run; check the host before running it again")
+        for name in failed:
+            log.warning("agent %s disconnected during calls: failed them as lost", name)
+        for r in gone:
+            rec = self.registry.by_routing.get(r)
+            if rec is not None:
+                self.publish("agents", {"event": "disconnected", "agent": rec.name})
 
     def receive(self, frames: list[zmq.Frame]) -> None:
         """Handle one multipart message from the ROUTER: [routing id, payload]."""
@@ -230,6 +272,7 @@ class Fleet:
         if code is None:
             self.calls.fail(missing.id, "error", "shipped code no longer held by the hub")
             return
+        entry.routing = rec.routing
         c = entry.call
         why = self._send(rec.routing, Call(id=c.id, fn=c.fn, args=c.args, kwargs=c.kwargs,
                                            timeout=c.timeout, stream=c.stream, code=code))
@@ -241,7 +284,11 @@ class Fleet:
     def call(self, name: str, fn: str, args: list[Any], kwargs: dict[str, Any], *,
              timeout: float | None, stream: bool, code: CodeRef | None, on_done: OnDone,
              on_line: OnLine | None) -> int | None:
-        """Start `fn` on agent `name`; its result goes to `on_done` (now, if it cannot run)."""
+        """Start `fn` on agent `name`; its result goes to `on_done` (now, if it cannot run).
+
+        Every call has a deadline (its timeout, else the hub's call_timeout_s). A call that
+        could not be sent is "unreachable"; once sent, losing its agent makes it "lost".
+        """
         rec = self.registry.connected(name)
         if rec is None:
             lost = name in self.registry.by_name
@@ -252,11 +299,13 @@ class Fleet:
             on_done(name, failure("error", f"hub busy: {len(self.calls)} calls in flight"))
             return None
         self._remember(code)
+        if timeout is None or timeout <= 0:
+            timeout = self.settings.call_timeout_s
         msg = Call(id=self.calls.next_id(), fn=fn, args=args, kwargs=kwargs, timeout=timeout,
                    stream=stream, code=code)
         grace = self.settings.call_grace_s
-        self.calls.add(InFlight(agent=name, call=msg, on_done=on_done, on_line=on_line),
-                       None if timeout is None else timeout + grace)
+        self.calls.add(InFlight(agent=name, call=msg, on_done=on_done, on_line=on_line,
+                                routing=rec.routing), timeout + grace)
         why = self._send(rec.routing, self._for(rec, msg))
         if why:
             rec.code.discard(code.hash if code else "")
@@ -268,6 +317,12 @@ class Fleet:
         rec = self.registry.connected(entry.agent) if entry else None
         if rec is not None:
             self._send(rec.routing, Cancel(id=call_id))
+
+    def _expired(self, entry: InFlight) -> None:
+        """The hub gave up on a call: tell its agent to stop it (frees its slot there)."""
+        rec = self.registry.connected(entry.agent)
+        if rec is not None:
+            self._send(rec.routing, Cancel(id=entry.call.id))
 
     def schedule(self, targets: list[str], fn: str, args: list[Any], kwargs: dict[str, Any],
                  *, every: float, timeout: float | None, code: CodeRef | None,
@@ -314,7 +369,8 @@ class Fleet:
     def drop(self, name: str, why: str) -> None:
         """Stop serving `name` (its key was rejected or deleted)."""
         if self.registry.forget(name) is not None:
-            self.calls.fail_agent(name, "unreachable", f"agent {name}: {why}")
+            self.calls.fail_agent(name, "lost", f"agent {name}: {why} during the call "
+                                  "(the command may have run)")
             self.publish("agents", {"event": "dropped", "agent": name, "reason": why})
 
     # ── heartbeats ────────────────────────────────────────────────────────────────────
@@ -329,14 +385,17 @@ class Fleet:
                 if rec.state == "connected":
                     self._send(rec.routing, beat)
             for rec in self.registry.silent(window):
-                err = f"agent {rec.name} lost: no heartbeat for {window:g} s"
-                n = self.calls.fail_agent(rec.name, "unreachable", err)
+                err = (f"agent {rec.name} lost: no heartbeat for {window:g} s (the command "
+                       "may have run; check the host before running it again)")
+                n = self.calls.fail_agent(rec.name, "lost", err)
                 log.warning("%s (%d calls failed)", err, n)
                 self.publish("agents", {"event": "lost", "agent": rec.name, "calls_failed": n})
 
     def close(self) -> None:
         for rec in list(self.registry):
-            self.calls.fail_agent(rec.name, "unreachable", "hub shutting down")
+            self.calls.fail_agent(rec.name, "lost", "the hub shut down during the call "
+                                  "(the command may have run)")
+        self._monitor.close(0)
         self.sock.close(0)
 
 

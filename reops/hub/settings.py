@@ -27,6 +27,8 @@ class HubSettings(msgspec.Struct, frozen=True, kw_only=True):
     auto_accept: bool = False  # accept every new agent key (labs only)
     call_grace_s: float = 5.0  # wait beyond a call's own timeout before failing it here
     max_calls: int = 100_000  # in-flight calls; more are refused, not queued without bound
+    call_timeout_s: float = 3600.0  # deadline of a call given none (none waits forever)
+    max_message: int = 4 * 1024 * 1024  # largest agent frame accepted (results are split)
     services: tuple[str, ...] = ()  # "module:attach" functions run with the Controller
 
     def with_(self, **changes: Any) -> HubSettings:

@@ -115,8 +115,14 @@ class AgentExecutor:
                     on_line(Line(host.name, it["stream"], it["text"]))
                 elif it.get("k") == "result":
                     item = it
-        except (HubNotRunning, HubGone, HubError) as e:
+        except HubNotRunning as e:
             return fail(str(e))
+        except HubGone:  # the request was sent: the agent may be running it
+            return fail(f"{host.name}: the connection to the hub dropped during the call "
+                        "(the command may have run; check the host before running it again)",
+                        status="lost")
+        except HubError as e:
+            return fail(f"{host.name}: the hub refused the call: {e}", status="error")
         if item is None:
             return fail("the hub ended the call without a result", status="error")
         return _result(host, op, item, started, time.monotonic() - t0)
@@ -133,7 +139,9 @@ def _params(host: Host, op: Op, settings: Settings, *, stream: bool) -> dict[str
     timeout = op.timeout if op.timeout is not None else settings.command_timeout
     base: dict[str, Any] = {"hosts": [host.name], "timeout": timeout, "stream": stream}
     if op.kind == "shell":
-        kwargs = {"stdin": op.stdin} if op.stdin is not None else {}
+        kwargs: dict[str, Any] = {"max_output": settings.max_output}
+        if op.stdin is not None:
+            kwargs["stdin"] = op.stdin
         return {**base, "fn": "shell", "args": [op.command_for(host)], "kwargs": kwargs}
     if op.kind == "upload":
         local = Path(op.local)

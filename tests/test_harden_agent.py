@@ -1,0 +1,184 @@
+"""Partial failure over agents (issue 8): lost vs unreachable, stdin, big results, deadlines.
+
+Real `reops hub` and `reops-agent` processes on loopback with CurveZMQ. The shared hub beats
+every HEARTBEAT s, so anything noticed well inside that was noticed from the connection,
+not from missed heartbeats; tests assert that by ordering (a bounded wait shorter than the
+heartbeat window), never by wall-clock margins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import string
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from reops_agent.protocol import cut_marker
+
+from reops.config import Settings
+from reops.hub.client import HubClient
+from reops.model import Host, Line
+from reops.ops.base import Op
+from reops.sources.agents import AgentExecutor
+from reops.sources.agents_lab import (
+    LabAgents,
+    LabHub,
+    await_agents,
+    start_agents,
+    start_hub,
+    wait_for_agents,
+)
+
+HEARTBEAT = 20.0  # long on purpose: a quick answer cannot come from a heartbeat miss
+MISSES = 3
+AGENT_FLAGS = ["--reconnect-max", "0.3"]
+MIB = 1024 * 1024
+
+
+def _agents(hub: LabHub, names: list[str], root: Path, **kw: Any) -> LabAgents:
+    return start_agents(names, hub.bind, hub.key, hub.keys_dir, workdir=root / "agents",
+                        extra=AGENT_FLAGS, **kw)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabHub, Path]]:
+    root = tmp_path_factory.mktemp("harden")
+    with start_hub(root / "home", heartbeat_s=HEARTBEAT, misses=MISSES,
+                   call_grace_s=1.0) as hub, _agents(hub, ["h1", "h2"], root):
+        wait_for_agents(hub.control_path, ["h1", "h2"])
+        yield hub, root
+
+
+@pytest.fixture
+async def client(fleet: tuple[LabHub, Path]) -> AsyncIterator[HubClient]:
+    c = HubClient(fleet[0].control_path)
+    yield c
+    await c.close()
+
+
+async def call(client: HubClient, **params: Any) -> dict[str, dict[str, Any]]:
+    """Results by host of one hub call."""
+    results: dict[str, dict[str, Any]] = {}
+    async for item in client.stream("call", **params):
+        if item["k"] == "result":
+            results[item["host"]] = item
+    return results
+
+
+def host(name: str) -> Host:
+    return Host(name=name, address="127.0.0.1")
+
+
+# ── 15: stdin is written while output is read; slots are always released ─────────────
+
+
+async def test_cat_with_a_megabyte_of_stdin_twenty_times(client: HubClient) -> None:
+    """More calls than the agent's 16 slots: each must finish, none may wedge a slot."""
+    text = (string.ascii_letters + string.digits + "\n") * (MIB // 63 + 1)
+    text = text[:MIB]  # 1 MiB: within the default max_output, kept whole
+    runs = [call(client, hosts=["h1"], fn="shell", args=["cat"], kwargs={"stdin": text},
+                 timeout=120) for _ in range(20)]
+    results = await asyncio.gather(*runs)
+    assert [r["h1"]["status"] for r in results] == ["ok"] * 20
+    assert all(r["h1"]["out"] == text for r in results)
+    info = await client.request("ping")
+    assert info["calls"] == 0  # nothing left in flight on the hub
+
+
+# ── 16: big results come back bounded, as over SSH; nothing stuck in the hub ─────────
+
+BIG = 12_000_000
+BIG_COMMAND = (f"head -c {BIG} /dev/zero | tr '\\0' '\\377'; "
+               f"head -c {BIG} /dev/zero | tr '\\0' '\\377' >&2")
+
+
+async def test_big_output_is_cut_with_a_marker_on_two_agents(client: HubClient) -> None:
+    results = await call(client, hosts=["h1", "h2"], fn="shell", args=[BIG_COMMAND])
+    # 1 MiB head and tail; the head's last 0xFF looks like a split character and is cut too
+    head, tail = MIB - 1, MIB
+    for name in ("h1", "h2"):
+        r = results[name]
+        assert (r["status"], r["code"]) == ("ok", 0)
+        for stream in ("out", "err"):
+            marker = cut_marker(BIG - head - tail, stream)  # type: ignore[arg-type]
+            assert r[stream] == "\ufffd" * head + marker + "\ufffd" * tail
+            assert "raise max_output" in marker
+    assert (await client.request("ping"))["calls"] == 0
+
+
+def test_big_output_text_is_the_same_over_ssh_and_agents(
+        fleet: tuple[LabHub, Path], lab_factory: Callable[..., Any]) -> None:
+    from reops.streams.core import run
+    from reops.streams.source import source
+
+    lab_hosts = lab_factory(hosts=1).info.as_hosts()
+    op = Op(name="exec", command=BIG_COMMAND)
+    over_ssh = run(source(lab_hosts, op, via="ssh")).results[0]
+
+    async def over_agent() -> Any:
+        ex = AgentExecutor(fleet[0].control_path)
+        try:
+            return await ex.run(host("h1"), op, Settings())
+        finally:
+            await ex.close()
+
+    agent = asyncio.run(over_agent())
+    assert (over_ssh.status, agent.status) == ("ok", "ok")
+    assert agent.out == over_ssh.out and agent.err == over_ssh.err
+    assert len(agent.out) < 3 * MIB
+
+
+# ── 2 and 16: a call that was sent and then lost its agent or hub is "lost" ───────────
+
+
+async def test_agent_killed_mid_call_is_lost_from_the_disconnect(
+        fleet: tuple[LabHub, Path], client: HubClient) -> None:
+    hub, root = fleet
+    with _agents(hub, ["k1"], root) as lab:
+        await await_agents(hub.control_path, ["k1"])
+        stream = client.stream("call", hosts=["k1"], fn="shell", stream=True,
+                               args=["echo started; sleep 60"])
+        result: dict[str, Any] = {}
+        # bounded by one heartbeat interval: a heartbeat miss needs MISSES of them
+        async with asyncio.timeout(HEARTBEAT):
+            async for item in stream:
+                if item["k"] == "line":
+                    lab.kill("k1")
+                elif item["k"] == "result":
+                    result = item
+        assert (result["status"], result["code"]) == ("lost", -1)
+        assert "connection dropped during the call" in result["err"]
+        assert "may have run" in result["err"]
+
+
+async def test_hub_killed_mid_call_gives_lost_while_the_command_still_runs(
+        tmp_path: Path) -> None:
+    done = tmp_path / "done"
+    with start_hub(tmp_path / "home", heartbeat_s=HEARTBEAT, misses=MISSES) as hub, \
+            _agents(hub, ["g1"], tmp_path):
+        await await_agents(hub.control_path, ["g1"])
+        started = asyncio.Event()
+
+        def on_line(line: Line) -> None:
+            started.set()
+
+        async def kill_hub_once_started() -> None:
+            await started.wait()
+            await asyncio.to_thread(hub.stop, 9)
+
+        ex = AgentExecutor(hub.control_path)
+        killer = asyncio.create_task(kill_hub_once_started())
+        try:
+            async with asyncio.timeout(HEARTBEAT):  # the command itself sleeps 60 s
+                r = await ex.run(host("g1"), Op(name="exec",
+                                 command=f"echo started; sleep 60; touch {done}"),
+                                 Settings(), on_line=on_line)
+            await killer
+        finally:
+            killer.cancel()
+            await ex.close()
+        assert (r.status, r.code, r.transport) == ("lost", -1, "agent")
+        assert "may have run" in r.err and "g1" in r.err
+        assert not done.exists()  # the answer came while the command was still running
