@@ -46,8 +46,9 @@ def _agents(hub: LabHub, names: list[str], root: Path, **kw: Any) -> LabAgents:
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabHub, Path]]:
     root = tmp_path_factory.mktemp("harden")
     with start_hub(root / "home", heartbeat_s=HEARTBEAT, misses=MISSES,
-                   call_grace_s=1.0) as hub, _agents(hub, ["h1", "h2"], root):
-        wait_for_agents(hub.control_path, ["h1", "h2"])
+                   call_grace_s=1.0) as hub, _agents(hub, ["h1", "h2"], root), \
+            _agents(hub, ["c1", "c2"], root, allow_code=True):
+        wait_for_agents(hub.control_path, ["h1", "h2", "c1", "c2"])
         yield hub, root
 
 
@@ -182,3 +183,72 @@ async def test_hub_killed_mid_call_gives_lost_while_the_command_still_runs(
         assert (r.status, r.code, r.transport) == ("lost", -1, "agent")
         assert "may have run" in r.err and "g1" in r.err
         assert not done.exists()  # the answer came while the command was still running
+
+
+# ── 10: shipping a function ships that function, never its script ────────────────────
+
+SCRIPT = """
+import json
+
+with open({marker!r}, "a") as f:  # top-level code: must run here only, never on agents
+    f.write("ran\\n")
+
+FACTOR = 6
+
+
+def times(x: int, extra: int = FACTOR) -> int:
+    return x * FACTOR + extra + len(json.dumps([1]))
+
+
+def adder(k):
+    return lambda x: x + k
+
+
+from reops import agents, call, run
+
+hosts = agents().select("c1,c2")
+outcomes = {{"def": run(call(hosts, times, 7)), "lambda": run(call(hosts, lambda: 42)),
+             "closure": run(call(hosts, adder(5), 1))}}
+print(json.dumps({{k: {{r.host: [r.status, r.data, r.err] for r in o.results}}
+                   for k, o in outcomes.items()}}))
+"""
+
+
+def test_a_script_function_is_shipped_without_its_script(
+        fleet: tuple[LabHub, Path], tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    hub, _ = fleet
+    marker = tmp_path / "ran"
+    script = tmp_path / "myscript.py"
+    script.write_text(SCRIPT.format(marker=str(marker)))
+    env = {**os.environ, "REOPS_HOME": str(hub.home), "REOPS_CONFIG": str(tmp_path / "none")}
+    env.pop("REOPS_HUB_CONTROL", None)
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    both = ("c1", "c2")
+    assert {h: got["def"][h][:2] for h in both} == {h: ["ok", 7 * 6 + 6 + 3] for h in both}
+    assert {h: got["lambda"][h][:2] for h in both} == {h: ["ok", 42] for h in both}
+    assert {h: got["closure"][h][:2] for h in both} == {h: ["ok", 6] for h in both}
+    assert marker.read_text() == "ran\n"  # the local run only: no agent ran the script
+
+
+def test_what_cannot_be_shipped_is_refused_before_sending() -> None:
+    import threading
+
+    from reops.sources.agents import call
+
+    lock = threading.Lock()
+
+    def uses_a_lock() -> bool:
+        return lock.locked()
+
+    with pytest.raises(ValueError, match=r"cannot ship .*uses_a_lock.*'lock'.*argument"):
+        call([host("c1")], uses_a_lock)
+    with pytest.raises(ValueError, match="not a plain Python function"):
+        call([host("c1")], print)

@@ -13,10 +13,15 @@ over SSH; a host whose agent is not connected is "unreachable" with code -1.
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import builtins
+import dis
 import inspect
+import linecache
 import time
-from collections.abc import Callable, Iterable
+import types
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,17 +54,176 @@ AVAILABLE_TIMEOUT_S = 0.5
 
 
 def ship(fn: Callable[..., Any]) -> dict[str, str]:
-    """The shipped-code reference for `fn`: its whole module's source and its name."""
+    """The shipped-code reference for `fn`: its own source and what it needs, nothing else.
+
+    Only the function travels (never the rest of its file, whose top-level code must not
+    run on agents): its source, dedented, decorators and annotations dropped; plus the
+    globals and closure variables it uses, when they are modules (imported by name), plain
+    data (literals), or functions (their source, or imported by name from their module).
+    Anything else is refused here, before anything is sent.
+    """
+    return _Shipper(fn).ship()
+
+
+class _Shipper:
+    """Builds the module source for one shipped function (see `ship`)."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.root = fn
+        self.imports: dict[str, str] = {}  # name → import statement
+        self.data: dict[str, str] = {}  # name → assignment
+        self.functions: dict[str, str] = {}  # name → source
+        self.seen: set[int] = set()
+
+    def refuse(self, why: str) -> ValueError:
+        name = getattr(self.root, "__qualname__", repr(self.root))
+        return ValueError(f"cannot ship {name} to agents: {why}")
+
+    def ship(self) -> dict[str, str]:
+        fn = self.root
+        if not inspect.isfunction(fn):
+            raise self.refuse(f"{type(fn).__name__} is not a plain Python function (pass a "
+                              "function defined with def or lambda)")
+        name = "_reops_lambda" if fn.__name__ == "<lambda>" else fn.__name__
+        self.add_function(name, fn)
+        parts = [*sorted(set(self.imports.values())), *self.data.values(),
+                 *self.functions.values()]
+        return {"source": "\n".join(parts) + "\n", "function": name, "module": "shipped"}
+
+    def add_function(self, name: str, fn: Any) -> None:
+        if id(fn) in self.seen:
+            return
+        self.seen.add(id(fn))
+        source, needed = _isolated_source(fn, name, self.refuse)
+        closure = dict(zip(fn.__code__.co_freevars,
+                           (c.cell_contents for c in fn.__closure__ or ()), strict=False))
+        for var in sorted(set(_global_names(fn.__code__)) | needed):
+            if var in closure:
+                self.add_value(var, closure[var])
+            elif var in fn.__globals__:
+                self.add_value(var, fn.__globals__[var])
+            elif not hasattr(builtins, var):
+                raise self.refuse(f"it uses {var!r}, which is not defined")
+        for var, value in closure.items():
+            self.add_value(var, value)
+        self.functions[name] = source
+
+    def add_value(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType):
+            mod = value.__name__
+            if mod == "__main__" or not mod:
+                raise self.refuse(f"it uses the script module {name!r}")
+            self.imports[name] = (f"import {mod}" if name == mod.split(".")[0] and "." not in
+                                  mod else f"import {mod} as {name}")
+            return
+        if inspect.isfunction(value) or inspect.isclass(value) or inspect.isbuiltin(value):
+            mod = getattr(value, "__module__", None) or ""
+            qual = getattr(value, "__qualname__", "")
+            if mod and mod != "__main__" and mod != self.root.__module__ and "." not in qual \
+                    and "<" not in qual:
+                self.imports[name] = (f"from {mod} import {qual}" if qual == name
+                                      else f"from {mod} import {qual} as {name}")
+                return
+            if inspect.isfunction(value):
+                self.add_function(name, value)
+                return
+            raise self.refuse(f"it uses {name!r} ({type(value).__name__} from {mod or '?'}), "
+                              "which cannot be shipped: define it in an importable module")
+        if not _plain(value):
+            raise self.refuse(f"it uses {name!r}, a {type(value).__name__}, which is neither "
+                              "plain data nor an importable module: pass it as an argument")
+        self.data[name] = f"{name} = {value!r}"
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether `value` is literal data whose repr gives it back (what can be shipped)."""
+    if depth > 20:
+        return False
+    if value is None or isinstance(value, (bool, int, str, bytes)):
+        return True
+    if isinstance(value, float):
+        return value == value and value not in (float("inf"), float("-inf"))
+    if isinstance(value, (list, tuple, set, frozenset)):
+        if isinstance(value, frozenset) or type(value) not in (list, tuple, set):
+            return False
+        return all(_plain(v, depth + 1) for v in value)
+    if type(value) is dict:
+        return all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _global_names(code: types.CodeType) -> Iterator[str]:
+    """Global names `code` (and code nested in it) loads or stores."""
+    for ins in dis.get_instructions(code):
+        if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME", "STORE_GLOBAL", "DELETE_GLOBAL"):
+            yield str(ins.argval)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _global_names(const)
+
+
+def _isolated_source(fn: Any, name: str, refuse: Callable[[str], ValueError],
+                     ) -> tuple[str, set[str]]:
+    """`fn`'s own source as a module-level definition named `name`, and the names its
+    default values use; refused when its source cannot be found or isolated."""
+    code = fn.__code__
+    filename = code.co_filename
+    text = "".join(linecache.getlines(filename, fn.__globals__))
+    if not text:
+        raise refuse("its source is not available (define it in a .py file)")
     try:
-        path = inspect.getsourcefile(fn)
-        source = Path(path).read_text() if path else None
-    except (OSError, TypeError):
-        source = None
-    if source is None:
-        raise ValueError(f"cannot ship {getattr(fn, '__qualname__', fn)!r}: its module source "
-                         "is not available (define it in a .py module)")
-    return {"source": source, "function": fn.__qualname__,
-            "module": getattr(fn, "__module__", None) or "shipped"}
+        tree = ast.parse(text)
+    except SyntaxError:
+        raise refuse(f"its file {filename} does not parse") from None
+    line = code.co_firstlineno
+    nodes: list[ast.AST] = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            starts = (node.lineno, *(d.lineno for d in node.decorator_list))
+            if node.name == fn.__name__ and line in starts:
+                nodes.append(node)
+        elif isinstance(node, ast.Lambda) and (fn.__name__, node.lineno) == ("<lambda>", line):
+            nodes.append(node)
+    if len(nodes) > 1:  # several lambdas on one line: the one whose code is fn's
+        nodes = [n for n in nodes if _same_code(n, code)]
+    if not nodes:
+        raise refuse(f"its source cannot be isolated in {filename} line {line} (give it a "
+                     "name with def)")
+    node = nodes[0]
+    needed: set[str] = set()
+    if isinstance(node, ast.Lambda):
+        defaults = [*node.args.defaults, *(d for d in node.args.kw_defaults if d)]
+        source = f"{name} = {ast.unparse(node)}"
+    else:
+        assert isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        node.decorator_list = []
+        node.returns = None
+        args = node.args
+        for arg in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]:
+            if arg is not None:
+                arg.annotation = None
+        node.name = name
+        defaults = [*args.defaults, *(d for d in args.kw_defaults if d)]
+        source = ast.unparse(node)
+    for d in defaults:
+        needed |= {n.id for n in ast.walk(d) if isinstance(n, ast.Name)}
+    return source, needed
+
+
+def _same_code(node: ast.AST, code: types.CodeType) -> bool:
+    try:
+        compiled = compile(ast.Expression(ast.fix_missing_locations(node)), "<ship>",  # type: ignore[arg-type]
+                           "eval")
+    except (SyntaxError, TypeError, ValueError):
+        return False
+    inner = [c for c in compiled.co_consts if isinstance(c, types.CodeType)]
+    return bool(inner) and _shape(inner[0]) == _shape(code)
+
+
+def _shape(code: types.CodeType) -> tuple[Any, ...]:
+    """What tells two lambdas on one line apart: instructions, constants, names."""
+    consts = tuple(_shape(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return code.co_code, consts, code.co_names, code.co_varnames
 
 
 class AgentExecutor:
