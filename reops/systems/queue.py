@@ -243,9 +243,11 @@ class JobQueue:
                 if not deadline.expired():
                     self._fail(job, f"{type(e).__name__}: {e}")
                 else:  # the handler's thread may still be blocked in libvirt: leave it
+                    why = ("its recipe may still be running on the machine: check it"
+                           if job.op == "provision" else "the hypervisor may be hung: check it")
                     self._fail(job, f"timeout: {job.op} did not finish within {limit:g}s"
-                               f" ([machines] deadlines.{job.op}); the hypervisor may be hung:"
-                               f" check it, then run {_again(job)} if needed", "timeout")
+                               f" ([machines] deadlines.{job.op}); {why}, then run"
+                               f" {_again(job)} if needed", "timeout")
             except MachinesError as e:
                 self._fail(job, str(e))
             except Exception as e:  # a bug or an unexpected libvirt answer: keep the reason
