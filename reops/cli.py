@@ -133,6 +133,9 @@ def main(debug: bool) -> None:
     """
     if debug:
         os.environ["REOPS_DEBUG"] = "1"
+    from reops.config import raise_fd_limit
+
+    raise_fd_limit()  # a fleet holds a socket per host; the hub started from here inherits it
 
 
 def default_inventory() -> Path:

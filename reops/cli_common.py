@@ -32,7 +32,8 @@ def fleet_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--save", type=click.Path(path_type=Path), default=None,
                      help="Also append the Results to this parquet table."),
         click.option("-f", "--forks", type=click.IntRange(1), default=None,
-                     help="Hosts worked on at once [default: 256]."),
+                     help="Hosts worked on at once [default: 256, lowered to fit the open-file "
+                     "limit]."),
         click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True),
                      default=None, help="Seconds to connect and log in [default: 10]."),
         click.option("-t", "--timeout", "command_timeout",
@@ -88,6 +89,7 @@ def select_hosts(inventory_path: Path | None, selector: str, systems: str | None
 
 def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any]) -> None:
     """Select, configure, run `build(hosts)` and exit 0/1 by the Outcome."""
+    from reops.config import fd_bounded
     from reops.runtime import terminate_like_interrupt, terminated
     from reops.sinks.jsonl import jsonl
     from reops.sinks.table import save
@@ -97,7 +99,6 @@ def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any
     from reops.streams.source import configure
 
     terminate_like_interrupt()
-    hosts = select_hosts(opts["inventory_path"], selector, opts.get("systems"))
     settings = {k: opts[k] for k in ("forks", "connect_timeout", "command_timeout",
                                      "host_key_checking", "user") if opts.get(k) is not None}
     for name in ("known_hosts", "key"):
@@ -105,8 +106,12 @@ def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any
             settings[name] = str(Path(opts[name]).expanduser().absolute())
     if opts.get("sudo"):
         settings["sudo"] = True
-    configure(via=opts["via"], lines=opts["lines"] and opts["output"] == "pretty",
-              dry_run=opts["dry_run"], **settings)
+    d = configure(via=opts["via"], lines=opts["lines"] and opts["output"] == "pretty",
+                  dry_run=opts["dry_run"], **settings)
+    d.settings, note = fd_bounded(d.settings)
+    if note:
+        click.echo(f"reops: note: {note}", err=True)
+    hosts = select_hosts(opts["inventory_path"], selector, opts.get("systems"))
     stream = build(hosts)
     if opts["retries"]:
         stream = stream | retry(opts["retries"])

@@ -7,12 +7,17 @@ with a bounded deadline.
 from __future__ import annotations
 
 import os
+import resource
 import selectors
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
 
 from reops import exec_, run
 from reops.lab import LabInfo
@@ -84,3 +89,79 @@ def test_sigterm_kills_remote_commands_and_exits_143(lab: LabInfo) -> None:
     assert wait_gone(lab, pattern) == "", "remote commands still running after SIGTERM"
     written = run(exec_(lab.as_hosts()["web1"], f"ls {marker}-* 2>/dev/null | wc -l"))
     assert written.successful[0].out.strip() == "0"
+
+
+def reops_run(*args: str, env: dict[str, str] | None = None,
+              preexec_fn: Callable[[], None] | None = None
+              ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "reops", *args], capture_output=True,
+                          text=True, timeout=DEADLINE_S, env={**os.environ, **(env or {})},
+                          preexec_fn=preexec_fn)
+
+
+def test_zero_forks_from_env_is_a_usage_error_naming_the_variable(lab: LabInfo) -> None:
+    p = reops_run("exec", "-i", str(lab.inventory), "web1", "--", "true",
+                  env={"REOPS_FORKS": "0"})
+    assert p.returncode == 2, p.stderr
+    [line] = p.stderr.strip().splitlines()  # one line: where it came from, what is accepted
+    assert "REOPS_FORKS" in line and ">= 1" in line, line
+
+
+def test_bad_config_file_value_names_file_table_and_key(lab: LabInfo, tmp_path: Path
+                                                        ) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[ssh]\nconnect_timeout = 0\n")
+    p = reops_run("exec", "-i", str(lab.inventory), "web1", "--", "true",
+                  env={"REOPS_CONFIG": str(config)})
+    assert p.returncode == 2, p.stderr
+    [line] = p.stderr.strip().splitlines()
+    assert f"{config}: [ssh] connect_timeout = 0" in line and "> 0" in line, line
+
+
+def _soft_nofile(limit: int) -> Callable[[], None]:
+    def lower() -> None:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    return lower
+
+
+def _hard_nofile(limit: int) -> Callable[[], None]:
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    return lower
+
+
+def open_files_limits(pid: int) -> tuple[int, int]:
+    """(soft, hard) 'Max open files' from /proc/<pid>/limits."""
+    for row in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if row.startswith("Max open files"):
+            soft, hard = row.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no 'Max open files' row")
+
+
+def test_cli_raises_the_soft_open_file_limit_to_the_hard_one(lab: LabInfo) -> None:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    low = 256
+    if hard != resource.RLIM_INFINITY and hard <= low:
+        pytest.skip(f"hard open-file limit {hard} leaves nothing to raise")
+    nap = f"sleep 120.{os.getpid()}7"
+    p = reops_popen("exec", "-i", str(lab.inventory), "web1", "--stream", "--",
+                    f"echo started; {nap}", preexec_fn=_soft_nofile(low))
+    try:
+        read_until(p, 1, "started")  # reops is up and running the command
+        soft_now, hard_now = open_files_limits(p.pid)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=DEADLINE_S)
+    assert hard_now == hard and soft_now > low and soft_now == min(
+        hard, int(Path("/proc/sys/fs/nr_open").read_text())), (soft_now, hard_now)
+    assert p.returncode == 143
+
+
+def test_forks_stay_below_the_open_file_limit_with_a_note(lab: LabInfo) -> None:
+    p = reops_run("exec", "-i", str(lab.inventory), "web1,web2", "--", "true",
+                  preexec_fn=_hard_nofile(128))
+    assert p.returncode == 0, p.stderr
+    assert "reops: note: forks 256 lowered to 32: the open-file limit (ulimit -n) is 128" \
+        in p.stderr, p.stderr
