@@ -24,7 +24,7 @@ from reops.sources.hypervisor import in_thread
 from reops.systems.config import load_machines_config
 from reops.systems.machines import Machines
 from reops.systems.model import Job, System, Type
-from reops.systems.queue import JobQueue
+from reops.systems.queue import JobQueue, QueueLock
 from reops.systems.store import Store
 
 #: bound on waiting for a job in these tests: reaching it means the behaviour is wrong
@@ -60,6 +60,10 @@ def test_store_is_private_and_fully_synchronous(tmp_path: Path) -> None:
         assert store.pragma("synchronous") == 2  # FULL
         store.put_job(Job(id="a" * 40, op="sync"))
         assert stat.S_IMODE((home / "machines.db-wal").stat().st_mode) == 0o600
+        lock = QueueLock(home / "machines.db.queue.lock")
+        lock.acquire()
+        lock.release()
+        assert stat.S_IMODE((home / "machines.db.queue.lock").stat().st_mode) == 0o600
     finally:
         store.close()
 
@@ -79,7 +83,7 @@ def test_a_loose_store_is_tightened_on_open(tmp_path: Path) -> None:
 
 RUNNER = textwrap.dedent("""
     import asyncio, sys
-    from reops.systems.queue import JobQueue
+    from reops.systems.queue import JobQueue, QueueLock
     from reops.systems.store import Store
 
     async def main():

@@ -55,7 +55,7 @@ Handler = Callable[[Job], Awaitable[Mapping[str, Any] | Done | None]]
 IDEMPOTENT: dict[str, tuple[bool, str]] = {
     "destroy": (True, "it finds the record gone, or removes what is left of the domain"),
     "clear": (True, "it only forgets a record, and finds it gone the second time"),
-    "sync": (True, "it only reads the hypervisor and refreshes records"),
+    "sync": (True, "it only reads (libvirt, or `true` over SSH) and refreshes records"),
     "start": (True, "it boots only a domain that is not running; Wake-on-LAN is one packet"),
     "reload": (True, "it removes the domain and volumes first, then re-creates the record's"),
     "create": (False, "a second run would reuse a volume or domain the first left half made"),
@@ -163,14 +163,15 @@ class JobQueue:
             self._schedule(job)
 
     async def close(self) -> None:
-        """Stop the workers; running jobs are recorded as interrupted (and re-queued if safe)."""
-        tasks = list(self._tasks.values())
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._started:
+        """Stop the workers; running jobs are recorded as interrupted (retried when safe,
+        by the next start: the retry is on disk, nothing more runs here)."""
+        closing, self._started = self._started, False  # follow-ups are stored, not run
+        while tasks := [t for t in self._tasks.values() if not t.done()]:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if closing:
             self._lock.release()
-            self._started = False
 
     # ---- submitting and waiting
     def submit(self, op: JobOp, system_id: str | None = None, **args: Any) -> Job:
@@ -269,7 +270,8 @@ class JobQueue:
             followed_by=then[0].id if then else None)
         self._commit([("succeeded", done), *(("queued", j) for j in then)])
         for j in then:
-            self._schedule(j)
+            if self._started:
+                self._schedule(j)
 
     def _interrupt(self, job: Job, why: str, reason: str) -> Job:
         """Record an interrupted job and, when safe, its retry: both in one transaction."""
