@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tomllib
 import typing
 from pathlib import Path
@@ -29,8 +30,42 @@ class ConfigError(ValueError):
 
 
 def home() -> Path:
-    """reops' own directory (keys, store, sockets): $REOPS_HOME or ~/.reops."""
+    """reops' own directory (keys, store, sockets): $REOPS_HOME or ~/.reops.
+
+    Made private (0700) here, before anything creates a file or a sub-directory in it (a
+    `mkdir(parents=True)` of home/keys would otherwise leave home itself 0755). An existing
+    one open to group or others is left as it is, with a warning once.
+    """
+    path = _home_path()
+    if path not in _homes_checked:
+        _homes_checked.add(path)
+        _make_private(path)
+    return path
+
+
+_homes_checked: set[Path] = set()
+
+
+def _home_path() -> Path:
+    """Where home is, without making it (finding config.toml must not create anything)."""
     return Path(os.environ.get("REOPS_HOME", Path.home() / ".reops")).expanduser()
+
+
+def _make_private(path: Path) -> None:
+    try:
+        path.mkdir(mode=0o700, parents=True)
+        return
+    except FileExistsError:
+        pass
+    except OSError:
+        return  # not ours to make (read-only, no permission): whoever writes there says so
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return
+    if path.is_dir() and mode & 0o077:
+        sys.stderr.write(f"reops: warning: {path} is open to group/others (mode {mode:04o}); "
+                         f"it holds keys and state: chmod 700 {path}\n")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,7 +96,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def config_path() -> Path:
-    return Path(os.environ.get("REOPS_CONFIG", home() / "config.toml")).expanduser()
+    return Path(os.environ.get("REOPS_CONFIG", _home_path() / "config.toml")).expanduser()
 
 
 S = TypeVar("S", bound=msgspec.Struct)

@@ -10,6 +10,7 @@ import os
 import resource
 import selectors
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -99,9 +100,10 @@ def reops_run(*args: str, env: dict[str, str] | None = None,
                           preexec_fn=preexec_fn)
 
 
-def test_zero_forks_from_env_is_a_usage_error_naming_the_variable(lab: LabInfo) -> None:
+def test_zero_forks_from_env_is_a_usage_error_naming_the_variable(lab: LabInfo,
+                                                                  tmp_path: Path) -> None:
     p = reops_run("exec", "-i", str(lab.inventory), "web1", "--", "true",
-                  env={"REOPS_FORKS": "0"})
+                  env={"REOPS_FORKS": "0", "REOPS_HOME": str(tmp_path / "home")})
     assert p.returncode == 2, p.stderr
     [line] = p.stderr.strip().splitlines()  # one line: where it came from, what is accepted
     assert "REOPS_FORKS" in line and ">= 1" in line, line
@@ -112,7 +114,7 @@ def test_bad_config_file_value_names_file_table_and_key(lab: LabInfo, tmp_path: 
     config = tmp_path / "config.toml"
     config.write_text("[ssh]\nconnect_timeout = 0\n")
     p = reops_run("exec", "-i", str(lab.inventory), "web1", "--", "true",
-                  env={"REOPS_CONFIG": str(config)})
+                  env={"REOPS_CONFIG": str(config), "REOPS_HOME": str(tmp_path / "home")})
     assert p.returncode == 2, p.stderr
     [line] = p.stderr.strip().splitlines()
     assert f"{config}: [ssh] connect_timeout = 0" in line and "> 0" in line, line
@@ -165,3 +167,30 @@ def test_forks_stay_below_the_open_file_limit_with_a_note(lab: LabInfo) -> None:
     assert p.returncode == 0, p.stderr
     assert "reops: note: forks 256 lowered to 32: the open-file limit (ulimit -n) is 128" \
         in p.stderr, p.stderr
+
+
+def test_reops_home_is_made_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first thing made under home (here the key store) must not leave home 0755."""
+    from reops.config import home
+    from reops.hub.keystore import KeyStore
+
+    monkeypatch.setenv("REOPS_HOME", str(tmp_path / "fresh" / "home"))
+    old = os.umask(0o022)  # the usual umask: what mkdir(parents=True) would give home
+    try:
+        KeyStore(home() / "keys")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "fresh" / "home").stat().st_mode) == 0o700
+
+
+def test_an_open_reops_home_gets_a_warning_and_is_left_alone(tmp_path: Path) -> None:
+    open_home = tmp_path / "home"
+    open_home.mkdir()
+    open_home.chmod(0o755)
+    p = subprocess.run([sys.executable, "-c", "from reops.config import home; home(); home()"],
+                       capture_output=True, text=True, timeout=DEADLINE_S,
+                       env={**os.environ, "REOPS_HOME": str(open_home)})
+    assert p.returncode == 0, p.stderr
+    [warning] = p.stderr.splitlines()  # once, however often home() is asked for
+    assert str(open_home) in warning and f"chmod 700 {open_home}" in warning
+    assert stat.S_IMODE(open_home.stat().st_mode) == 0o755
