@@ -38,7 +38,8 @@ def _settings(**overrides: Any) -> Any:
 
 @click.command("hub", help=HUB_HELP)
 @click.option("--bind", default=None,
-              help="Endpoint agents connect to [default: tcp://0.0.0.0:7720].")
+              help="Endpoint agents connect to [default: tcp://127.0.0.1:7720, loopback only; "
+              "e.g. tcp://10.0.0.1:7720 for a fleet].")
 @click.option("--control", type=click.Path(path_type=Path), default=None,
               help="Control socket path [default: ~/.reops/run/hub.sock].")
 @click.option("--keys-dir", type=click.Path(path_type=Path), default=None,
@@ -133,18 +134,26 @@ def _list_keys(keys_dir: Path | None, as_json: bool) -> None:
     entries = _store(keys_dir).entries()
     if as_json:
         click.echo(json.dumps([{"name": e.name, "state": e.state, "key": e.key,
-                                "fingerprint": e.fingerprint} for e in entries]))
+                                "fingerprint": e.fingerprint, "claims": e.claims}
+                               for e in entries]))
         return
     for state in ("accepted", "pending", "rejected"):
         mine = [e for e in entries if e.state == state]
         click.echo(f"{state.capitalize()} keys ({len(mine)}):")
         for e in mine:
-            click.echo(f"  {e.name:<24} {e.fingerprint}")
+            if e.contested:
+                click.echo(f"  {e.name:<24} {len(e.claims)} keys claim {e.name}:")
+                for i, fp in enumerate(e.claims):
+                    click.echo(f"  {'':<24} {fp}" + ("  (first)" if i == 0 else ""))
+            else:
+                click.echo(f"  {e.name:<24} {e.fingerprint}")
 
 
 def _change(keys_dir: Path | None, action: str, names: tuple[str, ...],
-            sources: tuple[str, ...]) -> None:
+            sources: tuple[str, ...], fingerprint: str | None = None) -> None:
     from reops_agent.protocol import valid_name
+
+    from reops.hub.keystore import ContestedName
 
     if not names:
         raise UserError(f"name the agents to {action} (see reops keys)")
@@ -153,28 +162,71 @@ def _change(keys_dir: Path | None, action: str, names: tuple[str, ...],
         entry = store.get(name) if valid_name(name) else None
         if entry is None or entry.state not in sources:
             raise UserError(f"no {' or '.join(sources)} key named {name!r} (see reops keys)")
+    params: dict[str, Any] = {"names": list(names)}
+    if fingerprint is not None:
+        params["fingerprint"] = fingerprint
     use_hub = keys_dir is None or keys_dir == _settings().keys_path
-    done = _hub_request(f"keys.{action}", {"names": list(names)}) if use_hub else None
+    done = _hub_request(f"keys.{action}", params) if use_hub else None
     if done is None:  # no hub running: change the files; the hub reads them at registration
-        method = {"accept": store.accept, "reject": store.reject, "delete": store.delete}[action]
-        done = [{"name": method(n).name} for n in names]
+        try:
+            if action == "accept":
+                done = [{"name": store.accept(n, fingerprint).name} for n in names]
+            else:
+                method = {"reject": store.reject, "delete": store.delete}[action]
+                done = [{"name": method(n).name} for n in names]
+        except (ContestedName, KeyError, ValueError) as e:
+            raise UserError(str(e.args[0] if e.args else e)) from None
     past = {"accept": "accepted", "reject": "rejected", "delete": "deleted"}[action]
     for d in done:
         click.echo(f"{past} {d['name']}")
 
 
+def _confirm_fingerprint(keys_dir: Path | None, name: str) -> str:
+    """On a terminal: show the key `name` would be accepted with and ask; its fingerprint."""
+    entry = _store(keys_dir).get(name)
+    if entry is None:
+        raise UserError(f"no pending or rejected key named {name!r} (see reops keys)")
+    if entry.contested:
+        raise UserError(f"{len(entry.claims)} keys claim {name}: compare their fingerprints "
+                        f"(reops keys) with the agent's own (reops-agent --print-fingerprint) "
+                        f"and accept one with: reops keys accept {name} --fingerprint FP")
+    click.echo(f"{name}: key fingerprint {entry.fingerprint}")
+    if not click.confirm("Does it match `reops-agent --print-fingerprint` on that host?",
+                         default=False):
+        raise UserError(f"{name} not accepted")
+    return str(entry.fingerprint)
+
+
 @keys.command("accept")
 @click.argument("names", nargs=-1)
-@click.option("--all-pending", is_flag=True, help="Accept every pending key.")
+@click.option("--all-pending", is_flag=True,
+              help="Accept every pending key (contested names are left for --fingerprint).")
+@click.option("--fingerprint", "fp", default=None,
+              help="Accept NAME only with the key of this fingerprint (what the agent's "
+              "`reops-agent --print-fingerprint` shows).")
 @click.pass_obj
-def keys_accept(keys_dir: Path | None, names: tuple[str, ...], all_pending: bool) -> None:
-    """Accept pending (or rejected) keys: those agents are served from now on."""
+def keys_accept(keys_dir: Path | None, names: tuple[str, ...], all_pending: bool,
+                fp: str | None) -> None:
+    """Accept pending (or rejected) keys: those agents are served from now on.
+
+    A name claimed by several keys is accepted only with --fingerprint; on a terminal,
+    one name without --fingerprint shows the key's fingerprint and asks first.
+    """
+    if fp is not None and (all_pending or len(names) != 1):
+        raise UserError("--fingerprint goes with exactly one agent name")
     if all_pending:
-        names = tuple(e.name for e in _store(keys_dir).entries("pending"))
+        pending = _store(keys_dir).entries("pending")
+        for e in pending:
+            if e.contested:
+                click.echo(f"skipped {e.name}: {len(e.claims)} keys claim it; accept one with "
+                           f"reops keys accept {e.name} --fingerprint FP", err=True)
+        names = tuple(e.name for e in pending if not e.contested)
         if not names:
-            click.echo("no pending keys", err=True)
+            click.echo("no uncontested pending keys", err=True)
             return
-    _change(keys_dir, "accept", names, ("pending", "rejected"))
+    elif fp is None and len(names) == 1 and sys.stdin.isatty() and sys.stdout.isatty():
+        fp = _confirm_fingerprint(keys_dir, names[0])
+    _change(keys_dir, "accept", names, ("pending", "rejected"), fp)
 
 
 @keys.command("reject")

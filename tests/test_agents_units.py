@@ -93,7 +93,8 @@ def test_keystore_flow(tmp_path: Path) -> None:
     keys = KeyStore(tmp_path / "keys")
     assert len(keys.hub_public_key()) == 40
     assert (tmp_path / "keys").stat().st_mode & 0o777 == 0o700
-    assert keys.add_pending("web1", "K" * 40) and not keys.add_pending("web1", "K" * 40)
+    assert keys.add_pending("web1", "K" * 40) == "new"
+    assert keys.add_pending("web1", "K" * 40) == "same"
     assert [e.state for e in keys.entries()] == ["pending"]
     assert keys.accept("web1").state == "accepted" and keys.accepted_key("web1") == "K" * 40
     assert keys.reject("web1").state == "rejected" and keys.is_rejected("K" * 40)

@@ -50,6 +50,9 @@ def parser() -> argparse.ArgumentParser:
                    help="longest wait between reconnection attempts, seconds")
     p.add_argument("--print-key", action="store_true",
                    help="print this agent's public key and fingerprint, then exit")
+    p.add_argument("--print-fingerprint", action="store_true",
+                   help="print this agent's key fingerprint (as `reops keys` shows it, to "
+                   "compare before accepting), then exit")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--version", action="version", version=f"reops-agent {__version__}")
     return p
@@ -77,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.print_key:
         print(f"{public.decode()} {fingerprint(public.decode())}")
+        return 0
+    if args.print_fingerprint:
+        print(fingerprint(public.decode()))
         return 0
     if not args.hub or not args.hub_key:
         print("reops-agent: --hub and --hub-key are required (see --help)")

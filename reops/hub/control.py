@@ -1,7 +1,9 @@
 """The hub's local control socket: an ipc ROUTER only the hub's user can reach.
 
-The socket lives in a 0700 directory and is itself 0600, so only the user running the hub
-(and root) can connect; agents never can (they only reach the CurveZMQ endpoint).
+The socket file is 0600 (bound under umask 0177, so never briefly wider), so only the user
+running the hub (and root) can connect; agents never can (they only reach the CurveZMQ
+endpoint). A directory the hub creates for it is 0700; a directory that already exists is
+left as it is (it may be shared, e.g. /tmp or /run/user/N: chmod-ing it would break others).
 Handlers are registered by name; each request runs as its own task, may stream items via
 its Session, and ends with one done or error reply.
 """
@@ -58,13 +60,24 @@ class BadRequest(ValueError):
     """A request the hub cannot act on; its message goes back to the client as is."""
 
 
+def private_dir(folder: Path) -> None:
+    """Create `folder` (and parents) 0700 if missing; never chmod one that already exists."""
+    missing = []
+    for d in (folder, *folder.parents):
+        if d.exists():
+            break
+        missing.append(d)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for d in missing:  # mkdir's mode is filtered by the umask: make ours exactly 0700
+        os.chmod(d, 0o700)
+
+
 class ControlServer:
     """Dispatches control requests to registered handlers; publishes events."""
 
     def __init__(self, ctx: zmq.asyncio.Context, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(path.parent, 0o700)
+        private_dir(path.parent)
         path.unlink(missing_ok=True)
         s = ctx.socket(zmq.ROUTER)
         s.setsockopt(zmq.ROUTER_MANDATORY, 1)

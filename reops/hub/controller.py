@@ -37,7 +37,8 @@ Listener = Callable[[str, dict[str, Any]], None]
 
 
 def _entry(e: KeyEntry) -> dict[str, Any]:
-    return {"name": e.name, "state": e.state, "key": e.key, "fingerprint": e.fingerprint}
+    return {"name": e.name, "state": e.state, "key": e.key, "fingerprint": e.fingerprint,
+            "claims": e.claims}
 
 
 def _code(raw: Any) -> CodeRef | None:
@@ -130,6 +131,7 @@ class Controller:
         return {"hub": __version__, "pid": os.getpid(), "bind": self.fleet.endpoint,
                 "key": self.public_key, "agents": len(self.fleet.registry),
                 "calls": len(self.fleet.calls), "bad_frames": self.fleet.bad_frames,
+                "impostors": self.fleet.impostors,
                 "heartbeat_s": self.settings.heartbeat_s, "misses": self.settings.misses}
 
     async def _agents(self, s: Session) -> list[dict[str, Any]]:
@@ -145,10 +147,13 @@ class Controller:
         return names
 
     async def _accept(self, s: Session) -> list[dict[str, Any]]:
+        fp = s.params.get("fingerprint")
+        if fp is not None and (not isinstance(fp, str) or len(self._names(s)) != 1):
+            raise BadRequest("fingerprint goes with exactly one agent name")
         if s.params.get("all_pending"):
             done = self.keys.accept_all_pending()
         else:
-            done = [self.keys.accept(n) for n in self._names(s)]
+            done = [self.keys.accept(n, fp) for n in self._names(s)]
         for e in done:
             self.fleet.nudge(e.name)
             self.publish("keys", {"event": "accepted", "agent": e.name})

@@ -1,8 +1,8 @@
 """Which agents the hub knows: registered connections, their last beat, lost or not.
 
 The routing id ROUTER gives each connection is the only address the hub sends to; a name is
-bound to it at registration (after the key check), so a message from any other connection
-cannot speak for that agent.
+bound to it at registration (after the key check). A peer can choose its routing id, so the
+fleet also checks every message's authenticated key against the record's `key`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from reops_agent.protocol import Beat, Hello
+from reops_agent.protocol import Beat, Hello, fingerprint
 
 AgentState = Literal["connected", "lost"]
 
@@ -40,6 +40,7 @@ class AgentRecord:
         h = self.hello
         return {
             "name": self.name, "address": self.address, "state": self.state,
+            "fingerprint": fingerprint(self.key),
             "hostname": h.hostname, "os": h.os, "python": h.python, "version": h.version,
             "pid": h.pid, "allow_code": h.allow_code, "functions": h.functions,
             "registered_at": self.registered_at, "last_beat": self.last_beat,
@@ -80,6 +81,12 @@ class Registry:
         if old is None:
             return rec, "registered"
         return rec, "back" if old.state == "lost" else "again"
+
+    def detach(self, rec: AgentRecord) -> None:
+        """`rec`'s connection is gone (its routing id now names another peer): unbind it."""
+        if self.by_routing.get(rec.routing) is rec:
+            del self.by_routing[rec.routing]
+        rec.routing = b""  # sends to it fail at once ("not connected")
 
     def beat(self, routing: bytes, beat: Beat | None = None) -> tuple[AgentRecord | None, bool]:
         """Note a sign of life; (record, whether it came back from lost)."""

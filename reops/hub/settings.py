@@ -19,7 +19,9 @@ DEFAULT_PORT = 7720
 class HubSettings(msgspec.Struct, frozen=True, kw_only=True):
     """How the hub listens, where its keys live and how it judges agents alive."""
 
-    bind: str = f"tcp://0.0.0.0:{DEFAULT_PORT}"  # where agents connect (CurveZMQ)
+    # where agents connect (CurveZMQ): loopback unless told otherwise, so a new hub is not
+    # reachable from the network (and from its pending-key queue) by accident
+    bind: str = f"tcp://127.0.0.1:{DEFAULT_PORT}"
     control: str = ""  # local control socket path; default <home>/run/hub.sock
     keys_dir: str = ""  # key store; default <home>/keys
     heartbeat_s: float = 5.0  # heartbeat interval, both ways (agents adopt it)
@@ -29,6 +31,8 @@ class HubSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_calls: int = 100_000  # in-flight calls; more are refused, not queued without bound
     call_timeout_s: float = 3600.0  # deadline of a call given none (none waits forever)
     max_message: int = 4 * 1024 * 1024  # largest agent frame accepted (results are split)
+    max_pending: int = 1000  # pending keys kept; new claims beyond are refused (and counted)
+    pending_per_minute: int = 120  # new pending keys recorded a minute (bursts up to that)
     services: tuple[str, ...] = ()  # "module:attach" functions run with the Controller
 
     def with_(self, **changes: Any) -> HubSettings:
