@@ -43,6 +43,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from reops.hub.calls import CallTable, InFlight, OnDone, OnLine, failure
 from reops.hub.keystore import KeyStore
+from reops.hub.limits import RationedLog, TokenBucket
 from reops.hub.registry import AgentRecord, Registry
 from reops.hub.settings import HubSettings
 
@@ -79,7 +80,12 @@ class Fleet:
         self.schedules: dict[int, ActiveSchedule] = {}
         self.sources: OrderedDict[str, CodeRef] = OrderedDict()
         self.pending: dict[str, bytes] = {}  # name → connection of agents awaiting a key
+        self.clones: OrderedDict[bytes, str] = OrderedDict()  # refused second connections
         self.bad_frames = 0
+        self.impostors = 0  # messages dropped for a key that is not their connection's
+        per_minute = max(1, settings.pending_per_minute)
+        self._new_pending = TokenBucket(per_minute / 60.0, per_minute)
+        self._warn = RationedLog(log, "agent warnings (bad frames, unaccepted keys)")
         public, secret = keys.hub_keypair()
         s = ctx.socket(zmq.ROUTER)
         s.curve_server = True
@@ -149,20 +155,29 @@ class Fleet:
                 self.publish("agents", {"event": "disconnected", "agent": rec.name})
 
     def receive(self, frames: list[zmq.Frame]) -> None:
-        """Handle one multipart message from the ROUTER: [routing id, payload]."""
+        """Handle one multipart message from the ROUTER: [routing id, payload].
+
+        The routing id only says which connection sent it; who sent it is the CURVE key
+        the handshake authenticated (ZAP's User-Id, on every frame). A message whose key
+        is not the key registered for its routing id is dropped: a peer can choose its
+        routing id (ZMQ_ROUTING_ID) and reuse a gone agent's, but not its key.
+        """
         if len(frames) != 2:
             self._bad(frames[0].bytes if frames else b"", f"{len(frames)} frames, expected 2")
             return
         routing, payload = frames[0].bytes, frames[1]
+        key = str(payload.get("User-Id") or "")
+        owner = self.registry.by_routing.get(routing)
+        if owner is not None and owner.key != key:
+            self._impostor(owner, key, str(payload.get("Peer-Address") or ""))
+            return
         try:
             msg = decode_agent(payload.bytes)
         except ProtocolError as e:
             self._bad(routing, str(e))
             return
         if isinstance(msg, Hello):
-            key = str(payload.get("User-Id") or "")
-            address = str(payload.get("Peer-Address") or "")
-            self._hello(routing, key, address, msg)
+            self._hello(routing, key, str(payload.get("Peer-Address") or ""), msg)
             return
         rec, came_back = self.registry.beat(routing, msg if isinstance(msg, Beat) else None)
         if rec is None:
@@ -185,7 +200,23 @@ class Fleet:
         self.bad_frames += 1
         rec = self.registry.by_routing.get(routing)
         who = rec.name if rec else f"connection {routing.hex()[:10]}"
-        log.warning("dropped a bad message from %s: %s", who, why[:200])
+        self._warn(logging.WARNING, "dropped a bad message from %s: %s", who, why[:200])
+
+    def _impostor(self, owner: AgentRecord, key: str, address: str) -> None:
+        """A message on `owner`'s routing id signed by another key: drop it, say so.
+
+        ROUTER holds one connection per routing id, so `owner`'s own connection is gone:
+        detach it from that id (its calls stay in flight until it registers again on a new
+        connection and answers, or the heartbeat window fails them).
+        """
+        self.impostors += 1
+        self.registry.detach(owner)
+        fp = fingerprint(key) if key else "none"
+        if self._warn(logging.WARNING, "dropped a message on agent %s's connection id from "
+                      "another key (fingerprint %s, from %s): a forged routing id",
+                      owner.name, fp, address or "?"):
+            self.publish("agents", {"event": "impostor", "agent": owner.name,
+                                    "fingerprint": fp, "address": address})
 
     def _hello(self, routing: bytes, key: str, address: str, hello: Hello) -> None:
         name = hello.name
@@ -194,26 +225,18 @@ class Fleet:
             self.keys.pre_accept(name, key)
             accepted = key
         if accepted is not None and accepted != key:
-            log.warning("agent %s presented a key other than its accepted one (%s); refused",
-                        name, fingerprint(key))
+            self._warn(logging.WARNING, "agent %s presented a key other than its accepted one "
+                       "(%s, from %s); refused", name, fingerprint(key), address or "?")
             self._send(routing, Refused(reason=f"name {name} belongs to another key"))
             return
         if accepted is None:
-            if self.keys.is_rejected(key):
-                self._wait(name, routing)
-                self._send(routing, Refused(reason="key rejected"))
-                return
-            if self.keys.add_pending(name, key):
-                log.info("agent %s is pending (fingerprint %s): reops keys accept %s",
-                         name, fingerprint(key), name)
-                self.publish("keys", {"event": "pending", "agent": name,
-                                      "fingerprint": fingerprint(key)})
-            self._wait(name, routing)
-            self._send(routing, Pending(fingerprint=fingerprint(key),
-                                        heartbeat_s=self.settings.heartbeat_s))
+            self._unaccepted(routing, key, address, hello)
+            return
+        old = self.registry.by_name.get(name)
+        if old is not None and old.routing != routing and self._alive(old.routing):
+            self._clone(routing, address, old)
             return
         self.pending.pop(name, None)
-        old = self.registry.by_name.get(name)
         if old is not None and old.hello.pid != hello.pid:
             self.calls.fail_agent(name, "unreachable", f"agent {name} restarted during the call")
         rec, event = self.registry.register(routing, key, address, hello)
@@ -225,6 +248,65 @@ class Fleet:
         for sched in self.schedules.values():
             if name in sched.targets:
                 self._send(routing, self._for(rec, sched.message))
+
+    def _unaccepted(self, routing: bytes, key: str, address: str, hello: Hello) -> None:
+        """A key not accepted for `hello.name`: record its claim (rationed), serve nothing."""
+        name, fp = hello.name, fingerprint(key)
+        if self.keys.is_rejected(key):
+            self._wait(name, routing)
+            self._send(routing, Refused(reason="key rejected"))
+            return
+        if self.keys.pending_name_of(key) is None and not self._new_pending.take():
+            self._warn(logging.WARNING, "too many new agent keys: %s (fingerprint %s, from "
+                       "%s) not recorded", name, fp, address or "?")
+            self._send(routing, Refused(reason="the hub is recording too many new keys; "
+                                        "retrying later"))
+            return
+        claim = self.keys.add_pending(name, key, self.settings.max_pending)
+        if claim == "other-name":
+            other = self.keys.pending_name_of(key)
+            self._warn(logging.WARNING, "key %s (from %s) is pending as %s and also claims %s; "
+                       "refused (one name per key)", fp, address or "?", other, name)
+            self._send(routing, Refused(reason=f"this key is already pending as {other}; "
+                                        "one name per key (reops keys delete it on the hub)"))
+            return
+        if claim == "full":
+            self._warn(logging.WARNING, "pending keys full (%d): %s (fingerprint %s, from %s) "
+                       "not recorded", self.settings.max_pending, name, fp, address or "?")
+            self._send(routing, Refused(reason="the hub's pending-key list is full"))
+            return
+        if claim == "new":
+            self._warn(logging.INFO, "agent %s is pending (fingerprint %s, from %s): reops keys "
+                       "accept %s", name, fp, address or "?", name)
+            self.publish("keys", {"event": "pending", "agent": name, "fingerprint": fp})
+        elif claim == "contested":
+            claims = len(self.keys.contenders(name)) + 1
+            self._warn(logging.WARNING, "%d keys claim %s: new fingerprint %s from %s; compare "
+                       "fingerprints, then reops keys accept %s --fingerprint FP",
+                       claims, name, fp, address or "?", name)
+            self.publish("keys", {"event": "contested", "agent": name, "fingerprint": fp})
+        self._wait(name, routing)
+        self._send(routing, Pending(fingerprint=fp, heartbeat_s=self.settings.heartbeat_s))
+
+    def _alive(self, routing: bytes) -> bool:
+        """Whether the connection `routing` is still there (probed with a heartbeat)."""
+        return bool(routing) and self._send(routing, Beat()) is None
+
+    def _clone(self, routing: bytes, address: str, old: AgentRecord) -> None:
+        """A second live connection with `old`'s name and key (a copied key): refuse it."""
+        reason = (f"agent {old.name} with this key is already connected from {old.address}: "
+                  "is this a clone (copied key dir)? give each machine its own key "
+                  "(delete agent.key* in its keys dir) and name")
+        if routing not in self.clones:
+            self._warn(logging.WARNING, "refused a second connection for agent %s from %s: its "
+                       "key is already connected from %s (a cloned agent?)", old.name,
+                       address or "?", old.address)
+            self.publish("agents", {"event": "clone", "agent": old.name, "address": address})
+        self.clones[routing] = old.name
+        self.clones.move_to_end(routing)
+        while len(self.clones) > MAX_WAITING:
+            self.clones.popitem(last=False)
+        self._send(routing, Refused(reason=reason))
 
     # ── sending ───────────────────────────────────────────────────────────────────────
 
