@@ -152,6 +152,7 @@ class Fleet:
         for r in gone:
             rec = self.registry.by_routing.get(r)
             if rec is not None:
+                self.registry.detach(rec)  # its routing id may be taken by another peer now
                 self.publish("agents", {"event": "disconnected", "agent": rec.name})
 
     def receive(self, frames: list[zmq.Frame]) -> None:
