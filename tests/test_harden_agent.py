@@ -252,3 +252,113 @@ def test_what_cannot_be_shipped_is_refused_before_sending() -> None:
         call([host("c1")], uses_a_lock)
     with pytest.raises(ValueError, match="not a plain Python function"):
         call([host("c1")], print)
+
+
+# ── 7, 17, 12: transfers in chunks under a small frame limit; bounded reads; modes ───
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(MIB):
+            h.update(block)
+    return h.hexdigest()
+
+
+async def test_files_beyond_any_frame_limit_move_in_chunks(
+        fleet: tuple[LabHub, Path], tmp_path: Path) -> None:
+    """70 MiB: more than the hub's 4 MiB frames and the old 64 MiB one-frame limit."""
+    import os
+
+    from reops.ops.files import download, upload
+
+    src = tmp_path / "big.bin"
+    with src.open("wb") as f:
+        for _ in range(70):
+            f.write(os.urandom(MIB))
+        f.write(b"tail")
+    remote = tmp_path / "remote" / "big.bin"
+    ex = AgentExecutor(fleet[0].control_path)
+    try:
+        up = await ex.run(host("h1"), upload(str(src), str(remote)), Settings())
+        assert (up.status, up.changed) == ("ok", True), up.err
+        assert _sha256(remote) == _sha256(src)
+        again = await ex.run(host("h1"), upload(str(src), str(remote)), Settings())
+        assert (again.status, again.changed) == ("ok", False)
+        down = await ex.run(host("h2"), download(str(remote), str(tmp_path / "got")),
+                            Settings())
+        assert down.status == "ok", down.err
+        assert _sha256(Path(down.out)) == _sha256(src)
+    finally:
+        await ex.close()
+    assert not [p for p in remote.parent.iterdir() if p.name != "big.bin"]  # no temp left
+
+
+async def test_the_hub_drops_frames_over_its_small_limit(fleet: tuple[LabHub, Path],
+                                                         tmp_path: Path) -> None:
+    """An accepted peer sending a 5 MiB frame is disconnected (limit 4 MiB by default)."""
+    import zmq
+    import zmq.asyncio
+    from reops_agent.keys import load_keypair
+    from reops_agent.protocol import Hello, Welcome, decode_hub, encode
+    from zmq.utils.monitor import parse_monitor_message
+
+    from reops.hub.keystore import KeyStore
+
+    hub, _ = fleet
+    public, secret = load_keypair(tmp_path, "big")
+    KeyStore(hub.keys_dir).pre_accept("bigsender", public.decode())
+    ctx = zmq.asyncio.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = (
+        hub.key.encode(), public, secret)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RECONNECT_IVL, 60_000)  # one connection: its drop is the signal
+    monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    sock.connect(hub.bind)
+    try:
+        async with asyncio.timeout(HEARTBEAT):
+            await sock.send(encode(Hello(name="bigsender")))
+            while not isinstance(decode_hub(await sock.recv()), Welcome):
+                pass
+            await sock.send(b"\x00" * (5 * MIB))
+            event = parse_monitor_message(await monitor.recv_multipart())
+        assert event["event"] == zmq.EVENT_DISCONNECTED
+    finally:
+        monitor.close(0)
+        sock.close(0)
+        ctx.term()
+
+
+async def test_reads_are_bounded(client: HubClient, tmp_path: Path) -> None:
+    from reops.ops.files import download
+
+    results = await call(client, hosts=["h1"], fn="file.read", args=["/dev/zero"])
+    r = results["h1"]
+    assert r["status"] == "error" and "too large for one read" in r["err"]
+    ex = AgentExecutor(client.path)
+    try:
+        down = await ex.run(host("h1"), download("/dev/zero", str(tmp_path)), Settings())
+    finally:
+        await ex.close()
+    assert (down.status, down.code) == ("failed", 1) and "not a regular file" in down.err
+
+
+async def test_downloads_drop_setuid_bits_into_private_host_dirs(
+        fleet: tuple[LabHub, Path], tmp_path: Path) -> None:
+    from reops.ops.files import download
+
+    src = tmp_path / "tool"
+    src.write_text("#!/bin/sh\necho hi\n")
+    src.chmod(0o6755)
+    ex = AgentExecutor(fleet[0].control_path)
+    try:
+        r = await ex.run(host("h1"), download(str(src), str(tmp_path / "got")), Settings())
+    finally:
+        await ex.close()
+    assert r.status == "ok", r.err
+    assert Path(r.out).read_text() == src.read_text()
+    assert Path(r.out).stat().st_mode & 0o7777 == 0o755
+    assert (tmp_path / "got" / "h1").stat().st_mode & 0o777 == 0o700

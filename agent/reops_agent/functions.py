@@ -35,6 +35,7 @@ class Runner:
         self.allow_code = allow_code
         self.cpu = system.CpuSampler()
         self.code = CodeCache()
+        self.uploads = system.Uploads()
         self._bound = asyncio.Semaphore(concurrency)
         self.running = 0
         self._builtins: dict[str, Builtin] = {
@@ -44,6 +45,11 @@ class Runner:
             "metrics": self._threaded(lambda *w: system.metrics(self.cpu, *w)),
             "file.read": self._threaded(system.file_read),
             "file.write": self._threaded(system.file_write),
+            "file.stat": self._threaded(system.file_stat),
+            "file.begin": self._threaded(self.uploads.begin),
+            "file.append": self._threaded(self.uploads.append),
+            "file.commit": self._threaded(self.uploads.commit),
+            "file.abort": self._threaded(self.uploads.abort),
         }
 
     @property

@@ -1,23 +1,30 @@
 """Built-ins that read the host: facts, metrics (from /proc, no sysstat) and files.
 
 They are plain blocking functions; the agent runs them in a worker thread so its socket
-loop never blocks.
+loop never blocks. Files move in chunks of at most CHUNK_BYTES, one call each, so no frame
+is ever large and no read is unbounded (`/dev/zero` included).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
+import secrets
 import socket
+import stat
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from reops_agent.protocol import MAX_MESSAGE
+from reops_agent.protocol import CHUNK_BYTES
 
-#: file contents travel in one frame, so they must fit with room for the envelope
-MAX_FILE = MAX_MESSAGE - 64 * 1024
+#: the most one file.read call returns (larger files are read in chunks: offset + length)
+MAX_FILE = CHUNK_BYTES
+#: chunked uploads untouched this long are abandoned (their temp files removed)
+UPLOAD_IDLE_S = 600.0
 
 
 def _read(path: str) -> str:
@@ -142,13 +149,113 @@ def metrics(cpu: CpuSampler, *which: str) -> dict[str, Any]:
     return {"time": time.time(), **{n: table[n]() for n in names}}
 
 
-def file_read(path: str, max_bytes: int = MAX_FILE) -> dict[str, Any]:
-    """A file's bytes and mode; refuses files larger than `max_bytes`."""
-    p = Path(path)
-    st = p.stat()
-    if st.st_size > max_bytes:
-        raise ValueError(f"{path}: {st.st_size} bytes exceeds the limit of {max_bytes}")
-    return {"content": p.read_bytes(), "mode": st.st_mode & 0o7777, "size": st.st_size}
+def file_stat(path: str) -> dict[str, Any]:
+    """A file's size, mode and kind (downloads check it before reading)."""
+    st = os.stat(path)
+    return {"size": st.st_size, "mode": st.st_mode & 0o7777, "mtime_ns": st.st_mtime_ns,
+            "regular": stat.S_ISREG(st.st_mode)}
+
+
+def file_read(path: str, max_bytes: int = MAX_FILE, offset: int = 0,
+              length: int | None = None) -> dict[str, Any]:
+    """A file's bytes and mode: all of it (refused beyond `max_bytes`), or the chunk of
+    `length` bytes at `offset` (`eof` says the file ended). Never more than MAX_FILE."""
+    limit = min(max_bytes if length is None else length, MAX_FILE)
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if offset:
+            f.seek(offset)
+        content = f.read(limit + 1 if length is None else limit)
+    if length is None and len(content) > limit:
+        raise ValueError(f"{path}: more than {limit} bytes; too large for one read "
+                         "(download it: it travels in chunks)")
+    return {"content": content, "mode": st.st_mode & 0o7777, "size": st.st_size,
+            "eof": length is None or len(content) < limit}
+
+
+def _sha256(path: Path | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK_BYTES):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Uploads:
+    """Chunked uploads in progress: each a temp file beside its target, named by a token;
+    the target changes only at commit (atomic rename), after size and hash are checked."""
+
+    def __init__(self, idle_s: float = UPLOAD_IDLE_S) -> None:
+        self.idle_s = idle_s
+        self._open: dict[str, tuple[str, str, float]] = {}  # token → temp, target, last use
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for token, (_tmp, _, used) in list(self._open.items()):
+            if now - used > self.idle_s:
+                self.abort(token)
+
+    def _get(self, token: str) -> tuple[str, str]:
+        if token not in self._open:
+            raise ValueError("unknown or abandoned upload; start it again")
+        tmp, target, _ = self._open[token]
+        self._open[token] = (tmp, target, time.monotonic())
+        return tmp, target
+
+    def begin(self, path: str, makedirs: bool = True) -> dict[str, Any]:
+        """Start uploading to `path`: a private temp file in its directory."""
+        self._expire()
+        p = Path(path)
+        if makedirs:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.reops-")
+        os.close(fd)
+        token = secrets.token_hex(16)
+        self._open[token] = (tmp, path, time.monotonic())
+        return {"token": token}
+
+    def append(self, token: str, offset: int, data: bytes) -> dict[str, Any]:
+        """Add the chunk that starts at `offset` (chunks come in order, exactly once)."""
+        tmp, _ = self._get(token)
+        with open(tmp, "ab") as f:
+            have = f.tell()
+            if have != offset:
+                raise ValueError(f"chunk at offset {offset}, but {have} bytes received")
+            f.write(data)
+            return {"size": f.tell()}
+
+    def commit(self, token: str, size: int, sha256: str,
+               mode: int | None = None) -> dict[str, Any]:
+        """Check size and hash, then put the file in place; `changed` as file.write says."""
+        tmp, target = self._get(token)
+        del self._open[token]
+        try:
+            got = os.path.getsize(tmp)
+            if got != size or _sha256(tmp) != sha256:
+                raise ValueError(f"{target}: received {got} bytes that do not match the "
+                                 f"{size} bytes sent; upload it again")
+            p = Path(target)
+            try:
+                old_mode: int | None = p.stat().st_mode & 0o7777
+                same = p.stat().st_size == size and _sha256(p) == sha256
+            except OSError:
+                old_mode, same = None, False
+            if same and (mode is None or mode == old_mode):
+                Path(tmp).unlink()
+                return {"changed": False, "size": size}
+            os.chmod(tmp, mode if mode is not None else (old_mode or 0o644))
+            os.replace(tmp, p)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return {"changed": True, "size": size}
+
+    def abort(self, token: str) -> dict[str, Any]:
+        """Give up an upload: its temp file goes, the target is untouched."""
+        entry = self._open.pop(token, None)
+        if entry is not None:
+            Path(entry[0]).unlink(missing_ok=True)
+        return {"aborted": entry is not None}
 
 
 def file_write(path: str, content: bytes | str, mode: int | None = None,

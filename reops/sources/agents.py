@@ -40,6 +40,7 @@ from reops.hub.client import (
 )
 from reops.model import UNREACHED, Host, Hosts, Line, Result, Status, failure_result
 from reops.ops.base import Op
+from reops.sources.agents_transfer import CallFailed, transfer
 from reops.sources.base import LineSink
 
 if TYPE_CHECKING:
@@ -267,10 +268,26 @@ class AgentExecutor:
                                   started_at=started, duration_s=time.monotonic() - t0,
                                   transport="agent")
 
+        if op.kind in ("upload", "download"):
+            async def step(fn: str, args: list[Any], kwargs: dict[str, Any],
+                           timeout: float | None) -> dict[str, Any]:
+                return await self._call(host, {"hosts": [host.name], "fn": fn, "args": args,
+                                               "kwargs": kwargs, "timeout": timeout})
+
+            return await transfer(step, host, op, settings)
         try:
             params = _params(host, op, settings, stream=on_line is not None)
-        except (OSError, ValueError) as e:
-            return fail(f"{op.kind} {op.local}: {e}", status="failed", code=1)
+        except ValueError as e:
+            return fail(f"{op.name}: {e}", status="error", code=1)
+        try:
+            item = await self._call(host, params, on_line)
+        except CallFailed as e:
+            return fail(e.err, e.status)
+        return _result(host, op, item, started, time.monotonic() - t0)
+
+    async def _call(self, host: Host, params: dict[str, Any],
+                    on_line: LineSink | None = None) -> dict[str, Any]:
+        """One hub call's result item; CallFailed when it gave none."""
         item: dict[str, Any] | None = None
         try:
             hub = await self._hub()
@@ -280,16 +297,16 @@ class AgentExecutor:
                 elif it.get("k") == "result":
                     item = it
         except HubNotRunning as e:
-            return fail(str(e))
+            raise CallFailed("unreachable", str(e)) from None
         except HubGone:  # the request was sent: the agent may be running it
-            return fail(f"{host.name}: the connection to the hub dropped during the call "
-                        "(the command may have run; check the host before running it again)",
-                        status="lost")
+            raise CallFailed("lost", f"{host.name}: the connection to the hub dropped during "
+                             "the call (the command may have run; check the host before "
+                             "running it again)") from None
         except HubError as e:
-            return fail(f"{host.name}: the hub refused the call: {e}", status="error")
+            raise CallFailed("error", f"{host.name}: the hub refused the call: {e}") from None
         if item is None:
-            return fail("the hub ended the call without a result", status="error")
-        return _result(host, op, item, started, time.monotonic() - t0)
+            raise CallFailed("error", f"{host.name}: the hub ended the call without a result")
+        return item
 
     async def close(self) -> None:
         """Close the control connection; safe to call twice."""
@@ -307,14 +324,6 @@ def _params(host: Host, op: Op, settings: Settings, *, stream: bool) -> dict[str
         if op.stdin is not None:
             kwargs["stdin"] = op.stdin
         return {**base, "fn": "shell", "args": [op.command_for(host)], "kwargs": kwargs}
-    if op.kind == "upload":
-        local = Path(op.local)
-        if local.is_dir():
-            raise ValueError("directories are not transferred over agents; use --via ssh")
-        return {**base, "fn": "file.write",
-                "args": [op.remote, local.read_bytes()], "kwargs": {"mode": op.mode}}
-    if op.kind == "download":
-        return {**base, "fn": "file.read", "args": [op.remote]}
     kwargs = dict(op.kwargs)
     code = kwargs.pop(CODE_KEY, None)
     return {**base, "fn": op.function, "args": list(op.args), "kwargs": kwargs,
@@ -330,16 +339,6 @@ def _result(host: Host, op: Op, item: dict[str, Any], started: float,
     changed: bool | None = None
     if op.kind == "shell" and status in ("ok", "failed"):
         status, data, changed, err = op.judge(code, out, err, data)
-    elif status == "ok" and op.kind == "download":
-        target = Path(op.local) / host.name
-        target.mkdir(parents=True, exist_ok=True)
-        dest = target / Path(op.remote).name
-        dest.write_bytes(data["content"])
-        dest.chmod(int(data.get("mode", 0o644)))
-        out, data = str(dest), str(dest)
-    elif status == "ok" and op.kind == "upload":
-        changed = bool((data or {}).get("changed", True))
-        out, data = op.remote, op.remote
     return Result(host=host.name, op=op.name, status=status, code=code, out=out, err=err,
                   started_at=float(item.get("started_at") or started), duration_s=duration,
                   transport="agent", data=data, changed=changed)
