@@ -362,3 +362,39 @@ async def test_downloads_drop_setuid_bits_into_private_host_dirs(
     assert Path(r.out).read_text() == src.read_text()
     assert Path(r.out).stat().st_mode & 0o7777 == 0o755
     assert (tmp_path / "got" / "h1").stat().st_mode & 0o777 == 0o700
+
+
+# ── 18: `--via auto` asks the hub without blocking the event loop ─────────────────────
+
+
+async def test_via_auto_waits_for_a_paused_hub_without_blocking_the_loop(
+        fleet: tuple[LabHub, Path]) -> None:
+    """While the hub is paused the choice is pending and this loop keeps running; once
+    the hub answers, the host goes over its agent (not over SSH by a blocking timeout)."""
+    import os
+    import signal
+
+    from reops.sources.agents import AutoExecutor
+    from reops.sources.ssh import SshExecutor
+
+    hub, _ = fleet
+    assert hub.proc is not None
+    agent, ssh = AgentExecutor(hub.control_path), SshExecutor()
+    auto = AutoExecutor(agent, ssh)
+    os.kill(hub.proc.pid, signal.SIGSTOP)
+    try:
+        task = asyncio.create_task(auto.run(host("h1"), Op(name="exec", command="echo hi"),
+                                            Settings()))
+        for _ in range(5):
+            await asyncio.sleep(0)  # the loop is ours while the choice waits for the hub
+        assert not task.done()
+        assert not agent.available(host("h1"))  # never waits on the loop: cache only
+    finally:
+        os.kill(hub.proc.pid, signal.SIGCONT)
+    try:
+        async with asyncio.timeout(HEARTBEAT):
+            r = await task
+    finally:
+        await agent.close()
+        await ssh.close()
+    assert (r.status, r.transport, r.out) == ("ok", "agent", "hi\n")

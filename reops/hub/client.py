@@ -126,6 +126,13 @@ class HubClient:
                 ready.exception()  # retrieved: waiters get their own copy below
                 await self._close_sockets()
                 raise HubNotRunning(self.path) from e
+            except BaseException:  # cancelled while connecting: the next request starts over
+                ready, self._ready = self._ready, None
+                if ready is not None and not ready.done():
+                    ready.set_exception(HubGone("connecting was interrupted"))
+                    ready.exception()
+                await self._close_sockets()
+                raise
             self._ready.set_result(None)
         await asyncio.shield(self._ready)
 

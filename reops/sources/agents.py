@@ -41,17 +41,19 @@ from reops.hub.client import (
 from reops.model import UNREACHED, Host, Hosts, Line, Result, Status, failure_result
 from reops.ops.base import Op
 from reops.sources.agents_transfer import CallFailed, transfer
-from reops.sources.base import LineSink
+from reops.sources.base import Executor, LineSink
 
 if TYPE_CHECKING:
     from reops.streams.core import Stream
 
 #: Op.kwargs key carrying shipped code ({source, function, module}) for kind "call" ops
 CODE_KEY = "__reops_code__"
-#: how long `available()` trusts its list of connected agents
+#: how long `available()` / `connected()` trust their list of connected agents
 AVAILABLE_TTL_S = 1.0
-#: how long `available()` waits for the hub before counting no agent as connected
+#: how long the blocking `available()` (off the event loop) waits for the hub
 AVAILABLE_TIMEOUT_S = 0.5
+#: how long `connected()` waits for the hub's list (it awaits: the loop runs on meanwhile)
+CONNECTED_TIMEOUT_S = 3.0
 
 
 def ship(fn: Callable[..., Any]) -> dict[str, str]:
@@ -238,6 +240,7 @@ class AgentExecutor:
         self._connected: frozenset[str] = frozenset()
         self._checked = float("-inf")
         self._checked_path: Path | None = None
+        self._refresh: asyncio.Future[None] | None = None
 
     async def _hub(self) -> HubClient:
         """The control connection, re-made if the configured hub moved (REOPS_HOME)."""
@@ -249,14 +252,49 @@ class AgentExecutor:
             self._client = HubClient(path)
         return self._client
 
+    def _stale(self, path: Path) -> bool:
+        return time.monotonic() - self._checked > AVAILABLE_TTL_S or path != self._checked_path
+
     def available(self, host: Host) -> bool:
-        """Whether `host.name`'s agent is connected and accepted (cached for a second)."""
-        now = time.monotonic()
+        """Whether `host.name`'s agent is connected and accepted (cached for a second).
+
+        On a running event loop this never waits: it answers from the cache and refreshes
+        it in the background (`connected()` is the awaitable, exact answer)."""
         path = self.path or default_path()
-        if now - self._checked > AVAILABLE_TTL_S or path != self._checked_path:
-            self._connected = connected_agents(path, timeout=AVAILABLE_TIMEOUT_S)
-            self._checked, self._checked_path = now, path
+        if self._stale(path):
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:  # plain blocking code: ask the hub now
+                self._connected = connected_agents(path, timeout=AVAILABLE_TIMEOUT_S)
+                self._checked, self._checked_path = time.monotonic(), path
+            else:
+                self._start_refresh(path)
         return host.name in self._connected
+
+    async def connected(self, host: Host) -> bool:
+        """Whether `host.name`'s agent is connected; waits for the hub without blocking
+        the loop (one request a second at most, shared by every host asking)."""
+        path = self.path or default_path()
+        if self._stale(path):
+            await asyncio.shield(self._start_refresh(path))
+        return host.name in self._connected
+
+    def _start_refresh(self, path: Path) -> asyncio.Future[None]:
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.ensure_future(self._fetch(path))
+        return self._refresh
+
+    async def _fetch(self, path: Path) -> None:
+        names: frozenset[str] = frozenset()
+        try:
+            hub = await self._hub()
+            await hub.connect()  # bounded by its own connect timeout
+            listed = await asyncio.wait_for(hub.request("agents"), CONNECTED_TIMEOUT_S)
+            names = frozenset(a["name"] for a in listed if a.get("state") == "connected")
+        except (HubNotRunning, HubGone, HubError, TimeoutError):
+            pass
+        self._connected = names
+        self._checked, self._checked_path = time.monotonic(), path
 
     async def run(self, host: Host, op: Op, settings: Settings,
                   on_line: LineSink | None = None) -> Result:
@@ -313,6 +351,29 @@ class AgentExecutor:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+class AutoExecutor:
+    """`--via auto`: the agent where one is connected, SSH for the rest; the choice awaits
+    the hub's answer, so the event loop never blocks on it."""
+
+    transport = "auto"
+
+    def __init__(self, agent: AgentExecutor, ssh: Executor) -> None:
+        self.agent = agent
+        self.ssh = ssh
+
+    def available(self, host: Host) -> bool:
+        return True
+
+    async def run(self, host: Host, op: Op, settings: Settings,
+                  on_line: LineSink | None = None) -> Result:
+        """Run `op` over the agent if `host` has one connected, else over SSH."""
+        chosen: Executor = self.agent if await self.agent.connected(host) else self.ssh
+        return await chosen.run(host, op, settings, on_line)
+
+    async def close(self) -> None:
+        return None  # the two executors are closed by whoever made them
 
 
 def _params(host: Host, op: Op, settings: Settings, *, stream: bool) -> dict[str, Any]:
@@ -467,5 +528,5 @@ def agent_events(hub: Path | None = None,
     return _hub_stream(hub, "subscribe", lambda event: event, topics=list(topics))
 
 
-__all__ = ["AgentExecutor", "AgentHosts", "agent_events", "agent_list", "agents", "call",
-           "connected_agents", "default_path", "schedule", "ship"]
+__all__ = ["AgentExecutor", "AgentHosts", "AutoExecutor", "agent_events", "agent_list",
+           "agents", "call", "connected_agents", "default_path", "schedule", "ship"]

@@ -101,8 +101,11 @@ def chooser(via: Via, dry_run: bool) -> Callable[[Host], Executor]:
     agent = _agent()
     if via == "agent":
         return lambda h: agent
-    ssh = _ssh()
-    return lambda h: agent if agent.available(h) else ssh
+    from reops.sources.agents import AgentExecutor, AutoExecutor
+
+    # the choice awaits the hub's list of agents: the event loop never blocks on it
+    auto = AutoExecutor(get_runtime().resource("agent", AgentExecutor), _ssh())
+    return lambda h: auto
 
 
 def as_hosts(hosts: Hosts | Host | Iterable[Host]) -> Hosts:
