@@ -239,7 +239,8 @@ class Fleet:
             return
         self.pending.pop(name, None)
         if old is not None and old.hello.pid != hello.pid:
-            self.calls.fail_agent(name, "unreachable", f"agent {name} restarted during the call")
+            self.calls.fail_agent(name, "lost", f"agent {name} restarted during the call "
+                                  "(the command may have run)")
         rec, event = self.registry.register(routing, key, address, hello)
         self._send(routing, Welcome(heartbeat_s=self.settings.heartbeat_s,
                                     misses=self.settings.misses))
