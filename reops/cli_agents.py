@@ -301,21 +301,47 @@ def _list_agents(as_json: bool) -> None:
 @click.option("--sudo", is_flag=True, help="Install system-wide with sudo (systemd unit).")
 @click.option("-t", "--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0,
               show_default=True, help="Seconds each deploy step may take per host.")
+@click.option("--wait", "register_timeout", type=click.FloatRange(min=0, min_open=True),
+              default=60.0, show_default=True,
+              help="Seconds to wait for each agent to register with the hub.")
 def agents_deploy(inventory_path: Path | None, selector: str, hub_endpoint: str | None,
-                  wheels: Path | None, allow_code: bool, sudo: bool, timeout: float) -> None:
-    """Install and start the agent on hosts over SSH, its key pre-accepted."""
+                  wheels: Path | None, allow_code: bool, sudo: bool, timeout: float,
+                  register_timeout: float) -> None:
+    """Install and start the agent on hosts over SSH, its key pre-accepted; ok once it has
+    registered with the hub. reops-agent comes from its uploaded wheel (--no-index)."""
     from reops.cli_common import select_hosts
     from reops.hub.deploy import deploy
 
     settings = _settings()
     hosts = select_hosts(inventory_path, selector)
     endpoint = hub_endpoint or _default_endpoint(settings)
+    if hub_endpoint is None and _loopback(endpoint):
+        remote = [h.name for h in hosts if not _loopback(h.address)]
+        if remote:
+            raise UserError(f"the hub listens on {endpoint} (this machine only), which "
+                            f"{remote[0]} cannot reach: start it with --bind on an address "
+                            "the hosts reach and pass it here, e.g. --hub tcp://10.0.0.1:7720")
     outcome = deploy(hosts, endpoint=endpoint, settings=settings, wheels=wheels,
-                     allow_code=allow_code, sudo=sudo, timeout=timeout)
+                     allow_code=allow_code, sudo=sudo, timeout=timeout,
+                     register_timeout=register_timeout)
     for r in outcome.results:
         mark = "✔" if r.ok else "✘"
         click.echo(f"{mark} {r.host}" + ("" if r.ok else f": {r.err.strip().splitlines()[-1:]}"))
     sys.exit(outcome.exit_code)
+
+
+def _loopback(address: str) -> bool:
+    """Whether `address` (an IP, a host name or a tcp:// endpoint) is this machine only."""
+    import ipaddress
+
+    host = address.removeprefix("tcp://").rsplit(":", 1)[0] if "://" in address else address
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _default_endpoint(settings: Any) -> str:

@@ -415,3 +415,13 @@ def test_control_socket_in_a_shared_directory(tmp_path: Path) -> None:
         ours.close()
     finally:
         ctx.destroy(0)
+
+
+def test_deploy_refuses_a_loopback_hub_for_remote_hosts(home: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REOPS_HUB_BIND")  # the default: loopback
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text('[hosts.web1]\naddress = "10.0.0.11"\n')
+    code, out = reops("agents", "deploy", "-i", str(inventory), "all")
+    assert code == 2 and len(out.strip().splitlines()) == 1
+    assert "tcp://127.0.0.1:7720 (this machine only), which web1 cannot reach" in out

@@ -37,8 +37,9 @@ def load_keypair(directory: Path, stem: str, *, create: bool = True) -> tuple[by
 def parse_public_key(text: str) -> bytes:
     """A z85 public key given inline or as the path of a file holding it."""
     candidate = text.strip()
-    if len(candidate) != 40 and Path(candidate).expanduser().exists():
-        candidate = Path(candidate).expanduser().read_text().strip()
+    path = Path(candidate).expanduser()
+    if path.is_file():  # a file first: a path can be 40 characters long too
+        candidate = path.read_text().strip()
     if len(candidate) != 40:
         raise ValueError("a CurveZMQ public key is 40 z85 characters (or a file holding one)")
     try:

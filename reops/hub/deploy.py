@@ -2,20 +2,30 @@
 
 Per host, in order (the first failing step is that host's Result):
 upload the wheels → write the agent's key pair (made here; the secret travels on stdin,
-never in a command line) → venv + pip install (offline with --wheels) → start it: a
-systemd unit when installing with sudo on a systemd host, else a detached process.
+never in a command line) and the hub's public key → venv + pip install → start it: a
+systemd unit when installing with sudo on a systemd host, else a detached process → wait
+(bounded) until that agent registers with the hub: "ok" means it is being served.
 Each host's files live under ~/.reops-agent/<name> (or /opt/reops-agent with sudo).
+
+reops-agent is always installed from the uploaded wheel, by path, with --no-index: a
+package index is never asked for it (a same-named package there must never win). With
+--wheels everything comes from those wheels; without, only its dependencies (pyzmq,
+msgspec) come from the host's own index.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.metadata
 import shlex
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import reops_agent
 
@@ -49,6 +59,20 @@ def agent_wheel(out: Path) -> Path:
     return next(out.glob("reops_agent-*.whl"))
 
 
+def systemd_escape(line: str) -> str:
+    """`line` for a unit file: % (specifiers) and $ (variables) are expanded even in quotes."""
+    return line.replace("%", "%%").replace("$", "$$")
+
+
+def agent_requirements() -> list[str]:
+    """reops-agent's own dependencies (pip requirement strings), from its metadata."""
+    try:
+        reqs = importlib.metadata.requires("reops-agent") or []
+    except importlib.metadata.PackageNotFoundError:
+        reqs = ["pyzmq>=25", "msgspec>=0.18"]
+    return [r for r in reqs if "extra ==" not in r]
+
+
 def _base(host: Host, sudo: bool) -> str:
     return "/opt/reops-agent" if sudo else f".reops-agent/{host.name}"
 
@@ -60,9 +84,15 @@ def _steps(host: Host, *, wheels: list[Path], endpoint: str, hub_key: str, publi
     stage = f".reops-agent-deploy/{host.name}"
     q = shlex.quote
     venv, keys = f"{base}/venv", f"{base}/keys"
-    find = f"--no-index --find-links {q(stage)}" if offline else f"--find-links {q(stage)}"
+    pip = f"{q(venv)}/bin/pip install -q --upgrade"
+    uploaded = " ".join(q(f"{stage}/{w.name}") for w in wheels)
+    if offline:  # everything from the uploaded wheels, each named by path
+        install = f"{pip} --no-index --find-links {q(stage)} {uploaded}"
+    else:  # dependencies by name from the host's index; the agent only from its wheel
+        deps = " ".join(q(r) for r in agent_requirements())
+        install = f"{pip} {deps} && {pip} --no-index --no-deps {uploaded}"
     agent = " ".join(q(x) for x in [f"{venv}/bin/reops-agent", "--hub", endpoint, "--hub-key",
-                                    hub_key, "--name", host.name, "--keys-dir", keys,
+                                    f"{keys}/hub.key", "--name", host.name, "--keys-dir", keys,
                                     *(["--allow-code"] if allow_code else [])])
     ops = [Op(name="deploy:mkdir", command=f"mkdir -p {q(stage)} && chmod 700 {q(stage)}",
               timeout=timeout)]
@@ -70,12 +100,12 @@ def _steps(host: Host, *, wheels: list[Path], endpoint: str, hub_key: str, publi
                timeout=timeout) for w in wheels]
     ops.append(Op(name="deploy:key", sudo=sudo, stdin=secret, timeout=timeout, command=(
         f"umask 077 && mkdir -p {q(keys)} && cat > {q(keys)}/agent.key_secret && "
-        f"printf '%s\\n' {q(public)} > {q(keys)}/agent.key")))
-    ops.append(Op(name="deploy:install", sudo=sudo, timeout=timeout, command=(
-        f"python3 -m venv {q(venv)} && {q(venv)}/bin/pip install -q --upgrade {find} "
-        f"reops-agent")))
+        f"printf '%s\\n' {q(public)} > {q(keys)}/agent.key && "
+        f"printf '%s\\n' {q(hub_key)} > {q(keys)}/hub.key")))
+    ops.append(Op(name="deploy:install", sudo=sudo, timeout=timeout,
+                  command=f"python3 -m venv {q(venv)} && {install}"))
     if sudo:
-        unit = UNIT.format(command=agent)
+        unit = UNIT.format(command=systemd_escape(agent))
         ops.append(Op(name="deploy:start", sudo=True, stdin=unit, timeout=timeout, command=(
             "if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then "
             "cat > /etc/systemd/system/reops-agent.service && systemctl daemon-reload && "
@@ -95,8 +125,63 @@ def _detached(base: str, agent: str) -> str:
             f"echo $! > {q(pid)}")
 
 
+class Registrations:
+    """Agents registering with the running hub, seen from before any agent is started."""
+
+    def __init__(self, control: Path) -> None:
+        self.control = control
+        self.seen: set[str] = set()
+        self.changed = asyncio.Event()
+        self.running = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Subscribe (if a hub runs): registrations from now on are counted."""
+        from reops.hub.client import HubClient, HubNotRunning
+
+        client = HubClient(self.control)
+        events = client.stream("subscribe", topics=["agents"])
+        try:
+            await asyncio.wait_for(anext(events), 5.0)
+        except (HubNotRunning, TimeoutError, OSError):
+            await events.aclose()
+            await client.close()
+            return
+        self.running = True
+        self._task = asyncio.create_task(self._follow(client, events))
+
+    async def _follow(self, client: Any, events: AsyncIterator[Any]) -> None:
+        try:
+            async for event in events:
+                data = event.get("data") or {}
+                if data.get("event") in ("registered", "back", "again"):
+                    self.seen.add(str(data.get("agent")))
+                    self.changed.set()
+        finally:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    async def wait(self, name: str, timeout: float) -> bool:
+        """Whether agent `name` registered within `timeout` s."""
+        try:
+            async with asyncio.timeout(timeout):
+                while name not in self.seen:
+                    self.changed.clear()
+                    await self.changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+
 async def _deploy_host(host: Host, ops: list[Op], settings: Settings,
-                       bound: asyncio.Semaphore) -> Result:
+                       bound: asyncio.Semaphore, registrations: Registrations,
+                       register_timeout: float) -> Result:
     from reops.runtime import get_runtime
     from reops.sources.ssh import SshExecutor
 
@@ -109,15 +194,28 @@ async def _deploy_host(host: Host, ops: list[Op], settings: Settings,
             if not result.ok:
                 return result
     assert result is not None
-    return Result(host=host.name, op="deploy", status="ok", code=0, out=result.out,
-                  started_at=started, duration_s=time.monotonic() - t0, transport="ssh",
-                  changed=True)
+    log = f"{_base(host, ops[-1].sudo)}/agent.log"
+    if not registrations.running:
+        err = (f"{host.name}: agent installed and started, but no reops hub is running at "
+               f"{registrations.control} to register with; start it with `reops hub`")
+    elif not await registrations.wait(host.name, register_timeout):
+        err = (f"{host.name}: agent installed and started, but it did not register with the "
+               f"hub within {register_timeout:g} s; see {log} on the host (hub endpoint "
+               "reachable from there? its firewall?)")
+    else:
+        return Result(host=host.name, op="deploy", status="ok", code=0, out=result.out,
+                      started_at=started, duration_s=time.monotonic() - t0, transport="ssh",
+                      changed=True)
+    return Result(host=host.name, op="deploy", status="failed", code=1, out=result.out,
+                  err=err, started_at=started, duration_s=time.monotonic() - t0,
+                  transport="ssh", changed=True)
 
 
 def deploy(hosts: Hosts, *, endpoint: str, settings: HubSettings, wheels: Path | None = None,
            allow_code: bool = False, sudo: bool = False, timeout: float = 600.0,
-           ssh_settings: Settings | None = None) -> Outcome:
-    """Deploy agents to `hosts` (connecting to `endpoint`); one Result per host."""
+           ssh_settings: Settings | None = None, register_timeout: float = 60.0) -> Outcome:
+    """Deploy agents to `hosts` (connecting to `endpoint`); one Result per host, "ok" once
+    that host's agent has registered with the hub (within `register_timeout` s)."""
     from reops_agent.keys import write_keypair
 
     from reops.runtime import get_runtime
@@ -140,8 +238,14 @@ def deploy(hosts: Hosts, *, endpoint: str, settings: HubSettings, wheels: Path |
 
         async def all_hosts() -> list[Result]:
             bound = asyncio.Semaphore(ssh.forks)
-            return list(await asyncio.gather(*(
-                _deploy_host(h, plans[h.name], ssh, bound) for h in hosts)))
+            registrations = Registrations(settings.control_path)
+            await registrations.start()
+            try:
+                return list(await asyncio.gather(*(
+                    _deploy_host(h, plans[h.name], ssh, bound, registrations,
+                                 register_timeout) for h in hosts)))
+            finally:
+                await registrations.close()
 
         results = get_runtime().call(all_hosts())
     return Outcome.of(results, hosts.names)

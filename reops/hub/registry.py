@@ -68,7 +68,8 @@ class Registry:
     def register(self, routing: bytes, key: str, address: str, hello: Hello) -> tuple[
         AgentRecord, str
     ]:
-        """Bind `hello.name` to this connection; the event: registered, back or again."""
+        """Bind `hello.name` to this connection; the event: registered (a new process),
+        back (after being lost) or again (the same process, on the same or a new connection)."""
         old = self.by_name.get(hello.name)
         if old is not None:
             self.by_routing.pop(old.routing, None)
@@ -78,8 +79,8 @@ class Registry:
             rec.code = old.code if old.routing == routing else set()
         self.by_name[hello.name] = rec
         self.by_routing[routing] = rec
-        if old is None:
-            return rec, "registered"
+        if old is None or old.hello.pid != hello.pid or old.key != key:
+            return rec, "registered"  # a new agent process (restarted, redeployed)
         return rec, "back" if old.state == "lost" else "again"
 
     def detach(self, rec: AgentRecord) -> None:
