@@ -398,3 +398,22 @@ async def test_via_auto_waits_for_a_paused_hub_without_blocking_the_loop(
         await agent.close()
         await ssh.close()
     assert (r.status, r.transport, r.out) == ("ok", "agent", "hi\n")
+
+
+# ── 16: every hub call has a deadline, even one given none ───────────────────────────
+
+
+async def test_a_call_without_timeout_gets_the_hubs_default_deadline(tmp_path: Path) -> None:
+    with start_hub(tmp_path / "home", heartbeat_s=HEARTBEAT, misses=MISSES,
+                   call_timeout_s=1.0) as hub, _agents(hub, ["d1"], tmp_path):
+        await await_agents(hub.control_path, ["d1"])
+        c = HubClient(hub.control_path)
+        try:
+            async with asyncio.timeout(HEARTBEAT):  # the command would sleep 60 s
+                results = await call(c, hosts=["d1"], fn="shell", args=["sleep 60"])
+            r = results["d1"]
+            assert (r["status"], r["code"]) == ("timeout", -1)
+            assert "timed out after 1 s" in r["err"]
+            assert (await c.request("ping"))["calls"] == 0
+        finally:
+            await c.close()

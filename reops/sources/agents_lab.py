@@ -179,12 +179,14 @@ class LabHub:
 
 def start_hub(home: Path, *, bind: str = "tcp://127.0.0.1:*", heartbeat_s: float = 5.0,
               misses: int = 3, auto_accept: bool = False, call_grace_s: float = 5.0,
-              timeout: float = 15.0) -> LabHub:
+              call_timeout_s: float | None = None, timeout: float = 15.0) -> LabHub:
     """Start a hub process on `bind` (a free port by default) with its home in `home`."""
     env = {"REOPS_HUB_HEARTBEAT_S": str(heartbeat_s), "REOPS_HUB_MISSES": str(misses),
            "REOPS_HUB_AUTO_ACCEPT": "true" if auto_accept else "false",
            "REOPS_HUB_CALL_GRACE_S": str(call_grace_s), "REOPS_HUB_CONTROL": "",
            "REOPS_HUB_KEYS_DIR": ""}
+    if call_timeout_s is not None:
+        env["REOPS_HUB_CALL_TIMEOUT_S"] = str(call_timeout_s)
     return LabHub(home=home, env=env, bind=bind).start(timeout)
 
 
