@@ -29,11 +29,15 @@ def jsonl(target: str | Path | IO[str] | None = None, *, lines: bool = False) ->
             def close() -> None:
                 if owned and not f.closed:
                     f.close()
+                elif not f.closed:
+                    f.flush()
 
             def on_next(e: Event) -> None:
-                if lines or isinstance(e, Result):
+                if isinstance(e, Result):
                     f.write(_encoder.encode(e).decode() + "\n")
-                    f.flush()
+                    f.flush()  # a Result is visible to `tail -f` as soon as it is known
+                elif lines:  # Lines go out with the OS buffer: a flush each costs a syscall
+                    f.write(_encoder.encode(e).decode() + "\n")
                 observer.on_next(e)
 
             def on_error(exc: Exception) -> None:
