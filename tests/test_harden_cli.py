@@ -194,3 +194,15 @@ def test_an_open_reops_home_gets_a_warning_and_is_left_alone(tmp_path: Path) -> 
     [warning] = p.stderr.splitlines()  # once, however often home() is asked for
     assert str(open_home) in warning and f"chmod 700 {open_home}" in warning
     assert stat.S_IMODE(open_home.stat().st_mode) == 0o755
+
+
+def test_cli_retry_never_reruns_a_command_that_started(lab: LabInfo) -> None:
+    """`--retry` re-runs only hosts never reached: a failing command ran once."""
+    marker = f"/tmp/reops-cli-retry-{uuid.uuid4().hex}"
+    p = reops_run("exec", "-i", str(lab.inventory), "web1,web2", "--retry", "2", "-o", "json",
+                  "--", f'echo x >> {marker}-$(echo "$SSH_CONNECTION" | cut -d" " -f3); exit 1')
+    assert p.returncode == 1, p.stderr
+    hosts = lab.as_hosts()
+    files = " ".join(f"{marker}-{hosts[n].address}" for n in ("web1", "web2"))
+    counts = run(exec_(hosts["web1"], f"cat {files} | wc -l; rm -f {files}"))
+    assert counts.successful[0].out.strip() == "2"  # once per host, not 3 times
