@@ -176,12 +176,17 @@ class Hypervisor:
             return
         self._closed = True
         callbacks, self._callbacks = self._callbacks, []
-        for deregister, cb_id in callbacks:
+
+        def shut() -> None:  # each a call to libvirtd: never on the loop's thread
+            for deregister, cb_id in callbacks:
+                with contextlib.suppress(libvirt.libvirtError):
+                    deregister(cb_id)
             with contextlib.suppress(libvirt.libvirtError):
-                deregister(cb_id)
+                self._conn.close()
+
         # a hung libvirtd never answers: give up after the connect timeout, keep closing
-        with contextlib.suppress(libvirt.libvirtError, TimeoutError):
-            await asyncio.wait_for(in_thread(self._conn.close), max(self.reattach_timeout, 1.0))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(in_thread(shut), max(self.reattach_timeout, 1.0))
         self._subject.on_completed()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:

@@ -10,8 +10,9 @@ leaves nothing behind, and the work itself runs in the durable queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,23 @@ class Machines:
                     fn(hyp)
         return self._hypervisors[cfg.name]
 
+    @contextlib.asynccontextmanager
+    async def _answers(self, name: str, doing: str) -> AsyncIterator[None]:
+        """Bound the libvirt calls a request makes before queuing anything: a hung libvirtd
+        fails the request in one line (no job to give a deadline to yet)."""
+        limit = self.settings.connect_timeout
+        deadline = asyncio.timeout(limit)
+        try:
+            async with deadline:
+                yield
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise MachinesError(
+                f"hypervisor {name!r} did not answer within {limit:g}s while {doing}"
+                " (is libvirtd hung?); nothing was recorded: check it, then try again"
+            ) from None
+
     def on_connect(self, fn: Callable[[Hypervisor], None]) -> None:
         """Call `fn(hypervisor)` for every connection opened from now on (and open ones)."""
         self._on_connect.append(fn)
@@ -191,25 +209,28 @@ class Machines:
         cfg = self.config.hypervisor(spec.hypervisor)
         hyp = await self.hypervisor(cfg.name)
         volumes_of = _volumes(spec)
-        if spec.disk_gb or spec.volumes:
-            await hyp.check_pool(cfg.pool, sorted({v.base for v in volumes_of("x") if v.base}))
         systems: list[System] = []
-        taken = {s.placement.domain for s in self.store.systems()}
-        for i in range(spec.count):
-            sid = new_id()
-            name = hostname or f"{t.name}-{short(sid)}"
-            if hostname and spec.count > 1:
-                name = f"{hostname}-{i + 1}"
-            if name in taken or await hyp.state(name) != "missing":
-                raise MachinesError(f"a machine named {name!r} already exists on {cfg.name}")
-            systems.append(System(
-                id=sid, type=t.name, description=t.description,
-                machine=Machine(hostname=name, domain=spec.domain, user=spec.user, os=spec.os,
-                                cpu=spec.cpu, ram=spec.ram,
-                                adapters=(cfg.network,) if cfg.network else ()),
-                placement=Placement(hypervisor=cfg.name, domain=name, pool=cfg.pool,
-                                    volumes=volumes_of(name)),
-            ))
+        async with self._answers(cfg.name, "checking the pool and machine names"):
+            if spec.disk_gb or spec.volumes:
+                await hyp.check_pool(cfg.pool,
+                                     sorted({v.base for v in volumes_of("x") if v.base}))
+            taken = {s.placement.domain for s in self.store.systems()}
+            for i in range(spec.count):
+                sid = new_id()
+                name = hostname or f"{t.name}-{short(sid)}"
+                if hostname and spec.count > 1:
+                    name = f"{hostname}-{i + 1}"
+                if name in taken or await hyp.state(name) != "missing":
+                    raise MachinesError(
+                        f"a machine named {name!r} already exists on {cfg.name}")
+                systems.append(System(
+                    id=sid, type=t.name, description=t.description,
+                    machine=Machine(hostname=name, domain=spec.domain, user=spec.user,
+                                    os=spec.os, cpu=spec.cpu, ram=spec.ram,
+                                    adapters=(cfg.network,) if cfg.network else ()),
+                    placement=Placement(hypervisor=cfg.name, domain=name, pool=cfg.pool,
+                                        volumes=volumes_of(name)),
+                ))
         jobs = [Job(id=new_id(), op="create", system_id=s.id) for s in systems]
         return self.queue.submit_jobs(jobs, systems)
 
