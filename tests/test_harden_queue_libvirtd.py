@@ -92,18 +92,23 @@ async def test_a_hung_libvirtd_fails_requests_jobs_and_close_in_time(
         tmp_path: Path, libvirtd: Daemon) -> None:
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'[hypervisors.lab]\nuri = "{libvirtd.uri}"\n\n[machines]\n'
-                   "connect_timeout = 2\n\n[machines.deadlines]\nsync = 2\n")
+                   "connect_timeout = 2\n\n[machines.deadlines]\nsync = 2\ncreate = 2\n")
     async with asyncio.timeout(WAIT):
         async with Machines.open(tmp_path, load_machines_config(cfg)) as m:
             m.add_type("web")
-            await m.hypervisor("lab")  # connected while it answers
+            # checked while it answers; the job's first step is on the next loop turn
+            jobs = await m.create("web", ["tiny", "disk_gb=0"], hostname="w1")
             libvirtd.hang()
+            (created,) = await m.wait(jobs)
+            assert (created.state, created.reason) == ("failed", "timeout")
+            assert created.error.startswith("timeout: create did not finish within 2s")
             with pytest.raises(MachinesError) as e:
-                await m.create("web", ["tiny"], hostname="w1")
+                await m.create("web", ["tiny", "disk_gb=0"], hostname="w2")
             assert str(e.value).startswith("hypervisor 'lab' did not answer within 2s while"
                                            " checking the pool and machine names")
             assert "\n" not in str(e.value)
-            assert m.systems() == [] and m.jobs() == []  # nothing half-recorded
+            assert [s.hostname for s in m.systems()] == ["w1"]  # nothing more recorded
+            assert m.jobs() == [created]
             (sync,) = await m.wait([await m.sync("lab")])
             assert (sync.state, sync.reason) == ("failed", "timeout")
             assert sync.error.startswith("timeout: sync did not finish within 2s")

@@ -145,14 +145,20 @@ class Hypervisor:
         self._callbacks: list[tuple[Callable[[int], Any], int]] = []
         self.events: rx.Observable[HypervisorEvent] = self._subject.pipe(ops.share())
         self._register_events()
+        self._type = conn.getType().lower()  # a call to libvirtd: asked once, here
 
     @classmethod
     async def connect(cls, name: str, uri: str, timeout: float) -> Hypervisor:
         """Open `uri`; a one-line MachinesError when it cannot be reached within `timeout`."""
         EVENT_THREAD.ensure()
         prepare_embed(uri)
+        loop = asyncio.get_running_loop()
+
+        def open_() -> Hypervisor:  # opening and registering events both ask libvirtd
+            return cls(name, uri, libvirt.open(uri), loop)
+
         try:
-            conn = await asyncio.wait_for(in_thread(libvirt.open, uri), timeout)
+            hyp = await asyncio.wait_for(in_thread(open_), timeout)
         except TimeoutError:
             raise MachinesError(
                 f"hypervisor {name!r} ({uri}) is unreachable: no answer in {timeout:g}s"
@@ -161,7 +167,6 @@ class Hypervisor:
             raise MachinesError(
                 f"hypervisor {name!r} ({uri}) is unreachable: {_first_line(e)}"
             ) from None
-        hyp = cls(name, uri, conn, asyncio.get_running_loop())
         hyp.reattach_timeout = timeout
         return hyp
 
@@ -463,7 +468,7 @@ class Hypervisor:
 
     def domain_type(self) -> str:
         """The domain type this driver wants: test for test:///, qemu (TCG) otherwise."""
-        return "test" if self._conn.getType().lower() == "test" else "qemu"
+        return "test" if self._type == "test" else "qemu"
 
 
 def _power_off(dom: libvirt.virDomain) -> None:
