@@ -206,3 +206,26 @@ def test_cli_retry_never_reruns_a_command_that_started(lab: LabInfo) -> None:
     files = " ".join(f"{marker}-{hosts[n].address}" for n in ("web1", "web2"))
     counts = run(exec_(hosts["web1"], f"cat {files} | wc -l; rm -f {files}"))
     assert counts.successful[0].out.strip() == "2"  # once per host, not 3 times
+
+
+def test_settings_errors_name_their_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                           ) -> None:
+    """Every way a setting arrives is checked: file, variable, and code (`configure`)."""
+    from reops.config import ConfigError, Settings, load_settings
+
+    config = tmp_path / "config.toml"
+    config.write_text('[ssh]\nhost_key_checking = "maybe"\n')
+    monkeypatch.setenv("REOPS_CONFIG", str(config))
+    with pytest.raises(ConfigError, match=r"\[ssh\] host_key_checking = 'maybe': .*'strict'"):
+        load_settings()
+    config.write_text("[ssh\n")
+    with pytest.raises(ConfigError, match=f"{config}: not valid TOML"):
+        load_settings()
+    config.write_text("[ssh]\nforks = 10\n")
+    monkeypatch.setenv("REOPS_COMMAND_TIMEOUT", "-5")  # the variable wins, and is named
+    with pytest.raises(ConfigError, match=r"^REOPS_COMMAND_TIMEOUT='-5': command_timeout"):
+        load_settings()
+    monkeypatch.delenv("REOPS_COMMAND_TIMEOUT")
+    assert load_settings().forks == 10
+    with pytest.raises(ConfigError, match=r"^forks=0: forks must be `int` >= 1"):
+        Settings().with_(forks=0)
