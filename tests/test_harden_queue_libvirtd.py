@@ -92,7 +92,7 @@ async def test_a_hung_libvirtd_fails_requests_jobs_and_close_in_time(
         tmp_path: Path, libvirtd: Daemon) -> None:
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'[hypervisors.lab]\nuri = "{libvirtd.uri}"\n\n[machines]\n'
-                   "connect_timeout = 2\n\n[machines.deadlines]\nsync = 2\ncreate = 2\n")
+                   "connect_timeout = 5\n\n[machines.deadlines]\nsync = 2\ncreate = 2\n")
     async with asyncio.timeout(WAIT):
         async with Machines.open(tmp_path, load_machines_config(cfg)) as m:
             m.add_type("web")
@@ -104,7 +104,7 @@ async def test_a_hung_libvirtd_fails_requests_jobs_and_close_in_time(
             assert created.error.startswith("timeout: create did not finish within 2s")
             with pytest.raises(MachinesError) as e:
                 await m.create("web", ["tiny", "disk_gb=0"], hostname="w2")
-            assert str(e.value).startswith("hypervisor 'lab' did not answer within 2s while"
+            assert str(e.value).startswith("hypervisor 'lab' did not answer within 5s while"
                                            " checking the pool and machine names")
             assert "\n" not in str(e.value)
             assert [s.hostname for s in m.systems()] == ["w1"]  # nothing more recorded
@@ -113,3 +113,4 @@ async def test_a_hung_libvirtd_fails_requests_jobs_and_close_in_time(
             assert (sync.state, sync.reason) == ("failed", "timeout")
             assert sync.error.startswith("timeout: sync did not finish within 2s")
         # leaving the block closed the hung connection within the connect timeout
+        # (an answering daemon needs far less than those 5 s: it is the only margin here)
