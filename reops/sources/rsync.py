@@ -27,6 +27,7 @@ from reops.model import UNREACHED, Host, Result, Status
 from reops.ops.base import Op
 from reops.ops.files import rsync_argv
 from reops.ops.text import MARK, sections
+from reops.sources.sftp import bounded_sftp
 from reops.sources.sshlib import asyncssh
 
 #: the section of `Result.out` naming the path taken (rsync | sftp)
@@ -85,7 +86,7 @@ async def run_sync(host: Host, op: Op, settings: Settings,
     precheck = op.with_(sudo=False, become_user=None).command_for(host)
     try:
         async with asyncio.timeout(settings.connect_timeout):
-            pre = await conn.run(precheck, check=False)
+            pre = await conn.run(precheck, check=False, errors="replace")
     except TimeoutError:
         return result("timeout", UNREACHED, err=f"sync pre-check got no answer within "
                       f"{settings.connect_timeout:g} s")
@@ -96,9 +97,13 @@ async def run_sync(host: Host, op: Op, settings: Settings,
         where = "this machine" if remote_rsync else host.name
         return result("failed", 69, err=f"sync with sudo needs rsync on both ends ({where} "
                       "has none) and SFTP cannot sudo")
+    timeout = op.timeout if op.timeout is not None else settings.command_timeout
     try:
-        async with conn.start_sftp_client() as sftp:
-            changes = await _sftp_copy(sftp, op)
+        changes = await bounded_sftp(conn, lambda sftp: _sftp_copy(sftp, op), timeout,
+                                     settings.connect_timeout)
+    except TimeoutError:
+        return result("timeout", UNREACHED, err=f"sync {op.local} -> {host.name}:{op.remote} "
+                      f"(sftp) timed out after {timeout:g} s (stopped; raise it with --timeout)")
     except (OSError, asyncssh.SFTPError) as e:
         reason = getattr(e, "reason", None) or str(e)
         return result("failed", 1, err=f"sync {op.local} -> {host.name}:{op.remote} "

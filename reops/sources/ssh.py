@@ -1,8 +1,14 @@
 """Run ops over SSH with asyncssh: pooled connections, verified host keys, clear failures.
 
 One connection per host, reused across the steps of a pipeline and across calls in one
-process; idle connections close after `Settings.idle_timeout`. Concurrency is bounded by
+process; idle connections close after `Settings.idle_timeout`, and at most `Settings.forks`
+stay open (the least recently used idle one closes first). Concurrency is bounded by
 `Settings.forks`. Every failure mode becomes a Result with a precise `err`.
+
+A command runs at most once: a pooled connection found dead before the exec request was
+sent is replaced once, transparently; a connection lost after that gives status "lost"
+(the command may have run) and is never retried. Output is read as bytes (invalid UTF-8
+becomes U+FFFD) and bounded per stream by `Settings.max_output` (see `output.py`).
 """
 
 from __future__ import annotations
@@ -14,14 +20,17 @@ import shlex
 import signal
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from reops.config import Settings
-from reops.model import UNREACHED, Host, Line, Result, Status, failure_result
+from reops.model import UNREACHED, Host, Result, Status, failure_result
 from reops.ops.base import Op
 from reops.sources.base import LineSink
+from reops.sources.output import Capture, LineSplitter, StreamName, spill_path
+from reops.sources.sftp import bounded_sftp, current_umask, host_download_dir, mask_tree
 from reops.sources.sshlib import asyncssh
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
@@ -32,6 +41,10 @@ PREFERRED_CIPHERS = (
     "aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
     "aes128-ctr", "aes192-ctr", "aes256-ctr",
 )
+
+
+class _NotStarted(Exception):
+    """The connection failed before the exec request was sent: safe to retry once."""
 
 
 class Unreached(Exception):
@@ -80,6 +93,20 @@ class _Caches:
             hit = (mtime, asyncssh.read_known_hosts(p))
             self.known[p] = hit
         return hit[1]
+
+    def remember(self, path: str, line: str) -> None:
+        """After appending `line` to `path` ourselves: add it to the parsed copy in place
+        (same object, so the cached options stay valid) instead of parsing the file again."""
+        p = os.path.expanduser(path)
+        hit = self.known.get(p)
+        try:
+            mtime = os.stat(p).st_mtime
+        except FileNotFoundError:
+            return
+        if hit is None or hit[1] is None:
+            return  # first entry of a new file: the next lookup parses it (once)
+        hit[1].load(line)
+        self.known[p] = (mtime, hit[1])
 
     def key(self, path: str) -> asyncssh.SSHKey:
         p = os.path.expanduser(path)
@@ -225,16 +252,17 @@ class SshExecutor:
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a") as f:
                 f.write(line)
+            self._caches.remember(str(path), line)
 
     async def _acquire(self, host: Host, settings: Settings) -> tuple[tuple[Any, ...], _Pooled]:
         pkey = self._policy_key(host, settings)
-        pooled = self._pool.get(pkey)
+        pooled = self._pool.pop(pkey, None)
         if pooled is not None and not pooled.conn.is_closed():
+            self._pool[pkey] = pooled  # most recently used last
             return pkey, self._use(pooled)
-        if pooled is not None:
-            self._pool.pop(pkey, None)
         pending = self._connecting.get(pkey)
         if pending is None:
+            self._make_room(settings.forks)
             pending = asyncio.get_running_loop().create_future()
             self._connecting[pkey] = pending
             try:
@@ -250,6 +278,25 @@ class SshExecutor:
             pending.set_result(pooled)
             return pkey, self._use(pooled)
         return pkey, self._use(await asyncio.shield(pending))
+
+    def _make_room(self, bound: int) -> None:
+        """Before a new connection: close least recently used idle ones so at most `bound`
+        are open or opening (busy ones are never closed; they end when their users do)."""
+        for pkey in list(self._pool):
+            if len(self._pool) + len(self._connecting) < bound:
+                return
+            pooled = self._pool[pkey]
+            if pooled.users == 0:
+                self._drop(pkey, pooled)
+
+    def _drop(self, pkey: tuple[Any, ...], pooled: _Pooled) -> None:
+        """Take `pooled` out of the pool and close it."""
+        if self._pool.get(pkey) is pooled:
+            del self._pool[pkey]
+        if pooled.idle is not None:
+            pooled.idle.cancel()
+            pooled.idle = None
+        pooled.conn.close()
 
     def _use(self, pooled: _Pooled) -> _Pooled:
         pooled.users += 1
@@ -312,14 +359,29 @@ class SshExecutor:
             pkey, pooled = await self._acquire(host, settings)
             try:
                 return await self._dispatch(host, op, settings, pooled.conn, on_line, started, t0)
-            except (asyncssh.ChannelOpenError, asyncssh.ConnectionLost, BrokenPipeError) as e:
+            except asyncssh.ChannelOpenError as e:
+                if e.code == asyncssh.OPEN_REQUEST_SESSION_FAILED:
+                    # the exec/subsystem request was sent: it may have run
+                    if not pooled.conn.is_closed():
+                        raise Unreached(f"{_endpoint(host)} refused to start the session: "
+                                        f"{e.reason}") from None
+                    self._drop(pkey, pooled)
+                    return _lost(host, op, started, t0)
+                if not pooled.conn.is_closed():  # e.g. MaxSessions: the server said no
+                    raise Unreached(f"{_endpoint(host)} refused a new session: {e.reason} "
+                                    "(too many at once? lower --forks)") from None
                 # a pooled connection that died while idle: reconnect once, transparently
-                self._pool.pop(pkey, None)
-                pooled.conn.close()
+                self._drop(pkey, pooled)
                 if attempt == 2 or time.monotonic() - t0 > settings.connect_timeout:
                     raise Unreached(
-                        f"connection to {_endpoint(host)} lost: {getattr(e, 'reason', e)}"
-                    ) from None
+                        f"connection to {_endpoint(host)} lost before the command started: "
+                        f"{e.reason}") from None
+            except (asyncssh.Error, ConnectionError) as e:
+                # lost after the command was sent (SFTP, sync): never run it again
+                if not pooled.conn.is_closed():
+                    raise
+                self._drop(pkey, pooled)
+                return _lost(host, op, started, t0, reason=getattr(e, "reason", None) or str(e))
             finally:
                 self._release(pkey, pooled, settings)
         raise AssertionError("unreachable")
@@ -334,7 +396,7 @@ class SshExecutor:
         if op.kind == "shell":
             return await self._shell(host, op, settings, conn, on_line, started, t0)
         if op.kind in ("upload", "download"):
-            return await self._transfer(host, op, conn, started, t0)
+            return await self._transfer(host, op, settings, conn, started, t0)
         return failure_result(
             host.name, op.name, f"op kind {op.kind!r} cannot run over SSH (needs an agent)",
             status="error", started_at=started, duration_s=time.monotonic() - t0,
@@ -347,7 +409,8 @@ class SshExecutor:
         command = op.command_for(host)
         timeout = op.timeout if op.timeout is not None else settings.command_timeout
         starting = asyncio.ensure_future(conn.create_process(
-            command, stdin=asyncssh.DEVNULL if op.stdin is None else asyncssh.PIPE))
+            command, stdin=asyncssh.DEVNULL if op.stdin is None else asyncssh.PIPE,
+            encoding=None))  # bytes: a non-UTF-8 byte must not break the connection
         try:
             process = await asyncio.shield(starting)
         except asyncio.CancelledError:
@@ -355,84 +418,129 @@ class SshExecutor:
             with contextlib.suppress(Exception):
                 await _stop(await asyncio.wait_for(starting, settings.connect_timeout))
             raise
+        except (asyncssh.Error, ConnectionError):
+            if conn.is_closed() and not isinstance(starting.exception(),
+                                                   asyncssh.ChannelOpenError):
+                return _lost(host, op, started, t0)  # lost with the exec request in flight
+            raise  # _run tells "not started" (retry) from "refused"
         if op.stdin is not None:
-            process.stdin.write(op.stdin)
+            process.stdin.write(op.stdin.encode())
             process.stdin.write_eof()
-        out_parts: list[str] = []
-        err_parts: list[str] = []
-        readers = asyncio.gather(
-            _pump(process.stdout, out_parts, host.name, "out", on_line),
-            _pump(process.stderr, err_parts, host.name, "err", on_line),
-        )
+
+        def capture(stream: StreamName) -> Capture:
+            spill = settings.output_spill
+            return Capture(settings.max_output, stream, None if spill is None else
+                           lambda: spill_path(spill, host.name, op.name, stream))
+
+        out, err = capture("stdout"), capture("stderr")
+        readers = [
+            asyncio.ensure_future(_pump(process.stdout, out, None if on_line is None else
+                                        LineSplitter(host.name, "out", on_line,
+                                                     settings.max_line))),
+            asyncio.ensure_future(_pump(process.stderr, err, None if on_line is None else
+                                        LineSplitter(host.name, "err", on_line,
+                                                     settings.max_line))),
+        ]
         try:
             async with asyncio.timeout(timeout):
-                await readers
+                await asyncio.gather(*readers)
                 await process.wait_closed()
         except TimeoutError:
-            readers.cancel()
-            await _stop(process)
+            await _stop(process, readers)
             return Result(
                 host=host.name, op=op.name, status="timeout", code=UNREACHED,
-                out="".join(out_parts), err=(
-                    "".join(err_parts) + f"command timed out after {timeout:g} s "
+                out=out.text(), err=(
+                    err.text() + f"command timed out after {timeout:g} s "
                     "(killed; raise it with --timeout)"
                 ), started_at=started, duration_s=time.monotonic() - t0,
             )
         except asyncio.CancelledError:
-            await _stop(process)
+            await _stop(process, readers)
             raise
-        out, err = "".join(out_parts), "".join(err_parts)
+        except Exception:
+            await _stop(process, readers)  # every failure path stops the remote command
+            if conn.is_closed():
+                return _lost(host, op, started, t0, out=out.text(), err=err.text())
+            raise
+        finally:
+            out.close()
+            err.close()
+        out_text, err_text = out.text(), err.text()
         code = process.exit_status
         if code is None or code < 0:
             sig = process.exit_signal
+            if not sig and conn.is_closed():
+                return _lost(host, op, started, t0, out=out_text, err=err_text)
             code = 128 + _signum(sig[0]) if sig else UNREACHED
-            err += f"killed by signal {sig[0]}" if sig else "command ended without an exit status"
-        return _finish(host, op, code, out, err, started, t0)
+            err_text += (f"killed by signal {sig[0]}" if sig
+                         else "command ended without an exit status")
+        return _finish(host, op, code, out_text, err_text, started, t0)
 
     async def _transfer(
-        self, host: Host, op: Op, conn: asyncssh.SSHClientConnection, started: float, t0: float
+        self, host: Host, op: Op, settings: Settings, conn: asyncssh.SSHClientConnection,
+        started: float, t0: float,
     ) -> Result:
-        try:
-            async with conn.start_sftp_client() as sftp:
-                if op.kind == "upload":
-                    await sftp.put(op.local, op.remote, recurse=True, preserve=op.mode is None)
-                    if op.mode is not None:
-                        await sftp.chmod(op.remote, op.mode)
-                    dest = op.remote
-                else:
-                    target = Path(op.local) / host.name
-                    target.mkdir(parents=True, exist_ok=True)
-                    await sftp.get(op.remote, str(target), recurse=True, preserve=True)
-                    dest = str(target / Path(op.remote).name)
-        except (OSError, asyncssh.SFTPError) as e:
-            reason = getattr(e, "reason", None) or str(e)
-            src, dst = (op.local, op.remote) if op.kind == "upload" else (op.remote, op.local)
+        timeout = op.timeout if op.timeout is not None else settings.command_timeout
+        src, dst = (op.local, f"{host.name}:{op.remote}") if op.kind == "upload" else (
+            f"{host.name}:{op.remote}", op.local)
+
+        async def upload(sftp: asyncssh.SFTPClient) -> str:
+            await sftp.put(op.local, op.remote, recurse=True, preserve=op.mode is None)
+            if op.mode is not None:
+                await sftp.chmod(op.remote, op.mode)
+            return op.remote
+
+        async def download(sftp: asyncssh.SFTPClient) -> str:
+            target = host_download_dir(op.local, host.name)
+            dest = target / Path(op.remote).name
+            try:
+                await sftp.get(op.remote, str(target), recurse=True, preserve=True)
+            finally:  # never leave a setuid file behind, even half-copied
+                mask_tree(dest, current_umask())
+            return str(dest)
+
+        def failed(status: Status, what: str) -> Result:
             return Result(
-                host=host.name, op=op.name, status="failed", code=1,
-                err=f"{op.kind} {src} -> {dst}: {reason}", started_at=started,
-                duration_s=time.monotonic() - t0,
-            )
+                host=host.name, op=op.name, status=status,
+                code=1 if status == "failed" else UNREACHED, err=f"{op.kind} {src} -> {dst}: "
+                f"{what}", started_at=started, duration_s=time.monotonic() - t0)
+
+        try:
+            dest = await bounded_sftp(conn, upload if op.kind == "upload" else download,
+                                      timeout, settings.connect_timeout)
+        except TimeoutError:
+            return failed("timeout", f"timed out after {timeout:g} s (stopped; raise it "
+                          "with --timeout)")
+        except (OSError, asyncssh.SFTPError) as e:
+            return failed("failed", getattr(e, "reason", None) or str(e))
         return Result(
             host=host.name, op=op.name, status="ok", code=0, out=dest, data=dest,
             started_at=started, duration_s=time.monotonic() - t0,
         )
 
 
-async def _pump(
-    stream: asyncssh.SSHReader[str], parts: list[str], host: str, name: str,
-    on_line: LineSink | None,
-) -> None:
-    """Collect a process stream; emit whole lines as they arrive when asked to."""
-    if on_line is None:
-        while chunk := await stream.read(65536):
-            parts.append(chunk)
-        return
-    kind: Literal["out", "err"] = "out" if name == "out" else "err"
-    async for line in stream:
-        if not line:  # EOF
-            break
-        parts.append(line)
-        on_line(Line(host, kind, line.rstrip("\n")))
+def _lost(host: Host, op: Op, started: float, t0: float, out: str = "", err: str = "",
+          reason: str | None = None) -> Result:
+    """The connection went away after the command was sent: it may have run."""
+    why = f" ({reason})" if reason else ""
+    return Result(
+        host=host.name, op=op.name, status="lost", code=UNREACHED, out=out,
+        err=err + f"connection to {host.name} ({_endpoint(host)}) lost mid-command{why}; "
+        "the command may have run, so it was not retried: check the host before running "
+        "it again",
+        started_at=started, duration_s=time.monotonic() - t0, transport="ssh",
+    )
+
+
+async def _pump(stream: asyncssh.SSHReader[bytes], capture: Capture,
+                lines: LineSplitter | None) -> None:
+    """Read a process stream to its end into a bounded capture, emitting Lines if asked."""
+    while chunk := await stream.read(65536):
+        capture.feed(chunk)
+        if lines is not None:
+            lines.feed(chunk)
+    if lines is not None:
+        lines.close()
 
 
 #: when to re-send the kill signal if the command is still there: sshd signals the
@@ -440,8 +548,12 @@ async def _pump(
 KILL_RESEND_AFTER_S = (0.05, 0.25, 1.0)
 
 
-async def _stop(process: asyncssh.SSHClientProcess[str]) -> None:
-    """Kill a remote command (OpenSSH honours signal requests) and close its channel."""
+async def _stop(process: asyncssh.SSHClientProcess[bytes],
+                readers: Sequence[asyncio.Future[None]] = ()) -> None:
+    """Kill a remote command (OpenSSH honours signal requests) and close its channel;
+    stop reading its output."""
+    for reader in readers:
+        reader.cancel()
     for wait in KILL_RESEND_AFTER_S:
         with contextlib.suppress(Exception):
             process.send_signal("KILL")
