@@ -68,15 +68,20 @@ def test_store_is_private_and_fully_synchronous(tmp_path: Path) -> None:
         store.close()
 
 
-def test_a_loose_store_is_tightened_on_open(tmp_path: Path) -> None:
+def test_a_loose_store_file_is_tightened_on_open(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    home.mkdir(mode=0o755)
-    (home / "machines.db").touch(mode=0o644)
-    home.chmod(0o755)
+    home.mkdir()
+    (home / "machines.db").touch()
     (home / "machines.db").chmod(0o644)
-    Store(home / "machines.db").close()
-    assert stat.S_IMODE((home / "machines.db").stat().st_mode) == 0o600
-    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    (home / "machines.db-wal").touch()
+    (home / "machines.db-wal").chmod(0o644)
+    store = Store(home / "machines.db")
+    try:
+        store.put_job(Job(id="a" * 40, op="sync"))
+        for name in ("machines.db", "machines.db-wal", "machines.db-shm"):
+            assert stat.S_IMODE((home / name).stat().st_mode) == 0o600, name
+    finally:
+        store.close()
 
 
 # ── interrupted jobs: retried only when idempotent and recent ────────────────────────────

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -209,11 +208,10 @@ class Store:
 
 
 def _private(path: Path) -> None:
-    """Create the store's directory 0700 and file (and WAL files) 0600; tighten looser ones."""
+    """Create the store's directory 0700 and its file (and WAL files) 0600, tightening a
+    looser file. An existing directory is left as it is: it is reops' home, whose mode
+    `reops.config.home()` checks (and warns about) for everything in it."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = path.parent.stat()
-    if st.st_uid == os.geteuid() and not st.st_mode & stat.S_ISVTX:  # ours, not a /tmp
-        os.chmod(path.parent, 0o700)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         os.fchmod(fd, 0o600)
