@@ -294,3 +294,16 @@ def test_deadlines_and_retry_age_come_from_the_config(tmp_path: Path) -> None:
     assert (s.retry_interrupted_within, s.deadline("snapshot")) == (30, 9)
     assert s.deadline("stop") > s.stop_timeout and s.deadline("start") > s.ip_timeout
 
+
+
+def test_a_job_as_a_result_says_lost_or_timeout() -> None:
+    """Streams over machines: an interrupted job may have run (lost), a deadline is timeout."""
+    from reops.systems.streams import job_result
+
+    def status(**changes: Any) -> str:
+        return job_result("h1", Job(id="a" * 40, op="stop", **changes), 0.0).status
+
+    assert status(state="interrupted", error="interrupted: …") == "lost"
+    assert status(state="failed", reason="timeout", error="timeout: …") == "timeout"
+    assert status(state="failed", reason="error", error="it broke") == "failed"
+    assert status(state="succeeded") == "ok"

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from reops.model import Host, Hosts, Line, Result, failure_result
+from reops.model import Host, Hosts, Line, Result, Status, failure_result
 from reops.runtime import get_runtime
 from reops.streams.core import Stream, fanout
 from reops.systems.api import MachinesAPI, connect
@@ -47,7 +47,10 @@ def job_result(host: str, job: Job, started: float) -> Result:
         return Result(host=host, op=job.op, status="ok", code=0, out=out,
                       started_at=started, duration_s=time.time() - started,
                       transport="libvirt", data=job.result)
-    return failure_result(host, job.op, job.error or job.state, status="failed", code=1,
+    # interrupted: it may have run (never re-run blindly); timeout: its deadline ended it
+    status: Status = "lost" if job.state == "interrupted" else (
+        "timeout" if job.reason == "timeout" else "failed")
+    return failure_result(host, job.op, job.error or job.state, status=status, code=1,
                           started_at=started, duration_s=time.time() - started,
                           transport="libvirt")
 
