@@ -106,6 +106,10 @@ async def run_sync(host: Host, op: Op, settings: Settings,
                       f"(sftp) timed out after {timeout:g} s (stopped; raise it with --timeout)")
     except (OSError, asyncssh.SFTPError) as e:
         reason = getattr(e, "reason", None) or str(e)
+        if conn.is_closed():  # a partial copy may be there: never re-run blindly
+            return result("lost", UNREACHED, err=f"sync {op.local} -> {host.name}:{op.remote} "
+                          f"(sftp): connection lost mid-copy ({reason}); check the host "
+                          "before running it again")
         return result("failed", 1, err=f"sync {op.local} -> {host.name}:{op.remote} "
                       f"(sftp): {reason}")
     return result("ok", 0, out="".join(f"{c}\n" for c in changes) + _via("sftp"))

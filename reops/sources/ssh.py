@@ -512,7 +512,10 @@ class SshExecutor:
             return failed("timeout", f"timed out after {timeout:g} s (stopped; raise it "
                           "with --timeout)")
         except (OSError, asyncssh.SFTPError) as e:
-            return failed("failed", getattr(e, "reason", None) or str(e))
+            reason = getattr(e, "reason", None) or str(e)
+            if conn.is_closed():  # a partial copy may be there: not retried
+                return _lost(host, op, started, t0, reason=f"{op.kind} {src} -> {dst}: {reason}")
+            return failed("failed", reason)
         return Result(
             host=host.name, op=op.name, status="ok", code=0, out=dest, data=dest,
             started_at=started, duration_s=time.monotonic() - t0,
