@@ -45,7 +45,7 @@ def spill_path(directory: str, host: str, op: str, stream: StreamName) -> Path:
     return d / f"{_safe_name(op)}-{time.time_ns()}.{stream}"
 
 
-def _utf8_head_end(data: bytes | bytearray) -> int:
+def _utf8_head_end(data: bytes | bytearray | memoryview) -> int:
     """Where `data` ends on a whole UTF-8 character (drops a split one at the end)."""
     n = len(data)
     for back in range(1, min(4, n) + 1):
@@ -58,7 +58,7 @@ def _utf8_head_end(data: bytes | bytearray) -> int:
     return n
 
 
-def _utf8_tail_start(data: bytes | bytearray) -> int:
+def _utf8_tail_start(data: bytes | bytearray | memoryview) -> int:
     """Where `data` starts on a whole UTF-8 character (skips up to 3 continuation bytes)."""
     i = 0
     while i < min(3, len(data)) and 0x80 <= data[i] < 0xC0:
@@ -117,26 +117,33 @@ class Capture:
             self._file.close()
             self._file = None
 
+    def _kept(self) -> tuple[memoryview, memoryview]:
+        """The head and tail shown when over the limit, cut on whole UTF-8 characters."""
+        head = memoryview(self.head)[:_utf8_head_end(self.head)]
+        tail = b"".join(self.tail)
+        tail_view = memoryview(tail)[max(0, len(tail) - self.tail_max):]
+        return head, tail_view[_utf8_tail_start(tail_view):]
+
     @property
     def cut(self) -> int:
         """Bytes left out of `text()` (0 when everything fits)."""
-        return 0 if self.total <= self.limit else self.total - len(self._head_kept()) - len(
-            self._tail_kept())
-
-    def _head_kept(self) -> bytes:
-        return bytes(self.head[:_utf8_head_end(self.head)])
-
-    def _tail_kept(self) -> bytes:
-        tail = b"".join(self.tail)[-self.tail_max:] if self.tail_max else b""
-        return tail[_utf8_tail_start(tail):]
+        if self.total <= self.limit:
+            return 0
+        head, tail = self._kept()
+        return self.total - len(head) - len(tail)
 
     def text(self) -> str:
-        """The stream as text; when over the limit: head, a marker with the cut count, tail."""
+        """The stream as text; when over the limit: head, a marker with the cut count, tail.
+        (Decodes from the buffers in place: a few MB per host at the end, no more.)"""
         if self.total <= self.limit:
-            return decode(bytes(self.head) + b"".join(self.tail))
-        head, tail = self._head_kept(), self._tail_kept()
+            while self.tail:
+                self.head += self.tail.popleft()
+            self.tail_len = 0
+            return str(self.head, "utf-8", "replace")
+        head, tail = self._kept()
         cut = self.total - len(head) - len(tail)
-        return decode(head) + cut_marker(cut, self.stream, self.spill) + decode(tail)
+        return "".join((str(head, "utf-8", "replace"), cut_marker(cut, self.stream, self.spill),
+                        str(tail, "utf-8", "replace")))
 
 
 class LineSplitter:
