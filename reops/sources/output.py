@@ -28,9 +28,15 @@ def decode(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-def cut_marker(cut: int, stream: StreamName, spill: Path | None) -> str:
+def cut_marker(cut: int, stream: StreamName, spill: Path | None,
+               spill_error: str | None = None) -> str:
     """The line standing in for the bytes left out of a Result's text."""
-    where = f"all of it is in {spill}" if spill else "raise max_output or set output_spill"
+    if spill_error:
+        where = f"could not keep all of it ({spill_error}); raise max_output"
+    elif spill:
+        where = f"all of it is in {spill}"
+    else:
+        where = "raise max_output or set output_spill"
     return f"\n… [reops: cut {cut} bytes of {stream}; {where}] …\n"
 
 
@@ -81,6 +87,7 @@ class Capture:
         self.total = 0
         self._spill_to = spill_to
         self.spill: Path | None = None
+        self.spill_error: str | None = None
         self._file: BinaryIO | None = None
 
     def feed(self, data: bytes) -> None:
@@ -91,7 +98,10 @@ class Capture:
             self._start_spill()  # nothing was dropped yet: head + tail are all so far
         self.total += len(data)
         if self._file is not None:
-            self._file.write(data)
+            try:
+                self._file.write(data)
+            except OSError as e:  # e.g. a full disk: keep going without the spill
+                self._spill_failed(e)
         room = self.head_max - len(self.head)
         if room > 0:
             self.head += data[:room]
@@ -104,18 +114,30 @@ class Capture:
 
     def _start_spill(self) -> None:
         assert self._spill_to is not None
-        self.spill = self._spill_to()
-        fd = os.open(self.spill, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        self._file = os.fdopen(fd, "wb")
-        self._file.write(self.head)
-        for chunk in self.tail:
-            self._file.write(chunk)
+        try:
+            self.spill = self._spill_to()
+            fd = os.open(self.spill, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                         0o600)
+            self._file = os.fdopen(fd, "wb")
+            self._file.write(self.head)
+            for chunk in self.tail:
+                self._file.write(chunk)
+        except OSError as e:
+            self.spill = self.spill or Path(getattr(e, "filename", None) or "?")
+            self._spill_failed(e)
+
+    def _spill_failed(self, e: OSError) -> None:
+        self.spill_error = f"spill to {self.spill}: {e.strerror or e}"
+        self.close()
 
     def close(self) -> None:
         """Finish the spill file, if any (idempotent)."""
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            try:
+                file.close()
+            except OSError as e:
+                self._spill_failed(e)
 
     def _kept(self) -> tuple[memoryview, memoryview]:
         """The head and tail shown when over the limit, cut on whole UTF-8 characters."""
@@ -142,8 +164,8 @@ class Capture:
             return str(self.head, "utf-8", "replace")
         head, tail = self._kept()
         cut = self.total - len(head) - len(tail)
-        return "".join((str(head, "utf-8", "replace"), cut_marker(cut, self.stream, self.spill),
-                        str(tail, "utf-8", "replace")))
+        marker = cut_marker(cut, self.stream, self.spill, self.spill_error)
+        return "".join((str(head, "utf-8", "replace"), marker, str(tail, "utf-8", "replace")))
 
 
 class LineSplitter:
