@@ -43,10 +43,6 @@ PREFERRED_CIPHERS = (
 )
 
 
-class _NotStarted(Exception):
-    """The connection failed before the exec request was sent: safe to retry once."""
-
-
 class Unreached(Exception):
     """A host could not be reached; `status` and the message go into the Result."""
 
