@@ -1,6 +1,7 @@
 """Controller memory while every host prints a lot: the SSH output cap, measured.
 
     .venv/bin/python bench/bench_output.py [--hosts 50] [--mb 200] [--forks 256]
+                                           [--max-output BYTES]
 
 Brings up a lab of real sshd hosts on 127.0.5.1.. (own range, a free port), then runs one
 `exec` step in this process where every host prints `--mb` MB of 'a' on stdout. Samples
@@ -96,8 +97,11 @@ def main() -> None:
     p.add_argument("--hosts", type=int, default=50)
     p.add_argument("--mb", type=int, default=200)
     p.add_argument("--forks", type=int, default=Settings().forks)
+    p.add_argument("--max-output", type=int, default=Settings().max_output,
+                   help="bytes kept per stream (head + tail)")
     args = p.parse_args()
-    settings = Settings(connect_timeout=60.0, command_timeout=3600.0, forks=args.forks)
+    settings = Settings(connect_timeout=60.0, command_timeout=3600.0, forks=args.forks,
+                        max_output=args.max_output)
     with tempfile.TemporaryDirectory(prefix="reops-bench-output-") as tmp:
         lab = Lab(Path(tmp) / "lab", hosts=args.hosts, base_port=free_port(FIRST_ADDRESS),
                   first_address=FIRST_ADDRESS)
