@@ -314,11 +314,10 @@ class SshExecutor:
 
     def forget(self, host: Host, settings: Settings | None = None) -> None:
         """Drop `host`'s pooled connection (e.g. it is rebooting); the next op reconnects."""
-        pooled = self._pool.pop(self._policy_key(host, settings or self.settings), None)
+        pkey = self._policy_key(host, settings or self.settings)
+        pooled = self._pool.get(pkey)
         if pooled is not None:
-            if pooled.idle is not None:
-                pooled.idle.cancel()
-            pooled.conn.close()
+            self._drop(pkey, pooled)
 
     async def close(self) -> None:
         conns = [p.conn for p in self._pool.values()]
