@@ -173,6 +173,23 @@ async def test_physical_machines_wake_on_lan_and_ssh_seam(tmp_path: Path) -> Non
         assert stop.state == "failed" and "needs SSH" in stop.error
 
 
+@pytest.mark.parametrize(("status", "state"), [("lost", "succeeded"), ("failed", "failed")])
+async def test_physical_stop_counts_a_connection_cut_by_shutdown_as_sent(
+        tmp_path: Path, status: str, state: str) -> None:
+    """`shutdown` may take the SSH connection down before its exit status arrives: that
+    Result is `lost` and the stop still happened; a plain failure is still a failure."""
+
+    async def shutdown(s: System) -> Result:
+        return Result(host=s.hostname, op="shutdown", status=status,  # type: ignore[arg-type]
+                      code=-1 if status == "lost" else 1, err="connection lost mid-command")
+
+    async with open_machines(tmp_path, shutdown=shutdown) as m:
+        m.register_physical("box2", "aa:bb:cc:dd:ee:01", ip="127.0.0.9", hypervisor="rack")
+        (stop,) = await m.wait(await m.stop("box2"))
+        assert stop.state == state, stop.error
+        assert (m.systems("box2")[0].state == "stopped") is (state == "succeeded")
+
+
 async def test_hosts_bridge_reads_the_store(m: Machines, tmp_path: Path) -> None:
     from reops.systems import hosts
 

@@ -149,10 +149,12 @@ class Handlers:
                     f"stopping {s.hostname} needs SSH: no shutdown seam wired "
                     "(Machines(shutdown=...) from reops.sources.ssh)")
             r = await self.shutdown(s)
-            if not r.ok:
+            # a host going down may cut the connection before `shutdown` reports its exit
+            # status: "lost" here means the command was sent, which is what stop asked for
+            if not r.ok and r.status != "lost":
                 raise MachinesError(f"{s.hostname}: shutdown failed: {r.err or r.out}")
             self._save(s, state="stopped", machine={"ip": s.machine.ip})
-            return {"shutdown": "sent"}
+            return {"shutdown": "sent" if r.ok else "sent (connection closed as it went down)"}
         how = await (await self._hyp(s)).stop(s.placement.domain, self.m.settings.stop_timeout)
         self._save(self._fresh(s), state="stopped", machine={"ip": None})
         return {"stop": how}
