@@ -25,13 +25,17 @@ def run_cmd(ctx: click.Context, spec: str | None, args: tuple[str, ...]) -> None
         click.echo(ctx.get_help())
         ctx.exit(0 if spec else 2)
     from reops.flows import resolve
+    from reops.runtime import terminate_like_interrupt, terminated
 
+    terminate_like_interrupt()  # SIGTERM cancels and cleans up like Ctrl-C (exit 143)
     flow = resolve(spec)
     command = flow.command()
     command.name = f"reops run {spec}"
     try:
         command.main(list(args), prog_name=f"reops run {spec}", standalone_mode=True)
     except SystemExit as e:
+        if terminated():  # the flow drained its partial outcome; say why it stopped
+            ctx.exit(143)
         ctx.exit(e.code if isinstance(e.code, int) else (0 if e.code is None else 1))
 
 

@@ -229,3 +229,36 @@ def test_settings_errors_name_their_source(tmp_path: Path, monkeypatch: pytest.M
     assert load_settings().forks == 10
     with pytest.raises(ConfigError, match=r"^forks=0: forks must be `int` >= 1"):
         Settings().with_(forks=0)
+
+
+FLOW = '''
+from reops import exec_, inventory, pretty, run
+from reops.flows import flow
+
+
+@flow
+def nap(inv: str, cmd: str) -> object:
+    """Run CMD on web1 and web2, streaming its lines."""
+    return run(exec_(inventory(inv).select("web1,web2"), cmd, lines=True) | pretty())
+'''
+
+
+def test_sigterm_to_a_saved_flow_kills_its_remote_commands_and_exits_143(
+        lab: LabInfo, tmp_path: Path) -> None:
+    """`reops run` takes the same SIGTERM path as `reops exec`."""
+    tag = uuid.uuid4().hex[:6].translate(str.maketrans("abcdef", "123456"))
+    nap = f"sleep 130.{os.getpid()}{tag}"
+    flow = tmp_path / "napflow.py"
+    flow.write_text(FLOW)
+    p = reops_popen("run", str(flow), "--inv", str(lab.inventory), "--cmd",
+                    f"echo started; {nap}")
+    try:
+        read_until(p, 2, "started")
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=DEADLINE_S)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143, err
+    assert "Traceback" not in err, err
+    assert wait_gone(lab, f"[s]{nap[1:]}") == "", "remote commands still running after SIGTERM"
