@@ -115,7 +115,7 @@ async def test_builtins_fan_out(client: HubClient) -> None:
 async def test_executor_gives_ssh_shaped_results(fleet: tuple[LabHub, Path]) -> None:
     ex = AgentExecutor(fleet[0].control_path)
     try:
-        assert ex.available(host("a1")) and not ex.available(host("ghost"))
+        assert await ex.connected(host("a1")) and not await ex.connected(host("ghost"))
         ok = await ex.run(host("a1"), Op(name="exec", command="echo hi"), Settings())
         assert (ok.status, ok.code, ok.out, ok.transport) == ("ok", 0, "hi\n", "agent")
         assert ok.started_at > 0 and ok.duration_s > 0

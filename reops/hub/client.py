@@ -237,6 +237,8 @@ class HubClient:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        for queue in self._queues.values():  # nobody waits forever on a closed connection
+            queue.put_nowait(HubGone("the connection to the hub was closed"))
         if self._sock is not None:
             self._sock.close(0)
             self._sock = None

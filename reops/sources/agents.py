@@ -38,6 +38,7 @@ from reops.hub.client import (
     default_path,
     request_sync,
 )
+from reops.hub.identity import agent_for, mismatch
 from reops.model import UNREACHED, Host, Hosts, Line, Result, Status, failure_result
 from reops.ops.base import Op
 from reops.sources.agents_transfer import CallFailed, transfer
@@ -238,6 +239,7 @@ class AgentExecutor:
         self.path = path
         self._client: HubClient | None = None
         self._connected: frozenset[str] = frozenset()
+        self._agents: dict[str, dict[str, Any]] = {}  # connected agents' records, by name
         self._checked = float("-inf")
         self._checked_path: Path | None = None
         self._refresh: asyncio.Future[None] | None = None
@@ -277,7 +279,7 @@ class AgentExecutor:
         path = self.path or default_path()
         if self._stale(path):
             await asyncio.shield(self._start_refresh(path))
-        return host.name in self._connected
+        return host.name in self._connected and agent_for(host, self._agents.get(host.name))
 
     def _start_refresh(self, path: Path) -> asyncio.Future[None]:
         if self._refresh is None or self._refresh.done():
@@ -292,7 +294,8 @@ class AgentExecutor:
             listed = await asyncio.wait_for(hub.request("agents"), CONNECTED_TIMEOUT_S)
             names = frozenset(a["name"] for a in listed if a.get("state") == "connected")
         except (HubNotRunning, HubGone, HubError, TimeoutError):
-            pass
+            listed = []
+        self._agents = {a["name"]: a for a in listed if a["name"] in names}
         self._connected = names
         self._checked, self._checked_path = time.monotonic(), path
 
@@ -306,6 +309,8 @@ class AgentExecutor:
                                   started_at=started, duration_s=time.monotonic() - t0,
                                   transport="agent")
 
+        if not await self.connected(host) and host.name in self._agents:  # another machine
+            return fail(mismatch(host, self._agents[host.name]) or "")
         if op.kind in ("upload", "download"):
             async def step(fn: str, args: list[Any], kwargs: dict[str, Any],
                            timeout: float | None) -> dict[str, Any]:
@@ -348,6 +353,8 @@ class AgentExecutor:
 
     async def close(self) -> None:
         """Close the control connection; safe to call twice."""
+        if self._refresh is not None and not self._refresh.done():
+            self._refresh.cancel()
         if self._client is not None:
             await self._client.close()
             self._client = None
