@@ -381,7 +381,7 @@ def start_lab_agents(info: Any, allow_code: bool = True) -> None:
     endpoint = str(hub_info["bind"]).replace("0.0.0.0", "127.0.0.1")
     names = list(info.hosts)
     lab = start_agents(names, endpoint, hub_info["key"], settings.keys_path, workdir=workdir,
-                       allow_code=allow_code)
+                       allow_code=allow_code, sources=info.hosts)  # each from its address
     save_agents(lab, workdir / "agents.json")
     wait_for_agents(settings.control_path, names, timeout=30 + len(names) * 0.1)
     click.echo(f"{len(names)} agents connected to the hub at {endpoint}", err=True)

@@ -4,7 +4,8 @@ An inventory file has three tables (see DESIGN.md §3)::
 
     [defaults]          user, port, key, known_hosts, vars: for every host
     [groups.NAME]       the same fields, for the group's members
-    [hosts.NAME]        address, port, user, key, known_hosts, groups, tags, vars
+    [hosts.NAME]        address, port, user, key, known_hosts, groups, tags, vars,
+                        agent_key (the fingerprint its agent must have, see reops keys)
 
 Settings resolve host > groups (the first group listed in the host's `groups` wins) >
 defaults; `vars` merge key by key in the same order. `address` defaults to the host's name;
@@ -36,7 +37,8 @@ __all__ = ["Group", "Inventory", "InventoryError", "SelectorError", "inventory",
 
 SECTIONS = ("defaults", "groups", "hosts")
 SHARED_FIELDS = ("user", "port", "key", "known_hosts", "vars")
-HOST_FIELDS = ("address", "port", "user", "key", "known_hosts", "groups", "tags", "vars")
+HOST_FIELDS = ("address", "port", "user", "key", "known_hosts", "groups", "tags", "vars",
+               "agent_key")
 # characters that mean something in a selector, so a name holding them could not be selected
 _NOT_IN_NAMES = re.compile(r"[\s,&!():*?\[\]=]")
 
@@ -303,6 +305,10 @@ class _Loader:
         else:
             address = name
         tags = self.tags_field(raw.get("tags", {}), (*where, "tags"))
+        agent_key = raw.get("agent_key")
+        if agent_key is not None and (not isinstance(agent_key, str) or not agent_key.strip()):
+            raise self.fail((*where, "agent_key"), "agent_key must be the agent's key "
+                            f"fingerprint (reops keys), got {_show(agent_key)}")
         # lowest precedence first: defaults, groups from last-listed to first, the host itself
         layers = [defaults, *(groups.get(g, {}) for g in reversed(member_of)), own]
         merged: dict[str, Any] = {}
@@ -320,6 +326,7 @@ class _Loader:
             groups=member_of,
             tags=tags,
             vars=host_vars,
+            agent_key=agent_key,
         )
 
     def group_structs(

@@ -35,6 +35,7 @@ class Host(msgspec.Struct, frozen=True, kw_only=True):
     tags: dict[str, str] = msgspec.field(default_factory=dict)
     vars: dict[str, Any] = msgspec.field(default_factory=dict)
     known_hosts: str | None = None
+    agent_key: str | None = None  # the agent's key fingerprint, pinned (see hub/identity.py)
 
     def __hash__(self) -> int:  # dict fields make the default hash fail; names are unique
         return hash((self.name, self.address, self.port))

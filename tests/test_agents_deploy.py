@@ -16,6 +16,7 @@ import pytest
 
 from reops.config import Settings
 from reops.hub.deploy import Registrations, _steps, deploy
+from reops.hub.identity import connect_from
 from reops.model import Host
 from reops.ops.shell import exec_
 from reops.sources.agents import agent_list
@@ -36,7 +37,9 @@ def test_deploy_over_ssh(lab_factory: Callable[..., Any], tmp_path: Path,
     name = hosts.names[0]
     with start_hub(tmp_path / "home", heartbeat_s=0.5) as hub:
         try:
-            outcome = deploy(hosts, endpoint=hub.bind, settings=hub.settings, wheels=wheels,
+            # the agent connects from its lab host's own address, as from its own machine
+            endpoint = connect_from(hosts[name].address, hub.bind)
+            outcome = deploy(hosts, endpoint=endpoint, settings=hub.settings, wheels=wheels,
                              ssh_settings=Settings())
             assert outcome.ok, outcome.failed
             # "ok" means registered: the agent is connected now, not at some point later

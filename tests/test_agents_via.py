@@ -23,7 +23,8 @@ def test_via_auto_mixes_agents_and_ssh(lab_factory: Callable[..., Any], tmp_path
     with start_hub(tmp_path / "home", heartbeat_s=0.25, misses=4) as hub:
         with_agents = hosts.names[:2]
         with start_agents(with_agents, hub.bind, hub.key, hub.keys_dir,
-                          workdir=tmp_path / "agents", extra=["--heartbeat", "0.25"]):
+                          workdir=tmp_path / "agents", extra=["--heartbeat", "0.25"],
+                          sources=info.hosts):
             wait_for_agents(hub.control_path, with_agents)
             outcome = run(source(hosts, exec_("echo", "hi"), via="auto"))
             agent_only = run(source(hosts, exec_("echo", "hi"), via="agent"))
@@ -46,7 +47,7 @@ def test_ops_give_the_same_typed_data_over_agents_and_ssh(
     monkeypatch.setenv("REOPS_CONFIG", str(tmp_path / "none.toml"))
     with start_hub(tmp_path / "home", heartbeat_s=0.25, misses=4) as hub, start_agents(
             hosts.names, hub.bind, hub.key, hub.keys_dir, workdir=tmp_path / "agents",
-            extra=["--heartbeat", "0.25"]):
+            extra=["--heartbeat", "0.25"], sources={h.name: h.address for h in hosts}):
         wait_for_agents(hub.control_path, hosts.names)
         by = {via: run(source(hosts, facts.facts("os", "hardware"), via=via))
               for via in ("agent", "ssh")}

@@ -425,3 +425,57 @@ def test_deploy_refuses_a_loopback_hub_for_remote_hosts(home: Path, tmp_path: Pa
     code, out = reops("agents", "deploy", "-i", str(inventory), "all")
     assert code == 2 and len(out.strip().splitlines()) == 1
     assert "tcp://127.0.0.1:7720 (this machine only), which web1 cannot reach" in out
+
+
+# ── 9. an agent runs an inventory host's commands only if it is that host ────────────
+
+
+def test_agent_must_be_the_inventory_host(lab_factory: Any, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import msgspec
+
+    from reops.model import Hosts
+    from reops.ops.shell import exec_
+    from reops.sources.agents_lab import wait_for_agents
+    from reops.streams.core import run
+    from reops.streams.source import source
+
+    info = lab_factory(hosts=2).info
+    hosts = info.as_hosts()
+    here, elsewhere = hosts.names
+    monkeypatch.setenv("REOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("REOPS_CONFIG", str(tmp_path / "none.toml"))
+    with start_hub(tmp_path / "home", heartbeat_s=HEARTBEAT, misses=40) as hub, \
+            start_agents([here], hub.bind, hub.key, hub.keys_dir, workdir=tmp_path / "a",
+                         extra=FLAGS, sources=info.hosts), \
+            start_agents([elsewhere], hub.bind, hub.key, hub.keys_dir, workdir=tmp_path / "b",
+                         extra=FLAGS):  # another machine (127.0.0.1) calling itself that
+        wait_for_agents(hub.control_path, [here, elsewhere])
+        auto = run(source(hosts, exec_("echo", "hi"), via="auto"))
+        agent = run(source(hosts, exec_("echo", "hi"), via="agent"))
+        pin = own_fingerprint(tmp_path / "b" / elsewhere)
+        pinned = Hosts([msgspec.structs.replace(hosts[elsewhere], agent_key=pin)])
+        by_pin = run(source(pinned, exec_("echo", "hi"), via="agent"))
+        wrong = Hosts([msgspec.structs.replace(hosts[here], agent_key=pin)])
+        by_wrong_pin = run(source(wrong, exec_("echo", "hi"), via="agent"))
+    assert {r.host: (r.status, r.transport) for r in auto.results} == {
+        here: ("ok", "agent"), elsewhere: ("ok", "ssh")}
+    ok, refused = agent.results if agent.results[0].host == here else agent.results[::-1]
+    assert (ok.status, ok.transport) == ("ok", "agent")
+    assert (refused.status, refused.code) == ("unreachable", -1)
+    assert refused.err == (f"agent {elsewhere} connects from 127.0.0.1, inventory says "
+                           f"{info.hosts[elsewhere]}; pin agent_key or fix the address")
+    assert (by_pin.results[0].status, by_pin.results[0].transport) == ("ok", "agent")
+    assert by_wrong_pin.results[0].status == "unreachable"
+    assert f"the inventory pins agent_key {pin}" in by_wrong_pin.results[0].err
+
+
+def test_inventory_agent_key_field(tmp_path: Path) -> None:
+    from reops.inventory import InventoryError, inventory
+
+    path = tmp_path / "inventory.toml"
+    path.write_text('[hosts.db1]\naddress = "10.0.0.21"\nagent_key = "ab:cd"\n')
+    assert inventory(path)["db1"].agent_key == "ab:cd"
+    path.write_text('[hosts.db1]\naddress = "10.0.0.21"\nagent_key = 3\n')
+    with pytest.raises(InventoryError, match="agent_key must be"):
+        inventory(path)

@@ -17,13 +17,14 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from reops_agent.keys import load_keypair
 
 from reops.hub.client import HubClient, HubNotRunning, ping_sync
+from reops.hub.identity import connect_from
 from reops.hub.keystore import KeyStore
 from reops.hub.settings import HubSettings
 
@@ -85,8 +86,12 @@ def agent_command(name: str, hub: str, hub_key: str, keys_dir: Path, *,
 
 def start_agents(names: Iterable[str], hub: str, hub_key: str, keys_dir: Path, *,
                  workdir: Path, allow_code: bool = False, accept: bool = True,
-                 extra: Sequence[str] = ()) -> LabAgents:
-    """Start one agent per name against `hub`; pre-accept their keys in `keys_dir`."""
+                 extra: Sequence[str] = (), sources: Mapping[str, str] | None = None,
+                 ) -> LabAgents:
+    """Start one agent per name against `hub`; pre-accept their keys in `keys_dir`.
+
+    `sources`: name → the local address that agent connects from (a lab host's own
+    127.0.x.y, so the hub sees it at the address its inventory gives)."""
     store = KeyStore(keys_dir)
     lab = LabAgents(workdir)
     try:
@@ -98,8 +103,9 @@ def start_agents(names: Iterable[str], hub: str, hub_key: str, keys_dir: Path, *
             log = (home / "agent.log").open("ab")
             with contextlib.closing(log):
                 lab.procs[name] = subprocess.Popen(
-                    agent_command(name, hub, hub_key, home, allow_code=allow_code,
-                                  extra=extra),
+                    agent_command(name, connect_from(sources[name], hub)
+                                  if sources and name in sources else hub, hub_key, home,
+                                  allow_code=allow_code, extra=extra),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
                 )
