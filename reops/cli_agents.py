@@ -114,6 +114,8 @@ def keys(ctx: click.Context, keys_dir: Path | None, as_json: bool) -> None:
     \b
       reops keys                       # list, with fingerprints
       reops keys accept web1 web2      # or: reops keys accept --all-pending
+      reops keys accept web1 --fingerprint 3f:a2:…   # as reops-agent --print-fingerprint
+                                       # shows on web1; required when 2 keys claim web1
       reops keys reject web9
       reops keys delete web3           # forget; it shows up as pending again
     """

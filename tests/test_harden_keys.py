@@ -479,3 +479,67 @@ def test_inventory_agent_key_field(tmp_path: Path) -> None:
     path.write_text('[hosts.db1]\naddress = "10.0.0.21"\nagent_key = 3\n')
     with pytest.raises(InventoryError, match="agent_key must be"):
         inventory(path)
+
+
+# ── on a terminal, `keys accept NAME` shows the fingerprint and asks ─────────────────
+
+
+def accept_on_a_tty(home: Path, name: str, answer: bytes) -> tuple[int, str]:
+    """Run `reops keys accept NAME` on a pseudo-terminal, answer its question; (code, text)."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "REOPS_HOME": str(home)}
+    proc = subprocess.Popen([sys.executable, "-m", "reops", "keys", "accept", name],
+                            stdin=slave, stdout=slave, stderr=slave, env=env,
+                            start_new_session=True)
+    os.close(slave)
+    text, answered = b"", False
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], deadline - time.monotonic())
+            if not ready:
+                break
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            text += chunk
+            if not answered and b"[y/N]" in text:
+                os.write(master, answer + b"\n")
+                answered = True
+        return proc.wait(10), text.decode(errors="replace")
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_accept_on_a_terminal_shows_the_fingerprint_and_asks(home: Path) -> None:
+    keys = KeyStore(home / "keys")
+    keys.add_pending("solo", "S" * 40)
+    code, text = accept_on_a_tty(home, "solo", b"n")
+    assert code == 2 and f"solo: key fingerprint {fingerprint('S' * 40)}" in text
+    assert "solo not accepted" in text and keys.accepted_key("solo") is None
+    code, text = accept_on_a_tty(home, "solo", b"y")
+    assert code == 0 and "accepted solo" in text and keys.accepted_key("solo") == "S" * 40
+
+
+def test_rationed_log_says_the_rest_in_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from reops.hub.limits import RationedLog
+
+    log = logging.getLogger("reops.test.rationed")
+    rationed = RationedLog(log, "claims", lines=2, interval=3600)
+    with caplog.at_level(logging.INFO, logger="reops.test.rationed"):
+        said = [rationed(logging.INFO, "claim %d", i) for i in range(50)]
+        rationed.summary()
+    assert said[:2] == [True, True] and not any(said[2:])
+    assert [r.getMessage() for r in caplog.records] == [
+        "claim 0", "claim 1", "48 more claims in the last 3600 s (not logged one by one)"]
