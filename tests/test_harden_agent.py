@@ -417,3 +417,19 @@ async def test_a_call_without_timeout_gets_the_hubs_default_deadline(tmp_path: P
             assert (await c.request("ping"))["calls"] == 0
         finally:
             await c.close()
+
+
+def test_the_right_lambda_of_a_line_is_shipped(fleet: tuple[LabHub, Path], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from reops.sources.agents import call
+    from reops.streams.core import run
+
+    hub, _ = fleet
+    monkeypatch.setenv("REOPS_HOME", str(hub.home))
+    monkeypatch.setenv("REOPS_CONFIG", str(tmp_path / "none.toml"))
+    monkeypatch.delenv("REOPS_HUB_CONTROL", raising=False)
+    scale = 10
+    first, second = (lambda x: x + 1), (lambda x: x * scale)
+    out = run(call([host("c1")], second, 4))
+    assert [(r.status, r.data) for r in out.results] == [("ok", 40)]
+    assert first(1) == 2

@@ -224,10 +224,29 @@ def _same_code(node: ast.AST, code: types.CodeType) -> bool:
     return bool(inner) and _shape(inner[0]) == _shape(code)
 
 
+#: instructions that only set up a function's variables (differ between a closure and the
+#: same lambda compiled alone)
+_SETUP_OPS = frozenset({"RESUME", "COPY_FREE_VARS", "MAKE_CELL", "CACHE", "NOP"})
+_JUMPS = frozenset(dis.hasjrel) | frozenset(dis.hasjabs)
+_LOAD_OPS = frozenset({"LOAD_FAST", "LOAD_DEREF", "LOAD_GLOBAL", "LOAD_NAME",
+                       "LOAD_CLASSDEREF", "LOAD_CLOSURE"})
+
+
 def _shape(code: types.CodeType) -> tuple[Any, ...]:
-    """What tells two lambdas on one line apart: instructions, constants, names."""
-    consts = tuple(_shape(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
-    return code.co_code, consts, code.co_names, code.co_varnames
+    """What tells two lambdas on one line apart, the same whether a name is a closure
+    variable (in `fn`) or a global (the lambda compiled alone): the operations, with
+    loads of any kind of variable counted as one."""
+    ops: list[tuple[str, Any]] = []
+    for ins in dis.get_instructions(code):
+        if ins.opname in _SETUP_OPS:
+            continue
+        name = "LOAD_VAR" if ins.opname in _LOAD_OPS else ins.opname
+        arg = _shape(ins.argval) if isinstance(ins.argval, types.CodeType) else ins.argval
+        if ins.opcode in _JUMPS:  # absolute targets move with the setup instructions
+            arg = None
+        ops.append((name, arg if isinstance(arg, (str, int, float, bytes, tuple)) else
+                    repr(arg)))
+    return code.co_argcount, code.co_kwonlyargcount, tuple(ops)
 
 
 class AgentExecutor:
