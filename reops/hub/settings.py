@@ -7,7 +7,7 @@ $REOPS_CONFIG), then `REOPS_HUB_<NAME>` environment variables, then command-line
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -31,8 +31,10 @@ class HubSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_calls: int = 100_000  # in-flight calls; more are refused, not queued without bound
     call_timeout_s: float = 3600.0  # deadline of a call given none (none waits forever)
     max_message: int = 4 * 1024 * 1024  # largest agent frame accepted (results are split)
-    max_pending: int = 1000  # pending keys kept; new claims beyond are refused (and counted)
-    pending_per_minute: int = 120  # new pending keys recorded a minute (bursts up to that)
+    # pending keys kept; new claims beyond are refused (0: keys only by `reops keys` / deploy)
+    max_pending: Annotated[int, msgspec.Meta(ge=0)] = 1000
+    # new pending keys recorded a minute (bursts up to that); more are refused, not queued
+    pending_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 120
     services: tuple[str, ...] = ()  # "module:attach" functions run with the Controller
 
     def with_(self, **changes: Any) -> HubSettings:
