@@ -386,6 +386,24 @@ async def test_cloned_agent_is_refused(hub: LabHub, client: HubClient,
     assert "refused a second connection for agent gold" in hub.log
 
 
+async def test_a_new_key_for_the_name_replaces_the_old_agent(hub: LabHub, client: HubClient,
+                                                           tmp_path: Path) -> None:
+    """A redeploy (a new key pre-accepted for the name) is not a clone: the new one serves."""
+    with start_agents(["re"], hub.bind, hub.key, hub.keys_dir, workdir=tmp_path / "old",
+                      extra=FLAGS) as old:
+        await await_agents(hub.control_path, ["re"])
+        events = client.stream("subscribe", topics=["agents"])
+        await anext(events)
+        with start_agents(["re"], hub.bind, hub.key, hub.keys_dir, workdir=tmp_path / "new",
+                          extra=FLAGS) as new:
+            assert (await next_event(events, "registered"))["agent"] == "re"
+            got = [r async for r in client.stream("call", hosts=["re"], fn="shell",
+                                                  args=["echo $PPID"])]
+            assert (got[0]["status"], got[0]["out"]) == ("ok", f"{new.pid('re')}\n")
+            await until(lambda: "belongs to another key" in old.log("re"))
+        await events.aclose()
+
+
 async def until(condition: Any, timeout: float = 20.0) -> None:
     """Return once `condition()` holds (a file another process writes); bounded."""
     deadline = time.monotonic() + timeout

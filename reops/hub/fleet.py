@@ -234,7 +234,8 @@ class Fleet:
             self._unaccepted(routing, key, address, hello)
             return
         old = self.registry.by_name.get(name)
-        if old is not None and old.routing != routing and self._alive(old.routing):
+        if (old is not None and old.key == key and old.routing != routing
+                and self._alive(old.routing)):  # (a new key, e.g. a redeploy, replaces it)
             self._clone(routing, address, old)
             return
         self.pending.pop(name, None)
