@@ -51,6 +51,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("REOPS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("REOPS_HUB_BIND", "tcp://127.0.0.1:*")
     monkeypatch.setenv("REOPS_CONFIG", str(tmp_path / "none.toml"))
+    (tmp_path / "home").mkdir(mode=0o700)  # private, as reops makes it (else it warns)
     return tmp_path / "home"
 
 

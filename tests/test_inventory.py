@@ -179,7 +179,8 @@ BAD: list[tuple[str, str, str]] = [
         "unknown host field, nothing close",
         "[hosts.web1]\ncolour = 'red'\n",
         "{f}:2: host 'web1': unknown field 'colour' "
-        "(valid fields: address, port, user, key, known_hosts, groups, tags, vars)",
+        "(valid fields: address, port, user, key, known_hosts, groups, tags, vars, "
+        "agent_key)",
     ),
     (
         "host-only field in a group",
