@@ -161,7 +161,7 @@ async def test_two_agents_claim_one_name(hub: LabHub, client: HubClient,
             code, out = await asyncio.to_thread(reops, "keys", "accept", "newhost",
                                                 "--fingerprint", fp1)
             assert (code, out) == (0, "accepted newhost\n")
-            await await_agents(hub.control_path, ["newhost"], timeout=20)
+            await await_agents(hub.control_path, ["newhost"], timeout=60)
             [agent] = await client.request("agents")
             assert agent["fingerprint"] == fp1
             got = [r async for r in client.stream("call", hosts=["newhost"], fn="shell",
@@ -369,7 +369,7 @@ async def test_cloned_agent_is_refused(hub: LabHub, client: HubClient,
     await anext(events)
     with start_agents(["gold"], hub.bind, hub.key, hub.keys_dir, workdir=tmp_path / "one",
                       extra=FLAGS) as one:
-        await await_agents(hub.control_path, ["gold"])
+        await await_agents(hub.control_path, ["gold"], timeout=60)
         (tmp_path / "two" / "gold").mkdir(parents=True)
         for f in ("agent.key", "agent.key_secret"):  # the golden image's key dir, copied
             shutil.copy2(tmp_path / "one" / "gold" / f, tmp_path / "two" / "gold" / f)
@@ -392,7 +392,7 @@ async def test_a_new_key_for_the_name_replaces_the_old_agent(hub: LabHub, client
     """A redeploy (a new key pre-accepted for the name) is not a clone: the new one serves."""
     with start_agents(["re"], hub.bind, hub.key, hub.keys_dir, workdir=tmp_path / "old",
                       extra=FLAGS) as old:
-        await await_agents(hub.control_path, ["re"])
+        await await_agents(hub.control_path, ["re"], timeout=60)
         events = client.stream("subscribe", topics=["agents"])
         await anext(events)
         with start_agents(["re"], hub.bind, hub.key, hub.keys_dir, workdir=tmp_path / "new",
@@ -470,7 +470,7 @@ def test_agent_must_be_the_inventory_host(lab_factory: Any, tmp_path: Path,
                          extra=FLAGS, sources=info.hosts), \
             start_agents([elsewhere], hub.bind, hub.key, hub.keys_dir, workdir=tmp_path / "b",
                          extra=FLAGS):  # another machine (127.0.0.1) calling itself that
-        wait_for_agents(hub.control_path, [here, elsewhere])
+        wait_for_agents(hub.control_path, [here, elsewhere], timeout=60)
         auto = run(source(hosts, exec_("echo", "hi"), via="auto"))
         agent = run(source(hosts, exec_("echo", "hi"), via="agent"))
         pin = own_fingerprint(tmp_path / "b" / elsewhere)
@@ -563,3 +563,21 @@ def test_rationed_log_says_the_rest_in_one_line(caplog: pytest.LogCaptureFixture
     assert said[:2] == [True, True] and not any(said[2:])
     assert [r.getMessage() for r in caplog.records] == [
         "claim 0", "claim 1", "48 more claims in the last 3600 s (not logged one by one)"]
+
+
+async def test_identity_rules_without_a_network() -> None:
+    from reops.hub.identity import is_agent_for, mismatch
+    from reops.model import Host
+
+    key = "k" * 40
+    seen = {"address": "::ffff:127.0.0.1", "fingerprint": fingerprint(key)}
+    assert mismatch(Host(name="db1", address="127.0.0.1"), seen) is None  # IPv4-mapped
+    assert await is_agent_for(Host(name="db1", address="localhost"), seen)  # resolved
+    other = mismatch(Host(name="db1", address="127.0.3.4"), seen)
+    assert other == ("agent db1 connects from 127.0.0.1, inventory says 127.0.3.4; pin "
+                     "agent_key or fix the address")
+    assert mismatch(Host(name="db1", address="127.0.3.4", agent_key=key), seen) is None
+    pin = fingerprint(key).upper()
+    assert mismatch(Host(name="db1", address="127.0.3.4", agent_key=pin), seen) is None
+    assert not await is_agent_for(Host(name="db1", address="127.0.0.1", agent_key="00:11"),
+                                  seen)

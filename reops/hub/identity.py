@@ -9,6 +9,7 @@ address it connects from (as the hub sees it) is one the host's `address` resolv
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import socket
@@ -60,6 +61,18 @@ def resolve(address: str) -> frozenset[str]:
     return ips
 
 
+async def resolve_soon(address: str) -> frozenset[str]:
+    """`resolve` without blocking the event loop (the resolver runs in a thread)."""
+    hit = _resolved.get(address)
+    if hit is not None and time.monotonic() - hit[0] < RESOLVE_TTL_S:
+        return hit[1]
+    try:
+        ipaddress.ip_address(_canonical(address))
+    except ValueError:
+        return await asyncio.to_thread(resolve, address)
+    return resolve(address)
+
+
 def pinned_fingerprint(pin: str) -> str:
     """The comparable form of an `agent_key` pin: a fingerprint, or a z85 public key."""
     pin = pin.strip()
@@ -84,6 +97,13 @@ def mismatch(host: Host, agent: Mapping[str, Any]) -> str | None:
         f"{host.address} ({', '.join(sorted(resolve(host.address))) or 'unresolved'})")
     return (f"agent {name} connects from {seen or 'an unknown address'}, inventory says "
             f"{says}; pin agent_key or fix the address")
+
+
+async def is_agent_for(host: Host, agent: Mapping[str, Any] | None) -> bool:
+    """`agent_for`, resolving the host's address off the event loop first."""
+    if agent is not None and not host.agent_key:
+        await resolve_soon(host.address)
+    return agent_for(host, agent)
 
 
 def agent_for(host: Host, agent: Mapping[str, Any] | None) -> bool:

@@ -38,7 +38,7 @@ from reops.hub.client import (
     default_path,
     request_sync,
 )
-from reops.hub.identity import agent_for, mismatch
+from reops.hub.identity import is_agent_for, mismatch
 from reops.model import UNREACHED, Host, Hosts, Line, Result, Status, failure_result
 from reops.ops.base import Op
 from reops.sources.agents_transfer import CallFailed, transfer
@@ -298,7 +298,8 @@ class AgentExecutor:
         path = self.path or default_path()
         if self._stale(path):
             await asyncio.shield(self._start_refresh(path))
-        return host.name in self._connected and agent_for(host, self._agents.get(host.name))
+        return host.name in self._connected and await is_agent_for(
+            host, self._agents.get(host.name))
 
     def _start_refresh(self, path: Path) -> asyncio.Future[None]:
         if self._refresh is None or self._refresh.done():
