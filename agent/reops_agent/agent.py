@@ -66,6 +66,7 @@ class AgentConfig:
     secret_key: bytes
     name: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
     allow_code: bool = False
+    allow: tuple[str, ...] | None = None  # built-ins served (None: all); see --allow
     concurrency: int = 16  # calls running at once
     heartbeat_s: float = 5.0  # until the hub's Welcome says otherwise
     misses: int = 3  # silent heartbeats before the hub counts as away
@@ -80,7 +81,8 @@ class Agent:
 
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
-        self.runner = Runner(allow_code=cfg.allow_code, concurrency=cfg.concurrency)
+        self.runner = Runner(allow_code=cfg.allow_code, concurrency=cfg.concurrency,
+                             allow=cfg.allow)
         self.heartbeat_s = cfg.heartbeat_s
         self.misses = cfg.misses
         self.registered = False

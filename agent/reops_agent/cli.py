@@ -13,6 +13,7 @@ from pathlib import Path
 
 from reops_agent import __version__
 from reops_agent.agent import Agent, AgentConfig
+from reops_agent.functions import ALLOW_GROUPS, allowed_builtins
 from reops_agent.keys import load_keypair, parse_public_key
 from reops_agent.protocol import fingerprint, valid_name
 
@@ -41,6 +42,10 @@ def parser() -> argparse.ArgumentParser:
                    "/var/lib/reops-agent as root, else ~/.reops-agent)")
     p.add_argument("--allow-code", action="store_true",
                    help="run Python functions shipped by the hub (off by default)")
+    p.add_argument("--allow", default=None, metavar="FN[,FN…]",
+                   help="serve only these built-ins (default: all): "
+                   f"{', '.join(ALLOW_GROUPS)}; e.g. --allow facts,metrics for a read-only "
+                   "monitoring agent (no shell, no file writes)")
     p.add_argument("--concurrency", type=int, default=16, help="calls running at once")
     p.add_argument("--heartbeat", type=float, default=5.0,
                    help="seconds between heartbeats until the hub sets its own")
@@ -95,8 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"reops-agent: --hub-key: {e}")
         return 2
+    allow = None
+    if args.allow is not None:
+        allow = tuple(a.strip() for a in args.allow.split(",") if a.strip())
+        try:
+            allowed_builtins(allow)
+        except ValueError as e:
+            print(f"reops-agent: --allow: {e}")
+            return 2
     cfg = AgentConfig(hub=args.hub, hub_key=hub_key, public_key=public, secret_key=secret,
-                      name=args.name, allow_code=args.allow_code,
+                      name=args.name, allow_code=args.allow_code, allow=allow,
                       concurrency=max(1, args.concurrency), heartbeat_s=args.heartbeat,
                       backlog=max(1, args.backlog), reconnect_max_s=args.reconnect_max)
     asyncio.run(serve(cfg))

@@ -27,12 +27,36 @@ REFUSED_CODE = (
     "shipped code refused: this agent was started without --allow-code"
 )
 
+#: what each name given to `--allow` opens: transfers are several calls on the wire, and
+#: `ping` is always served (the hub's liveness checks need it)
+ALLOW_GROUPS: dict[str, tuple[str, ...]] = {
+    "shell": ("shell",),
+    "facts": ("facts",),
+    "metrics": ("metrics",),
+    "file.read": ("file.read", "file.stat"),
+    "file.write": ("file.write", "file.begin", "file.append", "file.commit", "file.abort"),
+}
+
+
+def allowed_builtins(allow: tuple[str, ...] | None) -> frozenset[str] | None:
+    """The built-ins an `--allow` list opens (None: all of them); unknown names raise."""
+    if allow is None:
+        return None
+    unknown = [a for a in allow if a not in ALLOW_GROUPS]
+    if unknown:
+        raise ValueError(f"unknown function(s) {', '.join(unknown)}; "
+                         f"choose from {', '.join(ALLOW_GROUPS)}")
+    return frozenset(("ping", *(n for a in allow for n in ALLOW_GROUPS[a])))
+
 
 class Runner:
     """The agent's function table and its concurrency bound."""
 
-    def __init__(self, *, allow_code: bool = False, concurrency: int = 16) -> None:
+    def __init__(self, *, allow_code: bool = False, concurrency: int = 16,
+                 allow: tuple[str, ...] | None = None) -> None:
         self.allow_code = allow_code
+        self.allow = allow
+        self._allowed = allowed_builtins(allow)
         self.cpu = system.CpuSampler()
         self.code = CodeCache()
         self.uploads = system.Uploads()
@@ -54,8 +78,9 @@ class Runner:
 
     @property
     def names(self) -> list[str]:
-        """Built-in function names (what Hello advertises)."""
-        return sorted(self._builtins)
+        """Built-in function names this agent serves (what Hello advertises)."""
+        return sorted(n for n in self._builtins
+                      if self._allowed is None or n in self._allowed)
 
     async def run(
         self,
@@ -111,6 +136,10 @@ class Runner:
                 out = await asyncio.to_thread(target, *args, **kwargs)
             return value(out)
         builtin = self._builtins.get(fn)
+        if builtin is not None and self._allowed is not None and fn not in self._allowed:
+            return FnResult(status="error", code=1,
+                            err=f"function {fn!r} is not allowed on this agent (started with "
+                            f"--allow {','.join(self.allow or ())})")
         if builtin is None:
             return FnResult(status="error", code=1,
                             err=f"unknown function {fn!r}; built-ins: {', '.join(self.names)}")
