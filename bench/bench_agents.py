@@ -27,7 +27,7 @@ import zmq
 from reops_agent.keys import load_keypair
 from reops_agent.protocol import Beat, Call, Done, Hello, Unknown, decode_hub, encode
 
-from reops.hub.client import HubClient
+from reops.control.client import HubClient
 from reops.hub.keystore import KeyStore
 from reops.sources.agents_lab import await_agents, start_agents, start_hub
 

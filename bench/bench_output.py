@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reops.config import Settings
+from reops.core.settings import Settings
 from reops.lab import Lab
 from reops.ops.shell import exec_
 from reops.sources.ssh import SshExecutor

@@ -31,7 +31,7 @@ import zmq.asyncio
 from reops_agent.keys import load_keypair
 from reops_agent.protocol import Hello, decode_hub, encode
 
-from reops.hub.client import HubClient
+from reops.control.client import HubClient
 from reops.sources.agents_lab import LabHub, start_hub
 
 

@@ -16,7 +16,7 @@ import time
 
 import reactivex
 
-from reops.model import Host, Hosts, Result
+from reops.core.model import Host, Hosts, Result
 from reops.sinks.table import to_table
 from reops.streams.core import Stream
 from reops.streams.operators import partition, successful

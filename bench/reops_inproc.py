@@ -19,7 +19,7 @@ import sys
 import time
 
 from reops import exec_, inventory, run, then
-from reops.model import Outcome
+from reops.core.model import Outcome
 
 
 def _cpu() -> float:

@@ -16,9 +16,9 @@ __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
     # values
-    "Host": "reops.model", "Hosts": "reops.model", "Result": "reops.model",
-    "Outcome": "reops.model", "Line": "reops.model", "Settings": "reops.config",
-    "inventory": "reops.inventory", "Inventory": "reops.inventory",
+    "Host": "reops.core.model", "Hosts": "reops.core.model", "Result": "reops.core.model",
+    "Outcome": "reops.core.model", "Line": "reops.core.model", "Settings": "reops.core.settings",
+    "inventory": "reops.core.inventory", "Inventory": "reops.core.inventory",
     # streams
     "Stream": "reops.streams.core", "run": "reops.streams.core",
     "step": "reops.streams.source", "source": "reops.streams.source",
@@ -55,7 +55,7 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name == "inventory":  # the module itself: callable, the same whatever imported first
-        return importlib.import_module("reops.inventory")
+        return importlib.import_module("reops.core.inventory")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'reops' has no attribute {name!r}")

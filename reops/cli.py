@@ -89,7 +89,7 @@ class LazyGroup(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except KeyboardInterrupt as e:
-            if type(e).__name__ == "Terminated":  # SIGTERM, see reops.runtime
+            if type(e).__name__ == "Terminated":  # SIGTERM, see reops.core.runtime
                 click.echo("reops: terminated (SIGTERM)", err=True)
                 sys.exit(143)
             click.echo("reops: interrupted", err=True)
@@ -133,7 +133,7 @@ def main(debug: bool) -> None:
     """
     if debug:
         os.environ["REOPS_DEBUG"] = "1"
-    from reops.config import raise_fd_limit
+    from reops.core.settings import raise_fd_limit
 
     raise_fd_limit()  # a fleet holds a socket per host; the hub started from here inherits it
 

@@ -28,7 +28,7 @@ reach it over a local control socket.
 
 
 def _settings(**overrides: Any) -> Any:
-    from reops.hub.settings import load_hub_settings
+    from reops.control.settings import load_hub_settings
 
     try:
         return load_hub_settings().with_(**overrides)
@@ -93,7 +93,7 @@ def _store(keys_dir: Path | None) -> Any:
 
 def _hub_request(method: str, params: dict[str, Any]) -> Any:
     """Ask the running hub (so it acts at once); None when no hub runs."""
-    from reops.hub.client import HubError, HubNotRunning, request_sync
+    from reops.control.client import HubError, HubNotRunning, request_sync
 
     try:
         return request_sync(_settings().control_path, method, params)
@@ -272,7 +272,7 @@ def agents_list(as_json: bool) -> None:
 
 
 def _list_agents(as_json: bool) -> None:
-    from reops.hub.client import HubNotRunning
+    from reops.control.client import HubNotRunning
     from reops.sources.agents import agent_list
 
     try:
@@ -347,7 +347,7 @@ def _loopback(address: str) -> bool:
 
 
 def _default_endpoint(settings: Any) -> str:
-    from reops.hub.client import HubNotRunning, ping_sync
+    from reops.control.client import HubNotRunning, ping_sync
 
     try:
         bind = str(ping_sync(settings.control_path)["bind"])
@@ -364,7 +364,7 @@ def _default_endpoint(settings: Any) -> str:
 
 def start_lab_agents(info: Any, allow_code: bool = True) -> None:
     """Start an agent per lab host, keys accepted, against the running hub (or a new one)."""
-    from reops.hub.client import HubNotRunning, ping_sync
+    from reops.control.client import HubNotRunning, ping_sync
     from reops.hub.daemon import start_background
     from reops.sources.agents_lab import save_agents, start_agents, wait_for_agents
 
@@ -391,7 +391,7 @@ def start_lab_agents(info: Any, allow_code: bool = True) -> None:
 
 def stop_lab_agents(root: Path | str) -> int:
     """Stop the agents `start_lab_agents` started for the lab in `root`; how many."""
-    from reops.hub.client import HubNotRunning, ping_sync
+    from reops.control.client import HubNotRunning, ping_sync
     from reops.hub.daemon import stop_running
     from reops.sources.agents_lab import stop_saved_agents
 

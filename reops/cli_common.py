@@ -77,7 +77,7 @@ def select_hosts(inventory_path: Path | None, selector: str, systems: str | None
             raise UserError(f"systems selector {systems!r} matched no machines with an address "
                             "(see `reops systems ls`)")
         return found
-    from reops.inventory import inventory
+    from reops.core.inventory import inventory
 
     path = inventory_path or default_inventory()
     inv = inventory(path)
@@ -89,8 +89,8 @@ def select_hosts(inventory_path: Path | None, selector: str, systems: str | None
 
 def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any]) -> None:
     """Select, configure, run `build(hosts)` and exit 0/1 by the Outcome."""
-    from reops.config import fd_bounded
-    from reops.runtime import terminate_like_interrupt, terminated
+    from reops.core.runtime import terminate_like_interrupt, terminated
+    from reops.core.settings import fd_bounded
     from reops.sinks.jsonl import jsonl
     from reops.sinks.table import save
     from reops.sinks.terminal import pretty

@@ -24,8 +24,8 @@ def run_cmd(ctx: click.Context, spec: str | None, args: tuple[str, ...]) -> None
     if spec is None or spec in ("-h", "--help"):
         click.echo(ctx.get_help())
         ctx.exit(0 if spec else 2)
+    from reops.core.runtime import terminate_like_interrupt, terminated
     from reops.flows import resolve
-    from reops.runtime import terminate_like_interrupt, terminated
 
     terminate_like_interrupt()  # SIGTERM cancels and cleans up like Ctrl-C (exit 143)
     flow = resolve(spec)

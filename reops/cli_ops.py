@@ -19,7 +19,7 @@ import msgspec
 
 from reops.cli import UserError
 from reops.cli_common import fleet_options, run_on_fleet, select_hosts
-from reops.model import Result
+from reops.core.model import Result
 
 Row = Sequence[Any]
 #: rows per host in pretty tables (-o json: all)

@@ -21,7 +21,7 @@ import click
 import msgspec
 
 from reops.cli import UserError
-from reops.selector import SelectorError
+from reops.core.selector import SelectorError
 from reops.systems.api import MachinesAPI, connect
 from reops.systems.libvirt_events import HypervisorEvent
 from reops.systems.model import Job, JobEvent, JobEventKind, JobOp, MachinesError, System, short

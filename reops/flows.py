@@ -24,14 +24,10 @@ it alive until it completes or the user presses Ctrl-C, which disposes it (exit 
 from __future__ import annotations
 
 import difflib
-import hashlib
-import importlib.util
 import inspect
 import pathlib
 import re
-import sys
 import threading
-import traceback
 import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
@@ -41,8 +37,9 @@ from typing import Any, Literal, TypeVar, overload
 
 import click
 
-from reops.model import Outcome, Result
-from reops.runtime import deferred_interrupts
+from reops.core.model import Outcome, Result
+from reops.core.pyfile import import_file
+from reops.core.runtime import deferred_interrupts
 
 __all__ = [
     "Flow",
@@ -343,8 +340,8 @@ class Flow:
         """
 
         def callback(**options: Any) -> None:
-            from reops.inventory import InventoryError
-            from reops.selector import SelectorError
+            from reops.core.inventory import InventoryError
+            from reops.core.selector import SelectorError
 
             try:
                 result = self.call(**options)
@@ -432,52 +429,8 @@ def keep_alive(running: Any) -> int:
 # ── loading flow files ──────────────────────────────────────────────────────────────────
 
 
-def _module_name(path: Path) -> str:
-    digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
-    stem = re.sub(r"\W", "_", path.stem)
-    return f"reops_flow_{stem}_{digest}"
-
-
-def _import_error(path: Path, e: BaseException) -> FlowError:
-    """One line naming the flow file's line where importing it failed."""
-    if isinstance(e, SyntaxError) and e.filename and Path(e.filename).resolve() == path:
-        return FlowError(f"{path}:{e.lineno}: syntax error: {e.msg}")
-    line = next(
-        (
-            fs.lineno
-            for fs in reversed(traceback.extract_tb(e.__traceback__))
-            if Path(fs.filename).resolve() == path
-        ),
-        None,
-    )
-    where = f"{path}:{line}" if line else str(path)
-    return FlowError(f"{where}: {type(e).__name__}: {e}")
-
-
 def _import(path: Path) -> types.ModuleType:
-    path = path.resolve()
-    if not path.is_file():
-        raise FlowError(f"{path}: no such flow file")
-    name = _module_name(path)
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise FlowError(f"{path}: not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses, pickling and get_type_hints look here
-    folder = str(path.parent)
-    if folder not in sys.path:  # sibling helper modules import as with `python FILE`
-        sys.path.insert(0, folder)
-    try:
-        spec.loader.exec_module(module)
-    except (Exception, SystemExit) as e:  # a stray exit() must not end `reops flows`
-        del sys.modules[name]
-        raise _import_error(path, e) from None
-    return module
-
-
-def import_file(path: str | Path) -> types.ModuleType:
-    """Import a Python file by path (FlowError with file:line when it fails)."""
-    return _import(Path(path))
+    return import_file(path, FlowError, "flow file")
 
 
 def load_flows(path: str | Path) -> list[Flow]:

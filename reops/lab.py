@@ -36,8 +36,8 @@ from typing import Any
 
 import asyncssh
 
+from reops.core.model import Host, Hosts
 from reops.lab_setup import LabError, ensure_root_prerequisites, sshd_binary
-from reops.model import Host, Hosts
 from reops.procs import (
     ProcessError,
     child_exited,

@@ -26,7 +26,7 @@ def namespace(inventory_path: Path | None) -> dict[str, Any]:
     ns: dict[str, Any] = {name: getattr(reops, name) for name in reops.__all__}
     ns["reops"] = reops
     if inventory_path is not None:
-        from reops.inventory import inventory
+        from reops.core.inventory import inventory
 
         ns["inv"] = inventory(inventory_path)
     return ns

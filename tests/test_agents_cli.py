@@ -72,7 +72,7 @@ def wait_for_pending(hub: LabHub, names: set[str]) -> None:
     """Block until the hub has recorded `names` as pending (via its event stream)."""
     import asyncio
 
-    from reops.hub.client import HubClient
+    from reops.control.client import HubClient
 
     async def wait() -> None:
         client = HubClient(hub.control_path)

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from reops.config import Settings
+from reops.control.identity import connect_from
+from reops.core.model import Host
+from reops.core.settings import Settings
 from reops.hub.deploy import Registrations, _steps, deploy
-from reops.hub.identity import connect_from
-from reops.model import Host
 from reops.ops.shell import exec_
 from reops.sources.agents import agent_list
 from reops.sources.agents_lab import start_hub, wait_for_agents

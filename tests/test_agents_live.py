@@ -29,9 +29,9 @@ from reops_agent.protocol import (
     encode,
 )
 
-from reops.config import Settings
-from reops.hub.client import HubClient
-from reops.model import Host, Line
+from reops.control.client import HubClient
+from reops.core.model import Host, Line
+from reops.core.settings import Settings
 from reops.ops.base import Op
 from reops.sources.agents import CODE_KEY, AgentExecutor, agents, ship
 from reops.sources.agents_lab import (
@@ -384,7 +384,7 @@ async def test_hub_survives_garbage_on_the_wire(fleet: tuple[LabHub, Path],
 def test_schedule_and_events_observables(fleet: tuple[LabHub, Path]) -> None:
     import threading
 
-    from reops.model import Result
+    from reops.core.model import Result
     from reops.sources.agents import agent_events, schedule
 
     hub, root = fleet

@@ -132,7 +132,7 @@ def test_repl_has_the_api_and_the_inventory(lab: LabInfo) -> None:
 
 
 def test_inventory_function_survives_submodule_import() -> None:
-    p = subprocess.run([sys.executable, "-c", "import reops.inventory, reops\n"
+    p = subprocess.run([sys.executable, "-c", "import reops.core.inventory, reops\n"
                         "from reops import inventory\nprint(callable(inventory))"],
                        capture_output=True, text=True, timeout=60)
     assert p.stdout.strip() == "True", p.stderr

@@ -204,7 +204,7 @@ def test_exit_code_follows_the_return_value(tmp_path: Path, returned: str, code:
         f"""
         import reactivex
         from reops.flows import flow
-        from reops.model import Outcome, Result
+        from reops.core.model import Outcome, Result
 
         ok = Result(host="a", op="t", status="ok", code=0)
         bad = Result(host="b", op="t", status="failed", code=3)
@@ -223,7 +223,7 @@ def test_input_errors_exit_2_without_traceback(tmp_path: Path) -> None:
         tmp_path,
         f"""
         from reops.flows import flow
-        from reops.inventory import inventory
+        from reops.core.inventory import inventory
 
         @flow
         def f(selector: str = "all"):

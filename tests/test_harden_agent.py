@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from reops_agent.protocol import cut_marker
 
-from reops.config import Settings
-from reops.hub.client import HubClient
-from reops.model import Host, Line
+from reops.control.client import HubClient
+from reops.core.model import Host, Line
+from reops.core.settings import Settings
 from reops.ops.base import Op
 from reops.sources.agents import AgentExecutor
 from reops.sources.agents_lab import (

@@ -171,7 +171,7 @@ def test_forks_stay_below_the_open_file_limit_with_a_note(lab: LabInfo) -> None:
 
 def test_reops_home_is_made_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The first thing made under home (here the key store) must not leave home 0755."""
-    from reops.config import home
+    from reops.core.settings import home
     from reops.hub.keystore import KeyStore
 
     monkeypatch.setenv("REOPS_HOME", str(tmp_path / "fresh" / "home"))
@@ -187,7 +187,8 @@ def test_an_open_reops_home_gets_a_warning_and_is_left_alone(tmp_path: Path) -> 
     open_home = tmp_path / "home"
     open_home.mkdir()
     open_home.chmod(0o755)
-    p = subprocess.run([sys.executable, "-c", "from reops.config import home; home(); home()"],
+    code = "from reops.core.settings import home; home(); home()"
+    p = subprocess.run([sys.executable, "-c", code],
                        capture_output=True, text=True, timeout=DEADLINE_S,
                        env={**os.environ, "REOPS_HOME": str(open_home)})
     assert p.returncode == 0, p.stderr
@@ -211,7 +212,7 @@ def test_cli_retry_never_reruns_a_command_that_started(lab: LabInfo) -> None:
 def test_settings_errors_name_their_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                            ) -> None:
     """Every way a setting arrives is checked: file, variable, and code (`configure`)."""
-    from reops.config import ConfigError, Settings, load_settings
+    from reops.core.settings import ConfigError, Settings, load_settings
 
     config = tmp_path / "config.toml"
     config.write_text('[ssh]\nhost_key_checking = "maybe"\n')

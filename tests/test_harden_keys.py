@@ -38,7 +38,7 @@ from reops_agent.protocol import (
 )
 
 from reops.cli import main
-from reops.hub.client import HubClient
+from reops.control.client import HubClient
 from reops.hub.keystore import ContestedName, KeyStore
 from reops.sources.agents_lab import LabHub, await_agents, start_agents, start_hub
 
@@ -244,8 +244,8 @@ async def test_forged_answer_with_a_live_agents_routing_id(tmp_path: Path) -> No
     A hub in this process, its connection monitor switched off: as if the drop of the
     agent's connection had not been seen yet (events are asynchronous, and can be lost).
     """
+    from reops.control.settings import HubSettings
     from reops.hub.controller import Controller
-    from reops.hub.settings import HubSettings
 
     settings = HubSettings(bind="tcp://127.0.0.1:*", control=str(tmp_path / "run" / "hub.sock"),
                            keys_dir=str(tmp_path / "keys"), heartbeat_s=5.0, misses=20)
@@ -347,7 +347,7 @@ async def test_new_pending_keys_are_rate_limited(home: Path, tmp_path: Path) -> 
 
 
 def test_default_bind_is_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from reops.hub.settings import DEFAULT_PORT, load_hub_settings
+    from reops.control.settings import DEFAULT_PORT, load_hub_settings
 
     monkeypatch.delenv("REOPS_HUB_BIND", raising=False)
     settings = load_hub_settings(tmp_path / "none.toml")
@@ -355,7 +355,7 @@ def test_default_bind_is_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_hub_ping_reports_a_loopback_bind(hub: LabHub) -> None:
-    from reops.hub.client import ping_sync
+    from reops.control.client import ping_sync
 
     assert ping_sync(hub.control_path)["bind"].startswith("tcp://127.0.0.1:")
 
@@ -454,7 +454,7 @@ def test_agent_must_be_the_inventory_host(lab_factory: Any, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     import msgspec
 
-    from reops.model import Hosts
+    from reops.core.model import Hosts
     from reops.ops.shell import exec_
     from reops.sources.agents_lab import wait_for_agents
     from reops.streams.core import run
@@ -491,7 +491,7 @@ def test_agent_must_be_the_inventory_host(lab_factory: Any, tmp_path: Path,
 
 
 def test_inventory_agent_key_field(tmp_path: Path) -> None:
-    from reops.inventory import InventoryError, inventory
+    from reops.core.inventory import InventoryError, inventory
 
     path = tmp_path / "inventory.toml"
     path.write_text('[hosts.db1]\naddress = "10.0.0.21"\nagent_key = "ab:cd"\n')
@@ -566,8 +566,8 @@ def test_rationed_log_says_the_rest_in_one_line(caplog: pytest.LogCaptureFixture
 
 
 async def test_identity_rules_without_a_network() -> None:
-    from reops.hub.identity import is_agent_for, mismatch
-    from reops.model import Host
+    from reops.control.identity import is_agent_for, mismatch
+    from reops.core.model import Host
 
     key = "k" * 40
     seen = {"address": "::ffff:127.0.0.1", "fingerprint": fingerprint(key)}

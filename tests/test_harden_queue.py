@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from systems_fixtures import config_toml
 
-from reops.model import Result
+from reops.core.model import Result
 from reops.sources.hypervisor import in_thread
 from reops.systems.config import load_machines_config
 from reops.systems.machines import Machines

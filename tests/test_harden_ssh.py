@@ -15,9 +15,9 @@ from typing import TypeVar
 import msgspec
 import pytest
 
-from reops.config import Settings
+from reops.core.model import Host, Line, Result
+from reops.core.settings import Settings
 from reops.lab import LabInfo
-from reops.model import Host, Line, Result
 from reops.ops.files import download, upload
 from reops.ops.shell import exec_
 from reops.sources import ssh as ssh_source

@@ -30,8 +30,8 @@ from reops import (
     run,
     unreachable,
 )
+from reops.core.model import Event
 from reops.lab import Lab, LabInfo
-from reops.model import Event
 
 #: upper bound for a condition we wait for (never a pass/fail margin)
 DEADLINE_S = 60.0

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from reops.inventory import Inventory, InventoryError, inventory, loads
-from reops.model import Host, Hosts
-from reops.selector import SelectorError
+from reops.core.inventory import Inventory, InventoryError, inventory, loads
+from reops.core.model import Host, Hosts
+from reops.core.selector import SelectorError
 
 EXAMPLE = """\
 [defaults]            # applies to every host unless overridden

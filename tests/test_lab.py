@@ -143,7 +143,7 @@ def test_inventory_known_hosts_and_keys(lab: LabInfo) -> None:
 
 
 def test_inventory_loads_with_reops_inventory(lab: LabInfo) -> None:
-    inventory = pytest.importorskip("reops.inventory")
+    inventory = pytest.importorskip("reops.core.inventory")
     inv = inventory.inventory(lab.inventory)
     assert list(inv.hosts) == list(lab.as_hosts())
     web1 = inv["web1"]

@@ -238,7 +238,7 @@ def test_usage_errors_exit_2(lab: LabInfo, in_process: CliRunner) -> None:
 
 
 def test_views_read_typed_data() -> None:
-    from reops.model import Result
+    from reops.core.model import Result
     from reops.ops.facts import Facts
     from reops.ops.metrics import Load, Metrics
     from reops.ops.security import Listener

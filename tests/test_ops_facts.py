@@ -13,7 +13,7 @@ import msgspec
 import polars as pl
 import pytest
 
-from reops.model import Host
+from reops.core.model import Host
 from reops.ops import facts
 from reops.ops.text import markers
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reops.model import Host, Result
+from reops.core.model import Host, Result
 from reops.ops import files
 from reops.ops.base import Op
 from reops.ops.text import EX_DATAERR, EX_NOINPUT

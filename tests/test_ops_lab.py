@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from reops import run
-from reops.config import Settings
+from reops.core.model import Host, Hosts, Outcome
+from reops.core.settings import Settings
 from reops.lab import LabInfo
-from reops.model import Host, Hosts, Outcome
 from reops.ops import facts, files, metrics, pkg, security, service
 from reops.ops.base import Op
 from reops.ops.text import EX_UNAVAILABLE

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reops.model import Host
+from reops.core.model import Host
 from reops.ops import metrics
 
 DATA = Path(__file__).parent / "data" / "ops"

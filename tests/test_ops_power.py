@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from reops.model import Host
+from reops.core.model import Host
 from reops.ops import power
 from reops.ops.base import Op
 from reops.ops.text import EX_NOPERM

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reops.model import Host
+from reops.core.model import Host
 from reops.ops import security
 from reops.ops.base import Op
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from reops.model import Host
+from reops.core.model import Host
 from reops.ops import service
 from reops.ops.base import Op
 from reops.ops.text import EX_NOINPUT, EX_UNAVAILABLE

@@ -17,16 +17,16 @@ from pathlib import Path
 import pytest
 
 from reops import run
-from reops.config import Settings
+from reops.core.model import Host, Hosts, Outcome, Result
+from reops.core.runtime import get_runtime
+from reops.core.settings import Settings
 from reops.lab import LabInfo
-from reops.model import Host, Hosts, Outcome, Result
 from reops.ops import metrics as metrics_ops
 from reops.ops import power
 from reops.ops.base import Op
 from reops.ops.files import sync as sync_op
 from reops.ops.service import SYSTEMD_RUN_DIR
 from reops.ops.text import EX_UNAVAILABLE, marker, script
-from reops.runtime import get_runtime
 from reops.sources.rsync import local_rsync_argv, sync_via
 from reops.steps import (
     boot_id,

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reops.inventory import Inventory, loads
-from reops.selector import (
+from reops.core.inventory import Inventory, loads
+from reops.core.selector import (
     And,
     Not,
     Or,

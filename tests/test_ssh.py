@@ -14,7 +14,7 @@ import asyncssh
 import msgspec
 
 from reops import Host, Hosts, exec_, run
-from reops.config import Settings
+from reops.core.settings import Settings
 from reops.lab import LabInfo
 from reops.steps import download, ls, upload
 
@@ -221,7 +221,7 @@ def test_ctrl_c_returns_partial_outcome(lab: LabInfo, tmp_path: Path) -> None:
 
 
 def test_idle_connections_close_after_idle_timeout(lab: LabInfo) -> None:
-    from reops.runtime import get_runtime
+    from reops.core.runtime import get_runtime
     from reops.sources.ssh import SshExecutor
 
     host = lab_hosts(lab)["cache5"]

@@ -20,7 +20,7 @@ import pytest
 from systems_fixtures import qemu_root
 from test_systems_qemu import _why_not
 
-from reops.hub.client import HubClient, ping_sync
+from reops.control.client import HubClient, ping_sync
 from reops.systems.api import HubMachines
 
 pytestmark = pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))

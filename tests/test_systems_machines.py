@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from systems_fixtures import config_toml
 
-from reops.model import Result
+from reops.core.model import Result
 from reops.systems.config import load_machines_config
 from reops.systems.libvirt_events import HypervisorEvent
 from reops.systems.machines import Machines
@@ -226,7 +226,7 @@ async def test_provisioning_seam_runs_after_boot(tmp_path: Path) -> None:
 
 async def test_physical_status_and_shutdown_over_executors(tmp_path: Path) -> None:
     """Reachability over real SSH (nothing listens: stopped); shutdown's command via DryRun."""
-    from reops.config import Settings
+    from reops.core.settings import Settings
     from reops.sources.ssh import SshExecutor
     from reops.streams.source import DryRun
     from reops.systems.physical import over

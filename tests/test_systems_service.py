@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 from systems_fixtures import config_toml
 
+from reops.control.settings import HubSettings
 from reops.hub.controller import Controller
 from reops.hub.daemon import attach_services
-from reops.hub.settings import HubSettings
 from reops.systems.config import load_machines_config
 from reops.systems.machines import Machines
 from reops.systems.service import setup
@@ -92,7 +92,7 @@ def test_cli_through_the_hub_keeps_machines_alive(hub: HubThread) -> None:
 
 
 async def test_api_through_the_hub(hub: HubThread) -> None:
-    from reops.hub.client import HubClient
+    from reops.control.client import HubClient
     from reops.systems.api import HubMachines
     from reops.systems.libvirt_events import HypervisorEvent
     from reops.systems.model import JobEvent, MachinesError
@@ -137,7 +137,7 @@ def test_live_observable_through_the_hub(hub: HubThread) -> None:
     """hypervisor_events() from blocking code: events of machines the hub runs."""
     import queue
 
-    from reops.hub.client import request_sync
+    from reops.control.client import request_sync
     from reops.systems.live import hypervisor_events, systems
 
     got: queue.Queue[object] = queue.Queue()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reops.selector import SelectorError
+from reops.core.selector import SelectorError
 from reops.systems import wol
 from reops.systems.model import Job, Machine, MachinesError, Placement, System, Type, new_id
 from reops.systems.presets import resolve

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from systems_fixtures import config_toml
 
-from reops.model import Host, Hosts, Line, Result
-from reops.runtime import get_runtime
+from reops.core.model import Host, Hosts, Line, Result
+from reops.core.runtime import get_runtime
 from reops.streams.core import Stream, run
 from reops.streams.operators import then
 from reops.streams.source import DryRun
@@ -20,7 +20,7 @@ from reops.systems.streams import create, machines
 
 def seen_address(hosts: Hosts) -> Stream:
     """A next step that reports the address it was given (no network needed)."""
-    from reops.config import Settings
+    from reops.core.settings import Settings
     from reops.ops.base import Op
     from reops.streams.core import fanout
 

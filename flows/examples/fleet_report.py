@@ -9,8 +9,8 @@ from pathlib import Path
 
 from reops import inventory as load_inventory
 from reops import pretty, run, to_table
+from reops.core.model import Outcome
 from reops.flows import flow
-from reops.model import Outcome
 
 
 @flow

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from reops.control.settings import load_hub_settings
 from reops.hub.daemon import HubAlreadyRunning, run_hub
-from reops.hub.settings import load_hub_settings
 
 try:
     run_hub(load_hub_settings(), verbose="-v" in sys.argv)

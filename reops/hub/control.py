@@ -22,7 +22,7 @@ import zmq
 import zmq.asyncio
 from reops_agent.protocol import MAX_MESSAGE
 
-from reops.hub.wire import Reply, Request, encoder, request_decoder
+from reops.control.wire import Reply, Request, encoder, request_decoder
 
 log = logging.getLogger("reops.hub.control")
 

@@ -25,10 +25,10 @@ import zmq.asyncio
 from reops_agent.protocol import CodeRef, code_hash
 
 from reops import __version__
+from reops.control.settings import HubSettings
 from reops.hub.control import BadRequest, ControlServer, Handler, Session
 from reops.hub.fleet import Fleet
 from reops.hub.keystore import KeyEntry, KeyStore
-from reops.hub.settings import HubSettings
 from reops.hub.zap import Authenticator
 
 log = logging.getLogger("reops.hub")

@@ -13,9 +13,9 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from reops.hub.client import HubNotRunning, ping_sync
+from reops.control.client import HubNotRunning, ping_sync
+from reops.control.settings import HubSettings
 from reops.hub.controller import Controller
-from reops.hub.settings import HubSettings
 
 log = logging.getLogger("reops.hub")
 

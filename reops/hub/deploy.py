@@ -29,10 +29,10 @@ from typing import Any
 
 import reops_agent
 
-from reops.config import Settings, load_settings
+from reops.control.settings import HubSettings
+from reops.core.model import Host, Hosts, Outcome, Result
+from reops.core.settings import Settings, load_settings
 from reops.hub.keystore import KeyStore
-from reops.hub.settings import HubSettings
-from reops.model import Host, Hosts, Outcome, Result
 from reops.ops.base import Op
 
 UNIT = """[Unit]
@@ -137,7 +137,7 @@ class Registrations:
 
     async def start(self) -> None:
         """Subscribe (if a hub runs): registrations from now on are counted."""
-        from reops.hub.client import HubClient, HubNotRunning
+        from reops.control.client import HubClient, HubNotRunning
 
         client = HubClient(self.control)
         events = client.stream("subscribe", topics=["agents"])
@@ -182,7 +182,7 @@ class Registrations:
 async def _deploy_host(host: Host, ops: list[Op], settings: Settings,
                        bound: asyncio.Semaphore, registrations: Registrations,
                        register_timeout: float) -> Result:
-    from reops.runtime import get_runtime
+    from reops.core.runtime import get_runtime
     from reops.sources.ssh import SshExecutor
 
     ssh = get_runtime().resource("ssh", SshExecutor)
@@ -218,7 +218,7 @@ def deploy(hosts: Hosts, *, endpoint: str, settings: HubSettings, wheels: Path |
     that host's agent has registered with the hub (within `register_timeout` s)."""
     from reops_agent.keys import write_keypair
 
-    from reops.runtime import get_runtime
+    from reops.core.runtime import get_runtime
 
     store = KeyStore(settings.keys_path)
     hub_key = store.hub_public_key()

@@ -41,11 +41,11 @@ from reops_agent.protocol import (
 )
 from zmq.utils.monitor import parse_monitor_message
 
+from reops.control.settings import HubSettings
 from reops.hub.calls import CallTable, InFlight, OnDone, OnLine, failure
 from reops.hub.keystore import KeyStore
 from reops.hub.limits import RationedLog, TokenBucket
 from reops.hub.registry import AgentRecord, Registry
-from reops.hub.settings import HubSettings
 
 log = logging.getLogger("reops.hub")
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from reops.model import Host, Status
+from reops.core.model import Host, Status
 
 Kind = Literal["shell", "upload", "download", "call"]
 Parser = Callable[[str], Any]

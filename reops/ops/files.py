@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from reops.model import Host
+from reops.core.model import Host
 from reops.ops.base import Op, Parser
 from reops.ops.text import (
     CHANGED,

@@ -10,7 +10,7 @@ import msgspec
 import reactivex
 from reactivex import abc
 
-from reops.model import Event, Result
+from reops.core.model import Event, Result
 from reops.streams.core import Operator, Stream
 
 _encoder = msgspec.json.Encoder()

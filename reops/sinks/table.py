@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from reops.model import Outcome, Result
+from reops.core.model import Outcome, Result
 
 if TYPE_CHECKING:
     import polars as pl

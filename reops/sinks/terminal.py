@@ -18,8 +18,8 @@ import reactivex
 from reactivex import abc
 from reactivex.disposable import Disposable
 
-from reops.model import Event, Line, Result
-from reops.runtime import SHUTDOWN_GRACE_S, get_runtime, terminated
+from reops.core.model import Event, Line, Result
+from reops.core.runtime import SHUTDOWN_GRACE_S, get_runtime, terminated
 from reops.streams.core import Operator, Stream
 
 #: a fan-out shows a progress bar only when it takes longer than this

@@ -29,8 +29,7 @@ import reactivex
 from reactivex.abc import ObserverBase, SchedulerBase
 from reactivex.disposable import Disposable
 
-from reops.config import Settings
-from reops.hub.client import (
+from reops.control.client import (
     HubClient,
     HubError,
     HubGone,
@@ -38,8 +37,9 @@ from reops.hub.client import (
     default_path,
     request_sync,
 )
-from reops.hub.identity import is_agent_for, mismatch
-from reops.model import UNREACHED, Host, Hosts, Line, Result, Status, failure_result
+from reops.control.identity import is_agent_for, mismatch
+from reops.core.model import UNREACHED, Host, Hosts, Line, Result, Status, failure_result
+from reops.core.settings import Settings
 from reops.ops.base import Op
 from reops.sources.agents_transfer import CallFailed, transfer
 from reops.sources.base import Executor, LineSink
@@ -457,7 +457,7 @@ class AgentHosts(Hosts):
 
     def select(self, selector: str) -> AgentHosts:
         """Agents matching `selector` (`web*`, `tag:os=Linux`, `a,b`, `!c`…)."""
-        from reops.selector import select, standard_atoms
+        from reops.core.selector import select, standard_atoms
 
         hosts = list(self)
         return AgentHosts(select(hosts, selector, standard_atoms(hosts)))
@@ -511,7 +511,7 @@ def _hub_stream(hub: Path | None, method: str, convert: Callable[[Any], Any],
                 **params: Any) -> reactivex.Observable[Any]:
     """A hub control stream as an Observable: one stream per subscription, on the
     runtime loop; disposing it cancels the stream."""
-    from reops.runtime import get_runtime
+    from reops.core.runtime import get_runtime
 
     def subscribe(observer: ObserverBase[Any], _: SchedulerBase | None = None) -> Disposable:
         async def pump() -> None:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 from reops_agent.keys import load_keypair
 
-from reops.hub.client import HubClient, HubNotRunning, ping_sync
-from reops.hub.identity import connect_from
+from reops.control.client import HubClient, HubNotRunning, ping_sync
+from reops.control.identity import connect_from
+from reops.control.settings import HubSettings
 from reops.hub.keystore import KeyStore
-from reops.hub.settings import HubSettings
 
 
 @dataclass

@@ -23,8 +23,8 @@ from typing import Any
 
 from reops_agent.protocol import CHUNK_BYTES
 
-from reops.config import Settings
-from reops.model import UNREACHED, Host, Result, Status
+from reops.core.model import UNREACHED, Host, Result, Status
+from reops.core.settings import Settings
 from reops.ops.base import Op
 
 #: files whose size says 0 (/proc, /sys) are read until their end, up to this many bytes

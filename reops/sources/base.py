@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from reops.config import Settings
-from reops.model import Host, Line, Result
+from reops.core.model import Host, Line, Result
+from reops.core.settings import Settings
 from reops.ops.base import Op
 
 LineSink = Callable[[Line], None]

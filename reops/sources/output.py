@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from reops.model import Line
+from reops.core.model import Line
 
 StreamName = Literal["stdout", "stderr"]
 

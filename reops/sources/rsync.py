@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
-from reops.config import Settings
-from reops.model import UNREACHED, Host, Result, Status
+from reops.core.model import UNREACHED, Host, Result, Status
+from reops.core.settings import Settings
 from reops.ops.base import Op
 from reops.ops.files import rsync_argv
 from reops.ops.text import MARK, sections

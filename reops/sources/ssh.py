@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reops.config import Settings
-from reops.model import UNREACHED, Host, Result, Status, failure_result
+from reops.core.model import UNREACHED, Host, Result, Status, failure_result
+from reops.core.settings import Settings
 from reops.ops.base import Op
 from reops.sources.base import LineSink
 from reops.sources.output import Capture, LineSplitter, StreamName, spill_path

@@ -24,10 +24,10 @@ from reactivex import operators as ops
 from reactivex.disposable import Disposable
 from reactivex.scheduler.eventloop import AsyncIOThreadSafeScheduler
 
-from reops.config import Settings
-from reops.model import Host, Hosts, Result, failure_result
+from reops.core.model import Host, Hosts, Result, failure_result
+from reops.core.runtime import get_runtime
+from reops.core.settings import Settings
 from reops.ops import metrics as _metrics
-from reops.runtime import get_runtime
 from reops.sources.base import Executor
 from reops.streams.source import Via, as_hosts, chooser, defaults
 

@@ -18,8 +18,8 @@ import reactivex
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 
-from reops.model import Event, Host, Hosts, Line, Outcome, Result, failure_result
-from reops.runtime import deferred_interrupts, get_runtime
+from reops.core.model import Event, Host, Hosts, Line, Outcome, Result, failure_result
+from reops.core.runtime import deferred_interrupts, get_runtime
 
 Rebuild = Callable[[Hosts], "Stream"]
 RunOne = Callable[[Host, Callable[[Line], None] | None], Awaitable[Result]]

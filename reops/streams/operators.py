@@ -19,8 +19,8 @@ from reactivex import Observable, abc
 from reactivex import operators as ops
 from reactivex.disposable import CompositeDisposable, Disposable
 
-from reops.model import Event, Hosts, Line, Outcome, Result, failure_result
-from reops.runtime import get_runtime
+from reops.core.model import Event, Hosts, Line, Outcome, Result, failure_result
+from reops.core.runtime import get_runtime
 from reops.streams.core import Operator, Stream
 from reops.streams.source import as_step
 

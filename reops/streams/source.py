@@ -15,10 +15,10 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
-from reops.config import Settings, load_settings
-from reops.model import Host, Hosts, Line, Result
+from reops.core.model import Host, Hosts, Line, Result
+from reops.core.runtime import get_runtime
+from reops.core.settings import Settings, load_settings
 from reops.ops.base import Op
-from reops.runtime import get_runtime
 from reops.sources.base import Executor
 from reops.streams.core import Stream, fanout
 

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable
 
 import msgspec
 
-from reops.config import Settings
-from reops.model import UNREACHED, Host, Hosts, Line, Result
+from reops.core.model import UNREACHED, Host, Hosts, Line, Result
+from reops.core.settings import Settings
 from reops.ops import power
 from reops.ops.base import Op
 from reops.sources.base import Executor

@@ -170,7 +170,7 @@ class HubMachines:
             self._following.result()  # raises why the subscription ended
 
     async def _call(self, cls: type[T], method: str, **params: Any) -> T:
-        from reops.hub.client import HubError
+        from reops.control.client import HubError
         try:
             value = await self.client.request(method, **params)
         except HubError as e:
@@ -216,7 +216,7 @@ class HubMachines:
         return await self._call(Job, "machines.job", id=id_or_prefix)
 
     async def wait(self, jobs: Sequence[Job], on_job: OnJob | None = None) -> list[Job]:
-        from reops.hub.client import HubError
+        from reops.control.client import HubError
         ids = {j.id for j in jobs}
         ended: set[str] = set()
         news = asyncio.Event()
@@ -284,7 +284,7 @@ async def connect(root: Path | None = None, *, hub: bool | None = None,
     """The hub's Machines when a hub answers (or `hub=True`), else Machines in this process
     (running the job queue here unless `queue=False`, e.g. to only watch events)."""
     if hub is not False:
-        from reops.hub.client import HubClient, HubNotRunning
+        from reops.control.client import HubClient, HubNotRunning
 
         client = HubClient()
         try:

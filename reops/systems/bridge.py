@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reops.config import home
-from reops.model import Hosts
+from reops.core.model import Hosts
+from reops.core.settings import home
 from reops.systems.machines import to_hosts
 from reops.systems.select import select
 from reops.systems.store import Store

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from reops.config import config_path, home
+from reops.core.settings import config_path, home
 from reops.systems.model import MachinesError, ProviderKind
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from reops.model import Result
+from reops.core.model import Result
 from reops.sources.hypervisor import Hypervisor
 from reops.systems import wol
 from reops.systems.domain_xml import DomainSpec, mac_for

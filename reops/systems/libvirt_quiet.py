@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from reops.config import home
+from reops.core.settings import home
 
 if "LIBVIRT_LOG_OUTPUTS" not in os.environ:
     home().mkdir(parents=True, exist_ok=True)

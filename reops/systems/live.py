@@ -17,7 +17,7 @@ import reactivex as rx
 from reactivex.abc import ObserverBase, SchedulerBase
 from reactivex.disposable import Disposable
 
-from reops.runtime import get_runtime
+from reops.core.runtime import get_runtime
 from reops.systems.api import connect
 from reops.systems.libvirt_events import HypervisorEvent
 from reops.systems.model import System

@@ -19,8 +19,8 @@ from typing import Any
 import msgspec
 import reactivex as rx
 
-from reops.config import home
-from reops.model import Host, Hosts
+from reops.core.model import Host, Hosts
+from reops.core.settings import home
 from reops.sources.hypervisor import Hypervisor
 from reops.systems.config import MachinesConfig, load_machines_config
 from reops.systems.handlers import Handlers, ProvisionSeam, ReachableSeam, ShutdownSeam

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reops.config import Settings, load_settings
-from reops.model import Result
+from reops.core.model import Result
+from reops.core.settings import Settings, load_settings
 from reops.ops.base import Op
 from reops.sources.base import Executor
 from reops.systems.handlers import ReachableSeam, ShutdownSeam

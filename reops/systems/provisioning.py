@@ -19,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from reops.model import Outcome, Result
+from reops.core.model import Outcome, Result
+from reops.core.pyfile import import_file
 from reops.systems.handlers import ProvisionSeam
 from reops.systems.machines import to_hosts
 from reops.systems.model import MachinesError, System, Type
@@ -27,12 +28,10 @@ from reops.systems.model import MachinesError, System, Type
 
 def load_recipe(spec: str) -> Callable[..., Any]:
     """The recipe function named by `FILE[:FUNC]`."""
-    from reops.flows import import_file
-
     file, _, name = spec.partition(":")
     if not Path(file).is_file():
         raise MachinesError(f"provisioning recipe {file}: no such file")
-    module = import_file(file)
+    module = import_file(file, what="provisioning recipe")
     fn = getattr(module, name or "provision", None)
     if not callable(fn):
         raise MachinesError(f"provisioning recipe {file} has no function "

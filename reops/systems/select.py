@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 
-from reops.selector import AtomFactory, Predicate, SelectorError, compile, hint, is_glob
+from reops.core.selector import AtomFactory, Predicate, SelectorError, compile, hint, is_glob
 from reops.systems.model import MIN_PREFIX, System
 
 FIELDS = ("hostname", "type", "os", "hypervisor", "state", "ip", "user", "domain", "cpu", "ram")

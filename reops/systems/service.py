@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from reops.selector import SelectorError
+from reops.core.selector import SelectorError
 from reops.sources.hypervisor import Hypervisor
 from reops.systems.machines import Machines
 from reops.systems.model import Job, JobEvent, MachinesError

@@ -210,7 +210,7 @@ class Store:
 def _private(path: Path) -> None:
     """Create the store's directory 0700 and its file (and WAL files) 0600, tightening a
     looser file. An existing directory is left as it is: it is reops' home, whose mode
-    `reops.config.home()` checks (and warns about) for everything in it."""
+    `reops.core.settings.home()` checks (and warns about) for everything in it."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:

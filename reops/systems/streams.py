@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from reops.model import Host, Hosts, Line, Result, Status, failure_result
-from reops.runtime import get_runtime
+from reops.core.model import Host, Hosts, Line, Result, Status, failure_result
+from reops.core.runtime import get_runtime
 from reops.streams.core import Stream, fanout
 from reops.systems.api import MachinesAPI, connect
 from reops.systems.machines import to_hosts

@@ -20,9 +20,9 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from reops.hub.wire import Reply, Request, encoder, reply_decoder
+from reops.control.wire import Reply, Request, encoder, reply_decoder
 
-log = logging.getLogger("reops.hub.client")
+log = logging.getLogger("reops.control.client")
 
 #: how long to wait for a hub to answer its first ping before saying it is not running
 CONNECT_TIMEOUT = 3.0
@@ -45,7 +45,7 @@ class HubError(RuntimeError):
 
 
 def default_path() -> Path:
-    from reops.hub.settings import load_hub_settings
+    from reops.control.settings import load_hub_settings
 
     return load_hub_settings().control_path
 

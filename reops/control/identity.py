@@ -19,7 +19,7 @@ from typing import Any
 
 from reops_agent.protocol import fingerprint
 
-from reops.model import Host
+from reops.core.model import Host
 
 log = logging.getLogger("reops.agents")
 

@@ -30,8 +30,8 @@ from typing import Any
 
 import msgspec
 
-from reops.model import Host, Hosts
-from reops.selector import SelectorError, hint, select, standard_atoms
+from reops.core.model import Host, Hosts
+from reops.core.selector import SelectorError, hint, select, standard_atoms
 
 __all__ = ["Group", "Inventory", "InventoryError", "SelectorError", "inventory", "loads"]
 
@@ -419,7 +419,7 @@ def inventory(path: str | os.PathLike[str]) -> Inventory:
 
 
 class _CallableModule(types.ModuleType):
-    """`reops.inventory` is this module once imported, and `inventory(path)` the function:
+    """`reops.core.inventory` is this module once imported, and `inventory(path)` the function:
     making the module callable keeps `from reops import inventory` a loader either way."""
 
     def __call__(self, path: str | os.PathLike[str]) -> Inventory:

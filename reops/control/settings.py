@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from reops.config import home, load_table
+from reops.core.settings import home, load_table
 
 DEFAULT_PORT = 7720
 

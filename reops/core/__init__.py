@@ -1,0 +1,1 @@
+"""L0: values and plumbing, no network."""
