@@ -27,7 +27,7 @@ from typing import Any
 from reops.core.settings import Settings
 from reops.lab import Lab
 from reops.ops.shell import exec_
-from reops.sources.ssh import SshExecutor
+from reops.transports.ssh.executor import SshExecutor
 
 FIRST_ADDRESS = "127.0.5.1"
 SAMPLE_EVERY_S = 0.05

@@ -18,8 +18,8 @@ import reactivex
 
 from reops.core.model import Host, Hosts, Result
 from reops.sinks.table import to_table
-from reops.streams.core import Stream
 from reops.streams.operators import partition, successful
+from reops.streams.stream import Stream
 
 
 def synthetic(n: int, hosts: int) -> list[Result]:

@@ -14,40 +14,34 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+def _from(module: str, names: str) -> dict[str, str]:
+    return dict.fromkeys(names.split(), module)
+
+
 _EXPORTS: dict[str, str] = {
     # values
-    "Host": "reops.core.model", "Hosts": "reops.core.model", "Result": "reops.core.model",
-    "Outcome": "reops.core.model", "Line": "reops.core.model", "Settings": "reops.core.settings",
-    "inventory": "reops.core.inventory", "Inventory": "reops.core.inventory",
+    **_from("reops.core.model", "Host Hosts Result Outcome Line"),
+    **_from("reops.core.settings", "Settings"),
+    **_from("reops.core.inventory", "inventory Inventory"),
     # streams
-    "Stream": "reops.streams.core", "run": "reops.streams.core",
-    "step": "reops.streams.source", "source": "reops.streams.source",
-    "configure": "reops.streams.source",
-    "successful": "reops.streams.operators", "failed": "reops.streams.operators",
-    "unreachable": "reops.streams.operators", "lost": "reops.streams.operators",
-    "partition": "reops.streams.operators", "pick": "reops.streams.operators",
-    "where": "reops.streams.operators", "then": "reops.streams.operators",
-    "retry": "reops.streams.operators", "rolling": "reops.streams.operators",
-    "timeout": "reops.streams.operators",
+    **_from("reops.streams.stream", "Stream run"),
+    **_from("reops.streams.source", "step source configure"),
+    **_from("reops.streams.operators", "successful failed unreachable lost partition pick "
+                                       "where then retry rolling timeout"),
     # operations
-    "exec_": "reops.steps", "sh": "reops.steps", "ls": "reops.steps",
-    "upload": "reops.steps", "download": "reops.steps", "Op": "reops.ops.base",
-    "sync": "reops.steps", "mkdir": "reops.steps", "rm": "reops.steps", "cp": "reops.steps",
-    "grep": "reops.steps", "extract": "reops.steps", "line_in_file": "reops.steps",
-    "template": "reops.steps", "pkg": "reops.steps", "service": "reops.steps",
-    "facts": "reops.steps", "metrics": "reops.steps", "listening": "reops.steps",
-    "ssh_sessions": "reops.steps", "firewall": "reops.steps",
-    "security_updates": "reops.steps", "reboot": "reops.steps", "shutdown": "reops.steps",
-    "boot_id": "reops.steps", "wait_back": "reops.steps", "collect": "reops.steps",
-    "windows": "reops.steps", "to_metrics_table": "reops.steps",
+    **_from("reops.ops.base", "Op"),
+    **_from("reops.streams.steps", "exec_ sh ls upload download sync mkdir rm cp grep extract "
+                                   "line_in_file template pkg service facts metrics listening "
+                                   "ssh_sessions firewall security_updates reboot shutdown "
+                                   "boot_id wait_back collect windows to_metrics_table"),
     # agents
-    "agents": "reops.sources.agents", "call": "reops.sources.agents",
-    "schedule": "reops.sources.agents", "agent_events": "reops.sources.agents",
+    **_from("reops.streams.agents", "agents call schedule agent_events"),
     # sinks
-    "pretty": "reops.sinks.terminal", "jsonl": "reops.sinks.jsonl",
-    "to_table": "reops.sinks.table", "save": "reops.sinks.table",
+    **_from("reops.sinks.terminal", "pretty"),
+    **_from("reops.sinks.jsonl", "jsonl"),
+    **_from("reops.sinks.table", "to_table save"),
     # flows
-    "flow": "reops.flows",
+    **_from("reops.flows", "flow"),
 }
 
 __all__ = sorted(_EXPORTS)

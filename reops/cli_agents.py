@@ -273,7 +273,7 @@ def agents_list(as_json: bool) -> None:
 
 def _list_agents(as_json: bool) -> None:
     from reops.control.client import HubNotRunning
-    from reops.sources.agents import agent_list
+    from reops.transports.agent import agent_list
 
     try:
         rows = agent_list(_settings().control_path)

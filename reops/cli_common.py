@@ -94,9 +94,9 @@ def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any
     from reops.sinks.jsonl import jsonl
     from reops.sinks.table import save
     from reops.sinks.terminal import pretty
-    from reops.streams.core import run
     from reops.streams.operators import retry, rolling
     from reops.streams.source import configure
+    from reops.streams.stream import run
 
     terminate_like_interrupt()
     settings = {k: opts[k] for k in ("forks", "connect_timeout", "command_timeout",

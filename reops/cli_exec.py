@@ -32,7 +32,7 @@ def exec_cmd(selector: str, command: tuple[str, ...], become_user: str | None,
 
     Put the command after `--`; its words run through the login shell on each host.
     """
-    from reops.ops.shell import exec_ as describe  # not reops.steps: it loads every op
+    from reops.ops.shell import exec_ as describe  # not reops.streams.steps: it loads every op
     from reops.streams.source import step
 
     exec_ = step(describe)

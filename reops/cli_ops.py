@@ -76,9 +76,9 @@ def _n(v: Any) -> str:
 
 
 def _step(path: str) -> Callable[..., Any]:
-    """`"pkg.install"` → reops.steps.pkg.install; `module:attr` elsewhere."""
+    """`"pkg.install"` → reops.streams.steps.pkg.install; `module:attr` elsewhere."""
     module, _, attr = path.rpartition(":")
-    obj: Any = importlib.import_module(module or "reops.steps")
+    obj: Any = importlib.import_module(module or "reops.streams.steps")
     for part in attr.split("."):
         obj = getattr(obj, part)
     return obj
@@ -162,7 +162,7 @@ def show(view: View, *, dry_run: bool = False) -> Any:
     import reactivex
 
     from reops.sinks.terminal import Printer
-    from reops.streams.core import Operator, Stream
+    from reops.streams.stream import Operator, Stream
 
     def apply(up: Stream) -> Stream:
         def subscribe(observer: Any, scheduler: Any = None) -> Any:
@@ -500,7 +500,7 @@ def files() -> None:
 
 
 def _sync_line(r: Result) -> str:
-    from reops.sources.rsync import sync_via
+    from reops.transports.ssh.rsync import sync_via
 
     via = sync_via(r.out)
     return (f"{len(r.data)} paths changed" if r.data else "no change") + (

@@ -19,10 +19,10 @@ from reops.core.model import Host
 from reops.core.settings import Settings
 from reops.hub.deploy import Registrations, _steps, deploy
 from reops.ops.shell import exec_
-from reops.sources.agents import agent_list
 from reops.sources.agents_lab import start_hub, wait_for_agents
-from reops.streams.core import run
 from reops.streams.source import source
+from reops.streams.stream import run
+from reops.transports.agent import agent_list
 
 
 def test_deploy_over_ssh(lab_factory: Callable[..., Any], tmp_path: Path,

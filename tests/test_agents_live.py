@@ -33,7 +33,6 @@ from reops.control.client import HubClient
 from reops.core.model import Host, Line
 from reops.core.settings import Settings
 from reops.ops.base import Op
-from reops.sources.agents import CODE_KEY, AgentExecutor, agents, ship
 from reops.sources.agents_lab import (
     LabAgents,
     LabHub,
@@ -42,6 +41,7 @@ from reops.sources.agents_lab import (
     start_hub,
     wait_for_agents,
 )
+from reops.transports.agent import CODE_KEY, AgentExecutor, agents, ship
 
 HEARTBEAT = 0.25
 MISSES = 4
@@ -385,7 +385,7 @@ def test_schedule_and_events_observables(fleet: tuple[LabHub, Path]) -> None:
     import threading
 
     from reops.core.model import Result
-    from reops.sources.agents import agent_events, schedule
+    from reops.streams.agents import agent_events, schedule
 
     hub, root = fleet
     got: list[Result] = []

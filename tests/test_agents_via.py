@@ -10,8 +10,8 @@ import pytest
 
 from reops.ops.shell import exec_
 from reops.sources.agents_lab import start_agents, start_hub, wait_for_agents
-from reops.streams.core import run
 from reops.streams.source import source
+from reops.streams.stream import run
 
 
 def test_via_auto_mixes_agents_and_ssh(lab_factory: Callable[..., Any], tmp_path: Path,

@@ -21,7 +21,6 @@ from reops.control.client import HubClient
 from reops.core.model import Host, Line
 from reops.core.settings import Settings
 from reops.ops.base import Op
-from reops.sources.agents import AgentExecutor
 from reops.sources.agents_lab import (
     LabAgents,
     LabHub,
@@ -30,6 +29,7 @@ from reops.sources.agents_lab import (
     start_hub,
     wait_for_agents,
 )
+from reops.transports.agent import AgentExecutor
 
 HEARTBEAT = 20.0  # long on purpose: a quick answer cannot come from a heartbeat miss
 MISSES = 3
@@ -111,8 +111,8 @@ async def test_big_output_is_cut_with_a_marker_on_two_agents(client: HubClient) 
 
 def test_big_output_text_is_the_same_over_ssh_and_agents(
         fleet: tuple[LabHub, Path], lab_factory: Callable[..., Any]) -> None:
-    from reops.streams.core import run
     from reops.streams.source import source
+    from reops.streams.stream import run
 
     lab_hosts = lab_factory(hosts=1).info.as_hosts()
     op = Op(name="exec", command=BIG_COMMAND)
@@ -241,7 +241,7 @@ def test_a_script_function_is_shipped_without_its_script(
 def test_what_cannot_be_shipped_is_refused_before_sending() -> None:
     import threading
 
-    from reops.sources.agents import call
+    from reops.streams.agents import call
 
     lock = threading.Lock()
 
@@ -374,8 +374,8 @@ async def test_via_auto_waits_for_a_paused_hub_without_blocking_the_loop(
     import os
     import signal
 
-    from reops.sources.agents import AutoExecutor
-    from reops.sources.ssh import SshExecutor
+    from reops.transports.agent import AutoExecutor
+    from reops.transports.ssh.executor import SshExecutor
 
     hub, _ = fleet
     assert hub.proc is not None
@@ -421,8 +421,8 @@ async def test_a_call_without_timeout_gets_the_hubs_default_deadline(tmp_path: P
 
 def test_the_right_lambda_of_a_line_is_shipped(fleet: tuple[LabHub, Path], tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from reops.sources.agents import call
-    from reops.streams.core import run
+    from reops.streams.agents import call
+    from reops.streams.stream import run
 
     hub, _ = fleet
     monkeypatch.setenv("REOPS_HOME", str(hub.home))

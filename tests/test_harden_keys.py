@@ -457,8 +457,8 @@ def test_agent_must_be_the_inventory_host(lab_factory: Any, tmp_path: Path,
     from reops.core.model import Hosts
     from reops.ops.shell import exec_
     from reops.sources.agents_lab import wait_for_agents
-    from reops.streams.core import run
     from reops.streams.source import source
+    from reops.streams.stream import run
 
     info = lab_factory(hosts=2).info
     hosts = info.as_hosts()

@@ -20,10 +20,10 @@ from reops.core.settings import Settings
 from reops.lab import LabInfo
 from reops.ops.files import download, upload
 from reops.ops.shell import exec_
-from reops.sources import ssh as ssh_source
-from reops.sources.output import Capture, cut_marker, spill_path
-from reops.sources.sftp import current_umask
-from reops.sources.ssh import SshExecutor
+from reops.transports.ssh import executor as ssh_source
+from reops.transports.ssh.executor import SshExecutor
+from reops.transports.ssh.output import Capture, cut_marker, spill_path
+from reops.transports.ssh.sftp import current_umask
 
 T = TypeVar("T")
 

@@ -27,8 +27,8 @@ from reops.ops.base import Op
 from reops.ops.files import sync as sync_op
 from reops.ops.service import SYSTEMD_RUN_DIR
 from reops.ops.text import EX_UNAVAILABLE, marker, script
-from reops.sources.rsync import local_rsync_argv, sync_via
-from reops.steps import (
+from reops.streams.source import source
+from reops.streams.steps import (
     boot_id,
     collect,
     cp,
@@ -53,8 +53,8 @@ from reops.steps import (
     wait_back,
     windows,
 )
-from reops.streams.core import Stream
-from reops.streams.source import source
+from reops.streams.stream import Stream
+from reops.transports.ssh.rsync import local_rsync_argv, sync_via
 
 FAST = Settings(connect_timeout=10.0, command_timeout=60.0)
 

@@ -16,7 +16,7 @@ import msgspec
 from reops import Host, Hosts, exec_, run
 from reops.core.settings import Settings
 from reops.lab import LabInfo
-from reops.steps import download, ls, upload
+from reops.streams.steps import download, ls, upload
 
 FAST = Settings(connect_timeout=5.0)
 
@@ -222,7 +222,7 @@ def test_ctrl_c_returns_partial_outcome(lab: LabInfo, tmp_path: Path) -> None:
 
 def test_idle_connections_close_after_idle_timeout(lab: LabInfo) -> None:
     from reops.core.runtime import get_runtime
-    from reops.sources.ssh import SshExecutor
+    from reops.transports.ssh.executor import SshExecutor
 
     host = lab_hosts(lab)["cache5"]
     settings = Settings(idle_timeout=0.3)

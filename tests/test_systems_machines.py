@@ -227,9 +227,9 @@ async def test_provisioning_seam_runs_after_boot(tmp_path: Path) -> None:
 async def test_physical_status_and_shutdown_over_executors(tmp_path: Path) -> None:
     """Reachability over real SSH (nothing listens: stopped); shutdown's command via DryRun."""
     from reops.core.settings import Settings
-    from reops.sources.ssh import SshExecutor
     from reops.streams.source import DryRun
     from reops.systems.physical import over
+    from reops.transports.ssh.executor import SshExecutor
 
     settings = Settings(connect_timeout=5)
     ssh = SshExecutor(settings)

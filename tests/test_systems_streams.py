@@ -10,9 +10,9 @@ from systems_fixtures import config_toml
 
 from reops.core.model import Host, Hosts, Line, Result
 from reops.core.runtime import get_runtime
-from reops.streams.core import Stream, run
 from reops.streams.operators import then
 from reops.streams.source import DryRun
+from reops.streams.stream import Stream, run
 from reops.systems.api import connect
 from reops.systems.model import MachinesError
 from reops.systems.streams import create, machines
@@ -22,7 +22,7 @@ def seen_address(hosts: Hosts) -> Stream:
     """A next step that reports the address it was given (no network needed)."""
     from reops.core.settings import Settings
     from reops.ops.base import Op
-    from reops.streams.core import fanout
+    from reops.streams.stream import fanout
 
     async def one(host: Host, on_line: Callable[[Line], None] | None) -> Result:
         op = Op(name="where", command=f"echo {host.address}")

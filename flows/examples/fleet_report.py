@@ -28,7 +28,7 @@ def fleet_report(selector: str = "all", inventory: Path = Path("lab/inventory.to
     from rich.table import Table
 
     from reops.ops.facts import Facts
-    from reops.steps import facts
+    from reops.streams.steps import facts
 
     hosts = load_inventory(inventory).select(selector)
     out = run(facts(hosts, "os", "hardware", "uptime") | pretty(tail=0))

@@ -183,7 +183,7 @@ async def _deploy_host(host: Host, ops: list[Op], settings: Settings,
                        bound: asyncio.Semaphore, registrations: Registrations,
                        register_timeout: float) -> Result:
     from reops.core.runtime import get_runtime
-    from reops.sources.ssh import SshExecutor
+    from reops.transports.ssh.executor import SshExecutor
 
     ssh = get_runtime().resource("ssh", SshExecutor)
     started, t0 = time.time(), time.monotonic()

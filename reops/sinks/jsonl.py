@@ -11,7 +11,7 @@ import reactivex
 from reactivex import abc
 
 from reops.core.model import Event, Result
-from reops.streams.core import Operator, Stream
+from reops.streams.stream import Operator, Stream
 
 _encoder = msgspec.json.Encoder()
 

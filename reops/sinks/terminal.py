@@ -20,7 +20,7 @@ from reactivex.disposable import Disposable
 
 from reops.core.model import Event, Line, Result
 from reops.core.runtime import SHUTDOWN_GRACE_S, get_runtime, terminated
-from reops.streams.core import Operator, Stream
+from reops.streams.stream import Operator, Stream
 
 #: a fan-out shows a progress bar only when it takes longer than this
 PROGRESS_AFTER_S = 0.5

@@ -28,8 +28,8 @@ from reops.core.model import Host, Hosts, Result, failure_result
 from reops.core.runtime import get_runtime
 from reops.core.settings import Settings
 from reops.ops import metrics as _metrics
-from reops.sources.base import Executor
 from reops.streams.source import Via, as_hosts, chooser, defaults
+from reops.transports.base import Executor
 
 if TYPE_CHECKING:
     import polars as pl

@@ -21,8 +21,8 @@ from reactivex.disposable import CompositeDisposable, Disposable
 
 from reops.core.model import Event, Hosts, Line, Outcome, Result, failure_result
 from reops.core.runtime import get_runtime
-from reops.streams.core import Operator, Stream
 from reops.streams.source import as_step
+from reops.streams.stream import Operator, Stream
 
 Predicate = Callable[[Result], bool]
 

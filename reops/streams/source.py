@@ -19,8 +19,8 @@ from reops.core.model import Host, Hosts, Line, Result
 from reops.core.runtime import get_runtime
 from reops.core.settings import Settings, load_settings
 from reops.ops.base import Op
-from reops.sources.base import Executor
-from reops.streams.core import Stream, fanout
+from reops.streams.stream import Stream, fanout
+from reops.transports.base import Executor
 
 Via = Literal["ssh", "agent", "auto"]
 
@@ -54,13 +54,13 @@ def configure(*, via: Via | None = None, lines: bool | None = None,
 
 
 def _ssh() -> Executor:
-    from reops.sources.ssh import SshExecutor
+    from reops.transports.ssh.executor import SshExecutor
 
     return get_runtime().resource("ssh", SshExecutor)
 
 
 def _agent() -> Executor:
-    from reops.sources.agents import AgentExecutor
+    from reops.transports.agent import AgentExecutor
 
     return get_runtime().resource("agent", AgentExecutor)
 
@@ -101,7 +101,7 @@ def chooser(via: Via, dry_run: bool) -> Callable[[Host], Executor]:
     agent = _agent()
     if via == "agent":
         return lambda h: agent
-    from reops.sources.agents import AgentExecutor, AutoExecutor
+    from reops.transports.agent import AgentExecutor, AutoExecutor
 
     # the choice awaits the hub's list of agents: the event loop never blocks on it
     auto = AutoExecutor(get_runtime().resource("agent", AgentExecutor), _ssh())

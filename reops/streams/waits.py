@@ -21,9 +21,9 @@ from reops.core.model import UNREACHED, Host, Hosts, Line, Result
 from reops.core.settings import Settings
 from reops.ops import power
 from reops.ops.base import Op
-from reops.sources.base import Executor
-from reops.streams.core import Stream, fanout
 from reops.streams.source import Via, as_hosts, chooser, defaults, source
+from reops.streams.stream import Stream, fanout
+from reops.transports.base import Executor
 
 #: how long a host may take to come back before its Result is a timeout
 REBOOT_TIMEOUT_S = 600.0

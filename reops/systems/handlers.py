@@ -147,7 +147,7 @@ class Handlers:
             if self.shutdown is None:
                 raise MachinesError(
                     f"stopping {s.hostname} needs SSH: no shutdown seam wired "
-                    "(Machines(shutdown=...) from reops.sources.ssh)")
+                    "(Machines(shutdown=...) from reops.transports.ssh.executor)")
             r = await self.shutdown(s)
             # a host going down may cut the connection before `shutdown` reports its exit
             # status: "lost" here means the command was sent, which is what stop asked for

@@ -1,6 +1,6 @@
 """Physical machines over SSH: the shutdown and reachability seams from any Executor.
 
-    from reops.sources.ssh import SshExecutor
+    from reops.transports.ssh.executor import SshExecutor
     shutdown, reachable = over(SshExecutor(settings), settings)
     Machines.open(shutdown=shutdown, reachable=reachable)
 
@@ -15,10 +15,10 @@ from pathlib import Path
 from reops.core.model import Result
 from reops.core.settings import Settings, load_settings
 from reops.ops.base import Op
-from reops.sources.base import Executor
 from reops.systems.handlers import ReachableSeam, ShutdownSeam
 from reops.systems.machines import Machines, to_hosts
 from reops.systems.model import System
+from reops.transports.base import Executor
 
 SHUTDOWN = Op(name="shutdown", command="shutdown -h now", sudo=True)
 PROBE = Op(name="reachable", command="true")
@@ -39,7 +39,7 @@ def over(executor: Executor, settings: Settings) -> tuple[ShutdownSeam, Reachabl
 
 def open_machines(root: Path | None = None) -> Machines:
     """Machines with physical machines handled over SSH (settings from config.toml)."""
-    from reops.sources.ssh import SshExecutor
+    from reops.transports.ssh.executor import SshExecutor
 
     settings = load_settings()
     ssh = SshExecutor(settings)

@@ -41,8 +41,8 @@ def load_recipe(spec: str) -> Callable[..., Any]:
 
 def _outcome(made: Any, hosts: Any) -> Outcome:
     from reops.ops.base import Op
-    from reops.streams.core import Stream, run
     from reops.streams.source import source
+    from reops.streams.stream import Stream, run
 
     if isinstance(made, Op):
         made = source(hosts, made)

@@ -27,8 +27,8 @@ from reops.core.settings import Settings
 from reops.ops.base import Op
 from reops.ops.files import rsync_argv
 from reops.ops.text import MARK, sections
-from reops.sources.sftp import bounded_sftp
-from reops.sources.sshlib import asyncssh
+from reops.transports.ssh.sftp import bounded_sftp
+from reops.transports.ssh.sshlib import asyncssh
 
 #: the section of `Result.out` naming the path taken (rsync | sftp)
 VIA_SECTION = "sync-via"

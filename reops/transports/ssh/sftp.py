@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from reops.sources.sshlib import asyncssh
+from reops.transports.ssh.sshlib import asyncssh
 
 T = TypeVar("T")
 

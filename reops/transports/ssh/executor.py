@@ -28,10 +28,10 @@ from typing import Any
 from reops.core.model import UNREACHED, Host, Result, Status, failure_result
 from reops.core.settings import Settings
 from reops.ops.base import Op
-from reops.sources.base import LineSink
-from reops.sources.output import Capture, LineSplitter, StreamName, spill_path
-from reops.sources.sftp import bounded_sftp, current_umask, host_download_dir, mask_tree
-from reops.sources.sshlib import asyncssh
+from reops.transports.base import LineSink
+from reops.transports.ssh.output import Capture, LineSplitter, StreamName, spill_path
+from reops.transports.ssh.sftp import bounded_sftp, current_umask, host_download_dir, mask_tree
+from reops.transports.ssh.sshlib import asyncssh
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 
@@ -117,7 +117,7 @@ class _Caches:
 
 
 class SshExecutor:
-    """The SSH transport: implements `reops.sources.base.Executor`."""
+    """The SSH transport: implements `reops.transports.base.Executor`."""
 
     transport = "ssh"
 
@@ -386,7 +386,7 @@ class SshExecutor:
         on_line: LineSink | None, started: float, t0: float,
     ) -> Result:
         if op.name == "files.sync":  # rsync when both ends have it, else SFTP
-            from reops.sources.rsync import run_sync
+            from reops.transports.ssh.rsync import run_sync
             return await run_sync(host, op, settings, conn)
         if op.kind == "shell":
             return await self._shell(host, op, settings, conn, on_line, started, t0)

@@ -1,0 +1,1 @@
+"""L2: executors that run an Op on a host and return Results."""

@@ -1,0 +1,1 @@
+"""The SSH executor: pool, host keys, sftp, rsync, bounded output."""
