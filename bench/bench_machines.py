@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from systems_fixtures import node_uri, qemu_root
 
+from reops.store.model import Job
+from reops.store.queue import JobQueue
+from reops.store.sqlite import Store
 from reops.systems.config import load_machines_config
 from reops.systems.machines import Machines
-from reops.systems.model import Job
-from reops.systems.queue import JobQueue
-from reops.systems.store import Store
 
 
 def pct(values: list[float], q: float) -> float:

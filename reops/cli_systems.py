@@ -22,9 +22,9 @@ import msgspec
 
 from reops.cli import UserError
 from reops.core.selector import SelectorError
+from reops.store.model import Job, JobEvent, JobEventKind, JobOp, MachinesError, System, short
 from reops.systems.api import MachinesAPI, connect
-from reops.systems.libvirt_events import HypervisorEvent
-from reops.systems.model import Job, JobEvent, JobEventKind, JobOp, MachinesError, System, short
+from reops.systems.libvirt.events import HypervisorEvent
 
 T = TypeVar("T")
 

@@ -20,12 +20,12 @@ import pytest
 from systems_fixtures import config_toml
 
 from reops.core.model import Result
-from reops.sources.hypervisor import in_thread
+from reops.store.model import Job, System, Type
+from reops.store.queue import JobQueue, QueueLock
+from reops.store.sqlite import Store
 from reops.systems.config import load_machines_config
+from reops.systems.libvirt.hypervisor import in_thread
 from reops.systems.machines import Machines
-from reops.systems.model import Job, System, Type
-from reops.systems.queue import JobQueue, QueueLock
-from reops.systems.store import Store
 
 #: bound on waiting for a job in these tests: reaching it means the behaviour is wrong
 WAIT = 60.0
@@ -88,8 +88,8 @@ def test_a_loose_store_file_is_tightened_on_open(tmp_path: Path) -> None:
 
 RUNNER = textwrap.dedent("""
     import asyncio, sys
-    from reops.systems.queue import JobQueue, QueueLock
-    from reops.systems.store import Store
+    from reops.store.queue import JobQueue, QueueLock
+    from reops.store.sqlite import Store
 
     async def main():
         async def hang(job):

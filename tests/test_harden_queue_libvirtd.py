@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from reops.store.model import MachinesError
 from reops.systems.config import load_machines_config
-from reops.systems.libvirt_quiet import libvirt
+from reops.systems.libvirt.quiet import libvirt
 from reops.systems.machines import Machines
-from reops.systems.model import MachinesError
 
 pytestmark = pytest.mark.skipif(shutil.which("libvirtd") is None, reason="needs libvirtd")
 

@@ -16,10 +16,10 @@ import libvirt
 import pytest
 from systems_fixtures import node_uri, qemu_root
 
-from reops.sources.hypervisor import Hypervisor
-from reops.systems.domain_xml import DomainSpec, mac_for, system_id_of
-from reops.systems.libvirt_events import HypervisorEvent
-from reops.systems.model import MachinesError, new_id
+from reops.store.model import MachinesError, new_id
+from reops.systems.libvirt.domain_xml import DomainSpec, mac_for, system_id_of
+from reops.systems.libvirt.events import HypervisorEvent
+from reops.systems.libvirt.hypervisor import Hypervisor
 
 
 @pytest.fixture

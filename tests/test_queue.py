@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from reops.systems.model import Job, JobEvent, MachinesError
-from reops.systems.queue import JobQueue
-from reops.systems.store import Store
+from reops.store.model import Job, JobEvent, MachinesError
+from reops.store.queue import JobQueue
+from reops.store.sqlite import Store
 
 
 @pytest.fixture
@@ -110,8 +110,8 @@ async def test_one_runner_per_store(store: Store, gate_queue: tuple[JobQueue, Ga
 
 RUNNER = textwrap.dedent("""
     import asyncio, sys
-    from reops.systems.queue import JobQueue
-    from reops.systems.store import Store
+    from reops.store.queue import JobQueue
+    from reops.store.sqlite import Store
 
     async def main():
         store = Store(sys.argv[1])

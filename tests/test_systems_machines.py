@@ -11,10 +11,10 @@ import pytest
 from systems_fixtures import config_toml
 
 from reops.core.model import Result
+from reops.store.model import JobEvent, MachinesError, System
 from reops.systems.config import load_machines_config
-from reops.systems.libvirt_events import HypervisorEvent
+from reops.systems.libvirt.events import HypervisorEvent
 from reops.systems.machines import Machines
-from reops.systems.model import JobEvent, MachinesError, System
 
 
 def open_machines(tmp_path: Path, shutdown: object = None) -> Machines:
@@ -202,7 +202,7 @@ async def test_hosts_bridge_reads_the_store(m: Machines, tmp_path: Path) -> None
 
 
 async def test_provisioning_seam_runs_after_boot(tmp_path: Path) -> None:
-    from reops.systems.model import Type
+    from reops.store.model import Type
 
     ran: list[tuple[str, str | None]] = []
 
@@ -228,7 +228,7 @@ async def test_physical_status_and_shutdown_over_executors(tmp_path: Path) -> No
     """Reachability over real SSH (nothing listens: stopped); shutdown's command via DryRun."""
     from reops.core.settings import Settings
     from reops.streams.source import DryRun
-    from reops.systems.physical import over
+    from reops.systems.physical.ssh import over
     from reops.transports.ssh.executor import SshExecutor
 
     settings = Settings(connect_timeout=5)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from systems_fixtures import qemu_root
 
+from reops.store.model import MachinesError
 from reops.systems.config import load_machines_config
 from reops.systems.machines import Machines
-from reops.systems.model import MachinesError
 
 
 def _why_not() -> str | None:

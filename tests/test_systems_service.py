@@ -93,9 +93,9 @@ def test_cli_through_the_hub_keeps_machines_alive(hub: HubThread) -> None:
 
 async def test_api_through_the_hub(hub: HubThread) -> None:
     from reops.control.client import HubClient
+    from reops.store.model import JobEvent, MachinesError
     from reops.systems.api import HubMachines
-    from reops.systems.libvirt_events import HypervisorEvent
-    from reops.systems.model import JobEvent, MachinesError
+    from reops.systems.libvirt.events import HypervisorEvent
 
     api = HubMachines(HubClient(hub.settings.control_path))
     try:

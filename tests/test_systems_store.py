@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from reops.core.selector import SelectorError
-from reops.systems import wol
-from reops.systems.model import Job, Machine, MachinesError, Placement, System, Type, new_id
+from reops.store.model import Job, Machine, MachinesError, Placement, System, Type, new_id
+from reops.store.sqlite import MIGRATIONS, Store
+from reops.systems.physical import wol
 from reops.systems.presets import resolve
 from reops.systems.select import select
-from reops.systems.store import MIGRATIONS, Store
 
 
 def system(hostname: str, type_: str = "redis", *, ip: str | None = None, hyp: str = "lab",

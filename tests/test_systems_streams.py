@@ -10,11 +10,11 @@ from systems_fixtures import config_toml
 
 from reops.core.model import Host, Hosts, Line, Result
 from reops.core.runtime import get_runtime
+from reops.store.model import MachinesError
 from reops.streams.operators import then
 from reops.streams.source import DryRun
 from reops.streams.stream import Stream, run
 from reops.systems.api import connect
-from reops.systems.model import MachinesError
 from reops.systems.streams import create, machines
 
 

@@ -8,7 +8,7 @@
         (await m.hypervisor_events()).subscribe(print)   # domain lifecycle events
         m.hosts("typed:redis & running")                 # Hosts for SSH/agent ops
 
-Names load lazily: `reops.sources.hypervisor` imports leaf modules of this package.
+Names load lazily: `reops.systems.libvirt.hypervisor` imports leaf modules of this package.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any
 
 _EXPORTS: dict[str, str] = {
     "Machines": "reops.systems.machines", "to_hosts": "reops.systems.machines",
-    "System": "reops.systems.model", "Type": "reops.systems.model",
-    "Job": "reops.systems.model", "JobEvent": "reops.systems.model",
-    "MachinesError": "reops.systems.model", "Spec": "reops.systems.presets",
+    "System": "reops.store.model", "Type": "reops.store.model",
+    "Job": "reops.store.model", "JobEvent": "reops.store.model",
+    "MachinesError": "reops.store.model", "Spec": "reops.systems.presets",
     "resolve": "reops.systems.presets",
-    "Store": "reops.systems.store", "JobQueue": "reops.systems.queue",
-    "HypervisorEvent": "reops.systems.libvirt_events", "hosts": "reops.systems.bridge",
+    "Store": "reops.store.sqlite", "JobQueue": "reops.store.queue",
+    "HypervisorEvent": "reops.systems.libvirt.events", "hosts": "reops.systems.bridge",
     "connect": "reops.systems.api", "setup": "reops.systems.service",
     "hypervisor_events": "reops.systems.live", "systems": "reops.systems.live",
     "create": "reops.systems.streams",

@@ -15,9 +15,9 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from reops.systems.libvirt_events import HypervisorEvent
+from reops.store.model import Job, JobEvent, JobOp, MachinesError, System, Type
+from reops.systems.libvirt.events import HypervisorEvent
 from reops.systems.machines import Machines
-from reops.systems.model import Job, JobEvent, JobOp, MachinesError, System, Type
 
 T = TypeVar("T")
 
@@ -294,7 +294,7 @@ async def connect(root: Path | None = None, *, hub: bool | None = None,
             await client.close()
             if hub:
                 raise
-    from reops.systems.physical import open_machines
+    from reops.systems.physical.ssh import open_machines
 
     local = LocalMachines(open_machines(root))
     if not queue:

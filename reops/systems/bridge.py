@@ -10,9 +10,9 @@ from pathlib import Path
 
 from reops.core.model import Hosts
 from reops.core.settings import home
+from reops.store.sqlite import Store
 from reops.systems.machines import to_hosts
 from reops.systems.select import select
-from reops.systems.store import Store
 
 
 def hosts(selector: str = "running", root: Path | None = None) -> Hosts:

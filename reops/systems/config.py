@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from reops.core.settings import config_path, home
-from reops.systems.model import MachinesError, ProviderKind
+from reops.store.model import MachinesError, ProviderKind
 
 
 class HypervisorConfig(msgspec.Struct, frozen=True, kw_only=True):

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from reops.core.model import Result
-from reops.sources.hypervisor import Hypervisor
-from reops.systems import wol
-from reops.systems.domain_xml import DomainSpec, mac_for
-from reops.systems.model import Job, Machine, MachinesError, Placement, System, Type, new_id
-from reops.systems.queue import Done, Handler
+from reops.store.model import Job, Machine, MachinesError, Placement, System, Type, new_id
+from reops.store.queue import Done, Handler
+from reops.systems.libvirt.domain_xml import DomainSpec, mac_for
+from reops.systems.libvirt.hypervisor import Hypervisor
+from reops.systems.physical import wol
 
 if TYPE_CHECKING:
     from reops.systems.machines import Machines
@@ -248,7 +248,7 @@ class Handlers:
         """Physical machines' state is whether they answer over SSH."""
         if self.reachable is None:
             raise MachinesError(f"syncing {name!r} needs SSH: no reachability seam wired "
-                                "(Machines(reachable=...), see reops.systems.physical)")
+                                "(Machines(reachable=...), see reops.systems.physical.ssh)")
         chosen = [s for s in self.m.store.systems() if s.placement.hypervisor == name]
         states = await asyncio.gather(*(self._sync_physical_one(s) for s in chosen))
         return {"running": [s.hostname for s, st in zip(chosen, states, strict=True)

@@ -18,9 +18,9 @@ from reactivex.abc import ObserverBase, SchedulerBase
 from reactivex.disposable import Disposable
 
 from reops.core.runtime import get_runtime
+from reops.store.model import System
 from reops.systems.api import connect
-from reops.systems.libvirt_events import HypervisorEvent
-from reops.systems.model import System
+from reops.systems.libvirt.events import HypervisorEvent
 
 
 def hypervisor_events(*names: str, on_ready: Callable[[], None] | None = None,

@@ -21,11 +21,7 @@ import reactivex as rx
 
 from reops.core.model import Host, Hosts
 from reops.core.settings import home
-from reops.sources.hypervisor import Hypervisor
-from reops.systems.config import MachinesConfig, load_machines_config
-from reops.systems.handlers import Handlers, ProvisionSeam, ReachableSeam, ShutdownSeam
-from reops.systems.libvirt_events import HypervisorEvent
-from reops.systems.model import (
+from reops.store.model import (
     Job,
     JobEvent,
     JobOp,
@@ -38,10 +34,14 @@ from reops.systems.model import (
     new_id,
     short,
 )
+from reops.store.queue import JobQueue
+from reops.store.sqlite import Store
+from reops.systems.config import MachinesConfig, load_machines_config
+from reops.systems.handlers import Handlers, ProvisionSeam, ReachableSeam, ShutdownSeam
+from reops.systems.libvirt.events import HypervisorEvent
+from reops.systems.libvirt.hypervisor import Hypervisor
 from reops.systems.presets import Spec, resolve
-from reops.systems.queue import JobQueue
 from reops.systems.select import select as select_systems
-from reops.systems.store import Store
 
 #: operations on existing systems that need a confirmation on a TTY unless --force
 DESTRUCTIVE: frozenset[str] = frozenset({"destroy", "reload", "clear", "revert", "stop"})

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from reops.systems.model import MachinesError, Volume
+from reops.store.model import MachinesError, Volume
 
 #: sizes like cloud flavours: cpu, ram (MiB), root disk (GB)
 SIZES: dict[str, dict[str, Any]] = {

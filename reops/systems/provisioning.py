@@ -21,9 +21,9 @@ from typing import Any
 
 from reops.core.model import Outcome, Result
 from reops.core.pyfile import import_file
+from reops.store.model import MachinesError, System, Type
 from reops.systems.handlers import ProvisionSeam
 from reops.systems.machines import to_hosts
-from reops.systems.model import MachinesError, System, Type
 
 
 def load_recipe(spec: str) -> Callable[..., Any]:

@@ -12,7 +12,7 @@ import fnmatch
 from collections.abc import Sequence
 
 from reops.core.selector import AtomFactory, Predicate, SelectorError, compile, hint, is_glob
-from reops.systems.model import MIN_PREFIX, System
+from reops.store.model import MIN_PREFIX, System
 
 FIELDS = ("hostname", "type", "os", "hypervisor", "state", "ip", "user", "domain", "cpu", "ram")
 

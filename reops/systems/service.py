@@ -17,9 +17,9 @@ from typing import Any, Protocol
 import msgspec
 
 from reops.core.selector import SelectorError
-from reops.sources.hypervisor import Hypervisor
+from reops.store.model import Job, JobEvent, MachinesError
+from reops.systems.libvirt.hypervisor import Hypervisor
 from reops.systems.machines import Machines
-from reops.systems.model import Job, JobEvent, MachinesError
 
 log = logging.getLogger("reops.systems")
 
@@ -195,7 +195,7 @@ def attach(controller: Controller) -> asyncio.Task[None]:
     async def run() -> None:
         m: Machines | None = None
         try:
-            from reops.systems.physical import open_machines
+            from reops.systems.physical.ssh import open_machines
 
             m = open_machines()
             await setup(controller, m, service)

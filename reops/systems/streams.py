@@ -18,10 +18,10 @@ from typing import Any
 
 from reops.core.model import Host, Hosts, Line, Result, Status, failure_result
 from reops.core.runtime import get_runtime
+from reops.store.model import Job, JobOp, System
 from reops.streams.stream import Stream, fanout
 from reops.systems.api import MachinesAPI, connect
 from reops.systems.machines import to_hosts
-from reops.systems.model import Job, JobOp, System
 
 
 def _api() -> MachinesAPI:

@@ -3,10 +3,10 @@
 Blocking libvirt calls run in threads of their own so the runtime loop never stalls and a
 call a hung libvirtd never answers can be abandoned (the job's deadline) without starving
 the loop's executor or holding the process open at exit. Events come from libvirt's event
-thread (see `reops.systems.libvirt_events`) onto this connection's loop and out as an
+thread (see `reops.systems.libvirt.events`) onto this connection's loop and out as an
 Observable of `HypervisorEvent`. Methods are idempotent where they can be (create reuses
 existing volumes and domains, destroy of a missing domain is done); which jobs may run
-again after a crash is the queue's decision (reops.systems.queue.IDEMPOTENT).
+again after a crash is the queue's decision (reops.store.queue.IDEMPOTENT).
 """
 
 from __future__ import annotations
@@ -26,23 +26,23 @@ import reactivex as rx
 from reactivex import operators as ops
 from reactivex.subject import Subject
 
-from reops.systems.domain_xml import (
+from reops.store.model import MachinesError
+from reops.systems.libvirt.domain_xml import (
     DiskSpec,
     DomainInfo,
     DomainSpec,
     domain_xml,
     parse_domain,
 )
-from reops.systems.libvirt_events import (
+from reops.systems.libvirt.events import (
     EVENT_THREAD,
     NETWORK_EVENTS,
     POOL_EVENTS,
     HypervisorEvent,
     domain_event_names,
 )
-from reops.systems.libvirt_quiet import libvirt
-from reops.systems.model import MachinesError
-from reops.systems.pools import DirPool, LibvirtPool, Pool
+from reops.systems.libvirt.pools import DirPool, LibvirtPool, Pool
+from reops.systems.libvirt.quiet import libvirt
 
 T = TypeVar("T")
 

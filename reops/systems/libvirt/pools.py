@@ -12,9 +12,9 @@ import subprocess
 from pathlib import Path
 from typing import Protocol
 
-from reops.systems.domain_xml import volume_xml
-from reops.systems.libvirt_quiet import libvirt
-from reops.systems.model import MachinesError
+from reops.store.model import MachinesError
+from reops.systems.libvirt.domain_xml import volume_xml
+from reops.systems.libvirt.quiet import libvirt
 
 
 class Pool(Protocol):

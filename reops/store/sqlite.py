@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import msgspec
 
-from reops.systems.model import MIN_PREFIX, Job, JobState, MachinesError, System, Type
+from reops.store.model import MIN_PREFIX, Job, JobState, MachinesError, System, Type
 
 T = TypeVar("T")
 

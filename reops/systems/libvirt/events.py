@@ -16,7 +16,7 @@ from typing import Literal
 
 import msgspec
 
-from reops.systems.libvirt_quiet import libvirt
+from reops.systems.libvirt.quiet import libvirt
 
 EventKind = Literal["domain", "network", "pool"]
 

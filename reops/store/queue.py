@@ -27,7 +27,7 @@ import msgspec
 import reactivex as rx
 from reactivex.subject import Subject
 
-from reops.systems.model import (
+from reops.store.model import (
     Job,
     JobEvent,
     JobEventKind,
@@ -36,7 +36,7 @@ from reops.systems.model import (
     System,
     new_id,
 )
-from reops.systems.store import Store
+from reops.store.sqlite import Store
 
 
 class Done(msgspec.Struct, frozen=True, kw_only=True):

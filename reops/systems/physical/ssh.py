@@ -4,7 +4,7 @@
     shutdown, reachable = over(SshExecutor(settings), settings)
     Machines.open(shutdown=shutdown, reachable=reachable)
 
-Start is Wake-on-LAN (reops.systems.wol); stop runs `shutdown -h now` with sudo; status
+Start is Wake-on-LAN (reops.systems.physical.wol); stop runs `shutdown -h now` with sudo; status
 is whether the machine answers a trivial command.
 """
 
@@ -15,9 +15,9 @@ from pathlib import Path
 from reops.core.model import Result
 from reops.core.settings import Settings, load_settings
 from reops.ops.base import Op
+from reops.store.model import System
 from reops.systems.handlers import ReachableSeam, ShutdownSeam
 from reops.systems.machines import Machines, to_hosts
-from reops.systems.model import System
 from reops.transports.base import Executor
 
 SHUTDOWN = Op(name="shutdown", command="shutdown -h now", sudo=True)

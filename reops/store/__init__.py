@@ -1,0 +1,1 @@
+"""L4: the durable store (SQLite) and the job queue, with their record types."""

@@ -1,0 +1,1 @@
+"""libvirt hypervisors: connection, events, pools, domain XML."""

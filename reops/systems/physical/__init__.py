@@ -1,0 +1,1 @@
+"""Physical machines: power and reachability over SSH, Wake-on-LAN."""
