@@ -29,7 +29,7 @@ from reops_agent.protocol import Beat, Call, Done, Hello, Unknown, decode_hub, e
 
 from reops.control.client import HubClient
 from reops.hub.keystore import KeyStore
-from reops.sources.agents_lab import await_agents, start_agents, start_hub
+from reops.lab.agents import await_agents, start_agents, start_hub
 
 
 def rss_kb(pid: int) -> int:
@@ -78,7 +78,7 @@ def cli_exec(names: list[str], root: Path, env: dict[str, str]) -> float:
     inv = root / "inventory.toml"
     inv.write_text("".join(f'[hosts.{n}]\naddress = "127.0.0.1"\n' for n in names))
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "reops.cli", "exec", "-i", str(inv), "all",
+    out = subprocess.run([sys.executable, "-m", "reops.cli.main", "exec", "-i", str(inv), "all",
                           "--via", "agent", "-o", "json", "--", "uname", "-a"],
                          env=env, capture_output=True)
     took = time.perf_counter() - t0

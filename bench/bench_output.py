@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from reops.core.settings import Settings
-from reops.lab import Lab
+from reops.lab.fleet import Lab
 from reops.ops.shell import exec_
 from reops.transports.ssh.executor import SshExecutor
 

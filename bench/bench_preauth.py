@@ -32,7 +32,7 @@ from reops_agent.keys import load_keypair
 from reops_agent.protocol import Hello, decode_hub, encode
 
 from reops.control.client import HubClient
-from reops.sources.agents_lab import LabHub, start_hub
+from reops.lab.agents import LabHub, start_hub
 
 
 def rss_kb(pid: int) -> int:

@@ -535,10 +535,10 @@ def measure(tools: list[Tool], fleet: Fleet, repeat: int, scratch: Path, keep: s
 
 
 def startup(scratch: Path) -> dict[str, Any]:
-    """Median wall of `reops exec --help` and of importing reops.cli (10 runs each)."""
+    """Median wall of `reops exec --help` and of importing reops.cli.main (10 runs each)."""
     cases = {
         "reops exec --help": [str(REOPS), "exec", "--help"],
-        "python -c 'import reops.cli'": [str(MAIN_PY), "-c", "import reops.cli"],
+        "python -c 'import reops.cli.main'": [str(MAIN_PY), "-c", "import reops.cli.main"],
         "python -c 'pass' (interpreter alone)": [str(MAIN_PY), "-c", "pass"],
     }
     out: dict[str, Any] = {}
@@ -551,7 +551,7 @@ def startup(scratch: Path) -> dict[str, Any]:
             walls.append(r.wall)
         out[name] = statistics.median(walls) * 1000
         log(f"startup {name}: {out[name]:.1f} ms")
-    r = run_process([str(MAIN_PY), "-X", "importtime", "-c", "import reops.cli"], timeout=60)
+    r = run_process([str(MAIN_PY), "-X", "importtime", "-c", "import reops.cli.main"], timeout=60)
     rows = []
     for line in r.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
@@ -770,7 +770,7 @@ def report(args: argparse.Namespace, info: dict[str, Any], cold: dict[int, list[
         L += ["## Start-up", "", f"Median of {STARTUP_RUNS} runs each.", "",
               "| command | median ms |", "|---|---:|"]
         L += [f"| `{k}` | {v:.1f} |" for k, v in start.items() if k != "importtime_top"]
-        L += ["", "Largest imports of `import reops.cli` (`python -X importtime`, "
+        L += ["", "Largest imports of `import reops.cli.main` (`python -X importtime`, "
               "cumulative):", "", "| module | cumulative ms | self ms |", "|---|---:|---:|"]
         L += [f"| {r['module']} | {r['cumulative_ms']:.1f} | {r['self_ms']:.1f} |"
               for r in start["importtime_top"]]
@@ -866,7 +866,7 @@ def main() -> int:
     ensure_bench_venv()
     become_subreaper()
     sys.path.insert(0, str(REPO))
-    from reops.lab import Lab
+    from reops.lab.fleet import Lab
 
     scratch = Path(tempfile.mkdtemp(prefix="reops-bench-"))
     (scratch / "home").mkdir()

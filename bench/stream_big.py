@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from reops.lab import Lab
+from reops.lab.fleet import Lab
 
 
 def measure(cmd: list[str], env: dict[str, str], slow: bool

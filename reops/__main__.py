@@ -1,5 +1,5 @@
 """`python -m reops` is the `reops` command."""
 
-from reops.cli import main
+from reops.cli.main import main
 
 main()

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from reops.lab import FIRST_ADDRESS, Lab, LabError, LabInfo
+from reops.lab.fleet import FIRST_ADDRESS, Lab, LabError, LabInfo
 
 #: a fixed port for the test labs (unset: a free ephemeral port per lab)
 PINNED_PORT = int(os.environ.get("REOPS_TEST_PORT", "0"))

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from reops.cli import main
-from reops.sources.agents_lab import LabHub, start_agents, start_hub, wait_for_agents
+from reops.cli.main import main
+from reops.lab.agents import LabHub, start_agents, start_hub, wait_for_agents
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from reops.control.identity import connect_from
 from reops.core.model import Host
 from reops.core.settings import Settings
 from reops.hub.deploy import Registrations, _steps, deploy
+from reops.lab.agents import start_hub, wait_for_agents
 from reops.ops.shell import exec_
-from reops.sources.agents_lab import start_hub, wait_for_agents
 from reops.streams.source import source
 from reops.streams.stream import run
 from reops.transports.agent import agent_list

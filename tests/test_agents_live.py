@@ -32,8 +32,7 @@ from reops_agent.protocol import (
 from reops.control.client import HubClient
 from reops.core.model import Host, Line
 from reops.core.settings import Settings
-from reops.ops.base import Op
-from reops.sources.agents_lab import (
+from reops.lab.agents import (
     LabAgents,
     LabHub,
     await_agents,
@@ -41,6 +40,7 @@ from reops.sources.agents_lab import (
     start_hub,
     wait_for_agents,
 )
+from reops.ops.base import Op
 from reops.transports.agent import CODE_KEY, AgentExecutor, agents, ship
 
 HEARTBEAT = 0.25

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from reops.lab.agents import start_agents, start_hub, wait_for_agents
 from reops.ops.shell import exec_
-from reops.sources.agents_lab import start_agents, start_hub, wait_for_agents
 from reops.streams.source import source
 from reops.streams.stream import run
 

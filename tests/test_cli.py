@@ -9,7 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
-from reops.lab import LabInfo
+from reops.lab.fleet import LabInfo
 
 
 def reops(*args: str, cwd: Path | None = None, timeout: float = 120

@@ -20,8 +20,7 @@ from reops_agent.protocol import cut_marker
 from reops.control.client import HubClient
 from reops.core.model import Host, Line
 from reops.core.settings import Settings
-from reops.ops.base import Op
-from reops.sources.agents_lab import (
+from reops.lab.agents import (
     LabAgents,
     LabHub,
     await_agents,
@@ -29,6 +28,7 @@ from reops.sources.agents_lab import (
     start_hub,
     wait_for_agents,
 )
+from reops.ops.base import Op
 from reops.transports.agent import AgentExecutor
 
 HEARTBEAT = 20.0  # long on purpose: a quick answer cannot come from a heartbeat miss

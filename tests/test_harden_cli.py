@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from reops import exec_, run
-from reops.lab import LabInfo
+from reops.lab.fleet import LabInfo
 
 #: upper bound for a condition we wait for (never a pass/fail margin)
 DEADLINE_S = 60.0

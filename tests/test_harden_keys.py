@@ -37,10 +37,10 @@ from reops_agent.protocol import (
     fingerprint,
 )
 
-from reops.cli import main
+from reops.cli.main import main
 from reops.control.client import HubClient
 from reops.hub.keystore import ContestedName, KeyStore
-from reops.sources.agents_lab import LabHub, await_agents, start_agents, start_hub
+from reops.lab.agents import LabHub, await_agents, start_agents, start_hub
 
 HEARTBEAT = 0.25
 FLAGS = ["--heartbeat", str(HEARTBEAT), "--reconnect-max", "0.3"]
@@ -455,8 +455,8 @@ def test_agent_must_be_the_inventory_host(lab_factory: Any, tmp_path: Path,
     import msgspec
 
     from reops.core.model import Hosts
+    from reops.lab.agents import wait_for_agents
     from reops.ops.shell import exec_
-    from reops.sources.agents_lab import wait_for_agents
     from reops.streams.source import source
     from reops.streams.stream import run
 

@@ -17,7 +17,7 @@ import pytest
 
 from reops.core.model import Host, Line, Result
 from reops.core.settings import Settings
-from reops.lab import LabInfo
+from reops.lab.fleet import LabInfo
 from reops.ops.files import download, upload
 from reops.ops.shell import exec_
 from reops.transports.ssh import executor as ssh_source

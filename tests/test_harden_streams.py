@@ -31,7 +31,7 @@ from reops import (
     unreachable,
 )
 from reops.core.model import Event
-from reops.lab import Lab, LabInfo
+from reops.lab.fleet import Lab, LabInfo
 
 #: upper bound for a condition we wait for (never a pass/fail margin)
 DEADLINE_S = 60.0

@@ -13,7 +13,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from reops.lab import Lab, LabError, LabInfo, addresses, host_names
+from reops.lab.fleet import Lab, LabError, LabInfo, addresses, host_names
 
 LabFactory = Callable[..., Lab]
 
@@ -263,7 +263,8 @@ def test_down_leaves_no_sshd_and_is_idempotent(lab_factory: LabFactory) -> None:
 def test_down_from_another_process(lab_factory: LabFactory) -> None:
     fleet = lab_factory(hosts=2)
     assert Lab.load(fleet.root).status() == {"web1": True, "cache1": True}
-    code = "import sys, pathlib, reops.lab; reops.lab.Lab.load(pathlib.Path(sys.argv[1])).down()"
+    code = ("import sys, pathlib, reops.lab.fleet; "
+            "reops.lab.fleet.Lab.load(pathlib.Path(sys.argv[1])).down()")
     repo = Path(__file__).parent.parent
     subprocess.run([sys.executable, "-c", code, str(fleet.root)], check=True, cwd=repo)
     assert lab_processes(fleet.root) == []

@@ -20,9 +20,9 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 
-from reops import cli_ops
-from reops.cli import main
-from reops.lab import LabInfo
+from reops.cli import ops as cli_ops
+from reops.cli.main import main
+from reops.lab.fleet import LabInfo
 from reops.ops.service import SYSTEMD_RUN_DIR
 from reops.streams.source import defaults
 

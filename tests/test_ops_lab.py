@@ -21,7 +21,7 @@ import pytest
 from reops import run
 from reops.core.model import Host, Hosts, Outcome
 from reops.core.settings import Settings
-from reops.lab import LabInfo
+from reops.lab.fleet import LabInfo
 from reops.ops import facts, files, metrics, pkg, security, service
 from reops.ops.base import Op
 from reops.ops.text import EX_UNAVAILABLE

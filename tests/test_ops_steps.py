@@ -20,7 +20,7 @@ from reops import run
 from reops.core.model import Host, Hosts, Outcome, Result
 from reops.core.runtime import get_runtime
 from reops.core.settings import Settings
-from reops.lab import LabInfo
+from reops.lab.fleet import LabInfo
 from reops.ops import metrics as metrics_ops
 from reops.ops import power
 from reops.ops.base import Op

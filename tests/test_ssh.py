@@ -15,7 +15,7 @@ import msgspec
 
 from reops import Host, Hosts, exec_, run
 from reops.core.settings import Settings
-from reops.lab import LabInfo
+from reops.lab.fleet import LabInfo
 from reops.streams.steps import download, ls, upload
 
 FAST = Settings(connect_timeout=5.0)

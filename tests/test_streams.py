@@ -23,7 +23,7 @@ from reops import (
     then,
     timeout,
 )
-from reops.lab import LabInfo
+from reops.lab.fleet import LabInfo
 from reops.streams.operators import where
 
 

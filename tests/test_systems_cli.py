@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from systems_fixtures import config_toml
 
-from reops.cli_systems import jobs, systems, types
+from reops.cli.systems import jobs, systems, types
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ def test_destructive_commands_confirm_on_a_tty(cli: CliRunner,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     cli.invoke(types, ["add", "redis"])
     assert cli.invoke(systems, ["create", "redis", "--hostname", "keep"]).exit_code == 0
-    monkeypatch.setattr("reops.cli_systems._interactive", lambda: True)
+    monkeypatch.setattr("reops.cli.systems._interactive", lambda: True)
     r = cli.invoke(systems, ["destroy", "keep"], input="n\n")
     assert "destroy 1 system(s): keep?" in r.output and r.exit_code == 1  # Abort
     assert "keep" in cli.invoke(systems, ["ls"]).output

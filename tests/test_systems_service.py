@@ -72,7 +72,7 @@ def hub(request: pytest.FixtureRequest, tmp_path: Path,
 
 
 def test_cli_through_the_hub_keeps_machines_alive(hub: HubThread) -> None:
-    from reops.cli_systems import jobs, systems, types
+    from reops.cli.systems import jobs, systems, types
 
     cli = CliRunner()
     assert cli.invoke(types, ["add", "redis"]).exit_code == 0

@@ -37,8 +37,7 @@ from typing import Any
 import asyncssh
 
 from reops.core.model import Host, Hosts
-from reops.lab_setup import LabError, ensure_root_prerequisites, sshd_binary
-from reops.procs import (
+from reops.lab.procs import (
     ProcessError,
     child_exited,
     descendants,
@@ -47,6 +46,7 @@ from reops.procs import (
     reap,
     wait_exit,
 )
+from reops.lab.setup import LabError, ensure_root_prerequisites, sshd_binary
 
 #: the login user created for the lab when running as root
 LAB_USER = "reops-lab"

@@ -28,11 +28,11 @@ def lab() -> None:
 @click.option("--agents", is_flag=True, help="Also start an agent per host, keys accepted.")
 def up(count: int, root: Path, port: int, agents: bool) -> None:
     """Start COUNT sshd hosts and write ROOT/inventory.toml."""
-    from reops.lab import Lab
+    from reops.lab.fleet import Lab
 
     info = Lab(root, hosts=count, base_port=port).up()
     if agents:
-        from reops.cli_agents import start_lab_agents
+        from reops.cli.agents import start_lab_agents
 
         start_lab_agents(info)
     click.echo(f"lab up: {count} hosts on port {port} as user {info.user}", err=True)
@@ -44,13 +44,13 @@ def up(count: int, root: Path, port: int, agents: bool) -> None:
               show_default=True)
 def down(root: Path) -> None:
     """Stop exactly the processes `lab up` started in ROOT."""
-    from reops.lab import Lab
+    from reops.lab.fleet import Lab
 
     lab_ = Lab.load(root)
     n = len(lab_.hosts)
     agents = 0
     if (Path(root) / "agents" / "agents.json").exists():
-        from reops.cli_agents import stop_lab_agents
+        from reops.cli.agents import stop_lab_agents
 
         agents = stop_lab_agents(root)
     lab_.down()
@@ -63,7 +63,7 @@ def down(root: Path) -> None:
               show_default=True)
 def status(root: Path) -> None:
     """Which lab hosts are up."""
-    from reops.lab import Lab
+    from reops.lab.fleet import Lab
 
     lab_ = Lab.load(root)
     st = lab_.status()

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from reops.cli import UserError
+from reops.cli.main import UserError
 
 HUB_HELP = """The controller daemon: agents connect to it (CurveZMQ), the CLI, REPL and flows
 reach it over a local control socket.
@@ -311,7 +311,7 @@ def agents_deploy(inventory_path: Path | None, selector: str, hub_endpoint: str 
                   register_timeout: float) -> None:
     """Install and start the agent on hosts over SSH, its key pre-accepted; ok once it has
     registered with the hub. reops-agent comes from its uploaded wheel (--no-index)."""
-    from reops.cli_common import select_hosts
+    from reops.cli.common import select_hosts
     from reops.hub.deploy import deploy
 
     settings = _settings()
@@ -366,7 +366,7 @@ def start_lab_agents(info: Any, allow_code: bool = True) -> None:
     """Start an agent per lab host, keys accepted, against the running hub (or a new one)."""
     from reops.control.client import HubNotRunning, ping_sync
     from reops.hub.daemon import start_background
-    from reops.sources.agents_lab import save_agents, start_agents, wait_for_agents
+    from reops.lab.agents import save_agents, start_agents, wait_for_agents
 
     settings = _settings()
     workdir = Path(info.root) / "agents"
@@ -393,7 +393,7 @@ def stop_lab_agents(root: Path | str) -> int:
     """Stop the agents `start_lab_agents` started for the lab in `root`; how many."""
     from reops.control.client import HubNotRunning, ping_sync
     from reops.hub.daemon import stop_running
-    from reops.sources.agents_lab import stop_saved_agents
+    from reops.lab.agents import stop_saved_agents
 
     stopped = stop_saved_agents(Path(root) / "agents" / "agents.json")
     started = Path(root) / "agents" / "hub.json"

@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from reops.cli import UserError
-from reops.cli_common import fleet_command, fleet_options, select_hosts
+from reops.cli.common import fleet_command, fleet_options, select_hosts
+from reops.cli.main import UserError
 
 
 @click.command("exec", context_settings={"ignore_unknown_options": False})

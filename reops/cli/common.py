@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from reops.cli import UserError, default_inventory
+from reops.cli.main import UserError, default_inventory
 
 
 def fleet_options(fn: Callable[..., Any]) -> Callable[..., Any]:

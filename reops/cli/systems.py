@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import click
 import msgspec
 
-from reops.cli import UserError
+from reops.cli.main import UserError
 from reops.core.selector import SelectorError
 from reops.store.model import Job, JobEvent, JobEventKind, JobOp, MachinesError, System, short
 from reops.systems.api import MachinesAPI, connect

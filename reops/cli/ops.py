@@ -17,8 +17,8 @@ from typing import Any
 import click
 import msgspec
 
-from reops.cli import UserError
-from reops.cli_common import fleet_options, run_on_fleet, select_hosts
+from reops.cli.common import fleet_options, run_on_fleet, select_hosts
+from reops.cli.main import UserError
 from reops.core.model import Result
 
 Row = Sequence[Any]
