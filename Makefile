@@ -46,6 +46,7 @@ test: venv
 lint: venv
 	$(BIN)/ruff check reops agent tests bench flows
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # The main job on the embedded default: a local lab fleet and an example saved flow.
 run: venv

@@ -37,9 +37,11 @@ from typing import Any, Literal, TypeVar, overload
 
 import click
 
+from reops.core.inventory import InventoryError
 from reops.core.model import Outcome, Result
 from reops.core.pyfile import import_file
 from reops.core.runtime import deferred_interrupts
+from reops.core.selector import SelectorError
 
 __all__ = [
     "Flow",
@@ -340,9 +342,6 @@ class Flow:
         """
 
         def callback(**options: Any) -> None:
-            from reops.core.inventory import InventoryError
-            from reops.core.selector import SelectorError
-
             try:
                 result = self.call(**options)
                 code = exit_code(result, keep or keep_alive)

@@ -12,6 +12,9 @@ from typing import Any
 
 import click
 
+import reops
+from reops.core.inventory import inventory
+
 BANNER = """reops {version} — live operations. Loaded: the whole reops API{inv}.
   hosts = inv.select("group:web")            # or inventory("path.toml")
   out = run(exec_(hosts, "uptime") | pretty())
@@ -21,13 +24,9 @@ BANNER = """reops {version} — live operations. Loaded: the whole reops API{inv
 
 def namespace(inventory_path: Path | None) -> dict[str, Any]:
     """What the session starts with: every public reops name, plus `inv` when given."""
-    import reops
-
     ns: dict[str, Any] = {name: getattr(reops, name) for name in reops.__all__}
     ns["reops"] = reops
     if inventory_path is not None:
-        from reops.core.inventory import inventory
-
         ns["inv"] = inventory(inventory_path)
     return ns
 
@@ -37,8 +36,6 @@ def namespace(inventory_path: Path | None) -> dict[str, Any]:
               default=None, help="Load this inventory as `inv`.")
 def repl(inventory_path: Path | None) -> None:
     """A live Python session: the reops API loaded, pipelines running in the background."""
-    import reops
-
     ns = namespace(inventory_path)
     inv = f"; inv = {ns['inv']!r}" if "inv" in ns else ""
     banner = BANNER.format(version=reops.__version__, inv=inv)

@@ -227,8 +227,8 @@ async def test_provisioning_seam_runs_after_boot(tmp_path: Path) -> None:
 async def test_physical_status_and_shutdown_over_executors(tmp_path: Path) -> None:
     """Reachability over real SSH (nothing listens: stopped); shutdown's command via DryRun."""
     from reops.core.settings import Settings
-    from reops.streams.source import DryRun
     from reops.systems.physical.ssh import over
+    from reops.transports.base import DryRun
     from reops.transports.ssh.executor import SshExecutor
 
     settings = Settings(connect_timeout=5)

@@ -12,10 +12,10 @@ from reops.core.model import Host, Hosts, Line, Result
 from reops.core.runtime import get_runtime
 from reops.store.model import MachinesError
 from reops.streams.operators import then
-from reops.streams.source import DryRun
 from reops.streams.stream import Stream, run
 from reops.systems.api import connect
 from reops.systems.streams import create, machines
+from reops.transports.base import DryRun
 
 
 def seen_address(hosts: Hosts) -> Stream:

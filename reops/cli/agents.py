@@ -16,6 +16,9 @@ import click
 
 from reops.cli.main import UserError
 
+# Function-level imports below are on purpose: `reops --help` and `reops CMD --help` load
+# none of a command's machinery (see LAZY in reops.cli.main).
+
 HUB_HELP = """The controller daemon: agents connect to it (CurveZMQ), the CLI, REPL and flows
 reach it over a local control socket.
 

@@ -16,6 +16,9 @@ import click
 
 from reops.cli.main import UserError, default_inventory
 
+# Function-level imports below are on purpose: `reops --help` and `reops CMD --help` load
+# none of a command's machinery (see LAZY in reops.cli.main).
+
 
 def fleet_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Inventory, selector-independent SSH flags, output, retries, batches."""

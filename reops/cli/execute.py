@@ -11,6 +11,9 @@ import click
 from reops.cli.common import fleet_command, fleet_options, select_hosts
 from reops.cli.main import UserError
 
+# Function-level imports below are on purpose: `reops --help` and `reops CMD --help` load
+# none of a command's machinery (see LAZY in reops.cli.main).
+
 
 @click.command("exec", context_settings={"ignore_unknown_options": False})
 @fleet_options

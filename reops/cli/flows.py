@@ -7,6 +7,9 @@ from pathlib import Path
 
 import click
 
+# Function-level imports below are on purpose: `reops --help` and `reops CMD --help` load
+# none of a command's machinery (see LAZY in reops.cli.main).
+
 
 @click.command("run", context_settings={"ignore_unknown_options": True,
                                         "allow_extra_args": True, "help_option_names": []})

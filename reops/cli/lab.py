@@ -6,6 +6,9 @@ from pathlib import Path
 
 import click
 
+# Function-level imports below are on purpose: `reops --help` and `reops CMD --help` load
+# none of a command's machinery (see LAZY in reops.cli.main).
+
 DEFAULT_DIR = Path("lab")
 
 

@@ -21,6 +21,9 @@ from reops.cli.common import fleet_options, run_on_fleet, select_hosts
 from reops.cli.main import UserError
 from reops.core.model import Result
 
+# Function-level imports below are on purpose: `reops --help` and `reops CMD --help` load
+# none of a command's machinery (see LAZY in reops.cli.main).
+
 Row = Sequence[Any]
 #: rows per host in pretty tables (-o json: all)
 ROWS_PER_HOST = 20

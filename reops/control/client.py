@@ -20,6 +20,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from reops.control.settings import load_hub_settings
 from reops.control.wire import Reply, Request, encoder, reply_decoder
 
 log = logging.getLogger("reops.control.client")
@@ -45,8 +46,6 @@ class HubError(RuntimeError):
 
 
 def default_path() -> Path:
-    from reops.control.settings import load_hub_settings
-
     return load_hub_settings().control_path
 
 

@@ -28,12 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import reops_agent
+from reops_agent.keys import write_keypair
 
+from reops.control.client import HubClient, HubNotRunning
 from reops.control.settings import HubSettings
 from reops.core.model import Host, Hosts, Outcome, Result
+from reops.core.runtime import get_runtime
 from reops.core.settings import Settings, load_settings
 from reops.hub.keystore import KeyStore
 from reops.ops.base import Op
+from reops.transports.ssh.executor import SshExecutor
 
 UNIT = """[Unit]
 Description=reops agent
@@ -137,8 +141,6 @@ class Registrations:
 
     async def start(self) -> None:
         """Subscribe (if a hub runs): registrations from now on are counted."""
-        from reops.control.client import HubClient, HubNotRunning
-
         client = HubClient(self.control)
         events = client.stream("subscribe", topics=["agents"])
         try:
@@ -182,9 +184,6 @@ class Registrations:
 async def _deploy_host(host: Host, ops: list[Op], settings: Settings,
                        bound: asyncio.Semaphore, registrations: Registrations,
                        register_timeout: float) -> Result:
-    from reops.core.runtime import get_runtime
-    from reops.transports.ssh.executor import SshExecutor
-
     ssh = get_runtime().resource("ssh", SshExecutor)
     started, t0 = time.time(), time.monotonic()
     async with bound:
@@ -216,10 +215,6 @@ def deploy(hosts: Hosts, *, endpoint: str, settings: HubSettings, wheels: Path |
            ssh_settings: Settings | None = None, register_timeout: float = 60.0) -> Outcome:
     """Deploy agents to `hosts` (connecting to `endpoint`); one Result per host, "ok" once
     that host's agent has registered with the hub (within `register_timeout` s)."""
-    from reops_agent.keys import write_keypair
-
-    from reops.core.runtime import get_runtime
-
     store = KeyStore(settings.keys_path)
     hub_key = store.hub_public_key()
     ssh = ssh_settings or load_settings()

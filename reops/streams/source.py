@@ -9,7 +9,6 @@ re-ops downgraded).
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, Protocol
 
@@ -20,7 +19,7 @@ from reops.core.runtime import get_runtime
 from reops.core.settings import Settings, load_settings
 from reops.ops.base import Op
 from reops.streams.stream import Stream, fanout
-from reops.transports.base import Executor
+from reops.transports.base import DryRun, Executor
 
 Via = Literal["ssh", "agent", "auto"]
 
@@ -53,6 +52,8 @@ def configure(*, via: Via | None = None, lines: bool | None = None,
     return d
 
 
+# Transports are imported on first use (function-level, on purpose): the SSH one costs
+# ~120 ms (asyncssh), the agent one pyzmq; `reops --help`, `reops hosts` and dry runs pay neither.
 def _ssh() -> Executor:
     from reops.transports.ssh.executor import SshExecutor
 
@@ -63,31 +64,6 @@ def _agent() -> Executor:
     from reops.transports.agent import AgentExecutor
 
     return get_runtime().resource("agent", AgentExecutor)
-
-
-class DryRun:
-    """An executor that runs nothing and reports the command each host would run."""
-
-    transport = "local"
-
-    def available(self, host: Host) -> bool:
-        return True
-
-    async def run(self, host: Host, op: Op, settings: Settings,
-                  on_line: Callable[[Line], None] | None = None) -> Result:
-        if op.kind == "shell":
-            what = op.command_for(host)
-        elif op.kind == "upload":
-            what = f"upload {op.local} -> {host.name}:{op.remote}"
-        elif op.kind == "download":
-            what = f"download {host.name}:{op.remote} -> {op.local}/{host.name}/"
-        else:
-            what = f"call {op.function}{op.args!r}"
-        return Result(host=host.name, op=op.name, status="ok", code=0, out=what,
-                      started_at=time.time(), transport="local", data={"dry_run": what})
-
-    async def close(self) -> None:
-        return None
 
 
 def chooser(via: Via, dry_run: bool) -> Callable[[Host], Executor]:
@@ -101,7 +77,7 @@ def chooser(via: Via, dry_run: bool) -> Callable[[Host], Executor]:
     agent = _agent()
     if via == "agent":
         return lambda h: agent
-    from reops.transports.agent import AgentExecutor, AutoExecutor
+    from reops.transports.agent import AgentExecutor, AutoExecutor  # lazy: see _ssh
 
     # the choice awaits the hub's list of agents: the event loop never blocks on it
     auto = AutoExecutor(get_runtime().resource("agent", AgentExecutor), _ssh())

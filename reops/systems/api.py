@@ -15,9 +15,11 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
+from reops.control.client import HubClient, HubError, HubNotRunning
 from reops.store.model import Job, JobEvent, JobOp, MachinesError, System, Type
 from reops.systems.libvirt.events import HypervisorEvent
 from reops.systems.machines import Machines
+from reops.systems.physical.ssh import open_machines
 
 T = TypeVar("T")
 
@@ -170,7 +172,6 @@ class HubMachines:
             self._following.result()  # raises why the subscription ended
 
     async def _call(self, cls: type[T], method: str, **params: Any) -> T:
-        from reops.control.client import HubError
         try:
             value = await self.client.request(method, **params)
         except HubError as e:
@@ -216,7 +217,6 @@ class HubMachines:
         return await self._call(Job, "machines.job", id=id_or_prefix)
 
     async def wait(self, jobs: Sequence[Job], on_job: OnJob | None = None) -> list[Job]:
-        from reops.control.client import HubError
         ids = {j.id for j in jobs}
         ended: set[str] = set()
         news = asyncio.Event()
@@ -284,8 +284,6 @@ async def connect(root: Path | None = None, *, hub: bool | None = None,
     """The hub's Machines when a hub answers (or `hub=True`), else Machines in this process
     (running the job queue here unless `queue=False`, e.g. to only watch events)."""
     if hub is not False:
-        from reops.control.client import HubClient, HubNotRunning
-
         client = HubClient()
         try:
             await client.connect()
@@ -294,8 +292,6 @@ async def connect(root: Path | None = None, *, hub: bool | None = None,
             await client.close()
             if hub:
                 raise
-    from reops.systems.physical.ssh import open_machines
-
     local = LocalMachines(open_machines(root))
     if not queue:
         return local

@@ -21,7 +21,10 @@ from typing import Any
 
 from reops.core.model import Outcome, Result
 from reops.core.pyfile import import_file
+from reops.ops.base import Op
 from reops.store.model import MachinesError, System, Type
+from reops.streams.source import source
+from reops.streams.stream import Stream, run
 from reops.systems.handlers import ProvisionSeam
 from reops.systems.machines import to_hosts
 
@@ -40,10 +43,6 @@ def load_recipe(spec: str) -> Callable[..., Any]:
 
 
 def _outcome(made: Any, hosts: Any) -> Outcome:
-    from reops.ops.base import Op
-    from reops.streams.source import source
-    from reops.streams.stream import Stream, run
-
     if isinstance(made, Op):
         made = source(hosts, made)
     if isinstance(made, Stream):

@@ -20,6 +20,7 @@ from reops.core.selector import SelectorError
 from reops.store.model import Job, JobEvent, MachinesError
 from reops.systems.libvirt.hypervisor import Hypervisor
 from reops.systems.machines import Machines
+from reops.systems.physical.ssh import open_machines
 
 log = logging.getLogger("reops.systems")
 
@@ -195,8 +196,6 @@ def attach(controller: Controller) -> asyncio.Task[None]:
     async def run() -> None:
         m: Machines | None = None
         try:
-            from reops.systems.physical.ssh import open_machines
-
             m = open_machines()
             await setup(controller, m, service)
             log.info("machines: queue running, %d hypervisor(s) configured",

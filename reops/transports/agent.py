@@ -31,6 +31,7 @@ from reops.control.client import (
 )
 from reops.control.identity import is_agent_for, mismatch
 from reops.core.model import UNREACHED, Host, Hosts, Line, Result, Status, failure_result
+from reops.core.selector import select, standard_atoms
 from reops.core.settings import Settings
 from reops.ops.base import Op
 from reops.transports.agent_transfer import CallFailed, transfer
@@ -449,8 +450,6 @@ class AgentHosts(Hosts):
 
     def select(self, selector: str) -> AgentHosts:
         """Agents matching `selector` (`web*`, `tag:os=Linux`, `a,b`, `!c`…)."""
-        from reops.core.selector import select, standard_atoms
-
         hosts = list(self)
         return AgentHosts(select(hosts, selector, standard_atoms(hosts)))
 

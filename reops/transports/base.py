@@ -7,6 +7,7 @@ The stream layer adds bounded concurrency and turns executors into Observables.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -35,3 +36,28 @@ class Executor(Protocol):
     async def close(self) -> None:
         """Release connections; safe to call twice."""
         ...
+
+
+class DryRun:
+    """An executor that runs nothing and reports the command each host would run."""
+
+    transport = "local"
+
+    def available(self, host: Host) -> bool:
+        return True
+
+    async def run(self, host: Host, op: Op, settings: Settings,
+                  on_line: LineSink | None = None) -> Result:
+        if op.kind == "shell":
+            what = op.command_for(host)
+        elif op.kind == "upload":
+            what = f"upload {op.local} -> {host.name}:{op.remote}"
+        elif op.kind == "download":
+            what = f"download {host.name}:{op.remote} -> {op.local}/{host.name}/"
+        else:
+            what = f"call {op.function}{op.args!r}"
+        return Result(host=host.name, op=op.name, status="ok", code=0, out=what,
+                      started_at=time.time(), transport="local", data={"dry_run": what})
+
+    async def close(self) -> None:
+        return None

@@ -18,7 +18,9 @@ from reops.ops.base import Op
 from reops.store.model import System
 from reops.systems.handlers import ReachableSeam, ShutdownSeam
 from reops.systems.machines import Machines, to_hosts
+from reops.systems.provisioning import provisioner
 from reops.transports.base import Executor
+from reops.transports.ssh.executor import SshExecutor
 
 SHUTDOWN = Op(name="shutdown", command="shutdown -h now", sudo=True)
 PROBE = Op(name="reachable", command="true")
@@ -39,13 +41,9 @@ def over(executor: Executor, settings: Settings) -> tuple[ShutdownSeam, Reachabl
 
 def open_machines(root: Path | None = None) -> Machines:
     """Machines with physical machines handled over SSH (settings from config.toml)."""
-    from reops.transports.ssh.executor import SshExecutor
-
     settings = load_settings()
     ssh = SshExecutor(settings)
     shutdown, reachable = over(ssh, settings)
-    from reops.systems.provisioning import provisioner
-
     m = Machines.open(root, shutdown=shutdown, reachable=reachable, provision=provisioner())
     m.on_close(ssh.close)
     return m

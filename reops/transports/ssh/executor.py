@@ -30,6 +30,7 @@ from reops.core.settings import Settings
 from reops.ops.base import Op
 from reops.transports.base import LineSink
 from reops.transports.ssh.output import Capture, LineSplitter, StreamName, spill_path
+from reops.transports.ssh.rsync import run_sync
 from reops.transports.ssh.sftp import bounded_sftp, current_umask, host_download_dir, mask_tree
 from reops.transports.ssh.sshlib import asyncssh
 
@@ -386,7 +387,6 @@ class SshExecutor:
         on_line: LineSink | None, started: float, t0: float,
     ) -> Result:
         if op.name == "files.sync":  # rsync when both ends have it, else SFTP
-            from reops.transports.ssh.rsync import run_sync
             return await run_sync(host, op, settings, conn)
         if op.kind == "shell":
             return await self._shell(host, op, settings, conn, on_line, started, t0)
