@@ -61,7 +61,8 @@ lab-up: venv
 lab-down: venv
 	$(BIN)/reops lab down --dir $(LAB)
 
-# Benchmarks (not part of `make test`): SSH peers, agents vs Salt, machines. Ratios matter,
+# Benchmarks (not part of `make test`): SSH peers, agents vs Salt, machines, and memory
+# under hostile output and unauthenticated connections (issue 8). Ratios matter,
 # not absolute times: the peers run in the same session on the same box.
 bench: venv
 	$(BIN)/python bench/run.py
@@ -69,6 +70,9 @@ bench: venv
 	test -x bench/.salt/bin/salt || { $(PYTHON) -m venv bench/.salt && bench/.salt/bin/pip install -q salt; }
 	$(BIN)/python bench/salt_peer.py --salt-venv bench/.salt --minions 10,50
 	$(BIN)/python bench/bench_machines.py --qemu 20
+	$(BIN)/python bench/bench_output.py
+	$(BIN)/python bench/stream_big.py --slow
+	$(BIN)/python bench/bench_preauth.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
