@@ -22,13 +22,18 @@ from reops.core.model import Event, Host, Hosts, Line, Outcome, Result, failure_
 from reops.core.runtime import deferred_interrupts, get_runtime
 
 Rebuild = Callable[[Hosts], "Stream"]
+Make = Callable[["Stream"], Observable[Event]]
 RunOne = Callable[[Host, Callable[[Line], None] | None], Awaitable[Result]]
 
 
 class Stream:
-    """A pipeline over hosts; `|` applies operators, `run()`/`await` give the Outcome."""
+    """A pipeline over hosts; `|` applies operators, `run()`/`await` give the Outcome.
 
-    __slots__ = ("_once", "hosts", "rebuild")
+    `replay=False` marks an endless stream (events, metrics, schedules): sharing then keeps
+    no history, and everything derived from it (`derive`, `|`) inherits that.
+    """
+
+    __slots__ = ("_once", "hosts", "rebuild", "replay")
 
     def __init__(self, source: Observable[Event], hosts: Hosts,
                  rebuild: Rebuild | None = None, *, replay: bool = True,
@@ -36,6 +41,12 @@ class Stream:
         self._once: _Once | Observable[Event] = _Once(source, replay) if shared else source
         self.hosts = hosts
         self.rebuild: Rebuild = rebuild or _no_rebuild
+        self.replay = replay
+
+    @property
+    def endless(self) -> bool:
+        """True for streams over an endless source: they keep no history for late subscribers."""
+        return not self.replay
 
     @property
     def observable(self) -> Observable[Event]:
@@ -47,13 +58,28 @@ class Stream:
         once = self._once
         return once.observable if isinstance(once, _Once) else once
 
+    def derive(self, make: Make, *, shared: bool) -> Stream:
+        """The one way to build a Stream from this one: `make(self)` gives its events.
+
+        The result keeps these hosts, the endless/replay nature, and a rebuild recipe that
+        re-applies `make` to this stream rebuilt for fewer hosts (what `retry`, `rolling` and
+        `then` need). `shared=True` when `make` has side effects (runs remote work, writes a
+        file) so that several subscribers still run it once; `shared=False` for pure
+        transformations (filters, maps), which then cost nothing per extra subscriber.
+        """
+        up = self
+
+        def rebuild(hs: Hosts) -> Stream:
+            return up.rebuild(hs).derive(make, shared=shared)
+
+        return Stream(make(up), up.hosts, rebuild, replay=up.replay, shared=shared)
+
     def __or__(self, operator: Any) -> Stream:
         if isinstance(operator, Operator):
             return operator.apply(self)
         if callable(operator):  # a plain reactivex operator: keep hosts and the recipe
-            up = self
-            return Stream(operator(self.observable), self.hosts,
-                          lambda hs: up.rebuild(hs) | operator)
+            fn = operator
+            return self.derive(lambda up: fn(up.observable), shared=True)
         raise TypeError(f"cannot pipe a Stream into {operator!r}: not an operator")
 
     def subscribe(self, *args: Any, **kwargs: Any) -> abc.DisposableBase:
@@ -67,7 +93,8 @@ class Stream:
         return outcome_async(self).__await__()
 
     def __repr__(self) -> str:
-        return f"<Stream over {self.hosts!r}>"
+        kind = "endless Stream" if self.endless else "Stream"
+        return f"<{kind} over {self.hosts!r}>"
 
 
 class Operator:
@@ -81,6 +108,15 @@ class Operator:
 
     def __repr__(self) -> str:
         return f"<operator {self.name}>"
+
+
+def derived(make: Make, name: str, *, shared: bool) -> Operator:
+    """An operator that is one function of the upstream Stream: `up.derive(make, shared=...)`.
+
+    `make(up)` returns the new events (usually built from `up.observable`); hosts, the
+    rebuild recipe and endlessness are carried by `Stream.derive`.
+    """
+    return Operator(lambda up: up.derive(make, shared=shared), name)
 
 
 def _no_rebuild(hosts: Hosts) -> Stream:
