@@ -15,6 +15,7 @@ from typing import Any
 
 from reops.control.client import HubNotRunning, ping_sync
 from reops.control.settings import HubSettings
+from reops.core.settings import raise_fd_limit
 from reops.hub.controller import Controller
 
 log = logging.getLogger("reops.hub")
@@ -72,20 +73,11 @@ def attach_services(controller: Controller, names: Iterable[str]) -> None:
 def run_hub(settings: HubSettings, ready: Callable[[Controller], None] | None = None,
             verbose: bool = False) -> None:
     """The `reops hub` process body: blocks until stopped."""
-    raise_fd_limit()
+    raise_fd_limit()  # one connection per agent: as many open files as the hard limit allows
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s reops-hub %(levelname)s %(message)s")
     check_not_running(settings)
     asyncio.run(serve(settings, ready))
-
-
-def raise_fd_limit() -> None:
-    """One connection per agent: allow as many open files as the hard limit does."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def settings_env(settings: HubSettings) -> dict[str, str]:
