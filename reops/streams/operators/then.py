@@ -1,0 +1,42 @@
+"""`then`: the next step per host, as soon as that host's previous step succeeded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import reactivex
+from reactivex import Observable
+from reactivex import operators as ops
+
+from reops.core.model import Event, Hosts, Line
+from reops.streams.source import as_step
+from reops.streams.stream import Operator, Stream
+
+
+def then(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Operator:
+    """Run the next step on each host as soon as that host's previous step succeeded.
+
+    Never lock-step: a host does not wait for the slowest one. Hosts that failed keep
+    their failure Result (it flows on unchanged). Marbles (step2 takes 3 ticks; `x`, `z`
+    are hosts a's and c's step2 Results)::
+
+        --a-B---c|
+        [ then(step2) ]
+        ----Bx-----z|
+    """
+    make = as_step(fn)
+
+    def apply(up: Stream) -> Stream:
+        def next_for(e: Event) -> Observable[Event]:
+            if isinstance(e, Line) or not e.ok:
+                return reactivex.just(e)
+            host = up.hosts.get(e.host)
+            if host is None:
+                return reactivex.just(e)
+            return make(Hosts([host]), *args, **kwargs).observable
+
+        return Stream(up.observable.pipe(ops.flat_map(next_for)), up.hosts,
+                      lambda hs: apply(up.rebuild(hs)))
+
+    return Operator(apply, f"then({getattr(fn, '__name__', fn)})")
