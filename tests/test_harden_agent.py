@@ -385,15 +385,16 @@ async def test_via_auto_waits_for_a_paused_hub_without_blocking_the_loop(
     try:
         task = asyncio.create_task(auto.run(host("h1"), Op(name="exec", command="echo hi"),
                                             Settings()))
+        asking = asyncio.create_task(agent.available(host("h1")))  # async: awaits the hub
         for _ in range(5):
             await asyncio.sleep(0)  # the loop is ours while the choice waits for the hub
-        assert not task.done()
-        assert not agent.available(host("h1"))  # never waits on the loop: cache only
+        assert not task.done() and not asking.done()
     finally:
         os.kill(hub.proc.pid, signal.SIGCONT)
     try:
         async with asyncio.timeout(HEARTBEAT):
             r = await task
+            assert await asking  # the hub's answer, not a cached guess
     finally:
         await agent.close()
         await ssh.close()

@@ -327,7 +327,7 @@ def test_parse_rsync_real_itemized_output() -> None:
 def test_rsync_argv(tmp_path: Path) -> None:
     op = files.sync(str(tmp_path), "/srv/www", delete=True, exclude=[".git", "*.pyc"],
                     sudo=True)
-    assert op.kind == "upload" and op.local == str(tmp_path) and op.remote == "/srv/www"
+    assert op.kind == "sync" and op.local == str(tmp_path) and op.remote == "/srv/www"
     host = Host(name="h", address="fd00::5", port=2222, user="deploy", key="/k/id",
                 known_hosts="/k/known")
     assert files.rsync_argv(op, host, ssh_options=["-o", "ConnectTimeout=10"]) == [

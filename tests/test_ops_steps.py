@@ -98,7 +98,7 @@ def test_every_step_dry_run_shows_its_command(tmp_path: Path) -> None:
         "tar -xvf": extract(hosts, "/tmp/a.tar.gz", "/srv", dry_run=True),
         "debug=1": line_in_file(hosts, "/etc/app.conf", "debug=1", dry_run=True),
         "x=h1": template(hosts, str(tmpl), "/etc/app.conf", dry_run=True),
-        "upload": sync(hosts, str(tmp_path), "/srv/www", dry_run=True),
+        "sync /": sync(hosts, str(tmp_path), "/srv/www", dry_run=True),
         "apt-get": pkg.install(hosts, "nginx", dry_run=True),
         "remove": pkg.remove(hosts, "nginx", dry_run=True),
         "update": pkg.update(hosts, dry_run=True),

@@ -13,10 +13,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+import msgspec
+
 from reops.core.model import Host, Status
 
-Kind = Literal["shell", "upload", "download", "call"]
+#: what a transport does with an Op, dispatched on by every executor (never on its name):
+#: shell (run `command`), sync (make `remote` a copy of `local`), upload/download (one
+#: transfer), call (an agent built-in `function`), code (shipped Python: `code`)
+Kind = Literal["shell", "sync", "upload", "download", "call", "code"]
 Parser = Callable[[str], Any]
+
+
+class CodeRef(msgspec.Struct, frozen=True, kw_only=True):
+    """Python shipped to agents: one module's source and the function in it to call.
+
+    A typed field of the Op (kind "code"), so no transport fishes it out of `kwargs`."""
+
+    source: str
+    function: str
+    module: str = "shipped"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,13 +47,15 @@ class Op:
     become_user: str | None = None
     stdin: str | None = None
     timeout: float | None = None
-    # transfers: local/remote paths; calls: the agent function name and its arguments
+    # transfers and syncs: local/remote paths; calls: the agent function name and its
+    # arguments; code: the shipped source (`function` is its name)
     local: str = ""
     remote: str = ""
     mode: int | None = None
     function: str = ""
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
+    code: CodeRef | None = None
     # does a successful run mean the host changed? (None: unknown)
     changed: Callable[[int, str], bool | None] | None = None
 

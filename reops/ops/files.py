@@ -253,7 +253,7 @@ def sync(local: str, remote: str, *, delete: bool = False, exclude: Sequence[str
     else it uploads recursively over SFTP. See rsync_argv.
     """
     precheck = "if command -v rsync >/dev/null 2>&1; then echo rsync; else echo sftp; fi"
-    return Op(name="files.sync", kind="upload", local=local, remote=remote, command=precheck,
+    return Op(name="files.sync", kind="sync", local=local, remote=remote, command=precheck,
               sudo=sudo, become_user=become_user, parse=parse_rsync,
               kwargs={"delete": delete, "exclude": list(exclude)},
               changed=lambda code, out: bool(parse_rsync(out)))

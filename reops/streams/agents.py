@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import reactivex
 from reactivex.abc import ObserverBase, SchedulerBase
 from reactivex.disposable import Disposable
@@ -24,27 +25,26 @@ from reactivex.disposable import Disposable
 from reops.control.client import HubClient
 from reops.core.model import UNREACHED, Host, Hosts, Result
 from reops.core.runtime import get_runtime
-from reops.ops.base import Op
+from reops.ops.base import CodeRef, Op
 from reops.streams.source import source
 from reops.streams.stream import Stream
-from reops.transports.agent import CODE_KEY, agents, ship
+from reops.transports.agent import agents, ship
 
 # ── calls and schedules ─────────────────────────────────────────────────────────────
 
 
-def _fn(fn: str | Callable[..., Any]) -> tuple[str, dict[str, Any]]:
+def _fn(fn: str | Callable[..., Any]) -> tuple[str, CodeRef | None]:
     if isinstance(fn, str):
-        return fn, {}
-    name = getattr(fn, "__name__", "shipped")
-    return name, {CODE_KEY: ship(fn)}
+        return fn, None
+    return getattr(fn, "__name__", "shipped"), ship(fn)
 
 
 def call(hosts: Hosts | Iterable[Host], fn: str | Callable[..., Any], *args: Any,
          timeout: float | None = None, **kwargs: Any) -> Stream:
     """Run `fn` (a built-in name, or a Python function to ship) on each host's agent."""
-    name, extra = _fn(fn)
-    op = Op(name=f"call:{name}", kind="call", function=name, args=args,
-            kwargs={**kwargs, **extra}, timeout=timeout)
+    name, code = _fn(fn)
+    op = Op(name=f"call:{name}", kind="call" if code is None else "code", function=name,
+            args=args, kwargs=kwargs, code=code, timeout=timeout)
     return source(hosts, op, via="agent")
 
 
@@ -52,8 +52,8 @@ def schedule(hosts: Hosts | Iterable[Host], fn: str | Callable[..., Any], *args:
              every: float, timeout: float | None = None, hub: Path | None = None,
              **kwargs: Any) -> reactivex.Observable[Result]:
     """Results of `fn` run every `every` seconds on each host's agent, until disposed."""
-    name, extra = _fn(fn)
-    code = extra.get(CODE_KEY)
+    name, ref = _fn(fn)
+    code = msgspec.structs.asdict(ref) if ref is not None else None
     op_name = f"schedule:{name}"
     return _hub_stream(hub, "schedule", lambda it: _tick(op_name, it),
                        hosts=[h.name for h in hosts], fn=name, args=list(args), kwargs=kwargs,

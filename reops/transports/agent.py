@@ -19,7 +19,9 @@ import time
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import msgspec
 
 from reops.control.client import (
     HubClient,
@@ -33,24 +35,17 @@ from reops.control.identity import is_agent_for, mismatch
 from reops.core.model import UNREACHED, Host, Hosts, Line, Result, Status, failure_result
 from reops.core.selector import select, standard_atoms
 from reops.core.settings import Settings
-from reops.ops.base import Op
+from reops.ops.base import CodeRef, Op
 from reops.transports.agent_transfer import CallFailed, transfer
 from reops.transports.base import Executor, LineSink
 
-if TYPE_CHECKING:
-    pass
-
-#: Op.kwargs key carrying shipped code ({source, function, module}) for kind "call" ops
-CODE_KEY = "__reops_code__"
 #: how long `available()` / `connected()` trust their list of connected agents
 AVAILABLE_TTL_S = 1.0
-#: how long the blocking `available()` (off the event loop) waits for the hub
-AVAILABLE_TIMEOUT_S = 0.5
 #: how long `connected()` waits for the hub's list (it awaits: the loop runs on meanwhile)
 CONNECTED_TIMEOUT_S = 3.0
 
 
-def ship(fn: Callable[..., Any]) -> dict[str, str]:
+def ship(fn: Callable[..., Any]) -> CodeRef:
     """The shipped-code reference for `fn`: its own source and what it needs, nothing else.
 
     Only the function travels (never the rest of its file, whose top-level code must not
@@ -76,7 +71,7 @@ class _Shipper:
         name = getattr(self.root, "__qualname__", repr(self.root))
         return ValueError(f"cannot ship {name} to agents: {why}")
 
-    def ship(self) -> dict[str, str]:
+    def ship(self) -> CodeRef:
         fn = self.root
         if not inspect.isfunction(fn):
             raise self.refuse(f"{type(fn).__name__} is not a plain Python function (pass a "
@@ -85,7 +80,7 @@ class _Shipper:
         self.add_function(name, fn)
         parts = [*sorted(set(self.imports.values())), *self.data.values(),
                  *self.functions.values()]
-        return {"source": "\n".join(parts) + "\n", "function": name, "module": "shipped"}
+        return CodeRef(source="\n".join(parts) + "\n", function=name)
 
     def add_function(self, name: str, fn: Any) -> None:
         if id(fn) in self.seen:
@@ -269,21 +264,10 @@ class AgentExecutor:
     def _stale(self, path: Path) -> bool:
         return time.monotonic() - self._checked > AVAILABLE_TTL_S or path != self._checked_path
 
-    def available(self, host: Host) -> bool:
-        """Whether `host.name`'s agent is connected and accepted (cached for a second).
-
-        On a running event loop this never waits: it answers from the cache and refreshes
-        it in the background (`connected()` is the awaitable, exact answer)."""
-        path = self.path or default_path()
-        if self._stale(path):
-            try:
-                asyncio.get_running_loop()
-            except RuntimeError:  # plain blocking code: ask the hub now
-                self._connected = connected_agents(path, timeout=AVAILABLE_TIMEOUT_S)
-                self._checked, self._checked_path = time.monotonic(), path
-            else:
-                self._start_refresh(path)
-        return host.name in self._connected
+    async def available(self, host: Host) -> bool:
+        """Whether `host.name`'s agent is connected and accepted (the Executor contract;
+        awaits the hub's answer, so the event loop never blocks on it)."""
+        return await self.connected(host)
 
     async def connected(self, host: Host) -> bool:
         """Whether `host.name`'s agent is connected; waits for the hub without blocking
@@ -324,7 +308,7 @@ class AgentExecutor:
 
         if not await self.connected(host) and host.name in self._agents:  # another machine
             return fail(mismatch(host, self._agents[host.name]) or "")
-        if op.kind in ("upload", "download"):
+        if op.kind in ("upload", "download", "sync"):  # sync: one file, as an upload
             async def step(fn: str, args: list[Any], kwargs: dict[str, Any],
                            timeout: float | None) -> dict[str, Any]:
                 return await self._call(host, {"hosts": [host.name], "fn": fn, "args": args,
@@ -383,13 +367,13 @@ class AutoExecutor:
         self.agent = agent
         self.ssh = ssh
 
-    def available(self, host: Host) -> bool:
+    async def available(self, host: Host) -> bool:
         return True
 
     async def run(self, host: Host, op: Op, settings: Settings,
                   on_line: LineSink | None = None) -> Result:
         """Run `op` over the agent if `host` has one connected, else over SSH."""
-        chosen: Executor = self.agent if await self.agent.connected(host) else self.ssh
+        chosen: Executor = self.agent if await self.agent.available(host) else self.ssh
         return await chosen.run(host, op, settings, on_line)
 
     async def close(self) -> None:
@@ -405,10 +389,11 @@ def _params(host: Host, op: Op, settings: Settings, *, stream: bool) -> dict[str
         if op.stdin is not None:
             kwargs["stdin"] = op.stdin
         return {**base, "fn": "shell", "args": [op.command_for(host)], "kwargs": kwargs}
-    kwargs = dict(op.kwargs)
-    code = kwargs.pop(CODE_KEY, None)
-    return {**base, "fn": op.function, "args": list(op.args), "kwargs": kwargs,
-            **({"code": code} if code else {})}
+    if op.kind == "code" and op.code is None:
+        raise ValueError("a code op carries no code")
+    code = {"code": msgspec.structs.asdict(op.code)} if op.kind == "code" and op.code else {}
+    return {**base, "fn": op.function or (op.code.function if op.code else ""),
+            "args": list(op.args), "kwargs": dict(op.kwargs), **code}
 
 
 def _result(host: Host, op: Op, item: dict[str, Any], started: float,
@@ -465,5 +450,5 @@ def agents(hub: Path | str | None = None) -> AgentHosts:
     )
 
 
-__all__ = ["CODE_KEY", "AgentExecutor", "AgentHosts", "AutoExecutor", "agent_list", "agents",
+__all__ = ["AgentExecutor", "AgentHosts", "AutoExecutor", "agent_list", "agents",
            "connected_agents", "default_path", "ship"]

@@ -77,11 +77,11 @@ class _Transfer:
 
 
 async def transfer(call: Caller, host: Host, op: Op, settings: Settings) -> Result:
-    """Run an upload or download op on `host` through `call`; one Result, never raises."""
+    """Run an upload, sync or download op on `host` through `call`; one Result, never raises."""
     started, t0 = time.time(), time.monotonic()
     total = op.timeout if op.timeout is not None else settings.command_timeout
     t = _Transfer(call, total)
-    if op.kind == "upload":
+    if op.kind != "download":  # upload, sync (one file over agents)
         what = f"upload {op.local} -> {host.name}:{op.remote}"
     else:
         what = f"download {host.name}:{op.remote} -> {op.local}/{host.name}/"
@@ -94,7 +94,7 @@ async def transfer(call: Caller, host: Host, op: Op, settings: Settings) -> Resu
 
     try:
         async with asyncio.timeout(total):
-            if op.kind == "upload":
+            if op.kind != "download":
                 changed = await _upload(t, op)
                 return result("ok", 0, out=op.remote, data=op.remote, changed=changed)
             dest = await _download(t, host, op)

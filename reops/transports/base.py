@@ -29,8 +29,9 @@ class Executor(Protocol):
         """Run `op` on `host`; stream output lines to `on_line` when given."""
         ...
 
-    def available(self, host: Host) -> bool:
-        """Whether this transport can reach `host` now (agents: connected + accepted)."""
+    async def available(self, host: Host) -> bool:
+        """Whether this transport can reach `host` now (agents: connected + accepted);
+        async so that asking a hub never blocks the event loop."""
         ...
 
     async def close(self) -> None:
@@ -43,19 +44,19 @@ class DryRun:
 
     transport = "local"
 
-    def available(self, host: Host) -> bool:
+    async def available(self, host: Host) -> bool:
         return True
 
     async def run(self, host: Host, op: Op, settings: Settings,
                   on_line: LineSink | None = None) -> Result:
         if op.kind == "shell":
             what = op.command_for(host)
-        elif op.kind == "upload":
-            what = f"upload {op.local} -> {host.name}:{op.remote}"
+        elif op.kind in ("upload", "sync"):
+            what = f"{op.kind} {op.local} -> {host.name}:{op.remote}"
         elif op.kind == "download":
             what = f"download {host.name}:{op.remote} -> {op.local}/{host.name}/"
-        else:
-            what = f"call {op.function}{op.args!r}"
+        else:  # call, code
+            what = f"{op.kind} {op.function}{op.args!r}"
         return Result(host=host.name, op=op.name, status="ok", code=0, out=what,
                       started_at=time.time(), transport="local", data={"dry_run": what})
 

@@ -131,7 +131,7 @@ class SshExecutor:
         self._forks_n = 0
         self._accept_lock: asyncio.Lock | None = None
 
-    def available(self, host: Host) -> bool:
+    async def available(self, host: Host) -> bool:
         return True
 
     def _semaphore(self, settings: Settings) -> asyncio.Semaphore:
@@ -386,7 +386,7 @@ class SshExecutor:
         self, host: Host, op: Op, settings: Settings, conn: asyncssh.SSHClientConnection,
         on_line: LineSink | None, started: float, t0: float,
     ) -> Result:
-        if op.name == "files.sync":  # rsync when both ends have it, else SFTP
+        if op.kind == "sync":  # rsync when both ends have it, else SFTP
             return await run_sync(host, op, settings, conn)
         if op.kind == "shell":
             return await self._shell(host, op, settings, conn, on_line, started, t0)
