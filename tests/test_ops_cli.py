@@ -243,17 +243,18 @@ def test_views_read_typed_data() -> None:
     from reops.ops.metrics import Load, Metrics
     from reops.ops.security import Listener
     from reops.ops.service import ServiceStatus
+    from reops.sinks import views
 
     def ok(data: object, changed: bool | None = None) -> Result:
         return Result(host="h", op="x", status="ok", code=0, data=data, changed=changed)
 
     running = ServiceStatus(name="nginx.service", init="systemd", active=True, state="active",
                             sub="running", enabled=True, unit_file_state="enabled", pid=812)
-    assert cli_ops._status_line(ok(running)) == "active (running) · enabled · pid 812"
-    assert cli_ops._change(ok("apt", changed=False)) == "apt: no change"
-    assert cli_ops._change(ok("apt", changed=True)) == "apt"
-    assert cli_ops._facts_row(ok(Facts(uptime_s=90061.0)))[0][-1] == "1d 1h"
-    cells = cli_ops._metrics_cells(Metrics(at=0.0, load=Load(load1=0.5, load5=0, load15=0)))
+    assert views.status_line(ok(running)) == "active (running) · enabled · pid 812"
+    assert views.change_line(ok("apt", changed=False)) == "apt: no change"
+    assert views.change_line(ok("apt", changed=True)) == "apt"
+    assert views.facts_rows(ok(Facts(uptime_s=90061.0)))[0][-1] == "1d 1h"
+    cells = views.metrics_cells(Metrics(at=0.0, load=Load(load1=0.5, load5=0, load15=0)))
     assert cells[2] == "0.5" and cells[4] == "-"
     ports = [Listener(proto="tcp", address="0.0.0.0", port=p) for p in (443, 22, 80)]
-    assert cli_ops._ports(ok(ports)) == "22/tcp, 80/tcp, 443/tcp"
+    assert views.ports_line(ok(ports)) == "22/tcp, 80/tcp, 443/tcp"

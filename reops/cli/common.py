@@ -72,6 +72,7 @@ def fleet_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def select_hosts(inventory_path: Path | None, selector: str, systems: str | None = None
                  ) -> Any:
+    """The Hosts of an inventory SELECTOR, or of a --systems selector; none: a UserError."""
     if systems is not None:
         from reops.systems import hosts as system_hosts
 
@@ -90,30 +91,45 @@ def select_hosts(inventory_path: Path | None, selector: str, systems: str | None
     return hosts
 
 
-def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any]) -> None:
-    """Select, configure, run `build(hosts)` and exit 0/1 by the Outcome."""
-    from reops.core.runtime import terminate_like_interrupt, terminated
-    from reops.core.settings import fd_bounded
-    from reops.sinks.jsonl import jsonl
-    from reops.sinks.table import save
-    from reops.sinks.terminal import pretty
-    from reops.streams.operators import retry, rolling
-    from reops.streams.source import configure
-    from reops.streams.stream import run
+#: the fleet flags that become Settings (paths: made absolute)
+SETTINGS = ("forks", "connect_timeout", "command_timeout", "host_key_checking", "user")
+PATHS = ("known_hosts", "key")
 
-    terminate_like_interrupt()
-    settings = {k: opts[k] for k in ("forks", "connect_timeout", "command_timeout",
-                                     "host_key_checking", "user") if opts.get(k) is not None}
-    for name in ("known_hosts", "key"):
+
+def configure_fleet(opts: dict[str, Any], *, lines: bool = False) -> None:
+    """The fleet flags (--forks, --key, --sudo, --via, --dry-run …) → the process defaults;
+    the one place flags become Settings, for every fleet command."""
+    from reops.core.settings import fd_bounded
+    from reops.streams.source import configure
+
+    settings = {k: opts[k] for k in SETTINGS if opts.get(k) is not None}
+    for name in PATHS:
         if opts.get(name) is not None:
             settings[name] = str(Path(opts[name]).expanduser().absolute())
     if opts.get("sudo"):
         settings["sudo"] = True
-    d = configure(via=opts["via"], lines=opts["lines"] and opts["output"] == "pretty",
-                  dry_run=opts["dry_run"], **settings)
+    d = configure(via=opts["via"], lines=lines, dry_run=opts["dry_run"], **settings)
     d.settings, note = fd_bounded(d.settings)
     if note:
         click.echo(f"reops: note: {note}", err=True)
+
+
+def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any]) -> None:
+    """Select, configure, run `build(hosts)` and exit 0/1 by the Outcome.
+
+    The one pipeline of every fleet command (`exec` and every op command): build →
+    --retry → --rolling → the sink of -o (pretty: the terminal sink, whose per-op views
+    show facts, packages … ; jsonl; json) → --save.
+    """
+    from reops.core.runtime import terminate_like_interrupt, terminated
+    from reops.sinks.jsonl import jsonl
+    from reops.sinks.table import save
+    from reops.sinks.terminal import pretty
+    from reops.streams.operators import retry, rolling
+    from reops.streams.stream import run
+
+    terminate_like_interrupt()
+    configure_fleet(opts, lines=opts["lines"] and opts["output"] == "pretty")
     hosts = select_hosts(opts["inventory_path"], selector, opts.get("systems"))
     stream = build(hosts)
     if opts["retries"]:
@@ -130,7 +146,7 @@ def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any
             sys.stdout.write(outcome.to_json().decode() + "\n")
             sys.stdout.flush()
     except BrokenPipeError:  # `reops exec … | head`: the reader left; stop quietly
-        _quiet_stdout()
+        quiet_stdout()
         sys.exit(141)
     if opts["save"] is not None:
         path = save(outcome, opts["save"])
@@ -143,7 +159,7 @@ def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any
     sys.exit(outcome.exit_code)
 
 
-def _quiet_stdout() -> None:
+def quiet_stdout() -> None:
     """After a closed pipe, point stdout at /dev/null so exit-time flushes stay silent."""
     import os
 

@@ -1,5 +1,8 @@
 """The terminal sink: ✔/✘ per host as each finishes, live output lines, a summary.
 
+The one terminal sink of every command (`reops exec`, `reops facts`, …) and of `| pretty()`:
+how an op's Result reads (a line, a table after the run) is its view in `sinks/views.py`.
+
 Output goes to stdout; the progress bar goes to stderr and only on a TTY, so pipes and
 `--output json` stay clean.
 """
@@ -20,6 +23,7 @@ from reactivex.disposable import Disposable
 
 from reops.core.model import Event, Line, Result
 from reops.core.runtime import SHUTDOWN_GRACE_S, get_runtime, terminated
+from reops.sinks.views import display, print_after
 from reops.streams.stream import Operator, Stream
 
 #: a fan-out shows a progress bar only when it takes longer than this
@@ -284,6 +288,8 @@ def pretty(*, tail: int = 3, file: IO[str] | None = None, progress: bool | None 
            summary: bool = True, max_lines: int = LINE_BUFFER) -> Operator:
     """Print each host's ✔/✘ and output tail as it finishes, then a summary line.
 
+    Each Result reads as its op's view says (`sinks/views.py`: facts → the OS name and a
+    table, exec → its output); dry runs of viewed ops print their script once at the end.
     Printing happens off the runtime loop: Results flow on at once, whatever the
     terminal's speed; live lines beyond `max_lines` waiting are counted, not shown.
     """
@@ -296,6 +302,15 @@ def pretty(*, tail: int = 3, file: IO[str] | None = None, progress: bool | None 
             w = _Writer(max_lines, p.lines, p.not_shown)
             p.writer = w
             state = {"ended": False}
+            seen: list[Result] = []  # for the views' tables after the run
+
+            def last() -> None:
+                try:
+                    print_after(p.console, seen)
+                except SystemExit:  # rich's answer to a closed pipe (`reops facts … | head`)
+                    raise BrokenPipeError("output closed") from None
+                if summary:
+                    p.summary()
 
             def end(exc: BaseException | None) -> None:
                 """Deliver the stream's end once, on the loop thread."""
@@ -317,13 +332,15 @@ def pretty(*, tail: int = 3, file: IO[str] | None = None, progress: bool | None 
                 if state["ended"]:
                     return
                 if isinstance(e, Result):
-                    w.must(lambda: p.result(e))
+                    seen.append(e)
+                    shown = display(e)
+                    w.must(lambda: p.result(shown))
                 elif p.show_lines:
                     w.line(e)
                 observer.on_next(e)
 
             def on_completed() -> None:
-                w.close(p.summary if summary else _nothing, end)
+                w.close(last, end)
 
             def on_error(exc: Exception) -> None:
                 w.close(lambda: p.summary(interrupted=True), lambda _: end(exc))
@@ -345,7 +362,3 @@ def pretty(*, tail: int = 3, file: IO[str] | None = None, progress: bool | None 
         return Stream(reactivex.create(subscribe), up.hosts, lambda hs: apply(up.rebuild(hs)))
 
     return Operator(apply, "pretty")
-
-
-def _nothing() -> None:
-    return None

@@ -1,0 +1,158 @@
+"""One CLI pipeline and one terminal sink: op commands run exactly like `reops exec`.
+
+Real `reops` processes against the session lab's sshd hosts; the host that is never
+reached is a real TCP listener on loopback that hangs up at once (counting its callers).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reops import run
+from reops.lab.fleet import LabInfo
+from reops.sinks.terminal import pretty
+from reops.streams.steps import facts
+
+#: upper bound for a command we wait for (never a pass/fail margin)
+DEADLINE_S = 120.0
+#: loopback address for the hang-up host (conftest: 127.0.252+ is free for tests)
+HANGUP_ADDRESS = "127.0.252.7"
+
+
+def reops(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "reops", *args], capture_output=True,
+                          text=True, timeout=DEADLINE_S)
+
+
+class HangUp:
+    """A TCP listener that closes every connection at once: SSH to it is `unreachable`.
+
+    Counts connections before closing them, so when a `reops` run has ended every
+    connection it made is counted (each attempt waited for this close).
+    """
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server((HANGUP_ADDRESS, 0), backlog=64)
+        self.calls = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._serve, name="hangup", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed by close()
+                return
+            with self._lock:
+                self.calls += 1
+            conn.close()
+
+    @property
+    def port(self) -> int:
+        port: int = self.sock.getsockname()[1]
+        return port
+
+    def take(self) -> int:
+        """Connections counted so far, then start again from zero."""
+        with self._lock:
+            n, self.calls = self.calls, 0
+        return n
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self._thread.join()
+
+
+@pytest.fixture
+def hangup() -> Iterator[HangUp]:
+    h = HangUp()
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+def test_op_command_retries_unreachable_hosts_like_exec(hangup: HangUp,
+                                                        tmp_path: Path) -> None:
+    """`--retry 2` gives an unreachable host three attempts, for `facts` as for `exec`."""
+    inv = tmp_path / "inventory.toml"
+    inv.write_text(f'[hosts.gone]\naddress = "{HANGUP_ADDRESS}"\nport = {hangup.port}\n')
+    outcomes = {}
+    for name, argv in (("exec", ["exec", "-i", str(inv), "gone", "--retry", "2", "-o", "json",
+                                 "--", "true"]),
+                       ("facts", ["facts", "-i", str(inv), "gone", "os", "--retry", "2",
+                                  "-o", "json"])):
+        p = reops(*argv)
+        assert p.returncode == 1, (name, p.stdout, p.stderr)
+        outcomes[name] = json.loads(p.stdout)
+        assert hangup.take() == 3, name  # first try + 2 retries, each a real connection
+    for doc in outcomes.values():
+        [r] = doc["failure"]["-1"]
+        assert r["status"] == "unreachable" and r["host"] == "gone"
+    p = reops("facts", "-i", str(inv), "gone", "os", "--retry", "2")  # pretty: same pipeline
+    assert p.returncode == 1 and "✘ gone" in p.stdout and "1 unreachable" in p.stdout
+    assert hangup.take() == 3
+
+
+def test_op_command_rolling_runs_batch_after_batch(lab: LabInfo) -> None:
+    """`--rolling 5`: Results come batch by batch in selection order, as for `exec`."""
+    names = reops("hosts", "-i", str(lab.inventory), "all", "-o", "names").stdout.split()
+    assert len(names) >= 15
+    batches = [set(names[i:i + 5]) for i in range(0, len(names), 5)]
+    for argv in (["facts", "-i", str(lab.inventory), "all", "os"],
+                 ["exec", "-i", str(lab.inventory), "all", "--", "true"]):
+        where = argv.index("all") + 1
+        p = reops(*argv[:where], "--rolling", "5", "-o", "jsonl", *argv[where:])
+        assert p.returncode == 0, p.stderr
+        order = [json.loads(line)["host"] for line in p.stdout.splitlines()]
+        assert [set(order[i:i + 5]) for i in range(0, len(order), 5)] == batches, argv
+
+
+def test_op_commands_and_exec_share_one_pipeline(lab: LabInfo) -> None:
+    """Same Outcome shape from `facts` and `exec`; the ops module has no pipeline of its own."""
+    from reops.cli import ops as cli_ops
+
+    assert not hasattr(cli_ops, "run_step") and not hasattr(cli_ops, "show")
+    docs = []
+    for argv in (["exec", "-i", str(lab.inventory), "web1", "-o", "json", "--", "uname"],
+                 ["facts", "-i", str(lab.inventory), "web1", "os", "-o", "json"]):
+        p = reops(*argv)
+        assert p.returncode == 0, p.stderr
+        docs.append(json.loads(p.stdout))
+    exec_doc, facts_doc = docs
+    assert set(exec_doc) == set(facts_doc) == {"hosts", "successful", "failure"}
+    assert set(exec_doc["successful"][0]) == set(facts_doc["successful"][0])
+    assert facts_doc["successful"][0]["data"]["os"]["kernel"] == "Linux"
+
+
+def _without_timings(text: str) -> list[str]:
+    """Output lines with durations blanked (`0.12s`, `0.50 s`), for comparing runs."""
+    return [re.sub(r"\d+\.\d+ ?s\b", "Ts", line) for line in text.splitlines()]
+
+
+def test_pretty_in_python_shows_the_ops_view_like_the_cli(lab: LabInfo) -> None:
+    """`facts(hosts) | pretty()` prints what `reops facts` prints: the view is the op's."""
+    buf = io.StringIO()
+    hosts = lab.as_hosts().glob("web1")
+    out = run(facts(hosts, "os") | pretty(file=buf, progress=False))
+    assert out.ok
+    os_name = out.successful[0].data.os.name
+    api = _without_timings(buf.getvalue())
+    assert api[0].startswith("✔ web1") and api[0].endswith(f"  {os_name}")
+    assert api[1].split() == ["host", "os", "kernel", "cpus", "memory", "disks", "address",
+                              "uptime"]
+    p = reops("facts", "-i", str(lab.inventory), "web1", "os")
+    assert p.returncode == 0, p.stderr
+    assert _without_timings(p.stdout) == api
