@@ -10,7 +10,19 @@ import reactivex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reops import Host, Hosts, Outcome, Result, Stream, partition, pretty, retry, run, then
+from reops import (
+    Host,
+    Hosts,
+    Outcome,
+    Result,
+    Stream,
+    partition,
+    pretty,
+    retry,
+    run,
+    then,
+    timeout,
+)
 from reops.sinks.table import save, to_table
 from reops.streams.operators import failed, lost, rolling, successful, unreachable, where
 
@@ -148,3 +160,17 @@ def test_retry_when_lost_is_opt_in() -> None:
     out = run(rec.stream(hosts_named("a", "b")) | retry(1, when=lost))
     assert rec.runs == Counter({"a": 2, "b": 1})
     assert [r.host for r in out.successful] == ["a"] and unreachable(out.failed[0])
+
+
+def test_every_operator_keeps_an_endless_stream_endless() -> None:
+    """Operators derive their Stream (Stream.derive): over an endless source they keep no
+    history either, so `endless | where | then | ...` never buffers."""
+    hosts = hosts_named("a", "b")
+    rec = Recorder({"a": [0], "b": [1]})
+    operators = [where(successful), then(lambda hs: rec.stream(hs)), retry(1), rolling(1),
+                 timeout(5)]
+    for op in operators:
+        endless = Stream(reactivex.never(), hosts, rec.stream, replay=False) | op
+        finite = rec.stream(hosts) | op
+        assert endless.endless and not finite.endless, op
+        assert endless.hosts is hosts, op

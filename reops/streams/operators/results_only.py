@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from reactivex import Observable
 from reactivex import operators as ops
 
-from reops.core.model import Result
-from reops.streams.stream import Operator, Stream
+from reops.core.model import Event, Result
+from reops.streams.stream import Operator, Stream, derived
 
 
 def results_only() -> Operator:
@@ -18,8 +19,7 @@ def results_only() -> Operator:
         -----a----b--|
     """
 
-    def apply(up: Stream) -> Stream:
-        return Stream(up.observable.pipe(ops.filter(lambda e: isinstance(e, Result))),
-                      up.hosts, lambda hs: apply(up.rebuild(hs)), shared=False)
+    def make(up: Stream) -> Observable[Event]:
+        return up.observable.pipe(ops.filter(lambda e: isinstance(e, Result)))
 
-    return Operator(apply, "results_only")
+    return derived(make, "results_only", shared=False)

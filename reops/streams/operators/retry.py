@@ -10,7 +10,7 @@ from reactivex.disposable import CompositeDisposable
 from reops.core.model import Event, Hosts, Line
 from reops.streams.operators._timer import after
 from reops.streams.operators.predicates import Predicate, unreachable
-from reops.streams.stream import Operator, Stream
+from reops.streams.stream import Operator, Stream, derived
 
 
 def retry(times: int, *, when: Predicate = unreachable, delay: float = 0.0,
@@ -33,7 +33,7 @@ def retry(times: int, *, when: Predicate = unreachable, delay: float = 0.0,
     if times < 0:
         raise ValueError("retry(times): times must be >= 0")
 
-    def apply(up: Stream) -> Stream:
+    def make(up: Stream) -> Observable[Event]:
         def again(e: Event, left: int) -> Observable[Event]:
             if isinstance(e, Line) or left == 0 or not when(e):
                 return reactivex.just(e)
@@ -50,10 +50,9 @@ def retry(times: int, *, when: Predicate = unreachable, delay: float = 0.0,
         def first(e: Event) -> Observable[Event]:
             return again(e, times)
 
-        return Stream(up.observable.pipe(ops.flat_map(first)), up.hosts,
-                      lambda hs: apply(up.rebuild(hs)))
+        return up.observable.pipe(ops.flat_map(first))
 
-    return Operator(apply, f"retry({times})")
+    return derived(make, f"retry({times})", shared=True)
 
 
 def _later(seconds: float, then_: Observable[Event],

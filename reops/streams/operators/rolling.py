@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import reactivex
-from reactivex import abc
+from reactivex import Observable, abc
 from reactivex.disposable import CompositeDisposable
 
 from reops.core.model import Event, Result, failure_result
-from reops.streams.stream import Operator, Stream
+from reops.streams.stream import Operator, Stream, derived
 
 
 def rolling(batch: int, *, max_failed: int | None = None) -> Operator:
@@ -19,14 +19,14 @@ def rolling(batch: int, *, max_failed: int | None = None) -> Operator:
 
         a:  ---a|
         b:  -----b|
-        c:         --c|
+        c:       --c|
         [ rolling(2) ]
-            ---a-b--c|
+            ---a-b-c|
     """
     if batch < 1:
         raise ValueError("rolling(batch): batch must be >= 1")
 
-    def apply(up: Stream) -> Stream:
+    def make(up: Stream) -> Observable[Event]:
         names = up.hosts.names
         chunks = [up.hosts.only(names[i:i + batch]) for i in range(0, len(names), batch)]
 
@@ -62,7 +62,6 @@ def rolling(batch: int, *, max_failed: int | None = None) -> Operator:
             next_batch()
             return current
 
-        return Stream(reactivex.create(subscribe), up.hosts,
-                      lambda hs: apply(up.rebuild(hs)))
+        return reactivex.create(subscribe)
 
-    return Operator(apply, f"rolling({batch})")
+    return derived(make, f"rolling({batch})", shared=True)

@@ -11,7 +11,7 @@ from reactivex import operators as ops
 
 from reops.core.model import Event, Hosts, Line
 from reops.streams.source import as_step
-from reops.streams.stream import Operator, Stream
+from reops.streams.stream import Operator, Stream, derived
 
 
 def then(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Operator:
@@ -27,7 +27,7 @@ def then(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Operator:
     """
     make = as_step(fn)
 
-    def apply(up: Stream) -> Stream:
+    def make_events(up: Stream) -> Observable[Event]:
         def next_for(e: Event) -> Observable[Event]:
             if isinstance(e, Line) or not e.ok:
                 return reactivex.just(e)
@@ -36,7 +36,6 @@ def then(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Operator:
                 return reactivex.just(e)
             return make(Hosts([host]), *args, **kwargs).observable
 
-        return Stream(up.observable.pipe(ops.flat_map(next_for)), up.hosts,
-                      lambda hs: apply(up.rebuild(hs)))
+        return up.observable.pipe(ops.flat_map(next_for))
 
-    return Operator(apply, f"then({getattr(fn, '__name__', fn)})")
+    return derived(make_events, f"then({getattr(fn, '__name__', fn)})", shared=True)

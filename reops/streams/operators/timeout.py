@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import reactivex
-from reactivex import abc
+from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 
 from reops.core.model import Event, Result, failure_result
 from reops.streams.operators._timer import after
-from reops.streams.stream import Operator, Stream
+from reops.streams.stream import Operator, Stream, derived
 
 
 def timeout(seconds: float, *, scheduler: abc.SchedulerBase | None = None) -> Operator:
@@ -24,7 +24,7 @@ def timeout(seconds: float, *, scheduler: abc.SchedulerBase | None = None) -> Op
             -a-T|
     """
 
-    def apply(up: Stream) -> Stream:
+    def make(up: Stream) -> Observable[Event]:
         def subscribe(observer: abc.ObserverBase[Event],
                       _: abc.SchedulerBase | None = None) -> abc.DisposableBase:
             done: set[str] = set()
@@ -74,7 +74,6 @@ def timeout(seconds: float, *, scheduler: abc.SchedulerBase | None = None) -> Op
             upstream.append(up.observable.subscribe(on_next, on_error, finish))
             return Disposable(stop)
 
-        return Stream(reactivex.create(subscribe), up.hosts,
-                      lambda hs: apply(up.rebuild(hs)))
+        return reactivex.create(subscribe)
 
-    return Operator(apply, f"timeout({seconds:g})")
+    return derived(make, f"timeout({seconds:g})", shared=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from reactivex import Observable
 from reactivex import operators as ops
 
+from reops.core.model import Event
 from reops.streams.operators.predicates import Predicate, keep_lines
-from reops.streams.stream import Operator, Stream
+from reops.streams.stream import Operator, Stream, derived
 
 
 def where(pred: Predicate) -> Operator:
@@ -18,8 +20,7 @@ def where(pred: Predicate) -> Operator:
         --a-----c--|
     """
 
-    def apply(up: Stream) -> Stream:
-        return Stream(up.observable.pipe(ops.filter(keep_lines(pred))), up.hosts,
-                      lambda hs: apply(up.rebuild(hs)), shared=False)
+    def make(up: Stream) -> Observable[Event]:
+        return up.observable.pipe(ops.filter(keep_lines(pred)))
 
-    return Operator(apply, f"where({getattr(pred, '__name__', 'pred')})")
+    return derived(make, f"where({getattr(pred, '__name__', 'pred')})", shared=False)
