@@ -146,7 +146,7 @@ def test_every_op_dry_run_prints_its_command(lab: LabInfo, in_process: CliRunner
         "tar -xvf": ["files", "extract", "web1", "/tmp/a.tgz", "/srv"],
         "debug=1": ["files", "line-in-file", "web1", "/etc/app.conf", "debug=1"],
         "name=web1": ["files", "template", "web1", str(tmpl), "/etc/app.conf"],
-        f"upload {tmp_path}": ["files", "sync", "web1", str(tmp_path), "/srv/www"],
+        f"sync {tmp_path}": ["files", "sync", "web1", str(tmp_path), "/srv/www"],
         "upload ": ["files", "upload", "web1", str(tmpl), "/tmp/t"],
         "download web1:/etc/hostname": ["files", "download", "web1", "/etc/hostname", "d"],
     }
