@@ -10,7 +10,7 @@ Names load lazily so `import reops` (and `reops --help`) stays fast.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -43,6 +43,71 @@ _EXPORTS: dict[str, str] = {
     # flows
     **_from("reops.flows", "flow"),
 }
+
+if TYPE_CHECKING:  # the same names, typed, for mypy and IDEs; costs nothing at run time
+    # (`X as X`: an explicit re-export; tests/test_typed_seams.py keeps it equal to _EXPORTS)
+    from reops.core.inventory import Inventory as Inventory
+    from reops.core.inventory import inventory as inventory
+    from reops.core.model import Host as Host
+    from reops.core.model import Hosts as Hosts
+    from reops.core.model import Line as Line
+    from reops.core.model import Outcome as Outcome
+    from reops.core.model import Result as Result
+    from reops.core.settings import Settings as Settings
+    from reops.flows import flow as flow
+    from reops.ops.base import Op as Op
+    from reops.sinks.jsonl import jsonl as jsonl
+    from reops.sinks.table import save as save
+    from reops.sinks.table import to_table as to_table
+    from reops.sinks.terminal import pretty as pretty
+    from reops.streams.agents import agent_events as agent_events
+    from reops.streams.agents import agents as agents
+    from reops.streams.agents import call as call
+    from reops.streams.agents import schedule as schedule
+    from reops.streams.operators import failed as failed
+    from reops.streams.operators import lost as lost
+    from reops.streams.operators import partition as partition
+    from reops.streams.operators import pick as pick
+    from reops.streams.operators import retry as retry
+    from reops.streams.operators import rolling as rolling
+    from reops.streams.operators import successful as successful
+    from reops.streams.operators import then as then
+    from reops.streams.operators import timeout as timeout
+    from reops.streams.operators import unreachable as unreachable
+    from reops.streams.operators import where as where
+    from reops.streams.source import configure as configure
+    from reops.streams.source import source as source
+    from reops.streams.source import step as step
+    from reops.streams.steps import boot_id as boot_id
+    from reops.streams.steps import collect as collect
+    from reops.streams.steps import cp as cp
+    from reops.streams.steps import download as download
+    from reops.streams.steps import exec_ as exec_
+    from reops.streams.steps import extract as extract
+    from reops.streams.steps import facts as facts
+    from reops.streams.steps import firewall as firewall
+    from reops.streams.steps import grep as grep
+    from reops.streams.steps import line_in_file as line_in_file
+    from reops.streams.steps import listening as listening
+    from reops.streams.steps import ls as ls
+    from reops.streams.steps import metrics as metrics
+    from reops.streams.steps import mkdir as mkdir
+    from reops.streams.steps import pkg as pkg
+    from reops.streams.steps import reboot as reboot
+    from reops.streams.steps import rm as rm
+    from reops.streams.steps import security_updates as security_updates
+    from reops.streams.steps import service as service
+    from reops.streams.steps import sh as sh
+    from reops.streams.steps import shutdown as shutdown
+    from reops.streams.steps import ssh_sessions as ssh_sessions
+    from reops.streams.steps import sync as sync
+    from reops.streams.steps import template as template
+    from reops.streams.steps import to_metrics_table as to_metrics_table
+    from reops.streams.steps import upload as upload
+    from reops.streams.steps import wait_back as wait_back
+    from reops.streams.steps import windows as windows
+    from reops.streams.stream import Stream as Stream
+    from reops.streams.stream import run as run
 
 __all__ = sorted(_EXPORTS)
 

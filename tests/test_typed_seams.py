@@ -72,3 +72,34 @@ def test_available_is_awaitable_on_every_executor() -> None:
     """Asking whether a host is reachable may need the hub: it must never block the loop."""
     for executor in (DryRun, SshExecutor, AgentExecutor, AutoExecutor):
         assert inspect.iscoroutinefunction(executor.available), executor.__name__
+
+
+def test_the_type_checking_block_lists_every_lazy_export() -> None:
+    """Every lazy export is also imported under TYPE_CHECKING, from the same module."""
+    import ast
+
+    import reops
+
+    tree = ast.parse(Path(reops.__file__).read_text())
+    [block] = [n for n in tree.body if isinstance(n, ast.If)
+               and isinstance(n.test, ast.Name) and n.test.id == "TYPE_CHECKING"]
+    typed = {(a.asname or a.name): node.module for node in block.body
+             if isinstance(node, ast.ImportFrom) for a in node.names}
+    assert typed == reops._EXPORTS
+
+
+def test_mypy_sees_the_real_signatures_of_the_exports(tmp_path: Path) -> None:
+    """`from reops import run` is typed: a misuse is reported (it was Any before)."""
+    from mypy import api
+
+    misuse = tmp_path / "misuse.py"
+    misuse.write_text("import reops\nfrom reops import Hosts, run\n\n"
+                      "reops.run(1, 2, 3)\nrun(Hosts(), 4)\n"
+                      "x: int = reops.Settings()\n")
+    out, err, status = api.run([
+        "--no-incremental", "--cache-dir", str(tmp_path / "cache"), "--config-file", "",
+        "--follow-imports", "silent", "--ignore-missing-imports", str(misuse)])
+    assert status == 1, out + err
+    lines = {int(line.split(":")[1]) for line in out.splitlines()
+             if line.startswith(str(misuse)) and ": error:" in line}
+    assert lines == {4, 5, 6}, out
