@@ -41,6 +41,7 @@ from reops.lab.agents import (
     wait_for_agents,
 )
 from reops.ops.base import Op
+from reops.ops.metrics import Metrics
 from reops.transports.agent import AgentExecutor, agents, ship
 
 HEARTBEAT = 0.25
@@ -108,8 +109,9 @@ async def test_builtins_fan_out(client: HubClient) -> None:
     assert {h: r["status"] for h, r in results.items()} == {
         "a1": "ok", "a2": "ok", "c1": "ok", "ghost": "unreachable"}
     assert results["ghost"]["code"] == -1 and "not connected" in results["ghost"]["err"]
-    results, _ = await call(client, hosts=["a1"], fn="metrics", args=["load", "mem"])
-    assert set(results["a1"]["data"]) == {"time", "load", "mem"}
+    results, _ = await call(client, hosts=["a1"], fn="metrics", args=["load", "memory"])
+    data = results["a1"]["data"]  # the fields of reops.ops.metrics.Metrics
+    assert data["load"] and data["memory"] and data["at"] and data["cpu"] is None
 
 
 async def test_executor_gives_ssh_shaped_results(fleet: tuple[LabHub, Path]) -> None:
@@ -404,7 +406,8 @@ def test_schedule_and_events_observables(fleet: tuple[LabHub, Path]) -> None:
     finally:
         sub.dispose()
     assert {r.host for r in got} == {"a1", "a2"}
-    assert all(r.transport == "agent" and r.ok and "load" in r.data for r in got)
+    assert all(r.transport == "agent" and r.ok and isinstance(r.data, Metrics)
+               and r.data.load is not None for r in got)
 
     events: list[Any] = []
     seen, subscribed = threading.Event(), threading.Event()

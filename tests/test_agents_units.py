@@ -199,12 +199,13 @@ async def test_shipped_code_refused_then_run_and_errors() -> None:
 async def test_builtins(tmp_path: Path) -> None:
     runner = Runner()
     facts = await runner.run(1, "facts", [], {})
-    assert facts.status == "ok" and facts.data["cpus"] >= 1 and facts.data["kernel"]
+    assert facts.status == "ok" and facts.data["hardware"]["cpus"] >= 1
+    assert facts.data["os"]["kernel_release"]
     m = await runner.run(1, "metrics", [], {})
-    assert set(m.data) >= {"cpu", "mem", "load", "disk", "net"}
-    assert 0 <= m.data["cpu"]["percent"] <= 100 and m.data["mem"]["total"] > 0
+    assert set(m.data) >= {"cpu", "memory", "load", "disks", "net", "entropy"}
+    assert 0 <= m.data["cpu"]["busy_pct"] <= 100 and m.data["memory"]["total"] > 0
     bad = await runner.run(1, "metrics", ["gpu"], {})
-    assert bad.status == "error" and "unknown metric" in bad.err
+    assert bad.status == "error" and "unknown metrics" in bad.err
     target = tmp_path / "d" / "f.txt"
     w = await runner.run(1, "file.write", [str(target), b"hello"], {"mode": 0o600})
     assert w.data["changed"] and target.read_bytes() == b"hello"

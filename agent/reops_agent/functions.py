@@ -57,7 +57,7 @@ class Runner:
         self.allow_code = allow_code
         self.allow = allow
         self._allowed = allowed_builtins(allow)
-        self.cpu = system.CpuSampler()
+        self.sampler = system.Sampler()  # rates between metrics calls
         self.code = CodeCache()
         self.uploads = system.Uploads()
         self._bound = asyncio.Semaphore(concurrency)
@@ -66,7 +66,8 @@ class Runner:
             "ping": self._ping,
             "shell": self._shell,
             "facts": self._threaded(system.facts),
-            "metrics": self._threaded(lambda *w: system.metrics(self.cpu, *w)),
+            "metrics": self._threaded(
+                lambda *kinds, **kw: system.metrics(self.sampler, *kinds, **kw)),
             "file.read": self._threaded(system.file_read),
             "file.write": self._threaded(system.file_write),
             "file.stat": self._threaded(system.file_stat),

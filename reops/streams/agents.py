@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 import reactivex
+from reactivex import operators as rx_ops
 from reactivex.abc import ObserverBase, SchedulerBase
 from reactivex.disposable import Disposable
 
@@ -26,6 +27,7 @@ from reops.control.client import HubClient
 from reops.core.model import UNREACHED, Host, Hosts, Result
 from reops.core.runtime import get_runtime
 from reops.ops.base import CodeRef, Op
+from reops.ops.shapes import typed
 from reops.streams.source import source
 from reops.streams.stream import Stream
 from reops.transports.agent import agents, ship
@@ -45,6 +47,8 @@ def call(hosts: Hosts | Iterable[Host], fn: str | Callable[..., Any], *args: Any
     name, code = _fn(fn)
     op = Op(name=f"call:{name}", kind="call" if code is None else "code", function=name,
             args=args, kwargs=kwargs, code=code, timeout=timeout)
+    if isinstance(fn, str):  # a built-in: facts/metrics data in the same Structs as SSH's
+        return source(hosts, op, via="agent") | rx_ops.map(lambda e: typed(name, e))
     return source(hosts, op, via="agent")
 
 
@@ -55,7 +59,8 @@ def schedule(hosts: Hosts | Iterable[Host], fn: str | Callable[..., Any], *args:
     name, ref = _fn(fn)
     code = msgspec.structs.asdict(ref) if ref is not None else None
     op_name = f"schedule:{name}"
-    return _hub_stream(hub, "schedule", lambda it: _tick(op_name, it),
+    shape = fn if isinstance(fn, str) else ""  # built-ins only: shipped code keeps its data
+    return _hub_stream(hub, "schedule", lambda it: typed(shape, _tick(op_name, it)),
                        hosts=[h.name for h in hosts], fn=name, args=list(args), kwargs=kwargs,
                        every=every, timeout=timeout, **({"code": code} if code else {}))
 
