@@ -24,7 +24,7 @@ from reactivex.disposable import Disposable
 from reops.core.model import Event, Line, Result
 from reops.core.runtime import SHUTDOWN_GRACE_S, get_runtime, terminated
 from reops.sinks.views import display, print_after
-from reops.streams.stream import Operator, Stream
+from reops.streams.stream import Operator, Stream, derived
 
 #: a fan-out shows a progress bar only when it takes longer than this
 PROGRESS_AFTER_S = 0.5
@@ -294,7 +294,7 @@ def pretty(*, tail: int = 3, file: IO[str] | None = None, progress: bool | None 
     terminal's speed; live lines beyond `max_lines` waiting are counted, not shown.
     """
 
-    def apply(up: Stream) -> Stream:
+    def make(up: Stream) -> reactivex.Observable[Event]:
         def subscribe(observer: abc.ObserverBase[Event],
                       scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
             rt = get_runtime()
@@ -359,6 +359,6 @@ def pretty(*, tail: int = 3, file: IO[str] | None = None, progress: bool | None 
 
             return Disposable(dispose)
 
-        return Stream(reactivex.create(subscribe), up.hosts, lambda hs: apply(up.rebuild(hs)))
+        return reactivex.create(subscribe)
 
-    return Operator(apply, "pretty")
+    return derived(make, "pretty", shared=True)  # printing is a side effect: once
