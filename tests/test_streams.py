@@ -50,15 +50,19 @@ def test_partition_runs_the_remote_command_once(lab: LabInfo, tmp_path: Path) ->
 
 
 def test_then_flows_per_host_without_lock_step(lab: LabInfo) -> None:
+    """The slow host's first step ends only once every other host has run its second step:
+    it can succeed only if `then` does not wait for the slowest host. No clock involved
+    (exact timings: tests/test_operators_virtual.py); the wait gives up after 600 polls."""
     hosts = web(lab)
     slow = hosts["web4"].address
-    out = run(exec_(hosts, only_on(slow, "sleep 3")) | then(exec_, "date +%s.%N"))
+    mark = f"/tmp/reops-then-{uuid.uuid4().hex}"
+    others = len(hosts) - 1
+    wait_for_others = (f'for i in $(seq 600); do [ "$(ls {mark}-* 2>/dev/null | wc -l)" '
+                       f'-ge {others} ] && exit 0; sleep 0.05; done; exit 9')
+    second = f'touch {mark}-$(echo "$SSH_CONNECTION" | cut -d" " -f3)'
+    out = run(exec_(hosts, only_on(slow, wait_for_others)) | then(exec_, second))
+    run(exec_(hosts["web1"], f"rm -f {mark}-*"))
     assert out.ok and len(out.successful) == len(hosts)
-    final = {r.host: r for r in out.successful}
-    slow_second_start = final["web4"].started_at
-    fast_second_starts = [r.started_at for h, r in final.items() if h != "web4"]
-    # every fast host ran its second step long before the slow host finished its first
-    assert max(fast_second_starts) < slow_second_start - 2.0
 
 
 def test_then_keeps_failures_and_pick_filters(lab: LabInfo) -> None:
@@ -87,15 +91,21 @@ def test_retry_reruns_only_failed_hosts(lab: LabInfo) -> None:
 
 
 def test_rolling_batches_run_one_after_another(lab: LabInfo) -> None:
+    """Each host logs its start and end to one shared file; the log's order (not clocks)
+    shows every batch starting after the previous one ended."""
     hosts = lab.as_hosts().glob("db*") | lab.as_hosts().glob("cache*")
-    out = run(exec_(hosts, "sleep 0.3; echo x") | rolling(4))
+    log = f"/tmp/reops-rolling-{uuid.uuid4().hex}"
+    me = '$(echo "$SSH_CONNECTION" | cut -d" " -f3)'
+    out = run(exec_(hosts, f"echo start {me} >> {log}; sleep 0.3; echo end {me} >> {log}")
+              | rolling(4))
     assert out.ok and len(out.successful) == len(hosts)
-    by = {r.host: r for r in out.successful}
+    logged = run(exec_(hosts["db1"], f"cat {log}; rm -f {log}")).successful[0].out.split("\n")
+    at = {line: i for i, line in enumerate(logged)}
     names = hosts.names
     batches = [names[i:i + 4] for i in range(0, len(names), 4)]
     for earlier, later in itertools.pairwise(batches):
-        end = max(by[h].started_at + by[h].duration_s for h in earlier)
-        assert min(by[h].started_at for h in later) >= end - 0.05
+        last_end = max(at[f"end {hosts[h].address}"] for h in earlier)
+        assert min(at[f"start {hosts[h].address}"] for h in later) > last_end
 
 
 def test_rolling_stops_after_max_failed(lab: LabInfo) -> None:
@@ -109,10 +119,13 @@ def test_rolling_stops_after_max_failed(lab: LabInfo) -> None:
 
 
 def test_pipeline_timeout_marks_late_hosts(lab: LabInfo) -> None:
-    hosts = web(lab)
-    out = run(exec_(hosts, only_on(hosts["web6"].address, "sleep 20")) | timeout(2))
+    """A real host still running at the deadline gets a timeout Result. Only the slow host
+    runs here: whether fast hosts beat a wall-clock deadline on a loaded machine is a race;
+    that they pass, and the exact times, are in tests/test_operators_virtual.py."""
+    slow = web(lab)["web6"]
+    out = run(exec_(slow, "sleep 20") | timeout(1))
     assert [r.host for r in out.failed] == ["web6"] and out.failed[0].status == "timeout"
-    assert len(out.successful) == len(hosts) - 1
+    assert "within 1 s" in out.failed[0].err
 
 
 def test_lines_stream_in_order_before_result(lab: LabInfo) -> None:
