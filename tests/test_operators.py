@@ -174,3 +174,12 @@ def test_every_operator_keeps_an_endless_stream_endless() -> None:
         finite = rec.stream(hosts) | op
         assert endless.endless and not finite.endless, op
         assert endless.hosts is hosts, op
+
+
+def test_retry_delay_on_the_runtime_loop_reruns_the_failed_host() -> None:
+    """The default clock (a timer on the runtime loop, no `scheduler=`) still re-runs; the
+    exact delays are asserted in virtual time (tests/test_operators_virtual.py)."""
+    rec = Recorder({"a": [0], "b": [1, 0]})
+    out = run(rec.stream(hosts_named("a", "b")) | retry(1, when=failed, delay=0.01))
+    assert rec.runs == Counter({"a": 1, "b": 2})
+    assert out.ok and [r.host for r in out.successful] == ["a", "b"]
