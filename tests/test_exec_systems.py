@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 RECIPE = """
 from reops import exec_, then
@@ -17,6 +21,25 @@ def provision(hosts, greeting="hello"):
     return exec_(hosts, f"echo {greeting} > /tmp/reops-provisioned-$PPID") | then(
         exec_, "cat /tmp/reops-provisioned-*; rm -f /tmp/reops-provisioned-*")
 """
+
+
+#: where to try binding SSH's port before bringing a lab up on it (conftest: 127.0.252+ is free)
+PROBE_ADDRESS = "127.0.252.22"
+
+
+@pytest.fixture
+def ssh_port_22() -> int:
+    """Port 22, or a skip saying why: a registered system is reached on SSH's port 22 (systems
+    carry an address, not a port), and only root (CAP_NET_BIND_SERVICE) may bind it."""
+    with socket.socket() as s:
+        try:
+            s.bind((PROBE_ADDRESS, 22))
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM):
+                pytest.skip("needs root: a lab sshd must listen on port 22 (systems have no "
+                            "port) and binding ports < 1024 is privileged")
+            raise
+    return 22
 
 
 def _reops_in(home: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
@@ -32,9 +55,9 @@ def _reops_in(home: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     return reops
 
 
-def test_exec_on_a_registered_physical_system(lab_factory: Callable[..., Any],
-                                             tmp_path: Path) -> None:
-    fleet = lab_factory(hosts=1, base_port=22)  # systems carry an address, not a port
+def test_exec_on_a_registered_physical_system(lab_factory: Callable[..., Any], tmp_path: Path,
+                                             ssh_port_22: int) -> None:
+    fleet = lab_factory(hosts=1, base_port=ssh_port_22)  # systems: an address, not a port
     info = fleet.info
     [address] = info.hosts.values()
     reops = _reops_in(tmp_path / "home")
@@ -51,9 +74,9 @@ def test_exec_on_a_registered_physical_system(lab_factory: Callable[..., Any],
     assert none.returncode == 2 and "nothing" in none.stderr
 
 
-def test_provisioning_runs_the_types_recipe(lab_factory: Callable[..., Any],
-                                            tmp_path: Path) -> None:
-    fleet = lab_factory(hosts=1, base_port=22)
+def test_provisioning_runs_the_types_recipe(lab_factory: Callable[..., Any], tmp_path: Path,
+                                            ssh_port_22: int) -> None:
+    fleet = lab_factory(hosts=1, base_port=ssh_port_22)
     info = fleet.info
     [address] = info.hosts.values()
     home = tmp_path / "home"
