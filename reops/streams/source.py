@@ -92,28 +92,51 @@ def as_hosts(hosts: Hosts | Host | Iterable[Host]) -> Hosts:
     return Hosts(hosts)
 
 
+class Resolved(msgspec.Struct, frozen=True, kw_only=True):
+    """How a stream runs, decided once when it is built (call arguments over defaults)."""
+
+    via: Via
+    settings: Settings
+    lines: bool
+    dry_run: bool
+
+    def op(self, op: Op) -> Op:
+        """`op` as it will run: `settings.sudo` makes it sudo unless it already says how."""
+        if self.settings.sudo and not op.sudo and not op.become_user:
+            return op.with_(sudo=True)
+        return op
+
+    def executors(self) -> Callable[[Host], Executor]:
+        """Which executor runs a host (see `chooser`)."""
+        return chooser(self.via, self.dry_run)
+
+
+def resolve(*, via: Via | None = None, settings: Settings | None = None,
+            lines: bool | None = None, dry_run: bool | None = None) -> Resolved:
+    """The one place a stream's via/settings/lines/dry_run fall back to the defaults."""
+    d = defaults()
+    return Resolved(via=via or d.via, settings=settings or d.settings,
+                    lines=d.lines if lines is None else lines,
+                    dry_run=d.dry_run if dry_run is None else dry_run)
+
+
 def source(hosts: Hosts | Host | Iterable[Host], op: Op, *, via: Via | None = None,
            settings: Settings | None = None, lines: bool | None = None,
            dry_run: bool | None = None) -> Stream:
     """A cold Stream that runs `op` once on every host, each Result as soon as it is ready."""
     hs = as_hosts(hosts)
-    d = defaults()
-    use_via = via or d.via
-    use_settings = settings or d.settings
-    use_lines = d.lines if lines is None else lines
-    use_dry = d.dry_run if dry_run is None else dry_run
-    pick = chooser(use_via, use_dry)
-    if use_settings.sudo and not op.sudo and not op.become_user:
-        op = op.with_(sudo=True)
+    r = resolve(via=via, settings=settings, lines=lines, dry_run=dry_run)
+    pick = r.executors()
+    op = r.op(op)
 
     async def run_one(host: Host, on_line: Callable[[Line], None] | None) -> Result:
-        return await pick(host).run(host, op, use_settings, on_line)
+        return await pick(host).run(host, op, r.settings, on_line)
 
     def rebuild(subset: Hosts) -> Stream:
-        return source(subset, op, via=use_via, settings=use_settings, lines=use_lines,
-                      dry_run=use_dry)
+        return source(subset, op, via=r.via, settings=r.settings, lines=r.lines,
+                      dry_run=r.dry_run)
 
-    return Stream(fanout(hs, run_one, lines=use_lines), hs, rebuild)
+    return Stream(fanout(hs, run_one, lines=r.lines), hs, rebuild)
 
 
 class StepFn(Protocol):

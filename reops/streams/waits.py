@@ -21,7 +21,7 @@ from reops.core.model import UNREACHED, Host, Hosts, Line, Result
 from reops.core.settings import Settings
 from reops.ops import power
 from reops.ops.base import Op
-from reops.streams.source import Via, as_hosts, chooser, defaults, source
+from reops.streams.source import Via, as_hosts, resolve, source
 from reops.streams.stream import Stream, fanout
 from reops.transports.base import Executor
 
@@ -125,16 +125,13 @@ def wait_back(hosts: Hosts | Host | Iterable[Host], op: Op, probe: Op | None = N
     if timeout <= 0 or poll_s <= 0 or poll_max_s <= 0:
         raise ValueError("timeout, poll_s and poll_max_s must be > 0 seconds")
     hs = as_hosts(hosts)
-    d = defaults()
-    use_via: Via = via or d.via
-    use_settings = settings or d.settings
-    use_dry = d.dry_run if dry_run is None else dry_run
+    r = resolve(via=via, settings=settings, dry_run=dry_run)
+    use_settings = r.settings
     probe = probe or power.boot_id()
-    if use_settings.sudo and not op.sudo and not op.become_user:
-        op = op.with_(sudo=True)
-    if use_dry:
-        return source(hs, op, via=use_via, settings=use_settings, dry_run=True)
-    pick: Callable[[Host], Executor] = chooser(use_via, False)
+    op = r.op(op)
+    if r.dry_run:
+        return source(hs, op, via=r.via, settings=use_settings, dry_run=True)
+    pick: Callable[[Host], Executor] = r.executors()
     pause = POLL_FIRST_S if first_s is None else first_s
 
     async def run_one(host: Host, on_line: Callable[[Line], None] | None) -> Result:
@@ -144,8 +141,8 @@ def wait_back(hosts: Hosts | Host | Iterable[Host], op: Op, probe: Op | None = N
 
     def rebuild(subset: Hosts) -> Stream:
         return wait_back(subset, op, probe, wait=wait, timeout=timeout, first_s=first_s,
-                         poll_s=poll_s, poll_max_s=poll_max_s, via=use_via,
-                         settings=use_settings, dry_run=use_dry)
+                         poll_s=poll_s, poll_max_s=poll_max_s, via=r.via,
+                         settings=use_settings, dry_run=False)
 
     return Stream(fanout(hs, run_one), hs, rebuild)
 
