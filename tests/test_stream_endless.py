@@ -6,12 +6,29 @@ sharing layer and the derive recipe, not a transport.
 
 from __future__ import annotations
 
+import json
+import sys
+import threading
+from pathlib import Path
+
 import reactivex
 from reactivex import Observable
 from reactivex import operators as ops
+from reactivex.subject import Subject
 
+from reops import exec_
 from reops.core.model import Event, Host, Hosts, Result
-from reops.streams.stream import Stream, derived
+from reops.core.runtime import get_runtime
+from reops.core.settings import Settings
+from reops.lab.fleet import LabInfo
+from reops.ops.metrics import Metrics
+from reops.sinks.jsonl import jsonl
+from reops.streams.collect import collect
+from reops.streams.operators import then, where
+from reops.streams.stream import Stream, _Once, derived
+
+#: a bound far below what keeping the events would cost (two blocks per Result)
+RETAINED_BLOCKS_MAX = 50_000
 
 
 def _hosts(*names: str) -> Hosts:
@@ -60,3 +77,98 @@ def run_events(s: Stream) -> list[Result]:
     got: list[Result] = []
     s.observable.subscribe(lambda e: got.append(e) if isinstance(e, Result) else None)
     return got
+
+
+def _shared_stages(s: Stream) -> list[_Once]:
+    once = s._once
+    return [once] if isinstance(once, _Once) else []
+
+
+def test_a_million_events_through_an_endless_stream_are_not_kept() -> None:
+    """Sharing must hold no history on an endless source: every stage, shared or not."""
+    n = 1_000_000
+    events: Subject[Event] = Subject()
+    endless = Stream(events, Hosts(), replay=False)
+    filtered = endless | where(lambda r: r.ok)
+    mapped = filtered | ops.map(lambda e: e)  # a plain rx operator: a shared stage
+    tail = mapped.derive(lambda up: up.observable, shared=True)
+    seen = [0]
+
+    def count(e: Event) -> None:
+        seen[0] += 1
+
+    sub = tail.subscribe(count)
+    before = sys.getallocatedblocks()
+    for i in range(n):
+        events.on_next(Result(host=f"h{i % 100}", op="tick", status="ok" if i % 2 else
+                              "failed", code=0 if i % 2 else 1))
+    retained = sys.getallocatedblocks() - before
+    sub.dispose()
+    assert seen[0] == n // 2
+    stages = [*_shared_stages(endless), *_shared_stages(mapped), *_shared_stages(tail)]
+    assert len(stages) == 3
+    assert all(not st._events for st in stages)
+    assert retained < RETAINED_BLOCKS_MAX, f"{retained} memory blocks kept after {n} events"
+
+
+def test_then_over_an_endless_stream_keeps_no_history() -> None:
+    events: Subject[Event] = Subject()
+    endless = Stream(events, Hosts(), replay=False)
+    chained = endless | where(lambda r: not r.ok) | then(exec_, "true")
+    got: list[Event] = []
+    sub = chained.subscribe(got.append)
+    for i in range(10_000):  # hosts not in the stream's Hosts: then passes them on
+        events.on_next(Result(host=f"h{i}", op="tick", status="failed", code=1))
+    sub.dispose()
+    assert len(got) == 10_000
+    assert chained.endless
+    assert all(not st._events for st in [*_shared_stages(endless), *_shared_stages(chained)])
+
+
+def test_jsonl_writes_each_result_once_for_two_subscribers(tmp_path: Path) -> None:
+    """A sink is a shared derived stage: two subscribers, one file write per Result."""
+    out = tmp_path / "r.jsonl"
+    s = _static(_hosts("a", "b")) | jsonl(out)
+    first = run_events(s)
+    second = run_events(s)  # late: replayed from the shared stage, not written again
+    assert [r.host for r in first] == [r.host for r in second] == ["a", "b"]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["host"] for r in rows] == ["a", "b"]
+    assert s.rebuild(_hosts("b")).hosts == _hosts("b")
+
+
+def test_collect_is_an_endless_stream_that_pipes(lab: LabInfo) -> None:
+    """`collect(...) | where(...)` is a Stream over the hosts; Results flow; none replayed."""
+    hosts = Hosts(list(lab.as_hosts())[:2])
+    fast = Settings(connect_timeout=10.0, command_timeout=60.0)
+    stream = collect(hosts, ["load"], every=0.2, settings=fast) | where(lambda r: r.ok)
+    assert isinstance(stream, Stream) and stream.endless and stream.hosts == hosts
+    got: list[Event] = []
+    enough = threading.Event()
+    lock = threading.Lock()
+
+    def on_next(e: Event) -> None:
+        with lock:
+            got.append(e)
+            per_host = {h: sum(1 for x in got if x.host == h) for h in hosts.names}
+        if min(per_host.values()) >= 3:
+            enough.set()
+
+    sub = stream.subscribe(on_next)
+    try:
+        assert enough.wait(60), f"only {len(got)} samples"
+
+        async def late_subscriber_sees() -> int:
+            # on the loop thread no sample can land in between: a replay would be immediate
+            late: list[Event] = []
+            d = stream.subscribe(late.append)
+            d.dispose()
+            return len(late)
+
+        assert get_runtime().call(late_subscriber_sees()) == 0
+    finally:
+        sub.dispose()
+    with lock:
+        results = list(got)
+    assert all(isinstance(r, Result) and r.ok and isinstance(r.data, Metrics)
+               for r in results)

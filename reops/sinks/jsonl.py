@@ -8,10 +8,10 @@ from typing import IO
 
 import msgspec
 import reactivex
-from reactivex import abc
+from reactivex import Observable, abc
 
 from reops.core.model import Event, Result
-from reops.streams.stream import Operator, Stream
+from reops.streams.stream import Operator, Stream, derived
 
 _encoder = msgspec.json.Encoder()
 
@@ -19,7 +19,7 @@ _encoder = msgspec.json.Encoder()
 def jsonl(target: str | Path | IO[str] | None = None, *, lines: bool = False) -> Operator:
     """Append each Result (and Line, if `lines`) as JSON to a file or stdout; pass events on."""
 
-    def apply(up: Stream) -> Stream:
+    def make(up: Stream) -> Observable[Event]:
         def subscribe(observer: abc.ObserverBase[Event],
                       scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
             owned = isinstance(target, (str, Path))
@@ -50,6 +50,6 @@ def jsonl(target: str | Path | IO[str] | None = None, *, lines: bool = False) ->
 
             return up.observable.subscribe(on_next, on_error, on_completed)
 
-        return Stream(reactivex.create(subscribe), up.hosts, lambda hs: apply(up.rebuild(hs)))
+        return reactivex.create(subscribe)
 
-    return Operator(apply, "jsonl")
+    return derived(make, "jsonl", shared=True)  # shared: the file is written once

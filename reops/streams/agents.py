@@ -12,7 +12,6 @@ local control socket (the transport itself is `reops.transports.agent`).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -20,16 +19,13 @@ from typing import Any
 import msgspec
 import reactivex
 from reactivex import operators as rx_ops
-from reactivex.abc import ObserverBase, SchedulerBase
-from reactivex.disposable import Disposable
 
 from reops.control.client import HubClient
-from reops.core.model import UNREACHED, Host, Hosts, Result
-from reops.core.runtime import get_runtime
+from reops.core.model import UNREACHED, Event, Host, Hosts, Result
 from reops.ops.base import CodeRef, Op
 from reops.ops.shapes import typed
-from reops.streams.source import source
-from reops.streams.stream import Stream
+from reops.streams.source import as_hosts, source
+from reops.streams.stream import Stream, from_async
 from reops.transports.agent import agents, ship
 
 # ── calls and schedules ─────────────────────────────────────────────────────────────
@@ -54,44 +50,40 @@ def call(hosts: Hosts | Iterable[Host], fn: str | Callable[..., Any], *args: Any
 
 def schedule(hosts: Hosts | Iterable[Host], fn: str | Callable[..., Any], *args: Any,
              every: float, timeout: float | None = None, hub: Path | None = None,
-             **kwargs: Any) -> reactivex.Observable[Result]:
-    """Results of `fn` run every `every` seconds on each host's agent, until disposed."""
+             **kwargs: Any) -> Stream:
+    """Results of `fn` run every `every` seconds on each host's agent, until disposed.
+
+    An endless Stream (no history kept): pipe it into `| where(...) | then(...)`.
+    """
+    hs = as_hosts(hosts)
     name, ref = _fn(fn)
     code = msgspec.structs.asdict(ref) if ref is not None else None
     op_name = f"schedule:{name}"
+
+    def rebuild(subset: Hosts) -> Stream:
+        return schedule(subset, fn, *args, every=every, timeout=timeout, hub=hub, **kwargs)
+
     shape = fn if isinstance(fn, str) else ""  # built-ins only: shipped code keeps its data
-    return _hub_stream(hub, "schedule", lambda it: typed(shape, _tick(op_name, it)),
-                       hosts=[h.name for h in hosts], fn=name, args=list(args), kwargs=kwargs,
-                       every=every, timeout=timeout, **({"code": code} if code else {}))
+    return Stream(_hub_stream(hub, "schedule", lambda it: typed(shape, _tick(op_name, it)),
+                              hosts=hs.names, fn=name, args=list(args), kwargs=kwargs,
+                              every=every, timeout=timeout,
+                              **({"code": code} if code else {})),
+                  hs, rebuild, replay=False)
 
 
 def _hub_stream(hub: Path | None, method: str, convert: Callable[[Any], Any],
                 **params: Any) -> reactivex.Observable[Any]:
     """A hub control stream as an Observable: one stream per subscription, on the
     runtime loop; disposing it cancels the stream."""
-    def subscribe(observer: ObserverBase[Any], _: SchedulerBase | None = None) -> Disposable:
-        async def pump() -> None:
-            client = HubClient(hub)
-            try:
-                async for it in client.stream(method, **params):
-                    observer.on_next(convert(it))
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                observer.on_error(e)
-            else:
-                observer.on_completed()
-            finally:
-                await client.close()
+    async def pump(emit: Callable[[Any], None]) -> None:
+        client = HubClient(hub)
+        try:
+            async for it in client.stream(method, **params):
+                emit(convert(it))
+        finally:
+            await client.close()
 
-        fut = get_runtime().submit(pump())
-        return Disposable(lambda: _cancel(fut))
-
-    return reactivex.create(subscribe)
-
-
-def _cancel(fut: Any) -> None:
-    fut.cancel()
+    return from_async(pump)
 
 
 def _tick(op_name: str, it: dict[str, Any]) -> Result:
@@ -106,9 +98,15 @@ def _tick(op_name: str, it: dict[str, Any]) -> Result:
 
 
 def agent_events(hub: Path | None = None,
-                 topics: Iterable[str] = ("agents", "keys")) -> reactivex.Observable[Any]:
-    """Registry events ({topic, data}: registered, lost, back, pending…) until disposed."""
-    return _hub_stream(hub, "subscribe", lambda event: event, topics=list(topics))
+                 topics: Iterable[str] = ("agents", "keys")) -> Stream:
+    """Registry events ({topic, data}: registered, lost, back, pending…) until disposed.
+
+    An endless Stream over no hosts (the events name them); its items are the hub's
+    event dicts, not Results: filter them with `where`.
+    """
+    events: reactivex.Observable[Event] = _hub_stream(hub, "subscribe", lambda event: event,
+                                                      topics=list(topics))
+    return Stream(events, Hosts(), lambda hs: agent_events(hub, topics), replay=False)
 
 
 __all__ = ["agent_events", "agents", "call", "schedule"]

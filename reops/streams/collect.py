@@ -6,9 +6,11 @@ the moment that host answers, so a slow host never holds back the others. A host
 previous sample is still running skips a tick rather than piling up work. Disposing the
 subscription stops the timers and cancels samples in flight.
 
-It is an Observable, not a Stream: it never completes, and a Stream would replay every
-sample to late subscribers. Window it with `windows(obs, 60)` (buffer_with_time on the
-runtime loop) and tabulate with `to_metrics_table(results)`.
+It is an endless Stream (`replay=False`): it never completes and keeps no sample for late
+subscribers, so it runs for days in flat memory; pipe it like any Stream
+(`collect(...) | where(...) | then(...)`). Several subscribers share one sampling. Window it
+with `windows(stream, 60)` (buffer_with_time on the runtime loop) and tabulate with
+`to_metrics_table(results)`.
 """
 
 from __future__ import annotations
@@ -18,17 +20,16 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import reactivex
-from reactivex import Observable, abc
+from reactivex import Observable
 from reactivex import operators as ops
-from reactivex.disposable import Disposable
 from reactivex.scheduler.eventloop import AsyncIOThreadSafeScheduler
 
-from reops.core.model import Host, Hosts, Result, failure_result
+from reops.core.model import Event, Host, Hosts, Result, failure_result
 from reops.core.runtime import get_runtime
 from reops.core.settings import Settings
 from reops.ops import metrics as _metrics
-from reops.streams.source import Via, as_hosts, chooser, defaults
+from reops.streams.source import Via, as_hosts, resolve
+from reops.streams.stream import Stream, from_async
 from reops.transports.base import Executor
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ RATE_INTERVAL_S = 1.0
 
 def collect(hosts: Hosts | Host | Iterable[Host], kinds: Sequence[str] = _metrics.KINDS,
             every: float = EVERY_S, *, interval: float | None = None, sudo: bool = False,
-            via: Via | None = None, settings: Settings | None = None) -> Observable[Result]:
+            via: Via | None = None, settings: Settings | None = None) -> Stream:
     """Sample `kinds` on every host every `every` seconds, each sample as it arrives.
 
         sub = collect(hosts, ["cpu", "memory"], every=5).subscribe(print)
@@ -54,23 +55,20 @@ def collect(hosts: Hosts | Host | Iterable[Host], kinds: Sequence[str] = _metric
     rate = min(RATE_INTERVAL_S, every / 2) if interval is None else interval
     if not 0 <= rate < every:
         raise ValueError("interval must be >= 0 and shorter than every")
-    op = _metrics.metrics(*kinds, interval=rate, sudo=sudo)
     hs = as_hosts(hosts)
-    d = defaults()
-    use_settings = settings or d.settings
-    pick: Callable[[Host], Executor] = chooser(via or d.via, False)
+    r = resolve(via=via, settings=settings, dry_run=False)
+    op = r.op(_metrics.metrics(*kinds, interval=rate, sudo=sudo))
+    pick: Callable[[Host], Executor] = r.executors()
 
-    def subscribe(observer: abc.ObserverBase[Result],
-                  scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
+    async def pump(emit: Callable[[Event], None]) -> None:
         rt = get_runtime()
         timers: dict[str, asyncio.TimerHandle] = {}
         running: dict[str, asyncio.Task[None]] = {}
-        stopped = False
 
         async def sample(host: Host) -> None:
             started = time.time()
             try:
-                result = await pick(host).run(host, op, use_settings)
+                result = await pick(host).run(host, op, r.settings)
             except asyncio.CancelledError:
                 return
             except Exception as e:  # an executor bug must not end the stream
@@ -78,45 +76,37 @@ def collect(hosts: Hosts | Host | Iterable[Host], kinds: Sequence[str] = _metric
                                         status="error", started_at=started)
             finally:
                 running.pop(host.name, None)
-            if not stopped:
-                observer.on_next(result)
+            emit(result)
 
         def tick(host: Host, first: float, n: int) -> None:
-            if stopped:
-                return
             if host.name not in running:
                 running[host.name] = rt.spawn(sample(host))
             timers[host.name] = rt.loop.call_at(first + (n + 1) * every, tick, host, first,
                                                 n + 1)
 
-        def start() -> None:
-            if stopped:
-                return
-            first = rt.loop.time()
-            for host in hs:
-                tick(host, first, 0)
-
-        def stop() -> None:
+        first = rt.loop.time()
+        for host in hs:
+            tick(host, first, 0)
+        try:
+            await asyncio.Future()  # until disposed
+        finally:
             for handle in timers.values():
                 handle.cancel()
             for task in list(running.values()):
                 task.cancel()
 
-        def dispose() -> None:
-            nonlocal stopped
-            stopped = True
-            rt.call_soon(stop)
+    def rebuild(subset: Hosts) -> Stream:
+        return collect(subset, kinds, every, interval=interval, sudo=sudo, via=r.via,
+                       settings=r.settings)
 
-        rt.call_soon(start)
-        return Disposable(dispose)
-
-    return reactivex.create(subscribe)
+    return Stream(from_async(pump), hs, rebuild, replay=False)
 
 
-def windows(samples: Observable[Result], seconds: float) -> Observable[list[Result]]:
+def windows(samples: Stream | Observable[Event], seconds: float) -> Observable[list[Event]]:
     """Group a sample stream into lists, one per `seconds` (timed on the runtime loop)."""
     scheduler = AsyncIOThreadSafeScheduler(get_runtime().loop)
-    return samples.pipe(ops.buffer_with_time(seconds, scheduler=scheduler))
+    obs = samples.observable if isinstance(samples, Stream) else samples
+    return obs.pipe(ops.buffer_with_time(seconds, scheduler=scheduler))
 
 
 def to_metrics_table(results: Iterable[Result]) -> pl.DataFrame:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, TypeVar
 
 import reactivex
 from reactivex import Observable, abc
@@ -21,6 +21,7 @@ from reactivex.disposable import Disposable
 from reops.core.model import Event, Host, Hosts, Line, Outcome, Result, failure_result
 from reops.core.runtime import deferred_interrupts, get_runtime
 
+T = TypeVar("T")
 Rebuild = Callable[[Hosts], "Stream"]
 Make = Callable[["Stream"], Observable[Event]]
 RunOne = Callable[[Host, Callable[[Line], None] | None], Awaitable[Result]]
@@ -203,6 +204,49 @@ def _finish(observer: abc.ObserverBase[Event], done: tuple[Exception | None]) ->
         observer.on_completed()
     else:
         observer.on_error(done[0])
+
+
+def from_async(pump: Callable[[Callable[[T], None]], Coroutine[Any, Any, None]]
+               ) -> Observable[T]:
+    """The one coroutine → Observable bridge: `pump(emit)` runs on the runtime loop.
+
+    One run per subscription. Each `emit(x)` is an `on_next`; returning completes, raising
+    errors the subscription; disposing cancels the coroutine (its `finally` cleans up, and
+    `Runtime.settle` waits for it). Cancellation before it started runs nothing.
+    """
+
+    def subscribe(observer: abc.ObserverBase[T],
+                  scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
+        rt = get_runtime()
+        state: dict[str, Any] = {"task": None, "cancelled": False}
+
+        async def main() -> None:
+            try:
+                await pump(observer.on_next)
+            except asyncio.CancelledError:
+                return
+            except Exception as e:
+                observer.on_error(e)
+                return
+            observer.on_completed()
+
+        def start() -> None:
+            if not state["cancelled"]:
+                state["task"] = rt.spawn(main())
+
+        def cancel() -> None:
+            task = state["task"]
+            if task is not None:
+                task.cancel()
+
+        def dispose() -> None:
+            state["cancelled"] = True
+            rt.call_soon(cancel)
+
+        rt.call_soon(start)
+        return Disposable(dispose)
+
+    return reactivex.create(subscribe)
 
 
 def fanout(hosts: Hosts, run_one: RunOne, *, lines: bool = False) -> Observable[Event]:

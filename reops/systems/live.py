@@ -1,4 +1,4 @@
-"""Machines from blocking code (REPL, notebooks, flows): live Observables on the runtime.
+"""Machines from blocking code (REPL, notebooks, flows): live endless Streams on the runtime.
 
     from reops.systems.live import hypervisor_events, systems
     sub = hypervisor_events("lab").subscribe(print)   # events as they happen
@@ -10,47 +10,39 @@ else in this process on the runtime loop.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
-import reactivex as rx
-from reactivex.abc import ObserverBase, SchedulerBase
-from reactivex.disposable import Disposable
-
+from reops.core.model import Event, Hosts
 from reops.core.runtime import get_runtime
 from reops.store.model import System
+from reops.streams.stream import Stream, from_async
 from reops.systems.api import connect
 from reops.systems.libvirt.events import HypervisorEvent
 
+if TYPE_CHECKING:
+    import reactivex as rx
+
 
 def hypervisor_events(*names: str, on_ready: Callable[[], None] | None = None,
-                      ) -> rx.Observable[HypervisorEvent]:
+                      ) -> Stream:
     """Lifecycle events (domain, network, pool) of the named hypervisors (default: all).
 
-    Cold: each subscription opens its own watch (`on_ready` is called once it listens);
-    disposing it stops the watch. Events are delivered on the runtime's thread.
+    An endless Stream over no hosts (no history kept; its items are HypervisorEvents, not
+    Results: filter them with `where`). Each subscription opens its own watch (`on_ready`
+    is called once it listens); disposing it stops the watch. Events are delivered on the
+    runtime's thread.
     """
-    def on_subscribe(observer: ObserverBase[HypervisorEvent],
-                     scheduler: SchedulerBase | None = None) -> Disposable:
-        async def watch() -> None:
-            api = await connect(queue=False)
-            try:
-                await api.watch(names, observer.on_next, on_ready)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # unreachable hypervisor, hub gone: end the stream
-                observer.on_error(e)
-            finally:
-                await api.aclose()
+    async def watch(emit: Callable[[HypervisorEvent], None]) -> None:
+        api = await connect(queue=False)  # unreachable hypervisor, hub gone: the error ends it
+        try:
+            await api.watch(names, emit, on_ready)
+        finally:
+            await api.aclose()
 
-        running = get_runtime().submit(watch())
-
-        def stop() -> None:
-            running.cancel()
-
-        return Disposable(stop)
-
-    return rx.create(on_subscribe)
+    events = cast("rx.Observable[Event]", from_async(watch))  # typed payloads, not Results
+    return Stream(events, Hosts(), lambda hs: hypervisor_events(*names, on_ready=on_ready),
+                  replay=False)
 
 
 def systems(selector: str = "all") -> list[System]:
