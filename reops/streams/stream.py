@@ -306,18 +306,28 @@ def fanout(hosts: Hosts, run_one: RunOne, *, lines: bool = False) -> Observable[
 
 
 def _outcome(stream: Stream, results: dict[str, Result], interrupted: bool) -> Outcome:
-    names = [h for h in stream.hosts.names if h in results]
-    names += [h for h in results if h not in stream.hosts]
+    """The Outcome of a run, built by `Outcome.of` (the one builder): the stream's hosts
+    first, in order, then any others; with `interrupted`, hosts without a Result fail."""
+    ordered = [results[h] for h in stream.hosts.names if h in results]
+    ordered += [r for h, r in results.items() if h not in stream.hosts]
     if interrupted:
-        for name in stream.hosts.names:
-            if name not in results:
-                results[name] = failure_result(
-                    name, "?", "interrupted before this host finished", status="error")
-                names.append(name)
-    out = Outcome(hosts=names, interrupted=interrupted)
-    for name in names:
-        out.add(results[name])
+        ordered += [failure_result(name, "?", "interrupted before this host finished",
+                                   status="error")
+                    for name in stream.hosts.names if name not in results]
+    out = Outcome.of(ordered)
+    out.interrupted = interrupted
     return out
+
+
+def _last_results() -> tuple[dict[str, Result], Callable[[Event], None]]:
+    """Where a run keeps each host's last Result, and the `on_next` that fills it."""
+    results: dict[str, Result] = {}
+
+    def on_next(e: Event) -> None:
+        if isinstance(e, Result):
+            results[e.host] = e
+
+    return results, on_next
 
 
 def run(stream: Stream) -> Outcome:
@@ -325,13 +335,9 @@ def run(stream: Stream) -> Outcome:
     rt = get_runtime()
     if rt.in_loop:
         raise RuntimeError("run() blocks: inside the runtime loop use `await stream` instead")
-    results: dict[str, Result] = {}
+    results, on_next = _last_results()
     done = threading.Event()
     errors: list[Exception] = []
-
-    def on_next(e: Event) -> None:
-        if isinstance(e, Result):
-            results[e.host] = e
 
     def on_error(e: Exception) -> None:
         errors.append(e)
@@ -360,7 +366,7 @@ async def outcome_async(stream: Stream) -> Outcome:
     """`await stream`: the Outcome, from any event loop."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
-    results: dict[str, Result] = {}
+    results, on_next = _last_results()
 
     def settle(exc: Exception | None = None) -> None:
         if fut.done():
@@ -378,10 +384,6 @@ async def outcome_async(stream: Stream) -> Outcome:
         except RuntimeError:
             pass
         loop.call_soon_threadsafe(settle, exc)
-
-    def on_next(e: Event) -> None:
-        if isinstance(e, Result):
-            results[e.host] = e
 
     sub = stream.observable.subscribe(on_next, from_any_thread, from_any_thread)
     try:
