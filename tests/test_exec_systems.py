@@ -38,7 +38,7 @@ def ssh_port_22() -> int:
             if e.errno in (errno.EACCES, errno.EPERM):
                 pytest.skip("needs root: a lab sshd must listen on port 22 (systems have no "
                             "port) and binding ports < 1024 is privileged")
-            raise
+            # anything else (in use by another session's probe): allowed; the lab will tell
     return 22
 
 
