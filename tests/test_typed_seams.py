@@ -1,5 +1,6 @@
 """Typed seams: transports dispatch on an Op's kind (never its name), shipped code is a
-typed field, and `available()` is awaitable on every executor."""
+typed field, `available()` is awaitable on every executor, `from reops import run` is
+typed, and the hub's control socket speaks typed messages and refuses malformed ones."""
 
 from __future__ import annotations
 
@@ -10,9 +11,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import zmq
 
 from reops import Host, Hosts, run
+from reops.control.client import HubClient, HubError
+from reops.control.wire import (
+    AnyReply,
+    Done,
+    Error,
+    Invoke,
+    ResultItem,
+    decode_reply,
+    encoder,
+)
 from reops.core.settings import Settings
+from reops.lab.agents import start_hub
 from reops.lab.fleet import LabInfo
 from reops.ops import files
 from reops.ops.base import CodeRef, Op
@@ -103,3 +116,60 @@ def test_mypy_sees_the_real_signatures_of_the_exports(tmp_path: Path) -> None:
     lines = {int(line.split(":")[1]) for line in out.splitlines()
              if line.startswith(str(misuse)) and ": error:" in line}
     assert lines == {4, 5, 6}, out
+
+
+# ── the hub's control protocol: typed messages, malformed ones refused ───────────────
+
+#: the longest a reply may take (a bound on a wait, never a pass/fail margin)
+REPLY_DEADLINE_MS = 15_000
+
+
+def _ask(sock: zmq.Socket[bytes], frame: bytes) -> AnyReply:
+    """Send one raw frame on the control socket and decode the hub's (typed) reply."""
+    sock.send(frame)
+    assert sock.poll(REPLY_DEADLINE_MS), "the hub did not answer"
+    return decode_reply(sock.recv())
+
+
+def test_the_hub_refuses_malformed_control_messages_and_stays_up(tmp_path: Path) -> None:
+    """Garbage, an unknown tag, a wrong field type and the old untagged dict each get an
+    Error reply (to the id they claim, if any); the hub then still answers a ping."""
+    with start_hub(tmp_path / "home") as hub:
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(f"ipc://{hub.control_path}")
+            for frame, rid, says in (
+                (b"\xc1 not msgpack", 0, "malformed control message"),
+                (encoder.encode({"t": "launch", "id": 7}), 7, "$.t"),
+                (encoder.encode({"t": "call", "id": 8, "hosts": "a1"}), 8, "$.hosts"),
+                (encoder.encode({"id": 9, "method": "ping", "params": {}}), 9, "t"),
+                (encoder.encode({"t": "invoke", "id": 10, "method": "call",
+                                 "params": {"hosts": 3}}), 10, "bad call request"),
+            ):
+                reply = _ask(sock, frame)
+                assert isinstance(reply, Error) and reply.id == rid, reply
+                assert says in reply.message, reply.message
+            pong = _ask(sock, encoder.encode(Invoke(id=11, method="ping")))
+            assert isinstance(pong, Done) and pong.id == 11 and pong.value["pid"] > 0
+            assert hub.proc is not None and hub.proc.poll() is None
+        finally:
+            sock.close(0)
+            ctx.term()
+
+
+async def test_call_items_are_typed_structs(tmp_path: Path) -> None:
+    """A call's result arrives as a ResultItem; a bad call is refused before it is sent."""
+    with start_hub(tmp_path / "home") as hub:
+        client = HubClient(hub.control_path)
+        try:
+            got = [p async for p in client.pieces("call", hosts=["ghost"], fn="ping")]
+            with pytest.raises(HubError, match="bad call request"):
+                await client.request("call", hosts="ghost", fn="ping")
+            assert (await client.request("ping"))["pid"] > 0
+        finally:
+            await client.close()
+    [item] = got
+    assert isinstance(item, ResultItem)
+    assert (item.host, item.status, item.code) == ("ghost", "unreachable", -1)

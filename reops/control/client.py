@@ -15,13 +15,25 @@ from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from reops.control.settings import load_hub_settings
-from reops.control.wire import Reply, Request, encoder, reply_decoder
+from reops.control.wire import (
+    AnyPiece,
+    AnyReply,
+    Cancel,
+    Done,
+    Error,
+    Item,
+    Update,
+    WireError,
+    decode_reply,
+    encoder,
+    make_request,
+    plain,
+)
 
 log = logging.getLogger("reops.control.client")
 
@@ -62,21 +74,28 @@ def request_sync(path: Path | None, method: str, params: dict[str, Any] | None =
     path = path or default_path()
     if not wait and not path.exists():
         raise HubNotRunning(path)
+    try:
+        frame = encoder.encode(make_request(1, method, params or {}))
+    except WireError as e:
+        raise HubError(str(e)) from None
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(f"ipc://{path}")
-        sock.send(encoder.encode(Request(id=1, method=method, params=params or {})))
+        sock.send(frame)
         while True:
             if not sock.poll(int(timeout * 1000)):
                 raise HubNotRunning(path)
-            reply = reply_decoder.decode(sock.recv())
-            if reply.kind == "item":
+            try:
+                reply = decode_reply(sock.recv())
+            except WireError as e:
+                raise HubError(f"bad reply from the hub: {e}") from None
+            if isinstance(reply, (Item, Update)):
                 if on_item is not None:
-                    on_item(reply.value)
-            elif reply.kind == "error":
-                raise HubError(str(reply.value))
+                    on_item(_value(reply))
+            elif isinstance(reply, Error):
+                raise HubError(reply.message)
             else:
                 return reply.value
     finally:
@@ -91,6 +110,11 @@ def ping_sync(path: Path | None = None, timeout: float = CONNECT_TIMEOUT,
     return info
 
 
+def _value(reply: Item | Update) -> Any:
+    """An item as plain data: a service's value, or a typed item's fields with its `k`."""
+    return reply.value if isinstance(reply, Item) else plain(reply.item)
+
+
 # ── async ─────────────────────────────────────────────────────────────────────────────
 
 
@@ -102,7 +126,7 @@ class HubClient:
         self.path = path or default_path()
         self.connect_timeout = connect_timeout
         self._ids = itertools.count(1)
-        self._queues: dict[int, asyncio.Queue[Reply | BaseException]] = {}
+        self._queues: dict[int, asyncio.Queue[AnyReply | BaseException]] = {}
         self._ctx: zmq.asyncio.Context | None = None
         self._sock: zmq.asyncio.Socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -152,9 +176,9 @@ class HubClient:
         while True:
             frame = await self._sock.recv()
             try:
-                reply = reply_decoder.decode(frame)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                log.warning("ignoring a bad reply from the hub")
+                reply = decode_reply(frame)
+            except WireError as e:
+                log.warning("ignoring a bad reply from the hub: %s", e)
                 continue
             queue = self._queues.get(reply.id)
             if queue is not None:
@@ -172,55 +196,75 @@ class HubClient:
             monitor.close(0)
 
     async def stream(self, method: str, **params: Any) -> AsyncGenerator[Any, None]:
-        """Items of a streaming request (call, schedule, subscribe); ends at its done.
+        """Items of a streaming request (call, schedule, subscribe) as plain data; ends at
+        its done. Typed items come as dicts of their fields plus `k` (their kind).
 
-        A subscription's first item is {"topic": "subscribed"}: events after it reach you.
+        A subscription's first item is the event "subscribed": events after it reach you.
         """
-        await self.connect()
-        async for item in self._stream(method, params):
-            yield item
+        async for reply in self.replies(method, **params):
+            yield _value(reply)
 
-    async def _stream(self, method: str, params: dict[str, Any]) -> AsyncGenerator[Any, None]:
+    async def pieces(self, method: str, **params: Any) -> AsyncGenerator[AnyPiece, None]:
+        """The typed items (LineItem, ResultItem, TickItem, Event) of a streaming request."""
+        async for reply in self.replies(method, **params):
+            if isinstance(reply, Update):
+                yield reply.item
+
+    async def replies(self, method: str, **params: Any) -> AsyncGenerator[Item | Update, None]:
+        """The item replies of a request, typed; HubError when its params do not fit."""
+        await self.connect()
+        async for reply in self._stream(method, params):
+            yield reply
+
+    async def _stream(self, method: str, params: dict[str, Any]
+                      ) -> AsyncGenerator[Item | Update, None]:
         assert self._sock is not None
         rid = next(self._ids)
-        queue: asyncio.Queue[Reply | BaseException] = asyncio.Queue()
+        try:
+            frame = encoder.encode(make_request(rid, method, params))
+        except WireError as e:
+            raise HubError(str(e)) from None
+        queue: asyncio.Queue[AnyReply | BaseException] = asyncio.Queue()
         self._queues[rid] = queue
         finished = False
         try:
-            await self._sock.send(encoder.encode(Request(id=rid, method=method, params=params)))
+            await self._sock.send(frame)
             while True:
                 reply = await queue.get()
                 if isinstance(reply, BaseException):
                     finished = True
                     raise reply
-                if reply.kind == "item":
-                    yield reply.value
+                if isinstance(reply, (Item, Update)):
+                    yield reply
                     continue
                 finished = True
-                if reply.kind == "error":
-                    raise HubError(str(reply.value))
+                if isinstance(reply, Error):
+                    raise HubError(reply.message)
                 return
         finally:
             self._queues.pop(rid, None)
             if not finished and self._sock is not None and not self._sock.closed:
-                self._sock.send(encoder.encode(Request(id=0, method="cancel",
-                                                       params={"id": rid})))
+                self._sock.send(encoder.encode(Cancel(id=0, target=rid)))
 
     async def _request_once(self, method: str, params: dict[str, Any]) -> Any:
         value: Any = None
         rid = next(self._ids)
-        queue: asyncio.Queue[Reply | BaseException] = asyncio.Queue()
+        queue: asyncio.Queue[AnyReply | BaseException] = asyncio.Queue()
         self._queues[rid] = queue
         assert self._sock is not None
         try:
-            await self._sock.send(encoder.encode(Request(id=rid, method=method, params=params)))
+            try:
+                frame = encoder.encode(make_request(rid, method, params))
+            except WireError as e:
+                raise HubError(str(e)) from None
+            await self._sock.send(frame)
             while True:
                 reply = await queue.get()
                 if isinstance(reply, BaseException):
                     raise reply
-                if reply.kind == "error":
-                    raise HubError(str(reply.value))
-                if reply.kind == "done":
+                if isinstance(reply, Error):
+                    raise HubError(reply.message)
+                if isinstance(reply, Done):
                     value = reply.value
                     return value
         finally:

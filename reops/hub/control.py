@@ -5,7 +5,8 @@ running the hub (and root) can connect; agents never can (they only reach the Cu
 endpoint). A directory the hub creates for it is 0700; a directory that already exists is
 left as it is (it may be shared, e.g. /tmp or /run/user/N: chmod-ing it would break others).
 Handlers are registered by name; each request runs as its own task, may stream items via
-its Session, and ends with one done or error reply.
+its Session, and ends with one done or error reply. Frames are the typed messages of
+`reops.control.wire`; one that is not gets an error reply (the hub carries on).
 """
 
 from __future__ import annotations
@@ -17,12 +18,29 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import zmq
 import zmq.asyncio
 from reops_agent.protocol import MAX_MESSAGE
 
-from reops.control.wire import Reply, Request, encoder, request_decoder
+from reops.control.wire import (
+    TYPED,
+    AnyPiece,
+    AnyReply,
+    AnyRequest,
+    Cancel,
+    Done,
+    Error,
+    Event,
+    Invoke,
+    Item,
+    Subscribe,
+    Update,
+    WireError,
+    decode_request,
+    encoder,
+    make_request,
+    request_id,
+)
 
 log = logging.getLogger("reops.hub.control")
 
@@ -30,21 +48,36 @@ log = logging.getLogger("reops.hub.control")
 class Session:
     """One control request in progress: stream items back, learn when it is cancelled."""
 
-    def __init__(self, server: ControlServer, client: bytes, request: Request) -> None:
+    def __init__(self, server: ControlServer, client: bytes, request: AnyRequest) -> None:
         self.server = server
         self.client = client
-        self.request = request
+        self.request = request  # typed: Call, Schedule, Subscribe, or Invoke (the others)
         self.cancelled = asyncio.Event()
         self.on_cancel: list[Callable[[], None]] = []
 
     @property
+    def method(self) -> str:
+        req = self.request
+        return req.method if isinstance(req, Invoke) else str(type(req).__struct_config__.tag)
+
+    @property
     def params(self) -> dict[str, Any]:
-        return self.request.params
+        """An Invoke's parameters (a typed request's fields, for handlers that want a map)."""
+        req = self.request
+        if isinstance(req, Invoke):
+            return req.params
+        return {f: getattr(req, f) for f in req.__struct_fields__ if f != "id"}
 
     def emit(self, value: Any) -> None:
-        """Send one item to the client (dropped, and the session cancelled, if it left)."""
+        """Send one plain item to the client (dropped, and the session cancelled, if it
+        left)."""
         if not self.cancelled.is_set():
-            self.server.reply(self, Reply(id=self.request.id, kind="item", value=value))
+            self.server.reply(self, Item(id=self.request.id, value=value))
+
+    def send(self, piece: AnyPiece) -> None:
+        """Send one typed item (a line, a result, a tick, an event) to the client."""
+        if not self.cancelled.is_set():
+            self.server.reply(self, Update(id=self.request.id, item=piece))
 
     def cancel(self) -> None:
         if not self.cancelled.is_set():
@@ -107,23 +140,26 @@ class ControlServer:
         """Send an event to every subscriber of `topic` (or of a prefix of it, or of all)."""
         for session, topics in list(self.subscribers.items()):
             if not topics or any(topic.startswith(t) for t in topics):
-                session.emit({"topic": topic, "data": data})
+                session.send(Event(topic=topic, data=data))
 
     async def _subscribe(self, session: Session) -> None:
-        topics = session.params.get("topics") or ()
-        self.subscribers[session] = tuple(str(t) for t in topics)
-        session.emit({"topic": "subscribed", "data": {}})  # events from here on reach you
+        assert isinstance(session.request, Subscribe)
+        self.subscribers[session] = tuple(session.request.topics)
+        session.send(Event(topic="subscribed", data={}))  # events from here on reach you
         try:
             await session.cancelled.wait()
         finally:
             self.subscribers.pop(session, None)
 
-    def reply(self, session: Session, reply: Reply) -> None:
-        sent: Any = self.sock.send_multipart([session.client, encoder.encode(reply)],
+    def reply(self, session: Session, reply: AnyReply) -> None:
+        self._send(session.client, reply)
+
+    def _send(self, client: bytes, reply: AnyReply) -> None:
+        sent: Any = self.sock.send_multipart([client, encoder.encode(reply)],
                                              flags=zmq.NOBLOCK)
         if sent.done() and sent.exception() is not None:
             log.info("control client gone; ending its requests")
-            for s in [s for s in self.sessions.values() if s.client == session.client]:
+            for s in [s for s in self.sessions.values() if s.client == client]:
                 s.cancel()
         elif not sent.done():
             sent.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -136,13 +172,15 @@ class ControlServer:
                 continue
             client, payload = frames
             try:
-                request = request_decoder.decode(payload)
-            except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                log.warning("dropped a bad control message: %s", e)
+                request = decode_request(payload)
+                if isinstance(request, Invoke) and request.method in TYPED:  # its own Struct
+                    request = make_request(request.id, request.method, request.params)
+            except WireError as e:
+                log.warning("refused a bad control message: %s", e)
+                self._send(client, Error(id=request_id(payload), message=str(e)))
                 continue
-            if request.method == "cancel":
-                rid = request.params.get("id")
-                target = self.sessions.get((client, rid)) if isinstance(rid, int) else None
+            if isinstance(request, Cancel):
+                target = self.sessions.get((client, request.target))
                 if target is not None:
                     target.cancel()
                 continue
@@ -150,23 +188,23 @@ class ControlServer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, client: bytes, request: Request) -> None:
+    async def _run(self, client: bytes, request: AnyRequest) -> None:
         session = Session(self, client, request)
-        handler = self.handlers.get(request.method)
+        method = session.method
+        handler = self.handlers.get(method)
         key = (client, request.id)
         self.sessions[key] = session
         try:
             if handler is None:
-                raise BadRequest(f"unknown control method {request.method!r}")
+                raise BadRequest(f"unknown control method {method!r}")
             value = await handler(session)
-            self.reply(session, Reply(id=request.id, kind="done", value=value))
+            self.reply(session, Done(id=request.id, value=value))
         except (BadRequest, KeyError, ValueError, TypeError) as e:
             text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            self.reply(session, Reply(id=request.id, kind="error", value=str(text)))
+            self.reply(session, Error(id=request.id, message=str(text)))
         except Exception as e:
-            log.exception("control method %s failed", request.method)
-            self.reply(session, Reply(id=request.id, kind="error",
-                                      value=f"hub error in {request.method}: {e}"))
+            log.exception("control method %s failed", method)
+            self.reply(session, Error(id=request.id, message=f"hub error in {method}: {e}"))
         finally:
             self.sessions.pop(key, None)
 

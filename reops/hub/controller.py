@@ -26,6 +26,7 @@ from reops_agent.protocol import CodeRef, code_hash
 
 from reops import __version__
 from reops.control.settings import HubSettings
+from reops.control.wire import Call, Code, LineItem, ResultItem, Schedule, TickItem
 from reops.hub.control import BadRequest, ControlServer, Handler, Session
 from reops.hub.fleet import Fleet
 from reops.hub.keystore import KeyEntry, KeyStore
@@ -41,21 +42,16 @@ def _entry(e: KeyEntry) -> dict[str, Any]:
             "claims": e.claims}
 
 
-def _code(raw: Any) -> CodeRef | None:
-    if not raw:
+def _code(code: Code | None) -> CodeRef | None:
+    """The agent wire's reference for shipped code (its hash computed here, never trusted)."""
+    if code is None:
         return None
-    if not isinstance(raw, dict) or "source" not in raw or "function" not in raw:
-        raise BadRequest("code must be {source, function[, module]}")
-    source = str(raw["source"])
-    return CodeRef(hash=code_hash(source), function=str(raw["function"]),
-                   module=str(raw.get("module") or "shipped"), source=source)
+    return CodeRef(hash=code_hash(code.source), function=code.function,
+                   module=code.module or "shipped", source=code.source)
 
 
-def _timeout(raw: Any) -> float | None:
-    if raw is None:
-        return None
-    t = float(raw)
-    if t <= 0:
+def _timeout(t: float | None) -> float | None:
+    if t is not None and t <= 0:
         raise BadRequest("timeout must be positive")
     return t
 
@@ -175,24 +171,26 @@ class Controller:
 
     async def _call(self, s: Session) -> dict[str, Any]:
         """Fan a call out to `hosts`; stream lines and one result per host, in any order."""
-        p = s.params
-        hosts = self._hosts(p)
+        p = s.request
+        if not isinstance(p, Call):
+            raise BadRequest("call takes a Call request")
+        hosts = p.hosts
         remaining = len(hosts)
         finished = asyncio.Event()
         ids: list[int] = []
 
         def on_line(host: str, stream: str, text: str) -> None:
-            s.emit({"k": "line", "host": host, "stream": stream, "text": text})
+            s.send(LineItem(host=host, stream="err" if stream == "err" else "out", text=text))
 
         def on_done(host: str, result: dict[str, Any]) -> None:
             nonlocal remaining
-            s.emit({"k": "result", "host": host, **result})
+            s.send(ResultItem(host=host, **result))
             remaining -= 1
             if remaining == 0:
                 finished.set()
 
         fn, args, kwargs, timeout, code = self._fn(p)
-        stream = bool(p.get("stream"))
+        stream = p.stream
         for host in hosts:
             cid = self.fleet.call(host, fn, args, kwargs, timeout=timeout, stream=stream,
                                   code=code, on_done=on_done,
@@ -211,16 +209,18 @@ class Controller:
 
     async def _schedule(self, s: Session) -> None:
         """Run a function every N s on `hosts`, streaming ticks until cancelled."""
-        p = s.params
-        every = float(p.get("every") or 0)
+        p = s.request
+        if not isinstance(p, Schedule):
+            raise BadRequest("schedule takes a Schedule request")
+        every = p.every
         if every <= 0:
             raise BadRequest("every must be a positive number of seconds")
         fn, args, kwargs, timeout, code = self._fn(p)
 
         def on_tick(host: str, seq: int, dropped: int, result: dict[str, Any]) -> None:
-            s.emit({"k": "tick", "host": host, "seq": seq, "dropped": dropped, **result})
+            s.send(TickItem(host=host, seq=seq, dropped=dropped, **result))
 
-        sid = self.fleet.schedule(self._hosts(p), fn, args, kwargs, every=every,
+        sid = self.fleet.schedule(p.hosts, fn, args, kwargs, every=every,
                                   timeout=timeout, code=code, on_tick=on_tick)
         try:
             await s.cancelled.wait()
@@ -228,20 +228,10 @@ class Controller:
             self.fleet.unschedule(sid)
 
     @staticmethod
-    def _hosts(p: dict[str, Any]) -> list[str]:
-        hosts = p.get("hosts")
-        if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
-            raise BadRequest("hosts must be a list of agent names")
-        return hosts
-
-    @staticmethod
-    def _fn(p: dict[str, Any]) -> tuple[str, list[Any], dict[str, Any], float | None,
+    def _fn(p: Call | Schedule) -> tuple[str, list[Any], dict[str, Any], float | None,
                                          CodeRef | None]:
-        code = _code(p.get("code"))
-        fn = str(p.get("fn") or (code.function if code else ""))
+        code = _code(p.code)
+        fn = p.fn or (code.function if code else "")
         if not fn:
             raise BadRequest("fn (a built-in function name) or code is required")
-        args, kwargs = p.get("args") or [], p.get("kwargs") or {}
-        if not isinstance(args, list) or not isinstance(kwargs, dict):
-            raise BadRequest("args must be a list and kwargs a map")
-        return fn, args, kwargs, _timeout(p.get("timeout")), code
+        return fn, p.args, p.kwargs, _timeout(p.timeout), code

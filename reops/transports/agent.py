@@ -32,6 +32,7 @@ from reops.control.client import (
     request_sync,
 )
 from reops.control.identity import is_agent_for, mismatch
+from reops.control.wire import LineItem, ResultItem
 from reops.core.model import UNREACHED, Host, Hosts, Line, Result, Status, failure_result
 from reops.core.selector import select, standard_atoms
 from reops.core.settings import Settings
@@ -310,7 +311,7 @@ class AgentExecutor:
             return fail(mismatch(host, self._agents[host.name]) or "")
         if op.kind in ("upload", "download", "sync"):  # sync: one file, as an upload
             async def step(fn: str, args: list[Any], kwargs: dict[str, Any],
-                           timeout: float | None) -> dict[str, Any]:
+                           timeout: float | None) -> ResultItem:
                 return await self._call(host, {"hosts": [host.name], "fn": fn, "args": args,
                                                "kwargs": kwargs, "timeout": timeout})
 
@@ -326,15 +327,15 @@ class AgentExecutor:
         return _result(host, op, item, started, time.monotonic() - t0)
 
     async def _call(self, host: Host, params: dict[str, Any],
-                    on_line: LineSink | None = None) -> dict[str, Any]:
+                    on_line: LineSink | None = None) -> ResultItem:
         """One hub call's result item; CallFailed when it gave none."""
-        item: dict[str, Any] | None = None
+        item: ResultItem | None = None
         try:
             hub = await self._hub()
-            async for it in hub.stream("call", **params):
-                if it.get("k") == "line" and on_line is not None:
-                    on_line(Line(host.name, it["stream"], it["text"]))
-                elif it.get("k") == "result":
+            async for it in hub.pieces("call", **params):
+                if isinstance(it, LineItem) and on_line is not None:
+                    on_line(Line(host.name, it.stream, it.text))
+                elif isinstance(it, ResultItem):
                     item = it
         except HubNotRunning as e:
             raise CallFailed("unreachable", str(e)) from None
@@ -396,18 +397,27 @@ def _params(host: Host, op: Op, settings: Settings, *, stream: bool) -> dict[str
             "args": list(op.args), "kwargs": dict(op.kwargs), **code}
 
 
-def _result(host: Host, op: Op, item: dict[str, Any], started: float,
+def _result(host: Host, op: Op, item: ResultItem, started: float,
             duration: float) -> Result:
     """A reops Result from the hub's result item, judged as SSH would judge it."""
-    status: Status = item.get("status", "error")
-    code, out, err = int(item.get("code", UNREACHED)), item.get("out", ""), item.get("err", "")
-    data: Any = item.get("data")
+    status: Status = _status(item.status)
+    code, out, err = item.code, item.out, item.err
+    data: Any = item.data
     changed: bool | None = None
     if op.kind == "shell" and status in ("ok", "failed"):
         status, data, changed, err = op.judge(code, out, err, data)
     return Result(host=host.name, op=op.name, status=status, code=code, out=out, err=err,
-                  started_at=float(item.get("started_at") or started), duration_s=duration,
+                  started_at=item.started_at or started, duration_s=duration,
                   transport="agent", data=data, changed=changed)
+
+
+def _status(text: str) -> Status:
+    """The hub's status word as a Status ("error" for a word this side does not know)."""
+    known: tuple[Status, ...] = ("ok", "failed", "unreachable", "timeout", "lost", "error")
+    for st in known:
+        if st == text:
+            return st
+    return "error"
 
 
 # ── the hub's registry as Hosts ─────────────────────────────────────────────────────

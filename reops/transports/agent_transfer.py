@@ -23,6 +23,7 @@ from typing import Any
 
 from reops_agent.protocol import CHUNK_BYTES
 
+from reops.control.wire import ResultItem
 from reops.core.model import UNREACHED, Host, Result, Status
 from reops.core.settings import Settings
 from reops.ops.base import Op
@@ -30,7 +31,7 @@ from reops.ops.base import Op
 #: files whose size says 0 (/proc, /sys) are read until their end, up to this many bytes
 PSEUDO_FILE_MAX = 16 * 1024 * 1024
 
-Caller = Callable[[str, list[Any], dict[str, Any], float | None], Awaitable[dict[str, Any]]]
+Caller = Callable[[str, list[Any], dict[str, Any], float | None], Awaitable[ResultItem]]
 
 
 class CallFailed(Exception):
@@ -64,15 +65,15 @@ class _Transfer:
                 raise CallFailed("lost", e.err) from None
             raise
         self.steps += 1
-        status = item.get("status")
+        status = item.status
         if status == "ok":
-            return item.get("data")
+            return item.data
         if status == "timeout":
             raise TimeoutError
         if status in ("unreachable", "lost"):
             raise CallFailed("lost" if self.steps > 1 or status == "lost" else "unreachable",
-                             str(item.get("err") or status))
-        lines = str(item.get("err") or status).strip().splitlines()
+                             item.err or status)
+        lines = (item.err or status).strip().splitlines()
         raise _StepFailed(lines[-1] if lines else str(status))
 
 
