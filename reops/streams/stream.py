@@ -252,17 +252,21 @@ def from_async(pump: Callable[[Callable[[T], None]], Coroutine[Any, Any, None]]
 def fanout(hosts: Hosts, run_one: RunOne, *, lines: bool = False) -> Observable[Event]:
     """One task per host on the runtime loop; each host's Result flows as soon as it is done.
 
-    Disposing the subscription cancels the hosts still running.
+    Disposing the subscription cancels the hosts still running (and `Runtime.settle` waits
+    for them to clean up); a sink that fails on a Result (a closed pipe) ends the stream
+    with its error and cancels the rest.
     """
 
-    def subscribe(observer: abc.ObserverBase[Event],
-                  scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
+    async def pump(emit: Callable[[Event], None]) -> None:
         rt = get_runtime()
-        tasks: list[asyncio.Task[None]] = []
-        state = {"left": len(hosts), "cancelled": False}
-        on_line = observer.on_next if lines else None
+        if not hosts:
+            return
+        finished: asyncio.Future[None] = rt.loop.create_future()
+        left = len(hosts)
+        on_line = emit if lines else None
 
         async def one(host: Host) -> None:
+            nonlocal left
             started = time.time()
             try:
                 result = await run_one(host, on_line)
@@ -271,38 +275,29 @@ def fanout(hosts: Hosts, run_one: RunOne, *, lines: bool = False) -> Observable[
             except Exception as e:  # an executor bug must not lose the host
                 result = failure_result(host.name, "?", f"internal error: {type(e).__name__}: "
                                         f"{e}", status="error", started_at=started)
+            if finished.done():
+                return
             try:
-                observer.on_next(result)
+                emit(result)
             except Exception as e:  # a sink failed (e.g. a closed pipe): end, don't hang
-                if not state["cancelled"]:
-                    state["cancelled"] = True
-                    cancel()
-                    observer.on_error(e)
+                if not finished.done():
+                    finished.set_exception(e)
                 return
-            state["left"] -= 1
-            if state["left"] == 0:
-                observer.on_completed()
+            left -= 1
+            if left == 0 and not finished.done():
+                finished.set_result(None)
 
-        def start() -> None:
-            if state["cancelled"]:
-                return
-            if not state["left"]:
-                observer.on_completed()
-                return
-            tasks.extend(rt.spawn(one(h)) for h in hosts)
-
-        def cancel() -> None:
-            for t in tasks:
+        tasks = [rt.spawn(one(h)) for h in hosts]
+        try:
+            await finished
+        finally:
+            running = [t for t in tasks if not t.done()]
+            for t in running:
                 t.cancel()
+            if running:  # interrupted or failed: the hosts' cleanup (remote kill) first
+                await asyncio.gather(*running, return_exceptions=True)
 
-        def dispose() -> None:
-            state["cancelled"] = True
-            rt.call_soon(cancel)
-
-        rt.call_soon(start)
-        return Disposable(dispose)
-
-    return reactivex.create(subscribe)
+    return from_async(pump)
 
 
 def _outcome(stream: Stream, results: dict[str, Result], interrupted: bool) -> Outcome:
