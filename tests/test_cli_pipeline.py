@@ -6,13 +6,18 @@ reached is a real TCP listener on loopback that hangs up at once (counting its c
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -159,3 +164,45 @@ def test_pretty_in_python_shows_the_ops_view_like_the_cli(lab: LabInfo) -> None:
     p = reops("facts", "-i", str(lab.inventory), "web1", "os")
     assert p.returncode == 0, p.stderr
     assert _without_timings(p.stdout) == api
+
+
+def _wait_for_reader(fifo: Path, p: subprocess.Popen[str]) -> int:
+    """A write end of `fifo`, opened once the remote grep holds its read end (bounded);
+    kept open so the grep blocks on read instead of seeing end-of-file."""
+    end = time.monotonic() + DEADLINE_S
+    while time.monotonic() < end and p.poll() is None:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as e:
+            if e.errno != errno.ENXIO:  # ENXIO: no reader yet
+                raise
+        time.sleep(0.05)  # polling a condition with a deadline, not a pass/fail margin
+    p.kill()
+    raise AssertionError(f"the remote grep never opened {fifo}: {p.communicate()}")
+
+
+def test_op_command_exits_143_on_sigterm_like_exec(lab: LabInfo) -> None:
+    """SIGTERM while an op command's remote work hangs: the partial summary, then exit 143."""
+    scratch = Path(tempfile.mkdtemp(prefix="reops-pipeline-", dir="/tmp"))
+    scratch.chmod(0o777)  # the lab's login user reads the FIFO
+    fifo = scratch / "never-written"
+    os.mkfifo(fifo, 0o666)
+    fifo.chmod(0o666)
+    p = subprocess.Popen([sys.executable, "-m", "reops", "files", "grep", "-i",
+                          str(lab.inventory), "web1", "x", str(fifo)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writer = -1
+    try:
+        writer = _wait_for_reader(fifo, p)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=DEADLINE_S)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        if writer >= 0:
+            os.close(writer)  # a grep still there now reads end-of-file and ends
+        fifo.unlink()
+        scratch.rmdir()
+    assert p.returncode == 143, (out, err)
+    assert "SIGTERM" in err and "Traceback" not in err, err
+    assert "1 hosts" in out and "terminated" in out, out
