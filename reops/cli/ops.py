@@ -157,19 +157,17 @@ def service() -> None:
 for _verb in ("start", "stop", "restart", "reload", "enable", "disable"):
     _cmd(service, _verb, "service.action", arg("name"), pre=(_verb,),
          help=f"{_verb.capitalize()} service NAME (no change if already done).")
-
-
 _cmd(service, "status", "service.status", arg("name"),
      help="Whether service NAME is active and enabled (a query).")
 
 # --- facts ---
-
 
 facts = _cmd(None, "facts", "facts", arg("parts", nargs=-1),
              help="What the hosts are: os, hardware, network, users, uptime (PARTS; default "
                   "all).\n\n\b\n  reops facts all\n  reops facts 'group:db' os hardware -o json")
 
 # --- metrics ---
+
 
 @click.command("metrics")
 @fleet_options
