@@ -12,8 +12,9 @@ import threading
 from pathlib import Path
 
 import reactivex
-from reactivex import Observable
+from reactivex import Observable, abc
 from reactivex import operators as ops
+from reactivex.disposable import Disposable
 from reactivex.subject import Subject
 
 from reops import exec_
@@ -172,3 +173,28 @@ def test_collect_is_an_endless_stream_that_pipes(lab: LabInfo) -> None:
         results = list(got)
     assert all(isinstance(r, Result) and r.ok and isinstance(r.data, Metrics)
                for r in results)
+
+
+def test_an_endless_stream_restarts_for_a_subscriber_after_the_last_left() -> None:
+    """Disposing the last subscriber stops the source; the next subscriber starts it again
+    (an endless stream has no history to replay, so it must not be left dead)."""
+    starts: list[int] = []
+    stops: list[int] = []
+
+    def subscribe(observer: abc.ObserverBase[Event],
+                  scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
+        n = len(starts)
+        starts.append(n)
+        observer.on_next(_ok(f"h{n}"))
+        return Disposable(lambda: stops.append(n))
+
+    endless = Stream(reactivex.create(subscribe), Hosts(), replay=False)
+    first: list[Event] = []
+    endless.subscribe(first.append).dispose()
+    assert stops == [0]  # the last subscriber left: the source is stopped
+    second: list[Event] = []
+    sub = endless.subscribe(second.append)
+    assert [e.host for e in first] == ["h0"]
+    assert [e.host for e in second] == ["h1"]  # a fresh run, not a dead stream
+    sub.dispose()
+    assert stops == [0, 1]

@@ -131,7 +131,8 @@ class _Once:
     `partition` branches subscribe one after another). Output `Line`s are never kept:
     a host printing 50 MB must not cost 50 MB (plus objects) per shared stream, and a late
     subscriber needs the Results, not a replay of the live view. Without `replay`, a late
-    subscriber sees only what comes next (long-running streams must not buffer forever).
+    subscriber sees only what comes next (long-running streams must not buffer forever),
+    and once the last subscriber has left, the next one starts the source again.
     A small hand-written subject: reactivex's ReplaySubject schedules every event
     through a trampoline and costs ~20x more per event.
     """
@@ -164,14 +165,25 @@ class _Once:
         if first:
             conn = self._source.subscribe(self._on_next, self._on_error, self._on_completed)
             with self._lock:
-                self._conn = conn
+                orphan = not self._observers and self._done is None  # left meanwhile
+                if orphan:
+                    self._started = self._replay
+                else:
+                    self._conn = conn
+            if orphan:
+                conn.dispose()
 
         def dispose() -> None:
             with self._lock:
                 self._observers = tuple(o for o in self._observers if o is not observer)
                 last = not self._observers and self._done is None
-                conn = self._conn
-            if last and conn is not None:
+                conn = self._conn if last else None
+                if last:
+                    self._conn = None
+                    # an endless source starts afresh for the next subscriber (it has no
+                    # history to give); a finite one ran its remote work and never re-runs
+                    self._started = self._replay
+            if conn is not None:
                 conn.dispose()
 
         return Disposable(dispose)
