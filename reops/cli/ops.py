@@ -197,12 +197,15 @@ def metrics(selector: str, kinds: tuple[str, ...], every: float | None, count: i
 
 def _watch_metrics(o: dict[str, Any], selector: str, kinds: Sequence[str], every: float,
                    count: int | None, interval: float | None) -> None:
-    """`metrics --every`: a live table (or JSON rows) until Ctrl-C or `--count` rounds."""
+    """`metrics --every`: a live table (or JSON rows) until Ctrl-C or `--count` rounds.
+
+    The endless twin of `run_on_fleet`: same flags → Settings, the terminal's live sink
+    (drawn off the loop, latest frame wins) and the metrics view from `sinks/views.py`.
+    """
     import threading
 
-    from rich.live import Live
-
     from reops.ops.metrics import KINDS
+    from reops.sinks.terminal import live
     from reops.sinks.views import metrics_table
     from reops.streams.collect import collect
 
@@ -212,31 +215,30 @@ def _watch_metrics(o: dict[str, Any], selector: str, kinds: Sequence[str], every
     configure_fleet({**o, "dry_run": False})
     latest: dict[str, Result] = {}
     seen: dict[str, int] = {}
-    done, lock = threading.Event(), threading.Lock()
+    done = threading.Event()
     caption = f"every {every:g} s · Ctrl-C to stop"
-    live = Live(metrics_table(hosts.names, latest, caption), auto_refresh=False)
 
-    def on_next(r: Result) -> None:
-        with lock:
-            latest[r.host], seen[r.host] = r, seen.get(r.host, 0) + 1
-            if o["output"] == "pretty":
-                live.update(metrics_table(hosts.names, latest, caption), refresh=True)
-            else:
-                row = r.data.row() if r.ok and r.data is not None else {"err": r.err}
-                print(msgspec.json.encode({"host": r.host, "status": r.status, **row}).decode(),
-                      flush=True)
-            if count and len(seen) == len(hosts) and min(seen.values()) >= count:
-                done.set()
+    def on_next(r: Any) -> None:
+        if not isinstance(r, Result):
+            return
+        latest[r.host], seen[r.host] = r, seen.get(r.host, 0) + 1
+        if o["output"] != "pretty":
+            row = r.data.row() if r.ok and r.data is not None else {"err": r.err}
+            print(msgspec.json.encode({"host": r.host, "status": r.status, **row}).decode(),
+                  flush=True)
+        if count and len(seen) == len(hosts) and min(seen.values()) >= count:
+            done.set()
 
-    with live if o["output"] == "pretty" else threading.Lock():
-        sub = collect(hosts, kinds or KINDS, every, interval=interval,
-                      sudo=o["sudo"]).subscribe(on_next)
-        try:
-            done.wait()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            sub.dispose()
+    samples = collect(hosts, kinds or KINDS, every, interval=interval, sudo=o["sudo"])
+    if o["output"] == "pretty":
+        samples = samples | live(lambda now: metrics_table(hosts.names, now, caption))
+    sub = samples.subscribe(on_next)
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sub.dispose()  # the last frame is drawn before this returns
     sys.exit(0 if latest and all(r.ok for r in latest.values()) else 1)
 
 

@@ -10,11 +10,12 @@ Output goes to stdout; the progress bar goes to stderr and only on a TTY, so pip
 from __future__ import annotations
 
 import collections
+import contextlib
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 import reactivex
@@ -362,3 +363,83 @@ def pretty(*, tail: int = 3, file: IO[str] | None = None, progress: bool | None 
         return reactivex.create(subscribe)
 
     return derived(make, "pretty", shared=True)  # printing is a side effect: once
+
+
+def live(render: Callable[[Mapping[str, Result]], Any], *,
+         file: IO[str] | None = None) -> Operator:
+    """An endless stream on a terminal: one view of each host's latest Result, redrawn in
+    place (`reops metrics --every`).
+
+    Drawing happens on its own thread and the latest frame wins: a slow terminal skips
+    frames, it never stalls the loop's SSH I/O nor buffers samples. `render(latest)` gives
+    the rich renderable (e.g. `views.metrics_table`).
+    """
+
+    def make(up: Stream) -> reactivex.Observable[Event]:
+        def subscribe(observer: abc.ObserverBase[Event],
+                      scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
+            from rich.console import Console
+            from rich.live import Live
+
+            rt = get_runtime()
+            latest: dict[str, Result] = {}
+            cond = threading.Condition()
+            state = {"dirty": True, "closed": False}
+            screen = Live(render({}), console=Console(file=file or sys.stdout, highlight=False),
+                          auto_refresh=False)
+
+            def draw() -> None:
+                try:
+                    screen.start()
+                    while True:
+                        with cond:
+                            while not state["dirty"] and not state["closed"]:
+                                cond.wait()
+                            state["dirty"] = False
+                            snapshot, closed = dict(latest), state["closed"]
+                        screen.update(render(snapshot), refresh=True)
+                        if closed:
+                            return
+                except (OSError, ValueError, SystemExit):  # the terminal went away: stop drawing
+                    return
+                finally:
+                    with contextlib.suppress(OSError, ValueError, SystemExit):
+                        screen.stop()
+
+            thread = threading.Thread(target=draw, name="reops-live", daemon=True)
+            thread.start()
+
+            def close() -> None:
+                with cond:
+                    state["closed"] = True
+                    cond.notify()
+
+            def on_next(e: Event) -> None:
+                if isinstance(e, Result):
+                    with cond:
+                        latest[e.host] = e
+                        state["dirty"] = True
+                        cond.notify()
+                observer.on_next(e)
+
+            def on_completed() -> None:
+                close()
+                observer.on_completed()
+
+            def on_error(exc: Exception) -> None:
+                close()
+                observer.on_error(exc)
+
+            sub = up.observable.subscribe(on_next, on_error, on_completed)
+
+            def dispose() -> None:
+                sub.dispose()
+                close()
+                if not rt.in_loop:  # the caller's thread waits for the last frame
+                    thread.join(SHUTDOWN_GRACE_S)
+
+            return Disposable(dispose)
+
+        return reactivex.create(subscribe)
+
+    return derived(make, "live", shared=True)

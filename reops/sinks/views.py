@@ -8,7 +8,7 @@ an exact name first, then the longest registered prefix (`"pkg."`). Ops without 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,7 +193,7 @@ def metrics_cells(data: Any) -> list[str]:
             size(g("net_tx_bytes_s"), "/s"), n(g("entropy"))]
 
 
-def metrics_table(names: Sequence[str], latest: dict[str, Result], caption: str) -> Any:
+def metrics_table(names: Sequence[str], latest: Mapping[str, Result], caption: str) -> Any:
     """`metrics --every`: the latest sample of every host, as one rich table."""
     from rich.markup import escape
     from rich.table import Table
