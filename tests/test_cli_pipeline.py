@@ -206,3 +206,14 @@ def test_op_command_exits_143_on_sigterm_like_exec(lab: LabInfo) -> None:
     assert p.returncode == 143, (out, err)
     assert "SIGTERM" in err and "Traceback" not in err, err
     assert "1 hosts" in out and "terminated" in out, out
+
+
+def test_the_op_chooses_its_view() -> None:
+    """Exact op name first, then the longest "prefix."; exec and user code keep raw output."""
+    from reops.sinks import views
+
+    assert views.view_for("pkg.installed") is not views.view_for("pkg.install")
+    assert views.view_for("pkg.install") is views.CHANGE  # by the "pkg." prefix
+    assert views.view_for("service.status") is not views.CHANGE
+    assert views.view_for("exec") is None and views.view_for("my.own.op") is None
+    assert views.view_for("pkgx.install") is None  # a prefix ends at its dot
