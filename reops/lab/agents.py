@@ -28,6 +28,9 @@ from reops.control.identity import connect_from
 from reops.control.settings import HubSettings
 from reops.hub.keystore import KeyStore
 
+#: how long to wait for a hub or agents to come up: a bound on a condition, not a margin
+#: (a loaded 2-core box can take many seconds to start a few Python processes)
+START_TIMEOUT_S = 60.0
 
 @dataclass
 class LabAgents:
@@ -145,7 +148,7 @@ class LabHub:
         path = self.home / "hub.log"
         return path.read_text() if path.exists() else ""
 
-    def start(self, timeout: float = 15.0) -> LabHub:
+    def start(self, timeout: float = START_TIMEOUT_S) -> LabHub:
         """Start the hub (on the same endpoint as before, after a stop) and wait for it."""
         env = {**os.environ, **self.env, "REOPS_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
         if self.bind:
@@ -185,7 +188,7 @@ class LabHub:
 
 def start_hub(home: Path, *, bind: str = "tcp://127.0.0.1:*", heartbeat_s: float = 5.0,
               misses: int = 3, auto_accept: bool = False, call_grace_s: float = 5.0,
-              call_timeout_s: float | None = None, timeout: float = 15.0) -> LabHub:
+              call_timeout_s: float | None = None, timeout: float = START_TIMEOUT_S) -> LabHub:
     """Start a hub process on `bind` (a free port by default) with its home in `home`."""
     env = {"REOPS_HUB_HEARTBEAT_S": str(heartbeat_s), "REOPS_HUB_MISSES": str(misses),
            "REOPS_HUB_AUTO_ACCEPT": "true" if auto_accept else "false",
@@ -196,7 +199,8 @@ def start_hub(home: Path, *, bind: str = "tcp://127.0.0.1:*", heartbeat_s: float
     return LabHub(home=home, env=env, bind=bind).start(timeout)
 
 
-async def await_agents(path: Path, names: Iterable[str], timeout: float = 15.0) -> None:
+async def await_agents(path: Path, names: Iterable[str], timeout: float = START_TIMEOUT_S
+                       ) -> None:
     """Return once every named agent is connected to the hub at `path` (events, no polling)."""
     wanted = set(names)
     client = HubClient(path)
@@ -218,7 +222,8 @@ async def await_agents(path: Path, names: Iterable[str], timeout: float = 15.0) 
         await client.close()
 
 
-def wait_for_agents(path: Path, names: Iterable[str], timeout: float = 15.0) -> None:
+def wait_for_agents(path: Path, names: Iterable[str], timeout: float = START_TIMEOUT_S
+                    ) -> None:
     """Blocking `await_agents` (from code without a running event loop)."""
     asyncio.run(await_agents(path, names, timeout))
 
