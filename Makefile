@@ -73,6 +73,7 @@ bench: venv
 	$(BIN)/python bench/bench_output.py
 	$(BIN)/python bench/stream_big.py --slow
 	$(BIN)/python bench/bench_preauth.py
+	$(BIN)/python bench/bench_endless.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
