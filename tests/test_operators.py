@@ -183,3 +183,18 @@ def test_retry_delay_on_the_runtime_loop_reruns_the_failed_host() -> None:
     out = run(rec.stream(hosts_named("a", "b")) | retry(1, when=failed, delay=0.01))
     assert rec.runs == Counter({"a": 1, "b": 2})
     assert out.ok and [r.host for r in out.successful] == ["a", "b"]
+
+
+def test_then_passes_events_that_are_not_results_through() -> None:
+    """Endless event sources (agent_events, hypervisor_events) carry events that are not
+    Results: `then` gives them no next step and never crashes on them."""
+    hosts = hosts_named("a")
+    second = Recorder({"a": [0]})
+    event = {"event": "registered", "agent": "a"}
+    source = Stream(reactivex.from_iterable([event, result("a")]), hosts, second.stream,
+                    replay=False)
+    seen: list[object] = []
+    errors: list[Exception] = []
+    (source | then(lambda hs: second.stream(hs))).subscribe(seen.append, errors.append)
+    assert not errors
+    assert event in seen and second.runs == Counter({"a": 1}), seen

@@ -9,7 +9,7 @@ import reactivex
 from reactivex import Observable
 from reactivex import operators as ops
 
-from reops.core.model import Event, Hosts, Line
+from reops.core.model import Event, Hosts, Result
 from reops.streams.source import as_step
 from reops.streams.stream import Operator, Stream, derived
 
@@ -29,7 +29,9 @@ def then(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Operator:
 
     def make_events(up: Stream) -> Observable[Event]:
         def next_for(e: Event) -> Observable[Event]:
-            if isinstance(e, Line) or not e.ok:
+            # Lines, and events of endless sources that are not Results (agent or hypervisor
+            # events), flow on untouched: only a host's successful Result has a next step
+            if not isinstance(e, Result) or not e.ok:
                 return reactivex.just(e)
             host = up.hosts.get(e.host)
             if host is None:
