@@ -17,10 +17,8 @@ import asyncio
 import contextlib
 import os
 import shlex
-import signal
 import socket
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from reops.core.settings import Settings
 from reops.ops.base import Op
 from reops.transports.base import LineSink
 from reops.transports.ssh.output import Capture, LineSplitter, StreamName, spill_path
+from reops.transports.ssh.process import finish, pump, signum, stop
 from reops.transports.ssh.rsync import run_sync
 from reops.transports.ssh.sftp import bounded_sftp, current_umask, host_download_dir, mask_tree
 from reops.transports.ssh.sshlib import asyncssh
@@ -411,7 +410,7 @@ class SshExecutor:
         except asyncio.CancelledError:
             # the exec request may already be on its way: let it open, then kill it
             with contextlib.suppress(Exception):
-                await _stop(await asyncio.wait_for(starting, settings.connect_timeout))
+                await stop(await asyncio.wait_for(starting, settings.connect_timeout))
             raise
         except (asyncssh.Error, ConnectionError):
             if conn.is_closed() and not isinstance(starting.exception(),
@@ -429,10 +428,10 @@ class SshExecutor:
 
         out, err = capture("stdout"), capture("stderr")
         readers = [
-            asyncio.ensure_future(_pump(process.stdout, out, None if on_line is None else
+            asyncio.ensure_future(pump(process.stdout, out, None if on_line is None else
                                         LineSplitter(host.name, "out", on_line,
                                                      settings.max_line))),
-            asyncio.ensure_future(_pump(process.stderr, err, None if on_line is None else
+            asyncio.ensure_future(pump(process.stderr, err, None if on_line is None else
                                         LineSplitter(host.name, "err", on_line,
                                                      settings.max_line))),
         ]
@@ -441,7 +440,7 @@ class SshExecutor:
                 await asyncio.gather(*readers)
                 await process.wait_closed()
         except TimeoutError:
-            await _stop(process, readers)
+            await stop(process, readers)
             return Result(
                 host=host.name, op=op.name, status="timeout", code=UNREACHED,
                 out=out.text(), err=(
@@ -450,10 +449,10 @@ class SshExecutor:
                 ), started_at=started, duration_s=time.monotonic() - t0,
             )
         except asyncio.CancelledError:
-            await _stop(process, readers)
+            await stop(process, readers)
             raise
         except Exception:
-            await _stop(process, readers)  # every failure path stops the remote command
+            await stop(process, readers)  # every failure path stops the remote command
             if conn.is_closed():
                 return _lost(host, op, started, t0, out=out.text(), err=err.text())
             raise
@@ -466,10 +465,10 @@ class SshExecutor:
             sig = process.exit_signal
             if not sig and conn.is_closed():
                 return _lost(host, op, started, t0, out=out_text, err=err_text)
-            code = 128 + _signum(sig[0]) if sig else UNREACHED
+            code = 128 + signum(sig[0]) if sig else UNREACHED
             err_text += (f"killed by signal {sig[0]}" if sig
                          else "command ended without an exit status")
-        return _finish(host, op, code, out_text, err_text, started, t0)
+        return finish(host, op, code, out_text, err_text, started, t0)
 
     async def _transfer(
         self, host: Host, op: Op, settings: Settings, conn: asyncssh.SSHClientConnection,
@@ -527,58 +526,6 @@ def _lost(host: Host, op: Op, started: float, t0: float, out: str = "", err: str
         "the command may have run, so it was not retried: check the host before running "
         "it again",
         started_at=started, duration_s=time.monotonic() - t0, transport="ssh",
-    )
-
-
-async def _pump(stream: asyncssh.SSHReader[bytes], capture: Capture,
-                lines: LineSplitter | None) -> None:
-    """Read a process stream to its end into a bounded capture, emitting Lines if asked."""
-    while chunk := await stream.read(65536):
-        capture.feed(chunk)
-        if lines is not None:
-            lines.feed(chunk)
-    if lines is not None:
-        lines.close()
-
-
-#: when to re-send the kill signal if the command is still there: sshd signals the
-#: command's process group, which does not exist yet if the command was only just forked
-KILL_RESEND_AFTER_S = (0.05, 0.25, 1.0)
-
-
-async def _stop(process: asyncssh.SSHClientProcess[bytes],
-                readers: Sequence[asyncio.Future[None]] = ()) -> None:
-    """Kill a remote command (OpenSSH honours signal requests) and close its channel;
-    stop reading its output."""
-    for reader in readers:
-        reader.cancel()
-    for wait in KILL_RESEND_AFTER_S:
-        with contextlib.suppress(Exception):
-            process.send_signal("KILL")
-        try:
-            await asyncio.wait_for(process.wait_closed(), wait)
-            return
-        except TimeoutError:
-            continue
-        except Exception:
-            break
-    process.close()
-
-
-def _signum(name: str) -> int:
-    try:
-        return int(signal.Signals[f"SIG{name}"])
-    except KeyError:
-        return 0
-
-
-def _finish(host: Host, op: Op, code: int, out: str, err: str, started: float,
-            t0: float) -> Result:
-    status, data, changed, err = op.judge(code, out, err)
-    return Result(
-        host=host.name, op=op.name, status=status, code=code, out=out, err=err,
-        started_at=started, duration_s=time.monotonic() - t0, transport="ssh", data=data,
-        changed=changed,
     )
 
 
