@@ -73,16 +73,18 @@ def wait_for_pending(hub: LabHub, names: set[str]) -> None:
     import asyncio
 
     from reops.control.client import HubClient
+    from reops.control.wire import Event
 
     async def wait() -> None:
         client = HubClient(hub.control_path)
         try:
-            events = client.stream("subscribe", topics=["keys"])
+            events = client.pieces("subscribe", topics=["keys"])
             await anext(events)
             have = {k["name"] for k in await client.request("keys") if k["state"] == "pending"}
             while not names <= have:
                 event = await asyncio.wait_for(anext(events), 15)
-                have.add(event["data"]["agent"])
+                assert isinstance(event, Event)
+                have.add(event.data["agent"])
             await events.aclose()
         finally:
             await client.close()

@@ -30,6 +30,7 @@ from reops_agent.protocol import (
 )
 
 from reops.control.client import HubClient
+from reops.control.wire import Event, LineItem, ResultItem, TickItem
 from reops.core.model import Host, Line
 from reops.core.settings import Settings
 from reops.lab.agents import (
@@ -85,15 +86,17 @@ async def client(fleet: tuple[LabHub, Path]) -> AsyncIterator[HubClient]:
     await c.close()
 
 
-async def call(client: HubClient, **params: Any) -> tuple[dict[str, dict[str, Any]], list[Any]]:
+async def call(client: HubClient, **params: Any
+               ) -> tuple[dict[str, ResultItem], list[LineItem]]:
     """Results by host, and the streamed line items, of one hub call."""
-    results: dict[str, dict[str, Any]] = {}
-    lines: list[Any] = []
-    async for item in client.stream("call", **params):
-        if item["k"] == "result":
-            results[item["host"]] = item
-        else:
-            lines.append(item)
+    results: dict[str, ResultItem] = {}
+    lines: list[LineItem] = []
+    async for item in client.pieces("call", **params):
+        match item:
+            case ResultItem():
+                results[item.host] = item
+            case LineItem():
+                lines.append(item)
     return results, lines
 
 
@@ -106,11 +109,11 @@ def host(name: str) -> Host:
 
 async def test_builtins_fan_out(client: HubClient) -> None:
     results, _ = await call(client, hosts=["a1", "a2", "c1", "ghost"], fn="ping")
-    assert {h: r["status"] for h, r in results.items()} == {
+    assert {h: r.status for h, r in results.items()} == {
         "a1": "ok", "a2": "ok", "c1": "ok", "ghost": "unreachable"}
-    assert results["ghost"]["code"] == -1 and "not connected" in results["ghost"]["err"]
+    assert results["ghost"].code == -1 and "not connected" in results["ghost"].err
     results, _ = await call(client, hosts=["a1"], fn="metrics", args=["load", "memory"])
-    data = results["a1"]["data"]  # the fields of reops.ops.metrics.Metrics
+    data = results["a1"].data  # the fields of reops.ops.metrics.Metrics
     assert data["load"] and data["memory"] and data["at"] and data["cpu"] is None
 
 
@@ -162,12 +165,12 @@ async def test_call_timing_out(fleet: tuple[LabHub, Path]) -> None:
 async def test_shipped_code_needs_allow_code(client: HubClient, tmp_path: Path) -> None:
     code = {"source": SHIPPED, "function": "add"}
     results, _ = await call(client, hosts=["a1", "c1"], fn="add", args=[2, 3], code=code)
-    assert results["c1"]["status"] == "ok" and results["c1"]["data"] == 5
-    assert results["a1"]["status"] == "error" and "--allow-code" in results["a1"]["err"]
+    assert results["c1"].status == "ok" and results["c1"].data == 5
+    assert results["a1"].status == "error" and "--allow-code" in results["a1"].err
     results, _ = await call(client, hosts=["c1"], fn="boom",
                             code={"source": SHIPPED, "function": "boom"})
-    assert results["c1"]["status"] == "error"
-    assert "Traceback" in results["c1"]["err"] and "RuntimeError: kaboom" in results["c1"]["err"]
+    assert results["c1"].status == "error"
+    assert "Traceback" in results["c1"].err and "RuntimeError: kaboom" in results["c1"].err
 
 
 async def test_ship_a_module_function_through_the_executor(
@@ -189,16 +192,17 @@ async def test_ship_a_module_function_through_the_executor(
 
 
 async def test_schedule_streams_ticks_until_cancelled(client: HubClient) -> None:
-    ticks: list[dict[str, Any]] = []
-    stream = client.stream("schedule", hosts=["a1", "a2"], fn="metrics", args=["load"],
+    ticks: list[TickItem] = []
+    stream = client.pieces("schedule", hosts=["a1", "a2"], fn="metrics", args=["load"],
                            every=0.1)
     async for tick in stream:
+        assert isinstance(tick, TickItem)
         ticks.append(tick)
         if len(ticks) == 6:
             break
     await stream.aclose()
-    assert {t["host"] for t in ticks} == {"a1", "a2"} and all(t["status"] == "ok" for t in ticks)
-    assert "load" in ticks[0]["data"]
+    assert {t.host for t in ticks} == {"a1", "a2"} and all(t.status == "ok" for t in ticks)
+    assert "load" in ticks[0].data
 
 
 async def test_agents_source_and_listing(fleet: tuple[LabHub, Path], client: HubClient) -> None:
@@ -216,22 +220,23 @@ async def test_agents_source_and_listing(fleet: tuple[LabHub, Path], client: Hub
 
 async def test_pending_accept_reject(fleet: tuple[LabHub, Path], client: HubClient) -> None:
     hub, root = fleet
-    events = client.stream("subscribe", topics=["keys"])
+    events = client.pieces("subscribe", topics=["keys"])
     await anext(events)
     with _agents(hub, ["p1"], root, accept=False):
         event = await asyncio.wait_for(anext(events), 15)
-        assert event["data"]["event"] == "pending" and event["data"]["agent"] == "p1"
+        assert isinstance(event, Event)
+        assert event.data["event"] == "pending" and event.data["agent"] == "p1"
         keys = {k["name"]: k for k in await client.request("keys")}
         assert keys["p1"]["state"] == "pending" and len(keys["p1"]["fingerprint"]) == 47
         results, _ = await call(client, hosts=["p1"], fn="ping")
-        assert results["p1"]["status"] == "unreachable"  # no service while pending
+        assert results["p1"].status == "unreachable"  # no service while pending
         await client.request("keys.accept", names=["p1"])
         await await_agents(hub.control_path, ["p1"], timeout=10)
         results, _ = await call(client, hosts=["p1"], fn="ping")
-        assert results["p1"]["status"] == "ok"
+        assert results["p1"].status == "ok"
         await client.request("keys.reject", names=["p1"])
         results, _ = await call(client, hosts=["p1"], fn="ping")
-        assert results["p1"]["status"] == "unreachable"
+        assert results["p1"].status == "unreachable"
     await events.aclose()
     assert {k["name"]: k["state"] for k in await client.request("keys")}["p1"] == "rejected"
 
@@ -268,7 +273,7 @@ async def test_rogue_agent_gets_no_service(fleet: tuple[LabHub, Path], client: H
             await rogue.send(encode(Done(id=call_id, status="ok", code=0, out="forged")))
         await asyncio.wait_for(expect(Unknown), 10)
         results, lines = await running
-        assert results["a1"]["out"] == "real\n" and [ln["text"] for ln in lines] == ["real"]
+        assert results["a1"].out == "real\n" and [ln.text for ln in lines] == ["real"]
         assert all(isinstance(m, (Refused, Pending, Unknown)) for m in got)
     finally:
         rogue.close(0)
@@ -285,26 +290,27 @@ async def test_agent_killed_mid_call(tmp_path: Path) -> None:
         await await_agents(hub.control_path, ["k1", "k2"])
         client = HubClient(hub.control_path)
         try:
-            stream = client.stream("call", hosts=["k1", "k2"], fn="shell", stream=True,
+            stream = client.pieces("call", hosts=["k1", "k2"], fn="shell", stream=True,
                                    args=["echo started; sleep 30"])
             other = asyncio.create_task(call(client, hosts=["k2"], fn="shell",
                                              args=["sleep 1; echo fine"]))
-            results: dict[str, Any] = {}
+            results: dict[str, ResultItem] = {}
             killed = False
             async for item in stream:
-                if item["k"] == "line" and item["host"] == "k1" and not killed:
-                    lab.kill("k1")
-                    killed = True
-                elif item["k"] == "result":
-                    results[item["host"]] = item
-                    if item["host"] == "k1":
-                        break
+                match item:
+                    case LineItem(host="k1") if not killed:
+                        lab.kill("k1")
+                        killed = True
+                    case ResultItem():
+                        results[item.host] = item
+                        if item.host == "k1":
+                            break
             await stream.aclose()
             k1 = results["k1"]
-            assert (k1["status"], k1["code"]) == ("lost", -1)  # it had started: may have run
-            assert "connection dropped during the call" in k1["err"]
+            assert (k1.status, k1.code) == ("lost", -1)  # it had started: may have run
+            assert "connection dropped during the call" in k1.err
             ok, _ = await other
-            assert ok["k2"]["status"] == "ok" and ok["k2"]["out"] == "fine\n"
+            assert ok["k2"].status == "ok" and ok["k2"].out == "fine\n"
         finally:
             await client.close()
 
@@ -320,7 +326,7 @@ async def test_hub_restart_agents_come_back(tmp_path: Path) -> None:
             results, _ = await call(client, hosts=["r1", "r2"], fn="ping")
         finally:
             await client.close()
-        assert all(r["status"] == "ok" for r in results.values())
+        assert all(r.status == "ok" for r in results.values())
 
 
 # ── fuzzing the hub over the wire ─────────────────────────────────────────────────────
@@ -376,7 +382,7 @@ async def test_hub_survives_garbage_on_the_wire(fleet: tuple[LabHub, Path],
     info = await client.request("ping")
     assert info["bad_frames"] > 0
     results, _ = await call(client, hosts=["a1", "a2"], fn="ping")
-    assert all(r["status"] == "ok" for r in results.values())
+    assert all(r.status == "ok" for r in results.values())
     assert "dropped a bad message" in hub.log
 
 
@@ -409,14 +415,14 @@ def test_schedule_and_events_observables(fleet: tuple[LabHub, Path]) -> None:
     assert all(r.transport == "agent" and r.ok and isinstance(r.data, Metrics)
                and r.data.load is not None for r in got)
 
-    events: list[Any] = []
+    events: list[Event] = []
     seen, subscribed = threading.Event(), threading.Event()
 
-    def on_event(e: Any) -> None:
+    def on_event(e: Event) -> None:
         events.append(e)
-        if e["topic"] == "subscribed":
+        if e.topic == "subscribed":
             subscribed.set()
-        if e["topic"] == "agents" and e["data"].get("agent") == "e1":
+        if e.topic == "agents" and e.data.get("agent") == "e1":
             seen.set()
 
     sub = agent_events(hub.control_path).subscribe(on_event)
@@ -426,7 +432,7 @@ def test_schedule_and_events_observables(fleet: tuple[LabHub, Path]) -> None:
             assert seen.wait(15)
     finally:
         sub.dispose()
-    assert any(e["data"].get("event") == "registered" for e in events if e["topic"] == "agents")
+    assert any(e.data.get("event") == "registered" for e in events if e.topic == "agents")
 
 
 async def test_schedule_results_buffered_while_hub_is_away(tmp_path: Path) -> None:
@@ -440,7 +446,7 @@ async def test_schedule_results_buffered_while_hub_is_away(tmp_path: Path) -> No
         await await_agents(hub.control_path, ["s1"])
         client = HubClient(hub.control_path)
         try:
-            ticks = client.stream("schedule", hosts=["s1"], fn="ping", every=0.1)
+            ticks = client.pieces("schedule", hosts=["s1"], fn="ping", every=0.1)
             await asyncio.wait_for(anext(ticks), 10)
             assert hub.proc is not None
             os.kill(hub.proc.pid, signal.SIGSTOP)
@@ -449,7 +455,8 @@ async def test_schedule_results_buffered_while_hub_is_away(tmp_path: Path) -> No
             dropped = 0
             while not dropped:
                 tick = await asyncio.wait_for(anext(ticks), 15)
-                dropped = tick["dropped"]
+                assert isinstance(tick, TickItem)
+                dropped = tick.dropped
             assert dropped > 5  # ~30 runs while away, 3 kept
             await ticks.aclose()
         finally:
@@ -487,4 +494,4 @@ async def test_control_socket_survives_garbage(fleet: tuple[LabHub, Path],
         sock.close(0)
         ctx.term()
     results, _ = await call(client, hosts=["a1"], fn="ping")
-    assert results["a1"]["status"] == "ok"
+    assert results["a1"].status == "ok"

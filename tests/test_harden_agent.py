@@ -18,6 +18,7 @@ import pytest
 from reops_agent.protocol import cut_marker
 
 from reops.control.client import HubClient
+from reops.control.wire import LineItem, ResultItem
 from reops.core.model import Host, Line
 from reops.core.settings import Settings
 from reops.lab.agents import (
@@ -59,12 +60,12 @@ async def client(fleet: tuple[LabHub, Path]) -> AsyncIterator[HubClient]:
     await c.close()
 
 
-async def call(client: HubClient, **params: Any) -> dict[str, dict[str, Any]]:
+async def call(client: HubClient, **params: Any) -> dict[str, ResultItem]:
     """Results by host of one hub call."""
-    results: dict[str, dict[str, Any]] = {}
-    async for item in client.stream("call", **params):
-        if item["k"] == "result":
-            results[item["host"]] = item
+    results: dict[str, ResultItem] = {}
+    async for item in client.pieces("call", **params):
+        if isinstance(item, ResultItem):
+            results[item.host] = item
     return results
 
 
@@ -82,8 +83,8 @@ async def test_cat_with_a_megabyte_of_stdin_twenty_times(client: HubClient) -> N
     runs = [call(client, hosts=["h1"], fn="shell", args=["cat"], kwargs={"stdin": text},
                  timeout=120) for _ in range(20)]
     results = await asyncio.gather(*runs)
-    assert [r["h1"]["status"] for r in results] == ["ok"] * 20
-    assert all(r["h1"]["out"] == text for r in results)
+    assert [r["h1"].status for r in results] == ["ok"] * 20
+    assert all(r["h1"].out == text for r in results)
     info = await client.request("ping")
     assert info["calls"] == 0  # nothing left in flight on the hub
 
@@ -101,10 +102,10 @@ async def test_big_output_is_cut_with_a_marker_on_two_agents(client: HubClient) 
     head, tail = MIB - 1, MIB
     for name in ("h1", "h2"):
         r = results[name]
-        assert (r["status"], r["code"]) == ("ok", 0)
-        for stream in ("out", "err"):
-            marker = cut_marker(BIG - head - tail, stream)  # type: ignore[arg-type]
-            assert r[stream] == "\ufffd" * head + marker + "\ufffd" * tail
+        assert (r.status, r.code) == ("ok", 0)
+        for stream, text in (("out", r.out), ("err", r.err)):
+            marker = cut_marker(BIG - head - tail, stream)
+            assert text == "\ufffd" * head + marker + "\ufffd" * tail
             assert "raise max_output" in marker
     assert (await client.request("ping"))["calls"] == 0
 
@@ -139,19 +140,20 @@ async def test_agent_killed_mid_call_is_lost_from_the_disconnect(
     hub, root = fleet
     with _agents(hub, ["k1"], root) as lab:
         await await_agents(hub.control_path, ["k1"])
-        stream = client.stream("call", hosts=["k1"], fn="shell", stream=True,
+        stream = client.pieces("call", hosts=["k1"], fn="shell", stream=True,
                                args=["echo started; sleep 60"])
-        result: dict[str, Any] = {}
+        result: ResultItem | None = None
         # bounded by one heartbeat interval: a heartbeat miss needs MISSES of them
         async with asyncio.timeout(HEARTBEAT):
             async for item in stream:
-                if item["k"] == "line":
-                    lab.kill("k1")
-                elif item["k"] == "result":
-                    result = item
-        assert (result["status"], result["code"]) == ("lost", -1)
-        assert "connection dropped during the call" in result["err"]
-        assert "may have run" in result["err"]
+                match item:
+                    case LineItem():
+                        lab.kill("k1")
+                    case ResultItem():
+                        result = item
+        assert result is not None and (result.status, result.code) == ("lost", -1)
+        assert "connection dropped during the call" in result.err
+        assert "may have run" in result.err
 
 
 async def test_hub_killed_mid_call_gives_lost_while_the_command_still_runs(
@@ -337,7 +339,7 @@ async def test_reads_are_bounded(client: HubClient, tmp_path: Path) -> None:
 
     results = await call(client, hosts=["h1"], fn="file.read", args=["/dev/zero"])
     r = results["h1"]
-    assert r["status"] == "error" and "too large for one read" in r["err"]
+    assert r.status == "error" and "too large for one read" in r.err
     ex = AgentExecutor(client.path)
     try:
         down = await ex.run(host("h1"), download("/dev/zero", str(tmp_path)), Settings())
@@ -413,8 +415,8 @@ async def test_a_call_without_timeout_gets_the_hubs_default_deadline(tmp_path: P
             async with asyncio.timeout(HEARTBEAT):  # the command would sleep 60 s
                 results = await call(c, hosts=["d1"], fn="shell", args=["sleep 60"])
             r = results["d1"]
-            assert (r["status"], r["code"]) == ("timeout", -1)
-            assert "timed out after 1 s" in r["err"]
+            assert (r.status, r.code) == ("timeout", -1)
+            assert "timed out after 1 s" in r.err
             assert (await c.request("ping"))["calls"] == 0
         finally:
             await c.close()

@@ -39,6 +39,7 @@ from reops_agent.protocol import (
 
 from reops.cli.main import main
 from reops.control.client import HubClient
+from reops.control.wire import AnyPiece, Event, ResultItem
 from reops.hub.keystore import ContestedName, KeyStore
 from reops.lab.agents import LabHub, await_agents, start_agents, start_hub
 
@@ -75,13 +76,19 @@ def reops(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-async def next_event(events: AsyncIterator[Any], kind: str, timeout: float = 20.0) -> Any:
-    """The next event whose data.event is `kind` (bounded)."""
+async def next_event(events: AsyncIterator[AnyPiece], kind: str, timeout: float = 20.0
+                     ) -> Any:
+    """The data of the next event whose data.event is `kind` (bounded)."""
     async with asyncio.timeout(timeout):
         while True:
-            event = await anext(events)
-            if event["data"].get("event") == kind:
-                return event["data"]
+            match await anext(events):
+                case Event(data={"event": event} as data) if event == kind:
+                    return data
+
+
+async def call_results(client: HubClient, **params: Any) -> list[ResultItem]:
+    """The results of one hub call."""
+    return [r async for r in client.pieces("call", **params) if isinstance(r, ResultItem)]
 
 
 def dealer(ctx: zmq.asyncio.Context, hub: LabHub, public: bytes, secret: bytes,
@@ -139,7 +146,7 @@ def test_keystore_one_name_per_key_and_a_cap(tmp_path: Path) -> None:
 
 async def test_two_agents_claim_one_name(hub: LabHub, client: HubClient,
                                          tmp_path: Path) -> None:
-    events = client.stream("subscribe", topics=["keys", "agents"])
+    events = client.pieces("subscribe", topics=["keys", "agents"])
     await anext(events)
     work1, work2 = tmp_path / "first", tmp_path / "second"
     with start_agents(["newhost"], hub.bind, hub.key, hub.keys_dir, workdir=work1,
@@ -164,9 +171,8 @@ async def test_two_agents_claim_one_name(hub: LabHub, client: HubClient,
             await await_agents(hub.control_path, ["newhost"], timeout=60)
             [agent] = await client.request("agents")
             assert agent["fingerprint"] == fp1
-            got = [r async for r in client.stream("call", hosts=["newhost"], fn="shell",
-                                                  args=["echo $PPID"])]
-            assert got[0]["status"] == "ok" and got[0]["out"] == f"{first.pid('newhost')}\n"
+            got = await call_results(client, hosts=["newhost"], fn="shell", args=["echo $PPID"])
+            assert got[0].status == "ok" and got[0].out == f"{first.pid('newhost')}\n"
             assert second.procs["newhost"].poll() is None  # still retrying, never served
     await events.aclose()
     keys = {k["name"]: k for k in await client.request("keys")}
@@ -200,7 +206,7 @@ async def test_a_dropped_agents_routing_id_gets_no_calls(hub: LabHub, client: Hu
     rogue_public, rogue_secret = load_keypair(tmp_path / "rogue", "agent")  # never accepted
     rid = b"victim-connection"
     ctx = zmq.asyncio.Context()
-    events = client.stream("subscribe", topics=["agents"])
+    events = client.pieces("subscribe", topics=["agents"])
     await anext(events)
     try:
         real = dealer(ctx, hub, public, secret, rid)
@@ -209,8 +215,7 @@ async def test_a_dropped_agents_routing_id_gets_no_calls(hub: LabHub, client: Hu
         real.close(0)  # the agent's connection drops
         assert (await next_event(events, "disconnected"))["agent"] == "victim"
         rogue = await take_routing_id(ctx, hub, rogue_public, rogue_secret, rid)
-        got = [r async for r in client.stream("call", hosts=["victim"], fn="shell",
-                                              args=["echo real"])]
+        got = await call_results(client, hosts=["victim"], fn="shell", args=["echo real"])
         await rogue.send(encode(Done(id=1, status="ok", code=0, out="forged\n")))
         seen = []
         async with asyncio.timeout(20):
@@ -220,8 +225,8 @@ async def test_a_dropped_agents_routing_id_gets_no_calls(hub: LabHub, client: Hu
         ctx.destroy(0)
         await events.aclose()
     assert not any(isinstance(m, Call) for m in seen), "the rogue was sent the agent's call"
-    assert (got[0]["status"], got[0]["code"]) == ("unreachable", -1)
-    assert "not connected" in got[0]["err"]
+    assert (got[0].status, got[0].code) == ("unreachable", -1)
+    assert "not connected" in got[0].err
 
 
 async def take_routing_id(ctx: zmq.asyncio.Context, hub: LabHub, public: bytes,
@@ -262,12 +267,12 @@ async def test_forged_answer_with_a_live_agents_routing_id(tmp_path: Path) -> No
     ctx = zmq.asyncio.Context()
     client = HubClient(settings.control_path)
     try:
-        events = client.stream("subscribe", topics=["agents"])
+        events = client.pieces("subscribe", topics=["agents"])
         await anext(events)
         real = dealer(ctx, hub, public, secret, rid)
         await real.send(encode(Hello(name="victim", pid=4242)))
         await expect(real, Welcome)
-        caller = asyncio.create_task(anext(client.stream("call", hosts=["victim"], fn="shell",
+        caller = asyncio.create_task(anext(client.pieces("call", hosts=["victim"], fn="shell",
                                                          args=["echo real"])))
         call = await expect(real, Call)
         real.close(0)  # the connection drops with the call in flight
@@ -286,7 +291,7 @@ async def test_forged_answer_with_a_live_agents_routing_id(tmp_path: Path) -> No
         await expect(back, Welcome)
         await back.send(encode(Done(id=call.id, status="ok", code=0, out="real\n")))
         result = await asyncio.wait_for(caller, 20)
-        assert (result["status"], result["out"]) == ("ok", "real\n")
+        assert isinstance(result, ResultItem) and (result.status, result.out) == ("ok", "real\n")
         assert (await client.request("ping"))["impostors"] >= 1
         await events.aclose()
     finally:
@@ -365,7 +370,7 @@ def test_hub_ping_reports_a_loopback_bind(hub: LabHub) -> None:
 
 async def test_cloned_agent_is_refused(hub: LabHub, client: HubClient,
                                        tmp_path: Path) -> None:
-    events = client.stream("subscribe", topics=["agents"])
+    events = client.pieces("subscribe", topics=["agents"])
     await anext(events)
     with start_agents(["gold"], hub.bind, hub.key, hub.keys_dir, workdir=tmp_path / "one",
                       extra=FLAGS) as one:
@@ -378,9 +383,9 @@ async def test_cloned_agent_is_refused(hub: LabHub, client: HubClient,
             clone = await next_event(events, "clone")
             assert clone["agent"] == "gold"
             for _ in range(3):  # calls keep going to the first agent, none fails
-                got = [r async for r in client.stream("call", hosts=["gold"], fn="shell",
-                                                      args=["sleep 0.3; echo $PPID"])]
-                assert (got[0]["status"], got[0]["out"]) == ("ok", f"{one.pid('gold')}\n")
+                got = await call_results(client, hosts=["gold"], fn="shell",
+                                         args=["sleep 0.3; echo $PPID"])
+                assert (got[0].status, got[0].out) == ("ok", f"{one.pid('gold')}\n")
             await until(lambda: "already connected from" in two.log("gold"))
             assert two.procs["gold"].poll() is None  # it keeps retrying, with the reason
     await events.aclose()
@@ -393,14 +398,13 @@ async def test_a_new_key_for_the_name_replaces_the_old_agent(hub: LabHub, client
     with start_agents(["re"], hub.bind, hub.key, hub.keys_dir, workdir=tmp_path / "old",
                       extra=FLAGS) as old:
         await await_agents(hub.control_path, ["re"], timeout=60)
-        events = client.stream("subscribe", topics=["agents"])
+        events = client.pieces("subscribe", topics=["agents"])
         await anext(events)
         with start_agents(["re"], hub.bind, hub.key, hub.keys_dir, workdir=tmp_path / "new",
                           extra=FLAGS) as new:
             assert (await next_event(events, "registered"))["agent"] == "re"
-            got = [r async for r in client.stream("call", hosts=["re"], fn="shell",
-                                                  args=["echo $PPID"])]
-            assert (got[0]["status"], got[0]["out"]) == ("ok", f"{new.pid('re')}\n")
+            got = await call_results(client, hosts=["re"], fn="shell", args=["echo $PPID"])
+            assert (got[0].status, got[0].out) == ("ok", f"{new.pid('re')}\n")
             await until(lambda: "belongs to another key" in old.log("re"))
         await events.aclose()
 

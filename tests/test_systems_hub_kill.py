@@ -21,6 +21,7 @@ from systems_fixtures import qemu_root
 from test_systems_qemu import _why_not
 
 from reops.control.client import HubClient, ping_sync
+from reops.control.wire import Event
 from reops.systems.api import HubMachines
 
 pytestmark = pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))
@@ -74,11 +75,12 @@ async def test_kill_9_mid_job_then_restart(hubs: Hubs) -> None:
                                                  None, None, "k1"))
     assert created.state == "succeeded", created.error
 
-    events = api.client.stream("subscribe", topics=["jobs"])
-    assert (await anext(events))["topic"] == "subscribed"
+    events = api.client.pieces("subscribe", topics=["jobs"])
+    assert await anext(events) == Event(topic="subscribed", data={})
     (stop,) = await api.submit("stop", "k1")
     async for item in events:  # the stop is running: the guest ignores ACPI for 3 s
-        if item["data"]["job"]["id"] == stop.id and item["data"]["event"] == "started":
+        assert isinstance(item, Event)
+        if item.data["job"]["id"] == stop.id and item.data["event"] == "started":
             break
     hub_a.send_signal(signal.SIGKILL)
     hub_a.wait()

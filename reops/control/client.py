@@ -32,7 +32,6 @@ from reops.control.wire import (
     decode_reply,
     encoder,
     make_request,
-    plain,
 )
 
 log = logging.getLogger("reops.control.client")
@@ -69,6 +68,8 @@ def request_sync(path: Path | None, method: str, params: dict[str, Any] | None =
                  on_item: Callable[[Any], None] | None = None, wait: bool = False) -> Any:
     """One request from blocking code; `timeout` bounds the wait for each reply.
 
+    `on_item` gets each item: a service's plain value, or a typed item (LineItem, ...).
+
     With `wait`, a hub that is still starting (no socket yet) is waited for, up to `timeout`.
     """
     path = path or default_path()
@@ -93,7 +94,7 @@ def request_sync(path: Path | None, method: str, params: dict[str, Any] | None =
                 raise HubError(f"bad reply from the hub: {e}") from None
             if isinstance(reply, (Item, Update)):
                 if on_item is not None:
-                    on_item(_value(reply))
+                    on_item(reply.value if isinstance(reply, Item) else reply.item)
             elif isinstance(reply, Error):
                 raise HubError(reply.message)
             else:
@@ -108,11 +109,6 @@ def ping_sync(path: Path | None = None, timeout: float = CONNECT_TIMEOUT,
     """The hub's ping answer (pid, key, bind, agent count) or HubNotRunning."""
     info: dict[str, Any] = request_sync(path, "ping", timeout=timeout, wait=wait)
     return info
-
-
-def _value(reply: Item | Update) -> Any:
-    """An item as plain data: a service's value, or a typed item's fields with its `k`."""
-    return reply.value if isinstance(reply, Item) else plain(reply.item)
 
 
 # ── async ─────────────────────────────────────────────────────────────────────────────
@@ -195,23 +191,19 @@ class HubClient:
         finally:
             monitor.close(0)
 
-    async def stream(self, method: str, **params: Any) -> AsyncGenerator[Any, None]:
-        """Items of a streaming request (call, schedule, subscribe) as plain data; ends at
-        its done. Typed items come as dicts of their fields plus `k` (their kind).
-
-        A subscription's first item is the event "subscribed": events after it reach you.
-        """
-        async for reply in self.replies(method, **params):
-            yield _value(reply)
-
     async def pieces(self, method: str, **params: Any) -> AsyncGenerator[AnyPiece, None]:
-        """The typed items (LineItem, ResultItem, TickItem, Event) of a streaming request."""
+        """The typed items (LineItem, ResultItem, TickItem, Event) of a streaming request
+        (call, schedule, subscribe); ends at its done, HubError at its error.
+
+        A subscription's first item is the Event "subscribed": events after it reach you.
+        """
         async for reply in self.replies(method, **params):
             if isinstance(reply, Update):
                 yield reply.item
 
     async def replies(self, method: str, **params: Any) -> AsyncGenerator[Item | Update, None]:
-        """The item replies of a request, typed; HubError when its params do not fit."""
+        """The item replies of a request: `Item` (a service's plain value) or `Update` (a
+        typed item); HubError when its params do not fit or the request fails."""
         await self.connect()
         async for reply in self._stream(method, params):
             yield reply

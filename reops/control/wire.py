@@ -86,7 +86,7 @@ TYPED: dict[str, type[Call | Schedule | Subscribe]] = {
 
 
 class Piece(msgspec.Struct, tag_field="k", kw_only=True):
-    """Base of the typed items; `k` names the kind (plain form: `{"k": "line", ...}`)."""
+    """Base of the typed items; `k` names the kind on the wire (`{"k": "line", ...}`)."""
 
 
 class LineItem(Piece, tag="line"):
@@ -224,8 +224,3 @@ def make_request(rid: int, method: str, params: dict[str, Any]) -> AnyRequest:
     except msgspec.ValidationError as e:
         raise WireError(f"bad {method} request: {e}") from None
 
-
-def plain(piece: AnyPiece) -> dict[str, Any]:
-    """The plain-data form of a typed item (`{"k": kind, field: value...}`)."""
-    tag = type(piece).__struct_config__.tag
-    return {"k": tag, **{f: getattr(piece, f) for f in piece.__struct_fields__}}

@@ -32,6 +32,7 @@ from reops_agent.keys import write_keypair
 
 from reops.control.client import HubClient, HubNotRunning
 from reops.control.settings import HubSettings
+from reops.control.wire import AnyPiece, Event
 from reops.core.model import Host, Hosts, Outcome, Result
 from reops.core.runtime import get_runtime
 from reops.core.settings import Settings, load_settings
@@ -142,7 +143,7 @@ class Registrations:
     async def start(self) -> None:
         """Subscribe (if a hub runs): registrations from now on are counted."""
         client = HubClient(self.control)
-        events = client.stream("subscribe", topics=["agents"])
+        events = client.pieces("subscribe", topics=["agents"])
         try:
             await asyncio.wait_for(anext(events), 5.0)
         except (HubNotRunning, TimeoutError, OSError):
@@ -152,13 +153,13 @@ class Registrations:
         self.running = True
         self._task = asyncio.create_task(self._follow(client, events))
 
-    async def _follow(self, client: Any, events: AsyncIterator[Any]) -> None:
+    async def _follow(self, client: Any, events: AsyncIterator[AnyPiece]) -> None:
         try:
             async for event in events:
-                data = event.get("data") or {}
-                if data.get("event") in ("registered", "back", "again"):
-                    self.seen.add(str(data.get("agent")))
-                    self.changed.set()
+                match event:
+                    case Event(data={"event": "registered" | "back" | "again"} as data):
+                        self.seen.add(str(data.get("agent")))
+                        self.changed.set()
         finally:
             with contextlib.suppress(Exception):
                 await client.close()

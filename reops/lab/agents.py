@@ -26,6 +26,7 @@ from reops_agent.keys import load_keypair
 from reops.control.client import HubClient, HubNotRunning, ping_sync
 from reops.control.identity import connect_from
 from reops.control.settings import HubSettings
+from reops.control.wire import Event
 from reops.hub.keystore import KeyStore
 
 #: how long to wait for a hub or agents to come up: a bound on a condition, not a margin
@@ -206,14 +207,14 @@ async def await_agents(path: Path, names: Iterable[str], timeout: float = START_
     client = HubClient(path)
     try:
         async with asyncio.timeout(timeout):
-            events = client.stream("subscribe", topics=["agents"])
+            events = client.pieces("subscribe", topics=["agents"])
             await anext(events)  # subscribed: no registration can slip between list and events
             listed = await client.request("agents")
             wanted -= {a["name"] for a in listed if a["state"] == "connected"}
             while wanted:
-                event = await anext(events)
-                if event["data"].get("event") in ("registered", "back", "again"):
-                    wanted.discard(event["data"]["agent"])
+                match await anext(events):
+                    case Event(data={"event": "registered" | "back" | "again", "agent": agent}):
+                        wanted.discard(agent)
             await events.aclose()
     except TimeoutError:
         raise RuntimeError(f"agents not connected after {timeout:g} s: "

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import reactivex
 from reactivex import operators as rx_ops
 
 from reops.control.client import HubClient
-from reops.core.model import UNREACHED, Event, Host, Hosts, Result
+from reops.control.wire import AnyPiece, TickItem
+from reops.core.model import Host, Hosts, Line, Result, Status
 from reops.ops.base import CodeRef, Op
 from reops.ops.shapes import typed
 from reops.streams.source import as_hosts, source
@@ -71,14 +72,14 @@ def schedule(hosts: Hosts | Iterable[Host], fn: str | Callable[..., Any], *args:
                   hs, rebuild, replay=False)
 
 
-def _hub_stream(hub: Path | None, method: str, convert: Callable[[Any], Any],
+def _hub_stream(hub: Path | None, method: str, convert: Callable[[AnyPiece], Any],
                 **params: Any) -> reactivex.Observable[Any]:
-    """A hub control stream as an Observable: one stream per subscription, on the
-    runtime loop; disposing it cancels the stream."""
+    """A hub control stream's typed items as an Observable: one stream per subscription,
+    on the runtime loop; disposing it cancels the stream."""
     async def pump(emit: Callable[[Any], None]) -> None:
         client = HubClient(hub)
         try:
-            async for it in client.stream(method, **params):
+            async for it in client.pieces(method, **params):
                 emit(convert(it))
         finally:
             await client.close()
@@ -86,26 +87,27 @@ def _hub_stream(hub: Path | None, method: str, convert: Callable[[Any], Any],
     return from_async(pump)
 
 
-def _tick(op_name: str, it: dict[str, Any]) -> Result:
-    err = it.get("err", "")
-    if it.get("dropped"):
-        err += f"{it['dropped']} earlier results dropped while the hub was away"
-    return Result(host=it["host"], op=op_name, status=it.get("status", "error"),
-                  code=int(it.get("code", UNREACHED)), out=it.get("out", ""), err=err,
-                  started_at=float(it.get("started_at") or 0.0),
-                  duration_s=float(it.get("duration_s") or 0.0), transport="agent",
-                  data=it.get("data"))
+def _tick(op_name: str, it: AnyPiece) -> Result:
+    if not isinstance(it, TickItem):
+        raise TypeError(f"a schedule sent {type(it).__name__}, not a TickItem")
+    err = it.err
+    if it.dropped:
+        err += f"{it.dropped} earlier results dropped while the hub was away"
+    return Result(host=it.host, op=op_name, status=cast(Status, it.status), code=it.code,
+                  out=it.out, err=err, started_at=it.started_at, duration_s=it.duration_s,
+                  transport="agent", data=it.data)
 
 
 def agent_events(hub: Path | None = None,
                  topics: Iterable[str] = ("agents", "keys")) -> Stream:
-    """Registry events ({topic, data}: registered, lost, back, pending…) until disposed.
+    """Registry events (`Event`: topic, data — registered, lost, back, pending…) until
+    disposed; the first is the Event "subscribed".
 
     An endless Stream over no hosts (the events name them); its items are the hub's
-    event dicts, not Results: filter them with `where`.
+    typed Events (`reops.control.wire.Event`), not Results: filter them with `where`.
     """
-    events: reactivex.Observable[Event] = _hub_stream(hub, "subscribe", lambda event: event,
-                                                      topics=list(topics))
+    events = cast("reactivex.Observable[Result | Line]",  # typed Events, not Results
+                  _hub_stream(hub, "subscribe", lambda event: event, topics=list(topics)))
     return Stream(events, Hosts(), lambda hs: agent_events(hub, topics), replay=False)
 
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 
 from reops.control.client import HubClient, HubError, HubNotRunning
+from reops.control.wire import Event, Item
 from reops.store.model import Job, JobEvent, JobOp, MachinesError, System, Type
 from reops.systems.libvirt.events import HypervisorEvent
 from reops.systems.machines import Machines
@@ -142,7 +143,7 @@ class HubMachines:
 
     where = "hub"
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: HubClient) -> None:
         self.client = client
         self._seen: list[JobEvent] | None = None  # job events since `follow`
         self._listeners: list[OnJob] = []
@@ -156,15 +157,16 @@ class HubMachines:
         self._seen = []
 
         async def run() -> None:
-            async for item in self.client.stream("subscribe", topics=["jobs"]):
-                if item.get("topic") == "subscribed":
-                    subscribed.set_result(None)
-                    continue
-                ev = msgspec.convert(item["data"], JobEvent)
-                assert self._seen is not None
-                self._seen.append(ev)
-                for fn in list(self._listeners):
-                    fn(ev)
+            async for item in self.client.pieces("subscribe", topics=["jobs"]):
+                match item:
+                    case Event(topic="subscribed"):
+                        subscribed.set_result(None)
+                    case Event(data=data):
+                        ev = msgspec.convert(data, JobEvent)
+                        assert self._seen is not None
+                        self._seen.append(ev)
+                        for fn in list(self._listeners):
+                            fn(ev)
 
         self._following = asyncio.ensure_future(run())
         await asyncio.wait([subscribed, self._following], return_when=asyncio.FIRST_COMPLETED)
@@ -236,9 +238,9 @@ class HubMachines:
                 mine(ev)
             self._listeners.append(mine)
         try:
-            async for item in self.client.stream("machines.wait", ids=[j.id for j in jobs]):
-                if not following:
-                    mine(msgspec.convert(item, JobEvent))
+            async for reply in self.client.replies("machines.wait", ids=[j.id for j in jobs]):
+                if isinstance(reply, Item) and not following:
+                    mine(msgspec.convert(reply.value, JobEvent))
             final = [await self._followed(j.id) for j in jobs]
             # the hub sent each job's last event before its answer; let it reach `mine`
             with contextlib.suppress(TimeoutError):
@@ -264,11 +266,13 @@ class HubMachines:
                     on_ready: Callable[[], None] | None = None) -> None:
         """Call `on_event` for every event until cancelled; `on_ready` once subscribed."""
         topics = [f"hypervisor.{n}" for n in names] or ["hypervisor."]
-        async for item in self.client.stream("subscribe", topics=topics):
-            if item.get("topic") == "subscribed" and on_ready is not None:
-                on_ready()
-            elif item.get("topic", "").startswith("hypervisor."):
-                on_event(msgspec.convert(item["data"], HypervisorEvent))
+        async for item in self.client.pieces("subscribe", topics=topics):
+            match item:
+                case Event(topic="subscribed"):
+                    if on_ready is not None:
+                        on_ready()
+                case Event(topic=topic, data=data) if topic.startswith("hypervisor."):
+                    on_event(msgspec.convert(data, HypervisorEvent))
 
     async def aclose(self) -> None:
         if self._following is not None:
