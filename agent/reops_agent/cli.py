@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from pathlib import Path
 
 from reops_agent import __version__
@@ -73,8 +74,22 @@ async def serve(cfg: AgentConfig) -> None:
     await Agent(cfg).run(stop)
 
 
+#: options whose value may begin with "-" (a z85 key can): argparse would take such a value
+#: for an option and fail, so `--hub-key -abc…` is read as `--hub-key=-abc…`
+DASH_VALUES = ("--hub-key",)
+
+
+def _join_dash_values(argv: list[str]) -> list[str]:
+    joined: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        value = next(args, None) if arg in DASH_VALUES else None
+        joined.append(arg if value is None else f"{arg}={value}")
+    return joined
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_args(_join_dash_values(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s reops-agent %(levelname)s %(message)s")
     keys_dir = args.keys_dir or default_keys_dir()

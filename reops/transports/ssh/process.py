@@ -30,7 +30,10 @@ async def pump(stream: asyncssh.SSHReader[bytes], capture: Capture,
 
 #: when to re-send the kill signal if the command is still there: sshd signals the
 #: command's process group, which does not exist yet if the command was only just forked
-KILL_RESEND_AFTER_S = (0.05, 0.25, 1.0)
+#: (on a loaded host that can take seconds). The waits add up to 4.8 s, under the runtime's
+#: shutdown grace (5 s): closing the channel earlier would orphan the command, since sshd
+#: does not stop a command without a terminal when its channel closes.
+KILL_RESEND_AFTER_S = (0.05, 0.25, 0.5, 1.0, 1.5, 1.5)
 
 
 async def stop(process: asyncssh.SSHClientProcess[bytes],
