@@ -27,6 +27,7 @@ from reops.core.model import UNREACHED, Host, Result, Status, failure_result
 from reops.core.settings import Settings
 from reops.ops.base import Op
 from reops.transports.base import LineSink
+from reops.transports.ssh.knownhosts import KnownHostsError, KnownHostsFiles, entry
 from reops.transports.ssh.output import Capture, LineSplitter, StreamName, spill_path
 from reops.transports.ssh.process import finish, pump, signum, stop
 from reops.transports.ssh.rsync import run_sync
@@ -56,7 +57,7 @@ def _endpoint(host: Host) -> str:
 
 
 def _known_hosts_entry(host: Host) -> str:
-    return host.address if host.port == 22 else f"[{host.address}]:{host.port}"
+    return entry(host.address, host.port)
 
 
 @dataclass
@@ -72,37 +73,11 @@ class _Pooled:
 class _Caches:
     """Parsed files, so 200 connects parse known_hosts and keys once, not 200 times."""
 
-    known: dict[str, tuple[float, asyncssh.SSHKnownHosts | None]] = field(default_factory=dict)
+    known: KnownHostsFiles = field(default_factory=KnownHostsFiles)
     keys: dict[str, asyncssh.SSHKey] = field(default_factory=dict)
     options: dict[tuple[Any, ...], asyncssh.SSHClientConnectionOptions] = field(
         default_factory=dict
     )
-
-    def known_hosts(self, path: str) -> asyncssh.SSHKnownHosts | None:
-        p = os.path.expanduser(path)
-        try:
-            mtime = os.stat(p).st_mtime
-        except FileNotFoundError:
-            return None
-        hit = self.known.get(p)
-        if hit is None or hit[0] != mtime:
-            hit = (mtime, asyncssh.read_known_hosts(p))
-            self.known[p] = hit
-        return hit[1]
-
-    def remember(self, path: str, line: str) -> None:
-        """After appending `line` to `path` ourselves: add it to the parsed copy in place
-        (same object, so the cached options stay valid) instead of parsing the file again."""
-        p = os.path.expanduser(path)
-        hit = self.known.get(p)
-        try:
-            mtime = os.stat(p).st_mtime
-        except FileNotFoundError:
-            return
-        if hit is None or hit[1] is None:
-            return  # first entry of a new file: the next lookup parses it (once)
-        hit[1].load(line)
-        self.known[p] = (mtime, hit[1])
 
     def key(self, path: str) -> asyncssh.SSHKey:
         p = os.path.expanduser(path)
@@ -155,11 +130,9 @@ class SshExecutor:
         known_hosts file, so asyncssh prepares them once per fleet, not once per host."""
         key = host.key or settings.key
         policy = settings.host_key_checking
-        known = None
-        if policy != "off":
-            known = self._caches.known_hosts(self._known_hosts_path(host, settings))
+        known_path = self._known_hosts_path(host, settings)
         okey = (user, key, settings.connect_timeout, settings.keepalive_interval, policy,
-                id(known))
+                known_path)
         opts = self._caches.options.get(okey)
         if opts is None:
             kwargs: dict[str, Any] = {
@@ -169,8 +142,9 @@ class SshExecutor:
                 "config": None,  # we do not read ~/.ssh/config per connect
                 "agent_path": None if key else (),
                 "encryption_algs": PREFERRED_CIPHERS,
-                # strict with no known_hosts file: trust nothing, fail with a clear message
-                "known_hosts": None if policy == "off" else (known or ([], [], [])),
+                # looked up as ssh does (knownhosts.py); strict with no file trusts nothing
+                "known_hosts": None if policy == "off" else self._caches.known.matcher(
+                    [known_path]),
             }
             if key:
                 kwargs["client_keys"] = [self._caches.key(key)]
@@ -178,17 +152,19 @@ class SshExecutor:
             self._caches.options[okey] = opts
         return opts
 
-    def _listed(self, host: Host, settings: Settings) -> bool:
-        """Whether known_hosts has a key (or CA) for this host: says which error it is."""
-        known = self._caches.known_hosts(self._known_hosts_path(host, settings))
-        if known is None:
-            return False
-        keys, ca, *_ = known.match(host.address, host.address, host.port)
-        return bool(keys or ca)
+    def _listed(self, host: Host, settings: Settings) -> tuple[bool, bool]:
+        """Whether known_hosts has a key (or CA) for this host, and whether it lists a
+        revoked key for it: says which error it is."""
+        try:
+            keys, cas, revoked = self._caches.known.lookup(
+                [self._known_hosts_path(host, settings)], host.address, host.port)
+        except KnownHostsError as e:
+            raise Unreached(str(e)) from None
+        return bool(keys or cas), bool(revoked)
 
     async def _connect(self, host: Host, settings: Settings, user: str) -> _Pooled:
         policy = settings.host_key_checking
-        listed = policy != "off" and self._listed(host, settings)
+        listed, revoked = (False, False) if policy == "off" else self._listed(host, settings)
         options = self._options(host, settings, user)
         first_seen = policy == "accept-new" and not listed
         extra: dict[str, Any] = {"known_hosts": None} if first_seen else {}
@@ -196,6 +172,10 @@ class SshExecutor:
             conn = await asyncssh.connect(host.address, host.port, options=options, **extra)
         except asyncssh.HostKeyNotVerifiable as e:
             path = os.path.expanduser(self._known_hosts_path(host, settings))
+            if revoked and "revoked" in str(e.reason).lower():
+                raise Unreached(
+                    f"host key of {_known_hosts_entry(host)} is marked @revoked in {path}; "
+                    "the host must get a new host key") from None
             if not listed:
                 raise Unreached(
                     f"host key of {_known_hosts_entry(host)} is not in {path}; add it "
@@ -248,7 +228,7 @@ class SshExecutor:
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a") as f:
                 f.write(line)
-            self._caches.remember(str(path), line)
+            self._caches.known.remember(str(path), line)
 
     async def _acquire(self, host: Host, settings: Settings) -> tuple[tuple[Any, ...], _Pooled]:
         pkey = self._policy_key(host, settings)
