@@ -140,13 +140,9 @@ def main(debug: bool) -> None:
 
 def default_inventory() -> Path:
     """$REOPS_INVENTORY, else ./inventory.toml, else ./lab/inventory.toml."""
-    env = os.environ.get("REOPS_INVENTORY")
-    if env:
-        return Path(env)
-    for candidate in (Path("inventory.toml"), Path("lab/inventory.toml")):
-        if candidate.exists():
-            return candidate
-    return Path("inventory.toml")
+    from reops.core.inventory import default_path
+
+    return default_path()
 
 
 if __name__ == "__main__":  # pragma: no cover

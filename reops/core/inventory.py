@@ -33,7 +33,8 @@ import msgspec
 from reops.core.model import Host, Hosts
 from reops.core.selector import SelectorError, hint, select, standard_atoms
 
-__all__ = ["Group", "Inventory", "InventoryError", "SelectorError", "inventory", "loads"]
+__all__ = ["Group", "Inventory", "InventoryError", "SelectorError", "default_path", "inventory",
+           "loads"]
 
 SECTIONS = ("defaults", "groups", "hosts")
 SHARED_FIELDS = ("user", "port", "key", "known_hosts", "vars")
@@ -399,8 +400,23 @@ def loads(text: str, path: str | os.PathLike[str] = "<inventory>") -> Inventory:
     return _Loader(text, Path(path)).load()
 
 
-def inventory(path: str | os.PathLike[str]) -> Inventory:
-    """Load and validate the TOML inventory at `path`: `inventory("lab/inventory.toml")`."""
+def default_path() -> Path:
+    """$REOPS_INVENTORY, else ./inventory.toml, else ./lab/inventory.toml: where every entry
+    point (CLI, flows, REPL, `inventory()`) looks when not given a path."""
+    env = os.environ.get("REOPS_INVENTORY")
+    if env:
+        return Path(env)
+    for candidate in (Path("inventory.toml"), Path("lab/inventory.toml")):
+        if candidate.exists():
+            return candidate
+    return Path("inventory.toml")
+
+
+def inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
+    """Load and validate the inventory at `path` (default: `default_path()`): TOML, or an
+    Ansible INI/YAML file by its suffix (.ini, .yml, .yaml; see reops.core.ansible)."""
+    if path is None:
+        path = default_path()
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -415,6 +431,10 @@ def inventory(path: str | os.PathLike[str]) -> Inventory:
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise InventoryError(f"{p}:{line}: inventory is not valid UTF-8") from None
+    from reops.core import ansible  # imports this module: loaded on first use
+
+    if p.suffix.lower() in ansible.SUFFIXES:
+        return ansible.load(text, p)
     return _Loader(text, p).load()
 
 
@@ -422,7 +442,7 @@ class _CallableModule(types.ModuleType):
     """`reops.core.inventory` is this module once imported, and `inventory(path)` the function:
     making the module callable keeps `from reops import inventory` a loader either way."""
 
-    def __call__(self, path: str | os.PathLike[str]) -> Inventory:
+    def __call__(self, path: str | os.PathLike[str] | None = None) -> Inventory:
         return inventory(path)
 
 
