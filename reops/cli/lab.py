@@ -29,11 +29,16 @@ def lab() -> None:
               show_default=True, help="Where keys, configs and the inventory go.")
 @click.option("--port", type=click.IntRange(1, 65535), default=2222, show_default=True)
 @click.option("--agents", is_flag=True, help="Also start an agent per host, keys accepted.")
-def up(count: int, root: Path, port: int, agents: bool) -> None:
+@click.option("--names/--no-names", default=False, show_default=True,
+              help="Give hosts names in /etc/hosts (web1.<lab-id>.lab.reops.test; root only).")
+def up(count: int, root: Path, port: int, agents: bool, names: bool) -> None:
     """Start COUNT sshd hosts and write ROOT/inventory.toml."""
     from reops.lab.fleet import Lab
 
-    info = Lab(root, hosts=count, base_port=port).up()
+    fleet = Lab(root, hosts=count, base_port=port, names=names)
+    for note in fleet.notes:
+        click.echo(note, err=True)
+    info = fleet.up()
     if agents:
         from reops.cli.agents import start_lab_agents
 
@@ -71,5 +76,8 @@ def status(root: Path) -> None:
     lab_ = Lab.load(root)
     st = lab_.status()
     for name, alive in st.items():
-        click.echo(f"{'up  ' if alive else 'down'} {name} {lab_.hosts[name]}:{lab_.port}")
+        where = f"{lab_.hosts[name]}:{lab_.port}"
+        if fqdn := lab_.names.get(name):
+            where = f"{fqdn} ({where})"
+        click.echo(f"{'up  ' if alive else 'down'} {name} {where}")
     click.echo(f"{sum(st.values())}/{len(st)} up", err=True)

@@ -30,13 +30,14 @@ import socket
 import struct
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 
 from reops.core.model import Host, Hosts
+from reops.lab import names as hostnames
 from reops.lab.procs import (
     ProcessError,
     child_exited,
@@ -80,13 +81,19 @@ class LabInfo:
     hosts: Mapping[str, str]  # name -> address, in inventory order
     user: str
     port: int
+    #: name -> the DNS name /etc/hosts gives it (empty: the lab is addressed by IP)
+    names: Mapping[str, str] = field(default_factory=dict)
+
+    def address(self, name: str) -> str:
+        """What the inventory says to connect to: the host's DNS name, else its IP."""
+        return self.names.get(name, self.hosts[name])
 
     def as_hosts(self) -> Hosts:
         """The lab's hosts as model values (key, known_hosts, port and user filled in)."""
         return Hosts(
             Host(
                 name=name,
-                address=address,
+                address=self.address(name),
                 port=self.port,
                 user=self.user,
                 key=str(self.key),
@@ -95,7 +102,7 @@ class LabInfo:
                 tags={"dc": _dc_of(name), "role": ROLES[_group_of(name)]},
                 vars=dict(GROUP_VARS[_group_of(name)]),
             )
-            for name, address in self.hosts.items()
+            for name in self.hosts
         )
 
 
@@ -151,6 +158,7 @@ class Lab:
         first_address: str = FIRST_ADDRESS,
         start_timeout: float = START_TIMEOUT,
         stop_timeout: float = STOP_TIMEOUT,
+        names: bool = False,
     ) -> None:
         if hosts < 1:
             raise LabError(f"a lab needs at least one host, not {hosts}")
@@ -166,9 +174,19 @@ class Lab:
             raise LabError(f"an unprivileged sshd can only log in as {me}, not {self.user}")
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
-        names = host_names(hosts)
-        self.hosts: dict[str, str] = dict(zip(names, addresses(first_address, hosts), strict=True))
-        self.pids: dict[str, int | None] = dict.fromkeys(names)
+        #: tells this lab's host names apart from any other lab's
+        self.lab_id = hostnames.new_lab_id()
+        #: whether hosts get /etc/hosts names (root only: an unprivileged lab keeps IPs)
+        self.named = names and self.as_root
+        #: one-line remarks for the user (e.g. why the lab has no names)
+        self.notes: list[str] = []
+        if names and not self.named:
+            self.notes.append(
+                "lab: hosts are addressed by IP: names need root (they go in /etc/hosts)"
+            )
+        hosts_ = host_names(hosts)
+        self.hosts: dict[str, str] = dict(zip(hosts_, addresses(first_address, hosts), strict=True))
+        self.pids: dict[str, int | None] = dict.fromkeys(hosts_)
         self._spawned: set[int] = set()  # our unreaped children: their pids cannot be reused
 
     # -- paths -------------------------------------------------------------------------
@@ -197,7 +215,15 @@ class Lab:
             hosts=dict(self.hosts),
             user=self.user,
             port=self.port,
+            names=self.names,
         )
+
+    @property
+    def names(self) -> dict[str, str]:
+        """Host -> its DNS name in /etc/hosts; empty when the lab is addressed by IP."""
+        if not self.named:
+            return {}
+        return {n: hostnames.host_fqdn(n, self.lab_id) for n in self.hosts}
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -221,6 +247,9 @@ class Lab:
         lab.user = state["user"]
         lab.start_timeout = state.get("start_timeout", START_TIMEOUT)
         lab.stop_timeout = state.get("stop_timeout", STOP_TIMEOUT)
+        lab.lab_id = state.get("lab_id", "0")
+        lab.named = bool(state.get("named", False))
+        lab.notes = []
         lab.hosts = {name: h["address"] for name, h in state["hosts"].items()}
         lab.pids = {name: h["pid"] for name, h in state["hosts"].items()}
         lab._spawned = set()
@@ -241,6 +270,7 @@ class Lab:
         self._write_files()
         self._save()
         try:
+            self._write_names()
             self._start(list(self.hosts), sshd)
         except BaseException:
             self.down()
@@ -253,6 +283,8 @@ class Lab:
             return
         self._sync()
         self._stop(list(self.hosts))
+        if self.as_root:  # also a block left by a crashed earlier lab in this root
+            hostnames.remove_block(self.root)
         self.state_path.unlink(missing_ok=True)
 
     def status(self) -> dict[str, bool]:
@@ -307,10 +339,26 @@ class Lab:
             key = _new_key()
             _write_key(d / "ssh_host_ed25519_key", key)
             host_pub = key.export_public_key("openssh").decode().split()
-            lines.append(f"{known_hosts_pattern(address, self.port)} {host_pub[0]} {host_pub[1]}\n")
+            lines.append(f"{self._known_as(name)} {host_pub[0]} {host_pub[1]}\n")
             self.config_path(name).write_text(self._sshd_config(name, address))
         _write_text(self.root / "known_hosts", "".join(lines), 0o644)
         _write_text(self.root / "inventory.toml", self._inventory(), 0o644)
+
+    def _known_as(self, name: str) -> str:
+        """The host's known_hosts patterns, as ssh writes them: its name (when it has one)
+        first, then its IP (what ssh adds with CheckHostIP; tools given the IP still match)."""
+        ip = known_hosts_pattern(self.hosts[name], self.port)
+        if fqdn := self.names.get(name):
+            return f"{known_hosts_pattern(fqdn, self.port)},{ip}"
+        return ip
+
+    def _write_names(self) -> None:
+        """Put the hosts' names in /etc/hosts (or drop a stale block of this root)."""
+        if self.named:
+            entries = {fqdn: self.hosts[n] for n, fqdn in self.names.items()}
+            hostnames.write_block(self.root, self.lab_id, entries)
+        elif self.as_root:
+            hostnames.remove_block(self.root)
 
     def _sshd_config(self, name: str, address: str) -> str:
         d = self.host_dir(name)
@@ -362,7 +410,7 @@ class Lab:
             g = _group_of(name)
             out += [
                 f"[hosts.{name}]",
-                f"address = {_toml_str(address)}",
+                f"address = {_toml_str(self.names.get(name, address))}",
                 f"groups = [{_toml_str(g)}]",
                 f'tags = {{ dc = "{_dc_of(name)}", role = "{ROLES[g]}" }}',
                 "",
@@ -377,6 +425,8 @@ class Lab:
             "user": self.user,
             "start_timeout": self.start_timeout,
             "stop_timeout": self.stop_timeout,
+            "lab_id": self.lab_id,
+            "named": self.named,
             "hosts": {n: {"address": a, "pid": self.pids.get(n)} for n, a in self.hosts.items()},
         }
         _write_text(self.state_path, json.dumps(state, indent=1) + "\n", 0o644)
