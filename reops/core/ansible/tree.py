@@ -182,8 +182,8 @@ class Tree:
             return sorted(gs, key=lambda g: (depth.get(g, 1), priorities[g], g))
 
         priorities = {g: priority(g) for g in self.groups}
-        for node in self.groups.values():  # a group's attribute in Ansible, not a var
-            node.vars.pop("ansible_group_priority", None)
+        for gnode in self.groups.values():  # a group's attribute in Ansible, not a var
+            gnode.vars.pop("ansible_group_priority", None)
         members: dict[str, list[str]] = {g: [] for g in self.groups}
         hosts: list[Host] = []
         for name, node in self.hosts.items():
