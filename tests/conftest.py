@@ -5,6 +5,8 @@ Address plan (all loopback, never 127.0.0.1), so test labs never meet a user's
 at the same time (hence ephemeral ports, retried when taken):
 
     127.0.1.x   : ephemeral   the session `lab`
+    127.0.2.x   : ephemeral   the session `named_lab` (hosts named in /etc/hosts)
+    127.0.3.x   : ephemeral   `bastion_lab` (targets: in its own network namespace)
     127.0.10-249: ephemeral   one /24 per `lab_factory` lab
     127.0.250.1 : ephemeral   `tarpit`
     127.0.251.1 : ephemeral   `dead_address`
@@ -32,6 +34,8 @@ PINNED_PORT = int(os.environ.get("REOPS_TEST_PORT", "0"))
 #: how many ports to try when another process holds the one we picked
 PORT_ATTEMPTS = 5
 SESSION_LAB_HOSTS = 20
+NAMED_LAB_HOSTS = 6
+NAMED_LAB_ADDRESS = "127.0.2.1"
 TARPIT_ADDRESS = "127.0.250.1"
 DEAD_ADDRESS = "127.0.251.1"
 
@@ -50,6 +54,7 @@ def free_port(address: str) -> int:
 def up_on_free_port(root: Path, hosts: int, **kwargs: Any) -> Lab:
     """Bring a lab up on `base_port`, or on a free port, retrying when that one is taken."""
     first = kwargs.setdefault("first_address", FIRST_ADDRESS)
+    kwargs.setdefault("names", False)  # addressed by IP unless a test asks for names=True
     pinned = kwargs.pop("base_port", PINNED_PORT)
     for attempt in range(PORT_ATTEMPTS):
         fleet = Lab(
@@ -68,6 +73,25 @@ def up_on_free_port(root: Path, hosts: int, **kwargs: Any) -> Lab:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabInfo]:
     """A 20-host lab shared by the whole session; do not stop or rotate its hosts."""
     fleet = up_on_free_port(tmp_path_factory.mktemp("lab"), SESSION_LAB_HOSTS)
+    try:
+        yield fleet.info
+    finally:
+        fleet.down()
+
+
+@pytest.fixture(scope="session")
+def named_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabInfo]:
+    """A 6-host lab (web1-3, db1, cache1-2) whose hosts have names, shared by the session.
+
+    The inventory and known_hosts use the names (`info.names`: web1.<lab-id>.lab.reops.test,
+    in /etc/hosts while it is up); `info.hosts` still maps each host to its IP address.
+    Needs root (skips otherwise); do not stop or rotate its hosts."""
+    if os.geteuid() != 0:
+        pytest.skip("lab host names need root (/etc/hosts)")
+    fleet = up_on_free_port(
+        tmp_path_factory.mktemp("named-lab"), NAMED_LAB_HOSTS,
+        first_address=NAMED_LAB_ADDRESS, names=True,
+    )
     try:
         yield fleet.info
     finally:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from reops.lab import names
-from reops.lab.fleet import Lab
+from reops.lab.fleet import Lab, LabInfo
 from reops.lab.procs import wait_exit
 from tests.conftest import LabFactory, free_port
 
@@ -216,3 +216,18 @@ def test_without_root_the_lab_keeps_ips_and_says_so(tmp_path: Path) -> None:
     os.waitpid(pid, 0)
     assert named == "False"
     assert "names need root" in notes
+
+
+def test_the_named_lab_fixture_is_reached_by_name(named_lab: LabInfo) -> None:
+    inventory = tomllib.loads(named_lab.inventory.read_text())
+    assert {h: v["address"] for h, v in inventory["hosts"].items()} == dict(named_lab.names)
+    done = subprocess.run(
+        [sys.executable, "-m", "reops", "exec", "-i", str(named_lab.inventory), "all",
+         "--output", "json", "--", "echo", "$SSH_CONNECTION"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    # each host answered on its own address: the name led to the right sshd
+    seen = {r["host"]: r["out"].split()[2] for r in doc["successful"]}
+    assert seen == dict(named_lab.hosts)

@@ -29,7 +29,7 @@ def lab() -> None:
               show_default=True, help="Where keys, configs and the inventory go.")
 @click.option("--port", type=click.IntRange(1, 65535), default=2222, show_default=True)
 @click.option("--agents", is_flag=True, help="Also start an agent per host, keys accepted.")
-@click.option("--names/--no-names", default=False, show_default=True,
+@click.option("--names/--no-names", default=True, show_default=True,
               help="Give hosts names in /etc/hosts (web1.<lab-id>.lab.reops.test; root only).")
 def up(count: int, root: Path, port: int, agents: bool, names: bool) -> None:
     """Start COUNT sshd hosts and write ROOT/inventory.toml."""

@@ -158,7 +158,7 @@ class Lab:
         first_address: str = FIRST_ADDRESS,
         start_timeout: float = START_TIMEOUT,
         stop_timeout: float = STOP_TIMEOUT,
-        names: bool = False,
+        names: bool = True,
     ) -> None:
         if hosts < 1:
             raise LabError(f"a lab needs at least one host, not {hosts}")
