@@ -1,6 +1,7 @@
 """A fleet report: facts from every selected host → a polars table → parquet + a summary.
 
-    reops run flows/examples/fleet_report.py --inventory lab/inventory.toml --selector all
+    reops run flows/examples/fleet_report.py --selector all     # $REOPS_INVENTORY's hosts
+    reops run flows/examples/fleet_report.py --inventory hosts.ini --selector 'group:web'
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from reops.flows import flow
 
 
 @flow
-def fleet_report(selector: str = "all", inventory: Path = Path("lab/inventory.toml"),
+def fleet_report(selector: str = "all", inventory: Path | None = None,
                  save: Path | None = None) -> Outcome:
     """Gather OS, hardware and uptime facts in one round trip per host; print a table.
 
     Args:
         selector: which hosts (all, web*, group:db, tag:dc=ams & !web3, ...)
-        inventory: the inventory TOML
+        inventory: the inventory (TOML, Ansible INI/YAML) [default: $REOPS_INVENTORY,
+            ./inventory.toml, ./lab/inventory.toml]
         save: also append the per-host rows to this parquet file
     """
     import polars as pl
