@@ -53,12 +53,35 @@ def fleet_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Private key for hosts without one [default: your SSH agent and "
                      "~/.ssh/id_*]."),
         click.option("--sudo", is_flag=True, help="Run commands as root through sudo -n."),
+        click.option("-K", "--ask-become-pass", is_flag=True,
+                     help="Ask once (no echo) for the sudo password; it reaches sudo on "
+                     "stdin, never a command line."),
+        click.option("--become-pass-file", type=click.Path(path_type=Path), default=None,
+                     help="The sudo password is FILE's first line (chmod 600) "
+                     "[default: $REOPS_BECOME_PASS; none: sudo -n]."),
         click.option("--via", type=click.Choice(["ssh", "agent", "auto"]), default="ssh",
                      show_default=True, help="Transport; auto: agent where connected, else SSH."),
+        click.option("--no-hub", is_flag=True,
+                     help="Connect from this process even when a `reops hub` runs (default: "
+                     "use its warm SSH connections; also REOPS_NO_HUB=1)."),
         click.option("--stream", "lines", is_flag=True,
-                     help="Show output lines live as hosts print them."),
+                     help="Show output lines live as hosts print them (arrival order, "
+                     "not gathered)."),
+        click.option("--lines", "tail_lines", type=click.IntRange(0), default=None,
+                     metavar="N", help="Show the last N output lines per host or block, with "
+                     "'… M more lines' where cut [default: 10]."),
+        click.option("--full", is_flag=True, help="Show every output line."),
+        click.option("--gather/--no-gather", "gather", default=True,
+                     help="Gather hosts with identical output into one block, e.g. "
+                     "'web[1-10] (10)' [default: gather]."),
         click.option("--dry-run", is_flag=True,
                      help="Print what each host would run; run nothing."),
+        click.option("--check", is_flag=True,
+                     help="Ask each host, read-only, whether the op WOULD change it (a diff "
+                     "for files); exit 0 no change, 1 changes, 2 errors (like diff)."),
+        click.option("--no-diff", is_flag=True,
+                     help="With --check: compare files by sha256 only; no content leaves the "
+                     "hosts (templates holding secrets)."),
         click.option("--retry", "retries", type=click.IntRange(0), default=0,
                      help="Re-run hosts never reached (unreachable) up to N times; hosts where the "
                      "command started (failed, timeout, lost) are never re-run."),
@@ -108,10 +131,34 @@ def configure_fleet(opts: dict[str, Any], *, lines: bool = False) -> None:
             settings[name] = str(Path(opts[name]).expanduser().absolute())
     if opts.get("sudo"):
         settings["sudo"] = True
-    d = configure(via=opts["via"], lines=lines, dry_run=opts["dry_run"], **settings)
+    if (secret := become_pass(opts)) is not None:
+        settings["become_pass"] = secret
+    hub = ""
+    if opts["via"] != "agent" and not opts["dry_run"]:
+        from reops.transports.hubssh import hub_socket
+
+        hub = str(hub_socket(opts.get("no_hub", False)) or "")
+    d = configure(via=opts["via"], lines=lines, dry_run=opts["dry_run"], hub=hub, **settings)
+    configure(check=bool(opts.get("check")), diff=not opts.get("no_diff"))
     d.settings, note = fd_bounded(d.settings)
     if note:
         click.echo(f"reops: note: {note}", err=True)
+
+
+def become_pass(opts: dict[str, Any]) -> Any:
+    """The sudo password of --ask-become-pass (a prompt without echo) or
+    --become-pass-file; None: $REOPS_BECOME_PASS or `sudo -n` (Settings decide)."""
+    from reops.core.secrets import Secret, SecretError, from_file
+
+    if opts.get("ask_become_pass"):
+        return Secret(click.prompt("sudo password", hide_input=True, err=True, default="",
+                                   show_default=False))
+    if opts.get("become_pass_file") is not None:
+        try:
+            return from_file(opts["become_pass_file"])
+        except SecretError as e:
+            raise UserError(str(e)) from None
+    return None
 
 
 def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any]) -> None:
@@ -121,6 +168,9 @@ def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any
     --retry → --rolling → the sink of -o (pretty: the terminal sink, whose per-op views
     show facts, packages … ; jsonl; json) → --save.
     """
+    import shlex
+
+    from reops.core.model import RunInfo
     from reops.core.runtime import terminate_like_interrupt, terminated
     from reops.sinks.jsonl import jsonl
     from reops.sinks.table import save
@@ -132,16 +182,18 @@ def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any
     configure_fleet(opts, lines=opts["lines"] and opts["output"] == "pretty")
     hosts = select_hosts(opts["inventory_path"], selector, opts.get("systems"))
     stream = build(hosts)
+    info = RunInfo(command=shlex.join(["reops", *sys.argv[1:]]), check=bool(opts.get("check")),
+                   selector=opts["systems"] if opts.get("systems") else selector)
     if opts["retries"]:
         stream = stream | retry(opts["retries"])
     if opts["batch"]:
         stream = stream | rolling(opts["batch"])
     if opts["output"] == "pretty":
-        stream = stream | pretty()
+        stream = stream | pretty(**pretty_options(opts))
     elif opts["output"] == "jsonl":
-        stream = stream | jsonl(sys.stdout)
+        stream = stream | jsonl(sys.stdout, run=info)
     try:
-        outcome = run(stream)
+        outcome = run(stream, info=info)
         if opts["output"] == "json":
             sys.stdout.write(outcome.to_json().decode() + "\n")
             sys.stdout.flush()
@@ -151,12 +203,27 @@ def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any
     if opts["save"] is not None:
         path = save(outcome, opts["save"])
         if opts["output"] == "pretty":
-            click.echo(f"saved {len(outcome.results)} rows to {path}", err=True)
+            click.echo(f"saved {len(outcome.all)} rows to {path}", err=True)
     if outcome.interrupted:
         why = "terminated (SIGTERM)" if terminated() else "interrupted"
         click.echo(f"reops: {why}: hosts not finished are reported as errors", err=True)
         sys.exit(143 if terminated() else 130)
+    if opts.get("check") and not opts["dry_run"]:
+        if opts["output"] == "pretty":
+            from reops.sinks.check_view import summary
+
+            click.echo(summary(outcome), err=True)
+        sys.exit(outcome.check_exit_code)
     sys.exit(outcome.exit_code)
+
+
+def pretty_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """--lines N / --full / --no-gather / --stream → the terminal sink's keywords."""
+    from reops.sinks.gather import DEFAULT_LINES
+
+    lines = opts.get("tail_lines")
+    return {"tail": None if opts.get("full") else DEFAULT_LINES if lines is None else lines,
+            "gather": opts.get("gather", True), "live": bool(opts.get("lines"))}
 
 
 def quiet_stdout() -> None:

@@ -4,7 +4,8 @@ Like the agent wire (`reops_agent.protocol`), every frame is one tagged msgspec 
 
 - a client sends a Request: `Call` (fan a function out to agents), `Schedule` (run one
   every N s), `Subscribe` (events), `Cancel` (end a streaming request), or `Invoke` (any
-  other named method: ping, agents, keys.*, and the methods services register);
+  other named method: ping, agents, keys.*, and the methods services register), or
+  `SshRun` (one command on one host over the hub's warm SSH pool);
 - the hub answers request `id` with any number of items — `Item` (a service's plain value)
   or `Update` (a typed `LineItem`, `ResultItem`, `TickItem` or `Event`) — then exactly one
   `Done` or `Error`. A frame that is not a Request gets an `Error` (id 0 when it has none).
@@ -15,6 +16,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import msgspec
+
+from reops.core.model import Host
+from reops.core.settings import Settings
 
 # ── requests (client → hub) ────────────────────────────────────────────────────────
 
@@ -76,7 +80,25 @@ class Cancel(Request, tag="cancel"):
     target: int
 
 
-AnyRequest = Invoke | Call | Schedule | Subscribe | Cancel
+class SshRun(Request, tag="ssh.run"):
+    """Run one shell command on one host over the hub's warm SSH pool (`reops exec` while a
+    hub runs). Everything that varies per CLI call travels here: the host as the CLI's
+    inventory has it, its settings (user, key, known_hosts, policy, timeouts, output cap),
+    and the final command (sudo/become already applied). The hub judges only `ok_codes`;
+    the caller's Op parses the output, so parsers never cross the wire."""
+
+    host: Host
+    op: str
+    command: str
+    settings: Settings
+    ok_codes: list[int] = msgspec.field(default_factory=lambda: [0])
+    stdin: str | None = None
+    timeout: float | None = None
+    lines: bool = False  # send output lines (LineItem) as they come, in order per host
+    agent: str | None = None  # the caller's SSH_AUTH_SOCK (the hub uses its own: see docs)
+
+
+AnyRequest = Invoke | Call | Schedule | Subscribe | Cancel | SshRun
 
 #: request kinds that have their own Struct; every other method name travels as Invoke
 TYPED: dict[str, type[Call | Schedule | Subscribe]] = {
@@ -194,7 +216,7 @@ def decode_request(frame: bytes) -> AnyRequest:
         msg: AnyRequest = _decode(_request_decoder, frame)
     except WireError as e:
         raise WireError(f"{e} (a request is a map tagged t: invoke, call, schedule, "
-                        "subscribe or cancel)") from None
+                        "subscribe, cancel or ssh.run)") from None
     return msg
 
 

@@ -1,9 +1,9 @@
 """The controller: one process owning agents (Fleet) and the control socket, plus services.
 
 Built-in control methods: ping, agents, keys, keys.accept/reject/delete, call, schedule,
-subscribe (and cancel). Other services add theirs in the same process, from an
-`attach(controller)` function named in HubSettings.services (or the `reops.hub` entry
-point group):
+subscribe (and cancel), ssh.run and ssh.pool (the warm SSH pool, `hub/sshpool.py`).
+Other services add theirs in the same process, from an `attach(controller)` function named
+in HubSettings.services (or the `reops.hub` entry point group):
 
     def attach(controller):
         controller.register("jobs.submit", handler)   # async handler(session) -> value
@@ -30,6 +30,7 @@ from reops.control.wire import Call, Code, LineItem, ResultItem, Schedule, TickI
 from reops.hub.control import BadRequest, ControlServer, Handler, Session
 from reops.hub.fleet import Fleet
 from reops.hub.keystore import KeyEntry, KeyStore
+from reops.hub.sshpool import attach as attach_ssh_pool
 from reops.hub.zap import Authenticator
 
 log = logging.getLogger("reops.hub")
@@ -76,6 +77,7 @@ class Controller:
             "keys.delete": self._delete, "call": self._call, "schedule": self._schedule,
         }.items():
             self.register(name, handler)
+        attach_ssh_pool(self)  # ssh.run, ssh.pool: the warm SSH pool `reops exec` uses
 
     def register(self, name: str, handler: Handler) -> None:
         """Serve control method `name` (e.g. "jobs.submit") with `async handler(session)`."""

@@ -16,10 +16,11 @@ import msgspec
 
 from reops.core.model import Host, Hosts, Line, Result
 from reops.core.runtime import get_runtime
+from reops.core.secrets import Secret
 from reops.core.settings import Settings, load_settings
 from reops.ops.base import Op
 from reops.streams.stream import Stream, fanout
-from reops.transports.base import DryRun, Executor
+from reops.transports.base import Checking, DryRun, Executor
 
 Via = Literal["ssh", "agent", "auto"]
 
@@ -31,6 +32,9 @@ class Defaults(msgspec.Struct, kw_only=True):
     via: Via = "ssh"
     lines: bool = False
     dry_run: bool = False
+    check: bool = False  # ask hosts whether ops WOULD change them (read-only probes)
+    diff: bool = True  # with check: fetch file contents for diffs (False: sha256 only)
+    hub: str = ""  # a running hub's control socket: SSH goes through its warm pool
 
 
 def defaults() -> Defaults:
@@ -38,13 +42,22 @@ def defaults() -> Defaults:
 
 
 def configure(*, via: Via | None = None, lines: bool | None = None,
-              dry_run: bool | None = None, **settings: Any) -> Defaults:
-    """Set process defaults: `configure(forks=50, command_timeout=30, via="auto")`."""
+              dry_run: bool | None = None, check: bool | None = None,
+              diff: bool | None = None, hub: str | None = None, **settings: Any
+              ) -> Defaults:
+    """Set process defaults: `configure(forks=50, command_timeout=30, via="auto")`;
+    `hub=path` runs SSH through that hub's warm pool (the CLI's choice), `hub=""` not."""
     d = defaults()
+    if hub is not None:
+        d.hub = hub
     if settings:
         d.settings = d.settings.with_(**settings)
     if via is not None:
         d.via = via
+    if check is not None:
+        d.check = check
+    if diff is not None:
+        d.diff = diff
     if lines is not None:
         d.lines = lines
     if dry_run is not None:
@@ -55,6 +68,13 @@ def configure(*, via: Via | None = None, lines: bool | None = None,
 # Transports are imported on first use (function-level, on purpose): the SSH one costs
 # ~120 ms (asyncssh), the agent one pyzmq; `reops --help`, `reops hosts` and dry runs pay neither.
 def _ssh() -> Executor:
+    hub = defaults().hub
+    if hub:  # the hub's warm connections; this process never imports asyncssh for it
+        from pathlib import Path
+
+        from reops.transports.hubssh import HubSshExecutor
+
+        return get_runtime().resource("ssh-hub", lambda: HubSshExecutor(Path(hub)))
     from reops.transports.ssh.executor import SshExecutor
 
     return get_runtime().resource("ssh", SshExecutor)
@@ -66,8 +86,13 @@ def _agent() -> Executor:
     return get_runtime().resource("agent", AgentExecutor)
 
 
-def chooser(via: Via, dry_run: bool) -> Callable[[Host], Executor]:
-    """Which executor runs a host, decided when the host's step starts."""
+def chooser(via: Via, dry_run: bool, *, check: bool = False, diff: bool = True
+            ) -> Callable[[Host], Executor]:
+    """Which executor runs a host, decided when the host's step starts; with `check`, the
+    chosen one runs only the ops' read-only probes (transports/base.py: Checking)."""
+    if check and not dry_run:
+        inner = chooser(via, False)
+        return lambda h: Checking(inner(h), diff=diff)
     if dry_run:
         dry = DryRun()
         return lambda h: dry
@@ -99,33 +124,46 @@ class Resolved(msgspec.Struct, frozen=True, kw_only=True):
     settings: Settings
     lines: bool
     dry_run: bool
+    become: Secret | None = None  # the sudo password, taken out of settings (see op())
+    check: bool = False
+    diff: bool = True
 
     def op(self, op: Op) -> Op:
-        """`op` as it will run: `settings.sudo` makes it sudo unless it already says how."""
+        """`op` as it will run: `settings.sudo` makes it sudo unless it already says how;
+        a become password goes onto its stdin (never into `settings`, which travel)."""
         if self.settings.sudo and not op.sudo and not op.become_user:
-            return op.with_(sudo=True)
-        return op
+            op = op.with_(sudo=True)
+        return op.with_become_pass(self.become)
 
     def executors(self) -> Callable[[Host], Executor]:
         """Which executor runs a host (see `chooser`)."""
-        return chooser(self.via, self.dry_run)
+        return chooser(self.via, self.dry_run, check=self.check, diff=self.diff)
 
 
 def resolve(*, via: Via | None = None, settings: Settings | None = None,
-            lines: bool | None = None, dry_run: bool | None = None) -> Resolved:
-    """The one place a stream's via/settings/lines/dry_run fall back to the defaults."""
+            lines: bool | None = None, dry_run: bool | None = None,
+            check: bool | None = None, diff: bool | None = None) -> Resolved:
+    """The one place a stream's via/settings/lines/dry_run/check fall back to the defaults."""
     d = defaults()
-    return Resolved(via=via or d.via, settings=settings or d.settings,
+    chosen = settings or d.settings
+    return Resolved(via=via or d.via, become=chosen.become_pass,
+                    settings=msgspec.structs.replace(chosen, become_pass=None),
                     lines=d.lines if lines is None else lines,
-                    dry_run=d.dry_run if dry_run is None else dry_run)
+                    dry_run=d.dry_run if dry_run is None else dry_run,
+                    check=d.check if check is None else check,
+                    diff=d.diff if diff is None else diff)
 
 
 def source(hosts: Hosts | Host | Iterable[Host], op: Op, *, via: Via | None = None,
            settings: Settings | None = None, lines: bool | None = None,
-           dry_run: bool | None = None) -> Stream:
-    """A cold Stream that runs `op` once on every host, each Result as soon as it is ready."""
+           dry_run: bool | None = None, check: bool | None = None,
+           diff: bool | None = None) -> Stream:
+    """A cold Stream that runs `op` once on every host, each Result as soon as it is ready.
+
+    `check=True`: only ask each host whether `op` would change it (read-only probes)."""
     hs = as_hosts(hosts)
-    r = resolve(via=via, settings=settings, lines=lines, dry_run=dry_run)
+    r = resolve(via=via, settings=settings, lines=lines, dry_run=dry_run, check=check,
+                diff=diff)
     pick = r.executors()
     op = r.op(op)
 
@@ -134,7 +172,7 @@ def source(hosts: Hosts | Host | Iterable[Host], op: Op, *, via: Via | None = No
 
     def rebuild(subset: Hosts) -> Stream:
         return source(subset, op, via=r.via, settings=r.settings, lines=r.lines,
-                      dry_run=r.dry_run)
+                      dry_run=r.dry_run, check=r.check, diff=r.diff)
 
     return Stream(fanout(hs, run_one, lines=r.lines), hs, rebuild)
 
@@ -146,7 +184,7 @@ class StepFn(Protocol):
                  **kwargs: Any) -> Stream: ...
 
 
-_SOURCE_KW = ("via", "settings", "lines", "dry_run")
+_SOURCE_KW = ("via", "settings", "lines", "dry_run", "check", "diff")
 
 
 def step(describe: Callable[..., Op]) -> StepFn:
