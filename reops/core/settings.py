@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
+from reops.core.secrets import Secret, decode
+
 HostKeyPolicy = Literal["strict", "accept-new", "off"]
 #: a count of at least one (0 would wait forever: nothing may run)
 AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
@@ -80,6 +82,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     user: str | None = None
     key: str | None = None  # private key for hosts without their own (default: ssh's)
     sudo: bool = False
+    # fed to `sudo -S` on stdin when an op runs with sudo (never argv, logs or output);
+    # None: `sudo -n` (passwordless). $REOPS_BECOME_PASS, --become-pass-file, --ask-become-pass
+    become_pass: Secret | None = None
     keepalive_interval: SecondsOrOff = 15.0  # SSH keepalives, so dead peers are noticed
     # captured output per host per stream: the first and last max_output/2 bytes are kept,
     # the middle is cut with a marker (a host printing gigabytes costs the controller ~this)
@@ -132,7 +137,7 @@ def _convert(data: dict[str, Any], cls: type[S], origins: dict[str, str], where:
     """`data` as a `cls`; a bad value raises a one-line ConfigError naming its source
     (variable, file and key, or argument) and what is accepted."""
     try:
-        return msgspec.convert(data, cls, strict=False)
+        return msgspec.convert(data, cls, strict=False, dec_hook=decode)
     except msgspec.ValidationError as e:
         text = str(e)
         m = re.search(r" - at `\$\.(\w+)`", text)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import msgspec
 
 from reops.core.model import Host, Status
+from reops.core.secrets import Secret
 
 #: what a transport does with an Op, dispatched on by every executor (never on its name):
 #: shell (run `command`), sync (make `remote` a copy of `local`), upload/download (one
@@ -45,7 +46,9 @@ class Op:
     ok_codes: tuple[int, ...] = (0,)
     sudo: bool = False
     become_user: str | None = None
-    stdin: str | None = None
+    # with a become password its first line is the password (see with_become_pass):
+    # never shown in the Op's repr
+    stdin: str | None = field(default=None, repr=False)
     timeout: float | None = None
     # transfers and syncs: local/remote paths; calls: the agent function name and its
     # arguments; code: the shipped source (`function` is its name)
@@ -58,14 +61,30 @@ class Op:
     code: CodeRef | None = None
     # does a successful run mean the host changed? (None: unknown)
     changed: Callable[[int, str], bool | None] | None = None
+    # the sudo password, fed on stdin (see with_become_pass); None: `sudo -n`
+    become_pass: Secret | None = None
 
     def command_for(self, host: Host) -> str:
         """The shell command for `host`, wrapped for sudo/become_user."""
         cmd = self.command(host) if callable(self.command) else self.command
-        return privileged(cmd, sudo=self.sudo, become_user=self.become_user)
+        return privileged(cmd, sudo=self.sudo, become_user=self.become_user,
+                          password=self.become_pass is not None, host=host.name)
 
     def with_(self, **changes: Any) -> Op:
         return replace(self, **changes)
+
+    def with_become_pass(self, secret: Secret | None) -> Op:
+        """This op with sudo fed `secret` on stdin (ahead of the op's own stdin), so the
+        password is never on a command line; unchanged when there is no secret, the op
+        does not use sudo, it is not a shell command, or it already has one."""
+        if (secret is None or self.become_pass is not None or self.kind != "shell"
+                or not (self.sudo or self.become_user)):
+            return self
+        if "\n" in secret.reveal() or "\r" in secret.reveal():
+            raise ValueError("a become password cannot contain a line break (sudo -S reads "
+                             "one line)")
+        return replace(self, become_pass=secret,
+                       stdin=secret.reveal() + "\n" + (self.stdin or ""))
 
     def judge(self, code: int, out: str, err: str = "", data: Any = None
               ) -> tuple[Status, Any, bool | None, str]:
@@ -84,12 +103,40 @@ class Op:
         return status, data, changed, err
 
 
-def privileged(cmd: str, *, sudo: bool = False, become_user: str | None = None) -> str:
-    """Wrap `cmd` to run as root (sudo) or as another user, non-interactively."""
+def privileged(cmd: str, *, sudo: bool = False, become_user: str | None = None,
+               password: bool = False, host: str = "this host") -> str:
+    """Wrap `cmd` to run as root (sudo) or as another user.
+
+    Without `password`: `sudo -n` (fails at once where a password is needed). With it,
+    the first line of stdin is the password (see Op.with_become_pass) and the wrapper
+    (1) reads it into a shell variable (`read` is a builtin: no process ever has it in
+    its argv); (2) when sudo needs no password here, drops it and runs `sudo -n`, so the
+    command never reads the password as its input; (3) checks it once with stdin holding
+    nothing but it, so a wrong one fails at once (sudo -S would retry on the op's own
+    stdin) as `sudo: incorrect password on HOST`; (4) runs the command through
+    `sudo -k -S -p ''` (-k: never a cached credential, so sudo always reads the line),
+    the password line first, then the rest of stdin (`cat`).
+    """
     if not sudo and not become_user:
         return cmd
     who = f"-u {shlex.quote(become_user)} " if become_user else ""
-    return f"sudo -n {who}-- sh -c {shlex.quote(cmd)}"
+    run = f"{who}-- sh -c {shlex.quote(cmd)}"
+    if not password:
+        return f"sudo -n {run}"
+    wrong = shlex.quote(f"sudo: incorrect password on {host}")
+    other = shlex.quote(f"sudo on {host}: ")
+    return "\n".join([
+        "IFS= read -r reops_pw || :",
+        f"if sudo -n -k {who}true 2>/dev/null; then unset reops_pw; exec sudo -n {run}; fi",
+        "reops_err=$(printf '%s\\n' \"$reops_pw\" |",
+        f"  LC_ALL=C sudo -k -S -p '' {who}true 2>&1) || {{",
+        '  case $reops_err in *"incorrect password"*|*"Sorry, try again"*)',
+        f"    echo {wrong} >&2 ;;",
+        f"  *) printf '%s%s\\n' {other} \"$reops_err\" >&2 ;; esac",
+        "  exit 1",
+        "}",
+        f"{{ printf '%s\\n' \"$reops_pw\"; unset reops_pw; exec cat; }} | sudo -k -S -p '' {run}",
+    ])
 
 
 def join(argv: Sequence[str]) -> str:
