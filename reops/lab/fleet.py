@@ -37,7 +37,9 @@ from typing import Any
 import asyncssh
 
 from reops.core.model import Host, Hosts
+from reops.lab import hostfs, services
 from reops.lab import names as hostnames
+from reops.lab import sudo as labsudo
 from reops.lab.procs import (
     ProcessError,
     child_exited,
@@ -83,6 +85,11 @@ class LabInfo:
     port: int
     #: name -> the DNS name /etc/hosts gives it (empty: the lab is addressed by IP)
     names: Mapping[str, str] = field(default_factory=dict)
+    #: as root: the login whose sudo needs a password, and the file holding it (0600)
+    become_user: str | None = None
+    become_pass_file: Path | None = None
+    #: whether each host has its own /tmp, home and /etc/motd (root only)
+    private_fs: bool = False
 
     def address(self, name: str) -> str:
         """What the inventory says to connect to: the host's DNS name, else its IP."""
@@ -159,6 +166,7 @@ class Lab:
         start_timeout: float = START_TIMEOUT,
         stop_timeout: float = STOP_TIMEOUT,
         names: bool = True,
+        private_fs: bool = False,
     ) -> None:
         if hosts < 1:
             raise LabError(f"a lab needs at least one host, not {hosts}")
@@ -183,6 +191,13 @@ class Lab:
         if names and not self.named:
             self.notes.append(
                 "lab: hosts are addressed by IP: names need root (they go in /etc/hosts)"
+            )
+        #: each host its own /tmp, home and /etc/motd (a private mount namespace; root only)
+        self.private_fs = private_fs and self.as_root
+        if not self.as_root:
+            self.notes.append(
+                "lab: not root: the hosts share this machine's filesystem and have no sudo "
+                "and no services (run `reops lab up` as root for those)"
             )
         hosts_ = host_names(hosts)
         self.hosts: dict[str, str] = dict(zip(hosts_, addresses(first_address, hosts), strict=True))
@@ -216,6 +231,9 @@ class Lab:
             user=self.user,
             port=self.port,
             names=self.names,
+            become_user=labsudo.PW_USER if self.as_root else None,
+            become_pass_file=self.root / labsudo.PASS_FILE if self.as_root else None,
+            private_fs=self.private_fs,
         )
 
     @property
@@ -249,6 +267,7 @@ class Lab:
         lab.stop_timeout = state.get("stop_timeout", STOP_TIMEOUT)
         lab.lab_id = state.get("lab_id", "0")
         lab.named = bool(state.get("named", False))
+        lab.private_fs = bool(state.get("private_fs", False)) and lab.as_root
         lab.notes = []
         lab.hosts = {name: h["address"] for name, h in state["hosts"].items()}
         lab.pids = {name: h["pid"] for name, h in state["hosts"].items()}
@@ -268,6 +287,10 @@ class Lab:
         if self.as_root:
             ensure_root_prerequisites(self.user)
         self._write_files()
+        if self.as_root:  # sudo (with and without a password) and services on the hosts
+            labsudo.prepare(self.root, self.user)
+            services.install(self.root)
+            self._write_become_inventory()
         self._save()
         try:
             self._write_names()
@@ -285,6 +308,7 @@ class Lab:
         self._stop(list(self.hosts))
         if self.as_root:  # also a block left by a crashed earlier lab in this root
             hostnames.remove_block(self.root)
+            labsudo.cleanup(self.root)
         self.state_path.unlink(missing_ok=True)
 
     def status(self) -> dict[str, bool]:
@@ -375,7 +399,7 @@ class Lab:
             "UsePAM no",
             "StrictModes no",
             "PermitRootLogin no",
-            f"AllowUsers {self.user}",
+            f"AllowUsers {self.user}" + (f" {labsudo.PW_USER}" if self.as_root else ""),
             "MaxStartups 1000:30:2000",
             "MaxSessions 100",
             "UseDNS no",
@@ -391,6 +415,14 @@ class Lab:
             path = str(auth_keys).replace("%", "%%").replace('"', '\\"')
             lines += [f'AuthorizedKeysCommand {cat} "{path}"', "AuthorizedKeysCommandUser root"]
         return "\n".join(lines) + "\n"
+
+    def _write_become_inventory(self) -> None:
+        """inventory-become.toml: the same hosts, logging in as the user whose sudo needs
+        this lab's password (in become_pass)."""
+        text = (self.root / "inventory.toml").read_text()
+        ours = f"user = {_toml_str(self.user)}"
+        text = text.replace(ours, f"user = {_toml_str(labsudo.PW_USER)}", 1)
+        _write_text(self.root / "inventory-become.toml", text, 0o644)
 
     def _inventory(self) -> str:
         out = [
@@ -427,6 +459,7 @@ class Lab:
             "stop_timeout": self.stop_timeout,
             "lab_id": self.lab_id,
             "named": self.named,
+            "private_fs": self.private_fs,
             "hosts": {n: {"address": a, "pid": self.pids.get(n)} for n, a in self.hosts.items()},
         }
         _write_text(self.state_path, json.dumps(state, indent=1) + "\n", 0o644)
@@ -509,9 +542,16 @@ class Lab:
     def _spawn(self, name: str, sshd: str, env: dict[str, str]) -> int:
         log = self.log_path(name)
         log.write_bytes(b"")
+        program, argv = sshd, [sshd, "-D", "-e", "-f", str(self.config_path(name))]
+        if self.as_root:  # its own mount namespace: /run, sudoers … (and /tmp, home)
+            homes = [(u, Path(pwd.getpwnam(u).pw_dir)) for u in (self.user, labsudo.PW_USER)]
+            binds = hostfs.host_binds(self.root, self.host_dir(name), name, homes,
+                                      private_fs=self.private_fs)
+            program, prefix = hostfs.launcher(self.root, binds)
+            argv = prefix + argv
         return os.posix_spawn(
-            sshd,
-            [sshd, "-D", "-e", "-f", str(self.config_path(name))],
+            program,
+            argv,
             env,
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
@@ -590,7 +630,8 @@ class Lab:
                         reap(fd)
                         os.close(fd)
             # the open sessions: per-connection sshd and the users' commands below them
-            tree = descendants(set(fds.values()))
+            roots = set(fds.values())
+            tree = descendants(roots)
             family = set(fds.values()) | set(tree)
             for pid in tree:
                 if (fd := pidfd(pid)) is not None:
@@ -598,6 +639,9 @@ class Lab:
                         fds[fd] = pid
                     else:
                         os.close(fd)
+            # and what left that tree but not the host (daemons an init script started):
+            # everything else in the hosts' private mount namespaces
+            fds.update(hostfs.namespace_pidfds(roots, skip=set(fds.values())))
             for fd in fds:
                 with contextlib.suppress(ProcessLookupError):
                     signal.pidfd_send_signal(fd, signal.SIGTERM)
