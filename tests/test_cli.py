@@ -45,7 +45,7 @@ def test_exec_json_is_the_outcome(lab: LabInfo) -> None:
     p = reops("exec", "-i", str(lab.inventory), "group:db", "-o", "json", "--", "df", "-h", "/")
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
-    assert set(doc) == {"hosts", "successful", "failure"}
+    assert {"hosts", "successful", "failure", "run", "steps"} == set(doc)
     assert sorted(doc["hosts"]) == sorted(h for h in lab.hosts if h.startswith("db"))
     first = doc["successful"][0]
     for field in ("host", "op", "status", "code", "out", "err", "started_at", "duration_s",

@@ -210,8 +210,11 @@ def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any
         sys.exit(143 if terminated() else 130)
     if opts.get("check") and not opts["dry_run"]:
         if opts["output"] == "pretty":
-            from reops.sinks.check_view import summary
+            from reops.sinks.check_view import lines, summary
 
+            for r in outcome.results:  # the diffs, host by host, after the per-host lines
+                if r.changed:
+                    click.echo("\n".join(lines(r)))
             click.echo(summary(outcome), err=True)
         sys.exit(outcome.check_exit_code)
     sys.exit(outcome.exit_code)

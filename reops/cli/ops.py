@@ -72,7 +72,8 @@ def _cmd(group: Any, name: str, path: str, *params: Param,
                 value = kw.pop(p.name)
                 args.extend(value) if p.nargs == -1 else args.append(value)
         question = confirm(kw) if callable(confirm) else confirm
-        if question and not yes and not fleet["dry_run"] and _interactive():
+        if question and not yes and not fleet["dry_run"] and not fleet.get("check") \
+                and _interactive():
             hosts = select_hosts(fleet["inventory_path"], selector, fleet.get("systems"))
             names = ", ".join(hosts.names[:5]) + (", …" if len(hosts) > 5 else "")
             click.confirm(f"{question} on {len(hosts)} hosts ({names})?", abort=True)

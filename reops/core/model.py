@@ -7,6 +7,9 @@ They are immutable msgspec Structs so they cross threads, processes and the wire
 from __future__ import annotations
 
 import fnmatch
+import os
+import secrets
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
@@ -36,6 +39,11 @@ class Host(msgspec.Struct, frozen=True, kw_only=True):
     vars: dict[str, Any] = msgspec.field(default_factory=dict)
     known_hosts: str | None = None
     agent_key: str | None = None  # the agent's key fingerprint, pinned (see hub/identity.py)
+    #: bastions to reach it through, first hop first; None: ssh_config decides; (): direct
+    jump: tuple[Host, ...] | None = None
+    #: fields holding only a fallback ("address": the name, "port": 22), so ssh_config's
+    #: HostName/Port may replace them; a value the inventory gave always wins
+    implicit: frozenset[str] = frozenset()
 
     def __hash__(self) -> int:  # dict fields make the default hash fail; names are unique
         return hash((self.name, self.address, self.port))
@@ -117,10 +125,27 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
     transport: Transport = "ssh"
     data: Any = None
     changed: bool | None = None
+    #: this host's earlier steps in the pipeline, oldest first (`then` fills it), so the
+    #: Outcome keeps every step while operators still see one Result per host
+    earlier: tuple[Result, ...] = ()
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def step(self) -> int:
+        """This step's index in its host's pipeline: 0 for the first."""
+        return len(self.earlier)
+
+    @property
+    def steps(self) -> list[Result]:
+        """Every step of this host so far, oldest first, each without its own history."""
+        return [*self.earlier, msgspec.structs.replace(self, earlier=())]
+
+    def after(self, previous: Result) -> Result:
+        """This Result as the step that follows `previous` (keeps `previous`'s history)."""
+        return msgspec.structs.replace(self, earlier=(*previous.steps, *self.earlier))
 
 
 class Line(msgspec.Struct, frozen=True):
@@ -134,13 +159,52 @@ class Line(msgspec.Struct, frozen=True):
 Event = Result | Line
 
 
+def new_run_id() -> str:
+    """A UUIDv7 (RFC 9562) as text: unique, and sorting by it sorts runs by start time."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(secrets.token_bytes(10), "big")
+    value = (ms & (1 << 48) - 1) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 \
+        | 0b10 << 62 | rand & (1 << 62) - 1
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _local_user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return os.environ.get("USER", "")
+
+
+class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """Who ran what, when: the identity of one run, flat so a run-history table can append it.
+
+    `command` is the command line (CLI) or the script's argv (Python); `pipeline` names the
+    steps (`ls | exec`); `selector` is the inventory selector when one was used."""
+
+    run_id: str = msgspec.field(default_factory=new_run_id)
+    command: str = ""
+    pipeline: str = ""
+    selector: str = ""
+    user: str = msgspec.field(default_factory=_local_user)
+    started_at: float = msgspec.field(default_factory=time.time)
+    ended_at: float = 0.0
+    check: bool = False
+
+
 class Outcome(msgspec.Struct, kw_only=True):
-    """A finished step in re-ops' shape: hosts, successful, failure by exit code."""
+    """A finished step in re-ops' shape: hosts, successful, failure by exit code.
+
+    `successful`/`failure`/`results`/`out[host]` hold each host's LAST step (what exit
+    codes and `pick` judge); `all` and `steps(host)` hold every step; `run` who ran it."""
 
     hosts: list[str] = msgspec.field(default_factory=list)
     successful: list[Result] = msgspec.field(default_factory=list)
     failure: dict[int, list[Result]] = msgspec.field(default_factory=dict)
     interrupted: bool = False
+    run: RunInfo | None = None
 
     @classmethod
     def of(cls, results: Iterable[Result], hosts: Iterable[str] = ()) -> Outcome:
@@ -168,6 +232,42 @@ class Outcome(msgspec.Struct, kw_only=True):
     def failed(self) -> list[Result]:
         return [r for rs in self.failure.values() for r in rs]
 
+    def __getitem__(self, host: str) -> Result:
+        """The host's last Result (KeyError when it has none)."""
+        for r in self.results:
+            if r.host == host:
+                return r
+        raise KeyError(host)
+
+    def steps(self, host: str) -> list[Result]:
+        """Every step of `host`, oldest first ([] when it has no Result)."""
+        try:
+            return self[host].steps
+        except KeyError:
+            return []
+
+    @property
+    def all(self) -> list[Result]:
+        """Every step of every host: hosts in order, each host's steps oldest first."""
+        last = {r.host: r for r in self.results}
+        return [s for h in self.hosts if h in last for s in last[h].steps]
+
+    @property
+    def pipeline(self) -> str:
+        """The steps' op names, `ls | exec` (from the host with the most steps)."""
+        longest = max(self.results, key=lambda r: r.step, default=None)
+        return " | ".join(s.op for s in longest.steps) if longest else ""
+
+    @property
+    def changes(self) -> bool:
+        """Whether any host's last step changed something (or, under check, would)."""
+        return any(r.changed for r in self.results)
+
+    @property
+    def check_exit_code(self) -> int:
+        """`--check`'s exit code, like diff(1): 0 no change, 1 changes, 2 a host failed."""
+        return 2 if self.failure else 1 if self.changes else 0
+
     @property
     def ok(self) -> bool:
         return not self.failure
@@ -183,9 +283,36 @@ class Outcome(msgspec.Struct, kw_only=True):
         return [h for h in self.hosts if h in names]
 
     def to_json(self) -> bytes:
-        return msgspec.json.encode(
-            {"hosts": self.hosts, "successful": self.successful, "failure": self.failure}
-        )
+        """The re-ops shape (last steps), plus `run` (identity), `steps` (every step, flat,
+        each with its `step` index) and, for a check, `check` ({host: {changes, diff}})."""
+        def flat(rs: Iterable[Result]) -> list[dict[str, Any]]:
+            return [flat_result(r, r.step) for r in rs]
+
+        doc: dict[str, Any] = {
+            "run": self.run, "hosts": self.hosts, "successful": flat(self.successful),
+            "failure": {code: flat(rs) for code, rs in self.failure.items()},
+            "steps": [flat_result(r, i) for h in self.hosts
+                      for i, r in enumerate(self.steps(h))],
+        }
+        if self.run is not None and self.run.check:
+            doc["check"] = {r.host: _check_of(r) for r in self.results}
+        return msgspec.json.encode(doc)
+
+
+def flat_result(r: Result, step: int) -> dict[str, Any]:
+    """A Result as a flat JSON object: its fields and its `step` index, no history."""
+    d = msgspec.structs.asdict(r)
+    del d["earlier"]
+    d["step"] = step
+    return d
+
+
+def _check_of(r: Result) -> dict[str, Any]:
+    """{changes, diff} of a check Result; a host whose check failed: changes null + error."""
+    if r.ok and isinstance(r.data, dict) and isinstance(r.data.get("check"), dict):
+        return {"changes": bool(r.data["check"].get("changes")),
+                "diff": str(r.data["check"].get("diff", ""))}
+    return {"changes": None, "diff": "", "error": r.err or r.status}
 
 
 def failure_result(

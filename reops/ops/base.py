@@ -17,6 +17,7 @@ import msgspec
 
 from reops.core.model import Host, Status
 from reops.core.secrets import Secret
+from reops.ops.check import Check
 
 #: what a transport does with an Op, dispatched on by every executor (never on its name):
 #: shell (run `command`), sync (make `remote` a copy of `local`), upload/download (one
@@ -61,6 +62,10 @@ class Op:
     code: CodeRef | None = None
     # does a successful run mean the host changed? (None: unknown)
     changed: Callable[[int, str], bool | None] | None = None
+    # how `--check` asks the host whether this op WOULD change it, read-only (see
+    # reops/ops/check.py); None: it cannot be checked (`exec`): it "would run"
+    check: Check | None = None
+
     # the sudo password, fed on stdin (see with_become_pass); None: `sudo -n`
     become_pass: Secret | None = None
 

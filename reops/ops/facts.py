@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from reops.ops.base import Op
+from reops.ops.check import QUERY
 from reops.ops.text import key_values, marker, script, sections, to_float, to_int
 
 PARTS: tuple[str, ...] = ("os", "hardware", "network", "users", "uptime")
@@ -205,7 +206,7 @@ def facts(*parts: str, sudo: bool = False, become_user: str | None = None) -> Op
     """Gather `parts` (default: all of os, hardware, network, users, uptime) as Facts."""
     chosen = parts or PARTS
     return Op(name="facts", command=facts_script(chosen), sudo=sudo, become_user=become_user,
-              parse=parse_facts)
+              parse=parse_facts, check=QUERY)
 
 
 def parse_facts(out: str) -> Facts:

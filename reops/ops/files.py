@@ -20,15 +20,28 @@ import msgspec
 
 from reops.core.model import Host
 from reops.ops.base import Op, Parser
+from reops.ops.check import (
+    QUERY,
+    Check,
+    CheckReport,
+    file_report,
+    local_tree,
+    parse_file,
+    probe_file,
+    probe_tree,
+    tree_report,
+)
 from reops.ops.text import (
     CHANGED,
     EX_DATAERR,
     EX_NOINPUT,
+    MARK,
     UNCHANGED,
     changed_marker,
     fail,
     q,
     script,
+    sections,
     without_markers,
     words,
 )
@@ -36,12 +49,26 @@ from reops.ops.text import (
 
 def upload(local: str, remote: str, *, mode: int | None = None) -> Op:
     """Copy a local file (or directory, recursively) to `remote` on each host."""
-    return Op(name="upload", kind="upload", local=local, remote=remote, mode=mode)
+    if os.path.isdir(local):
+        check = Check(probe=lambda diff: Op(name="upload", command=probe_tree(remote)),
+                      answer=lambda h, out, diff: tree_report(
+                          f"{h.name}:{remote}", out, local_tree(local), delete=False))
+    else:
+        check = Check(
+            probe=lambda diff: Op(name="upload", command=probe_file(
+                remote, diff, into_dir=os.path.basename(local))),
+            answer=lambda h, out, diff: file_report(
+                f"{h.name}:{remote}", parse_file(out), Path(local).read_bytes(), diff,
+                mode=mode))
+    return Op(name="upload", kind="upload", local=local, remote=remote, mode=mode,
+              check=check)
 
 
 def download(remote: str, local: str) -> Op:
     """Copy `remote` from each host into `local/<host>/` (one folder per host)."""
-    return Op(name="download", kind="download", local=local, remote=remote)
+    return Op(name="download", kind="download", local=local, remote=remote,
+              check=Check(probe=lambda diff: Op(name="download", command=probe_file(
+                  remote, False)), answer=lambda h, out, diff: CheckReport(changes=False)))
 
 
 # --- operations on the host's filesystem (one script each; `changed` from markers) ---
@@ -85,7 +112,22 @@ def mkdir(path: str, *, mode: int | None = None, owner: str | None = None,
         f'if [ -d "$p" ]; then {UNCHANGED}; else mkdir -p -- "$p" && {CHANGED} || exit; fi',
         *_owner_mode("p", mode, owner, group),
     )
-    return _shell("files.mkdir", cmd, sudo, become_user)
+    return _shell("files.mkdir", cmd, sudo, become_user).with_(check=Check(
+        probe=lambda diff: Op(name="files.mkdir", command=probe_file(path, False)),
+        answer=lambda h, out, diff: _dir_report(f"{h.name}:{path}", out, mode, owner,
+                                                group)))
+
+
+def _dir_report(label: str, out: str, mode: int | None, owner: str | None,
+                group: str | None) -> CheckReport:
+    state = parse_file(out)
+    if state.kind == "file":
+        return CheckReport(changes=True, diff=f"{label} is a file: mkdir would fail")
+    report = file_report(label, state, None, False, mode=mode, owner=owner, group=group)
+    if state.kind == "absent":
+        return CheckReport(changes=True, diff=report.diff.replace(
+            f"would create {label}", f"would create directory {label}"))
+    return report
 
 
 def rm(*paths: str, recursive: bool = False, sudo: bool = False,
@@ -101,7 +143,29 @@ def rm(*paths: str, recursive: bool = False, sudo: bool = False,
         "done",
         f'if [ -n "$found" ]; then {CHANGED}; else {UNCHANGED}; fi',
     )
-    return _shell("files.rm", cmd, sudo, become_user)
+    probe = script(f"for p in {words(paths)}; do",
+                   f'  if [ -e "$p" ] || [ -L "$p" ]; then echo "{MARK} exists"; '
+                   'printf "%s\\n" "$p"; fi',
+                   "done")
+
+    def answer(h: Host, out: str, diff: bool) -> CheckReport:
+        found = [p for p in paths if p in sections_all(out, "exists")]
+        return CheckReport(changes=bool(found),
+                           diff="\n".join(f"would remove {h.name}:{p}" for p in found))
+
+    return _shell("files.rm", cmd, sudo, become_user).with_(
+        check=Check(probe=lambda diff: Op(name="files.rm", command=probe), answer=answer))
+
+
+def sections_all(out: str, name: str) -> list[str]:
+    """The bodies of every `name` section in `out` (sections() keeps only the last)."""
+    bodies, current = [], None
+    for line in out.splitlines():
+        if line.startswith(MARK):
+            current = line[len(MARK):].strip() == name
+        elif current:
+            bodies.append(line)
+    return bodies
 
 
 def cp(src: str, dest: str, *, recursive: bool = False, sudo: bool = False,
@@ -116,7 +180,23 @@ def cp(src: str, dest: str, *, recursive: bool = False, sudo: bool = False,
         f"{UNCHANGED}",
         f'else cp {flags} -- "$src" "$dst" && {CHANGED}; fi',
     )
-    return _shell("files.cp", cmd, sudo, become_user)
+    probe = script(
+        f"src={q(src)}; dst={q(dest)}",
+        '[ -e "$src" ] || ' + fail(EX_NOINPUT, f"no such file: {src}"),
+        'if [ -d "$dst" ]; then target="$dst/${src##*/}"; else target="$dst"; fi',
+        'if [ -f "$src" ] && [ -f "$target" ] && cmp -s "$src" "$target"; then '
+        f'echo "{MARK} same"; else echo "{MARK} differs"; printf "%s\\n" "$target"; fi',
+    )
+
+    def answer(h: Host, out: str, diff: bool) -> CheckReport:
+        parts = sections(out)
+        if "same" in parts:
+            return CheckReport(changes=False)
+        target = parts.get("differs", dest).strip()
+        return CheckReport(changes=True, diff=f"would copy {h.name}:{src} → {target}")
+
+    return _shell("files.cp", cmd, sudo, become_user).with_(
+        check=Check(probe=lambda diff: Op(name="files.cp", command=probe), answer=answer))
 
 
 def grep(pattern: str, *paths: str, recursive: bool = False, ignore_case: bool = False,
@@ -132,7 +212,7 @@ def grep(pattern: str, *paths: str, recursive: bool = False, ignore_case: bool =
     flags += "F" if fixed else "E"
     cmd = f"grep {flags} -e {q(pattern)} -- {words(paths)}"
     op = _shell("files.grep", cmd, sudo, become_user, parse=parse_grep, ok_codes=(0, 1))
-    return op.with_(changed=None)
+    return op.with_(changed=None, check=QUERY)
 
 
 _GREP = re.compile(r"^(?P<path>.*?):(?P<line>\d+):(?P<text>.*)$")
@@ -164,8 +244,18 @@ def extract(archive: str, dest: str, *, strip_components: int = 0, creates: str 
         f'tar -xvf "$a" -C "$d"{strip} || exit',
         CHANGED,
     )
+    probe = script(
+        f"if [ -e {q(creates)} ]; then echo \"{MARK} done\"; exit 0; fi" if creates else "",
+        f"[ -r {q(archive)} ] || "
+        + fail(EX_NOINPUT, f"archive not found or not readable: {archive}"),
+    )
     return _shell("files.extract", cmd, sudo, become_user,
-                  parse=lambda out: [e for e in without_markers(out).splitlines() if e])
+                  parse=lambda out: [e for e in without_markers(out).splitlines() if e]
+                  ).with_(check=Check(
+                      probe=lambda diff: Op(name="files.extract", command=probe),
+                      answer=lambda h, out, diff: CheckReport(changes=False)
+                      if "done" in sections(out) else CheckReport(
+                          changes=True, diff=f"would extract {archive} into {h.name}:{dest}")))
 
 
 def line_in_file(path: str, line: str, *, regex: str | None = None, present: bool = True,
@@ -214,7 +304,45 @@ def line_in_file(path: str, line: str, *, regex: str | None = None, present: boo
         f'[ -e "$f" ] || {missing}',
         *body,
     )
-    return _shell("files.line_in_file", cmd, sudo, become_user)
+    return _shell("files.line_in_file", cmd, sudo, become_user).with_(check=Check(
+        probe=lambda diff: Op(name="files.line_in_file", command=script(
+            f"f={q(path)}", f"line={q(line)}", f"re={q(regex or '')}",
+            f'[ -e "$f" ] || {{ echo "{MARK} absent"; exit 0; }}' if create else
+            f'[ -e "$f" ] || {missing}',
+            f'if {has_line}; then echo "{MARK} has_line"; fi',
+            f'if {has_re}; then echo "{MARK} has_re"; fi',
+            probe_file(path, diff).partition("\n")[2])),
+        answer=lambda h, out, diff: _line_report(f"{h.name}:{path}", out, line, regex,
+                                                 present, diff)))
+
+
+def _line_report(label: str, out: str, line: str, regex: str | None, present: bool,
+                 diff: bool) -> CheckReport:
+    """Would `line_in_file` change the file? From the probe's grep markers (what the real
+    script tests); the diff from simulating its edit on the fetched content."""
+    parts = sections(out)
+    has_line, has_re = "has_line" in parts, "has_re" in parts
+    state = parse_file(out)
+    if state.kind == "absent":
+        return file_report(label, state, (line + "\n").encode() if present else b"", diff)
+    if (present and has_line) or (not present and not has_line and not has_re):
+        return CheckReport(changes=False)
+    if not diff or state.content is None:
+        what = ("replace the line matching the regex" if present and has_re else
+                "append the line" if present else "remove matching lines")
+        return CheckReport(changes=True, diff=f"{label}: would {what} (diff hidden)")
+    text = state.content.decode(errors="replace")
+    rows = text.splitlines()
+    if present and has_re:
+        at = next(i for i, r in enumerate(rows) if re.search(regex or "", r))
+        rows[at] = line
+        new = "\n".join(rows) + "\n"
+    elif present:
+        new = text + ("" if not text or text.endswith("\n") else "\n") + line + "\n"
+    else:
+        new = "".join(r + "\n" for r in rows
+                      if r != line and not (regex and re.search(regex, r)))
+    return file_report(label, state, new.encode(), True)
 
 
 def template(src: str, remote: str, *, vars: Mapping[str, Any] | None = None,
@@ -232,15 +360,28 @@ def template(src: str, remote: str, *, vars: Mapping[str, Any] | None = None,
     text = Path(src).read_text()
     extra = dict(vars or {})
 
-    def command(host: Host) -> str:
+    def rendered(host: Host) -> str:
         values = {"host": host.name, "address": host.address, **host.vars, **extra}
+        return render(text, values, engine)
+
+    def command(host: Host) -> str:
         try:
-            rendered = render(text, values, engine)
+            body = rendered(host)
         except (KeyError, ValueError, IndexError) as e:
             return fail(EX_DATAERR, f"template {src} for {host.name}: cannot render: {e!r}")
-        return write_script(remote, rendered.encode(), mode=mode, owner=owner, group=group)
+        return write_script(remote, body.encode(), mode=mode, owner=owner, group=group)
 
-    return _shell("files.template", command, sudo, become_user)
+    def answer(host: Host, out: str, diff: bool) -> CheckReport:
+        try:
+            body = rendered(host)
+        except (KeyError, ValueError, IndexError) as e:
+            raise ValueError(f"template {src} for {host.name}: cannot render: {e!r}") from None
+        return file_report(f"{host.name}:{remote}", parse_file(out), body.encode(), diff,
+                           mode=mode, owner=owner, group=group)
+
+    return _shell("files.template", command, sudo, become_user).with_(check=Check(
+        probe=lambda diff: Op(name="files.template", command=probe_file(remote, diff)),
+        answer=answer))
 
 
 def sync(local: str, remote: str, *, delete: bool = False, exclude: Sequence[str] = (),
@@ -256,7 +397,36 @@ def sync(local: str, remote: str, *, delete: bool = False, exclude: Sequence[str
     return Op(name="files.sync", kind="sync", local=local, remote=remote, command=precheck,
               sudo=sudo, become_user=become_user, parse=parse_rsync,
               kwargs={"delete": delete, "exclude": list(exclude)},
-              changed=lambda code, out: bool(parse_rsync(out)))
+              changed=lambda code, out: bool(parse_rsync(out)),
+              check=_sync_check(local, remote, delete, exclude))
+
+
+def _sync_check(local: str, remote: str, delete: bool, exclude: Sequence[str]) -> Check:
+    """sync's check: the remote tree's sha256 sums against the local tree's (files only;
+    `exclude` patterns are matched on the relative path and on the file name)."""
+    import fnmatch
+
+    def kept(rel: str) -> bool:
+        return not any(fnmatch.fnmatch(rel, x) or fnmatch.fnmatch(os.path.basename(rel), x)
+                       for x in exclude)
+
+    def answer(h: Host, out: str, diff: bool) -> CheckReport:
+        label = f"{h.name}:{remote}"
+        if not os.path.isdir(local):
+            return file_report(label, parse_file(out), Path(local).read_bytes(), diff)
+        want = {rel: sha for rel, sha in local_tree(local).items() if kept(rel)}
+        parts = sections(out)
+        if "files" in parts:  # remote files that are excluded are neither compared nor gone
+            parts_out = "\n".join(x for x in out.splitlines()
+                                  if x.startswith(MARK) or kept(x.partition("  ")[2][2:]))
+            return tree_report(label, parts_out, want, delete=delete)
+        return tree_report(label, out, want, delete=delete)
+
+    def probe(diff: bool) -> Op:
+        return Op(name="files.sync", command=probe_tree(remote) if os.path.isdir(local)
+                  else probe_file(remote, diff, into_dir=os.path.basename(local)))
+
+    return Check(probe=probe, answer=answer)
 
 
 class RsyncChange(msgspec.Struct, frozen=True, kw_only=True):

@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from reops.ops.base import Op
+from reops.ops.check import QUERY
 from reops.ops.text import key_values, marker, script, sections, to_float, to_int
 
 KINDS: tuple[str, ...] = ("cpu", "memory", "load", "disk", "net", "entropy")
@@ -166,7 +167,7 @@ def metrics(*kinds: str, interval: float = 1.0, sudo: bool = False,
             become_user: str | None = None) -> Op:
     """Sample `kinds` (default all); `data` is a Metrics. Rates use `interval` on the host."""
     return Op(name="metrics", command=metrics_script(kinds or KINDS, interval), sudo=sudo,
-              become_user=become_user, parse=parse_metrics)
+              become_user=become_user, parse=parse_metrics, check=QUERY)
 
 
 def parse_metrics(out: str) -> Metrics:

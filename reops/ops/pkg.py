@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 import msgspec
 
 from reops.ops.base import Op, Parser
+from reops.ops.check import QUERY, Check, CheckReport
 from reops.ops.text import (
     CHANGED,
     EX_UNAVAILABLE,
@@ -72,6 +73,18 @@ IS_INSTALLED = {
     "apk": 'apk info -e "$1" >/dev/null 2>&1',
     "zypper": 'rpm -q --quiet "$1"',
     "pacman": 'pacman -Q "$1" >/dev/null 2>&1',
+}
+
+#: prints the installed version of package "$1" (nothing when it is not installed)
+VERSION_OF = {
+    "apt": "dpkg-query -W -f='${db:Status-Abbrev} ${Version}' \"$1\" 2>/dev/null"
+           " | awk '$1 ~ /^ii/ {print $2}'",
+    "dnf": 'rpm -q --quiet "$1" && rpm -q --qf "%{VERSION}-%{RELEASE}" "$1"',
+    "yum": 'rpm -q --quiet "$1" && rpm -q --qf "%{VERSION}-%{RELEASE}" "$1"',
+    "apk": 'apk info -e "$1" >/dev/null 2>&1 && apk list --installed "$1" 2>/dev/null'
+           " | awk '{print $1}' | head -n 1",
+    "zypper": 'rpm -q --quiet "$1" && rpm -q --qf "%{VERSION}-%{RELEASE}" "$1"',
+    "pacman": "pacman -Q \"$1\" 2>/dev/null | awk '{print $2}'",
 }
 
 UPDATE = {
@@ -178,7 +191,15 @@ def update(*, sudo: bool = False, become_user: str | None = None) -> Op:
         f'if [ -n "$new" ]; then {CHANGED}; else {UNCHANGED}; fi',
     )
     return _op("pkg.update", body, sudo, become_user, changed=changed_marker,
-               parse=manager_of)
+               parse=manager_of).with_(check=_detect_then(
+                   "pkg.update", "would refresh the package index"))
+
+
+def _detect_then(name: str, what: str) -> Check:
+    """A check that finds the manager (none: the op would fail) and reports `what`."""
+    return Check(probe=lambda diff: Op(name=name, command=DETECT),
+                 answer=lambda h, out, diff: CheckReport(
+                     changes=True, diff=f"{name}: {what} ({manager_of(out)})"))
 
 
 def upgrade(*, dist: bool = False, refresh: bool = False, sudo: bool = False,
@@ -188,8 +209,23 @@ def upgrade(*, dist: bool = False, refresh: bool = False, sudo: bool = False,
     body = case(cmds) + " || exit"
     if refresh:
         body = f"{case(UPDATE)} || exit\n{body}"
+    simulate = script(DETECT, marker("pending"), case({
+        "apt": "apt-get -s -q " + ("dist-upgrade" if dist else "upgrade")
+               + " 2>/dev/null | awk '$1 == \"Inst\" {print $2}'",
+        **{pm: "echo '?'" for pm in MANAGERS if pm != "apt"}}))
+
+    def answer(h: object, out: str, diff: bool) -> CheckReport:
+        pending = [x for x in sections(out).get("pending", "").split() if x]
+        if pending == ["?"]:
+            return CheckReport(changes=True, diff=f"pkg.upgrade: would upgrade "
+                               f"({manager_of(out)}: cannot list without upgrading)")
+        return CheckReport(changes=bool(pending), diff="\n".join(
+            f"would upgrade {x}" for x in pending))
+
     return _op("pkg.upgrade", _list_changed(body), sudo, become_user, changed=changed_marker,
-               parse=manager_of)
+               parse=manager_of).with_(check=Check(
+                   probe=lambda diff: Op(name="pkg.upgrade", command=simulate),
+                   answer=answer))
 
 
 def install(*packages: str, refresh: bool = False, sudo: bool = False,
@@ -221,7 +257,35 @@ def _write(name: str, packages: Sequence[str], cmds: Mapping[str, str], *, missi
         f"{case(UPDATE)} || exit" if refresh else "",
         _list_changed(case(cmds) + " || exit"),
     )
-    return _op(name, body, sudo, become_user, changed=changed_marker, parse=manager_of)
+    probe = script(
+        DETECT,
+        _function("version_of", VERSION_OF),
+        marker("state"),
+        f'for p in {words(packages)}; do v=$(version_of "$p" 2>/dev/null); '
+        'printf "%s\\t%s\\n" "$p" "$v"; done',
+    )
+
+    def answer(h: object, out: str, diff: bool) -> CheckReport:
+        notes, changes = [], False
+        for row in sections(out).get("state", "").splitlines():
+            pkg, _, version = row.partition("\t")
+            if not pkg:
+                continue
+            if missing and not version:
+                notes.append(f"would install {pkg}")
+                changes = True
+            elif missing:
+                notes.append(f"{pkg} {version} is installed")
+            elif version:
+                notes.append(f"would remove {pkg} {version}")
+                changes = True
+            else:
+                notes.append(f"{pkg} is not installed")
+        return CheckReport(changes=changes, diff="\n".join(notes))
+
+    return _op(name, body, sudo, become_user, changed=changed_marker, parse=manager_of
+               ).with_(check=Check(probe=lambda diff: Op(name=name, command=probe),
+                                   answer=answer))
 
 
 def installed(*names: str, sudo: bool = False, become_user: str | None = None) -> Op:
@@ -233,7 +297,7 @@ def installed(*names: str, sudo: bool = False, become_user: str | None = None) -
         return [p for p in pkgs if p.name in wanted] if wanted else pkgs
 
     body = script(marker("packages"), case(LIST))
-    return _op("pkg.installed", body, sudo, become_user, parse=parse)
+    return _op("pkg.installed", body, sudo, become_user, parse=parse).with_(check=QUERY)
 
 
 _APK = re.compile(r"^(?P<name>.+)-(?P<version>[^-]+-r\d+)\s+(?P<arch>\S+)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import msgspec
 
 from reops.ops.base import Op
+from reops.ops.check import QUERY, always
 from reops.ops.text import (
     CHANGED,
     EX_NOPERM,
@@ -50,7 +51,7 @@ def parse_boot_id(out: str) -> BootId:
 def boot_id(*, sudo: bool = False, become_user: str | None = None) -> Op:
     """The host's current boot: poll this after `reboot()` to know it is back."""
     return Op(name="power.boot_id", command=script(*_probe()), sudo=sudo,
-              become_user=become_user, parse=parse_boot_id)
+              become_user=become_user, parse=parse_boot_id, check=QUERY)
 
 
 def _schedule(name: str, verb: str, fallback: str, delay_s: int, sudo: bool,
@@ -63,8 +64,12 @@ def _schedule(name: str, verb: str, fallback: str, delay_s: int, sudo: bool,
         f'nohup sh -c "sleep {delay_s}; systemctl {verb} || {fallback}" >/dev/null 2>&1 &',
         CHANGED,
     )
+    probe = script('[ "$(id -u)" = 0 ] || '
+                   + fail(EX_NOPERM, f"{name} needs root: run with sudo=True"), *_probe())
     return Op(name=f"power.{name}", command=cmd, sudo=sudo, become_user=become_user,
-              parse=parse_boot_id, changed=changed_marker)
+              parse=parse_boot_id, changed=changed_marker,
+              check=always(f"power.{name}: would {verb} the host",
+                           lambda diff: Op(name=f"power.{name}", command=probe)))
 
 
 def reboot(*, delay_s: int = 2, sudo: bool = False, become_user: str | None = None) -> Op:

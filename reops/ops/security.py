@@ -12,6 +12,7 @@ import re
 import msgspec
 
 from reops.ops.base import Op
+from reops.ops.check import QUERY
 from reops.ops.pkg import DETECT
 from reops.ops.text import EX_NOPERM, EX_UNAVAILABLE, fail, marker, script, sections
 
@@ -81,7 +82,7 @@ def listening(*, sudo: bool = False, become_user: str | None = None) -> Op:
         "ss -ltnupH 2>/dev/null || ss -ltnup",  # -H needs iproute2 >= 4.17; headers are skipped
     )
     return Op(name="security.listening", command=cmd, sudo=sudo, become_user=become_user,
-              parse=parse_listening)
+              parse=parse_listening, check=QUERY)
 
 
 def ssh_sessions(*, sudo: bool = False, become_user: str | None = None) -> Op:
@@ -94,7 +95,7 @@ def ssh_sessions(*, sudo: bool = False, become_user: str | None = None) -> Op:
         "exit 0",
     )
     return Op(name="security.ssh_sessions", command=cmd, sudo=sudo, become_user=become_user,
-              parse=parse_ssh_sessions)
+              parse=parse_ssh_sessions, check=QUERY)
 
 
 def firewall(*, sudo: bool = False, become_user: str | None = None) -> Op:
@@ -115,7 +116,7 @@ def firewall(*, sudo: bool = False, become_user: str | None = None) -> Op:
                                      "(sudo=True)"),
     )
     return Op(name="security.firewall", command=cmd, sudo=sudo, become_user=become_user,
-              parse=parse_firewall)
+              parse=parse_firewall, check=QUERY)
 
 
 _SECURITY_UPDATES = {
@@ -140,7 +141,7 @@ def security_updates(*, sudo: bool = False, become_user: str | None = None) -> O
         "exit 0",
     )
     return Op(name="security.updates", command=cmd, sudo=sudo, become_user=become_user,
-              parse=parse_security_updates)
+              parse=parse_security_updates, check=QUERY)
 
 
 def split_address(text: str) -> tuple[str, int, str]:

@@ -14,10 +14,12 @@ import re
 import msgspec
 
 from reops.ops.base import Op
+from reops.ops.check import QUERY, Check, CheckReport
 from reops.ops.text import (
     CHANGED,
     EX_NOINPUT,
     EX_UNAVAILABLE,
+    MARK,
     UNCHANGED,
     changed_marker,
     fail,
@@ -112,8 +114,30 @@ def action(verb: str, name: str, *, sudo: bool = False, become_user: str | None 
         f"  {_act(_OPENRC[verb])}",
         "fi",
     )
+    probe = script(
+        _preamble(name),
+        'if [ "$init" = systemd ]; then',
+        f"  {_probe(_SYSTEMD[verb])}",
+        "else",
+        f"  {_probe(_OPENRC[verb])}",
+        "fi",
+    )
+
+    def answer(h: object, out: str, diff: bool) -> CheckReport:
+        if "done" in sections(out):
+            return CheckReport(changes=False)
+        return CheckReport(changes=True, diff=f"would {verb} {name} ({_parse_init(out)})")
+
     return Op(name=f"service.{verb}", command=cmd, sudo=sudo, become_user=become_user,
-              changed=changed_marker, parse=_parse_init)
+              changed=changed_marker, parse=_parse_init,
+              check=Check(probe=lambda diff: Op(name=f"service.{verb}", command=probe),
+                          answer=answer))
+
+
+def _probe(init_cmds: tuple[str, str]) -> str:
+    """The read-only half of an action: is it already done? (restart, reload: never)"""
+    done, _ = init_cmds
+    return f'if {done}; then echo "{MARK} done"; else echo "{MARK} todo"; fi'
 
 
 def start(name: str, *, sudo: bool = False, become_user: str | None = None) -> Op:
@@ -166,7 +190,7 @@ def status(name: str, *, sudo: bool = False, become_user: str | None = None) -> 
         "exit 0",
     )
     return Op(name="service.status", command=cmd, sudo=sudo, become_user=become_user,
-              parse=lambda out: parse_status(name, out))
+              parse=lambda out: parse_status(name, out), check=QUERY)
 
 
 def _parse_init(out: str) -> str:

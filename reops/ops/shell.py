@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from reops.ops.base import Op, join
+from reops.ops.check import QUERY
 
 
 def exec_(command: str, *args: str, sudo: bool = False, become_user: str | None = None,
@@ -23,4 +24,4 @@ sh = exec_
 def ls(path: str = ".", *flags: str, sudo: bool = False) -> Op:
     """List `path`; `data` is the list of entry lines."""
     return Op(name="ls", command=join(["ls", *flags, "--", path]), sudo=sudo,
-              parse=lambda out: [line for line in out.splitlines() if line])
+              parse=lambda out: [line for line in out.splitlines() if line], check=QUERY)

@@ -9,16 +9,27 @@ each Stream runs its remote work at most once however many branches subscribe.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
+import msgspec
 import reactivex
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 
-from reops.core.model import Event, Host, Hosts, Line, Outcome, Result, failure_result
+from reops.core.model import (
+    Event,
+    Host,
+    Hosts,
+    Line,
+    Outcome,
+    Result,
+    RunInfo,
+    failure_result,
+)
 from reops.core.runtime import deferred_interrupts, get_runtime
 
 T = TypeVar("T")
@@ -312,9 +323,11 @@ def fanout(hosts: Hosts, run_one: RunOne, *, lines: bool = False) -> Observable[
     return from_async(pump)
 
 
-def _outcome(stream: Stream, results: dict[str, Result], interrupted: bool) -> Outcome:
+def _outcome(stream: Stream, results: dict[str, Result], interrupted: bool,
+             info: RunInfo) -> Outcome:
     """The Outcome of a run, built by `Outcome.of` (the one builder): the stream's hosts
-    first, in order, then any others; with `interrupted`, hosts without a Result fail."""
+    first, in order, then any others; with `interrupted`, hosts without a Result fail.
+    `info` (who, what, when) is completed with the pipeline's steps and the end time."""
     ordered = [results[h] for h in stream.hosts.names if h in results]
     ordered += [r for h, r in results.items() if h not in stream.hosts]
     if interrupted:
@@ -323,7 +336,19 @@ def _outcome(stream: Stream, results: dict[str, Result], interrupted: bool) -> O
                     for name in stream.hosts.names if name not in results]
     out = Outcome.of(ordered)
     out.interrupted = interrupted
+    check = info.check or any(isinstance(r.data, dict) and "check" in r.data
+                              for r in out.results)
+    out.run = msgspec.structs.replace(info, pipeline=info.pipeline or out.pipeline,
+                                      ended_at=time.time(), check=check)
     return out
+
+
+def run_info(info: RunInfo | None = None) -> RunInfo:
+    """The run's identity: `info` as given (the CLI fills command and selector), else this
+    process's argv as the command; the start time is now unless `info` has one."""
+    if info is None:
+        return RunInfo(command=" ".join(sys.argv) if sys.argv and sys.argv[0] else "")
+    return info
 
 
 def _last_results() -> tuple[dict[str, Result], Callable[[Event], None]]:
@@ -337,11 +362,15 @@ def _last_results() -> tuple[dict[str, Result], Callable[[Event], None]]:
     return results, on_next
 
 
-def run(stream: Stream) -> Outcome:
-    """Run a pipeline to the end and return its Outcome (Ctrl-C gives a partial one)."""
+def run(stream: Stream, *, info: RunInfo | None = None) -> Outcome:
+    """Run a pipeline to the end and return its Outcome (Ctrl-C gives a partial one).
+
+    `info`: the run's identity (`RunInfo(command=…, selector=…)`); by default a new run id,
+    this process's argv, the local user and the start and end times."""
     rt = get_runtime()
     if rt.in_loop:
         raise RuntimeError("run() blocks: inside the runtime loop use `await stream` instead")
+    info = run_info(info)
     results, on_next = _last_results()
     done = threading.Event()
     errors: list[Exception] = []
@@ -366,11 +395,12 @@ def run(stream: Stream) -> Outcome:
         rt.settle()  # remote commands are killed and channels closed before we return
     if errors:
         raise errors[0]
-    return _outcome(stream, dict(results), interrupted)
+    return _outcome(stream, dict(results), interrupted, info)
 
 
-async def outcome_async(stream: Stream) -> Outcome:
+async def outcome_async(stream: Stream, *, info: RunInfo | None = None) -> Outcome:
     """`await stream`: the Outcome, from any event loop."""
+    info = run_info(info)
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
     results, on_next = _last_results()
@@ -399,4 +429,4 @@ async def outcome_async(stream: Stream) -> Outcome:
         sub.dispose()
         raise
     sub.dispose()
-    return _outcome(stream, dict(results), False)
+    return _outcome(stream, dict(results), False, info)

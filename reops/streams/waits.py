@@ -129,8 +129,9 @@ def wait_back(hosts: Hosts | Host | Iterable[Host], op: Op, probe: Op | None = N
     use_settings = r.settings
     probe = probe or power.boot_id()
     op = r.op(op)
-    if r.dry_run:
-        return source(hs, op, via=r.via, settings=use_settings, dry_run=True)
+    if r.dry_run or r.check:  # nothing reboots: nothing to wait for
+        return source(hs, op, via=r.via, settings=use_settings, dry_run=r.dry_run,
+                      check=r.check, diff=r.diff)
     pick: Callable[[Host], Executor] = r.executors()
     pause = POLL_FIRST_S if first_s is None else first_s
 

@@ -18,8 +18,9 @@ def then(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Operator:
     """Run the next step on each host as soon as that host's previous step succeeded.
 
     Never lock-step: a host does not wait for the slowest one. Hosts that failed keep
-    their failure Result (it flows on unchanged). Marbles (step2 takes 3 ticks; `x`, `z`
-    are hosts a's and c's step2 Results)::
+    their failure Result (it flows on unchanged). A next step's Result carries the earlier
+    ones (`Result.earlier`), so `run(...)` keeps every step. Marbles (step2 takes 3 ticks;
+    `x`, `z` are hosts a's and c's step2 Results)::
 
         --a-B---c|
         [ then(step2) ]
@@ -36,7 +37,10 @@ def then(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Operator:
             host = up.hosts.get(e.host)
             if host is None:
                 return reactivex.just(e)
-            return make(Hosts([host]), *args, **kwargs).observable
+            # the next step's Results carry this one (Result.earlier): the Outcome keeps
+            # every step, while operators downstream still see one Result per host
+            return make(Hosts([host]), *args, **kwargs).observable.pipe(
+                ops.map(lambda x: x.after(e) if isinstance(x, Result) else x))
 
         return up.observable.pipe(ops.flat_map(next_for))
 
