@@ -159,7 +159,8 @@ def test_parse_status(fixture: str, expected: service.ServiceStatus) -> None:
 def test_no_systemd_on_this_host_is_a_clear_failure() -> None:
     if os.path.isdir(service.SYSTEMD_RUN_DIR):
         pytest.skip("this host runs systemd")
-    p = subprocess.run(["sh", "-c", service.status("ssh").command_for(HOST)],
+    # a name with no /etc/init.d script: a SysV init script would be used (see test_lab_hosts)
+    p = subprocess.run(["sh", "-c", service.status("reops-no-such").command_for(HOST)],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == EX_UNAVAILABLE
     assert p.stderr == ("reops: systemd is not running on this host (no /run/systemd/system) "

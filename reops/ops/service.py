@@ -1,10 +1,14 @@
-"""Services: start, stop, restart, reload, enable, disable and status on systemd or OpenRC.
+"""Services: start, stop, restart, reload, enable, disable and status on systemd, OpenRC
+or SysV init.
 
 One script per host picks the init system (systemd when `/run/systemd/system` exists, as
-sd_booted(3) does; OpenRC when `rc-service` is installed), checks the service exists and
-only then acts, so the failures are clear: exit 66 `reops: service 'x' not found`, exit 69
-`reops: systemd is not running on this host …`. start/stop/enable/disable look before they
-act and report `changed` honestly; restart and reload always change.
+sd_booted(3) does; OpenRC when `rc-service` is installed; else SysV init when the service
+has an `/etc/init.d/NAME` script: Debian without systemd, most containers), checks the
+service exists and only then acts, so the failures are clear: exit 66 `reops: service 'x'
+not found`, exit 69 `reops: systemd is not running on this host …`. start/stop/enable/
+disable look before they act and report `changed` honestly; restart and reload always
+change. SysV: the init script's LSB `status` (0: running) decides, enable/disable are
+`update-rc.d` and read /etc/rc[2-5].d.
 """
 
 from __future__ import annotations
@@ -42,9 +46,10 @@ class ServiceStatus(msgspec.Struct, frozen=True, kw_only=True):
     """A service's state on one host (a row in a polars table)."""
 
     name: str
-    init: str  # systemd | openrc
+    init: str  # systemd | openrc | sysv
     active: bool
-    state: str  # systemd ActiveState (active, failed, …) or OpenRC's (started, stopped, …)
+    state: str  # systemd ActiveState (active, failed, …), OpenRC's (started, stopped, …),
+    # SysV: running | stopped | dead (LSB status 1, 2: a stale pidfile or lock) | unknown
     sub: str = ""  # systemd SubState (running, exited, dead, …)
     enabled: bool | None = None  # starts at boot; None when that does not apply (static)
     unit_file_state: str = ""
@@ -62,6 +67,7 @@ def _preamble(name: str) -> str:
         f"svc={q(name)}",
         f"if [ -d {SYSTEMD_RUN_DIR} ]; then init=systemd",
         "elif command -v rc-service >/dev/null 2>&1; then init=openrc",
+        'elif [ -x "/etc/init.d/$svc" ]; then init=sysv',
         f"else {fail(EX_UNAVAILABLE, not_running)}",
         "fi",
         marker("init"),
@@ -70,7 +76,7 @@ def _preamble(name: str) -> str:
         '  if [ "$(systemctl show -p LoadState --value -- "$svc")" = not-found ]; then',
         f"    {fail(EX_NOINPUT, f'service {name} not found (systemd)')}",
         "  fi",
-        'elif [ ! -x "/etc/init.d/$svc" ]; then',
+        'elif [ "$init" = openrc ] && [ ! -x "/etc/init.d/$svc" ]; then',
         f"  {fail(EX_NOINPUT, f'service {name} not found (OpenRC: no /etc/init.d/{name})')}",
         "fi",
     )
@@ -95,6 +101,32 @@ _OPENRC = {
 }
 
 
+#: SysV: the init script itself (what `service NAME VERB` runs), LSB exit codes
+_SYSV_ENABLED = 'ls /etc/rc[2345].d/S[0-9][0-9]"$svc" >/dev/null 2>&1'
+_SYSV = {
+    "start": ('"/etc/init.d/$svc" status >/dev/null 2>&1', '"/etc/init.d/$svc" start'),
+    "stop": ('! "/etc/init.d/$svc" status >/dev/null 2>&1', '"/etc/init.d/$svc" stop'),
+    "enable": (_SYSV_ENABLED, 'update-rc.d "$svc" defaults >/dev/null && '
+               'update-rc.d "$svc" enable'),
+    "disable": (f"! {_SYSV_ENABLED}", 'update-rc.d "$svc" disable'),
+    "restart": ("false", '"/etc/init.d/$svc" restart'),
+    "reload": ("false", '"/etc/init.d/$svc" reload'),
+}
+
+
+def _by_init(systemd: str, openrc: str, sysv: str) -> str:
+    """One line per init system, chosen by the preamble's $init."""
+    return script(
+        'if [ "$init" = systemd ]; then',
+        f"  {systemd}",
+        'elif [ "$init" = openrc ]; then',
+        f"  {openrc}",
+        "else",
+        f"  {sysv}",
+        "fi",
+    )
+
+
 def _act(init_cmds: tuple[str, str]) -> str:
     done, do = init_cmds
     if done == "false":
@@ -108,19 +140,11 @@ def action(verb: str, name: str, *, sudo: bool = False, become_user: str | None 
         raise ValueError(f"unknown service action {verb!r}; expected one of {ACTIONS}")
     cmd = script(
         _preamble(name),
-        'if [ "$init" = systemd ]; then',
-        f"  {_act(_SYSTEMD[verb])}",
-        "else",
-        f"  {_act(_OPENRC[verb])}",
-        "fi",
+        _by_init(_act(_SYSTEMD[verb]), _act(_OPENRC[verb]), _act(_SYSV[verb])),
     )
     probe = script(
         _preamble(name),
-        'if [ "$init" = systemd ]; then',
-        f"  {_probe(_SYSTEMD[verb])}",
-        "else",
-        f"  {_probe(_OPENRC[verb])}",
-        "fi",
+        _by_init(_probe(_SYSTEMD[verb]), _probe(_OPENRC[verb]), _probe(_SYSV[verb])),
     )
 
     def answer(h: object, out: str, diff: bool) -> CheckReport:
@@ -180,11 +204,16 @@ def status(name: str, *, sudo: bool = False, become_user: str | None = None) -> 
         ',MainPID,ActiveEnterTimestamp -- "$svc"',
         '  ts=$(systemctl show -p ActiveEnterTimestamp --value -- "$svc")',
         '  [ -n "$ts" ] && echo "SinceEpoch=$(date -d "$ts" +%s 2>/dev/null)"',
-        "else",
+        'elif [ "$init" = openrc ]; then',
         '  echo "Id=$svc"',
         '  echo "OpenRC=$(rc-service "$svc" status 2>&1 | tail -n 1)"',
         '  if [ -e "/etc/runlevels/default/$svc" ]; then echo Enabled=yes;'
         " else echo Enabled=no; fi",
+        '  [ -r "/run/$svc.pid" ] && echo "MainPID=$(cat "/run/$svc.pid")"',
+        "else",
+        '  echo "Id=$svc"',
+        '  "/etc/init.d/$svc" status >/dev/null 2>&1; echo "SysV=$?"',
+        f"  if {_SYSV_ENABLED}; then echo Enabled=yes; else echo Enabled=no; fi",
         '  [ -r "/run/$svc.pid" ] && echo "MainPID=$(cat "/run/$svc.pid")"',
         "fi",
         "exit 0",
@@ -201,6 +230,10 @@ _ENABLED = {"enabled": True, "enabled-runtime": True, "linked": True, "linked-ru
             "alias": True, "disabled": False, "masked": False, "masked-runtime": False}
 
 
+#: LSB `status` exit codes of an init script
+_LSB = {0: "running", 1: "dead", 2: "dead", 3: "stopped"}
+
+
 def parse_status(name: str, out: str) -> ServiceStatus:
     """A status script's output into a ServiceStatus."""
     parts = sections(out)
@@ -208,6 +241,12 @@ def parse_status(name: str, out: str) -> ServiceStatus:
     kv = key_values(parts.get("status", ""))
     pid = to_int(kv.get("MainPID"))
     pid = pid or None  # systemd reports 0 when nothing runs
+    if init == "sysv":  # LSB init-script status codes
+        code = to_int(kv.get("SysV"))
+        state = _LSB.get(code if code is not None else -1, "unknown")
+        return ServiceStatus(name=name, init=init, active=code == 0, state=state,
+                             enabled=kv.get("Enabled") == "yes",
+                             pid=pid if code == 0 else None)
     if init == "openrc":
         line = kv.get("OpenRC", "")
         m = re.search(r"status:\s*(\S+)", line)
