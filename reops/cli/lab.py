@@ -31,11 +31,14 @@ def lab() -> None:
 @click.option("--agents", is_flag=True, help="Also start an agent per host, keys accepted.")
 @click.option("--names/--no-names", default=True, show_default=True,
               help="Give hosts names in /etc/hosts (web1.<lab-id>.lab.reops.test; root only).")
-def up(count: int, root: Path, port: int, agents: bool, names: bool) -> None:
+@click.option("--private-fs/--shared-fs", "private_fs", default=True, show_default=True,
+              help="Each host its own /tmp, home and /etc/motd (a private mount namespace; "
+                   "root only).")
+def up(count: int, root: Path, port: int, agents: bool, names: bool, private_fs: bool) -> None:
     """Start COUNT sshd hosts and write ROOT/inventory.toml."""
     from reops.lab.fleet import Lab
 
-    fleet = Lab(root, hosts=count, base_port=port, names=names)
+    fleet = Lab(root, hosts=count, base_port=port, names=names, private_fs=private_fs)
     for note in fleet.notes:
         click.echo(note, err=True)
     info = fleet.up()
@@ -44,6 +47,10 @@ def up(count: int, root: Path, port: int, agents: bool, names: bool) -> None:
 
         start_lab_agents(info)
     click.echo(f"lab up: {count} hosts on port {port} as user {info.user}", err=True)
+    if info.become_user:
+        click.echo(f"lab: sudo: --sudo as {info.user}; with a password: "
+                   f"-i {info.root / 'inventory-become.toml'} "
+                   f"--become-pass-file {info.become_pass_file}", err=True)
     click.echo(str(info.inventory))
 
 
