@@ -15,7 +15,9 @@ import msgspec
 import pytest
 
 from reops import run
+from reops.core.inventory import inventory
 from reops.core.model import Host, Outcome
+from reops.core.secrets import Secret
 from reops.core.settings import Settings
 from reops.lab.fleet import LabInfo
 from reops.streams.steps import (
@@ -251,3 +253,27 @@ def test_cli_check_exit_codes_json_and_no_change_on_the_host(
 
     p = reops("service", "start", "-i", inv, "web1", "reops-no-such-service", "--check")
     assert p.returncode == 2, p.stdout + p.stderr
+
+
+def test_check_reads_as_the_op_would_with_sudo_and_a_password(
+        lab: LabInfo, workdir: str, tmp_path: Path) -> None:
+    if lab.become_pass_file is None:
+        pytest.skip("the lab's sudo users need root")
+    h = host(lab)
+    conf = f"{workdir}/root.conf"
+    run(exec_(h, f"printf 'k=1\\n' > {conf} && chown root {conf} && chmod 600 {conf}",
+              sudo=True, settings=FAST))
+    src = tmp_path / "root.tmpl"
+    src.write_text("k=$k\n")
+    args = ["files", "template", "web1", str(src), conf, "--vars", "k=2", "--check"]
+    p = reops(*args, "-i", str(lab.inventory))
+    assert p.returncode == 2 and f"cannot read {conf} to compare it" in p.stdout + p.stderr
+    p = reops(*args, "-i", str(lab.inventory), "--sudo")
+    assert p.returncode == 1 and "-k=1\n+k=2" in p.stdout, p.stdout + p.stderr
+    # the user whose sudo needs a password: the probe gets it on stdin, as the op would
+    pw_user = inventory(lab.root / "inventory-become.toml").select("web1")
+    secret = Secret(lab.become_pass_file.read_text().strip())
+    out = run(template(pw_user, str(src), conf, vars={"k": "2"}, check=True, settings=Settings(
+        connect_timeout=10.0, command_timeout=60.0, sudo=True, become_pass=secret)))
+    assert "-k=1\n+k=2" in str(check_of(out, "web1")["diff"]), out.results
+    assert sh(h, f"sudo -n cat {conf}") == "k=1\n"

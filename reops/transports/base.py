@@ -94,7 +94,7 @@ class Checking:
                           data={"check": {"changes": True, "diff": what}})
         probe = op if spec.probe is None else spec.probe(self.diff).with_(
             name=op.name, sudo=op.sudo, become_user=op.become_user, timeout=op.timeout,
-            check=None)
+            check=None).with_become_pass(op.become_pass)  # reads as the op would
         r = await self.inner.run(host, probe, settings, None)
         if not r.ok:
             return msgspec.structs.replace(r, op=op.name)
