@@ -81,6 +81,8 @@ def from_file(path: str | Path) -> Secret:
 
 def decode(kind: type, value: object) -> object:
     """msgspec dec_hook: a Settings field typed Secret accepts text (config, env)."""
+    if kind is Secret and isinstance(value, Secret):
+        return value
     if kind is Secret and isinstance(value, str):
         return Secret(value)
     raise NotImplementedError
