@@ -4,8 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 LAB    ?= lab
 HOSTS  ?= 20
-APT_PACKAGES := openssh-server openssh-client rsync sudo openssl gcc pkg-config libvirt-dev \
-                libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
+APT_PACKAGES := openssh-server openssh-client rsync sudo openssl iproute2 gcc pkg-config \
+                libvirt-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
                 qemu-utils
 STAMP  := $(VENV)/.installed
 

@@ -36,6 +36,8 @@ PORT_ATTEMPTS = 5
 SESSION_LAB_HOSTS = 20
 NAMED_LAB_HOSTS = 6
 NAMED_LAB_ADDRESS = "127.0.2.1"
+BASTION_LAB_HOSTS = 3
+BASTION_LAB_ADDRESS = "127.0.3.1"
 TARPIT_ADDRESS = "127.0.250.1"
 DEAD_ADDRESS = "127.0.251.1"
 
@@ -91,6 +93,27 @@ def named_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabInfo]:
     fleet = up_on_free_port(
         tmp_path_factory.mktemp("named-lab"), NAMED_LAB_HOSTS,
         first_address=NAMED_LAB_ADDRESS, names=True,
+    )
+    try:
+        yield fleet.info
+    finally:
+        fleet.down()
+
+
+@pytest.fixture(scope="session")
+def bastion_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabInfo]:
+    """A bastion-mode lab shared by the session: host `bastion` (127.0.3.1) and 3 targets
+    (web1, db1, cache1) in a network namespace, reachable ONLY through the bastion.
+
+    The inventory gives every target `jump = "bastion"`; `info.ssh_config` is an OpenSSH
+    client config with ProxyJump (`ssh -F ...ssh_config web1`); hosts are named as in
+    `named_lab`; `info.hosts` maps each host to its IP (the targets' exist only in their
+    namespace). Needs root (skips otherwise); do not stop or rotate its hosts."""
+    if os.geteuid() != 0:
+        pytest.skip("bastion mode needs root (a network namespace)")
+    fleet = up_on_free_port(
+        tmp_path_factory.mktemp("bastion-lab"), BASTION_LAB_HOSTS,
+        first_address=BASTION_LAB_ADDRESS, names=True, bastion=True,
     )
     try:
         yield fleet.info

@@ -34,11 +34,19 @@ def lab() -> None:
 @click.option("--private-fs/--shared-fs", "private_fs", default=True, show_default=True,
               help="Each host its own /tmp, home and /etc/motd (a private mount namespace; "
                    "root only).")
-def up(count: int, root: Path, port: int, agents: bool, names: bool, private_fs: bool) -> None:
-    """Start COUNT sshd hosts and write ROOT/inventory.toml."""
-    from reops.lab.fleet import Lab
+@click.option("--bastion", is_flag=True,
+              help="Targets in a network namespace, reachable only through host 'bastion' "
+                   "(inventory jump = \"bastion\", ROOT/ssh_config ProxyJump; root only).")
+def up(count: int, root: Path, port: int, agents: bool, names: bool, private_fs: bool,
+       bastion: bool) -> None:
+    """Start COUNT sshd hosts and write ROOT/inventory.toml (and ROOT/ssh_config)."""
+    from reops.lab.fleet import Lab, LabError
 
-    fleet = Lab(root, hosts=count, base_port=port, names=names, private_fs=private_fs)
+    if agents and bastion:
+        raise LabError("--agents and --bastion do not go together: agents behind the "
+                       "bastion could not reach the hub; pick one")
+    fleet = Lab(root, hosts=count, base_port=port, names=names, private_fs=private_fs,
+                bastion=bastion)
     for note in fleet.notes:
         click.echo(note, err=True)
     info = fleet.up()
@@ -46,7 +54,8 @@ def up(count: int, root: Path, port: int, agents: bool, names: bool, private_fs:
         from reops.cli.agents import start_lab_agents
 
         start_lab_agents(info)
-    click.echo(f"lab up: {count} hosts on port {port} as user {info.user}", err=True)
+    behind = " behind bastion (only reachable through it)" if bastion else ""
+    click.echo(f"lab up: {count} hosts{behind} on port {port} as user {info.user}", err=True)
     if info.become_user:
         click.echo(f"lab: sudo: --sudo as {info.user}; with a password: "
                    f"-i {info.root / 'inventory-become.toml'} "

@@ -37,6 +37,7 @@ from typing import Any
 import asyncssh
 
 from reops.core.model import Host, Hosts
+from reops.lab import bastion as jumps
 from reops.lab import hostfs, services
 from reops.lab import names as hostnames
 from reops.lab import sudo as labsudo
@@ -63,11 +64,12 @@ START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 
 STATE_VERSION = 1
-ROLES = {"web": "frontend", "db": "database", "cache": "cache"}
+ROLES = {"web": "frontend", "db": "database", "cache": "cache", "bastion": "bastion"}
 GROUP_VARS: dict[str, dict[str, Any]] = {
     "web": {"http_port": 8080},
     "db": {"db_port": 5432},
     "cache": {"cache_port": 6379},
+    "bastion": {},
 }
 _CRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
 
@@ -85,6 +87,10 @@ class LabInfo:
     port: int
     #: name -> the DNS name /etc/hosts gives it (empty: the lab is addressed by IP)
     names: Mapping[str, str] = field(default_factory=dict)
+    #: bastion mode: the host every other one is reached through (ProxyJump), else None
+    bastion: str | None = None
+    #: an OpenSSH client config for the lab: `ssh -F <ssh_config> web1`
+    ssh_config: Path | None = None
     #: as root: the login whose sudo needs a password, and the file holding it (0600)
     become_user: str | None = None
     become_pass_file: Path | None = None
@@ -118,7 +124,8 @@ def _group_of(name: str) -> str:
 
 
 def _dc_of(name: str) -> str:
-    return "ams" if int(name[len(_group_of(name)) :]) % 2 else "fra"
+    number = name[len(_group_of(name)) :]
+    return "ams" if not number or int(number) % 2 else "fra"
 
 
 def host_names(n: int) -> list[str]:
@@ -166,6 +173,7 @@ class Lab:
         start_timeout: float = START_TIMEOUT,
         stop_timeout: float = STOP_TIMEOUT,
         names: bool = True,
+        bastion: bool = False,
         private_fs: bool = False,
     ) -> None:
         if hosts < 1:
@@ -199,8 +207,14 @@ class Lab:
                 "lab: not root: the hosts share this machine's filesystem and have no sudo "
                 "and no services (run `reops lab up` as root for those)"
             )
-        hosts_ = host_names(hosts)
-        self.hosts: dict[str, str] = dict(zip(hosts_, addresses(first_address, hosts), strict=True))
+        #: bastion mode: targets in a network namespace, reachable only through BASTION
+        self.bastion = bastion
+        if bastion:
+            jumps.require_root()
+        hosts_ = [jumps.BASTION] * bastion + host_names(hosts)
+        self.hosts: dict[str, str] = dict(
+            zip(hosts_, addresses(first_address, len(hosts_)), strict=True)
+        )
         self.pids: dict[str, int | None] = dict.fromkeys(hosts_)
         self._spawned: set[int] = set()  # our unreaped children: their pids cannot be reused
 
@@ -231,10 +245,17 @@ class Lab:
             user=self.user,
             port=self.port,
             names=self.names,
+            bastion=jumps.BASTION if self.bastion else None,
+            ssh_config=self.root / "ssh_config",
             become_user=labsudo.PW_USER if self.as_root else None,
             become_pass_file=self.root / labsudo.PASS_FILE if self.as_root else None,
             private_fs=self.private_fs,
         )
+
+    @property
+    def netns(self) -> str | None:
+        """Bastion mode: the network namespace the targets (and the bastion's sshd) run in."""
+        return jumps.netns_name(self.lab_id) if self.bastion else None
 
     @property
     def names(self) -> dict[str, str]:
@@ -267,6 +288,7 @@ class Lab:
         lab.stop_timeout = state.get("stop_timeout", STOP_TIMEOUT)
         lab.lab_id = state.get("lab_id", "0")
         lab.named = bool(state.get("named", False))
+        lab.bastion = bool(state.get("bastion", False))
         lab.private_fs = bool(state.get("private_fs", False)) and lab.as_root
         lab.notes = []
         lab.hosts = {name: h["address"] for name, h in state["hosts"].items()}
@@ -283,6 +305,7 @@ class Lab:
                     f"a lab is already up at {self.root} ({len(running)} hosts running); "
                     "take it down first"
                 )
+            Lab.load(self.root)._drop_netns()  # left by a crashed lab in this root
         sshd = sshd_binary()
         if self.as_root:
             ensure_root_prerequisites(self.user)
@@ -294,7 +317,9 @@ class Lab:
         self._save()
         try:
             self._write_names()
-            self._start(list(self.hosts), sshd)
+            if self.netns:
+                jumps.create_netns(self.netns)
+            self._launch(list(self.hosts), sshd)
         except BaseException:
             self.down()
             raise
@@ -306,6 +331,7 @@ class Lab:
             return
         self._sync()
         self._stop(list(self.hosts))
+        self._drop_netns()
         if self.as_root:  # also a block left by a crashed earlier lab in this root
             hostnames.remove_block(self.root)
             labsudo.cleanup(self.root)
@@ -329,7 +355,7 @@ class Lab:
         self._sync()
         if self._alive(name):
             return
-        self._start([name], sshd_binary())
+        self._launch([name], sshd_binary())
 
     def rotate_host_key(self, name: str) -> None:
         """Give a host a new host key and restart it; known_hosts keeps the old key."""
@@ -340,7 +366,7 @@ class Lab:
             self._stop([name])
         _write_key(self.host_dir(name) / "ssh_host_ed25519_key", _new_key())
         if was_up:
-            self._start([name], sshd_binary())
+            self._launch([name], sshd_binary())
         else:
             self._save()
 
@@ -367,6 +393,7 @@ class Lab:
             self.config_path(name).write_text(self._sshd_config(name, address))
         _write_text(self.root / "known_hosts", "".join(lines), 0o644)
         _write_text(self.root / "inventory.toml", self._inventory(), 0o644)
+        _write_text(self.root / "ssh_config", self._ssh_config(), 0o644)
 
     def _known_as(self, name: str) -> str:
         """The host's known_hosts patterns, as ssh writes them: its name (when it has one)
@@ -383,6 +410,37 @@ class Lab:
             hostnames.write_block(self.root, self.lab_id, entries)
         elif self.as_root:
             hostnames.remove_block(self.root)
+
+    def _ssh_config(self) -> str:
+        """The lab for OpenSSH's client (`ssh -F ssh_config web1`): names, ProxyJump."""
+
+        def q(p: Path) -> str:
+            return '"' + str(p) + '"'
+
+        out = [f"# generated by reops lab: ssh -F {q(self.root / 'ssh_config')} web1", ""]
+        for name in self.hosts:
+            out += [f"Host {name}", f"    HostName {self.names.get(name, self.hosts[name])}"]
+            if self.bastion and name != jumps.BASTION:
+                out.append(f"    ProxyJump {jumps.BASTION}")
+            out.append("")
+        out += [
+            "Host *",
+            f"    Port {self.port}",
+            f"    User {self.user}",
+            f"    IdentityFile {q(self.root / 'id_ed25519')}",
+            "    IdentitiesOnly yes",
+            f"    UserKnownHostsFile {q(self.root / 'known_hosts')}",
+            "    GlobalKnownHostsFile /dev/null",
+            "    StrictHostKeyChecking yes",
+            "    BatchMode yes",
+            "",
+        ]
+        return "\n".join(out)
+
+    def _drop_netns(self) -> None:
+        """Delete the lab's network namespace (bastion mode); its processes must be gone."""
+        if self.netns:
+            jumps.delete_netns(self.netns)
 
     def _sshd_config(self, name: str, address: str) -> str:
         d = self.host_dir(name)
@@ -443,6 +501,8 @@ class Lab:
             out += [
                 f"[hosts.{name}]",
                 f"address = {_toml_str(self.names.get(name, address))}",
+                *([f"jump = {_toml_str(jumps.BASTION)}"]
+                  if self.bastion and name != jumps.BASTION else []),
                 f"groups = [{_toml_str(g)}]",
                 f'tags = {{ dc = "{_dc_of(name)}", role = "{ROLES[g]}" }}',
                 "",
@@ -459,6 +519,7 @@ class Lab:
             "stop_timeout": self.stop_timeout,
             "lab_id": self.lab_id,
             "named": self.named,
+            "bastion": self.bastion,
             "private_fs": self.private_fs,
             "hosts": {n: {"address": a, "pid": self.pids.get(n)} for n, a in self.hosts.items()},
         }
@@ -512,6 +573,45 @@ class Lab:
             return not exited
         return self._ours(pid, name)  # a zombie's cmdline is empty: not up
 
+    #: bastion mode, while its host starts: the listening socket bound in the root namespace
+    _listener: socket.socket | None = None
+
+    def _launch(self, names: list[str], sshd: str) -> None:
+        """Start hosts; in bastion mode inside the lab's network namespace, except for the
+        bastion's listening socket, bound out here first (see reops.lab.bastion)."""
+        if self.bastion and jumps.BASTION in names:
+            self._listener = jumps.listen(self.hosts[jumps.BASTION], self.port)
+        try:
+            with jumps.entered(self.netns):
+                self._start(names, sshd)
+        finally:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+
+    def _spawn_bastion(self, name: str, sshd: str, env: dict[str, str]) -> int:
+        """The bastion: a socket-activation shim that runs `sshd -i` per connection."""
+        assert self._listener is not None
+        log = self.log_path(name)
+        log.write_bytes(b"")
+        fd = self._listener.fileno()
+        argv = jumps.shim_argv(fd, sshd, self.config_path(name))
+        os.set_inheritable(fd, True)  # only for this spawn (subprocess closes fds anyway)
+        try:
+            return os.posix_spawn(
+                argv[0],
+                argv,
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_APPEND, 0),
+                    (os.POSIX_SPAWN_OPEN, 2, str(log), os.O_WRONLY | os.O_APPEND, 0),
+                ],
+                setsid=True,
+            )
+        finally:
+            os.set_inheritable(fd, False)
+
     def _start(self, names: list[str], sshd: str) -> None:
         """Spawn one sshd per host, then wait for each to say READY=1 or to exit."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -540,6 +640,8 @@ class Lab:
                         os.close(key.fd)
 
     def _spawn(self, name: str, sshd: str, env: dict[str, str]) -> int:
+        if self._listener is not None and name == jumps.BASTION:
+            return self._spawn_bastion(name, sshd, env)
         log = self.log_path(name)
         log.write_bytes(b"")
         program, argv = sshd, [sshd, "-D", "-e", "-f", str(self.config_path(name))]
