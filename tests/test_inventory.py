@@ -179,14 +179,14 @@ BAD: list[tuple[str, str, str]] = [
         "unknown host field, nothing close",
         "[hosts.web1]\ncolour = 'red'\n",
         "{f}:2: host 'web1': unknown field 'colour' "
-        "(valid fields: address, port, user, key, known_hosts, groups, tags, vars, "
+        "(valid fields: address, port, user, key, known_hosts, jump, groups, tags, vars, "
         "agent_key)",
     ),
     (
         "host-only field in a group",
         "[groups.web]\naddress = 'x'\n",
         "{f}:2: group 'web': unknown field 'address' "
-        "(valid fields: user, port, key, known_hosts, vars)",
+        "(valid fields: user, port, key, known_hosts, jump, vars)",
     ),
     (
         "typo in defaults",

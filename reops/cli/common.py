@@ -52,6 +52,11 @@ def fleet_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--key", type=click.Path(path_type=Path), default=None,
                      help="Private key for hosts without one [default: your SSH agent and "
                      "~/.ssh/id_*]."),
+        click.option("--ssh-config", "ssh_config", type=click.Path(path_type=Path),
+                     default=None, help="OpenSSH client config to read instead of "
+                     "~/.ssh/config and /etc/ssh/ssh_config (as ssh -F)."),
+        click.option("--no-ssh-config", is_flag=True,
+                     help="Read no ssh_config: only the inventory and these flags apply."),
         click.option("--sudo", is_flag=True, help="Run commands as root through sudo -n."),
         click.option("-K", "--ask-become-pass", is_flag=True,
                      help="Ask once (no echo) for the sudo password; it reaches sudo on "
@@ -131,6 +136,10 @@ def configure_fleet(opts: dict[str, Any], *, lines: bool = False) -> None:
             settings[name] = str(Path(opts[name]).expanduser().absolute())
     if opts.get("sudo"):
         settings["sudo"] = True
+    if opts.get("no_ssh_config"):
+        settings["ssh_config"] = False
+    elif opts.get("ssh_config") is not None:
+        settings["ssh_config"] = str(Path(opts["ssh_config"]).expanduser().absolute())
     if (secret := become_pass(opts)) is not None:
         settings["become_pass"] = secret
     hub = ""
@@ -212,9 +221,9 @@ def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any
         if opts["output"] == "pretty":
             from reops.sinks.check_view import lines, summary
 
-            for r in outcome.results:  # the diffs, host by host, after the per-host lines
-                if r.changed:
-                    click.echo("\n".join(lines(r)))
+            for host in outcome.hosts:  # the diffs, host by host, after the per-host lines
+                if outcome.check(host)["changes"]:
+                    click.echo("\n".join(lines(outcome, host)))
             click.echo(summary(outcome), err=True)
         sys.exit(outcome.check_exit_code)
     sys.exit(outcome.exit_code)

@@ -2,10 +2,18 @@
 
 An inventory file has three tables (see DESIGN.md §3)::
 
-    [defaults]          user, port, key, known_hosts, vars: for every host
+    [defaults]          user, port, key, known_hosts, jump, vars: for every host
     [groups.NAME]       the same fields, for the group's members
-    [hosts.NAME]        address, port, user, key, known_hosts, groups, tags, vars,
+    [hosts.NAME]        address, port, user, key, known_hosts, jump, groups, tags, vars,
                         agent_key (the fingerprint its agent must have, see reops keys)
+
+`jump` is a bastion or a chain of them (first hop first), as ssh's ProxyJump: each the name
+of another host of the inventory (reached with its own settings) or `[user@]host[:port]`;
+`"none"` (or `[]`) means direct, overriding ssh_config. A host never jumps through itself,
+so `[defaults] jump = "bastion1"` leaves bastion1 itself direct.
+
+Fields the file leaves out stay unset, so the user's ssh_config (HostName, Port, User,
+IdentityFile, ProxyJump …) may fill them in (`Host.implicit`).
 
 Settings resolve host > groups (the first group listed in the host's `groups` wins) >
 defaults; `vars` merge key by key in the same order. `address` defaults to the host's name;
@@ -37,9 +45,11 @@ __all__ = ["Group", "Inventory", "InventoryError", "SelectorError", "default_pat
            "loads"]
 
 SECTIONS = ("defaults", "groups", "hosts")
-SHARED_FIELDS = ("user", "port", "key", "known_hosts", "vars")
-HOST_FIELDS = ("address", "port", "user", "key", "known_hosts", "groups", "tags", "vars",
-               "agent_key")
+SHARED_FIELDS = ("user", "port", "key", "known_hosts", "jump", "vars")
+HOST_FIELDS = ("address", "port", "user", "key", "known_hosts", "jump", "groups", "tags",
+               "vars", "agent_key")
+#: how deep a chain of bastions (each with its own jump) may nest before it is a loop
+MAX_JUMPS = 8
 # characters that mean something in a selector, so a name holding them could not be selected
 _NOT_IN_NAMES = re.compile(r"[\s,&!():*?\[\]=]")
 
@@ -58,6 +68,7 @@ class Group(msgspec.Struct, frozen=True, kw_only=True):
     port: int | None = None
     key: str | None = None
     known_hosts: str | None = None
+    jump: tuple[str, ...] | None = None
     defined: bool = True  # False for a group only named in some host's `groups`
 
 
@@ -168,6 +179,7 @@ class _Loader:
         self.text = text
         self.base = path.parent if path.name else Path.cwd()
         self.lines = _Lines(text)
+        self.jumps: dict[str, tuple[tuple[str, ...] | None, tuple[str, ...]]] = {}
 
     def fail(self, where: tuple[str, ...], message: str) -> InventoryError:
         if len(where) > 1 and where[0] in ("hosts", "groups"):
@@ -229,9 +241,26 @@ class _Loader:
         for field in ("key", "known_hosts"):
             if field in data:
                 out[field] = self.path_field(data[field], (*where, field), field)
+        if "jump" in data:
+            out["jump"] = self.jump_field(data["jump"], (*where, "jump"))
         if "vars" in data:
             out["vars"] = dict(self.table(data["vars"], (*where, "vars"), "vars"))
         return out
+
+    def jump_field(self, value: Any, where: tuple[str, ...]) -> tuple[str, ...]:
+        """`"b1"`, `["b1", "user@b2:2222"]`, `"none"`/`[]` (direct) as a tuple of hops."""
+        hops = [value] if isinstance(value, str) else value
+        if not isinstance(hops, list) or not all(isinstance(h, str) and h.strip()
+                                                 for h in hops):
+            raise self.fail(where, "jump must be a bastion (a host name or user@host:port) "
+                            f"or a list of them, got {_show(value)}")
+        if [h.lower() for h in hops] == ["none"]:
+            return ()
+        for h in hops:
+            if _hop(h) is None:
+                raise self.fail(where, f"jump {h!r} is not a host name or "
+                                "[user@]host[:port]")
+        return tuple(h.strip() for h in hops)
 
     def groups_field(self, value: Any, where: tuple[str, ...]) -> tuple[str, ...]:
         if isinstance(value, str):
@@ -283,6 +312,7 @@ class _Loader:
                 raise self.fail(where, "'all' is reserved: the selector 'all' means every host")
             raw = self.table(raw, where, "")
             hosts.append(self.host(name, raw, defaults, groups))
+        hosts = self.resolve_jumps(hosts, defaults)
 
         return Inventory(self.path, Hosts(hosts), self.group_structs(groups, hosts))
 
@@ -305,6 +335,7 @@ class _Loader:
                 )
         else:
             address = name
+        implicit = {"address"} if "address" not in raw else set()
         tags = self.tags_field(raw.get("tags", {}), (*where, "tags"))
         agent_key = raw.get("agent_key")
         if agent_key is not None and (not isinstance(agent_key, str) or not agent_key.strip()):
@@ -317,6 +348,9 @@ class _Loader:
         for layer in layers:
             merged.update({k: v for k, v in layer.items() if k != "vars"})
             host_vars.update(layer.get("vars", {}))
+        if "port" not in merged:
+            implicit.add("port")
+        self.jumps[name] = (merged.get("jump"), self.jump_where(name, member_of))
         return Host(
             name=name,
             address=address,
@@ -328,7 +362,47 @@ class _Loader:
             tags=tags,
             vars=host_vars,
             agent_key=agent_key,
+            implicit=frozenset(implicit),
         )
+
+    def jump_where(self, name: str, member_of: tuple[str, ...]) -> tuple[str, ...]:
+        """Where a host's `jump` was written: itself, its first group that has one, defaults."""
+        for where in (("hosts", name), *(("groups", g) for g in member_of), ("defaults",)):
+            if (*where, "jump") in self.lines.where:
+                return (*where, "jump")
+        return ("hosts", name)
+
+    def resolve_jumps(self, hosts: list[Host], defaults: dict[str, Any]) -> list[Host]:
+        """Each host's `jump` names as Hosts: inventory hosts (with their own jumps) or
+        `[user@]host[:port]` bastions that take the defaults' key and known_hosts."""
+        by_name = {h.name: h for h in hosts}
+        done: dict[str, Host] = {}
+
+        def resolve(name: str, trail: tuple[str, ...]) -> Host:
+            if name in done:
+                return done[name]
+            host = by_name[name]
+            specs, where = self.jumps.get(name, (None, ("hosts", name)))
+            if specs is None:
+                done[name] = host
+                return host
+            chain: list[Host] = []
+            for spec in specs:
+                if spec == name:
+                    continue  # a host never jumps through itself
+                if spec in trail:
+                    loop = " -> ".join((*trail, name, spec))
+                    raise self.fail(where, f"jump loops: {loop}")
+                if len(trail) >= MAX_JUMPS:
+                    raise self.fail(where, f"jump chain deeper than {MAX_JUMPS} bastions")
+                if spec in by_name:
+                    chain.append(resolve(spec, (*trail, name)))
+                else:
+                    chain.append(_spec_host(spec, defaults))
+            done[name] = msgspec.structs.replace(host, jump=tuple(chain))
+            return done[name]
+
+        return [resolve(h.name, ()) for h in hosts]
 
     def group_structs(
         self, groups: dict[str, dict[str, Any]], hosts: list[Host]
@@ -359,6 +433,32 @@ class _Loader:
                 f"{message[: m.start()]} (at end of file)"
             )
         return InventoryError(f"{self.path}:1: invalid TOML: {message}")
+
+
+_HOP = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]\s]+\]|[^@:\s\[\]]+)"
+                  r"(?::(?P<port>\d{1,5}))?$")
+
+
+def _hop(spec: str) -> tuple[str | None, str, int | None] | None:
+    """`[user@]host[:port]` (IPv6 in brackets) as (user, host, port), or None."""
+    m = _HOP.match(spec.strip())
+    if m is None:
+        return None
+    port = int(m["port"]) if m["port"] else None
+    if port is not None and not 1 <= port <= 65535:
+        return None
+    return m["user"], m["host"].strip("[]"), port
+
+
+def _spec_host(spec: str, defaults: dict[str, Any]) -> Host:
+    """A bastion written as `[user@]host[:port]`: a Host named by the spec."""
+    parsed = _hop(spec)
+    assert parsed is not None  # checked by jump_field
+    user, address, port = parsed
+    return Host(name=spec, address=address, port=port or 22,
+                user=user or defaults.get("user"), key=defaults.get("key"),
+                known_hosts=defaults.get("known_hosts"),
+                implicit=frozenset({"port"} if port is None else ()))
 
 
 # ── the public face ─────────────────────────────────────────────────────────────────────

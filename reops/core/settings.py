@@ -81,6 +81,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     known_hosts: str | None = None  # default: ~/.ssh/known_hosts, as ssh does
     user: str | None = None
     key: str | None = None  # private key for hosts without their own (default: ssh's)
+    # OpenSSH client config: true reads ~/.ssh/config and /etc/ssh/ssh_config as ssh does,
+    # a path reads only that file (ssh -F), false reads none
+    ssh_config: bool | str = True
     sudo: bool = False
     # fed to `sudo -S` on stdin when an op runs with sudo (never argv, logs or output);
     # None: `sudo -n` (passwordless). $REOPS_BECOME_PASS, --become-pass-file, --ask-become-pass

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shlex
 import socket
 import time
 from dataclasses import dataclass, field
@@ -27,14 +26,17 @@ from reops.core.model import UNREACHED, Host, Result, Status, failure_result
 from reops.core.settings import Settings
 from reops.ops.base import Op
 from reops.transports.base import LineSink
+from reops.transports.ssh.auth import explain_auth_failure, explain_host_key
 from reops.transports.ssh.knownhosts import KnownHostsError, KnownHostsFiles, entry
 from reops.transports.ssh.output import Capture, LineSplitter, StreamName, spill_path
 from reops.transports.ssh.process import finish, pump, signum, stop
 from reops.transports.ssh.rsync import run_sync
 from reops.transports.ssh.sftp import bounded_sftp, current_umask, host_download_dir, mask_tree
 from reops.transports.ssh.sshlib import asyncssh
+from reops.transports.ssh.target import DEFAULT_KNOWN_HOSTS, Target, TargetError, Targets
 
-DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+__all__ = ["DEFAULT_KNOWN_HOSTS", "SshExecutor", "Target", "Unreached"]
+
 
 #: AES-GCM first (AES-NI makes it ~35% cheaper per command in asyncssh than
 #: chacha20-poly1305, its default first choice); every OpenSSH server since 6.2 has it
@@ -52,12 +54,8 @@ class Unreached(Exception):
         self.status: Status = status
 
 
-def _endpoint(host: Host) -> str:
+def _endpoint(host: Host | Target) -> str:
     return f"{host.address}:{host.port}"
-
-
-def _known_hosts_entry(host: Host) -> str:
-    return entry(host.address, host.port)
 
 
 @dataclass
@@ -67,6 +65,8 @@ class _Pooled:
     conn: asyncssh.SSHClientConnection
     users: int = 0
     idle: asyncio.TimerHandle | None = None
+    #: the bastion this connection tunnels through, held (one use) while it is open
+    via: tuple[Target, _Pooled, float] | None = None
 
 
 @dataclass
@@ -74,21 +74,27 @@ class _Caches:
     """Parsed files, so 200 connects parse known_hosts and keys once, not 200 times."""
 
     known: KnownHostsFiles = field(default_factory=KnownHostsFiles)
-    keys: dict[str, asyncssh.SSHKey] = field(default_factory=dict)
+    keys: dict[tuple[tuple[str, ...], tuple[str, ...]], list[Any]] = field(
+        default_factory=dict)
     options: dict[tuple[Any, ...], asyncssh.SSHClientConnectionOptions] = field(
         default_factory=dict
     )
 
-    def key(self, path: str) -> asyncssh.SSHKey:
-        p = os.path.expanduser(path)
-        k = self.keys.get(p)
-        if k is None:
-            try:
-                k = asyncssh.read_private_key(p)
-            except (OSError, asyncssh.KeyImportError) as e:
-                raise Unreached(f"cannot load SSH key {p}: {e}") from None
-            self.keys[p] = k
-        return k
+    def keypairs(self, keys: tuple[str, ...], certs: tuple[str, ...]) -> list[Any]:
+        """Private keys with their certificates (`KEY-cert.pub` beside a key, or `certs`)."""
+        hit = self.keys.get((keys, certs))
+        if hit is None:
+            hit = []
+            for path in keys:
+                p = os.path.expanduser(path)
+                try:
+                    hit += asyncssh.load_keypairs(p, certlist=[os.path.expanduser(c)
+                                                               for c in certs])
+                except (OSError, ValueError, asyncssh.KeyImportError) as e:
+                    raise Unreached(f"cannot load SSH key {p}: "
+                                    f"{getattr(e, 'strerror', None) or e}") from None
+            self.keys[(keys, certs)] = hit
+        return hit
 
 
 class SshExecutor:
@@ -98,9 +104,10 @@ class SshExecutor:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
-        self._pool: dict[tuple[Any, ...], _Pooled] = {}
-        self._connecting: dict[tuple[Any, ...], asyncio.Future[_Pooled]] = {}
+        self._pool: dict[Target, _Pooled] = {}
+        self._connecting: dict[Target, asyncio.Future[_Pooled]] = {}
         self._caches = _Caches()
+        self._targets = Targets()
         self._forks: asyncio.Semaphore | None = None
         self._forks_n = 0
         self._accept_lock: asyncio.Lock | None = None
@@ -116,112 +123,109 @@ class SshExecutor:
 
     # -- connections -------------------------------------------------------------------
 
-    def _policy_key(self, host: Host, settings: Settings) -> tuple[Any, ...]:
-        user = host.user or settings.user or _local_user()
-        kh = host.known_hosts or settings.known_hosts or DEFAULT_KNOWN_HOSTS
-        key = host.key or settings.key
-        return (host.address, host.port, user, key, settings.host_key_checking, kh)
+    def _target(self, host: Host, settings: Settings) -> Target:
+        try:
+            return self._targets.get(host, settings)
+        except TargetError as e:
+            raise Unreached(str(e), status="error") from None
 
-    def _known_hosts_path(self, host: Host, settings: Settings) -> str:
-        return host.known_hosts or settings.known_hosts or DEFAULT_KNOWN_HOSTS
-
-    def _options(self, host: Host, settings: Settings, user: str) -> Any:
-        """Connection options shared by every host with the same login, timeouts and
-        known_hosts file, so asyncssh prepares them once per fleet, not once per host."""
-        key = host.key or settings.key
-        policy = settings.host_key_checking
-        known_path = self._known_hosts_path(host, settings)
-        okey = (user, key, settings.connect_timeout, settings.keepalive_interval, policy,
-                known_path)
+    def _options(self, t: Target, settings: Settings) -> Any:
+        """Connection options shared by every host with the same login, identities,
+        timeouts and known_hosts files, so asyncssh prepares them once per fleet."""
+        okey = (t.user, t.keys, t.certs, t.identities_only, t.agent, t.known_hosts, t.policy,
+                settings.connect_timeout, settings.keepalive_interval)
         opts = self._caches.options.get(okey)
         if opts is None:
+            agent: Any = ()  # asyncssh's default: $SSH_AUTH_SOCK
+            if t.identities_only or (t.agent or "").lower() == "none":
+                agent = None
+            elif t.agent and t.agent != "SSH_AUTH_SOCK":
+                agent = os.path.expanduser(t.agent)
             kwargs: dict[str, Any] = {
-                "username": user,
+                "username": t.user,
                 "connect_timeout": settings.connect_timeout,
                 "keepalive_interval": settings.keepalive_interval,
-                "config": None,  # we do not read ~/.ssh/config per connect
-                "agent_path": None if key else (),
+                "config": None,  # ssh_config is applied once per fleet (target.py)
+                "agent_path": agent,
                 "encryption_algs": PREFERRED_CIPHERS,
                 # looked up as ssh does (knownhosts.py); strict with no file trusts nothing
-                "known_hosts": None if policy == "off" else self._caches.known.matcher(
-                    [known_path]),
+                "known_hosts": None if t.policy == "off" else self._caches.known.matcher(
+                    t.known_hosts),
             }
-            if key:
-                kwargs["client_keys"] = [self._caches.key(key)]
+            if t.keys:
+                kwargs["client_keys"] = self._caches.keypairs(t.keys, t.certs)
             opts = asyncssh.SSHClientConnectionOptions(**kwargs)
             self._caches.options[okey] = opts
         return opts
 
-    def _listed(self, host: Host, settings: Settings) -> tuple[bool, bool]:
+    def _listed(self, t: Target) -> tuple[bool, bool]:
         """Whether known_hosts has a key (or CA) for this host, and whether it lists a
         revoked key for it: says which error it is."""
         try:
-            keys, cas, revoked = self._caches.known.lookup(
-                [self._known_hosts_path(host, settings)], host.address, host.port)
+            keys, cas, revoked = self._caches.known.lookup(t.known_hosts, t.address, t.port)
         except KnownHostsError as e:
             raise Unreached(str(e)) from None
         return bool(keys or cas), bool(revoked)
 
-    async def _connect(self, host: Host, settings: Settings, user: str) -> _Pooled:
-        policy = settings.host_key_checking
-        listed, revoked = (False, False) if policy == "off" else self._listed(host, settings)
-        options = self._options(host, settings, user)
+    async def _connect(self, t: Target, settings: Settings) -> _Pooled:
+        policy = t.policy
+        listed, revoked = (False, False) if policy == "off" else self._listed(t)
+        options = self._options(t, settings)
         first_seen = policy == "accept-new" and not listed
         extra: dict[str, Any] = {"known_hosts": None} if first_seen else {}
+        via: tuple[Target, _Pooled, float] | None = None
+        if t.via is not None:
+            try:
+                vkey, vpooled = await self._acquire_target(t.via, settings)
+            except Unreached as e:
+                raise Unreached(f"bastion {t.via.label or t.via.endpoint} for "
+                                f"{t.label or t.endpoint} is unreachable: {e}") from None
+            via = (vkey, vpooled, settings.idle_timeout)
+            extra["tunnel"] = vpooled.conn
+        elif t.proxy_command:
+            extra["proxy_command"] = t.proxy_command
         try:
-            conn = await asyncssh.connect(host.address, host.port, options=options, **extra)
+            conn = await self._open(t, settings, options, extra, listed, revoked)
+        except BaseException:
+            if via is not None:
+                self._release_idle(*via)
+            raise
+        if first_seen:
+            await self._remember_host_key(t, conn)
+        return _Pooled(conn, via=via)
+
+    async def _open(self, t: Target, settings: Settings, options: Any, extra: dict[str, Any],
+                    listed: bool, revoked: bool) -> asyncssh.SSHClientConnection:
+        """asyncssh.connect, every failure as an Unreached with one clear line."""
+        where = f"{t.endpoint}{t.chain()}"
+        try:
+            return await asyncssh.connect(t.address, t.port, options=options, **extra)
         except asyncssh.HostKeyNotVerifiable as e:
-            path = os.path.expanduser(self._known_hosts_path(host, settings))
-            if revoked and "revoked" in str(e.reason).lower():
-                raise Unreached(
-                    f"host key of {_known_hosts_entry(host)} is marked @revoked in {path}; "
-                    "the host must get a new host key") from None
-            if not listed:
-                raise Unreached(
-                    f"host key of {_known_hosts_entry(host)} is not in {path}; add it "
-                    "(ssh-keyscan) or use --host-key-checking accept-new"
-                ) from None
-            raise Unreached(
-                f"host key of {_known_hosts_entry(host)} does not match {path} ({e.reason}); "
-                "if the host was reinstalled, remove the old entry: "
-                f"ssh-keygen -f {shlex.quote(path)} -R {shlex.quote(_known_hosts_entry(host))}"
-            ) from None
+            raise Unreached(explain_host_key(t, str(e.reason), listed, revoked)) from None
         except asyncssh.PermissionDenied:
-            key = host.key or settings.key
-            how = f"key {key}" if key else "your SSH agent and default keys"
-            raise Unreached(
-                f"authentication failed for {user}@{_endpoint(host)} with {how}"
-            ) from None
+            raise Unreached(explain_auth_failure(t, self._caches.keys.get((t.keys, t.certs)),
+                                                 where)) from None
         except ConnectionRefusedError:
-            raise Unreached(
-                f"connection refused by {_endpoint(host)} (is sshd running there?)"
-            ) from None
+            raise Unreached(f"connection refused by {where} (is sshd running there?)") from None
         except socket.gaierror as e:
-            raise Unreached(f"cannot resolve {host.address!r}: {e.strerror}") from None
+            raise Unreached(f"cannot resolve {t.address!r}{t.chain()}: {e.strerror}") from None
         except TimeoutError:
             raise Unreached(
-                f"no SSH answer from {_endpoint(host)} within {settings.connect_timeout:g} s "
+                f"no SSH answer from {where} within {settings.connect_timeout:g} s "
                 "(connect timeout; raise it with --connect-timeout)",
                 status="timeout",
             ) from None
         except (OSError, asyncssh.Error) as e:
             reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
-            raise Unreached(f"cannot connect to {_endpoint(host)}: {reason}") from None
-        if first_seen:
-            await self._remember_host_key(host, settings, conn)
-        return _Pooled(conn)
+            raise Unreached(f"cannot connect to {where}: {reason}") from None
 
-    async def _remember_host_key(
-        self, host: Host, settings: Settings, conn: asyncssh.SSHClientConnection
-    ) -> None:
+    async def _remember_host_key(self, t: Target, conn: asyncssh.SSHClientConnection) -> None:
         """accept-new: record a first-seen key so the next connect is checked strictly."""
         key = conn.get_server_host_key()
         if key is None:
             return
-        path = Path(
-            os.path.expanduser(host.known_hosts or settings.known_hosts or DEFAULT_KNOWN_HOSTS)
-        )
-        line = f"{_known_hosts_entry(host)} {key.export_public_key('openssh').decode().strip()}\n"
+        path = Path(os.path.expanduser(t.known_hosts[0]))
+        line = f"{entry(t.address, t.port)} {key.export_public_key('openssh').decode().strip()}\n"
         if self._accept_lock is None:
             self._accept_lock = asyncio.Lock()
         async with self._accept_lock:
@@ -230,19 +234,24 @@ class SshExecutor:
                 f.write(line)
             self._caches.known.remember(str(path), line)
 
-    async def _acquire(self, host: Host, settings: Settings) -> tuple[tuple[Any, ...], _Pooled]:
-        pkey = self._policy_key(host, settings)
+    async def _acquire(self, host: Host, settings: Settings) -> tuple[Target, _Pooled]:
+        return await self._acquire_target(self._target(host, settings), settings)
+
+    async def _acquire_target(self, pkey: Target, settings: Settings
+                              ) -> tuple[Target, _Pooled]:
         pooled = self._pool.pop(pkey, None)
-        if pooled is not None and not pooled.conn.is_closed():
-            self._pool[pkey] = pooled  # most recently used last
-            return pkey, self._use(pooled)
+        if pooled is not None:
+            if not pooled.conn.is_closed():
+                self._pool[pkey] = pooled  # most recently used last
+                return pkey, self._use(pooled)
+            self._unhook(pooled)
         pending = self._connecting.get(pkey)
         if pending is None:
             self._make_room(settings.forks)
             pending = asyncio.get_running_loop().create_future()
             self._connecting[pkey] = pending
             try:
-                pooled = await self._connect(host, settings, pkey[2])
+                pooled = await self._connect(pkey, settings)
             except BaseException as e:
                 self._connecting.pop(pkey, None)
                 if not pending.done():
@@ -265,7 +274,7 @@ class SshExecutor:
             if pooled.users == 0:
                 self._drop(pkey, pooled)
 
-    def _drop(self, pkey: tuple[Any, ...], pooled: _Pooled) -> None:
+    def _drop(self, pkey: Target, pooled: _Pooled) -> None:
         """Take `pooled` out of the pool and close it."""
         if self._pool.get(pkey) is pooled:
             del self._pool[pkey]
@@ -273,6 +282,13 @@ class SshExecutor:
             pooled.idle.cancel()
             pooled.idle = None
         pooled.conn.close()
+        self._unhook(pooled)
+
+    def _unhook(self, pooled: _Pooled) -> None:
+        """A closed connection lets go of its bastion (which may then idle out)."""
+        if pooled.via is not None:
+            via, pooled.via = pooled.via, None
+            self._release_idle(*via)
 
     def _use(self, pooled: _Pooled) -> _Pooled:
         pooled.users += 1
@@ -281,25 +297,34 @@ class SshExecutor:
             pooled.idle = None
         return pooled
 
-    def _release(self, pkey: tuple[Any, ...], pooled: _Pooled, settings: Settings) -> None:
+    def _release(self, pkey: Target, pooled: _Pooled, settings: Settings) -> None:
+        self._release_idle(pkey, pooled, settings.idle_timeout)
+
+    def _release_idle(self, pkey: Target, pooled: _Pooled, idle_timeout: float) -> None:
         pooled.users -= 1
         if pooled.users == 0 and self._pool.get(pkey) is pooled:
             loop = asyncio.get_running_loop()
-            pooled.idle = loop.call_later(settings.idle_timeout, self._expire, pkey, pooled)
+            pooled.idle = loop.call_later(idle_timeout, self._expire, pkey, pooled)
 
-    def _expire(self, pkey: tuple[Any, ...], pooled: _Pooled) -> None:
+    def _expire(self, pkey: Target, pooled: _Pooled) -> None:
         if pooled.users == 0 and self._pool.get(pkey) is pooled:
             del self._pool[pkey]
             pooled.conn.close()
+            self._unhook(pooled)
 
     def forget(self, host: Host, settings: Settings | None = None) -> None:
         """Drop `host`'s pooled connection (e.g. it is rebooting); the next op reconnects."""
-        pkey = self._policy_key(host, settings or self.settings)
+        try:
+            pkey = self._target(host, settings or self.settings)
+        except Unreached:
+            return
         pooled = self._pool.get(pkey)
         if pooled is not None:
             self._drop(pkey, pooled)
 
     async def close(self) -> None:
+        for p in self._pool.values():
+            p.via = None  # every connection closes here, bastions included
         conns = [p.conn for p in self._pool.values()]
         self._pool.clear()
         for c in conns:
@@ -338,18 +363,18 @@ class SshExecutor:
                 if e.code == asyncssh.OPEN_REQUEST_SESSION_FAILED:
                     # the exec/subsystem request was sent: it may have run
                     if not pooled.conn.is_closed():
-                        raise Unreached(f"{_endpoint(host)} refused to start the session: "
+                        raise Unreached(f"{_endpoint(pkey)} refused to start the session: "
                                         f"{e.reason}") from None
                     self._drop(pkey, pooled)
                     return _lost(host, op, started, t0)
                 if not pooled.conn.is_closed():  # e.g. MaxSessions: the server said no
-                    raise Unreached(f"{_endpoint(host)} refused a new session: {e.reason} "
+                    raise Unreached(f"{_endpoint(pkey)} refused a new session: {e.reason} "
                                     "(too many at once? lower --forks)") from None
                 # a pooled connection that died while idle: reconnect once, transparently
                 self._drop(pkey, pooled)
                 if attempt == 2 or time.monotonic() - t0 > settings.connect_timeout:
                     raise Unreached(
-                        f"connection to {_endpoint(host)} lost before the command started: "
+                        f"connection to {_endpoint(pkey)} lost before the command started: "
                         f"{e.reason}") from None
             except (asyncssh.Error, ConnectionError) as e:
                 # lost after the command was sent (SFTP, sync): never run it again
