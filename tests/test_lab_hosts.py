@@ -1,0 +1,172 @@
+"""Each lab host is a machine of its own: its own /tmp, home and /etc/motd, sudo, services.
+
+Real parts only: the lab's sshd hosts (as root each in a private mount namespace), the
+machine's real sudo and start-stop-daemon, reops over SSH. These need root (the lab only
+gives hosts their own filesystem, sudo and services as root).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reops import run
+from reops.core.model import Hosts, Outcome
+from reops.core.settings import Settings
+from reops.lab.fleet import LabInfo
+from reops.lab.hostfs import mount_namespace
+from reops.lab.services import SERVICE
+from reops.ops import files, service
+from reops.ops.base import Op
+from reops.ops.shell import exec_
+from reops.streams.source import source
+from tests.conftest import LabFactory
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="lab hosts get their own "
+                                "filesystem, sudo and services only as root")
+
+FAST = Settings(connect_timeout=30.0, command_timeout=120.0)
+
+
+def on(hosts: Hosts, op: Op) -> Outcome:
+    return run(source(hosts, op, via="ssh", settings=FAST))
+
+
+def by_host(out: Outcome) -> dict[str, object]:
+    return {r.host: r for r in out.results}
+
+
+def reops(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "reops", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+# -- each host its own filesystem ---------------------------------------------------------
+
+def test_a_file_in_tmp_is_seen_by_its_host_only(lab_factory: LabFactory) -> None:
+    fleet = lab_factory(hosts=3, private_fs=True)
+    hosts = fleet.info.as_hosts()
+    name = f"/tmp/reops-private-{secrets.token_hex(6)}"
+    [web1] = [h for h in hosts if h.name == "web1"]
+    assert on(Hosts([web1]), exec_(f"echo mine > {name}")).ok
+    seen = on(hosts, exec_(f"cat {name}"))
+    assert {r.host for r in seen.successful} == {"web1"}
+    assert seen.successful[0].out == "mine\n"
+    assert not Path(name).exists()  # nor on the controller
+
+
+def test_changed_is_per_host(lab_factory: LabFactory) -> None:
+    """The same files op on every host at once: each host changes once (no races)."""
+    fleet = lab_factory(hosts=3, private_fs=True)
+    hosts = fleet.info.as_hosts()
+    op = files.line_in_file("/tmp/app.conf", "listen=8080", create=True)
+    first = on(hosts, op)
+    assert first.ok and [r.changed for r in first.results] == [True, True, True]
+    again = on(hosts, op)
+    assert again.ok and [r.changed for r in again.results] == [False, False, False]
+
+
+def test_home_and_motd_are_the_hosts_own(lab_factory: LabFactory) -> None:
+    fleet = lab_factory(hosts=2, private_fs=True)
+    out = on(fleet.info.as_hosts(), exec_("cat /etc/motd; touch ~/mark; ls ~"))
+    assert out.ok
+    for r in out.results:
+        assert r.out.startswith(f"reops lab host {r.host}:")
+        assert r.out.splitlines()[-1] == "mark"
+    for entry in Path(f"~{fleet.info.user}").expanduser().glob("mark"):
+        pytest.fail(f"{entry} written on a lab host landed in the real home")
+
+
+def test_down_leaves_no_mounts_and_no_daemons(lab_factory: LabFactory) -> None:
+    fleet = lab_factory(hosts=2, private_fs=True)
+    hosts = fleet.info.as_hosts()
+    assert on(hosts, service.start(SERVICE, sudo=True)).ok
+    status = on(hosts, service.status(SERVICE))
+    pids = [r.data.pid for r in status.results]
+    assert all(pids), status.results
+    namespaces = {mount_namespace(p) for p in pids}
+    assert None not in namespaces and mount_namespace(os.getpid()) not in namespaces
+    fleet.down()
+    for pid in pids:  # the daemons left sshd's process tree, not the host
+        assert not Path(f"/proc/{pid}").exists() or mount_namespace(pid) not in namespaces
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(fleet.root) not in mounts
+    left = [e.name for e in os.scandir("/proc")
+            if e.name.isdigit() and mount_namespace(int(e.name)) in namespaces]
+    assert left == []
+
+
+def test_shared_fs_lab_still_has_private_run(lab_factory: LabFactory) -> None:
+    """--shared-fs: /tmp is the controller's (what older tests rely on), /run is not."""
+    fleet = lab_factory(hosts=1)
+    name = f"/tmp/reops-shared-{secrets.token_hex(6)}"
+    try:
+        assert on(fleet.info.as_hosts(), exec_(f"echo x > {name}; ls /run")).ok
+        assert Path(name).exists()
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+# -- sudo ---------------------------------------------------------------------------------
+
+def test_sudo_works_on_the_lab(lab: LabInfo) -> None:
+    p = reops("exec", "-i", str(lab.inventory), "web1", "--sudo", "--no-hub", "-o", "json",
+              "--", "id", "-u")
+    assert p.returncode == 0, p.stderr
+    assert '"out":"0\\n"' in p.stdout.replace(" ", "")
+
+
+def test_the_sudoers_drop_in_is_checked_and_only_on_lab_hosts(lab: LabInfo) -> None:
+    drop_in = lab.root / "etc" / "sudoers.d" / "reops-lab"
+    assert subprocess.run(["visudo", "-cf", str(drop_in)], capture_output=True).returncode == 0
+    assert not Path("/etc/sudoers.d/reops-lab").exists()  # the machine's sudo: untouched
+    assert oct(lab.become_pass_file.stat().st_mode & 0o777) == "0o600"  # type: ignore[union-attr]
+
+
+# -- services -----------------------------------------------------------------------------
+
+def test_sysv_service_state_is_per_host(lab_factory: LabFactory) -> None:
+    fleet = lab_factory(hosts=2)
+    hosts = fleet.info.as_hosts()
+    web1 = Hosts([h for h in hosts if h.name == "web1"])
+    started = on(web1, service.start(SERVICE, sudo=True))
+    assert started.ok and started.results[0].changed is True
+    assert started.results[0].data == "sysv"
+    assert on(web1, service.start(SERVICE, sudo=True)).results[0].changed is False
+    status = by_host(on(hosts, service.status(SERVICE)))
+    [other] = [n for n in status if n != "web1"]
+    up, down = status["web1"].data, status[other].data  # type: ignore[attr-defined]
+    assert (up.init, up.active, up.state) == ("sysv", True, "running") and up.pid
+    assert (down.active, down.state, down.pid) == (False, "stopped", None)
+    reloaded = on(web1, service.reload(SERVICE, sudo=True))
+    assert reloaded.ok and reloaded.results[0].changed is True
+    stopped = on(web1, service.stop(SERVICE, sudo=True))
+    assert stopped.ok and stopped.results[0].changed is True
+    assert on(web1, service.status(SERVICE)).results[0].data.active is False
+
+
+def test_service_needs_sudo_to_start(lab_factory: LabFactory) -> None:
+    fleet = lab_factory(hosts=1)
+    out = on(fleet.info.as_hosts(), service.start(SERVICE))
+    assert not out.ok  # the lab user may not write /run: as on a real host
+
+
+def test_service_cli_on_the_lab(lab: LabInfo) -> None:
+    p = reops("service", "status", "-i", str(lab.inventory), "web2", SERVICE, "--no-hub",
+              "-o", "json")
+    assert p.returncode == 0, p.stderr
+    assert '"init":"sysv"' in p.stdout.replace(" ", "")
+
+
+def test_sysv_status_parser() -> None:
+    out = "::reops:: init\nsysv\n::reops:: status\nId=webapp\nSysV=0\nEnabled=no\nMainPID=77\n"
+    assert service.parse_status("webapp", out) == service.ServiceStatus(
+        name="webapp", init="sysv", active=True, state="running", enabled=False, pid=77)
+    dead = out.replace("SysV=0", "SysV=1")
+    assert service.parse_status("webapp", dead).state == "dead"
+    assert service.parse_status("webapp", dead).pid is None
