@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
 import reactivex
@@ -24,20 +24,29 @@ from reactivex.disposable import Disposable
 
 from reops.core.model import Event, Line, Result
 from reops.core.runtime import SHUTDOWN_GRACE_S, get_runtime, terminated
-from reops.sinks.views import display, print_after
+from reops.sinks.gather import DEFAULT_LINES, Block, Body, body_of, cut, gather, visible
+from reops.sinks.natural import fold
+from reops.sinks.views import display, dry_run_command, print_after
 from reops.streams.stream import Operator, Stream, derived
 
 #: a fan-out shows a progress bar only when it takes longer than this
 PROGRESS_AFTER_S = 0.5
 #: live output lines waiting for a slow terminal before the next ones are counted, not shown
 LINE_BUFFER = 10_000
+#: failed hosts named in the summary line (the rest are counted)
+SUMMARY_NAMES = 20
 #: how live lines look on a terminal (as rich's "dim" and "yellow"), without rich's cost
 _STYLE = {"out": "\x1b[2m", "err": "\x1b[33m"}
 _RESET = "\x1b[0m"
+#: the styles of the sink's own rows, written by hand (host text never goes through markup)
+_ANSI = {"ok": "\x1b[32m", "bad": "\x1b[31m", "dim": "\x1b[2m", "bold": "\x1b[1m",
+         "warn": "\x1b[33m", "dry": "\x1b[36m"}
+_RICH = {"ok": "green", "bad": "red", "dim": "dim", "bold": "bold", "warn": "yellow",
+         "dry": "cyan"}
+#: what stands where lines were left out
+MORE = "… {n} more line{s} (--lines N / --full)"
 
-
-def _tail(text: str, n: int) -> list[str]:
-    return [line for line in text.rstrip("\n").splitlines() if line.strip()][-n:] if n else []
+Segment = tuple[str, str | None]  # (text, style name in _ANSI or None)
 
 
 def describe_failure(r: Result) -> str:
@@ -48,18 +57,34 @@ def describe_failure(r: Result) -> str:
 
 
 class Printer:
-    """Renders events with rich; one per pipeline run."""
+    """Renders events; one per pipeline run.
 
-    def __init__(self, *, tail: int = 3, file: IO[str] | None = None, total: int = 0,
-                 progress: bool | None = None, show_lines: bool = True) -> None:
+    Text from hosts (and host names, paths, errors) is written as it is, never through
+    rich markup or emoji codes, with control characters made visible (`gather.visible`).
+    Unless `live`, Results wait for the end of the run and print in natural host order,
+    identical outputs gathered into one block (`gather=False`: one block per host);
+    `live=None` turns live as soon as the stream carries output Lines (`lines=True`).
+    """
+
+    def __init__(self, *, tail: int | None = DEFAULT_LINES, file: IO[str] | None = None,
+                 total: int = 0, progress: bool | None = None, show_lines: bool = True,
+                 gather: bool = True, live: bool | None = None,
+                 hosts: Sequence[str] = ()) -> None:
         from rich.console import Console
 
-        self.console = Console(file=file or sys.stdout, highlight=False, soft_wrap=True)
+        self.console = Console(file=file or sys.stdout, highlight=False, soft_wrap=True,
+                               markup=False, emoji=False)
+        self.color = self.console.is_terminal and not self.console.no_color
         self.tail = tail
-        self.total = total
+        self.total = total or len(hosts)
+        self.hosts = list(hosts)
         self.show_lines = show_lines
+        self.gather = gather
+        self.live = live
         self.width = 12
         self.counts: Counter[str] = Counter()
+        self.failed: list[str] = []
+        self.finished: set[str] = set()
         self.started = time.monotonic()
         self._progress: Any = None
         self._task: Any = None
@@ -67,18 +92,39 @@ class Printer:
         self._timer: Any = None
         self._done = False
         self._streamed: set[str] = set()  # hosts whose lines were shown live
+        self._held: list[tuple[Result, Body]] = []  # Results waiting for the end (not live)
         self.writer: _Writer | None = None  # set by pretty(): printing off the loop thread
 
-    def _print(self, text: str, style: str | None = None) -> None:
-        """Print a row; above the progress bar when both share the terminal."""
+    def _write(self, text: str) -> None:
+        f = self.console.file
         try:
-            if self._progress is not None and self.console.is_terminal:
-                self._progress.console.print(text, style=style, highlight=False,
-                                             soft_wrap=True)
-            else:
-                self.console.print(text, style=style)
-        except SystemExit:  # rich's answer to a closed pipe (`reops exec … | head`)
-            raise BrokenPipeError("output closed") from None
+            f.write(text)
+            f.flush()
+        except BrokenPipeError:
+            raise
+        except (OSError, ValueError) as e:  # a closed file: as rich reports a closed pipe
+            raise BrokenPipeError(f"output closed: {e}") from None
+
+    def _emit(self, *segments: Segment) -> None:
+        """Print one row of segments; above the progress bar when both share the terminal.
+
+        Segments are plain text: nothing in them is read as markup or emoji codes."""
+        if self._progress is not None and self.console.is_terminal:
+            from rich.text import Text
+
+            row = Text(no_wrap=False, end="\n")
+            for text, style in segments:
+                row.append(text, style=_RICH.get(style or "", ""))
+            try:
+                self._progress.console.print(row, soft_wrap=True)
+            except SystemExit:  # rich's answer to a closed pipe
+                raise BrokenPipeError("output closed") from None
+            return
+        if self.color:
+            self._write("".join(f"{_ANSI[style]}{text}{_RESET}" if style else text
+                                for text, style in segments) + "\n")
+        else:
+            self._write("".join(text for text, _ in segments) + "\n")
 
     def start(self) -> None:
         if self._want_progress and self.total > 1:
@@ -108,12 +154,19 @@ class Printer:
 
     def not_shown(self, n: int) -> None:
         """Where live lines were skipped because the terminal was too slow."""
-        self._print(f"[yellow]… {n} lines not shown (slow terminal)[/]")
+        self._emit((f"… {n} lines not shown (slow terminal)", "warn"))
+
+    def _go_live(self) -> None:
+        """The stream carries output lines: from now on Results print as they come."""
+        if self.live is None:
+            self.live = True
+            self.flush()
 
     def lines(self, batch: list[Line]) -> None:
         """Print live output lines in one write: rich costs ~150 µs a line (20 MB took
         32 s), too slow for a host printing megabytes. Styled by hand on a terminal; above a
         progress bar they go through rich, which keeps the bar in place."""
+        self._go_live()
         if self._progress is not None and self.console.is_terminal:
             for e in batch:
                 self.line(e)
@@ -121,75 +174,133 @@ class Printer:
         for e in batch:
             self._streamed.add(e.host)
         w = self.width
-        if self.console.is_terminal:
-            text = "".join(f"{_STYLE.get(e.stream, '')}{e.host:>{w}} │{_RESET} {e.text}\n"
-                           for e in batch)
+        if self.color:
+            text = "".join(f"{_STYLE.get(e.stream, '')}{visible(e.host):>{w}} │{_RESET} "
+                           f"{visible(e.text)}\n" for e in batch)
         else:
-            text = "".join(f"{e.host:>{w}} │ {e.text}\n" for e in batch)
-        f = self.console.file
-        try:
-            f.write(text)
-            f.flush()
-        except BrokenPipeError:
-            raise
-        except (OSError, ValueError) as e:  # a closed file: as rich reports a closed pipe
-            raise BrokenPipeError(f"output closed: {e}") from None
+            text = "".join(f"{visible(e.host):>{w}} │ {visible(e.text)}\n" for e in batch)
+        self._write(text)
 
     def line(self, e: Line) -> None:
         if self.show_lines:
+            self._go_live()
             self._streamed.add(e.host)
-            style = "dim" if e.stream == "out" else "yellow"
-            self._print(f"[{style}]{e.host:>{self.width}} │[/] {_esc(e.text)}")
+            self._emit((f"{visible(e.host):>{self.width}} │", "dim" if e.stream == "out"
+                        else "warn"), (f" {visible(e.text)}", None))
 
     def result(self, r: Result) -> None:
-        self.width = max(self.width, min(len(r.host), 24))
-        self.counts["ok" if r.ok else describe_failure(r)] += 1
+        self.counts[_kind(r)] += 1
+        self.finished.add(r.host)
+        if not r.ok:
+            self.failed.append(r.host)
         if self._progress is not None:
             self._progress.update(self._task, advance=1)
-        mark = "[green]✔[/]" if r.ok else "[red]✘[/]"
-        body = r.out if r.ok else (r.err or r.out)
-        lines = [] if r.host in self._streamed and r.ok else _tail(body, self.tail)
-        head = f"{mark} [bold]{_esc(r.host):<{self.width}}[/] [dim]{r.op} {r.duration_s:.2f}s"
-        if not r.ok:
-            head += f" {describe_failure(r)}"
-        if r.changed:
-            head += " changed"
-        head += "[/]"
-        if len(lines) == 1 and len(lines[0]) < 100:
-            self._print(f"{head}  {_esc(lines[0])}")
-            return
-        self._print(head)
-        for text in lines:
-            self._print(f"    {_esc(text)}", style=None if r.ok else "red")
+        item = (r, body_of(r, streamed=r.host in self._streamed))
+        if self.live:
+            self.width = max(self.width, min(len(r.host), 24))
+            self._block(Block(r, item[1], [r]))
+        else:
+            self._held.append(item)
 
-    def summary(self, interrupted: bool = False) -> None:
-        self._done = True
-        if self._timer is not None:
-            get_runtime().call_soon(self._timer.cancel)
+    def flush(self) -> None:
+        """Print the Results held for the end: natural order, identical outputs gathered."""
+        held, self._held = self._held, []
+        if not held:
+            return
+        self._stop_progress()
+        blocks = gather(held, together=self.gather)
+        self.width = max(self.width, *(min(len(_label(b)), 24) for b in blocks))
+        for block in blocks:
+            self._block(block)
+
+    def _block(self, b: Block) -> None:
+        r = b.first
+        dry = dry_run_command(r) is not None
+        mark: Segment = ("○", "dry") if dry else ("✔", "ok") if r.ok else ("✘", "bad")
+        took = max(x.duration_s for x in b.results)
+        what = f" {r.op} dry run" if dry else (
+            f" {r.op} {'≤' if len(b.results) > 1 else ''}{took:.2f}s")
+        if not r.ok:
+            what += f" {describe_failure(r)}"
+        if r.changed:
+            what += " changed"
+        head: list[Segment] = [mark, (" ", None), (f"{_label(b):<{self.width}}", "bold"),
+                               (what, "dim")]
+        rows = [(x, False) for x in b.body.out] + [(x, True) for x in b.body.err]
+        hidden, shown = cut(rows, self.tail)
+        if not hidden and len(shown) == 1 and len(shown[0][0]) < 100:
+            text, is_err = shown[0]
+            self._emit(*head, ("  ", None), (text, ("bad" if not r.ok else "warn")
+                                             if is_err else None))
+            return
+        self._emit(*head)
+        if hidden:
+            self._emit(("    " + MORE.format(n=hidden, s="s" if hidden > 1 else ""), "warn"))
+        for text, is_err in shown:
+            self._emit(("    ", None), (text, ("bad" if not r.ok else "warn") if is_err
+                                        else None))
+
+    def _stop_progress(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+    def summary(self, interrupted: bool = False) -> None:
+        """`── 17 ok · 3 failed (2 exit 3, 1 unreachable) · 20 hosts · 0.31 s · failed:
+        web[2,5],db1`; interrupted: also the hosts not finished, by name."""
+        self._done = True
+        if self._timer is not None:
+            get_runtime().call_soon(self._timer.cancel)
+        self._stop_progress()
         ok = self.counts.get("ok", 0)
+        dry = self.counts.get(DRY, 0)
         total = sum(self.counts.values())
-        bad = {k: v for k, v in self.counts.items() if k != "ok"}
-        parts = [f"[green]{ok} ok[/]"]
-        if bad:
-            detail = ", ".join(f"{v} {k}" for k, v in sorted(bad.items()))
-            parts.append(f"[red]{total - ok} failed[/] ({detail})")
-        if interrupted and total < self.total:
-            parts.append(f"[yellow]{self.total - total} not finished[/]")
-        parts.append(f"{self.total if interrupted else total} hosts")
-        parts.append(f"{time.monotonic() - self.started:.2f} s")
+        bad = {k: v for k, v in self.counts.items() if k not in ("ok", DRY)}
+        left = [h for h in self.hosts if h not in self.finished] if interrupted else []
+        n_left = (len(left) if self.hosts else self.total - total) if interrupted else 0
+        parts: list[Segment] = []
+        if dry and dry == total and not interrupted:
+            parts.append((f"dry run: {dry} host{'s' if dry > 1 else ''}, nothing ran", "dry"))
+        else:
+            parts.append((f"{ok} ok", "ok"))
+            if dry:
+                parts.append((f"{dry} dry run", "dry"))
+            if bad:
+                detail = ", ".join(f"{v} {k}" for k, v in sorted(bad.items()))
+                parts.append((f"{sum(bad.values())} failed ({detail})", "bad"))
+            if n_left > 0:
+                parts.append((f"{n_left} not finished", "warn"))
+            parts.append((f"{self.total if interrupted else total} hosts", None))
+        parts.append((f"{time.monotonic() - self.started:.2f} s", None))
         if interrupted:
-            parts.append("[yellow]terminated (SIGTERM)[/]" if terminated()
-                         else "[yellow]interrupted[/]")
-        self._print("── " + " · ".join(parts))
+            parts.append(("terminated (SIGTERM)" if terminated() else "interrupted", "warn"))
+        if self.failed:
+            parts.append((f"failed: {visible(fold(self.failed, SUMMARY_NAMES))}", "bad"))
+        if left:
+            parts.append(("not finished (running or not started): "
+                          f"{visible(fold(left, SUMMARY_NAMES))}", "warn"))
+        row: list[Segment] = [("── ", None)]
+        for i, part in enumerate(parts):
+            row.extend([(" · ", None), part] if i else [part])
+        self._emit(*row)
 
 
-def _esc(text: str) -> str:
-    from rich.markup import escape
+#: the count key of dry-run Results
+DRY = "dry run"
 
-    return escape(text)
+
+def _kind(r: Result) -> str:
+    if dry_run_command(r) is not None:
+        return DRY
+    return "ok" if r.ok else describe_failure(r)
+
+
+def _label(b: Block) -> str:
+    """A block's hosts: `web1`, or `web[1-10] (10)`."""
+    hosts = b.hosts
+    if len(hosts) == 1:
+        return visible(hosts[0])
+    return f"{visible(fold(hosts))} ({len(hosts)})"
 
 
 class _Writer:
@@ -285,12 +396,18 @@ class _Writer:
                     self.on_error(e)
 
 
-def pretty(*, tail: int = 3, file: IO[str] | None = None, progress: bool | None = None,
-           summary: bool = True, max_lines: int = LINE_BUFFER) -> Operator:
-    """Print each host's ✔/✘ and output tail as it finishes, then a summary line.
+def pretty(*, tail: int | None = DEFAULT_LINES, file: IO[str] | None = None,
+           progress: bool | None = None, summary: bool = True, max_lines: int = LINE_BUFFER,
+           gather: bool = True, live: bool | None = None) -> Operator:
+    """Print each host's ✔/✘ and its output, then a summary line naming failed hosts.
 
+    Hosts print in natural order once the run ends (`web2` before `web10`), identical
+    outputs gathered into one block headed `web[1-10] (10)` (`gather=False`: a block per
+    host); `live=True` prints each host as it finishes instead (`--stream`; `None`: live
+    once output Lines flow). At most `tail` lines per block (None: all), with
+    `… N more lines` where cut. Host text is shown verbatim, controls made visible.
     Each Result reads as its op's view says (`sinks/views.py`: facts → the OS name and a
-    table, exec → its output); dry runs of viewed ops print their script once at the end.
+    table, exec → its output); dry runs are labelled `○ … dry run`, never ✔ ok.
     Printing happens off the runtime loop: Results flow on at once, whatever the
     terminal's speed; live lines beyond `max_lines` waiting are counted, not shown.
     """
@@ -299,19 +416,27 @@ def pretty(*, tail: int = 3, file: IO[str] | None = None, progress: bool | None 
         def subscribe(observer: abc.ObserverBase[Event],
                       scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
             rt = get_runtime()
-            p = Printer(tail=tail, file=file, total=len(up.hosts), progress=progress)
+            p = Printer(tail=tail, file=file, total=len(up.hosts), progress=progress,
+                        gather=gather, live=live, hosts=up.hosts.names)
             w = _Writer(max_lines, p.lines, p.not_shown)
             p.writer = w
             state = {"ended": False}
             seen: list[Result] = []  # for the views' tables after the run
 
             def last() -> None:
+                p.flush()
                 try:
                     print_after(p.console, seen)
                 except SystemExit:  # rich's answer to a closed pipe (`reops facts … | head`)
                     raise BrokenPipeError("output closed") from None
                 if summary:
                     p.summary()
+
+            def interrupted() -> None:
+                """What finished, then the summary naming what did not."""
+                p.flush()
+                if summary:
+                    p.summary(interrupted=True)
 
             def end(exc: BaseException | None) -> None:
                 """Deliver the stream's end once, on the loop thread."""
@@ -344,7 +469,7 @@ def pretty(*, tail: int = 3, file: IO[str] | None = None, progress: bool | None 
                 w.close(last, end)
 
             def on_error(exc: Exception) -> None:
-                w.close(lambda: p.summary(interrupted=True), lambda _: end(exc))
+                w.close(interrupted, lambda _: end(exc))
 
             sub = up.observable.subscribe(on_next, on_error, on_completed)
 
@@ -353,8 +478,7 @@ def pretty(*, tail: int = 3, file: IO[str] | None = None, progress: bool | None 
                 if state["ended"]:
                     return
                 state["ended"] = True  # interrupted: what finished, then the summary
-                w.close(lambda: p.summary(interrupted=True) if summary else None,
-                        lambda _: None)
+                w.close(interrupted, lambda _: None)
                 if not rt.in_loop:  # the caller's thread may wait for the terminal
                     w.join(SHUTDOWN_GRACE_S)
 

@@ -20,7 +20,7 @@ Row = Sequence[Any]
 #: rows per host in pretty tables (-o json: all)
 ROWS_PER_HOST = 20
 #: the line a dry-run Result of a viewed op shows; its script is printed once at the end
-DRY_RUN_LINE = "dry run: would run the script below"
+DRY_RUN_LINE = "would run the script below"
 
 
 @dataclass(frozen=True)
@@ -87,9 +87,19 @@ def print_after(console: Any, results: Sequence[Result]) -> None:
             print_table(console, view, rs)
 
 
+def plain(text: str) -> Any:
+    """`text` as a rich Text: printed as it is (no markup, no emoji codes), controls
+    shown visibly (`^[`, `^M`) so they never drive the terminal."""
+    from rich.text import Text
+
+    from reops.sinks.gather import visible
+
+    return Text("\n".join(visible(x) for x in text.split("\n")))
+
+
 def print_commands(console: Any, results: Sequence[Result]) -> None:
     """Each distinct dry-run script once, under the hosts that would run it."""
-    from rich.markup import escape
+    from reops.sinks.natural import fold
 
     by_command: dict[str, list[str]] = {}
     for r in results:
@@ -97,9 +107,10 @@ def print_commands(console: Any, results: Sequence[Result]) -> None:
         if command is not None:
             by_command.setdefault(command, []).append(r.host)
     for command, hosts in by_command.items():
-        names = ", ".join(hosts[:6]) + (f", … ({len(hosts)} hosts)" if len(hosts) > 6 else "")
-        console.print(f"[bold]── {escape(names)} would run:[/]")
-        console.print(escape(command), style="dim")
+        head = plain(f"── {fold(hosts, 20)} would run:")
+        head.stylize("bold")
+        console.print(head)
+        console.print(plain(command), style="dim")
 
 
 def print_table(console: Any, view: View, results: Sequence[Result]) -> None:
@@ -111,15 +122,17 @@ def print_table(console: Any, view: View, results: Sequence[Result]) -> None:
     table = Table(box=None, header_style="bold", pad_edge=False)
     for c in ("host", *view.columns):
         table.add_column(c)
-    for r in results:
+    from reops.sinks.natural import natural_key
+
+    for r in sorted(results, key=lambda r: natural_key(r.host)):
         try:
             rows = view.rows(r) if r.ok and r.data is not None else []
         except Exception:  # data the view does not fit: no rows (the line shows raw output)
             rows = []
         for row in rows[:ROWS_PER_HOST]:
-            table.add_row(r.host, *(str(x) for x in row))
+            table.add_row(plain(r.host), *(plain(str(x)) for x in row))
         if len(rows) > ROWS_PER_HOST:
-            table.add_row(r.host, f"… {len(rows) - ROWS_PER_HOST} more (-o json: all)")
+            table.add_row(plain(r.host), f"… {len(rows) - ROWS_PER_HOST} more (-o json: all)")
     if table.row_count:
         console.print(table)
 
@@ -195,7 +208,6 @@ def metrics_cells(data: Any) -> list[str]:
 
 def metrics_table(names: Sequence[str], latest: Mapping[str, Result], caption: str) -> Any:
     """`metrics --every`: the latest sample of every host, as one rich table."""
-    from rich.markup import escape
     from rich.table import Table
 
     table = Table(box=None, header_style="bold", pad_edge=False, caption_justify="left",
@@ -205,9 +217,11 @@ def metrics_table(names: Sequence[str], latest: Mapping[str, Result], caption: s
     for name in names:
         r = latest.get(name)
         if r is None or (r.ok and r.data is not None):
-            table.add_row(name, *(metrics_cells(r.data) if r else "…"))
+            table.add_row(plain(name), *(metrics_cells(r.data) if r else "…"))
         else:
-            table.add_row(name, f"[red]{r.status}[/]: {escape((r.err or '').strip()[:60])}")
+            why = plain(f"{r.status}: {(r.err or '').strip()[:60]}")
+            why.stylize("red", 0, len(r.status))
+            table.add_row(plain(name), why)
     return table
 
 
