@@ -260,8 +260,22 @@ class Outcome(msgspec.Struct, kw_only=True):
 
     @property
     def changes(self) -> bool:
-        """Whether any host's last step changed something (or, under check, would)."""
-        return any(r.changed for r in self.results)
+        """Whether any step of any host changed something (or, under check, would)."""
+        return any(r.changed for r in self.all)
+
+    def check(self, host: str) -> dict[str, Any]:
+        """A check run's answer for `host`: {changes, diff} over all its steps (the diffs
+        of the steps that would change, in order); a host whose check failed:
+        {changes: None, diff: "", error}."""
+        steps = self.steps(host)
+        if not steps:
+            return {"changes": None, "diff": "", "error": "no result"}
+        reports = [_check_of(r) for r in steps]
+        if reports[-1]["changes"] is None:
+            return reports[-1]
+        changed = [x for x in reports if x["changes"]]
+        return {"changes": bool(changed), "diff": "\n".join(x["diff"] for x in changed
+                                                            if x["diff"])}
 
     @property
     def check_exit_code(self) -> int:
@@ -295,7 +309,7 @@ class Outcome(msgspec.Struct, kw_only=True):
                       for i, r in enumerate(self.steps(h))],
         }
         if self.run is not None and self.run.check:
-            doc["check"] = {r.host: _check_of(r) for r in self.results}
+            doc["check"] = {r.host: self.check(r.host) for r in self.results}
         return msgspec.json.encode(doc)
 
 

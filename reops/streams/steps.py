@@ -13,8 +13,11 @@ Packages and services are namespaces (`pkg.install`, `service.restart`) because 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
+from reops.core.model import Host, Hosts
 from reops.ops import facts as _facts
 from reops.ops import files, shell
 from reops.ops import metrics as _metrics
@@ -24,6 +27,7 @@ from reops.ops import security as _security
 from reops.ops import service as _service
 from reops.streams.collect import collect, to_metrics_table, windows
 from reops.streams.source import StepFn, step
+from reops.streams.stream import Stream
 from reops.streams.waits import reboot, wait_back
 
 # --- shell and transfers ---
@@ -98,9 +102,17 @@ service = ServiceSteps(start=step(_service.start), stop=step(_service.stop),
                        enable=step(_service.enable), disable=step(_service.disable),
                        status=step(_service.status), action=step(_service.action))
 
+def check(step_fn: StepFn, hosts: Hosts | Host | Iterable[Host], *args: Any,
+          diff: bool = True, **kwargs: Any) -> Stream:
+    """Ask each host whether `step_fn(hosts, *args, **kwargs)` WOULD change it, running
+    only read-only probes (`--check`): `run(check(template, hosts, "app.tmpl", "/etc/app"))`.
+    `diff=False`: compare files by sha256 only (no content leaves the hosts)."""
+    return step_fn(hosts, *args, check=True, diff=diff, **kwargs)
+
+
 __all__ = [
-    "boot_id", "collect", "cp", "download", "exec_", "extract", "facts", "firewall", "grep",
-    "line_in_file", "listening", "ls", "metrics", "mkdir", "pkg", "reboot", "rm",
+    "boot_id", "check", "collect", "cp", "download", "exec_", "extract", "facts", "firewall",
+    "grep", "line_in_file", "listening", "ls", "metrics", "mkdir", "pkg", "reboot", "rm",
     "security_updates", "service", "sh", "shutdown", "ssh_sessions", "sync", "template",
     "to_metrics_table", "upload", "wait_back", "windows",
 ]
