@@ -163,3 +163,14 @@ def test_bastion_mode_refuses_without_root_in_one_line(tmp_path: Path) -> None:
     os.waitpid(pid, 0)
     assert message.startswith("bastion mode needs root")
     assert "\n" not in message
+
+
+def test_cli_refuses_agents_behind_a_bastion_in_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "reops", "lab", "up", "--dir", str(tmp_path / "lab"),
+         "--bastion", "--agents"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "--bastion" in done.stderr, done.stderr
+    assert not (tmp_path / "lab").exists()

@@ -231,3 +231,40 @@ def test_the_named_lab_fixture_is_reached_by_name(named_lab: LabInfo) -> None:
     # each host answered on its own address: the name led to the right sshd
     seen = {r["host"]: r["out"].split()[2] for r in doc["successful"]}
     assert seen == dict(named_lab.hosts)
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1", "127.0.0.1", "web1"])
+def test_cli_refuses_a_first_address_off_loopback_in_one_line(
+    tmp_path: Path, address: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "reops", "lab", "up", "--dir", str(tmp_path / "lab"),
+         "--hosts", "1", "--first-address", address],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "--first-address" in done.stderr, done.stderr
+    assert not (tmp_path / "lab" / "state.json").exists()
+
+
+def test_cli_up_and_status_show_the_names(tmp_path: Path) -> None:
+    root = tmp_path / "lab"
+    port = free_port("127.0.253.1")
+    up = subprocess.run(
+        [sys.executable, "-m", "reops", "lab", "up", "--dir", str(root), "--hosts", "2",
+         "--first-address", "127.0.253.1", "--port", str(port)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    try:
+        assert up.returncode == 0, up.stderr
+        lab = Lab.load(root)
+        assert lab.named and lab.names["web1"].endswith(".lab.reops.test")
+        status = subprocess.run(
+            [sys.executable, "-m", "reops", "lab", "status", "--dir", str(root)],
+            capture_output=True, text=True, timeout=60, check=True,
+        )
+        assert f"up   web1 {lab.names['web1']} (127.0.253.1:{port})" in status.stdout
+    finally:
+        subprocess.run([sys.executable, "-m", "reops", "lab", "down", "--dir", str(root)],
+                       capture_output=True, timeout=120, check=False)
+    assert str(root) not in names.blocks()

@@ -28,6 +28,8 @@ def lab() -> None:
 @click.option("--dir", "root", type=click.Path(path_type=Path), default=DEFAULT_DIR,
               show_default=True, help="Where keys, configs and the inventory go.")
 @click.option("--port", type=click.IntRange(1, 65535), default=2222, show_default=True)
+@click.option("--first-address", default="127.0.1.1", show_default=True, metavar="ADDR",
+              help="The first host's loopback address (127.x.y.z); the others follow it.")
 @click.option("--agents", is_flag=True, help="Also start an agent per host, keys accepted.")
 @click.option("--names/--no-names", default=True, show_default=True,
               help="Give hosts names in /etc/hosts (web1.<lab-id>.lab.reops.test; root only).")
@@ -37,8 +39,8 @@ def lab() -> None:
 @click.option("--bastion", is_flag=True,
               help="Targets in a network namespace, reachable only through host 'bastion' "
                    "(inventory jump = \"bastion\", ROOT/ssh_config ProxyJump; root only).")
-def up(count: int, root: Path, port: int, agents: bool, names: bool, private_fs: bool,
-       bastion: bool) -> None:
+def up(count: int, root: Path, port: int, first_address: str, agents: bool, names: bool,
+       private_fs: bool, bastion: bool) -> None:
     """Start COUNT sshd hosts and write ROOT/inventory.toml (and ROOT/ssh_config)."""
     from reops.lab.fleet import Lab, LabError
 
@@ -46,7 +48,7 @@ def up(count: int, root: Path, port: int, agents: bool, names: bool, private_fs:
         raise LabError("--agents and --bastion do not go together: agents behind the "
                        "bastion could not reach the hub; pick one")
     fleet = Lab(root, hosts=count, base_port=port, names=names, private_fs=private_fs,
-                bastion=bastion)
+                bastion=bastion, first_address=_loopback(first_address))
     for note in fleet.notes:
         click.echo(note, err=True)
     info = fleet.up()
@@ -95,5 +97,23 @@ def status(root: Path) -> None:
         where = f"{lab_.hosts[name]}:{lab_.port}"
         if fqdn := lab_.names.get(name):
             where = f"{fqdn} ({where})"
+        if lab_.bastion and name != "bastion":
+            where += " via bastion"
         click.echo(f"{'up  ' if alive else 'down'} {name} {where}")
     click.echo(f"{sum(st.values())}/{len(st)} up", err=True)
+
+
+def _loopback(address: str) -> str:
+    """A 127.0.0.0/8 address other than 127.0.0.1, or one clear error."""
+    import ipaddress
+
+    from reops.lab.fleet import LabError
+
+    try:
+        ip = ipaddress.IPv4Address(address)
+    except ValueError:
+        raise LabError(f"--first-address {address!r} is not an IPv4 address") from None
+    if not ip.is_loopback or str(ip) == "127.0.0.1":
+        raise LabError(f"--first-address {address}: use a 127.x.y.z address other than "
+                       "127.0.0.1 (the lab listens on loopback only)")
+    return str(ip)
