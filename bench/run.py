@@ -11,7 +11,9 @@ What it does, in order:
    hosts (each host prints its $SSH_CONNECTION, so the server address proves the visit);
    a tool that did not is reported as failed, not timed;
 3. the warm case (same command twice in one process, the second timed) against OpenSSH
-   ControlMaster connections that are already up;
+   ControlMaster connections that are already up, and `reops exec` as a NEW process each
+   run through a `reops hub` whose SSH pool a first command warmed (the hub's CPU counted,
+   as the masters' is);
 4. 10 sequential commands per host in one pipeline, reops vs a raw asyncssh loop (and the
    lock-step peers);
 5. start-up time of `reops exec`; 6. events/s through partition + the table sink;
@@ -364,6 +366,58 @@ class ControlMasters:
         self.pids = []
 
 
+class WarmHub:
+    """A `reops hub` (own home) whose SSH pool a first `reops exec` warms before timing;
+    the timed runs are new CLI processes that send their work to it."""
+
+    def __init__(self, fleet: Fleet, scratch: Path) -> None:
+        self.fleet = fleet
+        root = Path(tempfile.mkdtemp(prefix="hub", dir=scratch))
+        self.env = {**os.environ, "REOPS_HOME": str(root / "home"),
+                    "REOPS_CONFIG": str(root / "no-config.toml"),
+                    "REOPS_HUB_BIND": "tcp://127.0.0.1:*",
+                    # ControlPersist=yes keeps the masters for the whole run: so does this
+                    "REOPS_IDLE_TIMEOUT": "3600"}
+        for var in ("REOPS_NO_HUB", "REOPS_USE_HUB", "REOPS_HUB_CONTROL"):
+            self.env.pop(var, None)
+        self.control = root / "home" / "run" / "hub.sock"
+        self.log = root / "hub.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pids: list[int] = []
+
+    def argv(self) -> list[str]:
+        return [str(REOPS), "exec", "-i", str(self.fleet.reops_inventory), "all", "-o",
+                "json", "--", ONE_COMMAND]
+
+    def start(self) -> float:
+        from reops.control.client import ping_sync
+
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([str(MAIN_PY), "-m", "reops.hub"], env=self.env,
+                                         stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pids = [self.proc.pid]
+        PROTECTED.update(self.pids)
+        ping_sync(self.control, timeout=60.0, wait=True)
+        t0 = time.perf_counter()
+        r = run_process(self.argv(), env=self.env, keep=set(self.pids))
+        wall = time.perf_counter() - t0
+        if len(reached(r.stdout, self.fleet.port)) != self.fleet.n:
+            raise RuntimeError(f"warming the hub: rc {r.rc}: {r.stderr[-500:]}")
+        return wall
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        PROTECTED.difference_update(self.pids)
+        self.pids = []
+
+
 class _KeepAll(set[int]):
     """While masters start, keep every child: the new ones are the masters."""
 
@@ -374,11 +428,13 @@ class _KeepAll(set[int]):
 _KEEP_ALL = _KeepAll()
 
 
-def cold_tools(ctl: ControlMasters | None) -> list[Tool]:
+def cold_tools(ctl: ControlMasters | None, hub: WarmHub | None = None) -> list[Tool]:
     bpy = str(BPY)
     tools = [
         Tool("reops exec (CLI)", lambda f, s: [str(REOPS), "exec", "-i", str(f.reops_inventory),
-                                              "all", "-o", "json", "--", ONE_COMMAND]),
+                                              "all", "-o", "json", "--no-hub", "--",
+                                              ONE_COMMAND],
+             note="--no-hub: connects from the CLI process even if a hub runs"),
         Tool("raw asyncssh loop", lambda f, s: [str(MAIN_PY), str(BENCH / "raw_asyncssh.py"),
                                                "--targets", str(f.targets), "--command",
                                                ONE_COMMAND]),
@@ -409,6 +465,12 @@ def cold_tools(ctl: ControlMasters | None) -> list[Tool]:
                                     "ControlMaster=no"),
             stdin=lambda f: f.addresses_file, masters=lambda: ctl.pids,
             note="masters already connected; their CPU is counted"))
+    if hub is not None:
+        tools.append(Tool(
+            WARM_HUB, lambda f, s: hub.argv(), env=lambda f, s: hub.env,
+            masters=lambda: hub.pids,
+            note="a new CLI process per run; the hub (started once, warmed by a first "
+            "command) runs the SSH side; its CPU is counted"))
     tools += [
         Tool("reops warm 2nd run (in-process)", lambda f, s: [
             str(MAIN_PY), str(BENCH / "reops_inproc.py"), "warm", "--inventory",
@@ -418,6 +480,9 @@ def cold_tools(ctl: ControlMasters | None) -> list[Tool]:
             "--command", ONE_COMMAND, "--warm"], inner=True),
     ]
     return tools
+
+
+WARM_HUB = "reops exec via warm controller (new CLI process)"
 
 
 def seq_tools() -> list[Tool]:
@@ -811,6 +876,9 @@ def report(args: argparse.Namespace, info: dict[str, Any], cold: dict[int, list[
                      find(seq, "raw asyncssh loop").wall), 1.1)
     target(f"warm 2nd command, reops ÷ ssh ControlMaster xargs, {at}: ≤ 1.5×",
            ratio(warm.wall, cm.wall if cm else None), 1.5)
+    via_hub = next((x for x in s if x.tool.name == WARM_HUB), None)
+    target(f"reops exec via warm controller (new CLI) ÷ ssh ControlMaster xargs, {at}: ≤ 1.0×",
+           ratio(via_hub.wall if via_hub else None, cm.wall if cm else None), 1.0)
     if start is not None:
         target("`reops exec --help` start-up ms: ≤ 150", start["reops exec --help"],
                STARTUP_TARGET_MS, unit="ms")
@@ -879,6 +947,7 @@ def main() -> int:
     start = events = None
     prof: dict[str, Any] | None = None
     ctl: ControlMasters | None = None
+    hub: WarmHub | None = None
     try:
         log(f"lab: {max(sizes)} hosts from {args.first_address} port {args.port}")
         li = lab.up()
@@ -905,15 +974,22 @@ def main() -> int:
                 ctl = ControlMasters(f, scratch, keep)
                 took = ctl.start()
                 log(f"N={n}: {n} ControlMasters up in {took:.2f} s")
-                cold[n] = measure(cold_tools(ctl), f, args.repeat, scratch,
-                                  keep | set(ctl.pids), "cold")
+                hub = WarmHub(f, scratch)
+                took = hub.start()
+                log(f"N={n}: hub up, its pool warmed by a first exec in {took:.2f} s")
+                cold[n] = measure(cold_tools(ctl, hub), f, args.repeat, scratch,
+                                  keep | set(ctl.pids) | set(hub.pids), "cold")
                 ctl.stop()
                 ctl = None
+                hub.stop()
+                hub = None
                 if args.profile and n == max(sizes):
                     prof = profile(f, scratch, keep)
     finally:
         if ctl is not None:
             ctl.stop()
+        if hub is not None:
+            hub.stop()
         lab.down()
         PROTECTED.clear()
         reap_leftovers(set(), timeout=10)
