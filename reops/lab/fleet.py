@@ -193,13 +193,12 @@ class Lab:
         #: tells this lab's host names apart from any other lab's
         self.lab_id = hostnames.new_lab_id()
         #: whether hosts get /etc/hosts names (root only: an unprivileged lab keeps IPs)
-        self.named = names and self.as_root
+        self.named = names and self.as_root and hostnames.can_write()
         #: one-line remarks for the user (e.g. why the lab has no names)
         self.notes: list[str] = []
         if names and not self.named:
-            self.notes.append(
-                "lab: hosts are addressed by IP: names need root (they go in /etc/hosts)"
-            )
+            why = "names need root" if not self.as_root else f"{hostnames.HOSTS_FILE} is read-only"
+            self.notes.append(f"lab: hosts are addressed by IP: {why} (they go in /etc/hosts)")
         #: each host its own /tmp, home and /etc/motd (a private mount namespace; root only)
         self.private_fs = private_fs and self.as_root
         if not self.as_root:

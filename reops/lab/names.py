@@ -158,9 +158,8 @@ def _locked(hosts_file: Path) -> Iterator[None]:
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as e:
-        raise LabError(
-            f"cannot lock {hosts_file} ({lock}: {e.strerror}); lab names need root"
-        ) from None
+        raise LabError(f"cannot lock {hosts_file} ({lock}: {e.strerror}); lab host names "
+                       "need root (`reops lab up --no-names` uses IP addresses)") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -192,7 +191,8 @@ def _replace(hosts_file: Path, text: str) -> None:
                 raise
             hosts_file.write_text(text)  # a bind-mounted file: rewrite in place
     except OSError as e:
-        raise LabError(f"cannot write {hosts_file}: {e.strerror}; lab names need root") from None
+        raise LabError(f"cannot write {hosts_file}: {e.strerror} (lab host names go there; "
+                       "`reops lab up --no-names` uses IP addresses)") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
