@@ -132,8 +132,10 @@ class SshExecutor:
     def _options(self, t: Target, settings: Settings) -> Any:
         """Connection options shared by every host with the same login, identities,
         timeouts and known_hosts files, so asyncssh prepares them once per fleet."""
+        # asyncssh reads $SSH_AUTH_SOCK when it prepares options: a new agent, new options
         okey = (t.user, t.keys, t.certs, t.identities_only, t.agent, t.known_hosts, t.policy,
-                settings.connect_timeout, settings.keepalive_interval)
+                settings.connect_timeout, settings.keepalive_interval,
+                os.environ.get("SSH_AUTH_SOCK"))
         opts = self._caches.options.get(okey)
         if opts is None:
             agent: Any = ()  # asyncssh's default: $SSH_AUTH_SOCK
