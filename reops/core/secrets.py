@@ -85,4 +85,6 @@ def decode(kind: type, value: object) -> object:
         return value
     if kind is Secret and isinstance(value, str):
         return Secret(value)
+    if kind is Secret:
+        raise TypeError("must be text (a string)")
     raise NotImplementedError

@@ -136,6 +136,10 @@ def load_table(cls: type[S], table: str, env_prefix: str, path: Path | None = No
     return _convert(data, cls, origins, f"{p}: [{table}]")
 
 
+#: fields whose values no error message may show
+SECRET_FIELDS = ("become_pass",)
+
+
 def _convert(data: dict[str, Any], cls: type[S], origins: dict[str, str], where: str) -> S:
     """`data` as a `cls`; a bad value raises a one-line ConfigError naming its source
     (variable, file and key, or argument) and what is accepted."""
@@ -153,6 +157,8 @@ def _convert(data: dict[str, Any], cls: type[S], origins: dict[str, str], where:
             choices = typing.get_args(typing.get_type_hints(cls).get(field))
             wanted = "must be one of " + ", ".join(map(repr, choices))
         source = origins.get(field, f"{where} {field}")
+        if field in SECRET_FIELDS:  # name where it came from, never the value
+            source = source.split("=", 1)[0].rstrip()
         raise ConfigError(f"{source}: {field} {wanted}; fix or unset it") from None
 
 
