@@ -112,12 +112,15 @@ def test_no_gather_gives_each_host_its_block_in_natural_order(lab: LabInfo) -> N
 
 def test_stream_shows_each_host_as_it_finishes_not_gathered(lab: LabInfo) -> None:
     """--stream: the lines were already shown as they came; gathering would hold back the
-    very output --stream is for, so every host keeps its own ✔ row."""
-    p = reops("exec", "-i", str(lab.inventory), "web*", "--stream", "--", "echo same")
-    assert p.returncode == 0, p.stderr
+    very output --stream is for, so every host keeps its own ✔/✘ row; the summary still
+    names the failed hosts."""
+    p = reops("exec", "-i", str(lab.inventory), "web*", "--stream", "--",
+              on(lab, ["web3"], "echo same; exit 6", "echo same"))
+    assert p.returncode == 1, p.stderr
     assert p.stdout.count(" │ same\n") == 10
     assert sorted(h.split()[1] for h in heads(p.stdout)) == sorted(
         f"web{i}" for i in range(1, 11))
+    assert p.stdout.splitlines()[-1].endswith(" · failed: web3"), p.stdout
 
 
 def test_op_views_gather_too_and_tables_keep_every_host(lab: LabInfo) -> None:
