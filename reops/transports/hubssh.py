@@ -279,11 +279,17 @@ class HubSshExecutor:
                 err=f"the reops hub ({self.path}) went away while {host.name} ran the "
                 "command; it may have run, so it was not retried: check the host before "
                 "running it again", started_at=started, duration_s=time.monotonic() - t0)
-        except (HubLost, _Refused) as e:
+        except HubLost as e:
             return failure_result(
                 host.name, op.name, f"{e}; the command was not sent (start `reops hub` "
                 "again, or run with --no-hub)", status="unreachable", started_at=started,
                 duration_s=time.monotonic() - t0)
+        except _Refused as e:
+            return failure_result(
+                host.name, op.name, f"the reops hub refused the command: {e}; nothing was "
+                "sent to the host (a hub older than this reops? restart it: reops hub --stop; "
+                "reops hub --background — or run with --no-hub)", status="unreachable",
+                started_at=started, duration_s=time.monotonic() - t0)
         if item is None:
             return failure_result(host.name, op.name, "the hub sent no result", status="error",
                                   started_at=started, duration_s=time.monotonic() - t0)
