@@ -174,3 +174,16 @@ def test_cli_refuses_agents_behind_a_bastion_in_one_line(tmp_path: Path) -> None
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "--bastion" in done.stderr, done.stderr
     assert not (tmp_path / "lab").exists()
+
+
+def test_as_hosts_jump_through_the_bastion_as_the_inventory_says(bastion_lab: LabInfo) -> None:
+    from reops import exec_, run
+    from reops.core.inventory import inventory
+
+    hosts = bastion_lab.as_hosts()
+    assert list(inventory(bastion_lab.inventory).hosts) == list(hosts)
+    [bastion] = [h for h in hosts if h.name == "bastion"]
+    assert bastion.jump is None
+    assert all(h.jump == (bastion,) for h in hosts if h.name != "bastion")
+    out = run(exec_(hosts, "echo $SSH_CONNECTION"))
+    assert {r.host: r.out.split()[2] for r in out.successful} == dict(bastion_lab.hosts)

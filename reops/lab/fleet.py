@@ -102,9 +102,12 @@ class LabInfo:
         return self.names.get(name, self.hosts[name])
 
     def as_hosts(self) -> Hosts:
-        """The lab's hosts as model values (key, known_hosts, port and user filled in)."""
-        return Hosts(
-            Host(
+        """The lab's hosts as model values (key, known_hosts, port and user filled in; in
+        bastion mode each target jumps through the bastion, as the inventory says)."""
+        made: dict[str, Host] = {}
+        for name in self.hosts:
+            via = made.get(self.bastion) if self.bastion and name != self.bastion else None
+            made[name] = Host(
                 name=name,
                 address=self.address(name),
                 port=self.port,
@@ -114,9 +117,9 @@ class LabInfo:
                 groups=(_group_of(name),),
                 tags={"dc": _dc_of(name), "role": ROLES[_group_of(name)]},
                 vars=dict(GROUP_VARS[_group_of(name)]),
+                jump=(via,) if via is not None else None,
             )
-            for name in self.hosts
-        )
+        return Hosts(made.values())
 
 
 def _group_of(name: str) -> str:
