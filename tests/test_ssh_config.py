@@ -133,6 +133,7 @@ def test_parsed_once_per_fleet_and_again_after_an_edit(lab_factory, tmp_path: Pa
         return real(path, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(sshconfig, "_tokenise", counting)
+    monkeypatch.setattr(sshconfig, "RECHECK_S", 0.0)  # look at the mtime on every connect
     hosts = inventory(_names_only(tmp_path, fleet)).select("all")
     settings = FAST.with_(ssh_config=str(cfg))
     for _ in range(2):

@@ -10,8 +10,10 @@ lines until its mtime changes and remembers the answer per (host, user, port), s
 
 from __future__ import annotations
 
+import getpass
 import os
 import shlex
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,8 @@ from typing import Any
 from reops.transports.ssh.sshlib import asyncssh
 
 USER_CONFIG = "~/.ssh/config"
+#: seconds between looks at the files' mtimes (an edit is noticed within this)
+RECHECK_S = 1.0
 SYSTEM_CONFIG = "/etc/ssh/ssh_config"
 
 #: a tokenised line: (line number, lower-cased keyword, its arguments)
@@ -92,9 +96,27 @@ class _Evaluation(asyncssh.config.SSHClientConfig):
     """asyncssh's evaluator, reading tokenised lines from `SshConfig` instead of files."""
 
     source: SshConfig
+
+    def _match_host_cached(self, option: str, args: list[str]) -> None:
+        """`Host` patterns, compiled once per config (asyncssh compiles them per line read)."""
+        self._matching = self.source.host_matches(",".join(args), self._orig_host)
+        args.clear()
+
+    def _include_cached(self, option: str, args: list[str]) -> None:
+        """`Include`, its globs expanded once per config version."""
+        old_path, old_line_no = self._path, self._line_no
+        for pattern in args:
+            for path in self.source.included(pattern, self._default_path):
+                self.parse(path)
+        self._path, self._line_no = old_path, old_line_no
+        self._matching = True
+        args.clear()
+
     #: asyncssh's options plus the ones reops applies that asyncssh leaves to its caller
     _handlers = {  # noqa: RUF012 (asyncssh's own class attribute, extended)
         **asyncssh.config.SSHClientConfig._handlers,
+        "host": ("Host", _match_host_cached),
+        "include": ("Include", _include_cached),
         "stricthostkeychecking": ("StrictHostKeyChecking", asyncssh.config.SSHConfig._set_string),
     }
 
@@ -134,6 +156,37 @@ class SshConfig:
         self.required = required  # a file named on purpose (--ssh-config) must exist
         self._files: dict[Path, tuple[float, list[Line]]] = {}
         self._answers: dict[tuple[str, str | None, int | None], HostConfig] = {}
+        self._patterns: dict[str, Any] = {}
+        self._globs: dict[tuple[str, Path], list[Path]] = {}
+        self._checked = -RECHECK_S  # monotonic time of the last look at the files' mtimes
+        self.local_user = getpass.getuser()
+
+    def host_matches(self, pattern: str, host: str) -> bool:
+        """A `Host` line's pattern list against `host`: exact names by set membership,
+        wildcards and negations by asyncssh's matcher, each compiled once."""
+        compiled = self._patterns.get(pattern)
+        if compiled is None:
+            if any(c in pattern for c in "*?!"):
+                compiled = asyncssh.pattern.WildcardPatternList(pattern)
+            else:
+                compiled = frozenset(pattern.split(","))
+            self._patterns[pattern] = compiled
+        if isinstance(compiled, frozenset):
+            return host in compiled
+        return bool(compiled.matches(host))
+
+    def included(self, pattern: str, default: Path) -> list[Path]:
+        """The files an `Include` pattern names, as asyncssh globs them (relative: ~/.ssh)."""
+        key = (pattern, default)
+        hit = self._globs.get(key)
+        if hit is None:
+            path = Path(pattern).expanduser()
+            if path.anchor:
+                rel, base = str(Path(*path.parts[1:])), Path(path.anchor)
+            else:
+                rel, base = pattern, default
+            hit = self._globs[key] = sorted(p for p in base.glob(rel) if p.is_file())
+        return hit
 
     def lines(self, path: Path) -> list[Line]:
         """The tokenised lines of `path` (empty when it does not exist)."""
@@ -154,8 +207,12 @@ class SshConfig:
         return lines
 
     def changed(self) -> bool:
-        """Whether a file read so far changed since (one stat per file); if so, everything
-        is forgotten and read again on the next lookup."""
+        """Whether a file read so far changed (one stat per file, at most every RECHECK_S
+        seconds: a stat per connect is not free); if so, everything is read again."""
+        now_t = time.monotonic()
+        if now_t - self._checked < RECHECK_S:
+            return False
+        self._checked = now_t
         for path, (mtime, _) in self._files.items():
             try:
                 now = path.stat().st_mtime
@@ -164,6 +221,7 @@ class SshConfig:
             if now != mtime:
                 self._files.clear()
                 self._answers.clear()
+                self._globs.clear()
                 return True
         return False
 
@@ -177,10 +235,8 @@ class SshConfig:
         return hit
 
     def _evaluate(self, host: str, user: str | None, port: int | None) -> HostConfig:
-        import getpass
-
         make: Any = _Evaluation  # asyncssh types user/port as str/int; () means "not given"
-        ev = make(None, False, False, True, getpass.getuser(),
+        ev = make(None, False, False, True, self.local_user,
                   () if user is None else user, host, () if port is None else port)
         ev.source = self
         try:
