@@ -122,7 +122,7 @@ def test_reops_exec_reaches_hosts_by_name(lab_factory: LabFactory, tmp_path: Pat
     lab = lab_factory(hosts=3, names=True)
     names_only(lab, lab.info.known_hosts)  # reops must match the names, not the IPs
     done = subprocess.run(
-        [sys.executable, "-m", "reops", "exec", "-i", str(lab.info.inventory), "all",
+        [sys.executable, "-m", "reops", "exec", "-i", str(lab.info.inventory), "--no-hub", "all",
          "--output", "json", "--", "echo", "ok"],
         capture_output=True, text=True, timeout=120, check=False,
     )
@@ -222,7 +222,7 @@ def test_the_named_lab_fixture_is_reached_by_name(named_lab: LabInfo) -> None:
     inventory = tomllib.loads(named_lab.inventory.read_text())
     assert {h: v["address"] for h, v in inventory["hosts"].items()} == dict(named_lab.names)
     done = subprocess.run(
-        [sys.executable, "-m", "reops", "exec", "-i", str(named_lab.inventory), "all",
+        [sys.executable, "-m", "reops", "exec", "-i", str(named_lab.inventory), "--no-hub", "all",
          "--output", "json", "--", "echo", "$SSH_CONNECTION"],
         capture_output=True, text=True, timeout=120, check=False,
     )
