@@ -87,7 +87,7 @@ class CertLab:
 
 @pytest.fixture
 def certlab(lab_factory) -> CertLab:  # type: ignore[no-untyped-def]
-    return CertLab(lab_factory(hosts=1))
+    return CertLab(lab_factory(hosts=1, names=True))
 
 
 def test_user_certificate_beside_the_key(certlab: CertLab) -> None:
