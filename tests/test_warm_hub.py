@@ -237,6 +237,20 @@ def test_hub_killed_mid_command_reports_lost_and_never_reruns(hub: Hub, lab: Lab
         kill_pids(remote_pids("600.5"))
 
 
+def test_a_wedged_hub_fails_hosts_at_once_instead_of_hanging(hub: Hub, lab: LabInfo) -> None:
+    """A hub that accepts connections but never answers (SIGSTOP): hosts unreachable."""
+    assert hub.proc is not None
+    hub.proc.send_signal(signal.SIGSTOP)
+    try:
+        done = hub.cli("exec", "-i", str(lab.inventory), "-o", "json", "web*", "--", "true")
+    finally:
+        hub.proc.send_signal(signal.SIGCONT)
+    assert done.returncode == 1, done.stderr
+    got = results(done)
+    assert {r["status"] for r in got.values()} == {"unreachable"}
+    assert "does not answer" in got["web1"]["err"]
+
+
 def test_keyless_login_through_the_hub_says_whose_agent(hub: Hub, lab: LabInfo,
                                                         tmp_path: Path) -> None:
     """The hub logs in with its own ssh-agent; a CLI whose agent holds the key is told so."""

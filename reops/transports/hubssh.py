@@ -35,6 +35,7 @@ from reops.control.wire import (
     Cancel,
     Done,
     Error,
+    Invoke,
     LineItem,
     ResultItem,
     SshRun,
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
 # pyzmq is imported when a hub is used (function-level, on purpose): deciding that no hub
 # runs (one connect) must not cost the direct path its ~15 ms import.
 
+#: how long the first command waits for the hub's answer to a ping (a wedged hub)
+HANDSHAKE_S = 5.0
 #: how long a cancelled request waits for the hub to confirm the remote kill (under the
 #: runtime's shutdown grace, so the CLI still exits in time if the hub never answers)
 CANCEL_WAIT_S = 4.5
@@ -106,6 +109,7 @@ class _Link:
         self._ctx: zmq.asyncio.Context | None = None
         self._sock: zmq.asyncio.Socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._ready: asyncio.Future[None] | None = None
         self.gone = False
 
     def _open(self) -> zmq.asyncio.Socket:
@@ -130,7 +134,28 @@ class _Link:
         self._sock = sock
         self._tasks = [asyncio.ensure_future(self._read(sock)),
                        asyncio.ensure_future(self._watch(monitor))]
+        self._ready = asyncio.ensure_future(self._handshake())
         return sock
+
+    async def _handshake(self) -> None:
+        """One ping before the first command: a hub that accepts connections but does not
+        answer (stopped, wedged) fails every host at once instead of hanging them."""
+        rid = next(self._ids)
+        queue: asyncio.Queue[AnyReply | BaseException] = asyncio.Queue()
+        self._queues[rid] = queue
+        try:
+            self._send(Invoke(id=rid, method="ping"))
+            async with asyncio.timeout(HANDSHAKE_S):
+                reply = await queue.get()
+        except TimeoutError:
+            raise HubLost(f"the reops hub on {self.path} does not answer (within "
+                          f"{HANDSHAKE_S:g} s)") from None
+        finally:
+            self._queues.pop(rid, None)
+        if isinstance(reply, BaseException):
+            raise HubLost(f"the reops hub on {self.path} went away") from None
+        if not isinstance(reply, Done):
+            raise HubLost(f"the reops hub on {self.path} did not answer its ping: {reply}")
 
     async def _read(self, sock: zmq.asyncio.Socket) -> None:
         while True:
@@ -171,9 +196,11 @@ class _Link:
     async def run(self, req: SshRun, on_line: LineSink | None) -> ResultItem | None:
         """Send `req`; its Lines to `on_line`; its ResultItem (None if it sent none).
 
-        HubLost before the request left: nothing ran. HubLost after: it may have run
-        (`sent` tells the caller which, through the exception's `sent` attribute)."""
+        HubLost: the request never left (nothing ran); _Sent: the hub went away after it
+        left (it may have run); _Refused: the hub answered with an error (nothing ran)."""
         self._open()
+        assert self._ready is not None
+        await asyncio.shield(self._ready)
         rid = next(self._ids)
         req = msgspec.structs.replace(req, id=rid)
         queue: asyncio.Queue[AnyReply | BaseException] = asyncio.Queue()
@@ -219,6 +246,11 @@ class _Link:
         for t in self._tasks:
             t.cancel()
         self._tasks = []
+        if self._ready is not None and self._ready.done() and not self._ready.cancelled():
+            self._ready.exception()  # retrieved: a failed handshake was reported per host
+        elif self._ready is not None:
+            self._ready.cancel()
+        self._ready = None
         self._sock = None
         if self._ctx is not None:  # closes the DEALER and its monitor, never waits
             self._ctx.destroy(linger=0)
