@@ -140,3 +140,21 @@ def test_jump_loops_and_bad_specs_are_inventory_errors(tmp_path: Path) -> None:
     # a host never jumps through itself: defaults may name the bastion
     inv = loads('[defaults]\njump = "b"\n[hosts.a]\n[hosts.b]\n', p)
     assert [j.name for j in inv["a"].jump or ()] == ["b"] and inv["b"].jump == ()
+
+
+def test_inventory_jump_to_an_ssh_config_alias(lab_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`jump = "gate"` where only ssh_config knows `gate` (its HostName): as ssh -J gate."""
+    fleet = _bastion_lab(lab_factory, hosts=2)
+    info = fleet.info
+    assert info.ssh_config is not None
+    text = info.inventory.read_text().replace('jump = "bastion"', 'jump = "gate"')
+    inv = info.inventory.with_name("alias.toml")
+    inv.write_text(text)
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(f"Host gate\n    HostName {info.names['bastion']}\n\n"
+                   + info.ssh_config.read_text())
+    targets = inventory(inv).select("!bastion")
+    out = run(exec_(targets, "echo $SSH_CONNECTION", settings=FAST.with_(ssh_config=str(cfg))))
+    assert out.ok, [r.err for r in out.results]
+    assert {r.host: r.out.split()[2] for r in out.results} == {
+        h.name: info.hosts[h.name] for h in targets}

@@ -455,10 +455,11 @@ def _spec_host(spec: str, defaults: dict[str, Any]) -> Host:
     parsed = _hop(spec)
     assert parsed is not None  # checked by jump_field
     user, address, port = parsed
+    # like a ProxyJump hop, the name may be an ssh_config alias (HostName, Port)
     return Host(name=spec, address=address, port=port or 22,
                 user=user or defaults.get("user"), key=defaults.get("key"),
                 known_hosts=defaults.get("known_hosts"),
-                implicit=frozenset({"port"} if port is None else ()))
+                implicit=frozenset({"address"} | ({"port"} if port is None else set())))
 
 
 # ── the public face ─────────────────────────────────────────────────────────────────────
