@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from reops import Host, Hosts, Result, Stream, exec_, pretty, run
 from reops.core.model import Event, Line
 from reops.lab.fleet import LabInfo
-from reops.sinks.gather import split_lines, visible
+from reops.sinks.gather import safe, split_lines, visible
 
 #: upper bound for a condition we wait for (never a pass/fail margin)
 DEADLINE_S = 60.0
@@ -91,6 +91,12 @@ def test_live_lines_print_host_text_exactly(texts: list[str]) -> None:
     for t in texts:
         assert f"web1 │ {visible(t)}\n" in printed
     assert not CONTROL.search(printed), repr(printed)
+
+
+@given(texts=st.lists(host_text, max_size=5))
+def test_the_live_lines_fast_check_agrees_with_visible(texts: list[str]) -> None:
+    """Live lines skip escaping when one scan of the batch finds nothing to escape."""
+    assert safe(texts) == all(visible(t) == t for t in texts)
 
 
 SCRIPT = (r"printf 'root:x:0:0:root:/root:/bin/bash\n[bold]b[/] [link=http://e.x]l[/link]"

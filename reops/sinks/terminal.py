@@ -24,7 +24,16 @@ from reactivex.disposable import Disposable
 
 from reops.core.model import Event, Line, Result
 from reops.core.runtime import SHUTDOWN_GRACE_S, get_runtime, terminated
-from reops.sinks.gather import DEFAULT_LINES, Block, Body, body_of, cut, gather, visible
+from reops.sinks.gather import (
+    DEFAULT_LINES,
+    Block,
+    Body,
+    body_of,
+    cut,
+    gather,
+    safe,
+    visible,
+)
 from reops.sinks.natural import fold
 from reops.sinks.views import display, dry_run_command, print_after
 from reops.streams.stream import Operator, Stream, derived
@@ -93,6 +102,8 @@ class Printer:
         self._done = False
         self._streamed: set[str] = set()  # hosts whose lines were shown live
         self._held: list[tuple[Result, Body]] = []  # Results waiting for the end (not live)
+        self._col_width = 0
+        self._col = _HostColumn(0)
         self.writer: _Writer | None = None  # set by pretty(): printing off the loop thread
 
     def _write(self, text: str) -> None:
@@ -173,13 +184,23 @@ class Printer:
             return
         for e in batch:
             self._streamed.add(e.host)
-        w = self.width
+        col = self._column()
+        if not safe([e.text for e in batch]):  # one C-speed scan; per line only if needed
+            batch = [Line(e.host, e.stream, visible(e.text)) for e in batch]
         if self.color:
-            text = "".join(f"{_STYLE.get(e.stream, '')}{visible(e.host):>{w}} │{_RESET} "
-                           f"{visible(e.text)}\n" for e in batch)
+            text = "".join([f"{_STYLE.get(e.stream, '')}{col[e.host]} │{_RESET} {e.text}\n"
+                            for e in batch])
         else:
-            text = "".join(f"{visible(e.host):>{w}} │ {visible(e.text)}\n" for e in batch)
+            text = "".join([f"{col[e.host]} │ {e.text}\n" for e in batch])
         self._write(text)
+
+    def _column(self) -> dict[str, str]:
+        """Host names as the live lines' first column (visible, right-aligned), cached
+        per width: a dict lookup per line instead of escaping and formatting the name."""
+        if self._col_width != self.width:
+            self._col_width = self.width
+            self._col = _HostColumn(self.width)
+        return self._col
 
     def line(self, e: Line) -> None:
         if self.show_lines:
@@ -283,6 +304,18 @@ class Printer:
         for i, part in enumerate(parts):
             row.extend([(" · ", None), part] if i else [part])
         self._emit(*row)
+
+
+class _HostColumn(dict[str, str]):
+    """host → its name made visible and right-aligned to `width` (filled on first use)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.width = width
+
+    def __missing__(self, host: str) -> str:
+        shown = self[host] = f"{visible(host):>{self.width}}"
+        return shown
 
 
 #: the count key of dry-run Results
