@@ -19,6 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import reactivex
 from hypothesis import given, settings
@@ -263,3 +264,12 @@ def test_ctrl_c_without_stream_prints_the_gathered_blocks_first(lab: LabInfo) ->
     # every host that finished is in a block, in natural order, none of the sleepers
     finished = [b for b in blocks if b.startswith(("✔", "✘"))]
     assert finished and not any("db" in b.split()[1] for b in finished), out
+
+
+def test_hosts_table_shows_names_and_tags_verbatim(tmp_path: Path) -> None:
+    inv = tmp_path / "inventory.toml"
+    inv.write_text('[hosts.web1]\naddress = "127.0.0.1"\n'
+                   'tags = { note = "[bold]x[/] root:x:0:0:" }\n')
+    p = reops("hosts", "-i", str(inv), env=WIDE)
+    assert p.returncode == 0, p.stderr
+    assert "note=[bold]x[/] root:x:0:0:" in p.stdout, p.stdout

@@ -79,5 +79,5 @@ def hosts_cmd(inventory_path: Path | None, output: str, selector: str) -> None:
     for h in hosts:
         table.add_row(h.name, h.address, str(h.port), h.user or "", ",".join(h.groups),
                       " ".join(f"{k}={v}" for k, v in h.tags.items()))
-    Console(highlight=False).print(table)
+    Console(highlight=False, markup=False, emoji=False).print(table)  # names: verbatim
     click.echo(f"{len(hosts)} hosts", err=True)
