@@ -495,7 +495,10 @@ class SshExecutor:
             target = host_download_dir(op.local, host.name)
             dest = target / Path(op.remote).name
             try:
-                await sftp.get(op.remote, str(target), recurse=True, preserve=True)
+                # symlinks are followed, as scp and Ansible's fetch do: /etc/os-release
+                # arrives as the file, not as a link to ../usr/lib/os-release
+                await sftp.get(op.remote, str(target), recurse=True, preserve=True,
+                               follow_symlinks=True)
             finally:  # never leave a setuid file behind, even half-copied
                 mask_tree(dest, current_umask())
             return str(dest)
