@@ -182,7 +182,9 @@ def test_stream_lines_arrive_in_order_per_host(hub: Hub, lab: LabInfo) -> None:
     assert hub.pool()["requests"] == len(lab.hosts)
 
 
-def test_ctrl_c_cancels_only_that_request(hub: Hub, lab: LabInfo) -> None:
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_cancels_only_that_request(hub: Hub, lab: LabInfo, sig: int, code: int
+                                          ) -> None:
     inv = str(lab.inventory)
     n = len(lab.hosts)
     other = hub.popen("exec", "-i", inv, "-o", "json", "all", "--",
@@ -191,9 +193,9 @@ def test_ctrl_c_cancels_only_that_request(hub: Hub, lab: LabInfo) -> None:
     try:
         wait_for(lambda: len(remote_pids("600.25")) == n, "the victim's commands to start")
         wait_for(lambda: len(remote_pids("6.125")) == n, "the other commands to start")
-        victim.send_signal(signal.SIGINT)
+        victim.send_signal(sig)
         out, err = victim.communicate(timeout=DEADLINE_S)
-        assert victim.returncode == 130, err
+        assert victim.returncode == code, err
         interrupted = results((out, err))  # the per-host summary: every host, none ok
         assert sorted(interrupted) == sorted(lab.hosts)
         assert all(r["status"] != "ok" for r in interrupted.values())
@@ -208,6 +210,16 @@ def test_ctrl_c_cancels_only_that_request(hub: Hub, lab: LabInfo) -> None:
                 p.kill()
                 p.wait()
         kill_pids(remote_pids("600.25"))
+
+
+def test_retry_and_rolling_work_through_the_hub(hub: Hub, lab: LabInfo) -> None:
+    done = hub.cli("exec", "-i", str(lab.inventory), "-o", "json", "--rolling", "7",
+                   "--retry", "2", "all", "--", "echo $SSH_CONNECTION")
+    assert done.returncode == 0, done.stderr
+    got = results(done)
+    assert sorted(got) == sorted(lab.hosts)
+    assert all(lab.hosts[h] in r["out"].split() for h, r in got.items())
+    assert hub.pool()["requests"] == len(lab.hosts)  # every host went through the hub
 
 
 def test_hub_killed_mid_command_reports_lost_and_never_reruns(hub: Hub, lab: LabInfo
