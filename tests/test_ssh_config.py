@@ -159,3 +159,38 @@ def test_lookup_precedence_unit(tmp_path: Path) -> None:
     assert web.strict_host_key_checking == "accept-new"
     assert c.lookup("web1", user="given").user == "given"  # a given user wins
     assert c.lookup("db1").user == "other"
+
+
+def test_strict_host_key_checking_from_ssh_config(lab_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`StrictHostKeyChecking accept-new` in ssh_config relaxes reops' default (strict)."""
+    fleet = lab_factory(hosts=1)
+    info = fleet.info
+    [name] = fleet.hosts
+    fresh = tmp_path / "fresh_known_hosts"
+    cfg = tmp_path / "cfg"
+    cfg.write_text(f"Host {name}\n  HostName {fleet.hosts[name]}\n  Port {info.port}\n"
+                   f"  User {info.user}\n  IdentityFile {info.key}\n"
+                   f"  UserKnownHostsFile {fresh}\n  StrictHostKeyChecking accept-new\n")
+    hosts = inventory(_names_only(tmp_path, fleet)).select("all")
+    out = run(exec_(hosts, "true", settings=FAST.with_(ssh_config=str(cfg))))
+    assert out.ok, out.results[0].err
+    assert fresh.read_text().startswith(f"[{fleet.hosts[name]}]:{info.port} ssh-ed25519 ")
+    # an explicit reops policy wins over ssh_config's
+    fresh.unlink()
+    out = run(exec_(hosts, "true", settings=FAST.with_(ssh_config=str(cfg),
+                                                       host_key_checking="off")))
+    assert out.ok and not fresh.exists()
+
+
+def test_ssh_config_false_in_config_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from reops.core.settings import load_settings
+    from reops.transports.ssh.sshconfig import config_paths
+
+    toml = tmp_path / "config.toml"
+    toml.write_text("[ssh]\nssh_config = false\n")
+    assert config_paths(load_settings(toml).ssh_config) == []
+    toml.write_text('[ssh]\nssh_config = "~/other_config"\n')
+    assert config_paths(load_settings(toml).ssh_config) == ["~/other_config"]
+    monkeypatch.setenv("REOPS_SSH_CONFIG", "false")
+    assert config_paths(load_settings(tmp_path / "none.toml").ssh_config) == []
+    assert config_paths(Settings().ssh_config) == ["~/.ssh/config", "/etc/ssh/ssh_config"]

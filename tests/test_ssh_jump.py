@@ -158,3 +158,24 @@ def test_inventory_jump_to_an_ssh_config_alias(lab_factory, tmp_path: Path) -> N
     assert out.ok, [r.err for r in out.results]
     assert {r.host: r.out.split()[2] for r in out.results} == {
         h.name: info.hosts[h.name] for h in targets}
+
+
+def test_bastion_host_key_is_checked(lab_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A bastion whose key known_hosts does not list fails every host behind it, clearly."""
+    fleet = _bastion_lab(lab_factory, hosts=2)
+    info = fleet.info
+    kh = info.known_hosts.read_text().splitlines()
+    bastion_name = info.names["bastion"]
+    without = tmp_path / "known_hosts"
+    without.write_text("".join(f"{ln}\n" for ln in kh if bastion_name not in ln.split()[0]))
+    inv = inventory(info.inventory)
+    hosts = Hosts(msgspec.structs.replace(
+        h, known_hosts=str(without),
+        jump=tuple(msgspec.structs.replace(j, known_hosts=str(without)) for j in h.jump or ()))
+        for h in inv.select("!bastion"))
+    out = run(exec_(hosts, "true", settings=FAST))
+    assert len(out.results) == 2
+    for r in out.results:
+        assert r.status == "unreachable"
+        assert r.err.startswith(f"bastion bastion for {r.host} is unreachable: host key of "
+                                f"[{bastion_name}]:{info.port} is not in {without}"), r.err
