@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -170,3 +173,40 @@ def test_sysv_status_parser() -> None:
     dead = out.replace("SysV=0", "SysV=1")
     assert service.parse_status("webapp", dead).state == "dead"
     assert service.parse_status("webapp", dead).pid is None
+
+
+# -- where the lab cannot do this -----------------------------------------------------------
+
+def test_without_sudo_installed_the_lab_comes_up_with_a_note(
+        lab_factory: LabFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    from reops.lab import sudo as labsudo
+
+    monkeypatch.setattr(labsudo, "missing", lambda: "lab: sudo not installed: no sudo")
+    fleet = lab_factory(hosts=1, private_fs=True)
+    assert "lab: sudo not installed: no sudo" in fleet.notes
+    assert fleet.info.become_user is None
+    assert on(fleet.info.as_hosts(), exec_("cat /etc/motd")).ok  # still its own files
+
+
+def test_as_a_normal_user_the_lab_shares_the_filesystem_and_says_so() -> None:
+    base = Path(tempfile.mkdtemp(prefix="reops-nobody-lab-", dir="/tmp"))  # nobody reaches it
+    base.chmod(0o777)
+    root = base / "lab"
+    with socket.socket() as s:
+        s.bind(("127.0.252.1", 0))
+        port = s.getsockname()[1]
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                 sys.executable, "-m", "reops", "lab"]
+    up = subprocess.run([*as_nobody, "up", "--dir", str(root), "--hosts", "1", "--port",
+                         str(port), "--first-address", "127.0.252.1", "--no-names"],
+                        capture_output=True, text=True, timeout=300)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert ("lab: not root: the hosts share this machine's filesystem and have no sudo "
+                "and no services") in up.stderr
+        assert "Traceback" not in up.stderr
+    finally:
+        down = subprocess.run([*as_nobody, "down", "--dir", str(root)], capture_output=True,
+                              text=True, timeout=300)
+        assert down.returncode == 0, down.stderr
+        shutil.rmtree(base, ignore_errors=True)

@@ -209,6 +209,8 @@ class Lab:
                 "lab: not root: the hosts share this machine's filesystem and have no sudo "
                 "and no services (run `reops lab up` as root for those)"
             )
+        elif (no_sudo := labsudo.missing()) is not None:
+            self.notes.append(no_sudo)
         #: bastion mode: targets in a network namespace, reachable only through BASTION
         self.bastion = bastion
         if bastion:
@@ -221,6 +223,11 @@ class Lab:
         self._spawned: set[int] = set()  # our unreaped children: their pids cannot be reused
 
     # -- paths -------------------------------------------------------------------------
+
+    @property
+    def has_sudo(self) -> bool:
+        """Whether the hosts get the lab's sudo (root, with sudo and openssl installed)."""
+        return self.as_root and labsudo.missing() is None
 
     @property
     def state_path(self) -> Path:
@@ -249,8 +256,8 @@ class Lab:
             names=self.names,
             bastion=jumps.BASTION if self.bastion else None,
             ssh_config=self.root / "ssh_config",
-            become_user=labsudo.PW_USER if self.as_root else None,
-            become_pass_file=self.root / labsudo.PASS_FILE if self.as_root else None,
+            become_user=labsudo.PW_USER if self.has_sudo else None,
+            become_pass_file=self.root / labsudo.PASS_FILE if self.has_sudo else None,
             private_fs=self.private_fs,
         )
 
@@ -313,9 +320,9 @@ class Lab:
             ensure_root_prerequisites(self.user)
         self._write_files()
         if self.as_root:  # sudo (with and without a password) and services on the hosts
-            labsudo.prepare(self.root, self.user)
+            if labsudo.prepare(self.root, self.user):
+                self._write_become_inventory()
             services.install(self.root)
-            self._write_become_inventory()
         self._save()
         try:
             self._write_names()
@@ -459,7 +466,7 @@ class Lab:
             "UsePAM no",
             "StrictModes no",
             "PermitRootLogin no",
-            f"AllowUsers {self.user}" + (f" {labsudo.PW_USER}" if self.as_root else ""),
+            f"AllowUsers {self.user}" + (f" {labsudo.PW_USER}" if self.has_sudo else ""),
             "MaxStartups 1000:30:2000",
             "MaxSessions 100",
             "UseDNS no",
@@ -648,7 +655,8 @@ class Lab:
         log.write_bytes(b"")
         program, argv = sshd, [sshd, "-D", "-e", "-f", str(self.config_path(name))]
         if self.as_root:  # its own mount namespace: /run, sudoers … (and /tmp, home)
-            homes = [(u, Path(pwd.getpwnam(u).pw_dir)) for u in (self.user, labsudo.PW_USER)]
+            users = (self.user, labsudo.PW_USER) if self.has_sudo else (self.user,)
+            homes = [(u, Path(pwd.getpwnam(u).pw_dir)) for u in users]
             binds = hostfs.host_binds(self.root, self.host_dir(name), name, homes,
                                       private_fs=self.private_fs)
             program, prefix = hostfs.launcher(self.root, binds)

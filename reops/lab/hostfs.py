@@ -50,9 +50,11 @@ def host_binds(root: Path, host_dir: Path, name: str, homes: Iterable[tuple[str,
     run.chmod(0o755)
     binds: list[Bind] = [
         (run, Path("/run")),
-        (root / "etc" / "init.d", Path("/etc/init.d")),
-        (root / "etc" / "sudoers.d", Path("/etc/sudoers.d")),
-        (root / "etc" / "shadow", Path("/etc/shadow")),
+        *((src, dst) for src, dst in (
+            (root / "etc" / "init.d", Path("/etc/init.d")),
+            (root / "etc" / "sudoers.d", Path("/etc/sudoers.d")),
+            (root / "etc" / "shadow", Path("/etc/shadow")),
+        ) if src.exists() and dst.exists()),  # no sudo installed: the machine's own
     ]
     if private_fs:
         tmp = fs / "tmp"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import grp
 import os
 import secrets
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -42,9 +43,22 @@ def sudoers(user: str, pw_user: str = PW_USER) -> str:
     ])
 
 
-def prepare(root: Path, user: str) -> str:
+def missing() -> str | None:
+    """Why the lab's hosts cannot have sudo here (a one-line note), or None."""
+    absent = [p for p in ("sudo", "visudo", "openssl")
+              if shutil.which(p, path="/usr/sbin:/usr/bin:/sbin:/bin") is None]
+    if not absent:
+        return None
+    return (f"lab: {' and '.join(absent)} not installed: the hosts have no sudo "
+            "(apt-get install sudo openssl)")
+
+
+def prepare(root: Path, user: str) -> str | None:
     """As root: the password user, a fresh password, the checked drop-in and the shadow
-    copy under `root`; returns the password user's name."""
+    copy under `root`; returns the password user's name (None: no sudo here, see
+    `missing`; the hosts then keep the machine's own sudoers and shadow)."""
+    if missing() is not None:
+        return None
     ensure_root_prerequisites(PW_USER)
     password = secrets.token_urlsafe(18)
     pass_file = root / PASS_FILE
