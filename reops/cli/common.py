@@ -219,11 +219,10 @@ def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any
         sys.exit(143 if terminated() else 130)
     if opts.get("check") and not opts["dry_run"]:
         if opts["output"] == "pretty":
-            from reops.sinks.check_view import lines, summary
+            from reops.sinks.check_view import blocks, summary
 
-            for host in outcome.hosts:  # the diffs, host by host, after the per-host lines
-                if outcome.check(host)["changes"]:
-                    click.echo("\n".join(lines(outcome, host)))
+            if diffs := blocks(outcome):  # after the per-host lines; same diff: one block
+                click.echo(diffs)
             click.echo(summary(outcome), err=True)
         sys.exit(outcome.check_exit_code)
     sys.exit(outcome.exit_code)

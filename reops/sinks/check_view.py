@@ -34,3 +34,15 @@ def summary(out: Outcome) -> str:
 
     return (f"check: {len(changing)} hosts would change{names(changing)}, {same} no change, "
             f"{len(failed)} failed{names(failed)}")
+
+
+def blocks(out: Outcome) -> str:
+    """The diffs of the hosts that would change, hosts with the same diff gathered into one
+    block (`web1, web2: would change`), in host order; "" when nothing would change."""
+    gathered: dict[str, list[str]] = {}
+    for host in out.hosts:
+        found = out.check(host)
+        if found["changes"]:
+            gathered.setdefault(str(found["diff"]), []).append(host)
+    return "\n".join(f"{', '.join(hosts)}: would change" + (f"\n{diff}" if diff else "")
+                     for diff, hosts in gathered.items())
