@@ -137,7 +137,7 @@ def test_op_commands_and_exec_share_one_pipeline(lab: LabInfo) -> None:
         assert p.returncode == 0, p.stderr
         docs.append(json.loads(p.stdout))
     exec_doc, facts_doc = docs
-    assert set(exec_doc) == set(facts_doc) == {"hosts", "successful", "failure"}
+    assert set(exec_doc) == set(facts_doc) == {"hosts", "successful", "failure", "run", "steps"}
     assert set(exec_doc["successful"][0]) == set(facts_doc["successful"][0])
     assert facts_doc["successful"][0]["data"]["os"]["kernel"] == "Linux"
 

@@ -78,7 +78,7 @@ def test_facts_json_is_the_outcome_with_typed_data(lab: LabInfo) -> None:
     p = reops("facts", "-i", str(lab.inventory), "group:db", "-o", "json")
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
-    assert set(doc) == {"hosts", "successful", "failure"} and doc["failure"] == {}
+    assert set(doc) == {"hosts", "successful", "failure", "run", "steps"} and doc["failure"] == {}
     assert sorted(doc["hosts"]) == sorted(h for h in lab.hosts if h.startswith("db"))
     data = doc["successful"][0]["data"]
     assert data["os"]["kernel"] == "Linux" and data["hardware"]["cpus"] >= 1
