@@ -24,6 +24,7 @@ from reops.sinks.table import to_table
 from reops.streams.operators import then
 from reops.streams.steps import (
     check,
+    download,
     exec_,
     line_in_file,
     ls,
@@ -297,3 +298,20 @@ def test_a_checked_pipeline_reports_every_step(lab: LabInfo, workdir: str,
     assert "+x=web1" in str(found["diff"])
     assert set(to_table(out)["check"]) == {True}
     assert fingerprint(h, new) == f"absent {new}\n"
+
+
+def test_download_of_a_missing_file_fails_its_check(lab: LabInfo, workdir: str,
+                                                    tmp_path: Path) -> None:
+    h = host(lab)
+    out = run(download(h, f"{workdir}/nope", str(tmp_path), settings=FAST, check=True))
+    assert out["web1"].status == "error" and out.check_exit_code == 2
+    assert f"web1:{workdir}/nope: no such file (the download would fail)" in out["web1"].err
+    assert list(tmp_path.iterdir()) == []  # nothing fetched
+
+
+def test_metrics_under_check_still_sample(lab: LabInfo) -> None:
+    p = reops("metrics", "-i", str(lab.inventory), "web1", "load", "--every", "1",
+              "--count", "1", "--check", "-o", "jsonl")
+    assert p.returncode == 0, p.stderr
+    row = json.loads(p.stdout.splitlines()[0])
+    assert row["host"] == "web1" and "load1" in row

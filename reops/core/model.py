@@ -141,6 +141,8 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def steps(self) -> list[Result]:
         """Every step of this host so far, oldest first, each without its own history."""
+        if not self.earlier:
+            return [self]
         return [*self.earlier, msgspec.structs.replace(self, earlier=())]
 
     def after(self, previous: Result) -> Result:

@@ -68,7 +68,15 @@ def download(remote: str, local: str) -> Op:
     """Copy `remote` from each host into `local/<host>/` (one folder per host)."""
     return Op(name="download", kind="download", local=local, remote=remote,
               check=Check(probe=lambda diff: Op(name="download", command=probe_file(
-                  remote, False)), answer=lambda h, out, diff: CheckReport(changes=False)))
+                  remote, False)), answer=lambda h, out, diff: _download_report(
+                      f"{h.name}:{remote}", out)))
+
+
+def _download_report(label: str, out: str) -> CheckReport:
+    """A download changes no host; a missing remote file would fail it: an error."""
+    if parse_file(out).kind == "absent":
+        raise ValueError(f"{label}: no such file (the download would fail)")
+    return CheckReport(changes=False)
 
 
 # --- operations on the host's filesystem (one script each; `changed` from markers) ---

@@ -71,7 +71,8 @@ def collect(hosts: Hosts | Host | Iterable[Host], kinds: Sequence[str] = _metric
     if not 0 <= rate < every:
         raise ValueError("interval must be >= 0 and shorter than every")
     hs = as_hosts(hosts)
-    r = resolve(via=via, settings=settings, dry_run=False)
+    # sampling only reads: under --check it samples too (a check would replace the data)
+    r = resolve(via=via, settings=settings, dry_run=False, check=False)
     op = r.op(_metrics.metrics(*kinds, interval=rate, sudo=sudo))
     sample = sampler if sampler is not None else _remote_sampler(r, op)
 
