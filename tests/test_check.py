@@ -24,8 +24,10 @@ from reops.sinks.table import to_table
 from reops.streams.operators import then
 from reops.streams.steps import (
     check,
+    cp,
     download,
     exec_,
+    extract,
     line_in_file,
     ls,
     mkdir,
@@ -315,3 +317,26 @@ def test_metrics_under_check_still_sample(lab: LabInfo) -> None:
     assert p.returncode == 0, p.stderr
     row = json.loads(p.stdout.splitlines()[0])
     assert row["host"] == "web1" and "load1" in row
+
+
+def test_cp_extract_and_upgrade_checks(lab: LabInfo, workdir: str) -> None:
+    h = host(lab)
+    sh(h, f"cd {workdir} && echo one > a && echo two > b && cp a same && tar -czf t.tgz a")
+    before = fingerprint(h, f"{workdir}/b", f"{workdir}/same", f"{workdir}/x/a")
+    out = run(cp(h, f"{workdir}/a", f"{workdir}/b", settings=FAST, check=True))
+    assert check_of(out, "web1") == {
+        "changes": True, "diff": f"would copy web1:{workdir}/a → {workdir}/b"}
+    out = run(cp(h, f"{workdir}/a", f"{workdir}/same", settings=FAST, check=True))
+    assert check_of(out, "web1")["changes"] is False
+    out = run(extract(h, f"{workdir}/t.tgz", f"{workdir}/x", settings=FAST, check=True))
+    assert check_of(out, "web1") == {
+        "changes": True, "diff": f"would extract {workdir}/t.tgz into web1:{workdir}/x"}
+    out = run(extract(h, f"{workdir}/t.tgz", f"{workdir}/x", creates=f"{workdir}/a",
+                      settings=FAST, check=True))
+    assert check_of(out, "web1")["changes"] is False
+    assert fingerprint(h, f"{workdir}/b", f"{workdir}/same", f"{workdir}/x/a") == before
+    # apt-get -s: a simulation, allowed without root; every line names a package
+    out = run(pkg.upgrade(h, settings=FAST, check=True))
+    found = check_of(out, "web1")
+    assert out.ok and all(x.startswith("would upgrade ")
+                          for x in str(found["diff"]).splitlines())
