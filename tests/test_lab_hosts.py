@@ -210,3 +210,28 @@ def test_as_a_normal_user_the_lab_shares_the_filesystem_and_says_so() -> None:
                               text=True, timeout=300)
         assert down.returncode == 0, down.stderr
         shutil.rmtree(base, ignore_errors=True)
+
+
+# -- root on a lab host is root on this machine: it must not change the machine -------------
+
+CAP_SYS_ADMIN, CAP_SYS_BOOT = 21, 22
+
+
+def test_root_on_a_lab_host_cannot_change_the_machine(lab_factory: LabFactory) -> None:
+    fleet = lab_factory(hosts=2)  # a shared filesystem: the riskier case
+    hosts = fleet.info.as_hosts()
+    web1 = Hosts([h for h in hosts if h.name == "web1"])
+    mark = f"reops-lab-{secrets.token_hex(4)}"
+    out = on(web1, exec_(f"touch /usr/{mark}; echo x > /etc/{mark}.conf && cat /etc/{mark}.conf;"
+                         f" mkdir -p /opt/{mark}; grep CapBnd /proc/self/status", sudo=True))
+    [r] = out.results
+    assert "Read-only file system" in r.err
+    assert not Path(f"/usr/{mark}").exists()
+    # /etc and /opt are the host's own copies: writable, invisible elsewhere
+    assert r.out.startswith("x\n") and not Path(f"/etc/{mark}.conf").exists()
+    assert not Path(f"/opt/{mark}").exists()
+    others = on(hosts, exec_(f"cat /etc/{mark}.conf"))
+    assert [x.host for x in others.successful] == ["web1"]
+    bounding = int(r.out.split()[-1], 16)
+    assert not bounding & (1 << CAP_SYS_BOOT) and not bounding & (1 << CAP_SYS_ADMIN)
+    assert bounding & 1  # CAP_CHOWN: root is still root for the host's own files

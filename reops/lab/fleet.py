@@ -659,7 +659,9 @@ class Lab:
             homes = [(u, Path(pwd.getpwnam(u).pw_dir)) for u in users]
             binds = hostfs.host_binds(self.root, self.host_dir(name), name, homes,
                                       private_fs=self.private_fs)
-            program, prefix = hostfs.launcher(self.root, binds)
+            keep = hostfs.writable(self.root, homes, private_fs=self.private_fs)
+            layers = hostfs.overlays(self.host_dir(name))
+            program, prefix = hostfs.launcher(self.root, binds, keep, layers)
             argv = prefix + argv
         return os.posix_spawn(
             program,

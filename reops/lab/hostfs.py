@@ -9,6 +9,14 @@ bind mounts, so what a session sees is that host's own:
   private_fs /tmp, the lab users' homes and /etc/motd as well: `files sync`, `changed`
              and a file in /tmp are per host (and invisible to the controller)
 
+Root on a lab host is root on this machine, so the lab keeps it from changing the machine:
+in the host's namespace every mount is read-only except what must stay writable (the lab
+root, and with a shared filesystem /tmp and the lab users' homes), /etc and /opt are the
+host's own overlays (`template(..., "/etc/app.conf", sudo=True)` writes that host's copy;
+the machine's /etc is untouched), and sshd starts without the capabilities to undo that or
+to take the machine down (CAP_SYS_ADMIN, SYS_BOOT, SYS_MODULE, SYS_TIME, SYS_RAWIO,
+NET_ADMIN): `apt-get upgrade`, `reboot` or `mount` as root on a lab host fail.
+
 Nothing is mounted in the controller's namespace: the mounts live and die with the host's
 sshd and everything its sessions started (`namespace_pidfds` finds those for `stop`, even
 daemons that left the process tree), so `lab down` leaves no mount behind. pytest's tmp
@@ -31,6 +39,10 @@ from reops.lab.setup import LabError
 
 #: a bind mount: (what, where) — `where` must exist (a directory or a file)
 Bind = tuple[Path, Path]
+#: system directories each host gets its own writable copy of (an overlay on the machine's)
+OVERLAID = (Path("/etc"), Path("/opt"))
+#: what root on a lab host may not do: undo the mounts, reboot, load modules, set the clock
+DROPPED_CAPS = ("sys_admin", "sys_boot", "sys_module", "sys_time", "sys_rawio", "net_admin")
 
 
 def fs_dir(host_dir: Path) -> Path:
@@ -77,25 +89,67 @@ def host_binds(root: Path, host_dir: Path, name: str, homes: Iterable[tuple[str,
     return binds
 
 
-def launcher(root: Path, binds: list[Bind]) -> tuple[str, list[str]]:
-    """(program, argv prefix) that makes a private mount namespace, mounts `binds`, then
-    execs the rest of its argv (sshd: the same pid all along, so readiness and stop work).
+def writable(root: Path, homes: Iterable[tuple[str, Path]], *, private_fs: bool
+             ) -> list[Path]:
+    """What stays writable in a host's read-only view: the lab root, and with a shared
+    filesystem the machine's /tmp and the lab users' homes (older tests write there)."""
+    keep = [Path(os.path.realpath(root))]
+    if not private_fs:
+        keep += [Path("/tmp"), *(home for _, home in homes if home.is_dir())]
+    return keep
+
+
+def overlays(host_dir: Path) -> list[tuple[Path, Path, Path]]:
+    """(upper, work, where) of the host's own copies of /etc and /opt."""
+    out = []
+    for where in OVERLAID:
+        if where.is_dir():
+            base = fs_dir(host_dir) / "overlay" / where.name
+            (base / "upper").mkdir(parents=True, exist_ok=True)
+            (base / "work").mkdir(parents=True, exist_ok=True)
+            out.append((base / "upper", base / "work", where))
+    return out
+
+
+def launcher(root: Path, binds: list[Bind], keep: list[Path],
+             layers: list[tuple[Path, Path, Path]]) -> tuple[str, list[str]]:
+    """(program, argv prefix) that makes a private mount namespace, mounts `binds` on a
+    read-only view of the machine (but `keep`, and the overlays `layers`), drops
+    DROPPED_CAPS, then execs the rest of its argv (sshd: the same pid all along, so
+    readiness and stop work).
 
     A bind that would hide the lab root first gets the lab root bound inside it."""
-    unshare = shutil.which("unshare", path="/usr/bin:/bin:/usr/sbin:/sbin")
-    if unshare is None:
-        raise LabError("unshare not found (install util-linux): the lab needs it as root")
+    found = {p: shutil.which(p, path="/usr/bin:/bin:/usr/sbin:/sbin")
+             for p in ("unshare", "setpriv")}
+    if None in found.values():
+        raise LabError("unshare/setpriv not found (install util-linux): the lab needs them "
+                       "as root")
+    unshare, setpriv = str(found["unshare"]), str(found["setpriv"])
     real_root = Path(os.path.realpath(root))
+    q = shlex.quote
     lines = ["set -e"]
+    keep = sorted(keep, key=lambda p: len(p.parts))  # a parent first: it would hide a child
+    lines += [f"mount --bind {q(str(p))} {q(str(p))}" for p in keep]
+    skip = "|".join(q(str(p)) for p in keep)
+    lines += [  # every other mount read-only (devices stay writable: /dev/null …)
+        "while read -r _ _ _ _ mp _; do",
+        f'  case $mp in /dev|/dev/*|*\\*|{skip}) continue ;; esac',
+        '  mount -o remount,bind,ro "$mp" 2>/dev/null || :',
+        "done < /proc/self/mountinfo",
+    ]
+    lines += [f"mount -t overlay overlay -o "
+              f"{q(f'lowerdir={where},upperdir={upper},workdir={work}')} {q(str(where))}"
+              for upper, work, where in layers]
     for src, dst in binds:
         if dst.is_dir() and real_root.is_relative_to(dst):
-            keep = src / real_root.relative_to(dst)
-            keep.mkdir(parents=True, exist_ok=True)
-            lines.append(f"mount --bind {shlex.quote(str(real_root))} {shlex.quote(str(keep))}")
+            inner = src / real_root.relative_to(dst)
+            inner.mkdir(parents=True, exist_ok=True)
+            lines.append(f"mount --bind {q(str(real_root))} {q(str(inner))}")
             lines.append(f"mount --rbind {shlex.quote(str(src))} {shlex.quote(str(dst))}")
         else:
             lines.append(f"mount --bind {shlex.quote(str(src))} {shlex.quote(str(dst))}")
-    lines.append('exec "$@"')
+    drop = ",".join(f"-{c}" for c in DROPPED_CAPS)
+    lines.append(f'exec {q(setpriv)} --bounding-set {drop} -- "$@"')
     return unshare, [unshare, "--mount", "--propagation", "private", "--",
                      "/bin/sh", "-c", "\n".join(lines), "reops-lab-host"]
 
