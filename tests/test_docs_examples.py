@@ -109,9 +109,11 @@ ALL = [b for doc in DOCS for b in blocks(doc)]
 
 @pytest.fixture(scope="module")
 def doc_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabInfo]:
-    """A lab of its own, so what the docs do (files, services) cannot disturb other tests."""
+    """A lab of its own, so what the docs do (files, services) cannot disturb other tests;
+    each host with its own /tmp and home (as root), so a doc's files do not outlive the run
+    and the next run starts from the same hosts."""
     fleet: Lab = up_on_free_port(tmp_path_factory.mktemp("doclab"), DOC_LAB_HOSTS,
-                                 first_address=DOC_LAB_ADDRESS)
+                                 first_address=DOC_LAB_ADDRESS, private_fs=True)
     try:
         yield fleet.info
     finally:
