@@ -235,3 +235,17 @@ def test_root_on_a_lab_host_cannot_change_the_machine(lab_factory: LabFactory) -
     bounding = int(r.out.split()[-1], 16)
     assert not bounding & (1 << CAP_SYS_BOOT) and not bounding & (1 << CAP_SYS_ADMIN)
     assert bounding & 1  # CAP_CHOWN: root is still root for the host's own files
+
+
+def test_a_new_lab_in_the_same_directory_starts_clean(lab_factory: LabFactory) -> None:
+    fleet = lab_factory(hosts=1, private_fs=True)
+    hosts = fleet.info.as_hosts()
+    assert on(hosts, exec_("echo old > /etc/reops-old.conf; echo old > /tmp/old",
+                           sudo=True)).ok
+    fleet.down()
+    fleet.up()  # new keys: a fresh process reads them
+    p = reops("exec", "-i", str(fleet.info.inventory), "--no-hub", "all", "-o", "json", "--",
+              "ls /etc/reops-old.conf /tmp/old")
+    assert p.returncode == 1, p.stderr
+    for gone in ("/etc/reops-old.conf", "/tmp/old"):
+        assert f"cannot access '{gone}': No such file or directory" in p.stdout

@@ -320,6 +320,8 @@ class Lab:
             ensure_root_prerequisites(self.user)
         self._write_files()
         if self.as_root:  # sudo (with and without a password) and services on the hosts
+            for name in self.hosts:  # a new lab: no /tmp, /etc changes … of an old one
+                hostfs.reset(self.host_dir(name))
             if labsudo.prepare(self.root, self.user):
                 self._write_become_inventory()
             services.install(self.root)

@@ -50,6 +50,11 @@ def fs_dir(host_dir: Path) -> Path:
     return host_dir / "fs"
 
 
+def reset(host_dir: Path) -> None:
+    """Forget a host's private files (its /tmp, home, /etc and /opt changes …)."""
+    shutil.rmtree(fs_dir(host_dir), ignore_errors=True)
+
+
 def host_binds(root: Path, host_dir: Path, name: str, homes: Iterable[tuple[str, Path]],
                *, private_fs: bool) -> list[Bind]:
     """Make host `name`'s private directories under `host_dir` and say what to bind where.
