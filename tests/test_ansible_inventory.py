@@ -233,3 +233,12 @@ def test_exec_over_ssh_from_an_ansible_inventory(lab: LabInfo, tmp_path: Path) -
     doc = json.loads(p.stdout)
     assert sorted(r["host"] for r in doc["successful"]) == sorted(web)
     assert {r["out"].strip() for r in doc["successful"]} == {"hi"}
+
+
+def test_a_file_without_suffix_is_ansible_ini_unless_it_is_toml(tmp_path: Path) -> None:
+    """Ansible's usual `hosts` file has no suffix; a TOML inventory without one still loads."""
+    write(tmp_path, "hosts", "[web]\nweb[1:2] ansible_port=2201\n")
+    inv = inventory(tmp_path / "hosts")
+    assert inv.select("group:web").names == ["web1", "web2"] and inv["web2"].port == 2201
+    write(tmp_path, "toml", '[hosts.web1]\naddress = "127.0.0.9"\n')
+    assert inventory(tmp_path / "toml")["web1"].address == "127.0.0.9"

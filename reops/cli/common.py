@@ -24,8 +24,8 @@ def fleet_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Inventory, selector-independent SSH flags, output, retries, batches."""
     options = [
         click.option("-i", "--inventory", "inventory_path", type=click.Path(path_type=Path),
-                     default=None, help="Inventory TOML [default: $REOPS_INVENTORY, "
-                     "./inventory.toml, ./lab/inventory.toml]."),
+                     default=None, help="Inventory: TOML, or Ansible INI/YAML [default: "
+                     "$REOPS_INVENTORY, ./inventory.toml, ./lab/inventory.toml]."),
         click.option("--systems", "systems", default=None, metavar="SELECTOR",
                      help="Run on machines from the systems store instead of an inventory "
                      "(e.g. 'typed:redis & running')."),

@@ -50,7 +50,8 @@ def exec_cmd(selector: str, command: tuple[str, ...], become_user: str | None,
 
 @click.command("hosts")
 @click.option("-i", "--inventory", "inventory_path", type=click.Path(path_type=Path),
-              default=None, help="Inventory TOML.")
+              default=None, help="Inventory: TOML, or Ansible INI/YAML [default: "
+              "$REOPS_INVENTORY, ./inventory.toml, ./lab/inventory.toml].")
 @click.option("-o", "--output", type=click.Choice(["pretty", "json", "names"]),
               default="pretty", show_default=True)
 @click.argument("selector", default="all")

@@ -534,7 +534,7 @@ def inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
         raise InventoryError(f"{p}:{line}: inventory is not valid UTF-8") from None
     from reops.core import ansible  # imports this module: loaded on first use
 
-    if p.suffix.lower() in ansible.SUFFIXES:
+    if ansible.is_ansible(p, text):
         return ansible.load(text, p)
     return _Loader(text, p).load()
 

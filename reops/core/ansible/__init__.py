@@ -7,17 +7,32 @@ scalar vars are tags (`tag:env=prod`). See docs/inventory.md for what maps to wh
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 from reops.core.ansible import ini, yml
 from reops.core.ansible.tree import Tree, Var
 from reops.core.inventory import Inventory, InventoryError
 
-__all__ = ["SUFFIXES", "load"]
+__all__ = ["SUFFIXES", "is_ansible", "load"]
 
 #: file name endings read as Ansible inventories (anything else is TOML)
 SUFFIXES = {".ini": "ini", ".cfg": "ini", ".yml": "yaml", ".yaml": "yaml", ".json": "yaml"}
 _VARS_SUFFIXES = ("", ".yml", ".yaml", ".json")
+
+
+def is_ansible(path: Path, text: str) -> bool:
+    """An Ansible file by its suffix; or, with no suffix (Ansible's `hosts`), by not being
+    TOML — a TOML inventory has a .toml name or parses as TOML."""
+    if path.suffix.lower() in SUFFIXES:
+        return True
+    if path.suffix:
+        return False
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return True
+    return False
 
 
 def load(text: str, path: Path) -> Inventory:
@@ -30,7 +45,7 @@ def load(text: str, path: Path) -> Inventory:
                              f"`ansible-inventory -i {path.name} --list --yaml > hosts.yml` "
                              "and use hosts.yml")
     tree = Tree(path)
-    if SUFFIXES.get(path.suffix.lower()) == "yaml":
+    if SUFFIXES.get(path.suffix.lower()) == "yaml":  # no suffix: INI, as Ansible's `hosts`
         yml.parse(tree, text)
     else:
         ini.parse(tree, text)
