@@ -242,3 +242,45 @@ def test_a_file_without_suffix_is_ansible_ini_unless_it_is_toml(tmp_path: Path) 
     assert inv.select("group:web").names == ["web1", "web2"] and inv["web2"].port == 2201
     write(tmp_path, "toml", '[hosts.web1]\naddress = "127.0.0.9"\n')
     assert inventory(tmp_path / "toml")["web1"].address == "127.0.0.9"
+
+
+@pytest.mark.parametrize("args", [
+    "-o ProxyJump=bastion",
+    "-J bastion",
+    '-o ProxyCommand="ssh -W %h:%p -q bastion"',
+])
+def test_bastion_from_ansible_ssh_args_is_really_used(bastion_lab: LabInfo, tmp_path: Path,
+                                                      args: str) -> None:
+    """Targets live in a namespace only the bastion reaches: a run succeeds only by jumping."""
+    targets = [n for n in bastion_lab.hosts if n != "bastion"]
+    common = (f"ansible_port={bastion_lab.port} ansible_user={bastion_lab.user} "
+              f"ansible_ssh_private_key_file={bastion_lab.key}")
+    lines = ["[bastions]", f"bastion ansible_host={bastion_lab.address('bastion')} {common}",
+             "", "[targets]"]
+    lines += [f"{n} ansible_host={bastion_lab.address(n)} {common}" for n in targets]
+    lines += ["", "[targets:vars]", f"ansible_ssh_common_args='{args}'"]
+    write(tmp_path, "hosts.ini", "\n".join(lines) + "\n")
+    inv = inventory(tmp_path / "hosts.ini")
+    assert [j.name for j in inv[targets[0]].jump or ()] == ["bastion"]
+    assert inv["bastion"].jump is None
+    p = reops("exec", "-i", "hosts.ini", "--known-hosts", str(bastion_lab.known_hosts),
+              "group:targets", "-o", "json", "--", "hostname", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert sorted(r["host"] for r in json.loads(p.stdout)["successful"]) == sorted(targets)
+    no_jump = write(tmp_path, "direct.ini", "\n".join(lines[:-1]) + "\n")
+    p = reops("exec", "-i", str(no_jump), "--known-hosts", str(bastion_lab.known_hosts),
+              "--connect-timeout", "3", targets[0], "--", "true", cwd=tmp_path)
+    assert p.returncode == 1  # without the jump the target is out of reach
+
+
+def test_a_proxycommand_that_is_not_a_jump_is_refused(tmp_path: Path) -> None:
+    write(tmp_path, "h.ini", "[web]\nw1\n\n[web:vars]\n"
+          "ansible_ssh_common_args='-o ProxyCommand=\"nc -X 5 -x proxy:1080 %h %p\"'\n")
+    with pytest.raises(InventoryError, match=r"h\.ini:5: host 'w1': ProxyCommand .* ProxyJump"):
+        inventory(tmp_path / "h.ini")
+
+
+def test_implicit_address_and_port_leave_room_for_ssh_config(tmp_path: Path) -> None:
+    write(tmp_path, "h.ini", "[web]\nw1\nw2 ansible_host=10.0.0.2 ansible_port=2200\n")
+    inv = inventory(tmp_path / "h.ini")
+    assert inv["w1"].implicit == {"address", "port"} and inv["w2"].implicit == frozenset()

@@ -11,11 +11,14 @@ reops cannot honour is an error at the line that set it, not a silent change of 
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reops.core.inventory import _NOT_IN_NAMES, Group, Inventory, InventoryError
+import msgspec
+
+from reops.core.inventory import _NOT_IN_NAMES, Group, Inventory, InventoryError, _hop, _spec_host
 from reops.core.model import Host, Hosts
 
 __all__ = ["Origin", "Tree", "Var"]
@@ -31,6 +34,9 @@ FIELDS = {
 SSH_CONNECTIONS = ("ssh", "smart", "paramiko", "paramiko_ssh", "ansible.builtin.ssh",
                    "ansible.builtin.paramiko_ssh")
 PASSWORDS = ("ansible_password", "ansible_ssh_pass", "ansible_ssh_password")
+#: where Ansible users put a bastion: -o ProxyJump=…, -J …, or ProxyCommand="ssh -W %h:%p …"
+SSH_ARGS = ("ansible_ssh_common_args", "ansible_ssh_extra_args")
+MAX_JUMPS = 8
 
 
 @dataclass(frozen=True)
@@ -186,6 +192,7 @@ class Tree:
             gnode.vars.pop("ansible_group_priority", None)
         members: dict[str, list[str]] = {g: [] for g in self.groups}
         hosts: list[Host] = []
+        jumps: dict[str, tuple[tuple[str, ...] | None, Origin]] = {}
         for name, node in self.hosts.items():
             groups = order(self.host_groups(name) - {"all"})
             merged: dict[str, Var] = dict(self.groups["all"].vars)
@@ -197,13 +204,16 @@ class Tree:
             merged.update(node.vars)
             merged.update(node.file_vars)
             hosts.append(self._host(name, sorted(groups), merged))
+            jump = next((merged[k] for k in reversed(SSH_ARGS) if k in merged), None)
+            if jump is not None:
+                jumps[name] = (self._jump(jump, f"host {name!r}"), jump.origin)
             for g in groups:
                 members[g].append(name)
         structs = {
             g: self._group(g, members[g]) for g in self.groups
             if g != "all" and (g != "ungrouped" or members[g])
         }
-        return Inventory(self.path, Hosts(hosts), structs)
+        return Inventory(self.path, Hosts(self._resolve_jumps(hosts, jumps)), structs)
 
     # ── onto reops fields ──────────────────────────────────────────────────────────────
 
@@ -219,7 +229,97 @@ class Tree:
             groups=tuple(groups),
             tags=tags,
             vars={k: v.value for k, v in rest.items()},
+            # what only falls back (the name, port 22) ssh_config's HostName/Port may replace
+            implicit=frozenset(f for f in ("address", "port") if f not in fields),
         )
+
+    def _jump(self, var: Var, who: str) -> tuple[str, ...] | None:
+        """The bastions in ansible_ssh_common_args / _extra_args, first hop first."""
+        if not isinstance(var.value, str):
+            return None
+        try:
+            args = shlex.split(var.value)
+        except ValueError as e:
+            raise self.error(var.origin, f"{who}: cannot read the ssh args: {e}") from None
+        found: tuple[str, ...] | None = None
+        for i, arg in enumerate(args):
+            value = None
+            if arg in ("-J", "-o") and i + 1 < len(args):
+                value = args[i + 1] if arg == "-J" else None
+                option = args[i + 1] if arg == "-o" else ""
+            elif arg.startswith(("-J", "-o")) and len(arg) > 2:
+                value = arg[2:] if arg.startswith("-J") else None
+                option = arg[2:] if arg.startswith("-o") else ""
+            else:
+                continue
+            key, _, rest = option.replace("=", " ", 1).partition(" ")
+            if key.lower() == "proxyjump":
+                value = rest.strip()
+            elif key.lower() == "proxycommand":
+                value = self._proxy_command(rest.strip(), var, who)
+            if value:
+                found = tuple(h.strip() for h in value.split(",") if h.strip())
+                for hop in found:
+                    if _hop(hop) is None:
+                        raise self.error(var.origin, f"{who}: jump host {hop!r} is not "
+                                         "[user@]host[:port]")
+        if found == ("none",):
+            return ()
+        return found
+
+    def _proxy_command(self, command: str, var: Var, who: str) -> str:
+        """`ssh -W %h:%p [-q] [-p PORT] [-l USER] [user@]bastion` as a ProxyJump hop."""
+        words = shlex.split(command)
+        if not words or os.path.basename(words[0]) != "ssh" or "-W" not in words:
+            raise self.error(var.origin, f"{who}: ProxyCommand {command!r} is not supported: "
+                             "write the bastion as -o ProxyJump=[user@]bastion[:port]")
+        user = port = target = None
+        i = 1
+        while i < len(words):
+            w = words[i]
+            if w in ("-W", "-p", "-l", "-i", "-o", "-F"):
+                if w == "-p":
+                    port = words[i + 1] if i + 1 < len(words) else None
+                elif w == "-l":
+                    user = words[i + 1] if i + 1 < len(words) else None
+                i += 2
+                continue
+            if not w.startswith("-"):
+                target = w
+            i += 1
+        if target is None:
+            raise self.error(var.origin, f"{who}: ProxyCommand {command!r} names no bastion")
+        if user and "@" not in target:
+            target = f"{user}@{target}"
+        return f"{target}:{port}" if port else target
+
+    def _resolve_jumps(self, hosts: list[Host],
+                       jumps: dict[str, tuple[tuple[str, ...] | None, Origin]]) -> list[Host]:
+        """Each host's bastions as Hosts: inventory hosts (with their own jumps) or
+        `[user@]host[:port]`; a bastion never jumps through itself; loops are errors."""
+        by_name = {h.name: h for h in hosts}
+        done: dict[str, Host] = {}
+
+        def resolve(name: str, trail: tuple[str, ...]) -> Host:
+            if name in done:
+                return done[name]
+            specs, origin = jumps.get(name, (None, Origin(self.path, 1)))
+            if specs is None:
+                done[name] = by_name[name]
+                return done[name]
+            chain: list[Host] = []
+            for spec in specs:
+                if spec == name:
+                    continue
+                if spec in trail or len(trail) >= MAX_JUMPS:
+                    raise self.error(origin, f"host {name!r}: jump loops or nests deeper than "
+                                     f"{MAX_JUMPS}: {' -> '.join((*trail, name, spec))}")
+                chain.append(resolve(spec, (*trail, name)) if spec in by_name
+                             else _spec_host(spec, {}))
+            done[name] = msgspec.structs.replace(by_name[name], jump=tuple(chain))
+            return done[name]
+
+        return [resolve(h.name, ()) for h in hosts]
 
     def _group(self, name: str, hosts: list[str]) -> Group:
         g = self.groups[name]
