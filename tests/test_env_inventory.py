@@ -35,31 +35,24 @@ def reops(*args: str, cwd: Path, env: dict[str, str], stdin: str | None = None
     return run([sys.executable, "-m", "reops", *args], cwd, env, stdin)
 
 
-def test_hosts_and_exec_read_the_variable(lab: LabInfo, tmp_path: Path) -> None:
-    env = reops_env(lab)
-    p = reops("hosts", "db*", "-o", "names", cwd=tmp_path, env=env)
-    assert p.returncode == 0, p.stderr
-    assert p.stdout.split() == [n for n in lab.hosts if n.startswith("db")]
-    p = reops("exec", "web1,db2", "-o", "json", "--", "echo", "ok", cwd=tmp_path, env=env)
-    assert p.returncode == 0, p.stderr
-    assert sorted(r["host"] for r in json.loads(p.stdout)["successful"]) == ["db2", "web1"]
-
-
-def test_op_commands_read_the_variable(lab: LabInfo, tmp_path: Path) -> None:
-    p = reops("facts", "web2", "os", "-o", "json", cwd=tmp_path, env=reops_env(lab))
-    assert p.returncode == 0, p.stderr
-    assert [r["host"] for r in json.loads(p.stdout)["successful"]] == ["web2"]
-
-
-def test_variable_may_name_an_ansible_inventory(lab: LabInfo, tmp_path: Path) -> None:
+def test_cli_commands_read_the_variable_which_may_name_an_ansible_file(
+        lab: LabInfo, tmp_path: Path) -> None:
+    """hosts, exec and an op command (facts), with $REOPS_INVENTORY naming an INI file."""
     ini = tmp_path / "hosts.ini"
     ini.write_text("[edge]\n" + "".join(
         f"{n} ansible_host={lab.address(n)} ansible_port={lab.port} ansible_user={lab.user} "
-        f"ansible_ssh_private_key_file={lab.key}\n" for n in ("web1", "cache1")))
-    p = reops("exec", "group:edge", "--known-hosts", str(lab.known_hosts), "-o", "json", "--",
-              "true", cwd=tmp_path, env=reops_env(lab, ini))
+        f"ansible_ssh_private_key_file={lab.key}\n" for n in ("web1", "db2", "cache1")))
+    env = reops_env(lab, ini)
+    p = reops("hosts", "group:edge", "-o", "names", cwd=tmp_path, env=env)
     assert p.returncode == 0, p.stderr
-    assert sorted(r["host"] for r in json.loads(p.stdout)["successful"]) == ["cache1", "web1"]
+    assert p.stdout.split() == ["web1", "db2", "cache1"]
+    kh = ("--known-hosts", str(lab.known_hosts))
+    p = reops("exec", "web1,db2", *kh, "-o", "json", "--", "echo", "ok", cwd=tmp_path, env=env)
+    assert p.returncode == 0, p.stderr
+    assert sorted(r["host"] for r in json.loads(p.stdout)["successful"]) == ["db2", "web1"]
+    p = reops("facts", "cache1", "os", *kh, "-o", "json", cwd=tmp_path, env=env)
+    assert p.returncode == 0, p.stderr
+    assert [r["host"] for r in json.loads(p.stdout)["successful"]] == ["cache1"]
 
 
 def test_shipped_fleet_report_flow_reads_the_variable(lab: LabInfo, tmp_path: Path) -> None:
