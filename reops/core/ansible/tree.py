@@ -62,7 +62,7 @@ class GroupNode:
     origin: Origin
     vars: dict[str, Var] = field(default_factory=dict)
     children: list[str] = field(default_factory=list)
-    hosts: list[str] = field(default_factory=list)
+    hosts: dict[str, None] = field(default_factory=dict)  # an ordered set
     file_vars: dict[str, Var] = field(default_factory=dict)  # from group_vars/
 
 
@@ -84,6 +84,8 @@ class Tree:
             "all": GroupNode("all", origin), "ungrouped": GroupNode("ungrouped", origin)
         }
         self.hosts: dict[str, HostNode] = {}
+        self._direct: dict[str, list[str]] = {}  # host -> the groups that list it
+        self._ancestor_cache: dict[str, set[str]] = {}
 
     def error(self, origin: Origin | int, message: str) -> InventoryError:
         where = origin if isinstance(origin, Origin) else Origin(self.path, origin)
@@ -104,9 +106,7 @@ class Tree:
                     line, f"host name {name!r} cannot be used in selectors: name the host "
                     f"(e.g. h1) and set ansible_host={name}")
             self.hosts[name] = HostNode(name, Origin(self.path, line))
-        members = self.groups[group].hosts
-        if name not in members:
-            members.append(name)
+        self.groups[group].hosts[name] = None
         return self.hosts[name]
 
     def add_child(self, parent: str, child: str, line: int) -> None:
@@ -144,14 +144,21 @@ class Tree:
         for name in self.groups:
             if name != "all" and not parents.get(name):
                 self.groups["all"].children.append(name)
-        direct = {h: [g.name for g in self.groups.values() if h in g.hosts] for h in self.hosts}
+        direct: dict[str, list[str]] = {h: [] for h in self.hosts}
+        for g in self.groups.values():
+            for h in g.hosts:
+                direct[h].append(g.name)
         ungrouped = self.groups["ungrouped"]
         for h, gs in direct.items():
             others = [g for g in gs if g not in ("all", "ungrouped")]
-            if others and h in ungrouped.hosts:
-                ungrouped.hosts.remove(h)
-            elif not others and h not in ungrouped.hosts:
-                ungrouped.hosts.append(h)
+            if others:
+                ungrouped.hosts.pop(h, None)
+            else:
+                ungrouped.hosts[h] = None
+        self._direct = {h: [] for h in self.hosts}  # now that ungrouped is right
+        for g in self.groups.values():
+            for h in g.hosts:
+                self._direct[h].append(g.name)
 
     def depths(self) -> dict[str, int]:
         depth = {"all": 0}
@@ -165,10 +172,9 @@ class Tree:
         return depth
 
     def host_groups(self, host: str) -> set[str]:
-        direct = {g.name for g in self.groups.values() if host in g.hosts}
-        out = set(direct)
-        for g in direct:
-            out |= self._ancestors(g)
+        out: set[str] = set()
+        for g in self._direct[host]:
+            out |= {g} | self._ancestor_cache.setdefault(g, self._ancestors(g))
         return out
 
     def build(self) -> Inventory:
