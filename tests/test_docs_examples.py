@@ -210,6 +210,23 @@ class DocSession:
             self.results = None
 
 
+def _reap(base: Path) -> None:
+    """Kill what the docs started and left running in their own sessions (a hub, a VM its
+    embedded hypervisor booted, a lab's sshd): every process whose command line names a
+    path under the docs' temp dir, which only this test's children can."""
+    mine = str(base)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if mine in cmdline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(proc.name), signal.SIGKILL)
+
+
 def _killpg(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
@@ -271,6 +288,7 @@ def sessions(doc_lab: LabInfo, tmp_path_factory: pytest.TempPathFactory
             if (hub / "run").exists():  # a doc that started a hub: stop it
                 subprocess.run([sys.executable, "-m", "reops", "hub", "--stop"], env=s.env,
                                cwd=s.cwd, capture_output=True, timeout=30)
+        _reap(base)
 
 
 # ── the items ───────────────────────────────────────────────────────────────────────────
