@@ -532,10 +532,11 @@ def inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise InventoryError(f"{p}:{line}: inventory is not valid UTF-8") from None
-    from reops.core import ansible  # imports this module: loaded on first use
+    if p.suffix.lower() != ".toml":  # a .toml name never pays for the Ansible readers (yaml)
+        from reops.core import ansible  # imports this module: loaded on first use
 
-    if ansible.is_ansible(p, text):
-        return ansible.load(text, p)
+        if ansible.is_ansible(p, text):
+            return ansible.load(text, p)
     return _Loader(text, p).load()
 
 
