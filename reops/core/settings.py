@@ -77,7 +77,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     connect_timeout: Seconds = 10.0  # seconds to connect + authenticate
     command_timeout: Seconds | None = None  # seconds per command; None waits forever
     idle_timeout: SecondsOrOff = 60.0  # seconds an unused SSH connection stays open
-    host_key_checking: HostKeyPolicy = "strict"
+    # None: ssh_config's StrictHostKeyChecking, else strict; given, it beats ssh_config
+    host_key_checking: HostKeyPolicy | None = None
     known_hosts: str | None = None  # default: ~/.ssh/known_hosts, as ssh does
     user: str | None = None
     key: str | None = None  # private key for hosts without their own (default: ssh's)

@@ -27,7 +27,7 @@ from reops.core.settings import Settings
 from reops.ops.base import Op
 from reops.transports.base import LineSink
 from reops.transports.ssh.auth import explain_auth_failure, explain_host_key
-from reops.transports.ssh.knownhosts import KnownHostsError, KnownHostsFiles, entry
+from reops.transports.ssh.knownhosts import KnownHostsError, KnownHostsFiles, entry, hashed
 from reops.transports.ssh.output import Capture, LineSplitter, StreamName, spill_path
 from reops.transports.ssh.process import finish, pump, signum, stop
 from reops.transports.ssh.rsync import run_sync
@@ -69,9 +69,15 @@ class _Pooled:
     via: tuple[Target, _Pooled, float] | None = None
 
 
+#: seconds between looks at a key file's inode/mtime (a replaced key is noticed within this)
+KEY_RECHECK_S = 1.0
+
+
 @dataclass
 class _Caches:
-    """Parsed files, so 200 connects parse known_hosts and keys once, not 200 times."""
+    """Parsed files, so 200 connects parse known_hosts and keys once, not 200 times.
+    Key files are parsed again when their inode, mtime or size changes (a lab brought down
+    and up again has a new key at the same path), looked at most once per KEY_RECHECK_S."""
 
     known: KnownHostsFiles = field(default_factory=KnownHostsFiles)
     keys: dict[tuple[tuple[str, ...], tuple[str, ...]], list[Any]] = field(
@@ -79,10 +85,34 @@ class _Caches:
     options: dict[tuple[Any, ...], asyncssh.SSHClientConnectionOptions] = field(
         default_factory=dict
     )
+    #: path -> (when looked, (inode, mtime_ns, size) or None)
+    stamps: dict[str, tuple[float, tuple[int, int, int] | None]] = field(default_factory=dict)
+    #: (keys, certs) -> the files' stamps when `keys` was filled
+    key_stamps: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[Any, ...]] = field(
+        default_factory=dict)
+
+    def stamp(self, paths: tuple[str, ...]) -> tuple[Any, ...]:
+        """The files' (inode, mtime, size), each stat'ed at most once per KEY_RECHECK_S."""
+        now = time.monotonic()
+        out = []
+        for path in paths:
+            hit = self.stamps.get(path)
+            if hit is None or now - hit[0] >= KEY_RECHECK_S:
+                try:
+                    st = os.stat(os.path.expanduser(path))
+                    hit = (now, (st.st_ino, st.st_mtime_ns, st.st_size))
+                except OSError:
+                    hit = (now, None)
+                self.stamps[path] = hit
+            out.append(hit[1])
+        return tuple(out)
 
     def keypairs(self, keys: tuple[str, ...], certs: tuple[str, ...]) -> list[Any]:
         """Private keys with their certificates (`KEY-cert.pub` beside a key, or `certs`)."""
+        stamp = self.stamp(keys + certs)
         hit = self.keys.get((keys, certs))
+        if hit is not None and self.key_stamps.get((keys, certs)) != stamp:
+            hit = None
         if hit is None:
             hit = []
             for path in keys:
@@ -94,6 +124,7 @@ class _Caches:
                     raise Unreached(f"cannot load SSH key {p}: "
                                     f"{getattr(e, 'strerror', None) or e}") from None
             self.keys[(keys, certs)] = hit
+            self.key_stamps[(keys, certs)] = stamp
         return hit
 
 
@@ -135,7 +166,7 @@ class SshExecutor:
         # asyncssh reads $SSH_AUTH_SOCK when it prepares options: a new agent, new options
         okey = (t.user, t.keys, t.certs, t.identities_only, t.agent, t.known_hosts, t.policy,
                 settings.connect_timeout, settings.keepalive_interval,
-                os.environ.get("SSH_AUTH_SOCK"))
+                os.environ.get("SSH_AUTH_SOCK"), self._caches.stamp(t.keys + t.certs))
         opts = self._caches.options.get(okey)
         if opts is None:
             agent: Any = ()  # asyncssh's default: $SSH_AUTH_SOCK
@@ -227,7 +258,9 @@ class SshExecutor:
         if key is None:
             return
         path = Path(os.path.expanduser(t.known_hosts[0]))
-        line = f"{entry(t.address, t.port)} {key.export_public_key('openssh').decode().strip()}\n"
+        name = entry(t.address, t.port)
+        public = key.export_public_key("openssh").decode().strip()
+        line = f"{hashed(name) if t.hash_known_hosts else name} {public}\n"
         if self._accept_lock is None:
             self._accept_lock = asyncio.Lock()
         async with self._accept_lock:
@@ -393,7 +426,7 @@ class SshExecutor:
         on_line: LineSink | None, started: float, t0: float,
     ) -> Result:
         if op.kind == "sync":  # rsync when both ends have it, else SFTP
-            return await run_sync(host, op, settings, conn)
+            return await run_sync(host, op, settings, conn, self._target(host, settings))
         if op.kind == "shell":
             return await self._shell(host, op, settings, conn, on_line, started, t0)
         if op.kind in ("upload", "download"):

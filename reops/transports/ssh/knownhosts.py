@@ -11,6 +11,9 @@ so reops hands asyncssh a callable (`matcher`) that answers with `lookup`.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +32,13 @@ class KnownHostsError(ValueError):
 def entry(address: str, port: int) -> str:
     """How ssh names a host in known_hosts: bare on port 22, else `[address]:port`."""
     return address if port == 22 else f"[{address}]:{port}"
+
+
+def hashed(name: str, salt: bytes | None = None) -> str:
+    """`name` as `HashKnownHosts yes` writes it: `|1|base64(salt)|base64(HMAC-SHA1)`."""
+    salt = os.urandom(20) if salt is None else salt
+    digest = hmac.new(salt, name.encode(), hashlib.sha1).digest()
+    return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
 
 
 @dataclass

@@ -1,11 +1,22 @@
 """`files.sync` over SSH: rsync when both ends have it, else an SFTP copy that acts alike.
 
 The SSH source calls `run_sync` for sync ops. It runs the op's pre-check over the pooled
-connection; when the host and this machine both have rsync, it runs rsync locally with
-the same connection policy as the SSH source (host-key checking, known_hosts, key, port,
-user, connect timeout); otherwise it walks the local tree and uploads over SFTP only what
-differs by size or mtime (rsync's quick check), so both paths mean "remote becomes a copy
-of local" and report changes in rsync's `--itemize-changes` form (`op.parse` reads both).
+connection; when the host and this machine both have rsync, it runs rsync locally; otherwise
+it walks the local tree and uploads over SFTP only what differs by size or mtime (rsync's
+quick check), so both paths mean "remote becomes a copy of local" and report changes in
+rsync's `--itemize-changes` form (`op.parse` reads both).
+
+rsync's ssh reaches exactly the `Target` the executor resolved (inventory > flags >
+ssh_config > defaults): `target_config` writes it as a private ssh_config (mode 0600, in
+$TMPDIR, removed when rsync ends) with one `Host reops-N` alias per hop: HostName, Port,
+User, IdentityFile/CertificateFile/IdentitiesOnly/IdentityAgent, UserKnownHostsFile (and
+GlobalKnownHostsFile /dev/null: reops reads only the Target's files), StrictHostKeyChecking
+from the policy, HashKnownHosts, and `ProxyJump reops-(N-1)` to the previous hop (each hop
+with its own resolved settings) or the Target's ProxyCommand. ssh gets only that file
+(`-F`, so neither ~/.ssh/config nor /etc/ssh/ssh_config adds anything; ssh passes `-F` on to
+the ProxyJump hops). A value ssh_config cannot carry (a `"` or a line break in a path or
+name: the format has no escape for them) falls back to SFTP over the pooled connection,
+which already goes the resolved way; `sync_via` says which path was taken.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import math
 import os
 import posixpath
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 
@@ -29,6 +41,7 @@ from reops.ops.files import rsync_argv
 from reops.ops.text import MARK, sections
 from reops.transports.ssh.sftp import bounded_sftp
 from reops.transports.ssh.sshlib import asyncssh
+from reops.transports.ssh.target import Target
 
 #: the section of `Result.out` naming the path taken (rsync | sftp)
 VIA_SECTION = "sync-via"
@@ -40,9 +53,10 @@ def sync_via(out: str) -> str:
 
 
 def ssh_options(host: Host, settings: Settings) -> list[str]:
-    """ssh(1) options that match the SSH source's policy for `host` (for rsync -e):
-    host-key checking, known_hosts, key, user and connect timeout from `settings`."""
-    policy = settings.host_key_checking
+    """ssh(1) options for `host` from `settings` alone (no ssh_config, no bastion):
+    host-key checking, known_hosts, key, user and connect timeout. `run_sync` uses
+    `target_config` instead, which carries the whole resolved Target."""
+    policy = settings.host_key_checking or "strict"
     opts = ["-F", "/dev/null",  # like the SSH source: no ~/.ssh/config surprises
             "-o", f"ConnectTimeout={max(1, math.ceil(settings.connect_timeout))}"]
     if policy == "off":
@@ -61,6 +75,69 @@ def ssh_options(host: Host, settings: Settings) -> list[str]:
     return opts
 
 
+class Inexpressible(ValueError):
+    """A Target value an ssh_config file cannot carry (`"` or a line break)."""
+
+
+def _value(text: str, tokens: bool = True) -> str:
+    """One ssh_config argument: `%` escaped where ssh expands tokens, quoted if spaced."""
+    if any(c in text for c in '"\r\n'):
+        raise Inexpressible(text)
+    if tokens:
+        text = text.replace("%", "%%")
+    return f'"{text}"' if any(c.isspace() or c == "#" for c in text) or not text else text
+
+
+#: ssh's StrictHostKeyChecking for reops' policies
+STRICT_SSH = {"strict": "yes", "accept-new": "accept-new", "off": "no"}
+
+
+def target_config(t: Target, settings: Settings) -> tuple[str, str]:
+    """(ssh_config text, alias of `t`) that make `ssh -F FILE ALIAS` connect as reops does:
+    the same address, port, user, identities, known_hosts, policy and jump chain."""
+    blocks: list[str] = []
+
+    def block(hop: Target) -> str:
+        via = block(hop.via) if hop.via is not None else None
+        alias = f"reops-{len(blocks)}"
+        lines = [f"Host {alias}", f"  HostName {_value(hop.address)}", f"  Port {hop.port}",
+                 f"  User {_value(hop.user)}", "  BatchMode yes", "  CheckHostIP no",
+                 "  ConnectTimeout " + str(max(1, math.ceil(settings.connect_timeout))),
+                 f"  StrictHostKeyChecking {STRICT_SSH[hop.policy]}",
+                 "  GlobalKnownHostsFile /dev/null",
+                 f"  HashKnownHosts {'yes' if hop.hash_known_hosts else 'no'}"]
+        if hop.policy == "off":  # off reads and writes no known_hosts file
+            lines += ["  UserKnownHostsFile /dev/null", "  LogLevel ERROR"]
+        else:
+            files = " ".join(_value(os.path.expanduser(p)) for p in hop.known_hosts)
+            lines.append(f"  UserKnownHostsFile {files}")
+        lines += [f"  IdentityFile {_value(os.path.expanduser(k))}" for k in hop.keys]
+        lines += [f"  CertificateFile {_value(os.path.expanduser(c))}" for c in hop.certs]
+        if hop.identities_only:
+            lines.append("  IdentitiesOnly yes")
+        if hop.identities_only or (hop.agent or "").lower() == "none":
+            lines.append("  IdentityAgent none")
+        elif hop.agent:
+            lines.append(f"  IdentityAgent {_value(hop.agent)}")
+        if via is not None:
+            lines.append(f"  ProxyJump {via}")
+        elif hop.proxy_command:
+            if any(c in hop.proxy_command for c in "\r\n"):
+                raise Inexpressible(hop.proxy_command)
+            lines.append(f"  ProxyCommand {hop.proxy_command}")
+        blocks.append("\n".join(lines) + "\n")
+        return alias
+
+    alias = block(t)
+    return "\n".join(blocks), alias
+
+
+def target_rsync_argv(t: Target, host: Host, op: Op, config: str, alias: str) -> list[str]:
+    """The rsync command line for `op` to `t` through the ssh_config file `config`."""
+    via_alias = Host(name=host.name, address=alias, port=t.port)
+    return rsync_argv(op, via_alias, ssh_options=["-F", config])
+
+
 def local_rsync_argv(host: Host, op: Op, settings: Settings) -> list[str]:
     """The rsync command line this machine runs for `op` on `host`."""
     target = host if settings.host_key_checking != "off" else msgspec.structs.replace(
@@ -69,8 +146,9 @@ def local_rsync_argv(host: Host, op: Op, settings: Settings) -> list[str]:
 
 
 async def run_sync(host: Host, op: Op, settings: Settings,
-                   conn: asyncssh.SSHClientConnection) -> Result:
-    """Carry out a `files.sync` op on `host` over `conn`; always one Result."""
+                   conn: asyncssh.SSHClientConnection, target: Target) -> Result:
+    """Carry out a `files.sync` op on `host` (resolved as `target`) over `conn`;
+    always one Result."""
     started = time.time()
     t0 = time.monotonic()
 
@@ -92,7 +170,12 @@ async def run_sync(host: Host, op: Op, settings: Settings,
                       f"{settings.connect_timeout:g} s")
     remote_rsync = str(pre.stdout or "").strip() == "rsync"
     if remote_rsync and shutil.which("rsync") and shutil.which("ssh"):
-        return await _rsync(host, op, settings, result)
+        try:
+            text, alias = target_config(target, settings)
+        except Inexpressible:
+            pass  # SFTP over the pooled connection goes the resolved way (see the docstring)
+        else:
+            return await _rsync(host, op, settings, result, target, text, alias)
     if op.sudo or op.become_user:
         where = "this machine" if remote_rsync else host.name
         return result("failed", 69, err=f"sync with sudo needs rsync on both ends ({where} "
@@ -119,8 +202,21 @@ def _via(name: str) -> str:
     return f"{MARK} {VIA_SECTION}\n{name}\n"
 
 
-async def _rsync(host: Host, op: Op, settings: Settings, result: Callable[..., Result]) -> Result:
-    argv = local_rsync_argv(host, op, settings)
+async def _rsync(host: Host, op: Op, settings: Settings, result: Callable[..., Result],
+                 target: Target, config: str, alias: str) -> Result:
+    fd, path = tempfile.mkstemp(prefix="reops-ssh-", suffix=".conf")  # 0600, ours only
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(config)
+        return await _rsync_with(op, settings, result,
+                                 target_rsync_argv(target, host, op, path, alias))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+async def _rsync_with(op: Op, settings: Settings, result: Callable[..., Result],
+                      argv: list[str]) -> Result:
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)

@@ -49,6 +49,7 @@ class HostConfig:
     proxy_command: str | None = None
     known_hosts: tuple[str, ...] | None = None
     strict_host_key_checking: str | None = None
+    hash_known_hosts: bool | None = None  # HashKnownHosts (Debian's ssh_config sets yes)
 
 
 NOTHING = HostConfig()
@@ -118,6 +119,7 @@ class _Evaluation(asyncssh.config.SSHClientConfig):
         "host": ("Host", _match_host_cached),
         "include": ("Include", _include_cached),
         "stricthostkeychecking": ("StrictHostKeyChecking", asyncssh.config.SSHConfig._set_string),
+        "hashknownhosts": ("HashKnownHosts", asyncssh.config.SSHConfig._set_bool),
     }
 
     def parse(self, path: Path) -> None:
@@ -261,6 +263,7 @@ class SshConfig:
             known_hosts=(tuple(os.path.expanduser(p) for p in get("UserKnownHostsFile"))
                          if get("UserKnownHostsFile") else None),
             strict_host_key_checking=None if strict is None else str(strict).lower(),
+            hash_known_hosts=get("HashKnownHosts"),
         )
 
 

@@ -48,6 +48,7 @@ class Target:
     policy: HostKeyPolicy
     via: Target | None  # the last bastion (itself reached through its own `via`)
     proxy_command: str | None
+    hash_known_hosts: bool = False  # accept-new records `|1|salt|hash` entries
     label: str = field(default="", compare=False)  # the host's name, for messages
 
     @property
@@ -119,9 +120,9 @@ class Targets:
             certs = tuple(p for p in hc.certificate_files if os.path.exists(p))
             only = bool(hc.identities_only) and bool(keys)
         known = host.known_hosts or settings.known_hosts
-        policy: HostKeyPolicy = settings.host_key_checking
-        if policy == "strict" and hc.strict_host_key_checking:  # strict is reops' default
-            policy = STRICT.get(hc.strict_host_key_checking, "strict")  # type: ignore[assignment]
+        # flags > ssh_config > strict: only an unset flag lets ssh_config decide
+        policy: HostKeyPolicy = settings.host_key_checking or STRICT.get(  # type: ignore[assignment]
+            hc.strict_host_key_checking or "yes", "strict")
         via = None
         proxy = None
         hops = host.jump if host.jump is not None else (
@@ -144,7 +145,8 @@ class Targets:
             user=host.user or settings.user or hc.user or local_user(),
             keys=keys, certs=certs, identities_only=only, agent=hc.identity_agent,
             known_hosts=(known,) if known else (hc.known_hosts or (DEFAULT_KNOWN_HOSTS,)),
-            policy=policy, via=via, proxy_command=proxy, label=host.name,
+            policy=policy, via=via, proxy_command=proxy,
+            hash_known_hosts=bool(hc.hash_known_hosts), label=host.name,
         )
 
 
