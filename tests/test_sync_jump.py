@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from reops.ops.base import Op
 from reops.ops.files import sync as sync_op
 from reops.ops.shell import exec_ as shell
 from reops.transports.ssh.executor import SshExecutor
-from reops.transports.ssh.rsync import sync_via
+from reops.transports.ssh.rsync import Inexpressible, _value, sync_via, target_config
 
 FAST = Settings(connect_timeout=10.0, command_timeout=60.0, ssh_config=False)
 
@@ -102,3 +104,66 @@ def test_sync_to_hosts_only_ssh_config_knows(lab_factory, tmp_path: Path,  # typ
     hosts = list(inventory(inv).select("all"))
     assert all(h.address == h.name for h in hosts)
     _sync_and_check(hosts, FAST.with_(ssh_config=str(cfg)), tmp_path, monkeypatch)
+
+
+def test_each_hop_keeps_its_own_settings(tmp_path: Path) -> None:
+    """The generated ssh_config: one block per hop, each with its resolved settings."""
+    from reops.transports.ssh.target import Target
+
+    def t(address: str, port: int, user: str, key: str, policy: str,
+          via: Target | None = None) -> Target:
+        return Target(address=address, port=port, user=user, keys=(key,), certs=(),
+                      identities_only=True, agent=None, known_hosts=(f"/kh/{user}",),
+                      policy=policy, via=via, proxy_command=None)  # type: ignore[arg-type]
+
+    first = t("10.0.0.1", 2201, "jump1", "/k/one", "strict")
+    second = t("10.0.0.2", 2202, "jump two", "/k/t%o", "accept-new", first)
+    target = t("10.9.9.9", 22, "deploy", "/k/target", "off", second)
+    text, alias = target_config(target, FAST)
+    blocks = {b.split("\n", 1)[0]: b for b in text.split("\n\n")}
+    assert alias == "reops-2" and list(blocks) == ["Host reops-0", "Host reops-1",
+                                                   "Host reops-2"]
+    assert "HostName 10.0.0.1\n  Port 2201\n  User jump1" in blocks["Host reops-0"]
+    assert "ProxyJump" not in blocks["Host reops-0"]
+    assert "StrictHostKeyChecking yes" in blocks["Host reops-0"]
+    assert 'User "jump two"' in blocks["Host reops-1"]
+    assert "IdentityFile /k/t%%o" in blocks["Host reops-1"]  # ssh expands %: escaped
+    assert "ProxyJump reops-0" in blocks["Host reops-1"]
+    assert "UserKnownHostsFile /dev/null" in blocks["Host reops-2"]
+    assert "StrictHostKeyChecking no" in blocks["Host reops-2"]
+    assert "ProxyJump reops-1" in blocks["Host reops-2"]
+    # ssh itself reads it so: `ssh -G` prints the resolved options
+    cfg = tmp_path / "cfg"
+    cfg.write_text(text)
+    shown = subprocess.run(["ssh", "-G", "-F", str(cfg), "reops-1"], capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    assert {"hostname 10.0.0.2", "port 2202", "user jump two", "userknownhostsfile /kh/jump two",
+            "proxyjump reops-0", "stricthostkeychecking accept-new"} <= set(shown)
+
+
+def test_a_path_ssh_config_cannot_carry_falls_back_to_sftp(lab_factory, tmp_path: Path,  # type: ignore[no-untyped-def]
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `"` in the key's path: ssh_config has no escape for it, so the sync takes SFTP
+    over reops' own connection (it still succeeds) instead of a wrong ssh command line."""
+    fleet: Lab = lab_factory()
+    info = fleet.info
+    odd = tmp_path / 'a "quoted" dir'
+    odd.mkdir()
+    key = odd / "id"
+    shutil.copy(info.key, key)
+    key.chmod(0o600)
+    with pytest.raises(Inexpressible):
+        _value(str(key))
+    [(name, address)] = fleet.hosts.items()
+    host = Host(name=name, address=address, port=info.port, user=info.user, key=str(key),
+                known_hosts=str(info.known_hosts))
+    src = _site(tmp_path)
+    remote = f"/tmp/reops-sync-odd-{os.getpid()}-{tmp_path.name}"
+    ex = SshExecutor(FAST)
+    try:
+        [r] = _runs(ex, [(host, sync_op(str(src), remote))], FAST)
+        assert r.status == "ok" and sync_via(r.out) == "sftp", r.err
+        [c] = _runs(ex, [(host, shell(f"cat {remote}/index.html; rm -rf {remote}"))], FAST)
+        assert c.out == "<h1>hi</h1>\n", c.err
+    finally:
+        get_runtime().call(ex.close())
