@@ -217,13 +217,7 @@ def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any
         why = "terminated (SIGTERM)" if terminated() else "interrupted"
         click.echo(f"reops: {why}: hosts not finished are reported as errors", err=True)
         sys.exit(143 if terminated() else 130)
-    if opts.get("check") and not opts["dry_run"]:
-        if opts["output"] == "pretty":
-            from reops.sinks.check_view import blocks, summary
-
-            if diffs := blocks(outcome):  # after the per-host lines; same diff: one block
-                click.echo(diffs)
-            click.echo(summary(outcome), err=True)
+    if opts.get("check") and not opts["dry_run"]:  # pretty: the terminal sink printed it
         sys.exit(outcome.check_exit_code)
     sys.exit(outcome.exit_code)
 

@@ -24,6 +24,7 @@ from reactivex.disposable import Disposable
 
 from reops.core.model import Event, Line, Result
 from reops.core.runtime import SHUTDOWN_GRACE_S, get_runtime, terminated
+from reops.sinks import check_view
 from reops.sinks.gather import (
     DEFAULT_LINES,
     Block,
@@ -78,7 +79,7 @@ class Printer:
     def __init__(self, *, tail: int | None = DEFAULT_LINES, file: IO[str] | None = None,
                  total: int = 0, progress: bool | None = None, show_lines: bool = True,
                  gather: bool = True, live: bool | None = None,
-                 hosts: Sequence[str] = ()) -> None:
+                 hosts: Sequence[str] = (), check: bool = False) -> None:
         from rich.console import Console
 
         self.console = Console(file=file or sys.stdout, highlight=False, soft_wrap=True,
@@ -102,6 +103,9 @@ class Printer:
         self._done = False
         self._streamed: set[str] = set()  # hosts whose lines were shown live
         self._held: list[tuple[Result, Body]] = []  # Results waiting for the end (not live)
+        self.checks: dict[str, bool | None] = {}  # a check run: host → would change (None: error)
+        self._whole: set[str] = set()  # hosts whose block is never cut (check diffs)
+        self.check = check  # a check run: every host answers would change / no change / error
         self._col_width = 0
         self._col = _HostColumn(0)
         self.writer: _Writer | None = None  # set by pretty(): printing off the loop thread
@@ -216,7 +220,18 @@ class Printer:
             self.failed.append(r.host)
         if self._progress is not None:
             self._progress.update(self._task, advance=1)
-        item = (r, body_of(r, streamed=r.host in self._streamed))
+        found = check_view.report(r)
+        if found is not None or (not r.ok and (self.check or self.checks)):
+            changes = found["changes"] if found is not None else None
+            self.checks[r.host] = changes
+            if found is not None and changes:  # shown whole: its last lines would mislead
+                self._whole.add(r.host)
+                item = (r, Body(check_view.diff_lines(str(found["diff"])), []))
+            else:
+                item = (r, body_of(r, streamed=r.host in self._streamed) if changes is None
+                        else Body([], []))
+        else:
+            item = (r, body_of(r, streamed=r.host in self._streamed))
         if self.live:
             self.width = max(self.width, min(len(r.host), 24))
             self._block(Block(r, item[1], [r]))
@@ -243,12 +258,14 @@ class Printer:
             f" {r.op} {'≤' if len(b.results) > 1 else ''}{took:.2f}s")
         if not r.ok:
             what += f" {describe_failure(r)}"
-        if r.changed:
+        if r.host in self.checks and r.ok:  # a check: what it WOULD do
+            what += f" {check_view.word(self.checks[r.host])}"
+        elif r.changed:
             what += " changed"
         head: list[Segment] = [mark, (" ", None), (f"{_label(b):<{self.width}}", "bold"),
                                (what, "dim")]
         rows = [(x, False) for x in b.body.out] + [(x, True) for x in b.body.err]
-        hidden, shown = cut(rows, self.tail)
+        hidden, shown = cut(rows, None if r.host in self._whole else self.tail)
         if not hidden and len(shown) == 1 and len(shown[0][0]) < 100:
             text, is_err = shown[0]
             self._emit(*head, ("  ", None), (text, ("bad" if not r.ok else "warn")
@@ -280,7 +297,15 @@ class Printer:
         left = [h for h in self.hosts if h not in self.finished] if interrupted else []
         n_left = (len(left) if self.hosts else self.total - total) if interrupted else 0
         parts: list[Segment] = []
-        if dry and dry == total and not interrupted:
+        if self.checks and not interrupted:
+            would = sum(1 for c in self.checks.values() if c)
+            same = sum(1 for c in self.checks.values() if c is False)
+            # a host that failed before any check answered (a flow's pretty()) is one too
+            errors = len({h for h, c in self.checks.items() if c is None} | set(self.failed))
+            parts.append((check_view.summary_text(would, same, errors), "bad" if errors else
+                "warn" if would else "ok"))
+            parts.append((f"{total} hosts", None))
+        elif dry and dry == total and not interrupted:
             parts.append((f"dry run: {dry} host{'s' if dry > 1 else ''}, nothing ran", "dry"))
         else:
             parts.append((f"{ok} ok", "ok"))
@@ -431,7 +456,8 @@ class _Writer:
 
 def pretty(*, tail: int | None = DEFAULT_LINES, file: IO[str] | None = None,
            progress: bool | None = None, summary: bool = True, max_lines: int = LINE_BUFFER,
-           gather: bool = True, live: bool | None = None) -> Operator:
+           gather: bool = True, live: bool | None = None, check: bool | None = None
+           ) -> Operator:
     """Print each host's ✔/✘ and its output, then a summary line naming failed hosts.
 
     Hosts print in natural order once the run ends (`web2` before `web10`), identical
@@ -443,14 +469,25 @@ def pretty(*, tail: int | None = DEFAULT_LINES, file: IO[str] | None = None,
     table, exec → its output); dry runs are labelled `○ … dry run`, never ✔ ok.
     Printing happens off the runtime loop: Results flow on at once, whatever the
     terminal's speed; live lines beyond `max_lines` waiting are counted, not shown.
+    A check run (`check`; None: when `configure(check=True)` and not a dry run, or when
+    Results carry check data) reads `would change` / `no change` per block, each diff
+    whole, and ends with `check: 3 would change · 17 no change · 0 errors`
+    (`sinks/check_view.py`).
     """
 
     def make(up: Stream) -> reactivex.Observable[Event]:
         def subscribe(observer: abc.ObserverBase[Event],
                       scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
             rt = get_runtime()
+            if check is None:
+                from reops.streams.source import defaults
+
+                d = defaults()
+                checking = d.check and not d.dry_run
+            else:
+                checking = check
             p = Printer(tail=tail, file=file, total=len(up.hosts), progress=progress,
-                        gather=gather, live=live, hosts=up.hosts.names)
+                        gather=gather, live=live, hosts=up.hosts.names, check=checking)
             w = _Writer(max_lines, p.lines, p.not_shown)
             p.writer = w
             state = {"ended": False}
