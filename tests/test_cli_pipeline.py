@@ -139,6 +139,10 @@ def test_op_commands_and_exec_share_one_pipeline(lab: LabInfo) -> None:
     exec_doc, facts_doc = docs
     assert set(exec_doc) == set(facts_doc) == {"hosts", "successful", "failure", "run", "steps"}
     assert set(exec_doc["successful"][0]) == set(facts_doc["successful"][0])
+    assert set(exec_doc["run"]) == set(facts_doc["run"])
+    assert (exec_doc["run"]["pipeline"], facts_doc["run"]["pipeline"]) == ("exec", "facts")
+    assert [s["op"] for s in exec_doc["steps"]] == ["exec"]
+    assert [s["op"] for s in facts_doc["steps"]] == ["facts"]
     assert facts_doc["successful"][0]["data"]["os"]["kernel"] == "Linux"
 
 

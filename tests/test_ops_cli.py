@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -79,6 +80,9 @@ def test_facts_json_is_the_outcome_with_typed_data(lab: LabInfo) -> None:
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     assert set(doc) == {"hosts", "successful", "failure", "run", "steps"} and doc["failure"] == {}
+    assert doc["run"]["selector"] == "group:db" and doc["run"]["check"] is False
+    assert doc["run"]["command"].startswith("reops facts") and doc["run"]["pipeline"] == "facts"
+    assert [(s["host"], s["step"]) for s in doc["steps"]] == [(h, 0) for h in doc["hosts"]]
     assert sorted(doc["hosts"]) == sorted(h for h in lab.hosts if h.startswith("db"))
     data = doc["successful"][0]["data"]
     assert data["os"]["kernel"] == "Linux" and data["hardware"]["cpus"] >= 1
@@ -88,7 +92,11 @@ def test_facts_json_is_the_outcome_with_typed_data(lab: LabInfo) -> None:
 def test_facts_pretty_is_a_table(lab: LabInfo, in_process: CliRunner) -> None:
     p = run(in_process, "facts", "-i", str(lab.inventory), "web1,web2", "os", "hardware")
     assert p.returncode == 0, p.stdout
-    assert p.stdout.count("✔") == 2
+    # both hosts ok: one gathered ✔ block (same OS line) naming both, then the table
+    assert re.search(r"^✔ web\[1-2\] \(2\) facts ≤\d+\.\d\ds  \S", p.stdout, re.M), p.stdout
+    assert p.stdout.count("✔") == 1
+    rows = [line.split()[0] for line in p.stdout.splitlines() if line.startswith("web")]
+    assert rows == ["web1", "web2"]
     header = next(line for line in p.stdout.splitlines() if line.startswith("host"))
     assert header.split() == ["host", "os", "kernel", "cpus", "memory", "disks", "address",
                               "uptime"]
