@@ -43,8 +43,9 @@ def fleet_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      type=click.FloatRange(min=0, min_open=True), default=None,
                      help="Seconds a command may run before it is killed [default: none]."),
         click.option("--host-key-checking", type=click.Choice(["strict", "accept-new", "off"]),
-                     default=None, help="strict: known_hosts must match [default]; "
-                     "accept-new: record unknown hosts; off: do not check (unsafe)."),
+                     default=None, help="strict: known_hosts must match; accept-new: record "
+                     "unknown hosts; off: do not check (unsafe) [default: ssh_config's "
+                     "StrictHostKeyChecking, else strict]."),
         click.option("--known-hosts", type=click.Path(path_type=Path), default=None,
                      help="known_hosts file for hosts without their own "
                      "[default: ~/.ssh/known_hosts]."),
