@@ -41,7 +41,7 @@ $(STAMP): pyproject.toml agent/pyproject.toml
 venv: $(STAMP)
 
 test: venv
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
 
 lint: venv
 	$(BIN)/ruff check reops agent tests bench flows
