@@ -40,6 +40,8 @@ _EXPORTS: dict[str, str] = {
     **_from("reops.sinks.terminal", "pretty"),
     **_from("reops.sinks.jsonl", "jsonl"),
     **_from("reops.sinks.table", "to_table save"),
+    **_from("reops.sinks.bus", "publish"),
+    **_from("reops.streams.bus", "bus"),
     # flows
     **_from("reops.flows", "flow"),
 }
@@ -56,6 +58,7 @@ if TYPE_CHECKING:  # the same names, typed, for mypy and IDEs; costs nothing at 
     from reops.core.settings import Settings as Settings
     from reops.flows import flow as flow
     from reops.ops.base import Op as Op
+    from reops.sinks.bus import publish as publish
     from reops.sinks.jsonl import jsonl as jsonl
     from reops.sinks.table import save as save
     from reops.sinks.table import to_table as to_table
@@ -64,6 +67,7 @@ if TYPE_CHECKING:  # the same names, typed, for mypy and IDEs; costs nothing at 
     from reops.streams.agents import agents as agents
     from reops.streams.agents import call as call
     from reops.streams.agents import schedule as schedule
+    from reops.streams.bus import bus as bus
     from reops.streams.operators import failed as failed
     from reops.streams.operators import lost as lost
     from reops.streams.operators import partition as partition

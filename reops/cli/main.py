@@ -27,6 +27,7 @@ LAZY: dict[str, tuple[str, str]] = {
     "types": ("reops.cli.systems:types", "Machine types: how to provision them."),
     "jobs": ("reops.cli.systems:jobs", "The durable job queue."),
     "events": ("reops.cli.systems:events", "Hypervisor events as they happen."),
+    "tail": ("reops.cli.tail:tail_cmd", "Print what flows and pipelines publish on the bus."),
     "repl": ("reops.repl:repl", "A live Python session with the reops API loaded."),
     "facts": ("reops.cli.ops:facts", "What hosts are: os, hardware, network, users, uptime."),
     "metrics": ("reops.cli.ops:metrics", "cpu, memory, load, disk, net; --every N: live."),

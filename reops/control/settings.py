@@ -36,6 +36,13 @@ class HubSettings(msgspec.Struct, frozen=True, kw_only=True):
     # new pending keys recorded a minute (bursts up to that); more are refused, not queued
     pending_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 120
     services: tuple[str, ...] = ()  # "module:attach" functions run with the Controller
+    # the bus (hub/bus.py): publishers connect to bus_in (XSUB), subscribers to bus_out
+    # (XPUB), both CurveZMQ with the hub's key; default: `bind`'s address, its port + 1 / + 2
+    bus_in: str = ""
+    bus_out: str = ""
+    # messages queued per subscriber (and per publisher) before newer ones are dropped
+    bus_hwm: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    bus_max_message: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024  # larger: dropped
 
     def with_(self, **changes: Any) -> HubSettings:
         clean = {k: v for k, v in changes.items() if v is not None}
@@ -50,9 +57,25 @@ class HubSettings(msgspec.Struct, frozen=True, kw_only=True):
         return Path(self.keys_dir).expanduser() if self.keys_dir else home() / "keys"
 
     @property
+    def bus_in_endpoint(self) -> str:
+        """Where publishers connect: bus_in, else next to the agents' port (+1)."""
+        return self.bus_in or _next_to(self.bind, 1)
+
+    @property
+    def bus_out_endpoint(self) -> str:
+        """Where subscribers connect: bus_out, else next to the agents' port (+2)."""
+        return self.bus_out or _next_to(self.bind, 2)
+
+    @property
     def lost_after_s(self) -> float:
         """Silence after which an agent (or the hub, for an agent) counts as gone."""
         return self.heartbeat_s * self.misses
+
+
+def _next_to(endpoint: str, offset: int) -> str:
+    """`endpoint` with its port moved by `offset` (a wildcard port stays a wildcard)."""
+    base, _, port = endpoint.rpartition(":")
+    return f"{base}:{int(port) + offset}" if port.isdigit() else f"{base}:*"
 
 
 def load_hub_settings(path: Path | None = None) -> HubSettings:

@@ -27,6 +27,7 @@ from reops_agent.protocol import CodeRef, code_hash
 from reops import __version__
 from reops.control.settings import HubSettings
 from reops.control.wire import Call, Code, LineItem, ResultItem, Schedule, TickItem
+from reops.hub.bus import attach as attach_bus
 from reops.hub.control import BadRequest, ControlServer, Handler, Session
 from reops.hub.fleet import Fleet
 from reops.hub.keystore import KeyEntry, KeyStore
@@ -78,6 +79,7 @@ class Controller:
         }.items():
             self.register(name, handler)
         attach_ssh_pool(self)  # ssh.run, ssh.pool: the warm SSH pool `reops exec` uses
+        attach_bus(self)  # the XSUB/XPUB bus publish() and `reops tail` use; bus.stats
 
     def register(self, name: str, handler: Handler) -> None:
         """Serve control method `name` (e.g. "jobs.submit") with `async handler(session)`."""

@@ -1,0 +1,245 @@
+"""`publish()`: put a pipeline's Results, Lines and events on the hub's bus, pass them on.
+
+    run(exec_(hosts, "uptime") | publish() | pretty())
+    on(trigger) | then(op) | publish()          # in a flow: the same sink
+
+One publisher per process (connected once, on the runtime loop), whatever the number of
+pipelines. It never blocks a pipeline: a message that cannot go now is dropped and
+counted (`publisher().dropped`, and in every later body's `dropped`, which the hub's
+`bus.stats` shows). Until the hub has answered the connection, up to `bus_hwm` messages
+wait (a short CLI run would otherwise lose its first Results to the CurveZMQ handshake);
+at exit, what waits is given a bounded moment (`LINGER_S`) to leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import reactivex
+import zmq
+import zmq.asyncio
+from reactivex import Observable, abc
+from zmq.utils.monitor import parse_monitor_message
+
+from reops.control.bus import (
+    KINDS,
+    AnyBody,
+    encode,
+    matches,
+    read_keypair,
+    source_id,
+    to_body,
+    topic_of,
+)
+from reops.control.client import HubClient, HubError
+from reops.control.settings import HubSettings, load_hub_settings
+from reops.core.model import Event
+from reops.core.runtime import get_runtime
+from reops.streams.stream import Operator, Stream, derived
+
+log = logging.getLogger("reops.bus")
+
+#: seconds a process's exit waits for queued messages to reach the hub
+LINGER_S = 2.0
+#: topics whose sequence numbers are remembered (beyond that, the oldest restart at 1)
+SEQ_KEPT = 65536
+
+
+async def bus_endpoints(settings: HubSettings) -> tuple[str, str, str]:
+    """(publishers' endpoint, subscribers' endpoint, hub key): asked of the running hub,
+    else the settings and the key store."""
+    client = HubClient(settings.control_path, connect_timeout=2.0)
+    try:
+        async with asyncio.timeout(5.0):
+            info = await client.request("bus.stats")
+        if isinstance(info, dict) and "in" in info:
+            return str(info["in"]), str(info["out"]), str(info["key"])
+    except (ConnectionError, HubError, TimeoutError, OSError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            await client.close()
+    pair = read_keypair(settings.keys_path, "hub")
+    key = pair[0].decode() if pair else ""
+    return settings.bus_in_endpoint, settings.bus_out_endpoint, key
+
+
+class Publisher:
+    """This process's connection to the hub's XSUB (an XPUB socket: it sees the hub's
+    subscription, which says the connection is up)."""
+
+    def __init__(self, settings: HubSettings | None = None) -> None:
+        self.settings = settings or load_hub_settings()
+        self.src = source_id()
+        self.sent = 0
+        self.dropped = 0
+        self.ready = False
+        self._waiting: collections.deque[tuple[bytes, AnyBody]] = collections.deque()
+        self._seq: dict[str, int] = {}
+        self._sock: zmq.asyncio.Socket | None = None
+        self._ctx: zmq.asyncio.Context | None = None
+        self._started = False
+        self._sockets: list[zmq.asyncio.Socket] = []
+        self._draining: asyncio.Future[None] | None = None
+        self._gone = False  # no bus to publish to: drop at once
+        self._tasks: list[asyncio.Task[None]] = []
+        self._idle = asyncio.Event()
+
+    # ── on the runtime loop ──────────────────────────────────────────────────────────
+
+    def send(self, body: AnyBody, topic: str | None = None) -> None:
+        """Send (or, before the hub answered, queue) one body; never blocks."""
+        topic = topic or topic_of(body)
+        seq = self._seq.get(topic, 0) + 1
+        if seq == 1 and len(self._seq) >= SEQ_KEPT:
+            self._seq.pop(next(iter(self._seq)))
+        self._seq[topic] = body.seq = seq
+        body.src = self.src
+        body.at = time.time()
+        if not self._started:
+            self._started = True
+            self._tasks.append(get_runtime().spawn(self._connect()))
+        if self._gone:
+            self.dropped += 1
+            return
+        if self.ready and not self._waiting:
+            if not self._try(topic.encode(), body):
+                self.dropped += 1  # the hub is slow or away: lost, not waited for
+            return
+        if len(self._waiting) >= self.settings.bus_hwm:
+            self.dropped += 1
+            return
+        self._waiting.append((topic.encode(), body))
+        self._idle.clear()
+
+    def _try(self, topic: bytes, body: AnyBody) -> bool:
+        sock = self._sock
+        if sock is None:
+            return False
+        body.dropped = self.dropped
+        # the asyncio socket, NOBLOCK: done at once, and it keeps the subscription reader
+        # awake (a shadow socket's send could swallow the edge that wakes it)
+        sent: Any = sock.send_multipart([topic, encode(body)], flags=zmq.NOBLOCK)
+        if sent.done() and sent.exception() is not None:
+            return False  # zmq.Again: the queue to the hub is full
+        self.sent += 1
+        return True
+
+    def _flush(self) -> None:
+        while self._waiting and self.ready:
+            topic, body = self._waiting[0]
+            if not self._try(topic, body):  # full: the rest wait (bounded) for room
+                if self._draining is None or self._draining.done():
+                    self._draining = asyncio.ensure_future(self._room())
+                return
+            self._waiting.popleft()
+        if not self._waiting:
+            self._idle.set()
+
+    async def _room(self) -> None:
+        """Flush again once the queue to the hub has room."""
+        if self._sock is not None:
+            sock: Any = self._sock  # (pyzmq's stubs miss poll's flags)
+            await sock.poll(flags=zmq.POLLOUT)
+            self._flush()
+
+    async def _connect(self) -> None:
+        endpoint, _, server_key = await bus_endpoints(self.settings)
+        pair = read_keypair(self.settings.keys_path, "hub")
+        if pair is None or not server_key or "*" in endpoint:
+            log.warning("publish(): no bus to publish to (hub key or endpoint unknown: %s)",
+                        endpoint)
+            self._gone = True
+            self.dropped += len(self._waiting)
+            self._waiting.clear()
+            self._idle.set()
+            return
+        self._ctx = ctx = zmq.asyncio.Context()
+        sock = ctx.socket(zmq.XPUB)
+        sock.setsockopt(zmq.LINGER, int(LINGER_S * 1000))
+        sock.setsockopt(zmq.SNDHWM, self.settings.bus_hwm)
+        sock.setsockopt(zmq.XPUB_NODROP, 1)  # a full queue says so (EAGAIN): we count it
+        sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every (re)subscription: the hub is back
+        sock.curve_serverkey = server_key.encode()
+        sock.curve_publickey, sock.curve_secretkey = pair
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._sockets = [monitor, sock]
+        sock.connect(endpoint)
+        self._sock = sock
+        watch = asyncio.create_task(self._watch(monitor))
+        try:
+            while True:  # the hub subscribes to everything once connected
+                frame = await sock.recv()
+                if frame[:1] == b"\x01":
+                    self.ready = True
+                    self._flush()
+        finally:
+            watch.cancel()
+
+    async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
+        while True:
+            event = parse_monitor_message(await monitor.recv_multipart())
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self.ready = False  # wait (bounded) for the hub to come back
+
+    async def close(self) -> None:
+        """Give waiting messages a bounded moment, then close (runtime shutdown)."""
+        if self._waiting:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LINGER_S):
+                    await self._idle.wait()
+            self.dropped += len(self._waiting)
+        tasks = [*self._tasks, *([self._draining] if self._draining else [])]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._sock = None
+        if self._ctx is not None:
+            for sock in self._sockets:
+                sock.close(int(LINGER_S * 1000))  # queued messages still leave, bounded
+            await asyncio.to_thread(self._ctx.term)
+
+
+def publisher() -> Publisher:
+    """This process's Publisher (made on first use, closed at exit)."""
+    return get_runtime().resource("bus-publisher", Publisher)
+
+
+def publish(topics: Iterable[str] | None = None) -> Operator:
+    """Publish each Result, Line or event on the hub's bus and pass it on unchanged.
+
+    `topics`: patterns ('result.*.failed') limiting what goes out; default everything
+    but output Lines (pass 'line.*' to publish those too)."""
+    wanted = tuple(topics) if topics is not None else tuple(k for k in KINDS if k != "line")
+
+    def make(up: Stream) -> Observable[Event]:
+        def subscribe(observer: abc.ObserverBase[Event],
+                      scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
+            rt = get_runtime()
+            pub = publisher()
+
+            def send(e: Any) -> None:
+                try:
+                    body = to_body(e)
+                    topic = topic_of(body)
+                    if any(matches(p, topic) for p in wanted):
+                        pub.send(body, topic)
+                except Exception:  # the bus must never break the pipeline
+                    pub.dropped += 1
+                    log.exception("publish(): could not publish a %s", type(e).__name__)
+
+            def on_next(e: Event) -> None:
+                rt.call_soon(send, e)
+                observer.on_next(e)
+
+            return up.observable.subscribe(on_next, observer.on_error, observer.on_completed)
+
+        return reactivex.create(subscribe)
+
+    return derived(make, "publish", shared=True)  # shared: each item goes out once
