@@ -36,6 +36,17 @@ _EXPORTS: dict[str, str] = {
                                    "boot_id wait_back collect windows to_metrics_table"),
     # agents
     **_from("reops.streams.agents", "agents call schedule agent_events"),
+    # triggers
+    **_from("reops.streams.triggers.on", "on"),
+    **_from("reops.streams.triggers.clock", "every cron"),
+    **_from("reops.streams.triggers.files", "file_changed"),
+    **_from("reops.streams.triggers.hypervisor", "vm_events vm_started vm_stopped vm_defined "
+                                                 "vm_undefined vm_crashed vm_suspended vm_resumed"),
+    **_from("reops.streams.triggers.agents", "agent_changes agent_registered "
+                                             "agent_lost agent_back"),
+    **_from("reops.streams.triggers.jobs", "job_events job_failed job_succeeded"),
+    **_from("reops.streams.triggers.metrics", "threshold"),
+    **_from("reops.streams.triggers.event", "TriggerEvent"),
     # sinks
     **_from("reops.sinks.terminal", "pretty"),
     **_from("reops.sinks.jsonl", "jsonl"),
@@ -112,6 +123,27 @@ if TYPE_CHECKING:  # the same names, typed, for mypy and IDEs; costs nothing at 
     from reops.streams.steps import windows as windows
     from reops.streams.stream import Stream as Stream
     from reops.streams.stream import run as run
+    from reops.streams.triggers.agents import agent_back as agent_back
+    from reops.streams.triggers.agents import agent_changes as agent_changes
+    from reops.streams.triggers.agents import agent_lost as agent_lost
+    from reops.streams.triggers.agents import agent_registered as agent_registered
+    from reops.streams.triggers.clock import cron as cron
+    from reops.streams.triggers.clock import every as every
+    from reops.streams.triggers.event import TriggerEvent as TriggerEvent
+    from reops.streams.triggers.files import file_changed as file_changed
+    from reops.streams.triggers.hypervisor import vm_crashed as vm_crashed
+    from reops.streams.triggers.hypervisor import vm_defined as vm_defined
+    from reops.streams.triggers.hypervisor import vm_events as vm_events
+    from reops.streams.triggers.hypervisor import vm_resumed as vm_resumed
+    from reops.streams.triggers.hypervisor import vm_started as vm_started
+    from reops.streams.triggers.hypervisor import vm_stopped as vm_stopped
+    from reops.streams.triggers.hypervisor import vm_suspended as vm_suspended
+    from reops.streams.triggers.hypervisor import vm_undefined as vm_undefined
+    from reops.streams.triggers.jobs import job_events as job_events
+    from reops.streams.triggers.jobs import job_failed as job_failed
+    from reops.streams.triggers.jobs import job_succeeded as job_succeeded
+    from reops.streams.triggers.metrics import threshold as threshold
+    from reops.streams.triggers.on import on as on
 
 __all__ = sorted(_EXPORTS)
 
