@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -333,29 +334,29 @@ class Tail:
                                      env=client_env(hub), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.errors: queue.Queue[str | None] = queue.Queue()
+        for stream, into in ((self.proc.stdout, self.lines), (self.proc.stderr, self.errors)):
+            threading.Thread(target=self._read, args=(stream, into), daemon=True).start()
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
+    @staticmethod
+    def _read(stream: Any, into: queue.Queue[str | None]) -> None:
+        for line in stream:
+            into.put(line.rstrip("\n"))
+        into.put(None)
 
-    def until(self, want: Callable[[list[str]], bool]) -> list[str]:
-        """Lines until `want(lines)` holds."""
+    def until(self, want: Callable[[list[str]], bool], stderr: bool = False) -> list[str]:
+        """Lines (of stdout, or stderr) until `want(lines)` holds."""
+        source = self.errors if stderr else self.lines
         got: list[str] = []
         end = time.monotonic() + DEADLINE_S
         while not want(got):
             try:
-                line = self.lines.get(timeout=max(0.0, end - time.monotonic()))
+                line = source.get(timeout=max(0.0, end - time.monotonic()))
             except queue.Empty:
                 raise AssertionError(f"tail printed only {got}") from None
-            assert line is not None, f"tail ended: {self.proc.wait()} {self.stderr()}"
+            assert line is not None, f"tail ended: {self.proc.wait()} {got}"
             got.append(line)
         return got
-
-    def stderr(self) -> str:
-        return self.proc.stderr.read() if self.proc.stderr else ""
 
 
 def test_reops_tail_prints_what_a_publishing_exec_sends_and_ctrl_c_exits_130(
@@ -396,3 +397,31 @@ def test_bad_tail_pattern_is_one_line_exit_2(hub: LabHub) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("reops: error: bad topic pattern 'results.*'")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_tail_with_its_own_key_waits_until_accepted_and_the_hub_announces_it(
+        hub: LabHub, publisher: Publisher, tmp_path: Path) -> None:
+    events, monitor, _ = subscriber(hub, "bus-events", "event.keys.")
+    assert handshake(monitor) == zmq.EVENT_HANDSHAKE_SUCCEEDED
+    subscribed(hub, "event.keys.")
+    tail = Tail(hub, "result.tailkeys.*", "--keys", str(tmp_path / "tail-keys"))
+    try:
+        said = tail.until(lambda ls: any("refused" in ln for ln in ls), stderr=True)
+        found = re.search(r"reops keys accept (bus-[0-9a-f]+)", said[-1])
+        assert found, said
+        name = found.group(1)
+        accept = subprocess.run([sys.executable, "-m", "reops", "keys", "accept", name],
+                                env=client_env(hub), capture_output=True, text=True,
+                                stdin=subprocess.DEVNULL, timeout=DEADLINE_S)
+        assert accept.returncode == 0, accept.stderr
+        # the hub's own events are on the bus too
+        topic, body = receive(events, 1)[0]
+        assert (topic, body["source"], body["kind"], body["data"]["agent"]) == \
+            ("event.keys.accepted", "keys", "accepted", name)
+        subscribed(hub, "result.tailkeys.")  # tail tried again by itself, and got in
+        publisher.do("results tailkeys ok")
+        assert tail.until(lambda ls: len(ls) >= 2)[:2] == [
+            "result.tailkeys.ok.h0  code=0", "    out 0"]
+    finally:
+        tail.proc.send_signal(signal.SIGINT)
+    assert tail.proc.wait(DEADLINE_S) == 130
