@@ -1,9 +1,12 @@
-"""`reops run FILE[:FUNC] [--param value]` and `reops flows [PATH...]`."""
+"""`reops run FILE[:FUNC] [--param value]` and `reops flows …`: saved flows, and flows
+running inside the hub (start, ls, stop, reload, log)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -42,11 +45,38 @@ def run_cmd(ctx: click.Context, spec: str | None, args: tuple[str, ...]) -> None
         ctx.exit(e.code if isinstance(e.code, int) else (0 if e.code is None else 1))
 
 
-@click.command("flows")
+class _FlowsGroup(click.Group):
+    """`reops flows` with a subcommand, or the old `reops flows [PATH...]` (= `list`).
+
+    Subcommand names win: a directory called `ls` is listed with `reops flows list ls`.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
+            args = ["list", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group("flows", cls=_FlowsGroup)
+def flows_cmd() -> None:
+    """Saved flows, and flows running in the hub.
+
+    \b
+      reops flows flows/                        # the saved flows in a directory (= list)
+      reops flows start flows/heal.py --selector 'group:web'   # runs inside `reops hub`
+      reops flows start --watch flows/heal.py   # … and reload it when the file changes
+      reops flows ls                            # running flows: since, fired, last outcome
+      reops flows log heal --follow             # the audit: every firing, per host
+      reops flows reload heal                   # swap in the edited file (a broken one is kept out)
+      reops flows stop heal
+    """
+
+
+@flows_cmd.command("list")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Choice(["pretty", "json"]), default="pretty",
               show_default=True)
-def flows_cmd(paths: tuple[Path, ...], output: str) -> None:
+def list_cmd(paths: tuple[Path, ...], output: str) -> None:
     """List saved flows (in files or directories, default ./flows) and their parameters."""
     import msgspec
 
@@ -74,3 +104,164 @@ def flows_cmd(paths: tuple[Path, ...], output: str) -> None:
         click.echo(f"reops: error: {e}", err=True)
     if errors:
         sys.exit(2)
+
+
+# ── flows in the hub ──────────────────────────────────────────────────────────────────
+
+
+def _hub(method: str, params: dict[str, Any], timeout: float = 10.0,
+         on_item: Callable[[Any], None] | None = None) -> Any:
+    """One request to the running hub; its errors are one line (exit 2)."""
+    from reops.cli.main import UserError
+    from reops.control.client import HubError, HubNotRunning, request_sync
+    from reops.control.settings import load_hub_settings
+
+    try:
+        return request_sync(load_hub_settings().control_path, method, params, timeout=timeout,
+                            on_item=on_item)
+    except (HubNotRunning, HubError) as e:
+        raise UserError(str(e)) from None
+
+
+def _ago(t: float) -> str:
+    import time
+
+    s = max(0, int(time.time() - t))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit} ago"
+    return f"{s}s ago"
+
+
+@flows_cmd.command("start", context_settings={"ignore_unknown_options": True,
+                                              "allow_extra_args": True})
+@click.option("--as", "name", default=None, metavar="NAME",
+              help="Run it under this name [default: the flow's].")
+@click.option("--watch", is_flag=True, help="Reload it whenever its file changes.")
+@click.argument("spec")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def start_cmd(name: str | None, watch: bool, spec: str, args: tuple[str, ...]) -> None:
+    """Run FILE[:FUNC] inside the hub with its options; returns once it runs.
+
+    \b
+      reops flows start flows/heal.py --selector 'group:web' --every 30
+      reops flows start --watch flows/heal.py:heal
+      reops flows start flows/x.py -- --watch 1    # after `--`, every option is the flow's
+
+    Every option but --as and --watch is the flow's, as typed; the hub parses them, so give
+    paths absolute (the hub does not run in your directory).
+    """
+    import re
+
+    file, sep, func = spec.rpartition(":")
+    if not sep or not re.fullmatch(r"[\w.-]+", func) or Path(spec).is_file():
+        file, func = spec, ""  # as `reops run` reads FILE[:FUNC]
+    path = Path(file).expanduser().resolve()
+    if not path.is_file():
+        raise click.UsageError(f"{file}: no such flow file")
+    if "--help" in args or "-h" in args:  # the flow's own options, read here
+        from reops.flows import resolve
+
+        flow = resolve(f"{path}:{func}" if func else str(path))
+        click.echo(flow.command().get_help(click.Context(flow.command(),
+                                                         info_name=f"flows start {spec}")))
+        return
+    from reops.hub.flows import load_flow_settings
+
+    info = _hub("flows.start", {"file": str(path), "func": func, "args": list(args),
+                                "watch": watch, "name": name or ""},
+                timeout=load_flow_settings().start_timeout_s + 10)
+    click.echo(f"started {info['name']} ({path}:{info['func']}, version {info['version']})"
+               + ("; watching the file" if watch else ""))
+
+
+@flows_cmd.command("ls")
+@click.option("-o", "--output", type=click.Choice(["pretty", "json"]), default="pretty",
+              show_default=True)
+def ls_cmd(output: str) -> None:
+    """Flows in the hub: state, since, fired, last outcome, restarts, errors."""
+    rows = _hub("flows.ls", {})
+    if output == "json":
+        import msgspec
+
+        sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
+        return
+    if not rows:
+        click.echo("no flows in the hub; start one with `reops flows start FILE`", err=True)
+        return
+    click.echo(f"{'NAME':<16} {'STATE':<9} {'SINCE':<9} {'FIRED':>6}  {'LAST':<22} "
+               f"{'VERSION':<12} FILE")
+    for r in rows:
+        since = _ago(r["since"]) if r["since"] else "-"
+        notes = []
+        if r["restarts"]:
+            notes.append(f"restarted {r['restarts']}x by the hub")
+        if r["reloads"]:
+            notes.append(f"reloaded {r['reloads']}x")
+        if r["watch"]:
+            notes.append("watching")
+        if r["in_flight"]:
+            notes.append(f"{r['in_flight']} in flight")
+        click.echo(f"{r['name']:<16} {r['state']:<9} {since:<9} {r['fired']:>6}  "
+                   f"{r['last'] or '-':<22} {r['version'] or '-':<12} {r['file']}:{r['func']}"
+                   + (f"  ({', '.join(notes)})" if notes else ""))
+        if r["error"]:
+            click.echo(f"    error: {r['error']}")
+
+
+@flows_cmd.command("stop")
+@click.argument("name")
+def stop_cmd(name: str) -> None:
+    """Stop a flow (its steps in flight are cancelled); it does not come back."""
+    _hub("flows.stop", {"name": name})
+    click.echo(f"stopped {name}")
+
+
+@flows_cmd.command("reload")
+@click.argument("name")
+def reload_cmd(name: str) -> None:
+    """Import the flow's file again and swap it in; a broken file keeps the old one."""
+    from reops.hub.flows import load_flow_settings
+
+    info = _hub("flows.reload", {"name": name},
+                timeout=load_flow_settings().start_timeout_s + 10)
+    if not info["reloaded"]:
+        click.echo(f"reops: error: {info['error']} (version {info['version']} keeps running)",
+                   err=True)
+        sys.exit(1)
+    ms = info.get("seconds", 0.0) * 1000
+    click.echo(f"reloaded {name}: {info.get('previous') or '-'} -> {info['version']} "
+               f"in {ms:.0f} ms")
+
+
+def _row_line(r: dict[str, Any]) -> str:
+    import datetime
+
+    at = datetime.datetime.fromtimestamp(r["at"]).isoformat(sep=" ", timespec="seconds")
+    if not r.get("host"):  # a flow event: started, reloaded, error, stopped …
+        return f"{at}  {r.get('version', ''):<12}  {r['status']}: {r.get('detail', '')}"
+    code = f" ({r.get('code', 0)})" if r.get("status") != "ok" else ""
+    return (f"{at}  {r.get('version', ''):<12}  #{r['firing']:<5} {r.get('trigger', ''):<24} "
+            f"{r['host']:<12} {r['status']}{code}  {r.get('detail', '')}")
+
+
+@flows_cmd.command("log")
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new records (Ctrl-C ends).")
+@click.option("-n", "--lines", "limit", type=click.IntRange(1), default=50, show_default=True,
+              help="How many of the newest records to show first.")
+@click.option("-o", "--output", type=click.Choice(["pretty", "json"]), default="pretty",
+              show_default=True)
+def log_cmd(name: str, follow: bool, limit: int, output: str) -> None:
+    """The flow's audit: when, version (file hash), firing, trigger, host, outcome."""
+    import msgspec
+
+    def show(r: Any) -> None:
+        line = msgspec.json.encode(r).decode() if output == "json" else _row_line(r)
+        click.echo(line)
+
+    try:
+        _hub("flows.log", {"name": name, "follow": follow, "limit": limit},
+             timeout=10.0 if not follow else 10 * 365 * 86400.0, on_item=show)
+    except KeyboardInterrupt:
+        sys.exit(130)

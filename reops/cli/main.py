@@ -18,7 +18,7 @@ LAZY: dict[str, tuple[str, str]] = {
     "exec": ("reops.cli.execute:exec_cmd", "Run a shell command on the selected hosts."),
     "hosts": ("reops.cli.execute:hosts_cmd", "List the hosts a selector picks from an inventory."),
     "run": ("reops.cli.flows:run_cmd", "Run a saved flow: reops run FILE[:FUNC] [--param v]."),
-    "flows": ("reops.cli.flows:flows_cmd", "List the saved flows in files or directories."),
+    "flows": ("reops.cli.flows:flows_cmd", "Saved flows; flows in the hub: start, ls, log, stop."),
     "lab": ("reops.cli.lab:lab", "A local fleet of real sshd hosts on loopback."),
     "hub": ("reops.cli.agents:hub", "The controller: agents' hub, jobs, hypervisors."),
     "keys": ("reops.cli.agents:keys", "Agent keys: pending, accepted, rejected."),

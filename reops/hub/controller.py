@@ -30,6 +30,7 @@ from reops.control.wire import Call, Code, LineItem, ResultItem, Schedule, TickI
 from reops.hub.bus import attach as attach_bus
 from reops.hub.control import BadRequest, ControlServer, Handler, Session
 from reops.hub.fleet import Fleet
+from reops.hub.flows import attach as attach_flows
 from reops.hub.keystore import KeyEntry, KeyStore
 from reops.hub.sshpool import attach as attach_ssh_pool
 from reops.hub.zap import Authenticator
@@ -79,6 +80,7 @@ class Controller:
         }.items():
             self.register(name, handler)
         attach_ssh_pool(self)  # ssh.run, ssh.pool: the warm SSH pool `reops exec` uses
+        attach_flows(self)  # flows.*: long-running flows, stored, audited, drained on stop
         attach_bus(self)  # the XSUB/XPUB bus publish() and `reops tail` use; bus.stats
 
     def register(self, name: str, handler: Handler) -> None:

@@ -1,0 +1,102 @@
+"""Reload time of a flow running in a real `reops hub`, and the gap it leaves.
+
+A flow ticks every `--tick-ms` on the runtime loop (no hosts: the swap is what is measured,
+not SSH); the bench reloads it `--reloads` times through the control socket, touching the
+file each time so every reload is a new version, and reports:
+
+- reload: the hub's own measure (import + call + subscribe + swap), p50/p95/max;
+- round trip: the `flows.reload` request as a client sees it;
+- gap: per swap, the new version's first recorded tick minus the old version's last one
+  (negative: both ran for a moment; docs/flows.md, "Reload, honestly").
+
+    .venv/bin/python bench/bench_reload.py --reloads 100 --tick-ms 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+FLOW = """\
+import reactivex
+from reactivex.scheduler.eventloop import AsyncIOThreadSafeScheduler
+
+from reops.core.runtime import get_runtime
+from reops.flows import flow
+
+# version {n}
+
+
+@flow
+def ticker(tick_ms: float = 1.0) -> object:
+    loop = AsyncIOThreadSafeScheduler(get_runtime().loop)
+    return reactivex.interval(tick_ms / 1000, scheduler=loop)
+"""
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reloads", type=int, default=20)
+    ap.add_argument("--tick-ms", type=float, default=10.0)
+    args = ap.parse_args()
+
+    from reops.control.client import request_sync
+    from reops.lab.agents import start_hub
+    from reops.store.flows import SqliteFlowStore
+
+    with tempfile.TemporaryDirectory(prefix="bench-reload-") as tmp:
+        root = Path(tmp)
+        flow = root / "ticker.py"
+        flow.write_text(FLOW.format(n=0))
+        with start_hub(root / "home") as hub:
+            control = hub.control_path
+            request_sync(control, "flows.start", {"file": str(flow), "func": "ticker",
+                                                  "args": ["--tick-ms", str(args.tick_ms)]},
+                         timeout=60)
+            hub_s: list[float] = []
+            trip_s: list[float] = []
+            for n in range(1, args.reloads + 1):
+                flow.write_text(FLOW.format(n=n))
+                began = time.perf_counter()
+                info = request_sync(control, "flows.reload", {"name": "ticker"}, timeout=60)
+                trip_s.append(time.perf_counter() - began)
+                if not info["reloaded"]:
+                    print(f"reload {n} failed: {info['error']}", file=sys.stderr)
+                    return 1
+                hub_s.append(info["seconds"])
+            request_sync(control, "flows.stop", {"name": "ticker"})
+        store = SqliteFlowStore(root / "home" / "flows.db")
+        rows = store.audit("ticker")
+        store.close()
+    gaps: list[float] = []
+    last_tick: dict[str, float] = {}
+    for row in rows:
+        if row.status == "fired":
+            if row.version not in last_tick and last_tick:
+                gaps.append(row.at - max(last_tick.values()))
+            last_tick[row.version] = row.at
+    ms = [s * 1000 for s in hub_s]
+    trips = [s * 1000 for s in trip_s]
+    print(f"reloads: {len(ms)}, tick every {args.tick_ms:g} ms, {len(rows)} audit rows")
+    print(f"reload in the hub  ms: p50 {statistics.median(ms):.1f}  p95 {pct(ms, .95):.1f}  "
+          f"max {max(ms):.1f}")
+    print(f"reload round trip  ms: p50 {statistics.median(trips):.1f}  "
+          f"p95 {pct(trips, .95):.1f}  max {max(trips):.1f}")
+    if gaps:
+        g = [x * 1000 for x in gaps]
+        print(f"gap between versions ms: p50 {statistics.median(g):.1f}  "
+              f"p95 {pct(g, .95):.1f}  max {max(g):.1f}  (negative: the versions overlapped)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

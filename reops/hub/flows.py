@@ -1,0 +1,712 @@
+"""The flow runner inside `reops hub`: long-running flows that outlive the CLI.
+
+`reops flows start FILE[:FUNC] --opt v` sends (file, function, options) here; the hub imports
+the file, calls the flow and keeps what it returns (a Stream or an Observable) subscribed.
+Why here: the hub already owns what must outlive a command (agents, hypervisors, the job
+queue); a flow that reacts to them belongs beside them, one runner per hub.
+
+- Stored: every started flow is a `FlowRecord` (reops.store.flows); a hub that starts again
+  (even after `kill -9`) runs the wanted ones again with the same options (`restarts` + 1).
+- Audited: every item the flow emits is recorded — per host: the firing it belongs to,
+  the trigger, the flow version (file hash), status and code. A failing step is a failed
+  Result in the audit; it never ends the flow. An exception in the flow's own code (when it
+  is called, or later in its operators) marks it `error` with file:line; the hub stays up.
+- Bounded: every action a flow starts (an executor run) takes one of its `concurrency`
+  slots (`Gate`); the flow's subscription carries its gate in a context variable, which
+  asyncio hands to every task and callback the flow's chain schedules.
+- Drained: SIGTERM closes the gates (no new action starts), waits for the actions in flight
+  (at most `drain_s`), records their Results, then disposes the flows.
+- Reloaded: `reops flows reload NAME` (or `--watch`) imports the file again and calls the
+  flow; if that fails the old version keeps running and the error (file:line) is shown; else
+  the old subscription is disposed and the new one subscribed. Nothing is carried over: the
+  new version starts its triggers, windows and state afresh (see docs/flows.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import contextvars
+import hashlib
+import logging
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import click
+import msgspec
+from reactivex import abc
+
+from reops.core.model import Host, Line, Outcome, Result
+from reops.core.runtime import get_runtime
+from reops.core.settings import Settings, home, load_table
+from reops.flows import FlowError, resolve
+from reops.ops.base import Op
+from reops.store.flows import AuditRow, FlowRecord, SqliteFlowStore
+
+log = logging.getLogger("reops.hub.flows")
+
+#: audit rows waiting to be written; beyond it rows are dropped and counted (a flow firing
+#: faster than the disk must not grow the hub's memory)
+MAX_PENDING = 20_000
+#: trigger events whose firing number is remembered (to group their hosts' Results)
+OPEN_FIRINGS = 1024
+
+
+class FlowSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """`[flows]` in config.toml, or REOPS_FLOWS_<NAME>."""
+
+    concurrency: int = 16  # actions (host steps) a flow runs at once
+    drain_s: float = 30.0  # how long SIGTERM waits for actions in flight
+    start_timeout_s: float = 60.0  # importing and calling a flow
+    audit_keep: int = 100_000  # audit rows kept per flow
+    db: str = ""  # the store file; default <home>/flows.db
+
+
+def load_flow_settings() -> FlowSettings:
+    """`[flows]` of config.toml, then REOPS_FLOWS_* variables."""
+    return load_table(FlowSettings, "flows", "REOPS_FLOWS_")
+
+
+class Session(Protocol):
+    """What a control handler gets (reops.hub.control.Session)."""
+
+    @property
+    def params(self) -> dict[str, Any]: ...
+    @property
+    def cancelled(self) -> asyncio.Event: ...
+    def emit(self, value: Any) -> None: ...
+
+
+class Controller(Protocol):
+    """What the runner needs from the hub's Controller."""
+
+    def register(self, name: str, handler: Callable[[Any], Awaitable[Any]]) -> None: ...
+    def run_task(self, factory: Callable[[], Any]) -> None: ...
+
+
+# ── per-flow action slots ──────────────────────────────────────────────────────────
+
+
+class Gate:
+    """A flow's action slots, on the runtime loop: at most `limit` at once; closed = none
+    new (they wait until the flow is disposed, which cancels them)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.in_flight = 0
+        self.closed = False
+        self._sem: asyncio.Semaphore | None = None
+        self._idle: asyncio.Event | None = None
+
+    def _ready(self) -> tuple[asyncio.Semaphore, asyncio.Event]:
+        if self._sem is None or self._idle is None:
+            self._sem, self._idle = asyncio.Semaphore(self.limit), asyncio.Event()
+            self._idle.set()
+        return self._sem, self._idle
+
+    async def run(self, action: Callable[[], Awaitable[Result]]) -> Result:
+        sem, idle = self._ready()
+        async with sem:
+            if self.closed:  # draining: start nothing; disposal cancels this wait
+                await asyncio.get_running_loop().create_future()
+            self.in_flight += 1
+            idle.clear()
+            try:
+                return await action()
+            finally:
+                self.in_flight -= 1
+                if not self.in_flight:
+                    idle.set()
+
+    async def drain(self) -> None:
+        """Close, then return once no action is in flight."""
+        self.closed = True
+        await self._ready()[1].wait()
+
+
+_gate: contextvars.ContextVar[Gate | None] = contextvars.ContextVar("reops_flow_gate",
+                                                                   default=None)
+
+
+class GatedExecutor:
+    """An executor whose runs take a slot of the calling flow's gate (none outside flows)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.transport = inner.transport
+
+    async def run(self, host: Host, op: Op, settings: Settings, on_line: Any = None
+                  ) -> Result:
+        gate = _gate.get()
+        if gate is None:
+            result: Result = await self.inner.run(host, op, settings, on_line)
+            return result
+        return await gate.run(lambda: self.inner.run(host, op, settings, on_line))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def install_gates() -> None:
+    """Make this process's SSH and agent executors gated (before any flow runs a step)."""
+    rt = get_runtime()
+
+    def ssh() -> GatedExecutor:
+        from reops.transports.ssh.executor import SshExecutor
+
+        return GatedExecutor(SshExecutor())
+
+    def agent() -> GatedExecutor:
+        from reops.transports.agent import AgentExecutor
+
+        return GatedExecutor(AgentExecutor())
+
+    rt.resource("ssh", ssh)
+    rt.resource("agent", agent)
+
+
+# ── firings: which trigger each Result answers ─────────────────────────────────────
+
+
+def _trigger_of(root: Result) -> str:
+    key = getattr(root.data, "key", None)
+    if key is None and isinstance(root.data, dict):
+        key = root.data.get("key")
+    return f"{root.op} {key}" if key not in (None, "") else root.op
+
+
+class Firings:
+    """Groups a flow's Results into firings. A Result whose first step is a trigger event
+    (op `event.…`, what `on(trigger)` makes) belongs to that event's firing; without one, a
+    firing is a run of the same first step over distinct hosts (a host seen again starts
+    the next firing). Bounded: the last OPEN_FIRINGS events, one entry per first-step op."""
+
+    def __init__(self, fired: int = 0) -> None:
+        self.fired = fired
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.current = 0  # the firing `counts` is about (for "last outcome")
+        self._events: collections.OrderedDict[tuple[str, float], int] = (
+            collections.OrderedDict())
+        self._steps: dict[str, tuple[int, set[str]]] = {}
+
+    def new(self) -> int:
+        self.fired += 1
+        return self.fired
+
+    def of(self, r: Result) -> tuple[int, str]:
+        root = r.earlier[0] if r.earlier else r
+        if root.op.startswith("event."):
+            key = (root.op, root.started_at)
+            n = self._events.get(key)
+            if n is None:
+                n = self._events[key] = self.new()
+                while len(self._events) > OPEN_FIRINGS:
+                    self._events.popitem(last=False)
+            return n, _trigger_of(root)
+        n, hosts = self._steps.get(root.op, (0, set()))
+        if not n or r.host in hosts:
+            n, hosts = self.new(), set()
+            if len(self._steps) >= OPEN_FIRINGS:
+                self._steps.clear()
+            self._steps[root.op] = (n, hosts)
+        hosts.add(r.host)
+        return n, root.op
+
+
+# ── one running flow ───────────────────────────────────────────────────────────────
+
+
+def version_of(path: Path) -> str:
+    """The flow version: the first 12 hex of the file's sha256."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def where(e: BaseException, file: str) -> str:
+    """`file:line: Type: message` for an error raised in the flow's code (the innermost
+    frame in `file`), else at the innermost frame."""
+    frames = traceback.extract_tb(e.__traceback__)
+    mine = [f for f in frames if Path(f.filename).resolve() == Path(file)]
+    chosen = mine or list(frames)
+    loc = f"{chosen[-1].filename}:{chosen[-1].lineno}: " if chosen else f"{file}: "
+    text = str(e).strip().splitlines()
+    return f"{loc}{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+class Running:
+    """A subscribed version of a flow, its gate and its firing counter."""
+
+    def __init__(self, rec: FlowRecord, gate: Gate, firings: Firings | None = None) -> None:
+        self.rec = rec
+        self.gate = gate
+        self.firings = firings or Firings(rec.fired)  # shared across reloads
+        self.sub: abc.DisposableBase | None = None
+        self.watch: asyncio.Task[None] | None = None
+        self.version = rec.version
+        self.retired = False  # replaced by a reload, or stopped: its end is not the flow's
+        self.ended = ""  # why its stream ended ("" while it runs)
+        self.live = False  # until the swap is recorded, what it emits waits in `held`
+        self.held: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+
+    def go_live(self) -> None:
+        """Deliver what it emitted while it was being swapped in, then deliver at once."""
+        self.live = True
+        held, self.held = self.held, []
+        for fn, args in held:
+            fn(*args)
+
+    def dispose(self) -> None:
+        self.retired = True
+        sub, self.sub = self.sub, None
+        if sub is not None:
+            sub.dispose()
+
+
+def _built(result: Any) -> Any:
+    """The Observable a flow returned (a Stream's events); TypeError for anything else."""
+    obs = getattr(result, "observable", None)
+    if obs is not None and callable(getattr(obs, "subscribe", None)):
+        return obs
+    if callable(getattr(result, "subscribe", None)):
+        return result
+    raise TypeError(f"a flow run by the hub returns a Stream or an Observable, got "
+                    f"{type(result).__name__}; run one-shot flows with `reops run`")
+
+
+# ── the runner ─────────────────────────────────────────────────────────────────────
+
+
+class FlowRunner:
+    """Starts, lists, reloads, stops and audits the flows of one hub."""
+
+    def __init__(self, settings: FlowSettings | None = None) -> None:
+        self.settings = settings or load_flow_settings()
+        self.store: SqliteFlowStore | None = None
+        self.flows: dict[str, Running] = {}
+        self._ready = asyncio.Event()
+        self._pending: list[AuditRow] = []
+        self._dirty: dict[str, FlowRecord] = {}
+        self._wake = asyncio.Event()
+        self._flushed = asyncio.Event()  # replaced by a new one at each flush (followers)
+        self.dropped = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._gated = False
+        self._opening = asyncio.Lock()
+        db = self.settings.db
+        self.path = Path(db).expanduser() if db else None  # default: <home>/flows.db, later
+
+    # control methods
+    def methods(self) -> dict[str, Callable[[Any], Awaitable[Any]]]:
+        return {"flows.start": self._start, "flows.ls": self._ls, "flows.stop": self._stop,
+                "flows.reload": self._reload, "flows.log": self._log}
+
+    async def serve(self) -> None:
+        """Open the store, bring back the wanted flows, write the audit; drain when
+        cancelled (the hub stopping)."""
+        self._loop = asyncio.get_running_loop()
+        if self.path is None:
+            self.path = home() / "flows.db"
+        writer = asyncio.create_task(self._writer())
+        try:
+            # a hub that never ran a flow has no store: it creates none until one starts
+            store = await self._open() if self.path.exists() else None
+            self._ready.set()
+            for rec in await asyncio.to_thread(store.all) if store is not None else []:
+                if rec.wanted:
+                    rec.restarts += 1
+                    await self._launch(rec, "restarted")
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await self._drain()
+            raise
+        finally:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            await self._flush()
+            if self.store is not None:
+                self.store.close()
+
+    async def _drain(self) -> None:
+        runs = list(self.flows.values())
+        if not runs:
+            return
+        rt = get_runtime()
+        drains = [asyncio.wrap_future(rt.submit(r.gate.drain())) for r in runs]
+        if drains:
+            busy = sum(r.gate.in_flight for r in runs)
+            log.info("draining %d action(s) of %d flow(s), at most %gs", busy, len(runs),
+                     self.settings.drain_s)
+            _, late = await asyncio.wait(drains, timeout=self.settings.drain_s)
+            for f in late:
+                f.cancel()
+            if late:
+                log.warning("%d flow(s) still had actions in flight after %gs; cancelled",
+                            len(late), self.settings.drain_s)
+        rt.barrier()  # Results already delivered on the runtime loop reach the audit
+        await asyncio.sleep(0)  # their call_soon_threadsafe hops run before disposal
+        for r in runs:
+            if r.watch is not None:
+                r.watch.cancel()
+            r.dispose()
+
+    # ── starting ──
+
+    def _build(self, rec: FlowRecord, gate: Gate, run: Running | None) -> tuple[Any, str]:
+        """In a worker thread: import the file, call the flow with its options, subscribe.
+
+        Returns (subscription, version); raises FlowError (file:line) when any of it fails.
+        """
+        _gate.set(gate)  # everything the subscription schedules inherits the flow's gate
+        path = Path(rec.file)
+        try:
+            version = version_of(path)
+        except OSError as e:
+            raise FlowError(f"{path}: {e.strerror or e}") from None
+        flow = resolve(f"{path}:{rec.func}" if rec.func else str(path))
+        try:
+            ctx = flow.command().make_context(flow.name, list(rec.args))
+        except click.exceptions.Exit:
+            raise FlowError(f"{flow.name}: --help is not an option of a running flow") from None
+        except click.ClickException as e:
+            raise FlowError(f"{flow.where}: flow {flow.name!r}: {e.format_message()}") from None
+        try:
+            made = flow.call(**ctx.params)
+        except Exception as e:
+            raise FlowError(where(e, str(path))) from None
+        try:
+            obs = _built(made)
+        except TypeError as e:
+            raise FlowError(f"{flow.where}: flow {flow.name!r}: {e}") from None
+        if run is None:
+            return None, version
+        run.version = version  # its rows say which version ran, whatever runs later
+        try:
+            sub = obs.subscribe(lambda x: self._hop(run, self._on_item, run, x),
+                                lambda e: self._hop(run, self._on_error, run, e),
+                                lambda: self._hop(run, self._on_completed, run))
+        except Exception as e:
+            raise FlowError(where(e, str(path))) from None
+        if run.retired:  # it took longer than start_timeout_s: the caller gave up on it
+            sub.dispose()
+        return sub, version
+
+    def _hop(self, run: Running, fn: Callable[..., None], *args: Any) -> None:
+        """From the runtime thread (or wherever the flow emits) to the hub's loop."""
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the hub's loop closed: nowhere to record
+            self._loop.call_soon_threadsafe(self._deliver, run, fn, args)
+
+    @staticmethod
+    def _deliver(run: Running, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
+        if run.live:
+            fn(*args)
+        elif len(run.held) < MAX_PENDING:
+            run.held.append((fn, args))
+
+    async def _subscribe(self, rec: FlowRecord, firings: Firings | None = None
+                         ) -> tuple[Running, str]:
+        """Build and subscribe a new version of `rec`; FlowError when it does not start."""
+        if not self._gated:  # before this process's first step: see install_gates
+            await asyncio.to_thread(install_gates)
+            self._gated = True
+        run = Running(rec, Gate(self.settings.concurrency), firings)
+        try:
+            sub, version = await asyncio.wait_for(
+                asyncio.to_thread(self._build, rec, run.gate, run),
+                self.settings.start_timeout_s)
+        except TimeoutError:
+            run.retired = True
+            raise FlowError(f"{rec.file}: flow {rec.func or rec.name!r} did not return within "
+                            f"{self.settings.start_timeout_s:g}s (does it block? a flow run "
+                            "by the hub returns a Stream or an Observable)") from None
+        run.sub = sub
+        return run, version
+
+    async def _launch(self, rec: FlowRecord, how: str) -> Running | None:
+        """Start `rec` (new or restarted); a failure marks it `error` and is recorded
+        (a first start that fails is only reported: the caller sees why, nothing is kept)."""
+        try:
+            run, version = await self._subscribe(rec)
+        except FlowError as e:
+            rec.state, rec.error = "error", str(e)
+            if how != "started":
+                self._audit(rec, "error", str(e))
+            return None
+        rec.version, rec.since = version, time.time()
+        rec.state, rec.error = "running", ""
+        self.flows[rec.name] = run
+        if rec.watch:
+            run.watch = asyncio.create_task(self._watch(rec.name))
+        self._audit(rec, how, f"{rec.file}:{rec.func} {' '.join(rec.args)}".strip())
+        run.go_live()
+        return run
+
+    def _audit(self, rec: FlowRecord, status: str, detail: str) -> None:
+        self._queue(AuditRow(flow=rec.name, at=time.time(), version=rec.version,
+                             status=status, detail=detail), rec)
+
+    def _queue(self, row: AuditRow, rec: FlowRecord) -> None:
+        if len(self._pending) >= MAX_PENDING:
+            self.dropped += 1
+        else:
+            self._pending.append(row)
+        self._dirty[rec.name] = rec
+        self._wake.set()
+
+    # ── what a flow emits (on the hub's loop) ──
+
+    def _on_item(self, run: Running, item: Any) -> None:
+        if isinstance(item, Line):
+            return
+        rec = run.rec
+        now = time.time()
+        if isinstance(item, Result):
+            firing, trigger = run.firings.of(item)
+            self._host_row(run, firing, trigger, item, now)
+        elif isinstance(item, Outcome):
+            firing = run.firings.new()
+            for r in item.results:
+                self._host_row(run, firing, "outcome", r, now)
+        else:
+            firing = run.firings.new()
+            self._count(run, firing, "fired")
+            self._queue(AuditRow(flow=rec.name, at=now, firing=firing, version=run.version,
+                                 trigger=type(item).__name__, status="fired",
+                                 detail=repr(item)[:200]), rec)
+        rec.fired = run.firings.fired
+
+    def _host_row(self, run: Running, firing: int, trigger: str, r: Result, now: float) -> None:
+        rec = run.rec
+        detail = r.op
+        if not r.ok:
+            last = (r.err or r.out).strip().splitlines()
+            detail = f"{r.op}: {last[-1][:200]}" if last else r.op
+        self._count(run, firing, r.status)
+        self._queue(AuditRow(flow=rec.name, at=now, firing=firing, trigger=trigger,
+                             version=run.version, host=r.host, status=r.status, code=r.code,
+                             started_at=r.started_at, duration_s=r.duration_s,
+                             detail=detail), rec)
+
+    def _count(self, run: Running, firing: int, status: str) -> None:
+        f = run.firings
+        if firing != f.current:
+            f.current, f.counts = firing, collections.Counter()
+        f.counts[status] += 1
+        run.rec.last = ", ".join(f"{n} {s}" for s, n in sorted(f.counts.items()))
+
+    def _on_error(self, run: Running, e: Exception) -> None:
+        rec = run.rec
+        if run.retired:
+            return  # an old version, already replaced or stopped
+        run.ended = where(e, rec.file)
+        rec.state, rec.error = "error", run.ended
+        log.warning("flow %s failed: %s", rec.name, rec.error)
+        self._audit(rec, "error", rec.error)
+
+    def _on_completed(self, run: Running) -> None:
+        rec = run.rec
+        if run.retired:
+            return
+        run.ended = "completed"
+        rec.state, rec.wanted = "stopped", False
+        self._audit(rec, "completed", "the flow's stream completed")
+
+    # ── the audit writer ──
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        rows, self._pending = self._pending, []
+        recs, self._dirty = list(self._dirty.values()), {}
+        if (rows or recs) and self.store is not None:
+            try:
+                await asyncio.to_thread(self.store.record, rows, recs)
+            except Exception:
+                log.exception("could not write the flows' audit (%d rows)", len(rows))
+        flushed, self._flushed = self._flushed, asyncio.Event()
+        flushed.set()
+
+    # ── control methods ──
+
+    async def _open(self) -> SqliteFlowStore:
+        """The store, opened (and created) on first use."""
+        async with self._opening:
+            if self.store is None:
+                assert self.path is not None
+                self.store = await asyncio.to_thread(SqliteFlowStore, self.path,
+                                                     self.settings.audit_keep)
+            return self.store
+
+    async def _store(self) -> SqliteFlowStore | None:
+        """The store once the stored flows are back; None while no flow ever ran here."""
+        await self._ready.wait()
+        return self.store
+
+    async def _stored(self, name: str) -> FlowRecord | None:
+        store = await self._store()
+        return await asyncio.to_thread(store.get, name) if store is not None else None
+
+    def _running(self, name: str) -> Running:
+        run = self.flows.get(name)
+        if run is None:
+            raise KeyError(f"no running flow {name!r} (see `reops flows ls`)")
+        return run
+
+    async def _start(self, s: Session) -> dict[str, Any]:
+        p = s.params
+        file, func = str(p.get("file") or ""), str(p.get("func") or "")
+        args = p.get("args") or []
+        if not file or not Path(file).is_absolute():
+            raise ValueError("file must be an absolute path")
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise ValueError("args must be a list of strings")
+        await self._ready.wait()
+        store = await self._open()
+        probe = FlowRecord(name=str(p.get("name") or ""), file=file, func=func, args=args,
+                           watch=bool(p.get("watch")))
+        if not probe.name:  # the flow's own name: known once the file is read
+            flow = await asyncio.to_thread(resolve, f"{file}:{func}" if func else file)
+            probe.name, probe.func = flow.name, flow.func.__name__
+        if probe.name in self.flows:
+            raise ValueError(f"flow {probe.name!r} is already running; stop it first, or "
+                             "start this one under another name (--as)")
+        probe.started_at = time.time()
+        earlier = await asyncio.to_thread(store.get, probe.name)
+        if earlier is not None:  # started before and stopped: its audit goes on
+            probe.fired = earlier.fired
+        run = await self._launch(probe, "started")
+        if run is None:  # not stored: nothing runs, the caller sees why
+            raise ValueError(probe.error)
+        return self._info(probe)
+
+    def _info(self, rec: FlowRecord) -> dict[str, Any]:
+        run = self.flows.get(rec.name)
+        if run is not None and run.rec is not rec:
+            rec = run.rec
+        rec.in_flight = run.gate.in_flight if run is not None else 0
+        info: dict[str, Any] = msgspec.to_builtins(rec)
+        return info
+
+    async def _ls(self, s: Session) -> list[dict[str, Any]]:
+        store = await self._store()
+        stored = {r.name: r for r in (await asyncio.to_thread(store.all) if store else [])}
+        stored.update({name: run.rec for name, run in self.flows.items()})
+        stored.update(self._dirty)
+        return [self._info(stored[n]) for n in sorted(stored)]
+
+    async def _stop(self, s: Session) -> dict[str, Any]:
+        name = str(s.params.get("name") or "")
+        run = self.flows.pop(name, None)
+        rec = run.rec if run is not None else await self._stored(name)
+        if rec is None:
+            raise KeyError(f"no flow {name!r} (see `reops flows ls`)")
+        if run is not None:
+            if run.watch is not None:
+                run.watch.cancel()
+            run.dispose()
+        rec.state, rec.wanted = "stopped", False
+        self._audit(rec, "stopped", "reops flows stop")
+        return self._info(rec)
+
+    async def reload(self, name: str) -> dict[str, Any]:
+        """Import the flow again; on success swap it in, else keep the old version."""
+        if name not in self.flows:  # wanted, but its last start failed: try again
+            rec = await self._stored(name)
+            if rec is None or not rec.wanted:
+                raise KeyError(f"no running flow {name!r} (see `reops flows ls`)")
+            run = await self._launch(rec, "reloaded")
+            return {"name": name, "reloaded": run is not None, "error": rec.error,
+                    "version": rec.version}
+        old = self._running(name)
+        rec = old.rec
+        began = time.perf_counter()
+        try:
+            new, version = await self._subscribe(rec, old.firings)
+        except FlowError as e:
+            rec.error = str(e)
+            self._audit(rec, "reload-failed", rec.error)
+            return {"name": name, "reloaded": False, "error": rec.error,
+                    "version": rec.version}
+        old.dispose()
+        new.watch, old.watch = old.watch, None
+        self.flows[name] = new
+        previous = rec.version
+        rec.version, rec.since = version, time.time()
+        rec.state, rec.error = "running", ""
+        rec.reloads += 1
+        seconds = time.perf_counter() - began
+        self._audit(rec, "reloaded", f"{previous} -> {version} in {seconds * 1000:.0f} ms")
+        new.go_live()
+        # the old gate's actions finish on their own (disposal cancelled what it could)
+        return {"name": name, "reloaded": True, "error": "", "version": version,
+                "previous": previous, "seconds": seconds}
+
+    async def _reload(self, s: Session) -> dict[str, Any]:
+        await self._store()
+        return await self.reload(str(s.params.get("name") or ""))
+
+    async def _watch(self, name: str) -> None:
+        """Reload `name` whenever its file is written (watchfiles; the directory is watched
+        so editors that replace the file are seen too)."""
+        import watchfiles
+
+        file = Path(self.flows[name].rec.file)
+
+        def mine(_change: Any, path: str) -> bool:
+            return Path(path) == file
+
+        async for _ in watchfiles.awatch(file.parent, watch_filter=mine, debounce=200,
+                                         recursive=False):
+            if name not in self.flows:
+                return
+            info = await self.reload(name)
+            log.info("flow %s %s", name, "reloaded" if info["reloaded"] else
+                     f"kept its old version: {info['error']}")
+
+    async def _log(self, s: Session) -> None:
+        """Emit the flow's audit rows (the newest `limit`); with `follow`, then every new
+        row as it is written, until the client cancels."""
+        p = s.params
+        name = str(p.get("name") or "")
+        store = await self._store()
+        if store is None or (name not in self.flows and await self._stored(name) is None):
+            raise KeyError(f"no flow {name!r} (see `reops flows ls`)")
+        limit = p.get("limit")
+        flushed = self._flushed  # taken before each read: no row slips between
+        rows = await asyncio.to_thread(store.audit, name, 0,
+                                       int(limit) if limit is not None else None)
+        last = 0
+        while True:
+            for row in rows:
+                s.emit(msgspec.to_builtins(row))
+                last = row.seq
+            if not p.get("follow"):
+                return
+            waits = [asyncio.create_task(flushed.wait()),
+                     asyncio.create_task(s.cancelled.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in waits:
+                    t.cancel()
+            if s.cancelled.is_set():
+                return
+            flushed = self._flushed
+            rows = await asyncio.to_thread(store.audit, name, last)
+
+
+def attach(controller: Controller) -> FlowRunner:
+    """Run flows in this hub: the `flows.*` control methods and the runner's task."""
+    runner = FlowRunner()
+    for name, handler in runner.methods().items():
+        controller.register(name, handler)
+    controller.run_task(runner.serve)
+    return runner
+

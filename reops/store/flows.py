@@ -1,0 +1,192 @@
+"""Flows that live in the controller: which ones run (so a restarted hub runs them again)
+and the audit of every firing, in SQLite.
+
+The interface is small on purpose (`FlowStore`): save/get/running/remove a `FlowRecord`,
+`record` audit rows in one transaction with the flow's counters, `audit` them back. Issue
+13 puts a PostgreSQL engine behind the same methods. The SQLite engine keeps its own file
+(`flows.db` beside `machines.db`) and its own migration sequence, so the flow runner never
+waits on the job queue's fsyncs and the two schemas evolve apart. WAL with
+`synchronous=NORMAL`: a committed row survives `kill -9` of the hub (the WAL is in the OS
+page cache); only a power cut may lose the last audit rows, a trade made because a busy
+flow writes many of them. The audit is capped per flow (`keep`, oldest rows go first):
+disk stays bounded for a flow that fires forever.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import msgspec
+
+from reops.store.sqlite import _private
+
+FlowState = Literal["starting", "running", "error", "stopped"]
+
+#: schema versions of flows.db, applied in order, each once; append, never edit
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE flows (name TEXT PRIMARY KEY, data TEXT NOT NULL);
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, flow TEXT NOT NULL, data TEXT NOT NULL);
+    CREATE INDEX audit_flow ON audit(flow, seq);
+    """,
+)
+
+#: audit rows kept per flow by default (the oldest are deleted beyond it)
+AUDIT_KEEP = 100_000
+
+
+class FlowRecord(msgspec.Struct, kw_only=True):
+    """A flow the hub runs: what to import and call, and how it is doing."""
+
+    name: str
+    file: str  # absolute path of the flow file
+    func: str  # the flow's function (or @flow name)
+    args: list[str] = msgspec.field(default_factory=list)  # its options, as typed
+    watch: bool = False  # reload when the file changes
+    wanted: bool = True  # run it (again after a hub restart) until `flows stop`
+    state: FlowState = "starting"
+    error: str = ""  # the last error (file:line), kept while the old version runs on
+    version: str = ""  # sha256 prefix of the file that runs
+    since: float = 0.0  # when this version started running
+    started_at: float = 0.0  # first `flows start`
+    restarts: int = 0  # times a hub (re)start brought it back
+    reloads: int = 0
+    fired: int = 0
+    last: str = ""  # the last firing's outcome, e.g. "2 ok, 1 failed"
+    in_flight: int = 0  # actions running right now (not stored meaningfully)
+
+
+class AuditRow(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One line of a flow's audit: a host's outcome in one firing, or a flow event."""
+
+    seq: int = 0
+    flow: str
+    at: float
+    firing: int = 0  # groups the rows of one firing (0: a flow event: start, reload, error)
+    trigger: str = ""  # what fired it (the trigger event, or the step when there is none)
+    version: str = ""
+    host: str = ""
+    status: str = ""  # ok | failed | … for a host; started | reloaded | error … for the flow
+    code: int = 0
+    started_at: float = 0.0  # the host's step: when it started, how long it took
+    duration_s: float = 0.0
+    detail: str = ""  # the op, and the error's last line when it failed
+
+
+class FlowStore(Protocol):
+    """What the flow runner needs from a store (SQLite here; PostgreSQL in issue 13)."""
+
+    def save(self, rec: FlowRecord) -> None: ...
+    def get(self, name: str) -> FlowRecord | None: ...
+    def all(self) -> list[FlowRecord]: ...
+    def remove(self, name: str) -> None: ...
+    def record(self, rows: Sequence[AuditRow], flows: Iterable[FlowRecord] = ()) -> None: ...
+    def audit(self, name: str, after: int = 0, limit: int | None = None) -> list[AuditRow]: ...
+    def close(self) -> None: ...
+
+
+_enc = msgspec.json.Encoder()
+
+
+class SqliteFlowStore:
+    """`FlowStore` on SQLite; safe to share between threads of one process."""
+
+    def __init__(self, path: Path | str, keep: int = AUDIT_KEEP) -> None:
+        self.path = Path(path)
+        self.keep = keep
+        _private(self.path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._lock = threading.RLock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._migrate()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._tx() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS schema_migrations"
+                       " (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
+            done = {v for (v,) in db.execute("SELECT version FROM schema_migrations")}
+            for version, script in enumerate(MIGRATIONS, start=1):
+                if version in done:
+                    continue
+                for stmt in filter(str.strip, script.split(";")):
+                    db.execute(stmt)
+                db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time()))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def save(self, rec: FlowRecord) -> None:
+        with self._tx() as db:
+            _put(db, rec)
+
+    def get(self, name: str) -> FlowRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT data FROM flows WHERE name = ?", (name,)).fetchone()
+        return msgspec.json.decode(row[0], type=FlowRecord) if row else None
+
+    def all(self) -> list[FlowRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT data FROM flows ORDER BY name").fetchall()
+        return [msgspec.json.decode(r[0], type=FlowRecord) for r in rows]
+
+    def remove(self, name: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM flows WHERE name = ?", (name,))
+
+    def record(self, rows: Sequence[AuditRow], flows: Iterable[FlowRecord] = ()) -> None:
+        """Append audit rows and save the flows' counters: all of it, or none."""
+        with self._tx() as db:
+            names: set[str] = set()
+            for r in rows:
+                names.add(r.flow)
+                db.execute("INSERT INTO audit (flow, data) VALUES (?, ?)",
+                           (r.flow, _enc.encode(msgspec.structs.replace(r, seq=0))))
+            for rec in flows:
+                _put(db, rec)
+            for name in names:  # the cap: delete below the keep-th newest row
+                db.execute("DELETE FROM audit WHERE flow = ? AND seq <= (SELECT seq FROM audit"
+                           " WHERE flow = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                           (name, name, self.keep))
+
+    def audit(self, name: str, after: int = 0, limit: int | None = None) -> list[AuditRow]:
+        """The flow's audit rows with seq > `after`, oldest first; the newest `limit` only
+        when given."""
+        sql = "SELECT seq, data FROM audit WHERE flow = ? AND seq > ? ORDER BY seq DESC"
+        args: list[Any] = [name, after]
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(int(limit))
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        out = []
+        for seq, data in reversed(rows):
+            row = msgspec.json.decode(data, type=AuditRow)
+            row.seq = seq
+            out.append(row)
+        return out
+
+
+def _put(db: sqlite3.Connection, rec: FlowRecord) -> None:
+    db.execute("INSERT INTO flows VALUES (?, ?) ON CONFLICT(name) DO UPDATE"
+               " SET data = excluded.data", (rec.name, _enc.encode(rec)))
