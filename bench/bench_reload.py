@@ -9,7 +9,7 @@ file each time so every reload is a new version, and reports:
 - gap: per swap, the new version's first recorded tick minus the old version's last one
   (negative: both ran for a moment; docs/flows.md, "Reload, honestly").
 
-    .venv/bin/python bench/bench_reload.py --reloads 100 --tick-ms 1
+    .venv/bin/python bench/bench_reload.py --reloads 100 --tick-ms 1 --between 0.1
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reloads", type=int, default=20)
     ap.add_argument("--tick-ms", type=float, default=10.0)
+    ap.add_argument("--between", type=float, default=0.2,
+                    help="seconds between reloads (each version ticks meanwhile)")
     args = ap.parse_args()
 
     from reops.control.client import request_sync
@@ -65,6 +67,7 @@ def main() -> int:
             hub_s: list[float] = []
             trip_s: list[float] = []
             for n in range(1, args.reloads + 1):
+                time.sleep(args.between)
                 flow.write_text(FLOW.format(n=n))
                 began = time.perf_counter()
                 info = request_sync(control, "flows.reload", {"name": "ticker"}, timeout=60)
@@ -73,6 +76,7 @@ def main() -> int:
                     print(f"reload {n} failed: {info['error']}", file=sys.stderr)
                     return 1
                 hub_s.append(info["seconds"])
+            time.sleep(args.between)
             request_sync(control, "flows.stop", {"name": "ticker"})
         store = SqliteFlowStore(root / "home" / "flows.db")
         rows = store.audit("ticker")
