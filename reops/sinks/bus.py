@@ -30,6 +30,7 @@ from zmq.utils.monitor import parse_monitor_message
 from reops.control.bus import (
     KINDS,
     AnyBody,
+    check_pattern,
     encode,
     matches,
     read_keypair,
@@ -81,6 +82,8 @@ class Publisher:
         self.dropped = 0
         self.ready = False
         self._waiting: collections.deque[tuple[bytes, AnyBody]] = collections.deque()
+        self._inbox: collections.deque[tuple[AnyBody, str]] = collections.deque()
+        self._wake = False
         self._seq: dict[str, int] = {}
         self._sock: zmq.asyncio.Socket | None = None
         self._ctx: zmq.asyncio.Context | None = None
@@ -90,6 +93,27 @@ class Publisher:
         self._gone = False  # no bus to publish to: drop at once
         self._tasks: list[asyncio.Task[None]] = []
         self._idle = asyncio.Event()
+
+    def submit(self, body: AnyBody, topic: str) -> None:
+        """Send from any thread. Items from other threads wait in an inbox (bounded), and
+        a burst of them costs one wake-up of the runtime loop, not one per item."""
+        rt = get_runtime()
+        if rt.in_loop:
+            self.send(body, topic)
+            return
+        if len(self._inbox) >= 2 * self.settings.bus_hwm:
+            self.dropped += 1
+            return
+        self._inbox.append((body, topic))
+        if not self._wake:
+            self._wake = True
+            rt.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        self._wake = False  # (before reading: a later append schedules another drain)
+        while self._inbox:
+            body, topic = self._inbox.popleft()
+            self.send(body, topic)
 
     # ── on the runtime loop ──────────────────────────────────────────────────────────
 
@@ -216,26 +240,23 @@ def publish(topics: Iterable[str] | None = None) -> Operator:
 
     `topics`: patterns ('result.*.failed') limiting what goes out; default everything
     but output Lines (pass 'line.*' to publish those too)."""
-    wanted = tuple(topics) if topics is not None else tuple(k for k in KINDS if k != "line")
+    wanted = (tuple(check_pattern(t) for t in topics) if topics is not None
+              else tuple(k for k in KINDS if k != "line"))
 
     def make(up: Stream) -> Observable[Event]:
         def subscribe(observer: abc.ObserverBase[Event],
                       scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
-            rt = get_runtime()
             pub = publisher()
 
-            def send(e: Any) -> None:
+            def on_next(e: Event) -> None:
                 try:
                     body = to_body(e)
                     topic = topic_of(body)
                     if any(matches(p, topic) for p in wanted):
-                        pub.send(body, topic)
+                        pub.submit(body, topic)
                 except Exception:  # the bus must never break the pipeline
                     pub.dropped += 1
                     log.exception("publish(): could not publish a %s", type(e).__name__)
-
-            def on_next(e: Event) -> None:
-                rt.call_soon(send, e)
                 observer.on_next(e)
 
             return up.observable.subscribe(on_next, observer.on_error, observer.on_completed)
