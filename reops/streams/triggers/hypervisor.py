@@ -59,7 +59,7 @@ def vm_events(selector: str = "all", kinds: Iterable[str] = KINDS, *,
               hypervisors: Iterable[str] = (), hub: Path | None = None,
               on_ready: Callable[[], None] | None = None) -> Trigger:
     """Domain events of the selected systems, of these `kinds`, from these hypervisors
-    (default: all). A bad selector ends the subscription with the hub's one-line reason;
+    (default: all). A bad selector ends the subscription with the hub's selector error;
     `on_ready` is called once the hub streams events to this subscription."""
     wanted = tuple(kinds)
     unknown = [k for k in wanted if k not in KINDS]
