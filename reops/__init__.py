@@ -28,6 +28,9 @@ _EXPORTS: dict[str, str] = {
     **_from("reops.streams.source", "step source configure"),
     **_from("reops.streams.operators", "successful failed unreachable lost partition pick "
                                        "where then retry rolling timeout"),
+    **_from("reops.streams.operators", "once_within debounce accumulate Accumulated all_of "
+                                       "any_of not_all Correlated limit ignoring squelch "
+                                       "Squelched Resumed"),
     # operations
     **_from("reops.ops.base", "Op"),
     **_from("reops.streams.steps", "exec_ sh ls upload download sync mkdir rm cp grep extract "
@@ -79,12 +82,25 @@ if TYPE_CHECKING:  # the same names, typed, for mypy and IDEs; costs nothing at 
     from reops.streams.agents import call as call
     from reops.streams.agents import schedule as schedule
     from reops.streams.bus import bus as bus
+    from reops.streams.operators import Accumulated as Accumulated
+    from reops.streams.operators import Correlated as Correlated
+    from reops.streams.operators import Resumed as Resumed
+    from reops.streams.operators import Squelched as Squelched
+    from reops.streams.operators import accumulate as accumulate
+    from reops.streams.operators import all_of as all_of
+    from reops.streams.operators import any_of as any_of
+    from reops.streams.operators import debounce as debounce
     from reops.streams.operators import failed as failed
+    from reops.streams.operators import ignoring as ignoring
+    from reops.streams.operators import limit as limit
     from reops.streams.operators import lost as lost
+    from reops.streams.operators import not_all as not_all
+    from reops.streams.operators import once_within as once_within
     from reops.streams.operators import partition as partition
     from reops.streams.operators import pick as pick
     from reops.streams.operators import retry as retry
     from reops.streams.operators import rolling as rolling
+    from reops.streams.operators import squelch as squelch
     from reops.streams.operators import successful as successful
     from reops.streams.operators import then as then
     from reops.streams.operators import timeout as timeout
