@@ -425,3 +425,27 @@ def test_tail_with_its_own_key_waits_until_accepted_and_the_hub_announces_it(
     finally:
         tail.proc.send_signal(signal.SIGINT)
     assert tail.proc.wait(DEADLINE_S) == 130
+
+
+def test_publishing_with_no_hub_drops_and_counts_and_never_blocks(tmp_path: Path) -> None:
+    home = tmp_path / "nohub"
+    home.mkdir(mode=0o700)
+    nohub = LabHub(home=home, env={})  # never started: no control socket, no key pair
+    p = Publisher(nohub, tmp_path)
+    try:
+        assert p.do("results nohub ok failed")["passed"] == 2  # the pipeline goes on
+        published = 2
+
+        def settled() -> dict[str, Any] | None:
+            nonlocal published
+            report = p.do("tick nohub")
+            published += 1
+            return report if report["waiting"] == 0 else None
+
+        report = until(settled, "the publisher to give up on the missing hub")
+        assert report["sent"] == 0 and report["dropped"] == published  # each one counted
+        assert p.close() == 0
+    finally:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait()
