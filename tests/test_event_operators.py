@@ -665,3 +665,27 @@ def test_a_realistic_trigger_pipeline() -> None:
     assert render(seen) == "--A-S----R--A----B|"
     assert seen[2][1] == Resumed(rate="4/5s", dropped=2, since=4.0, time=9.0)
 
+
+
+def test_with_a_real_trigger_on_two_hosts() -> None:
+    """With the real `every` and `on` (virtual time): both hosts tick every second;
+    `accumulate(3, within=5)` fires each host's every 3rd tick, `once_within(10)` keeps one
+    per host per 10 s (the firings at 3 and 15 of 3, 6, 9, 12, 15), and `then` restarts that
+    host with the firing Result (its Accumulated as data) as the step before."""
+    from reops import TriggerEvent, every, on
+
+    clock = TestScheduler()
+    hosts = Hosts([Host(name="web1", address="10.0.0.1"), Host(name="web2", address="10.0.0.2")])
+    restart = SlowStep(clock, 1, "restart")
+    seen, sub = play(clock, on(every(1, scheduler=clock), hosts=hosts)
+                     | accumulate(3, within=5, key="host", scheduler=clock)
+                     | once_within(10, key="host", scheduler=clock)
+                     | then(restart), until=15.5)
+    assert restart.starts == [(3, "web1"), (3, "web2"), (15, "web1"), (15, "web2")]
+    assert [(t, x.host, x.op) for t, x in seen] == [(4, "web1", "restart"),
+                                                    (4, "web2", "restart")]
+    fired = seen[0][1].earlier[-1]
+    assert isinstance(fired.data, Accumulated) and fired.data.count == 3
+    assert isinstance(fired.data.last.data, TriggerEvent)
+    sub.dispose()
+    assert not pending(clock)
