@@ -235,11 +235,11 @@ def test_vm_trigger_bad_selector_and_no_hub_say_why(hub: Hub, tmp_path: Path) ->
 # ── agents ─────────────────────────────────────────────────────────────────────────
 
 
-def test_agent_registered_and_lost_from_real_agents(tmp_path: Path) -> None:
+def test_agent_registered_lost_and_back_from_real_agents(tmp_path: Path) -> None:
     with start_hub(tmp_path / "home", heartbeat_s=0.25, misses=4) as lab_hub:
         ready = threading.Event()
         seen = Seen()
-        sub = agent_changes(("registered", "lost"), "t*", hub=lab_hub.control_path,
+        sub = agent_changes(("registered", "lost", "back"), "t*", hub=lab_hub.control_path,
                             on_ready=ready.set).subscribe(seen, seen.error)
         try:
             assert ready.wait(DEADLINE)
@@ -249,12 +249,17 @@ def test_agent_registered_and_lost_from_real_agents(tmp_path: Path) -> None:
                               ) as agents:
                 (e,) = seen.wait(lambda xs: len(xs) >= 1, "t1 registered")
                 assert isinstance(e, TriggerEvent)
-                assert (e.source, e.kind, e.key, e.payload.agent) == (
-                    "agent", "registered", "t1", "t1")
+                assert (e.source, e.kind, e.key, e.payload.agent, e.topic) == (
+                    "agent", "registered", "t1", "t1", "event.agent.registered")
                 assert e.host is not None and e.host.address == "127.0.0.1"
-                agents.kill("t1")
-                events = seen.wait(lambda xs: any(x.kind == "lost" for x in xs), "t1 lost")
+                os.kill(agents.pid("t1"), signal.SIGSTOP)  # silent: no heartbeats
+                try:
+                    events = seen.wait(lambda xs: any(x.kind == "lost" for x in xs), "t1 lost")
+                finally:
+                    os.kill(agents.pid("t1"), signal.SIGCONT)
                 lost = next(x for x in events if x.kind == "lost")
                 assert lost.key == "t1" and lost.host.address == "127.0.0.1"  # remembered
+                events = seen.wait(lambda xs: any(x.kind == "back" for x in xs), "t1 back")
+                assert [x.kind for x in events] == ["registered", "lost", "back"]
         finally:
             sub.dispose()
