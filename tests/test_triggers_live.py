@@ -22,7 +22,7 @@ import pytest
 from reactivex import operators as rx
 from systems_fixtures import node_uri
 
-from reops import Hosts, exec_, run, then
+from reops import Hosts, collect, exec_, run, then
 from reops.control.client import HubClient, ping_sync
 from reops.core.model import Result
 from reops.core.runtime import get_runtime
@@ -34,6 +34,7 @@ from reops.streams.triggers.event import TriggerEvent
 from reops.streams.triggers.files import file_changed
 from reops.streams.triggers.hypervisor import vm_started
 from reops.streams.triggers.jobs import job_succeeded
+from reops.streams.triggers.metrics import threshold
 from reops.streams.triggers.on import on
 from reops.systems.api import HubMachines
 
@@ -91,6 +92,21 @@ def test_every_tick_runs_a_real_command_on_each_lab_host(lab: LabInfo) -> None:
         assert (tick.op, tick.data.source, tick.data.payload.n) == ("event.clock.tick",
                                                                     "clock", 0)
         assert r.op == "exec" and r.out.strip() == "42"
+
+
+def test_threshold_over_real_cpu_samples_runs_the_next_step(lab: LabInfo) -> None:
+    """`collect` samples the lab hosts over SSH; a condition every sample meets crosses at
+    each host's first sample, and the next step runs on that host."""
+    hosts = lab.as_hosts().only(["db1", "db2"])
+    hot = threshold(collect(hosts, ["cpu"], every=2), "cpu.busy >= 0")
+    out = run(on(hot) | then(exec_, "echo hot") | rx.take(2))
+    assert sorted(r.host for r in out.successful) == ["db1", "db2"]
+    for r in out.successful:
+        crossed = r.steps[0].data
+        assert (r.steps[0].op, crossed.key, crossed.host.address) == (
+            "event.metric.crossed", r.host, lab.hosts[r.host])
+        assert crossed.payload.condition == "cpu.busy >= 0" and crossed.payload.value >= 0
+        assert r.out.strip() == "hot"
 
 
 def test_file_changed_fires_for_real_writes_and_deletes(tmp_path: Path) -> None:
