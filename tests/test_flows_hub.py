@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -91,9 +92,12 @@ class Hub:
         assert self.lab_hub.proc is not None
         return self.lab_hub.proc
 
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "REOPS_HOME": str(self.home), "REOPS_HUB_CONTROL": ""}
+
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "REOPS_HOME": str(self.home), "REOPS_HUB_CONTROL": ""}
-        done = subprocess.run([sys.executable, "-m", "reops.cli.main", *args], env=env,
+        done = subprocess.run([sys.executable, "-m", "reops.cli.main", *args], env=self.env,
                               capture_output=True, text=True, timeout=120)
         if check:
             assert done.returncode == 0, done.stderr
@@ -375,3 +379,34 @@ def test_a_trigger_event_is_one_firing_over_its_hosts(hub: Hub, lab: LabInfo,
     done = sorted(by_firing)[:-1]  # the newest may still be running on one host
     assert len(done) >= 3
     assert all(by_firing[f] == set(names.split(",")) for f in done)
+
+
+def test_log_follow_prints_records_as_they_are_written_until_ctrl_c(
+        hub: Hub, lab: LabInfo, flow_file: Path) -> None:
+    host = next(iter(lab.hosts))
+    hub.cli("flows", "start", str(flow_file), "--inv", str(lab.inventory), "--selector", host,
+            "--every", "0.3")
+    follow = subprocess.Popen([sys.executable, "-m", "reops.cli.main", "flows", "log", "tick",
+                               "--follow", "-o", "json"], env=hub.env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    watchdog = threading.Timer(60, follow.kill)  # a hang ends as EOF, failing below
+    watchdog.start()
+    try:
+        assert follow.stdout is not None
+        rows = []
+        while len([r for r in rows if r.get("host")]) < 4:
+            line = follow.stdout.readline()
+            if not line:
+                assert follow.stderr is not None
+                raise AssertionError(f"`flows log --follow` ended: {follow.stderr.read()}")
+            rows.append(json.loads(line))
+        assert rows[0]["status"] == "started"
+        seqs = [r["seq"] for r in rows]
+        assert seqs == sorted(set(seqs))  # each record once, in order
+        assert {r["host"] for r in rows if r.get("host")} == {host}
+        follow.send_signal(signal.SIGINT)
+        assert follow.wait(30) == 130
+    finally:
+        watchdog.cancel()
+        follow.kill()
+        follow.wait()

@@ -260,8 +260,33 @@ def log_cmd(name: str, follow: bool, limit: int, output: str) -> None:
         line = msgspec.json.encode(r).decode() if output == "json" else _row_line(r)
         click.echo(line)
 
+    params = {"name": name, "follow": follow, "limit": limit}
+    if not follow:
+        _hub("flows.log", params, on_item=show)
+        return
+    import asyncio
+
+    from reops.cli.main import UserError
+    from reops.control.client import HubClient, HubError, HubGone, HubNotRunning
+    from reops.control.settings import load_hub_settings
+    from reops.control.wire import Item
+
+    async def follow_log() -> None:
+        """Over the async client: it notices at once when the hub goes away."""
+        client = HubClient(load_hub_settings().control_path)
+        try:
+            async for reply in client.replies("flows.log", **params):
+                if isinstance(reply, Item):
+                    show(reply.value)
+        finally:
+            await client.close()
+
     try:
-        _hub("flows.log", {"name": name, "follow": follow, "limit": limit},
-             timeout=10.0 if not follow else 10 * 365 * 86400.0, on_item=show)
+        asyncio.run(follow_log())
+    except (HubNotRunning, HubError) as e:
+        raise UserError(str(e)) from None
+    except HubGone:
+        click.echo("reops: error: the hub went away", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
