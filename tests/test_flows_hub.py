@@ -410,3 +410,33 @@ def test_log_follow_prints_records_as_they_are_written_until_ctrl_c(
         watchdog.cancel()
         follow.kill()
         follow.wait()
+
+
+async def test_flow_events_reach_control_subscribers(hub: Hub, lab: LabInfo,
+                                                     flow_file: Path) -> None:
+    """Starts, errors, reloads … are events on topic `flows` (`reops events`, the bus)."""
+    import asyncio
+
+    from reops.control.client import HubClient
+    from reops.control.wire import Event
+
+    client = HubClient(hub.lab_hub.control_path)
+    try:
+        events = client.pieces("subscribe", topics=["flows"])
+        assert await anext(events) == Event(topic="subscribed", data={})
+        await asyncio.to_thread(hub.cli, "flows", "start", str(flow_file), "--inv",
+                                str(lab.inventory), "--selector", next(iter(lab.hosts)),
+                                "--every", "0.3", "--fail-at", "1")
+        seen: list[dict[str, Any]] = []
+        async with asyncio.timeout(60):
+            async for item in events:
+                assert isinstance(item, Event) and item.topic == "flows"
+                seen.append(item.data)
+                if item.data["event"] == "error":
+                    break
+        assert [(e["event"], e["flow"], e["version"]) for e in seen] == [
+            ("started", "tick", version(flow_file)), ("error", "tick", version(flow_file))]
+        assert seen[1]["detail"] == f"{flow_file}:{FAIL_LINE}: RuntimeError: tick 1 is broken"
+        await events.aclose()
+    finally:
+        await client.close()

@@ -202,6 +202,8 @@ def ls_cmd(output: str) -> None:
             notes.append("watching")
         if r["in_flight"]:
             notes.append(f"{r['in_flight']} in flight")
+        if r.get("dropped"):
+            notes.append(f"{r['dropped']} audit records dropped")
         click.echo(f"{r['name']:<16} {r['state']:<9} {since:<9} {r['fired']:>6}  "
                    f"{r['last'] or '-':<22} {r['version'] or '-':<12} {r['file']}:{r['func']}"
                    + (f"  ({', '.join(notes)})" if notes else ""))

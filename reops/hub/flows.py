@@ -86,6 +86,7 @@ class Controller(Protocol):
 
     def register(self, name: str, handler: Callable[[Any], Awaitable[Any]]) -> None: ...
     def run_task(self, factory: Callable[[], Any]) -> None: ...
+    def publish(self, topic: str, data: dict[str, Any]) -> None: ...
 
 
 # ── per-flow action slots ──────────────────────────────────────────────────────────
@@ -282,8 +283,10 @@ def _built(result: Any) -> Any:
 class FlowRunner:
     """Starts, lists, reloads, stops and audits the flows of one hub."""
 
-    def __init__(self, settings: FlowSettings | None = None) -> None:
+    def __init__(self, settings: FlowSettings | None = None,
+                 publish: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self.settings = settings or load_flow_settings()
+        self.publish = publish or (lambda topic, data: None)
         self.store: SqliteFlowStore | None = None
         self.flows: dict[str, Running] = {}
         self._ready = asyncio.Event()
@@ -445,12 +448,17 @@ class FlowRunner:
         return run
 
     def _audit(self, rec: FlowRecord, status: str, detail: str) -> None:
+        """Record a flow event, and announce it (topic `flows`: `reops events`, and the bus
+        as `event.flows.<status>`)."""
         self._queue(AuditRow(flow=rec.name, at=time.time(), version=rec.version,
                              status=status, detail=detail), rec)
+        self.publish("flows", {"event": status, "flow": rec.name, "version": rec.version,
+                               "detail": detail})
 
     def _queue(self, row: AuditRow, rec: FlowRecord) -> None:
         if len(self._pending) >= MAX_PENDING:
             self.dropped += 1
+            rec.dropped += 1
         else:
             self._pending.append(row)
         self._dirty[rec.name] = rec
@@ -704,7 +712,7 @@ class FlowRunner:
 
 def attach(controller: Controller) -> FlowRunner:
     """Run flows in this hub: the `flows.*` control methods and the runner's task."""
-    runner = FlowRunner()
+    runner = FlowRunner(publish=controller.publish)
     for name, handler in runner.methods().items():
         controller.register(name, handler)
     controller.run_task(runner.serve)

@@ -61,6 +61,7 @@ class FlowRecord(msgspec.Struct, kw_only=True):
     fired: int = 0
     last: str = ""  # the last firing's outcome, e.g. "2 ok, 1 failed"
     in_flight: int = 0  # actions running right now (not stored meaningfully)
+    dropped: int = 0  # audit rows lost because the writer fell MAX_PENDING behind
 
 
 class AuditRow(msgspec.Struct, kw_only=True, omit_defaults=True):
