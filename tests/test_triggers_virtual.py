@@ -349,3 +349,22 @@ def test_on_takes_bus_messages_as_events_about_their_host() -> None:
     assert (event.source, event.kind, event.key, event.time, event.payload.topic) == (
         "bus", "result", "web1", 0.5, "result.exec.failed.web1")
     assert seen[2] == "not an event"
+
+
+class _EventBody:
+    """Stands in for the bus's EventBody: a published TriggerEvent as plain data."""
+
+    def __init__(self, event: TriggerEvent) -> None:
+        import msgspec
+
+        self.source, self.kind, self.data = event.source, event.kind, msgspec.to_builtins(event)
+
+
+def test_on_takes_a_published_trigger_event_back_as_that_event() -> None:
+    clock = TestScheduler()
+    sent = vm_event("vm1", "192.168.122.5")
+    hot = clock.create_hot_observable(ReactiveTest.on_next(
+        1, _Message("event.libvirt.started", _EventBody(sent))))
+    (r,) = [r for _, r in fires(clock, on(hot) | then(where_am_i), 5)]
+    assert (r.host, r.out, r.steps[0].op) == ("vm1", "192.168.122.5", "event.libvirt.started")
+    assert r.steps[0].data == sent

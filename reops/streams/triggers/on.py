@@ -11,8 +11,9 @@ to run the next step on. `hosts=` does two things: events that name no host (clo
 files) fire once for every host in it, and a host it names (an inventory entry, with its
 user, key and jump hosts) stands in for the bare Host an event carries by the same name.
 
-Messages from the bus (`bus("result.*.failed")`) are events too (source `bus`, kind the
-topic's first word): a Result's or Line's message concerns its host, by name.
+Messages from the bus are events too: a trigger event another process published is that
+event again, any other message an event of source `bus` (kind: the topic's first word), a
+Result's or Line's message concerning its host, by name.
 
 An event about a host with no address yet (a VM that has not got an IP) becomes an
 `unreachable` Result (code -1, err saying so): `then` passes it on without running
@@ -26,6 +27,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, cast
 
+import msgspec
 import reactivex
 from reactivex import Observable, abc
 
@@ -106,12 +108,20 @@ def _results(e: TriggerEvent, targets: Hosts, known: LearnedHosts) -> list[Resul
 def from_bus(item: Any) -> TriggerEvent | None:
     """A bus message (`bus(...)` items: `topic`, `body`) as a trigger event, else None.
 
-    Its kind is the topic's first word (result, line, event, flow). A Result or Line
-    message concerns its host, known here only by name (so `hosts=` gives its address,
-    else the name is the address, as for an inventory host without one)."""
+    A trigger event another process published (`event.libvirt.started`) is that event
+    again. Any other message is an event of source `bus`, its kind the topic's first word
+    (result, line, event, flow); a Result or Line message concerns its host, known here
+    only by name (so `hosts=` gives its address, else the name is the address, as for an
+    inventory host without one)."""
     topic, body = getattr(item, "topic", None), getattr(item, "body", None)
     if not isinstance(topic, str) or body is None:
         return None
+    data = getattr(body, "data", None)
+    if isinstance(data, dict) and "source" in data and "key" in data:
+        try:  # a trigger event another process published: the same event again
+            return msgspec.convert(data, TriggerEvent)
+        except msgspec.ValidationError:
+            pass
     name = getattr(body, "host", None)
     host = Host(name=name, address=name) if isinstance(name, str) and name else None
     key = name or getattr(body, "flow", None) or topic
