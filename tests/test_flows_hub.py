@@ -229,6 +229,8 @@ def test_bad_starts_are_one_line_and_store_nothing(hub: Hub, lab: LabInfo,
     once.write_text("from reops.flows import flow\n\n@flow\ndef once() -> int:\n    return 0\n")
     finite = hub.cli("flows", "start", str(once), check=False)
     assert finite.returncode == 2 and "returns a Stream or an Observable" in finite.stderr
+    named = hub.cli("flows", "start", "--as", "a b", str(flow_file), "--inv", "x", check=False)
+    assert named.returncode == 2 and "bad flow name 'a b'" in named.stderr
     assert hub.ls() == {}
 
 

@@ -30,6 +30,7 @@ import contextlib
 import contextvars
 import hashlib
 import logging
+import re
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -577,6 +578,9 @@ class FlowRunner:
             raise ValueError("args must be a list of strings")
         await self._ready.wait()
         store = await self._open()
+        named = str(p.get("name") or "")
+        if named and not re.fullmatch(r"[A-Za-z0-9_][\w.-]{0,99}", named):
+            raise ValueError(f"bad flow name {named!r}: letters, digits, _ . - (up to 100)")
         probe = FlowRecord(name=str(p.get("name") or ""), file=file, func=func, args=args,
                            watch=bool(p.get("watch")))
         if not probe.name:  # the flow's own name: known once the file is read
