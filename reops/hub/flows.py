@@ -18,8 +18,9 @@ queue); a flow that reacts to them belongs beside them, one runner per hub.
   (at most `drain_s`), records their Results, then disposes the flows.
 - Reloaded: `reops flows reload NAME` (or `--watch`) imports the file again and calls the
   flow; if that fails the old version keeps running and the error (file:line) is shown; else
-  the old subscription is disposed and the new one subscribed. Nothing is carried over: the
-  new version starts its triggers, windows and state afresh (see docs/flows.md).
+  the new version is subscribed, then the old one disposed (its steps in flight cancelled).
+  Nothing of the old version's stream is carried over: the new one starts its triggers,
+  windows and state afresh; firing numbers, counters and the audit go on (docs/flows.md).
 """
 
 from __future__ import annotations
