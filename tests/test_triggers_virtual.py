@@ -15,10 +15,10 @@ from reactivex import abc
 from reactivex.testing import ReactiveTest, TestScheduler
 
 from reops import Host, Hosts, Result, Stream, retry, then
+from reops.core.durations import positive, rate, seconds
 from reops.ops.metrics import Cpu, Metrics
-from reops.streams.operators import failed
+from reops.streams.operators import failed, once_within
 from reops.streams.triggers.clock import cron, every
-from reops.streams.triggers.duration import seconds
 from reops.streams.triggers.event import Domain, Tick, TriggerEvent
 from reops.streams.triggers.metrics import metric, threshold
 from reops.streams.triggers.on import on
@@ -156,7 +156,7 @@ def test_cron_in_a_named_zone() -> None:
     (lambda: cron("* * *"), "cron('* * *'): Wrong number of fields"),
     (lambda: cron("* * * * *", tz="Mars/Olympus"), "unknown time zone"),
     (lambda: every("soon"), "every(period): 'soon' is not a duration"),
-    (lambda: every(0), "every(period): must be more than 0 seconds"),
+    (lambda: every(0), "every(period): the duration must be > 0, not 0"),
 ])
 def test_bad_schedules_are_one_clear_line(make: Any, message: str) -> None:
     with pytest.raises(ValueError) as err:
@@ -169,6 +169,21 @@ def test_durations_as_people_write_them() -> None:
         30, 300, 5400, 0.25, 172800, 1.5, 7]
     with pytest.raises(ValueError, match="is not a duration"):
         seconds("5 minutes")
+
+
+def test_one_duration_parser_for_triggers_and_operators() -> None:
+    """Triggers and event operators share reops.core.durations: same forms, same errors."""
+    assert seconds("1H30M") == 5400 and seconds(0) == 0 and positive("500ms", "x") == 0.5
+    assert rate("100/10s", "squelch(rate)") == (100, 10) and rate("5/m", "r") == (5, 60)
+    for bad, message in [(lambda: seconds(-1, "threshold(for_)"),
+                          "threshold(for_): the duration must be >= 0, not -1"),
+                         (lambda: positive("0s", "x"), "x: the duration must be > 0, not '0s'"),
+                         (lambda: rate("0/s", "r"), "r: the count in '0/s' must be a whole"),
+                         (lambda: once_within("2 weeks"), "is not a duration"),
+                         (lambda: every("2 weeks"), "is not a duration")]:
+        with pytest.raises(ValueError) as err:
+            bad()
+        assert message in str(err.value) and "\n" not in str(err.value)
 
 
 # ── threshold ──────────────────────────────────────────────────────────────────────

@@ -9,8 +9,8 @@ from typing import Any
 import msgspec
 from reactivex import abc
 
+from reops.core.durations import positive
 from reops.streams.operators._clock import now
-from reops.streams.operators._durations import seconds
 from reops.streams.operators._keyed import Keyed, carried, keyed_operator
 from reops.streams.operators._keys import Key, KeyOf, key_of
 from reops.streams.stream import Operator
@@ -50,7 +50,7 @@ def accumulate(n: int, *, within: float | str, key: Key = "key",
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"accumulate(n): n must be a whole number >= 1, not {n!r}")
-    span = seconds(within, "accumulate(within)")
+    span = positive(within, "accumulate(within)")
     key_fn = key_of(key, "accumulate")
 
     def machine(observer: abc.ObserverBase[Any]) -> Keyed:

@@ -11,9 +11,9 @@ import reactivex
 from reactivex import Observable, abc
 from reactivex import operators as ops
 
+from reops.core.durations import positive
 from reops.core.model import Event, Host, Hosts, Result
 from reops.streams.operators._clock import now
-from reops.streams.operators._durations import seconds
 from reops.streams.operators._keyed import PASS_THROUGH, Keyed, carried, keyed_observable
 from reops.streams.operators._keys import Key, KeyOf, key_of
 from reops.streams.stream import Stream
@@ -95,7 +95,7 @@ def _correlate(mode: Mode, streams: tuple[Stream, ...], key: Key, timeout: float
                scheduler: abc.SchedulerBase | None) -> Stream:
     if len(streams) < 2 or not all(isinstance(s, Stream) for s in streams):
         raise ValueError(f"{mode}(*streams): give two or more Streams (triggers) to correlate")
-    span = seconds(timeout, f"{mode}(timeout)")
+    span = positive(timeout, f"{mode}(timeout)")
     key_fn = key_of(key, mode)
     n = len(streams)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from reactivex import abc
 
-from reops.streams.operators._durations import seconds
+from reops.core.durations import positive
 from reops.streams.operators._keyed import Keyed, keyed_operator
 from reops.streams.operators._keys import Key, KeyOf, key_of
 from reops.streams.stream import Operator
@@ -26,7 +26,7 @@ def debounce(quiet: float | str, *, key: Key = "key",
         [ debounce(3) ]
         ----a-b-a--|
     """
-    span = seconds(quiet, "debounce(quiet)")
+    span = positive(quiet, "debounce(quiet)")
     key_fn = key_of(key, "debounce")
 
     def machine(observer: abc.ObserverBase[Any]) -> Keyed:

@@ -6,8 +6,8 @@ from typing import Any
 
 from reactivex import Observable, abc
 
+from reops.core.durations import seconds
 from reops.core.model import Event
-from reops.streams.operators._durations import seconds
 from reops.streams.operators._keyed import Keyed, keyed_observable
 from reops.streams.operators._keys import Key, key_of
 from reops.streams.operators._through import Steps, Through, chain_of
@@ -31,7 +31,7 @@ def ignoring(own: Steps, *more: Steps, grace: float | str = 0, key: Key = "key",
     """
     chain = chain_of((own, *more), "ignoring")
     key_fn = key_of(key, "ignoring")
-    span = 0.0 if grace in (0, "0") else seconds(grace, "ignoring(grace)")
+    span = seconds(grace, "ignoring(grace)")  # 0: only while the action runs
 
     def make(up: Stream) -> Observable[Event]:
         def machine(observer: abc.ObserverBase[Any]) -> Keyed:

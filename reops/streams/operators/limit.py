@@ -6,8 +6,8 @@ from typing import Any
 
 from reactivex import Observable, abc
 
+from reops.core.durations import positive
 from reops.core.model import Event
-from reops.streams.operators._durations import seconds
 from reops.streams.operators._keyed import Keyed, keyed_observable
 from reops.streams.operators._keys import Key, key_of
 from reops.streams.operators._through import Steps, Through, chain_of
@@ -38,7 +38,7 @@ def limit(concurrency: int, *steps: Steps, key: Key | None = None,
     key_fn = key_of(key, "limit") if key is not None else None
     grace = 0.0
     if not isinstance(ignore_own, bool):
-        grace = seconds(ignore_own, "limit(ignore_own)")
+        grace = positive(ignore_own, "limit(ignore_own)")
 
     def make(up: Stream) -> Observable[Event]:
         def machine(observer: abc.ObserverBase[Any]) -> Keyed:

@@ -6,7 +6,7 @@ from typing import Any
 
 from reactivex import abc
 
-from reops.streams.operators._durations import seconds
+from reops.core.durations import positive
 from reops.streams.operators._keyed import Keyed, keyed_operator
 from reops.streams.operators._keys import Key, KeyOf, key_of
 from reops.streams.stream import Operator
@@ -25,7 +25,7 @@ def once_within(window: float | str, *, key: Key = "key",
         [ once_within(6) ]
         a---b-----a-b|
     """
-    span = seconds(window, "once_within(window)")
+    span = positive(window, "once_within(window)")
     key_fn = key_of(key, "once_within")
 
     def machine(observer: abc.ObserverBase[Any]) -> Keyed:

@@ -7,8 +7,8 @@ from typing import Any
 
 from reactivex import abc
 
+from reops.core.durations import rate as parse_rate
 from reops.streams.operators._clock import now
-from reops.streams.operators._durations import rate as parse_rate
 from reops.streams.operators._keyed import Keyed, Notice, keyed_operator
 from reops.streams.stream import Operator
 

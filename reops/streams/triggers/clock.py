@@ -21,8 +21,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cronsim import CronSim, CronSimError
 from reactivex import abc
 
+from reops.core.durations import positive
 from reops.streams.triggers._trigger import Clock, Emit, Trigger, timed
-from reops.streams.triggers.duration import positive
 from reops.streams.triggers.event import Source, Tick, TriggerEvent
 
 #: next(due, now) -> the next slot after `due`, skipping those already past at `now`

@@ -22,8 +22,8 @@ from typing import Literal, cast
 
 from watchfiles import Change, DefaultFilter, awatch
 
+from reops.core.durations import seconds
 from reops.streams.triggers._trigger import Emit, Trigger, pumped
-from reops.streams.triggers.duration import seconds
 from reops.streams.triggers.event import FileChange, TriggerEvent
 
 ChangeKind = Literal["added", "modified", "deleted"]

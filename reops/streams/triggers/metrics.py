@@ -25,10 +25,10 @@ from typing import Any
 import reactivex
 from reactivex import Observable, abc
 
+from reops.core.durations import seconds
 from reops.core.model import Host, Result
 from reops.streams.stream import Stream
 from reops.streams.triggers._trigger import Trigger, scheduler_now
-from reops.streams.triggers.duration import seconds
 from reops.streams.triggers.event import Crossing, TriggerEvent
 
 _COMPARE: dict[str, Callable[[float, float], bool]] = {
@@ -57,9 +57,7 @@ def threshold(samples: Stream, condition: str | Callable[[Result], bool], *,
     """Events `crossed` (the condition held for `for_`) and `recovered` (it stopped
     holding after having crossed), per host of `samples`; see the module docstring.
     A condition that does not parse raises ValueError here."""
-    hold = seconds(for_, "threshold(for_)")
-    if hold < 0:
-        raise ValueError(f"threshold(for_): must be >= 0 seconds, got {for_!r}")
+    hold = seconds(for_, "threshold(for_)")  # >= 0; 0: fire at the first sample that holds
     if isinstance(condition, str):
         label = condition.strip()
         test = _parse(label)

@@ -1,5 +1,10 @@
-"""Durations and rates as people write them ("10s", "5m", "1h30m", "100/10s"), parsed once
-when an operator is built so a typo fails at once in one clear line, not at the first event."""
+"""Durations and rates as people write them ("30", "500ms", "10s", "5m", "1h30m", "100/10s").
+
+One parser for triggers (`every("30s")`, `threshold(..., for_="2m")`) and event operators
+(`once_within("5m")`, `squelch("100/10s")`), so both accept the same forms and fail the same
+way: when the flow is built, in one clear line naming the argument, not at the first event.
+It lives in core because streams' triggers and operators both import it.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,23 @@ import re
 
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _EXAMPLES = 'e.g. 30, "500ms", "10s", "5m", "1h30m"'
 
 
-def seconds(value: float | str, what: str) -> float:
-    """`value` in seconds (a number is seconds already); > 0, or a ValueError naming `what`."""
+def seconds(value: float | str, what: str = "duration") -> float:
+    """`value` in seconds, >= 0: a number (seconds already) or text such as "1h30m".
+
+    Raises a one-line ValueError naming `what` and the accepted forms otherwise.
+    """
     if isinstance(value, bool):
         raise ValueError(f"{what}: {value!r} is not a duration ({_EXAMPLES})")
     if isinstance(value, int | float):
         s = float(value)
     elif isinstance(value, str):
-        text = value.strip().replace(" ", "")
+        text = value.strip().lower().replace(" ", "")
         parts = _PART.findall(text)
-        if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        if _NUMBER.fullmatch(text):
             s = float(text)
         elif parts and "".join(n + u for n, u in parts) == text:
             s = sum(float(n) * _UNIT_S[u] for n, u in parts)
@@ -27,6 +36,14 @@ def seconds(value: float | str, what: str) -> float:
             raise ValueError(f"{what}: {value!r} is not a duration ({_EXAMPLES})")
     else:
         raise ValueError(f"{what}: {value!r} is not a duration ({_EXAMPLES})")
+    if not s >= 0:  # also NaN
+        raise ValueError(f"{what}: the duration must be >= 0, not {value!r}")
+    return s
+
+
+def positive(value: float | str, what: str) -> float:
+    """`seconds(value)`, which must be > 0: a period or a window of 0 means nothing."""
+    s = seconds(value, what)
     if not s > 0:
         raise ValueError(f"{what}: the duration must be > 0, not {value!r}")
     return s
@@ -45,4 +62,4 @@ def rate(value: str | tuple[int, float | str], what: str) -> tuple[int, float]:
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise ValueError(f"{what}: the count in {value!r} must be a whole number >= 1 "
                          "(e.g. \"100/10s\")")
-    return count, seconds(period, f"{what}: the period of {value!r}")
+    return count, positive(period, f"{what}: the period of {value!r}")
