@@ -9,6 +9,7 @@ Time-based triggers take `scheduler=` (a reactivex scheduler, e.g. a test's
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, cast
@@ -24,6 +25,12 @@ from reops.streams.triggers.event import TriggerEvent
 
 Emit = Callable[[TriggerEvent], None]
 
+#: set by the hub's flow runner while it builds a flow: (name, events) -> the events a
+#: trigger reads, so two versions of a flow read ONE live source (reops.hub.flows)
+sharing: contextvars.ContextVar[
+    Callable[[str, Observable[TriggerEvent]], Observable[TriggerEvent]] | None] = (
+    contextvars.ContextVar("reops_trigger_sharing", default=None))
+
 
 class Trigger(Stream):
     """An endless Stream of TriggerEvents; `hosted` says whether its events name hosts
@@ -33,6 +40,9 @@ class Trigger(Stream):
     __slots__ = ("hosted", "name")
 
     def __init__(self, events: Observable[TriggerEvent], name: str, *, hosted: bool) -> None:
+        share = sharing.get()
+        if share is not None:
+            events = share(name, events)
         super().__init__(cast("Observable[Event]", events), Hosts(), replay=False)
         self.name = name
         self.hosted = hosted
