@@ -17,8 +17,8 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
-from zmq.utils.monitor import parse_monitor_message
 
+from reops.control.replies import fail_waiters_when_gone, route_replies
 from reops.control.settings import load_hub_settings
 from reops.control.wire import (
     AnyPiece,
@@ -164,32 +164,13 @@ class HubClient:
         monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         sock.connect(f"ipc://{self.path}")
         self._sock = sock
-        self._tasks = [asyncio.create_task(self._read()),
-                       asyncio.create_task(self._watch(monitor))]
+        self._tasks = [asyncio.create_task(route_replies(sock, self._queues)),
+                       asyncio.create_task(fail_waiters_when_gone(monitor, self._queues,
+                                                                  self._lost))]
 
-    async def _read(self) -> None:
-        assert self._sock is not None
-        while True:
-            frame = await self._sock.recv()
-            try:
-                reply = decode_reply(frame)
-            except WireError as e:
-                log.warning("ignoring a bad reply from the hub: %s", e)
-                continue
-            queue = self._queues.get(reply.id)
-            if queue is not None:
-                queue.put_nowait(reply)
-
-    async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
-        try:
-            while True:
-                event = parse_monitor_message(await monitor.recv_multipart())
-                if event["event"] == zmq.EVENT_DISCONNECTED:
-                    self._gone = True
-                    for queue in self._queues.values():
-                        queue.put_nowait(HubGone("the hub went away during the request"))
-        finally:
-            monitor.close(0)
+    def _lost(self) -> HubGone:
+        self._gone = True  # reconnect before the next request
+        return HubGone("the hub went away during the request")
 
     async def pieces(self, method: str, **params: Any) -> AsyncGenerator[AnyPiece, None]:
         """The typed items (LineItem, ResultItem, TickItem, Event) of a streaming request

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from reops.control.replies import fail_waiters_when_gone, route_replies
 from reops.control.settings import load_hub_settings
 from reops.control.wire import (
     AnyReply,
@@ -40,8 +41,6 @@ from reops.control.wire import (
     ResultItem,
     SshRun,
     Update,
-    WireError,
-    decode_reply,
     encoder,
 )
 from reops.core.model import UNREACHED, Host, Line, Result, failure_result
@@ -132,8 +131,9 @@ class _Link:
         monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED)
         sock.connect(f"ipc://{self.path}")
         self._sock = sock
-        self._tasks = [asyncio.ensure_future(self._read(sock)),
-                       asyncio.ensure_future(self._watch(monitor))]
+        self._tasks = [asyncio.ensure_future(route_replies(sock, self._queues)),
+                       asyncio.ensure_future(fail_waiters_when_gone(monitor, self._queues,
+                                                                    self._lost))]
         self._ready = asyncio.ensure_future(self._handshake())
         return sock
 
@@ -157,30 +157,9 @@ class _Link:
         if not isinstance(reply, Done):
             raise HubLost(f"the reops hub on {self.path} did not answer its ping: {reply}")
 
-    async def _read(self, sock: zmq.asyncio.Socket) -> None:
-        while True:
-            frame = await sock.recv()
-            try:
-                reply = decode_reply(frame)
-            except WireError:
-                continue
-            queue = self._queues.get(reply.id)
-            if queue is not None:
-                queue.put_nowait(reply)
-
-    async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
-        import zmq
-        from zmq.utils.monitor import parse_monitor_message
-
-        try:
-            while True:
-                event = parse_monitor_message(await monitor.recv_multipart())
-                if event["event"] in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CONNECT_RETRIED):
-                    self.gone = True
-                    for queue in self._queues.values():
-                        queue.put_nowait(HubLost("the reops hub went away mid-command"))
-        finally:
-            monitor.close(0)
+    def _lost(self) -> HubLost:
+        self.gone = True
+        return HubLost("the reops hub went away mid-command")
 
     def _send(self, payload: Any) -> None:
         import zmq
