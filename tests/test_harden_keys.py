@@ -585,3 +585,28 @@ async def test_identity_rules_without_a_network() -> None:
     assert mismatch(Host(name="db1", address="127.0.3.4", agent_key=pin), seen) is None
     assert not await is_agent_for(Host(name="db1", address="127.0.0.1", agent_key="00:11"),
                                   seen)
+
+
+async def test_agent_and_bus_keys_never_mix(hub: LabHub, client: HubClient,
+                                            tmp_path: Path) -> None:
+    """An agent named `bus-…` would have its key accepted for the bus; a bus key
+    registering as an agent would gain the agent role. Both are refused, nothing pending."""
+    ctx = zmq.asyncio.Context()
+    try:
+        public, secret = load_keypair(tmp_path / "sneaky", "agent")
+        sock = dealer(ctx, hub, public, secret)
+        await sock.send(encode(Hello(name="bus-sneaky")))
+        refused = await expect(sock, Refused)
+        assert "may not start with 'bus-'" in refused.reason
+
+        bus_public, bus_secret = load_keypair(tmp_path / "subscriber", "agent")
+        KeyStore(hub.keys_dir).pre_accept("bus-subscriber", bus_public.decode())
+        sock = dealer(ctx, hub, bus_public, bus_secret)
+        await sock.send(encode(Hello(name="web9")))
+        refused = await expect(sock, Refused)
+        assert "accepted for the bus" in refused.reason
+    finally:
+        ctx.destroy(0)
+    keys = {k["name"]: k["state"] for k in await client.request("keys")}
+    assert keys == {"bus-subscriber": "accepted"}  # neither hello recorded a pending key
+    assert "agent bus-sneaky refused" in hub.log and "agent web9 refused" in hub.log

@@ -42,6 +42,7 @@ from reops_agent.protocol import (
 from zmq.utils.monitor import parse_monitor_message
 
 from reops.control.settings import HubSettings
+from reops.hub.bus import ROLE as BUS_ROLE
 from reops.hub.calls import CallTable, InFlight, OnDone, OnLine, failure
 from reops.hub.keystore import KeyStore
 from reops.hub.limits import RationedLog, TokenBucket
@@ -83,6 +84,7 @@ class Fleet:
         self.clones: OrderedDict[bytes, str] = OrderedDict()  # refused second connections
         self.bad_frames = 0
         self.impostors = 0  # messages dropped for a key that is not their connection's
+        self.role_refused = 0  # hellos refused for mixing agent and bus keys
         per_minute = max(1, settings.pending_per_minute)
         self._new_pending = TokenBucket(per_minute / 60.0, per_minute)
         self._warn = RationedLog(log, "agent warnings (bad frames, unaccepted keys)")
@@ -219,8 +221,31 @@ class Fleet:
             self.publish("agents", {"event": "impostor", "agent": owner.name,
                                     "fingerprint": fp, "address": address})
 
+    def _mixes_roles(self, name: str, key: str) -> str | None:
+        """Why `key` may not register as agent `name`, or None.
+
+        Bus keys (accepted under a `bus-` name) may only subscribe and publish; agent keys
+        run commands. A `bus-` agent name would put the agent's key among the bus keys once
+        accepted (or at once with auto-accept), and a bus key registering as an agent would
+        gain the agent role: both are refused, and nothing is recorded as pending.
+        """
+        if name.startswith(BUS_ROLE):
+            return (f"agent names may not start with {BUS_ROLE!r}: that prefix names the "
+                    "bus's keys")
+        if any(e.key == key for e in self.keys.entries("accepted")
+               if e.name.startswith(BUS_ROLE)):
+            return "this key is accepted for the bus; an agent needs a key of its own"
+        return None
+
     def _hello(self, routing: bytes, key: str, address: str, hello: Hello) -> None:
         name = hello.name
+        mixed = self._mixes_roles(name, key)
+        if mixed is not None:
+            self.role_refused += 1
+            self._warn(logging.WARNING, "agent %s refused (fingerprint %s, from %s): %s",
+                       name, fingerprint(key), address or "?", mixed)
+            self._send(routing, Refused(reason=mixed))
+            return
         accepted = self.keys.accepted_key(name)
         if accepted is None and self.settings.auto_accept and not self.keys.is_rejected(key):
             self.keys.pre_accept(name, key)
