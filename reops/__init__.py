@@ -58,6 +58,9 @@ _EXPORTS: dict[str, str] = {
     **_from("reops.streams.bus", "bus"),
     # flows
     **_from("reops.flows", "flow"),
+    **_from("reops.streams.ssh_wait", "wait_ssh"),
+    **_from("reops.hub.deploy_step", "deploy_agent"),
+    **_from("reops.systems.provision_step", "provision"),
 }
 
 if TYPE_CHECKING:  # the same names, typed, for mypy and IDEs; costs nothing at run time
@@ -71,6 +74,7 @@ if TYPE_CHECKING:  # the same names, typed, for mypy and IDEs; costs nothing at 
     from reops.core.model import Result as Result
     from reops.core.settings import Settings as Settings
     from reops.flows import flow as flow
+    from reops.hub.deploy_step import deploy_agent as deploy_agent
     from reops.ops.base import Op as Op
     from reops.sinks.bus import publish as publish
     from reops.sinks.jsonl import jsonl as jsonl
@@ -109,6 +113,7 @@ if TYPE_CHECKING:  # the same names, typed, for mypy and IDEs; costs nothing at 
     from reops.streams.source import configure as configure
     from reops.streams.source import source as source
     from reops.streams.source import step as step
+    from reops.streams.ssh_wait import wait_ssh as wait_ssh
     from reops.streams.steps import boot_id as boot_id
     from reops.streams.steps import collect as collect
     from reops.streams.steps import cp as cp
@@ -160,6 +165,7 @@ if TYPE_CHECKING:  # the same names, typed, for mypy and IDEs; costs nothing at 
     from reops.streams.triggers.jobs import job_succeeded as job_succeeded
     from reops.streams.triggers.metrics import threshold as threshold
     from reops.streams.triggers.on import on as on
+    from reops.systems.provision_step import provision as provision
 
 __all__ = sorted(_EXPORTS)
 
