@@ -30,6 +30,8 @@ def run_cmd(ctx: click.Context, spec: str | None, args: tuple[str, ...]) -> None
     if spec is None or spec in ("-h", "--help"):
         click.echo(ctx.get_help())
         ctx.exit(0 if spec else 2)
+    if "--dry-run" in args:  # what it WOULD run, per host, over recorded/synthetic events
+        ctx.exit(__import__("reops.cli.dry_run", fromlist=["x"]).dry_run(spec, args))
     from reops.core.runtime import terminate_like_interrupt, terminated
     from reops.flows import resolve
 
