@@ -15,7 +15,7 @@ from reops.streams.stream import Stream
 
 
 @flow
-def watch_load(selector: str = "all", condition: str = "cpu.busy > 90", for_: str = "2m",
+def watch_load(selector: str = "all", condition: str = "cpu.busy > 90", lasting: str = "2m",
                every: float = 5.0, inventory: Path | None = None) -> Stream:
     """Sample CPU over SSH; publish `crossed` when a host meets `condition` for `for_`,
     and `recovered` when it stops.
@@ -23,10 +23,10 @@ def watch_load(selector: str = "all", condition: str = "cpu.busy > 90", for_: st
     Args:
         selector: which hosts (all, web*, group:db, ...)
         condition: a metric and a bound (cpu.busy > 90, load.load1 >= 4, memory.used > 95)
-        for_: how long the condition must hold before the alert (0s: at once)
+        lasting: how long the condition must hold before the alert (0s: at once)
         every: seconds between samples
         inventory: the inventory [default: $REOPS_INVENTORY]
     """
     hosts = load_inventory(inventory).select(selector)
     return threshold(collect(hosts, ["cpu", "load", "memory"], every=every), condition,
-                     for_=for_) | publish()
+                     for_=lasting) | publish()

@@ -1,0 +1,250 @@
+"""The shipped example flows and the steps they need, against real parts: the lab's sshd
+hosts, its SysV `webapp` service, a real `reops hub` (bus; machines on the libvirt test
+driver), real busy loops. Waits are on events or conditions with a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reops import Host, Hosts, exec_, run, service
+from reops.core.model import Result
+from reops.core.pyfile import import_file
+from reops.lab.agents import LabHub
+from reops.lab.fleet import LabInfo
+from reops.streams.ssh_wait import wait_ssh
+from reops.systems.provision_step import provision
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "flows" / "examples"
+DEADLINE = 60.0
+
+
+class Seen:
+    """What a subscription received; `wait` blocks until a condition holds (deadline)."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self.errors: list[BaseException] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, item: Any) -> None:
+        with self._cond:
+            self.items.append(item)
+            self._cond.notify_all()
+
+    def error(self, e: BaseException) -> None:
+        with self._cond:
+            self.errors.append(e)
+            self._cond.notify_all()
+
+    def wait(self, pred: Callable[[list[Any]], bool], what: str,
+             timeout: float = DEADLINE) -> list[Any]:
+        with self._cond:
+            ok = self._cond.wait_for(lambda: pred(self.items) or bool(self.errors), timeout)
+            assert not self.errors, f"the subscription failed: {self.errors[0]!r}"
+            assert ok, f"timed out waiting for {what}; got {self.items}"
+            return list(self.items)
+
+
+def example(name: str) -> Any:
+    return import_file(str(EXAMPLES / f"{name}.py"), what="example flow")
+
+
+# ── the steps ──────────────────────────────────────────────────────────────────────────
+
+
+def test_wait_ssh_is_ok_once_a_lab_host_logs_in(lab: LabInfo) -> None:
+    out = run(wait_ssh(lab.as_hosts().only(["web1"]), timeout=30))
+    (r,) = out.results
+    assert (r.host, r.op, r.status) == ("web1", "wait_ssh", "ok") and "ssh up" in r.out
+
+
+def test_wait_ssh_gives_up_unreachable_with_the_last_reason(
+        dead_address: tuple[str, int]) -> None:
+    address, port = dead_address
+    out = run(wait_ssh(Host(name="gone", address=address, port=port), timeout=1.5,
+                       first_s=0.2))
+    (r,) = out.results
+    assert (r.op, r.status) == ("wait_ssh", "unreachable")
+    assert "did not answer within 1.5 s" in r.err and "attempt(s); last: " in r.err
+    tries = int(r.err.split("(")[1].split(" ")[0])
+    assert tries >= 2  # it retried, with backoff, within the bound
+
+
+def test_provision_a_host_that_is_no_system_fails_saying_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("REOPS_CONFIG", str(tmp_path / "none.toml"))
+    (r,) = run(provision(Host(name="stranger", address="127.0.0.1"))).results
+    assert (r.op, r.status) == ("provision", "failed")
+    assert r.err.startswith("stranger is no system reops manages")
+
+
+# ── heal: a service check fails → restart once per host per window ────────────────────
+
+
+def _status(hosts: Hosts) -> dict[str, bool]:
+    out = run(service.status(hosts, "webapp"))
+    return {r.host: bool(r.data.active) for r in out.results}
+
+
+def test_heal_restarts_a_stopped_service_once_per_window(
+        lab: LabInfo, monkeypatch: pytest.MonkeyPatch) -> None:
+    hosts = lab.as_hosts().only(["web1", "web2"])
+    web1 = hosts.only(["web1"])
+    assert run(service.start(hosts, "webapp", sudo=True)).ok
+    assert run(service.stop(web1, "webapp", sudo=True)).ok
+    assert _status(hosts) == {"web1": False, "web2": True}
+
+    module = example("heal")
+    seen_down: dict[str, int] = {}
+    cond = threading.Condition()
+    real_down = module.down
+
+    def counting(r: Result) -> bool:  # the flow's own check, counted per host
+        verdict = bool(real_down(r))
+        if verdict:
+            with cond:
+                seen_down[r.host] = seen_down.get(r.host, 0) + 1
+                cond.notify_all()
+        return verdict
+
+    monkeypatch.setattr(module, "down", counting)
+    got = Seen()
+    flow = module.heal(selector="web1,web2", check_every="1s", window="1h",
+                       inventory=lab.inventory)
+    sub = flow.subscribe(got, got.error)
+    try:
+        (restart,) = got.wait(lambda xs: len(xs) >= 1, "the restart on web1")
+        assert (restart.host, restart.op, restart.status) == ("web1", "service.restart", "ok")
+        assert [s.op for s in restart.steps[:2]] == ["event.clock.tick", "service.status"]
+        assert _status(hosts) == {"web1": True, "web2": True}
+
+        # a second failure within the window: seen by the check, not restarted again
+        with cond:
+            before = seen_down.get("web1", 0)
+        assert run(service.stop(web1, "webapp", sudo=True)).ok
+        with cond:
+            assert cond.wait_for(lambda: seen_down.get("web1", 0) >= before + 2, DEADLINE)
+        assert len(got.items) == 1 and not got.errors
+        assert _status(hosts) == {"web1": False, "web2": True}
+        assert "web2" not in seen_down
+    finally:
+        sub.dispose()
+        run(service.stop(hosts, "webapp", sudo=True))
+
+
+# ── watch_load: a real busy loop → an alert on the bus ────────────────────────────────
+
+
+@pytest.fixture
+def bus_hub(tmp_path: Path) -> Iterator[LabHub]:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    env = {"REOPS_HUB_CONTROL": "", "REOPS_HUB_KEYS_DIR": "",
+           "REOPS_HUB_BUS_IN": "tcp://127.0.0.1:*", "REOPS_HUB_BUS_OUT": "tcp://127.0.0.1:*",
+           "REOPS_CONFIG": str(home / "none.toml")}
+    with LabHub(home=home, env=env, bind="tcp://127.0.0.1:*").start() as h:
+        yield h
+
+
+def test_watch_load_publishes_an_alert_when_a_lab_host_is_busy(
+        lab: LabInfo, bus_hub: LabHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`reops run watch_load.py` (its own process, as a user runs it) samples db1 over SSH;
+    a real busy loop per core on db1 makes it publish event.metric.crossed, which a
+    `bus()` subscriber here receives."""
+    env = {**os.environ, "REOPS_HOME": str(bus_hub.home), "REOPS_HUB_CONTROL": "",
+           "REOPS_HUB_KEYS_DIR": "", "REOPS_CONFIG": str(bus_hub.home / "none.toml")}
+    for k in ("REOPS_HOME", "REOPS_HUB_CONTROL", "REOPS_HUB_KEYS_DIR", "REOPS_CONFIG"):
+        monkeypatch.setenv(k, env[k])
+    from reops import bus
+
+    db1 = lab.as_hosts().only(["db1"])
+    alerts: queue.Queue[Any] = queue.Queue()
+    listening = bus("event.metric.crossed").subscribe(on_next=alerts.put)
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "reops", "run", str(EXAMPLES / "watch_load.py"),
+         "--selector", "db1", "--condition", "cpu.busy > 90", "--lasting", "0s",
+         "--every", "1", "--inventory", str(lab.inventory)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    loops = run(exec_(db1, "for i in $(seq $(nproc)); do (while :; do :; done) "
+                           ">/dev/null 2>&1 & echo $!; done"))
+    pids = loops.results[0].out.split()
+    try:
+        assert loops.ok and pids
+        try:
+            msg = alerts.get(timeout=DEADLINE)
+        except queue.Empty:
+            watcher.terminate()
+            raise AssertionError(f"no alert; the flow said: {watcher.communicate()[1]}") from None
+        event = msg.body.data
+        assert msg.topic == "event.metric.crossed"
+        assert event["key"] == "db1" and event["payload"]["condition"] == "cpu.busy > 90"
+        assert event["payload"]["value"] > 90
+    finally:
+        run(exec_(db1, "kill " + " ".join(pids) + " 2>/dev/null; true"))
+        watcher.terminate()
+        watcher.wait(30)
+        listening.dispose()
+
+
+# ── reops run --dry-run ───────────────────────────────────────────────────────────────
+
+
+def _reops(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "reops", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_dry_run_feeds_recorded_events_and_runs_nothing(lab: LabInfo, tmp_path: Path) -> None:
+    env = {**os.environ, "REOPS_HOME": str(tmp_path / "home"),
+           "REOPS_CONFIG": str(tmp_path / "none.toml"), "REOPS_INVENTORY": str(lab.inventory)}
+    assert run(service.start(lab.as_hosts().only(["web1", "web2"]), "webapp", sudo=True)).ok
+    try:
+        # heal over one synthetic tick: each host's restart is shown, none happens
+        got = _reops("run", str(EXAMPLES / "heal.py"), "--dry-run", "--selector",
+                     "web1,web2", cwd=tmp_path, env=env)
+        assert got.returncode == 0, got.stderr
+        rows = got.stdout.splitlines()
+        assert sorted(r.split()[0] for r in rows) == ["web1", "web2"]
+        assert all(" service.restart  ok  sudo " in r and "event.clock.tick -> "
+                   "service.status" in r for r in rows)
+        assert _status(lab.as_hosts().only(["web1", "web2"])) == {"web1": True, "web2": True}
+        assert "1 event(s) -> 2 result(s), nothing ran" in got.stderr
+    finally:
+        run(service.stop(lab.as_hosts().only(["web1", "web2"]), "webapp", sudo=True))
+
+    # setup over recorded vm starts (as `reops tail -o json` prints them): web1 twice
+    # within the window (once_within: one setup) and web2; each step in dry-run mode
+    events = tmp_path / "started.jsonl"
+    line = ('{"topic": "event.libvirt.started", "type": "event", "data": {"source": '
+            '"libvirt", "kind": "started", "key": "%s", "time": %d, "host": {"name": "%s", '
+            '"address": "192.168.122.9"}}}\n')
+    events.write_text(line % ("web1", 1, "web1") + line % ("web1", 2, "web1")
+                      + line % ("web2", 3, "web2"))
+    got = _reops("run", str(EXAMPLES / "setup.py"), "--dry-run", "--events", str(events),
+                 "--stand-ins", "web1,web2", cwd=tmp_path, env=env)
+    assert got.returncode == 1, got.stderr  # neither host is a system: provision says so
+    rows = got.stdout.splitlines()
+    assert len(rows) == 2 and sorted(r.split()[0] for r in rows) == ["web1", "web2"]
+    assert all("is no system reops manages" in r and
+               "event.libvirt.started -> wait_ssh -> deploy" in r for r in rows)
+    assert "3 event(s) -> 2 result(s), nothing ran" in got.stderr
+    # no agent was deployed (deploy_agent would have made ~/.reops-agent/<name>)
+    assert run(exec_(lab.as_hosts().only(["web1"]), "test ! -e .reops-agent/web1")).ok
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"topic": "x"}\n')
+    got = _reops("run", str(EXAMPLES / "setup.py"), "--dry-run", "--events", str(bad),
+                 cwd=tmp_path, env=env)
+    assert got.returncode != 0 and got.stderr.strip().splitlines()[-1].startswith(
+        f"reops: error: {bad}:1: not a trigger event")
