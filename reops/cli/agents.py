@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from reops.cli.hub_status import status as hub_status
 from reops.cli.main import UserError
 
 # Function-level imports below are on purpose: `reops --help` and `reops CMD --help` load
@@ -27,6 +28,7 @@ reach it over a local control socket.
   reops hub --background            # detached; log next to the control socket
   reops hub --print-key             # the key agents pin: reops-agent --hub-key KEY
   reops hub --stop
+  reops hub status                  # pid, endpoints, agents, flows, bus drops, SSH pool
 """
 
 
@@ -39,7 +41,7 @@ def _settings(**overrides: Any) -> Any:
         raise UserError(str(e)) from None
 
 
-@click.command("hub", help=HUB_HELP)
+@click.group("hub", help=HUB_HELP, invoke_without_command=True)
 @click.option("--bind", default=None,
               help="Endpoint agents connect to [default: tcp://127.0.0.1:7720, loopback only; "
               "e.g. tcp://10.0.0.1:7720 for a fleet].")
@@ -60,6 +62,8 @@ def _settings(**overrides: Any) -> Any:
 def hub(bind: str | None, control: Path | None, keys_dir: Path | None,
         heartbeat_s: float | None, misses: int | None, auto_accept: bool | None,
         background: bool, print_key: bool, stop: bool, verbose: bool) -> None:
+    if click.get_current_context().invoked_subcommand:  # e.g. `reops hub status`
+        return
     from reops.hub.daemon import HubAlreadyRunning, run_hub, start_background, stop_running
     from reops.hub.keystore import KeyStore
 
@@ -83,6 +87,9 @@ def hub(bind: str | None, control: Path | None, keys_dir: Path | None,
         run_hub(settings, verbose=verbose)
     except (HubAlreadyRunning, RuntimeError, OSError) as e:
         raise UserError(str(e).splitlines()[0]) from None
+
+
+hub.add_command(hub_status)
 
 
 # ── keys ──────────────────────────────────────────────────────────────────────────────

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -64,6 +65,7 @@ class Controller:
 
     def __init__(self, settings: HubSettings) -> None:
         self.settings = settings
+        self.started_at = time.time()  # `reops hub status`: running since
         self.keys = KeyStore(settings.keys_path)
         self.keys.ensure()
         self.public_key = self.keys.hub_public_key()
@@ -133,7 +135,8 @@ class Controller:
         return {"hub": __version__, "pid": os.getpid(), "bind": self.fleet.endpoint,
                 "key": self.public_key, "agents": len(self.fleet.registry),
                 "calls": len(self.fleet.calls), "bad_frames": self.fleet.bad_frames,
-                "impostors": self.fleet.impostors,
+                "impostors": self.fleet.impostors, "role_refused": self.fleet.role_refused,
+                "since": self.started_at, "control": str(self.settings.control_path),
                 "heartbeat_s": self.settings.heartbeat_s, "misses": self.settings.misses}
 
     async def _agents(self, s: Session) -> list[dict[str, Any]]:
