@@ -140,9 +140,13 @@ def _ago(t: float) -> str:
 @click.option("--as", "name", default=None, metavar="NAME",
               help="Run it under this name [default: the flow's].")
 @click.option("--watch", is_flag=True, help="Reload it whenever its file changes.")
+@click.option("--max-rate", default="", metavar="RATE",
+              help="Storm limit of each of its triggers, e.g. 100/10s, or off "
+                   "[default: [flows] max_rate, 100/10s].")
 @click.argument("spec")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def start_cmd(name: str | None, watch: bool, spec: str, args: tuple[str, ...]) -> None:
+def start_cmd(name: str | None, watch: bool, max_rate: str, spec: str,
+              args: tuple[str, ...]) -> None:
     """Run FILE[:FUNC] inside the hub with its options; returns once it runs.
 
     \b
@@ -150,8 +154,8 @@ def start_cmd(name: str | None, watch: bool, spec: str, args: tuple[str, ...]) -
       reops flows start --watch flows/heal.py:heal
       reops flows start flows/x.py -- --watch 1    # after `--`, every option is the flow's
 
-    Every option but --as and --watch is the flow's, as typed; the hub parses them, so give
-    paths absolute (the hub does not run in your directory).
+    Every option but --as, --watch and --max-rate is the flow's, as typed; the hub parses
+    them, so give paths absolute (the hub does not run in your directory).
     """
     import re
 
@@ -171,7 +175,8 @@ def start_cmd(name: str | None, watch: bool, spec: str, args: tuple[str, ...]) -
     from reops.hub.flows import load_flow_settings
 
     info = _hub("flows.start", {"file": str(path), "func": func, "args": list(args),
-                                "watch": watch, "name": name or ""},
+                                "watch": watch, "name": name or "",
+                                "max_rate": max_rate},
                 timeout=load_flow_settings().start_timeout_s + 10)
     click.echo(f"started {info['name']} ({path}:{info['func']}, version {info['version']})"
                + ("; watching the file" if watch else ""))
@@ -206,6 +211,11 @@ def ls_cmd(output: str) -> None:
             notes.append(f"{r['in_flight']} in flight")
         if r.get("dropped"):
             notes.append(f"{r['dropped']} audit records dropped")
+        if r.get("squelched"):
+            notes.append(f"squelched {r['squelched']}x over {r['max_rate']}, "
+                         f"{r['squelch_dropped']} trigger events dropped")
+        if r.get("publish_dropped"):
+            notes.append(f"{r['publish_dropped']} bus messages dropped by the hub")
         click.echo(f"{r['name']:<16} {r['state']:<9} {since:<9} {r['fired']:>6}  "
                    f"{r['last'] or '-':<22} {r['version'] or '-':<12} {r['file']}:{r['func']}"
                    + (f"  ({', '.join(notes)})" if notes else ""))

@@ -17,10 +17,15 @@ queue); a flow that reacts to them belongs beside them, one runner per hub.
 - Drained: SIGTERM closes the gates (no new action starts), waits for the actions in flight
   (at most `drain_s`), records their Results, then disposes the flows.
 - Reloaded: `reops flows reload NAME` (or `--watch`) imports the file again and calls the
-  flow; if that fails the old version keeps running and the error (file:line) is shown; else
-  the new version is subscribed, then the old one disposed (its steps in flight cancelled).
-  Nothing of the old version's stream is carried over: the new one starts its triggers,
-  windows and state afresh; firing numbers, counters and the audit go on (docs/flows.md).
+  flow; if that fails the old version keeps running and the error (file:line) is shown.
+  Else the new version is subscribed to the SAME live trigger sources (reops.hub.flow_sources:
+  a trigger with the same name and arguments is not restarted), every source switches to it
+  at one point (each event goes to exactly one version), and the old version finishes its
+  steps in flight (at most `drain_s`) before it is disposed. Operator windows after the
+  trigger belong to a version and start afresh; a flow built on raw Observables (no reops
+  trigger) has nothing to hand over: its old version is disposed at once (docs/flows.md).
+- Storm-protected: every shared trigger source passes `squelch(max_rate)`; a storm is
+  announced once (`squelched` on topic `flows`, counted in `flows ls`).
 """
 
 from __future__ import annotations
@@ -46,8 +51,12 @@ from reops.core.model import Host, Line, Outcome, Result
 from reops.core.runtime import get_runtime
 from reops.core.settings import Settings, home, load_table
 from reops.flows import FlowError, resolve
+from reops.hub.flow_sources import FlowSources
 from reops.ops.base import Op
 from reops.store.flows import AuditRow, FlowRecord, SqliteFlowStore
+from reops.streams.operators._keyed import Notice
+from reops.streams.operators.squelch import RATE, Resumed, Squelched, squelch
+from reops.streams.triggers._trigger import sharing
 
 log = logging.getLogger("reops.hub.flows")
 
@@ -66,6 +75,7 @@ class FlowSettings(msgspec.Struct, frozen=True, kw_only=True):
     start_timeout_s: float = 60.0  # importing and calling a flow
     audit_keep: int = 100_000  # audit rows kept per flow
     db: str = ""  # the store file; default <home>/flows.db
+    max_rate: str = RATE  # each trigger's storm limit ("100/10s"; "off": none)
 
 
 def load_flow_settings() -> FlowSettings:
@@ -101,9 +111,11 @@ class Gate:
     def __init__(self, limit: int) -> None:
         self.limit = max(1, limit)
         self.in_flight = 0
+        self.entered = 0  # actions waiting for a slot or running (what a reload waits for)
         self.closed = False
         self._sem: asyncio.Semaphore | None = None
         self._idle: asyncio.Event | None = None
+        self._settled: asyncio.Event | None = None
 
     def _ready(self) -> tuple[asyncio.Semaphore, asyncio.Event]:
         if self._sem is None or self._idle is None:
@@ -113,17 +125,33 @@ class Gate:
 
     async def run(self, action: Callable[[], Awaitable[Result]]) -> Result:
         sem, idle = self._ready()
-        async with sem:
-            if self.closed:  # draining: start nothing; disposal cancels this wait
-                await asyncio.get_running_loop().create_future()
-            self.in_flight += 1
-            idle.clear()
-            try:
-                return await action()
-            finally:
-                self.in_flight -= 1
-                if not self.in_flight:
-                    idle.set()
+        if self._settled is None:
+            self._settled = asyncio.Event()
+        self.entered += 1
+        self._settled.clear()
+        try:
+            async with sem:
+                if self.closed:  # draining: start nothing; disposal cancels this wait
+                    await asyncio.get_running_loop().create_future()
+                self.in_flight += 1
+                idle.clear()
+                try:
+                    return await action()
+                finally:
+                    self.in_flight -= 1
+                    if not self.in_flight:
+                        idle.set()
+        finally:
+            self.entered -= 1
+            if not self.entered:
+                self._settled.set()
+
+    async def settle(self) -> None:
+        """Return once no action waits or runs (a replaced version finishing its steps)."""
+        for _ in range(3):  # steps its last events scheduled get to ask for a slot
+            await asyncio.sleep(0)
+        if self.entered and self._settled is not None:
+            await self._settled.wait()
 
     async def drain(self) -> None:
         """Close, then return once no action is in flight."""
@@ -253,6 +281,8 @@ class Running:
         self.ended = ""  # why its stream ended ("" while it runs)
         self.live = False  # until the swap is recorded, what it emits waits in `held`
         self.held: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        self.gen = 0  # which version of the flow (its live sources deliver to one)
+        self.shared: list[str] = []  # the live trigger sources it reads
 
     def go_live(self) -> None:
         """Deliver what it emitted while it was being swapped in, then deliver at once."""
@@ -300,6 +330,9 @@ class FlowRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._gated = False
         self._opening = asyncio.Lock()
+        self.sources: dict[str, FlowSources] = {}  # per flow name, kept across versions
+        self._retiring: dict[asyncio.Task[None], Running] = {}  # replaced, finishing steps
+        self._gens: dict[str, int] = {}
         db = self.settings.db
         self.path = Path(db).expanduser() if db else None  # default: <home>/flows.db, later
 
@@ -356,6 +389,9 @@ class FlowRunner:
             if r.watch is not None:
                 r.watch.cancel()
             r.dispose()
+        for task, old in list(self._retiring.items()):
+            task.cancel()
+            old.dispose()
 
     # ── starting ──
 
@@ -365,6 +401,8 @@ class FlowRunner:
         Returns (subscription, version); raises FlowError (file:line) when any of it fails.
         """
         _gate.set(gate)  # everything the subscription schedules inherits the flow's gate
+        if run is not None:  # its triggers read the flow's live sources (flow_sources)
+            sharing.set(self._sources(rec).builder(run.gen, run.shared))
         path = Path(rec.file)
         try:
             version = version_of(path)
@@ -398,6 +436,36 @@ class FlowRunner:
             sub.dispose()
         return sub, version
 
+    def _sources(self, rec: FlowRecord) -> FlowSources:
+        """The flow's live trigger sources (made with its storm limit on first use)."""
+        src = self.sources.get(rec.name)
+        if src is None:
+            name = rec.name
+
+            def notice(n: Notice) -> None:  # on the runtime thread
+                assert self._loop is not None
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._on_notice, name, n)
+
+            src = self.sources[name] = FlowSources(rec.max_rate or self.settings.max_rate,
+                                                   notice)
+        return src
+
+    def _on_notice(self, name: str, n: Notice) -> None:
+        """A trigger of the flow went over its rate (announced once), or fell back."""
+        run = self.flows.get(name)
+        if run is None:
+            return
+        rec = run.rec
+        if isinstance(n, Squelched):
+            rec.squelched += 1
+            self._audit(rec, "squelched", f"a trigger went over {n.rate}: its events are "
+                        "dropped until the rate falls back")
+        elif isinstance(n, Resumed):
+            rec.squelch_dropped += n.dropped
+            self._audit(rec, "resumed", f"back under {n.rate}; {n.dropped} trigger "
+                        "event(s) dropped")
+
     def _hop(self, run: Running, fn: Callable[..., None], *args: Any) -> None:
         """From the runtime thread (or wherever the flow emits) to the hub's loop."""
         assert self._loop is not None
@@ -418,6 +486,7 @@ class FlowRunner:
             await asyncio.to_thread(install_gates)
             self._gated = True
         run = Running(rec, Gate(self.settings.concurrency), firings)
+        self._gens[rec.name] = run.gen = self._gens.get(rec.name, 0) + 1
         try:
             sub, version = await asyncio.wait_for(
                 asyncio.to_thread(self._build, rec, run.gate, run),
@@ -437,6 +506,8 @@ class FlowRunner:
             run, version = await self._subscribe(rec)
         except FlowError as e:
             rec.state, rec.error = "error", str(e)
+            if rec.name not in self.flows:
+                self.sources.pop(rec.name, None)
             if how != "started":
                 self._audit(rec, "error", str(e))
             return None
@@ -582,8 +653,11 @@ class FlowRunner:
         named = str(p.get("name") or "")
         if named and not re.fullmatch(r"[A-Za-z0-9_][\w.-]{0,99}", named):
             raise ValueError(f"bad flow name {named!r}: letters, digits, _ . - (up to 100)")
+        max_rate = str(p.get("max_rate") or "")
+        if max_rate not in ("", "off"):
+            squelch(max_rate)  # a bad rate: ValueError, one line
         probe = FlowRecord(name=str(p.get("name") or ""), file=file, func=func, args=args,
-                           watch=bool(p.get("watch")))
+                           watch=bool(p.get("watch")), max_rate=max_rate)
         if not probe.name:  # the flow's own name: known once the file is read
             flow = await asyncio.to_thread(resolve, f"{file}:{func}" if func else file)
             probe.name, probe.func = flow.name, flow.func.__name__
@@ -604,6 +678,9 @@ class FlowRunner:
         if run is not None and run.rec is not rec:
             rec = run.rec
         rec.in_flight = run.gate.in_flight if run is not None else 0
+        rec.max_rate = rec.max_rate or self.settings.max_rate
+        pub = getattr(get_runtime(), "_resources", {}).get("bus-publisher")
+        rec.publish_dropped = int(getattr(pub, "dropped", 0))  # the hub's publish()es
         info: dict[str, Any] = msgspec.to_builtins(rec)
         return info
 
@@ -624,6 +701,7 @@ class FlowRunner:
             if run.watch is not None:
                 run.watch.cancel()
             run.dispose()
+        self.sources.pop(name, None)
         rec.state, rec.wanted = "stopped", False
         self._audit(rec, "stopped", "reops flows stop")
         return self._info(rec)
@@ -647,7 +725,14 @@ class FlowRunner:
             self._audit(rec, "reload-failed", rec.error)
             return {"name": name, "reloaded": False, "error": rec.error,
                     "version": rec.version}
-        old.dispose()
+        self._sources(rec).switch(new.gen)  # from here each trigger event goes to `new`
+        if old.shared:  # it read live sources: it gets no more events; let it finish
+            old.retired = True
+            task = asyncio.create_task(self._finish(old))
+            self._retiring[task] = old
+            task.add_done_callback(lambda t: self._retiring.pop(t, None))
+        else:  # raw Observables of its own: nothing to hand over, stop them now
+            old.dispose()
         new.watch, old.watch = old.watch, None
         self.flows[name] = new
         previous = rec.version
@@ -660,6 +745,20 @@ class FlowRunner:
         # the old gate's actions finish on their own (disposal cancelled what it could)
         return {"name": name, "reloaded": True, "error": "", "version": version,
                 "previous": previous, "seconds": seconds}
+
+    async def _finish(self, old: Running) -> None:
+        """A replaced version: its steps in flight finish (at most drain_s), then go."""
+        rt = get_runtime()
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(rt.submit(old.gate.settle())),
+                                   self.settings.drain_s)
+        except TimeoutError:
+            log.warning("flow %s: version %s still had steps in flight after %gs; "
+                        "cancelled", old.rec.name, old.version, self.settings.drain_s)
+        finally:
+            rt.barrier()  # its Results already delivered reach the audit
+            await asyncio.sleep(0)
+            old.dispose()
 
     async def _reload(self, s: Session) -> dict[str, Any]:
         await self._store()

@@ -62,6 +62,10 @@ class FlowRecord(msgspec.Struct, kw_only=True):
     last: str = ""  # the last firing's outcome, e.g. "2 ok, 1 failed"
     in_flight: int = 0  # actions running right now (not stored meaningfully)
     dropped: int = 0  # audit rows lost because the writer fell MAX_PENDING behind
+    max_rate: str = ""  # its triggers' storm limit ("": the hub's [flows] max_rate)
+    squelched: int = 0  # storms: times a trigger went over max_rate
+    squelch_dropped: int = 0  # trigger events dropped by those storms (once they ended)
+    publish_dropped: int = 0  # bus messages this hub's publish() dropped (shown by ls)
 
 
 class AuditRow(msgspec.Struct, kw_only=True, omit_defaults=True):
