@@ -1,13 +1,15 @@
-"""Reload time of a flow running in a real `reops hub`, and the gap it leaves.
+"""Reload time of a flow running in a real `reops hub`, and the trigger events it loses or doubles.
 
-A flow ticks every `--tick-ms` on the runtime loop (no hosts: the swap is what is measured,
-not SSH); the bench reloads it `--reloads` times through the control socket, touching the
-file each time so every reload is a new version, and reports:
+The flow reads the real `every` trigger at `--tick-ms` (1 kHz by default) on the runtime
+loop and records each tick's own count `n` (no hosts: the swap is what is measured, not
+SSH); the bench reloads it `--reloads` times through the control socket, writing a new
+version each time, and reports:
 
-- reload: the hub's own measure (import + call + subscribe + swap), p50/p95/max;
+- reload: the hub's own measure (import + call + subscribe + switch), p50/p95/max;
 - round trip: the `flows.reload` request as a client sees it;
-- gap: per swap, the new version's first recorded tick minus the old version's last one
-  (negative: both ran for a moment; docs/flows.md, "Reload, honestly").
+- lost / doubled: holes and repeats in the recorded n's across all the swaps (the versions
+  read one live source: docs/flows.md, "Reload: what is kept");
+- gap: per swap, the new version's first recorded tick minus the old version's last one.
 
     .venv/bin/python bench/bench_reload.py --reloads 100 --tick-ms 1 --between 0.1
 """
@@ -15,6 +17,7 @@ file each time so every reload is a new version, and reports:
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import tempfile
@@ -22,19 +25,17 @@ import time
 from pathlib import Path
 
 FLOW = """\
-import reactivex
-from reactivex.scheduler.eventloop import AsyncIOThreadSafeScheduler
+from reactivex import operators as ops
 
-from reops.core.runtime import get_runtime
 from reops.flows import flow
+from reops.streams.triggers.clock import every
 
 # version {n}
 
 
 @flow
 def ticker(tick_ms: float = 1.0) -> object:
-    loop = AsyncIOThreadSafeScheduler(get_runtime().loop)
-    return reactivex.interval(tick_ms / 1000, scheduler=loop)
+    return every(tick_ms / 1000).observable.pipe(ops.map(lambda e: e.payload.n))
 """
 
 
@@ -45,8 +46,8 @@ def pct(values: list[float], q: float) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reloads", type=int, default=20)
-    ap.add_argument("--tick-ms", type=float, default=10.0)
+    ap.add_argument("--reloads", type=int, default=100)
+    ap.add_argument("--tick-ms", type=float, default=1.0)
     ap.add_argument("--between", type=float, default=0.2,
                     help="seconds between reloads (each version ticks meanwhile)")
     args = ap.parse_args()
@@ -62,7 +63,8 @@ def main() -> int:
         with start_hub(root / "home") as hub:
             control = hub.control_path
             request_sync(control, "flows.start", {"file": str(flow), "func": "ticker",
-                                                  "args": ["--tick-ms", str(args.tick_ms)]},
+                                                  "args": ["--tick-ms", str(args.tick_ms)],
+                                                  "max_rate": "off"},
                          timeout=60)
             hub_s: list[float] = []
             trip_s: list[float] = []
@@ -83,8 +85,11 @@ def main() -> int:
         store.close()
     gaps: list[float] = []
     last_tick: dict[str, float] = {}
+    ns: list[int] = []
     for row in rows:
         if row.status == "fired":
+            if re.fullmatch(r"\d+", row.detail):
+                ns.append(int(row.detail))
             if row.version not in last_tick and last_tick:
                 gaps.append(row.at - max(last_tick.values()))
             last_tick[row.version] = row.at
@@ -95,6 +100,9 @@ def main() -> int:
           f"max {max(ms):.1f}")
     print(f"reload round trip  ms: p50 {statistics.median(trips):.1f}  "
           f"p95 {pct(trips, .95):.1f}  max {max(trips):.1f}")
+    doubled = len(ns) - len(set(ns))
+    lost = (max(ns) - min(ns) + 1 - len(set(ns))) if ns else 0
+    print(f"ticks recorded: {len(ns)}  lost: {lost}  doubled: {doubled}")
     if gaps:
         g = [x * 1000 for x in gaps]
         print(f"gap between versions ms: p50 {statistics.median(g):.1f}  "
