@@ -742,7 +742,6 @@ class FlowRunner:
         seconds = time.perf_counter() - began
         self._audit(rec, "reloaded", f"{previous} -> {version} in {seconds * 1000:.0f} ms")
         new.go_live()
-        # the old gate's actions finish on their own (disposal cancelled what it could)
         return {"name": name, "reloaded": True, "error": "", "version": version,
                 "previous": previous, "seconds": seconds}
 
