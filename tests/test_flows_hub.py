@@ -325,6 +325,7 @@ def test_sigterm_drains_the_steps_in_flight(hub: Hub, lab: LabInfo, flow_file: P
     rows = hub.hosts("tick")
     assert sorted((r.host, r.status, r.firing) for r in rows) == sorted(
         (h, "ok", 1) for h in names.split(","))
+    assert all(r.duration_s >= 5 for r in rows)  # each ran to its end, none was cut short
 
 
 def test_action_concurrency_is_bounded_per_flow(tmp_path: Path, lab: LabInfo,

@@ -114,3 +114,39 @@ async def test_gate_bounds_a_flows_actions_and_drains() -> None:
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_stopping_writes_the_rows_a_flush_in_progress_took(tmp_path: Path) -> None:
+    """A hub stopping while the audit writer is mid-flush (its rows taken, the write in a
+    worker thread) records them: the writer is not cancelled under its write, and the store
+    is closed only after it (the lost last Result of a drained step)."""
+    import threading
+
+    from reops.hub.flows import FlowRunner, FlowSettings
+
+    runner = FlowRunner(FlowSettings(db=str(tmp_path / "flows.db")))
+    (tmp_path / "flows.db").touch()
+    serve = asyncio.create_task(runner.serve())
+    await runner._ready.wait()
+    store = runner.store
+    assert store is not None
+    writing, go = threading.Event(), threading.Event()
+    record = store.record
+
+    def slow(rows: object, recs: object = ()) -> None:
+        if rows:
+            writing.set()
+            go.wait(5)  # a loaded machine: the write has not begun when the hub stops
+        record(rows, recs)  # type: ignore[arg-type]
+
+    store.record = slow  # type: ignore[method-assign]
+    rec = FlowRecord(name="f", file="/f.py", func="f")
+    runner._queue(AuditRow(flow="f", at=1.0, firing=1, host="web2", status="ok"), rec)
+    await asyncio.to_thread(writing.wait, 5)  # the writer took the row and is writing it
+    serve.cancel()  # the hub stops now
+    await asyncio.sleep(0.05)
+    go.set()
+    await asyncio.gather(serve, return_exceptions=True)
+    again = SqliteFlowStore(tmp_path / "flows.db")
+    assert [(r.host, r.status) for r in again.audit("f")] == [("web2", "ok")]
+    again.close()

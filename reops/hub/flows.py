@@ -326,6 +326,7 @@ class FlowRunner:
         self._dirty: dict[str, FlowRecord] = {}
         self._wake = asyncio.Event()
         self._flushed = asyncio.Event()  # replaced by a new one at each flush (followers)
+        self._closing = False  # the hub is stopping: the writer ends after its flush
         self.dropped = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._gated = False
@@ -361,8 +362,12 @@ class FlowRunner:
             await self._drain()
             raise
         finally:
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+            # never cancel the writer under a write: a flush that took rows (the last
+            # drained Results) would be abandoned, and the store closed before its thread
+            # wrote them. It ends after the flush it is in; then what is left is written.
+            self._closing = True
+            self._wake.set()
+            await asyncio.shield(writer)
             await self._flush()
             if self.store is not None:
                 self.store.close()
@@ -383,8 +388,7 @@ class FlowRunner:
             if late:
                 log.warning("%d flow(s) still had actions in flight after %gs; cancelled",
                             len(late), self.settings.drain_s)
-        rt.barrier()  # Results already delivered on the runtime loop reach the audit
-        await asyncio.sleep(0)  # their call_soon_threadsafe hops run before disposal
+        await self._delivered()
         for r in runs:
             if r.watch is not None:
                 r.watch.cancel()
@@ -598,7 +602,8 @@ class FlowRunner:
     # ── the audit writer ──
 
     async def _writer(self) -> None:
-        while True:
+        """Write the audit as rows come; ends (not cancelled) once the hub stops."""
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
             await self._flush()
@@ -607,8 +612,8 @@ class FlowRunner:
         rows, self._pending = self._pending, []
         recs, self._dirty = list(self._dirty.values()), {}
         if (rows or recs) and self.store is not None:
-            try:
-                await asyncio.to_thread(self.store.record, rows, recs)
+            try:  # shielded: a cancelled caller must not abandon rows it took
+                await asyncio.shield(asyncio.to_thread(self.store.record, rows, recs))
             except Exception:
                 log.exception("could not write the flows' audit (%d rows)", len(rows))
         flushed, self._flushed = self._flushed, asyncio.Event()
@@ -755,9 +760,20 @@ class FlowRunner:
             log.warning("flow %s: version %s still had steps in flight after %gs; "
                         "cancelled", old.rec.name, old.version, self.settings.drain_s)
         finally:
-            rt.barrier()  # its Results already delivered reach the audit
-            await asyncio.sleep(0)
+            await self._delivered()  # its Results already emitted reach the audit
             old.dispose()
+
+    async def _delivered(self) -> None:
+        """Return once every item the flows emitted on the runtime loop so far has been
+        delivered here (queued for the audit).
+
+        A step's Result is emitted on the runtime loop in the loop step that freed its slot,
+        so its hop here (`_hop`: call_soon_threadsafe) is queued before a drain resolves.
+        A round trip through the runtime loop is answered through this loop's same FIFO
+        queue: when it returns, every hop emitted before it has run. (Not `rt.barrier()`:
+        it blocks this loop's thread, and does nothing when called on the runtime loop.)"""
+        with contextlib.suppress(Exception):  # a stopped runtime has nothing left to hop
+            await asyncio.wait_for(get_runtime().wrap(asyncio.sleep(0)), self.settings.drain_s)
 
     async def _reload(self, s: Session) -> dict[str, Any]:
         await self._store()
