@@ -6,7 +6,7 @@ LAB    ?= lab
 HOSTS  ?= 20
 APT_PACKAGES := openssh-server openssh-client rsync sudo openssl iproute2 gcc pkg-config \
                 libvirt-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
-                qemu-utils netcat-openbsd
+                qemu-utils netcat-openbsd chromium
 STAMP  := $(VENV)/.installed
 
 .PHONY: all system venv test lint run bench clean lab-up lab-down
