@@ -11,9 +11,12 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
+
+if TYPE_CHECKING:
+    import polars as pl
 
 Status = Literal["ok", "failed", "unreachable", "timeout", "lost", "error"]
 """ok: exit 0. failed: non-zero exit. unreachable: the command never started (connect,
@@ -110,6 +113,18 @@ class Hosts:
     def __sub__(self, other: Hosts) -> Hosts:
         return Hosts(h for h in self if h.name not in other)
 
+    def __rich__(self) -> Any:
+        """A table of the hosts in a terminal (rich), `… N more` past 20."""
+        from reops.core.display import rich_hosts
+
+        return rich_hosts(self)
+
+    def _repr_html_(self) -> str:
+        """The same table in a notebook, host text escaped."""
+        from reops.core.display import html_hosts
+
+        return html_hosts(self)
+
 
 class Result(msgspec.Struct, frozen=True, kw_only=True):
     """What one step did on one host; exactly one per host per step."""
@@ -148,6 +163,24 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
     def after(self, previous: Result) -> Result:
         """This Result as the step that follows `previous` (keeps `previous`'s history)."""
         return msgspec.structs.replace(self, earlier=(*previous.steps, *self.earlier))
+
+    def __rich__(self) -> Any:
+        """✔/✘, host, op, time and status, then the last lines of out and err (rich)."""
+        from reops.core.display import rich_result
+
+        return rich_result(self)
+
+    def _repr_html_(self) -> str:
+        """The same in a notebook, output escaped."""
+        from reops.core.display import html_result
+
+        return html_result(self)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        """IPython's text display: the rich view without colours."""
+        from reops.core.display import plain, rich_result
+
+        p.text(plain(rich_result(self)))
 
 
 class Line(msgspec.Struct, frozen=True):
@@ -297,6 +330,31 @@ class Outcome(msgspec.Struct, kw_only=True):
         """Names of hosts whose Result satisfies `pred`, in host order."""
         names = {r.host for r in self.results if pred(r)}
         return [h for h in self.hosts if h in names]
+
+    def table(self) -> pl.DataFrame:
+        """Every host-step as a polars DataFrame, one row each (the `--save` schema)."""
+        from reops.core.table import to_table
+
+        return to_table(self)
+
+    def __rich__(self) -> Any:
+        """✔/✘ per host with op, status, time and first output line, `… N more hosts`,
+        and the summary line (counts per status, hosts, time) in a terminal (rich)."""
+        from reops.core.display import rich_outcome
+
+        return rich_outcome(self)
+
+    def _repr_html_(self) -> str:
+        """The same as a compact HTML table in a notebook, host text escaped."""
+        from reops.core.display import html_outcome
+
+        return html_outcome(self)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        """IPython's text display: the rich view without colours."""
+        from reops.core.display import plain, rich_outcome
+
+        p.text(plain(rich_outcome(self)))
 
     def to_json(self) -> bytes:
         """The re-ops shape (last steps), plus `run` (identity), `steps` (every step, flat,

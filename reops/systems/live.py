@@ -18,6 +18,7 @@ from reops.core.runtime import get_runtime
 from reops.store.model import System
 from reops.streams.stream import Stream, from_async
 from reops.systems.api import connect
+from reops.systems.display import Systems
 from reops.systems.libvirt.events import HypervisorEvent
 
 if TYPE_CHECKING:
@@ -45,8 +46,9 @@ def hypervisor_events(*names: str, on_ready: Callable[[], None] | None = None,
                   replay=False)
 
 
-def systems(selector: str = "all") -> list[System]:
-    """The recorded systems matching `selector` (from the hub when it runs)."""
+def systems(selector: str = "all") -> Systems:
+    """The recorded systems matching `selector` (from the hub when it runs): a list that
+    shows as a table in the REPL and in notebooks."""
     async def read() -> list[System]:
         api = await connect(queue=False)
         try:
@@ -54,6 +56,5 @@ def systems(selector: str = "all") -> list[System]:
         finally:
             await api.aclose()
 
-    result: list[System] = get_runtime().call(read())
-    return result
+    return Systems(get_runtime().call(read()))
 
