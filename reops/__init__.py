@@ -55,6 +55,7 @@ _EXPORTS: dict[str, str] = {
     **_from("reops.sinks.jsonl", "jsonl"),
     **_from("reops.sinks.table", "to_table save"),
     **_from("reops.sinks.bus", "publish"),
+    **_from("reops.sinks.report", "report"),
     **_from("reops.streams.bus", "bus"),
     # flows
     **_from("reops.flows", "flow"),
@@ -78,6 +79,7 @@ if TYPE_CHECKING:  # the same names, typed, for mypy and IDEs; costs nothing at 
     from reops.ops.base import Op as Op
     from reops.sinks.bus import publish as publish
     from reops.sinks.jsonl import jsonl as jsonl
+    from reops.sinks.report import report as report
     from reops.sinks.table import save as save
     from reops.sinks.table import to_table as to_table
     from reops.sinks.terminal import pretty as pretty

@@ -28,6 +28,7 @@ LAZY: dict[str, tuple[str, str]] = {
     "jobs": ("reops.cli.systems:jobs", "The durable job queue."),
     "events": ("reops.cli.systems:events", "Hypervisor events as they happen."),
     "tail": ("reops.cli.tail:tail_cmd", "Print what flows and pipelines publish on the bus."),
+    "report": ("reops.cli.report:report_cmd", "An HTML report with plots of the run history."),
     "repl": ("reops.repl:repl", "A live Python session with the reops API loaded."),
     "facts": ("reops.cli.ops:facts", "What hosts are: os, hardware, network, users, uptime."),
     "metrics": ("reops.cli.ops:metrics", "cpu, memory, load, disk, net; --every N: live."),
