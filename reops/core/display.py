@@ -243,7 +243,7 @@ def plain(renderable: RenderableType, width: int = 100) -> str:
     from rich.console import Console
 
     buf = io.StringIO()
-    Console(file=buf, width=width, color_system=None, force_terminal=False,
+    Console(file=buf, width=width, color_system=None, force_terminal=False, force_jupyter=False,
             highlight=False, markup=False, emoji=False).print(renderable)
     return buf.getvalue().rstrip("\n")
 
