@@ -56,6 +56,7 @@ _EXPORTS: dict[str, str] = {
     **_from("reops.sinks.table", "to_table save"),
     **_from("reops.sinks.bus", "publish"),
     **_from("reops.sinks.report", "report"),
+    **_from("reops.sinks.history", "history"),
     **_from("reops.streams.bus", "bus"),
     # flows
     **_from("reops.flows", "flow"),
@@ -78,6 +79,7 @@ if TYPE_CHECKING:  # the same names, typed, for mypy and IDEs; costs nothing at 
     from reops.hub.deploy_step import deploy_agent as deploy_agent
     from reops.ops.base import Op as Op
     from reops.sinks.bus import publish as publish
+    from reops.sinks.history import history as history
     from reops.sinks.jsonl import jsonl as jsonl
     from reops.sinks.report import report as report
     from reops.sinks.table import save as save
@@ -170,6 +172,10 @@ if TYPE_CHECKING:  # the same names, typed, for mypy and IDEs; costs nothing at 
     from reops.systems.provision_step import provision as provision
 
 __all__ = sorted(_EXPORTS)
+
+# every run's Results go to the run history (docs/live.md); the module (and polars) loads
+# only when the first run finishes, so `import reops` stays fast
+importlib.import_module("reops.core.hooks").lazy("reops.sinks.history")
 
 
 def __getattr__(name: str) -> Any:

@@ -71,6 +71,14 @@ def up_on_free_port(root: Path, hosts: int, **kwargs: Any) -> Lab:
     raise LabError(f"no free port for a lab on {first} after {PORT_ATTEMPTS} attempts")
 
 
+@pytest.fixture(autouse=True)
+def _private_history(tmp_path_factory: pytest.TempPathFactory,
+                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs a test makes (CLI, run(), flows) are recorded in a history directory of its own
+    (REOPS_HISTORY_PATH, inherited by the processes it starts), never in ~/.reops."""
+    monkeypatch.setenv("REOPS_HISTORY_PATH", str(tmp_path_factory.mktemp("history")))
+
+
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabInfo]:
     """A 20-host lab shared by the whole session; do not stop or rotate its hosts."""

@@ -27,6 +27,7 @@ LAZY: dict[str, tuple[str, str]] = {
     "types": ("reops.cli.systems:types", "Machine types: how to provision them."),
     "jobs": ("reops.cli.systems:jobs", "The durable job queue."),
     "events": ("reops.cli.systems:events", "Hypervisor events as they happen."),
+    "history": ("reops.cli.history:history_cmd", "Past runs' Results: --since 1d --failed --host."),
     "tail": ("reops.cli.tail:tail_cmd", "Print what flows and pipelines publish on the bus."),
     "report": ("reops.cli.report:report_cmd", "An HTML report with plots of the run history."),
     "repl": ("reops.repl:repl", "A live Python session with the reops API loaded."),

@@ -20,6 +20,7 @@ import reactivex
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 
+from reops.core import hooks
 from reops.core.model import (
     Event,
     Host,
@@ -351,15 +352,28 @@ def run_info(info: RunInfo | None = None) -> RunInfo:
     return info
 
 
-def _last_results() -> tuple[dict[str, Result], Callable[[Event], None]]:
-    """Where a run keeps each host's last Result, and the `on_next` that fills it."""
+def _last_results(stream: Stream | None = None, info: RunInfo | None = None
+                  ) -> tuple[dict[str, Result], Callable[[Event], None]]:
+    """Where a run keeps each host's last Result, and the `on_next` that fills it; for an
+    endless `stream` it also records each Result as it arrives (there is no final Outcome
+    worth recording: it keeps only each host's last Result)."""
     results: dict[str, Result] = {}
+    each = stream is not None and info is not None and stream.endless and hooks.active()
 
     def on_next(e: Event) -> None:
         if isinstance(e, Result):
             results[e.host] = e
+            if each:
+                hooks.result_finished(e, info)  # type: ignore[arg-type]
 
     return results, on_next
+
+
+def _finished(stream: Stream, out: Outcome) -> Outcome:
+    """A finite run's Outcome, told to the "run finished" hooks (the run history)."""
+    if not stream.endless and hooks.active():
+        hooks.outcome_finished(out)
+    return out
 
 
 def run(stream: Stream, *, info: RunInfo | None = None) -> Outcome:
@@ -371,7 +385,7 @@ def run(stream: Stream, *, info: RunInfo | None = None) -> Outcome:
     if rt.in_loop:
         raise RuntimeError("run() blocks: inside the runtime loop use `await stream` instead")
     info = run_info(info)
-    results, on_next = _last_results()
+    results, on_next = _last_results(stream, info)
     done = threading.Event()
     errors: list[Exception] = []
 
@@ -395,7 +409,7 @@ def run(stream: Stream, *, info: RunInfo | None = None) -> Outcome:
         rt.settle()  # remote commands are killed and channels closed before we return
     if errors:
         raise errors[0]
-    return _outcome(stream, dict(results), interrupted, info)
+    return _finished(stream, _outcome(stream, dict(results), interrupted, info))
 
 
 async def outcome_async(stream: Stream, *, info: RunInfo | None = None) -> Outcome:
@@ -403,7 +417,7 @@ async def outcome_async(stream: Stream, *, info: RunInfo | None = None) -> Outco
     info = run_info(info)
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
-    results, on_next = _last_results()
+    results, on_next = _last_results(stream, info)
 
     def settle(exc: Exception | None = None) -> None:
         if fut.done():
@@ -429,4 +443,4 @@ async def outcome_async(stream: Stream, *, info: RunInfo | None = None) -> Outco
         sub.dispose()
         raise
     sub.dispose()
-    return _outcome(stream, dict(results), False, info)
+    return _finished(stream, _outcome(stream, dict(results), False, info))

@@ -1,0 +1,593 @@
+"""The run history: every run's Results, appended to a parquet dataset, and `history()`.
+
+Layout (hive style, one directory per UTC day, so a query for the last day reads one or two
+directories whatever the history holds):
+
+    ~/.reops/history/day=2026-11-30/<run_id>-<n>.parquet
+
+One row per step per host (the schema is `SCHEMA`; it only grows, by nullable columns, so
+old files keep reading). It is an index, not an archive: `out`/`err` keep the first and
+last [history] max_output bytes (4 KiB) with `out_truncated`/`err_truncated`; the full
+output is what `--save`/`-o jsonl` keep.
+
+Recording never blocks or breaks a run: the hook (see reops.core.hooks) only queues the
+Results; a writer thread builds the table (polars is imported there, on the first write),
+writes it to a temporary name in the day's directory, fsyncs and renames it (readers never
+see half a file), and removes day directories older than [history] keep. A write that
+fails prints one warning line; the run's exit code is the run's. The queue is flushed at
+exit. Endless streams are recorded Result by Result, in batches (flush_rows or flush_s).
+
+Config `[history]` in ~/.reops/config.toml (or REOPS_HISTORY_<FIELD>): enabled, path,
+keep, max_output, max_data, flush_rows, flush_s; `REOPS_HISTORY=0` turns it off too.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import os
+import queue
+import re
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import msgspec
+
+from reops.core import hooks
+from reops.core.durations import seconds
+from reops.core.model import Outcome, Result, RunInfo
+from reops.core.settings import ConfigError, home, load_table
+
+if TYPE_CHECKING:
+    import polars as pl
+
+Source = Literal["cli", "flow", "repl", "python"]
+SOURCES: tuple[str, ...] = ("cli", "flow", "repl", "python")
+
+#: the columns, in order; `day` (a Date) comes from the directory name, not the files
+COLUMNS = ("run_id", "source", "command", "pipeline", "flow", "user", "host", "op", "step",
+           "status", "code", "started_at", "duration_s", "transport", "changed", "out",
+           "out_truncated", "err", "err_truncated", "data")
+DAY_DIR = re.compile(r"^day=(\d{4}-\d{2}-\d{2})$")
+#: how long process exit waits for queued history to be written
+EXIT_WAIT_S = 10.0
+#: endless streams' rows waiting to be written, at most (beyond: left out, and counted)
+MAX_PENDING_ENDLESS = 5_000
+_PAR1 = b"PAR1"
+
+
+def schema() -> dict[str, Any]:
+    """The history's polars schema (without the hive column `day`)."""
+    import polars as pl
+
+    return {
+        "run_id": pl.String, "source": pl.String, "command": pl.String,
+        "pipeline": pl.String, "flow": pl.String, "user": pl.String, "host": pl.String,
+        "op": pl.String, "step": pl.Int32, "status": pl.String, "code": pl.Int32,
+        "started_at": pl.Datetime("us", "UTC"), "duration_s": pl.Float64,
+        "transport": pl.String, "changed": pl.Boolean, "out": pl.String,
+        "out_truncated": pl.Boolean, "err": pl.String, "err_truncated": pl.Boolean,
+        "data": pl.String,
+    }
+
+
+# ── settings ───────────────────────────────────────────────────────────────────────────
+
+Bytes = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class HistorySettings(msgspec.Struct, frozen=True, kw_only=True):
+    """[history] in config.toml: where the history lives, how long, how much per row."""
+
+    enabled: bool = True
+    path: str | None = None  # default: <reops home>/history ($REOPS_HOME or ~/.reops)
+    keep: str = "90d"  # day directories older than this are removed on write; "0": forever
+    max_output: Bytes = 4096  # bytes of out and of err kept per row (first and last half)
+    max_data: Bytes = 16384  # bytes of data's JSON kept per row (beyond: a marker object)
+    flush_rows: Annotated[int, msgspec.Meta(ge=1)] = 1000  # endless streams: rows a batch
+    flush_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0  # endless streams: seconds a batch
+
+    @property
+    def root(self) -> Path:
+        return Path(self.path).expanduser() if self.path else home() / "history"
+
+    @property
+    def keep_s(self) -> float:
+        return seconds(self.keep, "[history] keep")
+
+
+def settings() -> HistorySettings:
+    """[history] from the config file and REOPS_HISTORY_* (ConfigError naming the source)."""
+    cfg = load_table(HistorySettings, "history", "REOPS_HISTORY_")
+    cfg.keep_s  # noqa: B018 - a bad `keep` fails here, naming the setting
+    off = os.environ.get("REOPS_HISTORY", "").strip().lower() in ("0", "false", "no", "off")
+    return msgspec.structs.replace(cfg, enabled=False) if off else cfg
+
+
+# ── who records: the source ────────────────────────────────────────────────────────────
+
+_source: tuple[str, str | None] | None = None
+
+
+def set_source(source: Source, flow: str | None = None) -> None:
+    """Label this process's later runs: "repl" (the REPL calls this), "flow" (with the
+    flow's name), "cli" or "python". Unset: "cli" under the `reops` launcher, else "python"."""
+    global _source
+    if source not in SOURCES:
+        raise ValueError(f"history source must be one of {', '.join(SOURCES)}, not {source!r}")
+    _source = (source, flow)
+
+
+def current_source() -> tuple[str, str | None]:
+    """(source, flow) that a run finishing now is recorded with."""
+    if _source is not None:
+        return _source
+    return ("cli" if _launched_as_cli() else "python"), None
+
+
+def _launched_as_cli() -> bool:
+    """Whether this process is the `reops` command (its script, or `python -m reops`)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return Path(sys.argv[0]).name == "reops" or getattr(spec, "name", "") == "reops.__main__"
+
+
+# ── rows ───────────────────────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every row of one run shares."""
+
+    info: RunInfo
+    source: str
+    flow: str | None
+    cfg: HistorySettings
+
+
+def _cap(text: str, limit: int) -> tuple[str, bool]:
+    """`text` within `limit` UTF-8 bytes: its head and tail around a cut marker."""
+    if len(text) * 4 <= limit:  # fast path: cannot be over, whatever the characters
+        return text, False
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text, False
+    half = limit // 2
+    head = raw[:half].decode(errors="ignore")
+    tail = raw[len(raw) - half:].decode(errors="ignore")
+    return f"{head}\n… [{len(raw) - 2 * half} bytes cut: history is an index; --save or "\
+        f"-o jsonl keep everything] …\n{tail}", True
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _data(value: Any, limit: int) -> str | None:
+    """Result.data as JSON text; past `limit` bytes a small valid JSON marker instead."""
+    if value is None:
+        return None
+    try:
+        raw = _encode(value)
+    except (TypeError, msgspec.EncodeError) as e:
+        return _encode({"_unencodable": str(e)[:200]}).decode()
+    if len(raw) > limit:
+        return _encode({"_truncated": len(raw)}).decode()
+    return raw.decode()
+
+
+def _dry(r: Result) -> bool:
+    return isinstance(r.data, dict) and "dry_run" in r.data
+
+
+def _steps(results: Outcome | Iterable[Result]) -> list[tuple[Result, int]]:
+    """(step, index) for every step of every host, dry runs left out."""
+    if isinstance(results, Outcome):
+        pairs = [(s, i) for h in results.hosts for i, s in enumerate(results.steps(h))]
+    else:
+        pairs = [(s, i) for r in results for i, s in enumerate(r.steps)]
+    return [(s, i) for s, i in pairs if not _dry(s)]
+
+
+_days: dict[int, str] = {}
+
+
+def _day(ts: float) -> str:
+    n = int(ts // 86400)
+    d = _days.get(n)
+    if d is None:
+        d = _days[n] = (date(1970, 1, 1) + timedelta(days=n)).isoformat()
+    return d
+
+
+def _frames(run: _Run, steps: list[tuple[Result, int]]) -> dict[str, pl.DataFrame]:
+    """The rows of `steps` as one DataFrame per UTC day (by each step's start)."""
+    import polars as pl
+
+    info, cfg = run.info, run.cfg
+    by_day: dict[str, list[tuple[Result, int]]] = {}
+    for s, i in steps:
+        by_day.setdefault(_day(s.started_at or info.started_at), []).append((s, i))
+    types = schema()
+    pipeline = info.pipeline
+    out: dict[str, pl.DataFrame] = {}
+    for day, rows in by_day.items():
+        n = len(rows)
+        outs = [_cap(s.out, cfg.max_output) for s, _ in rows]
+        errs = [_cap(s.err, cfg.max_output) for s, _ in rows]
+        cols: dict[str, Any] = {
+            "run_id": [info.run_id] * n, "source": [run.source] * n,
+            "command": [info.command] * n,
+            "pipeline": [pipeline or " | ".join(x.op for x in s.steps) for s, _ in rows],
+            "flow": [run.flow] * n, "user": [info.user] * n,
+            "host": [s.host for s, _ in rows], "op": [s.op for s, _ in rows],
+            "step": [i for _, i in rows], "status": [s.status for s, _ in rows],
+            "code": [max(-(2**31), min(2**31 - 1, s.code)) for s, _ in rows],
+            "started_at": [int((s.started_at or info.started_at) * 1e6) for s, _ in rows],
+            "duration_s": [float(s.duration_s) for s, _ in rows],
+            "transport": [s.transport for s, _ in rows],
+            "changed": [s.changed for s, _ in rows],
+            "out": [t for t, _ in outs], "out_truncated": [c for _, c in outs],
+            "err": [t for t, _ in errs], "err_truncated": [c for _, c in errs],
+            "data": [_data(s.data, cfg.max_data) for s, _ in rows],
+        }
+        out[day] = pl.DataFrame(cols, schema={**types, "started_at": pl.Int64}).with_columns(
+            pl.col("started_at").cast(types["started_at"]))
+    return out
+
+
+def _write_file(df: pl.DataFrame, path: Path) -> None:
+    """Write `df` to `path` atomically: a temporary name in the same directory, fsync,
+    rename, fsync the directory (a crash leaves the old state or the new, never half)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as f:
+            df.write_parquet(f, compression="zstd", statistics=True)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    with contextlib.suppress(OSError):
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _prune(root: Path, keep_s: float, today: date) -> None:
+    """Remove day directories older than `keep_s` (by name: no file is opened)."""
+    if keep_s <= 0:
+        return
+    oldest = today - timedelta(seconds=keep_s)
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return
+    for e in entries:
+        m = DAY_DIR.match(e.name)
+        if m is None:
+            continue
+        try:
+            day = date.fromisoformat(m.group(1))
+        except ValueError:
+            continue
+        if day < oldest:
+            shutil.rmtree(e.path, ignore_errors=True)
+
+
+# ── the writer thread ──────────────────────────────────────────────────────────────────
+
+
+@dataclass
+class _Batch:
+    run: _Run
+    steps: list[tuple[Result, int]]
+    immediate: bool  # a whole run: write now; else a Result of an endless run: batch it
+    since: float = field(default_factory=time.monotonic)
+
+
+class _Writer:
+    """One daemon thread that writes queued runs; flushed by `flush()` and at exit."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[_Batch | threading.Event] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pending_endless = 0  # endless runs' rows queued or buffered, not written
+        self._dropped = 0  # endless runs' rows left out because too many were waiting
+        self._buffers: dict[str, _Batch] = {}  # endless runs: run_id -> rows so far
+        self._counters: dict[str, Iterator[int]] = {}
+        self._pruned: set[tuple[Path, date]] = set()
+        self._warned: set[str] = set()
+
+    def put(self, batch: _Batch) -> None:
+        """Queue `batch`. A whole run is always taken (its Outcome holds those Results
+        anyway); Results of endless runs wait at most MAX_PENDING_ENDLESS at a time, the
+        ones beyond are dropped and counted (history is an index, never a memory leak)."""
+        n = len(batch.steps)
+        with self._lock:
+            if not batch.immediate and self._pending_endless + n > MAX_PENDING_ENDLESS:
+                self._dropped += n
+                first = self._dropped == n
+                n = 0
+            else:
+                first = False
+                if not batch.immediate:
+                    self._pending_endless += n
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._main, name="reops-history",
+                                                 daemon=True)
+                self._thread.start()
+                atexit.register(self._at_exit)
+        if n:
+            self._queue.put(batch)
+        elif first:
+            self._warn(batch.run.cfg.root, "an endless stream's Results arrive faster than "
+                       f"they are written ({MAX_PENDING_ENDLESS} waiting); some are left out")
+
+    def _at_exit(self) -> None:
+        self.flush(EXIT_WAIT_S)
+        if self._dropped:
+            sys.stderr.write(f"reops: note: {self._dropped} Results of endless streams were "
+                             "not recorded in the run history (they came too fast)\n")
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Write everything queued so far; True when done within `timeout`."""
+        if self._thread is None:
+            return True
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def _main(self) -> None:
+        while True:
+            wait = min((b.run.cfg.flush_s for b in self._buffers.values()), default=None)
+            try:
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                item = None
+            if isinstance(item, threading.Event):
+                for run_id in list(self._buffers):
+                    self._write(self._buffers.pop(run_id))
+                item.set()
+                continue
+            if item is not None:
+                self._take(item)
+            now = time.monotonic()
+            for run_id, b in list(self._buffers.items()):
+                if now - b.since >= b.run.cfg.flush_s:
+                    self._write(self._buffers.pop(run_id))
+
+    def _take(self, item: _Batch) -> None:
+        if item.immediate:
+            self._write(item)
+            return
+        run_id = item.run.info.run_id
+        buf = self._buffers.get(run_id)
+        if buf is None:
+            self._buffers[run_id] = buf = _Batch(item.run, [], immediate=False)
+        buf.steps.extend(item.steps)
+        if len(buf.steps) >= item.run.cfg.flush_rows:
+            self._write(self._buffers.pop(run_id))
+
+    def _write(self, batch: _Batch) -> None:
+        run = batch.run
+        root = run.cfg.root
+        try:
+            if batch.steps:
+                counter = self._counters.setdefault(run.info.run_id, itertools.count())
+                for day, df in _frames(run, batch.steps).items():
+                    name = f"{run.info.run_id}-{next(counter)}.parquet"
+                    _write_file(df, root / f"day={day}" / name)
+                if batch.immediate:
+                    self._counters.pop(run.info.run_id, None)
+            today = datetime.now(UTC).date()
+            if (root, today) not in self._pruned:
+                self._pruned.add((root, today))
+                _prune(root, run.cfg.keep_s, today)
+        except Exception as e:
+            self._warn(root, f"{type(e).__name__}: {e}")
+        finally:
+            if not batch.immediate:
+                with self._lock:
+                    self._pending_endless -= len(batch.steps)
+
+    def _warn(self, root: Path, why: str) -> None:
+        text = (f"reops: warning: run history not written to {root}: {why}; the run is "
+                "unaffected (fix the path, or turn history off: [history] enabled = false "
+                "or REOPS_HISTORY=0)\n")
+        if text not in self._warned:
+            self._warned.add(text)
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
+
+_writer = _Writer()
+
+
+def flush(timeout: float | None = EXIT_WAIT_S) -> bool:
+    """Wait until every Result recorded so far is written (tests, before a query)."""
+    return _writer.flush(timeout)
+
+
+# ── recording ──────────────────────────────────────────────────────────────────────────
+
+
+def _settings_or_warn() -> HistorySettings | None:
+    try:
+        return settings()
+    except (ConfigError, ValueError) as e:
+        _writer._warn(Path("[history]"), str(e))
+        return None
+
+
+def record(results: Outcome | Iterable[Result], run: RunInfo | None = None, *,
+           source: Source = "flow", flow: str | None = None) -> None:
+    """Append a run's Results (every step of every host) to the history, off this thread.
+
+    What flows use (`record(outcome.results, run, flow="heal")`); runs of `run()`/`await`
+    and of the CLI are recorded without it. Never raises for a failed write."""
+    cfg = _settings_or_warn()
+    if cfg is None or not cfg.enabled:
+        return
+    if run is None:
+        run = results.run if isinstance(results, Outcome) and results.run else RunInfo()
+    steps = _steps(results)
+    if steps:
+        _writer.put(_Batch(_Run(run, source, flow, cfg), steps, immediate=True))
+
+
+def _on_outcome(outcome: Outcome) -> None:
+    src, flow = current_source()
+    record(outcome, outcome.run, source=src, flow=flow)  # type: ignore[arg-type]
+
+
+#: endless runs: run_id -> its shared row context (settings read once per run)
+_endless: dict[str, _Run | None] = {}
+
+
+def _on_result(result: Result, info: RunInfo) -> None:
+    ctx = _endless.get(info.run_id, False)
+    if ctx is False:
+        cfg = _settings_or_warn()
+        src, flow = current_source()
+        ctx = _endless[info.run_id] = _Run(info, src, flow, cfg) if cfg and cfg.enabled \
+            else None
+    if ctx is None or not isinstance(ctx, _Run):
+        return
+    steps = _steps([result])
+    if steps:
+        _writer.put(_Batch(ctx, steps, immediate=False))
+
+
+hooks.on_outcome(_on_outcome)
+hooks.on_result(_on_result)
+
+
+# ── reading ────────────────────────────────────────────────────────────────────────────
+
+
+def cutoff(since: str | float | timedelta | datetime | None) -> datetime | None:
+    """The oldest start time `since` keeps: "1d", 3600 (seconds), a timedelta or a
+    datetime; None keeps everything. A bad value: one-line ValueError."""
+    if since is None:
+        return None
+    now = datetime.now(UTC)
+    if isinstance(since, datetime):
+        return since if since.tzinfo else since.replace(tzinfo=UTC)
+    if isinstance(since, timedelta):
+        return now - since
+    return now - timedelta(seconds=seconds(since, "since"))
+
+
+def _damaged(path: Path) -> str | None:
+    """Why `path` is not a whole parquet file (None: it is). Cheap: the magic bytes at
+    both ends and the footer's length (two small reads), then the footer itself."""
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < 12:
+                return f"{size} bytes: too short for parquet (a partial write?)"
+            if f.read(4) != _PAR1:
+                return "not a parquet file (bad header)"
+            f.seek(size - 8)
+            tail = f.read(8)
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+    if tail[4:] != _PAR1:
+        return "truncated (no parquet footer: a partial write?)"
+    if int.from_bytes(tail[:4], "little") + 12 > size:
+        return "truncated (footer longer than the file)"
+    import polars as pl
+
+    try:
+        pl.read_parquet_schema(path)
+    except Exception as e:
+        return f"unreadable footer ({str(e).splitlines()[0][:120] if str(e) else e})"
+    return None
+
+
+def files(root: Path, since: date | None = None) -> list[Path]:
+    """The history's files of the day directories from `since` on (all: None), oldest day
+    first; damaged ones are reported (one line each) and left out."""
+    try:
+        days = [e for e in os.scandir(root) if e.is_dir() and DAY_DIR.match(e.name)]
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        sys.stderr.write(f"reops: warning: cannot read the run history at {root}: {e}\n")
+        return []
+    found: list[Path] = []
+    for d in sorted(days, key=lambda e: e.name):
+        if since is not None and d.name[4:] < since.isoformat():
+            continue
+        try:
+            names = sorted(n for n in os.listdir(d.path)
+                           if n.endswith(".parquet") and not n.startswith("."))
+        except OSError:
+            continue
+        for name in names:
+            p = Path(d.path) / name
+            why = _damaged(p)
+            if why is None:
+                found.append(p)
+            else:
+                sys.stderr.write(f"reops: warning: skipped {p}: {why}; move it away or "
+                                 f"delete it (rm '{p}')\n")
+    return found
+
+
+def _glob(column: str, pattern: str) -> pl.Expr:
+    """`column` matches the shell glob `pattern` (`web*`, `pkg.*`; `a,b`: either)."""
+    import polars as pl
+
+    alts = []
+    for part in pattern.split(","):
+        rx = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in part)
+        alts.append(rx)
+    return pl.col(column).str.contains("^(?:" + "|".join(alts) + ")$")
+
+
+def history(since: str | float | timedelta | datetime | None = "1d", *, failed: bool = False,
+            host: str | None = None, op: str | None = None,
+            path: str | Path | None = None) -> pl.LazyFrame:
+    """Past runs' Results as a polars LazyFrame, one row per step per host.
+
+    `since` ("1d", "12h"; None: everything) reads only the day directories it needs;
+    `failed` keeps status != ok; `host`/`op` are globs (`web*`, `pkg.*`). A damaged file is
+    reported on stderr and skipped.
+
+        history("7d", failed=True).group_by("host").len().collect()
+    """
+    import polars as pl
+
+    start = cutoff(since)
+    root = Path(path).expanduser() if path is not None else settings().root
+    found = files(root, start.date() if start else None)
+    full = {**schema(), "day": pl.Date}
+    if found:
+        lf = pl.scan_parquet(found, schema=schema(), hive_partitioning=True,
+                             hive_schema={"day": pl.Date}, missing_columns="insert",
+                             extra_columns="ignore")
+    else:
+        lf = pl.LazyFrame(schema=full)
+    if start is not None:
+        lf = lf.filter(pl.col("started_at") >= start)
+    if failed:
+        lf = lf.filter(pl.col("status") != "ok")
+    if host:
+        lf = lf.filter(_glob("host", host))
+    if op:
+        lf = lf.filter(_glob("op", op))
+    return lf
