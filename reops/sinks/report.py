@@ -37,8 +37,8 @@ METRIC_OPS = ("metrics", "collect")
 STATUS_COLORS = {"failed": "#d62728", "unreachable": "#9467bd", "timeout": "#ff7f0e",
                  "lost": "#8c564b", "error": "#7f7f7f"}
 #: time buckets to choose from (at most MAX_BUCKETS bars over the period)
-_BUCKETS = (("1m", 60), ("5m", 300), ("15m", 900), ("1h", 3600), ("3h", 10800),
-            ("6h", 21600), ("12h", 43200), ("1d", 86400), ("7d", 604800))
+_BUCKETS = (("1s", 1), ("10s", 10), ("1m", 60), ("5m", 300), ("15m", 900), ("1h", 3600),
+            ("3h", 10800), ("6h", 21600), ("12h", 43200), ("1d", 86400), ("7d", 604800))
 MAX_BUCKETS = 60
 #: lines per metrics plot, at most (more hosts make a plot nobody can read)
 METRICS_TOP = 10
@@ -123,8 +123,7 @@ def render(frame: pl.LazyFrame, *, since_label: str | None = None,
     if not summary.results:
         return _page(summary, since_label, [], ""), summary
     assert summary.start is not None and summary.end is not None
-    every = _bucket(summary.end - summary.start)
-    sections = _sections(frame, every, top)
+    sections = _sections(frame, _TimeAxis.over(summary.start, summary.end), top)
     return _page(summary, since_label, sections, _plotly_js()), summary
 
 
@@ -138,7 +137,36 @@ class Section:
     body: str
 
 
-def _sections(frame: pl.LazyFrame, every: str, top: int) -> list[Section]:
+@dataclass(frozen=True)
+class _TimeAxis:
+    """The time buckets of the over-time plots and the x range they span."""
+
+    every: str
+    size_s: int
+    first: datetime
+    last: datetime
+
+    @classmethod
+    def over(cls, start: datetime, end: datetime) -> _TimeAxis:
+        """The smallest bucket that cuts start..end into at most MAX_BUCKETS bars."""
+        span = (end - start).total_seconds()
+        every, size = next(((n, s) for n, s in _BUCKETS if span / s <= MAX_BUCKETS),
+                           _BUCKETS[-1])
+        first = pl.select(pl.lit(start).dt.truncate(every)).item()
+        return cls(every, size, first, end)
+
+    def xaxis(self) -> dict[str, Any]:
+        """Every bucket shown, even a lone one (plotly would zoom into its width)."""
+        pad = timedelta(seconds=self.size_s)
+        return {"type": "date", "range": [self.first - pad / 2, self.last + pad]}
+
+    @property
+    def bar_ms(self) -> float:
+        return self.size_s * 1000 * 0.9
+
+
+def _sections(frame: pl.LazyFrame, axis: _TimeAxis, top: int) -> list[Section]:
+    every = axis.every
     bucket = pl.col("started_at").dt.truncate(every).alias("at")
     failed = frame.filter(_FAILED)
     started = frame.filter(pl.col("status") != "unreachable")
@@ -160,11 +188,11 @@ def _sections(frame: pl.LazyFrame, every: str, top: int) -> list[Section]:
         Section("failures-host", "Failures per host over time",
                 f"Results that were not ok, per {every}, stacked by status; pick a host in "
                 f"the menu. Right: the {top} hosts with the most failures.",
-                _failures_figure(by_host, "host", "failures-host", top)),
+                _failures_figure(by_host, "host", "failures-host", top, axis)),
         Section("failures-op", "Failures per op over time",
                 f"Results that were not ok, per {every}, stacked by status; pick an op in the "
                 f"menu. Right: the {top} ops with the most failures.",
-                _failures_figure(by_op, "op", "failures-op", top)),
+                _failures_figure(by_op, "op", "failures-op", top, axis)),
         Section("durations-op", "Duration percentiles per op",
                 "p50 / p95 / p99 of duration_s, every Result whose command started "
                 "(unreachable ones are left out).",
@@ -180,7 +208,7 @@ def _sections(frame: pl.LazyFrame, every: str, top: int) -> list[Section]:
         lines = min(top, METRICS_TOP)
         note = (f"Mean per {every} of the {lines} hosts with the highest mean {label}, "
                 "from metrics samples (reops metrics, collect()).")
-        body = (_metrics_figure(series, div_id, label, lines) if series.height else
+        body = (_metrics_figure(series, div_id, label, lines, axis) if series.height else
                 '<p class="empty">no metrics collected in this period (reops metrics or '
                 "collect() record them)</p>")
         out.append(Section(div_id, title, note, body))
@@ -194,14 +222,6 @@ def _percentiles() -> list[pl.Expr]:
     d = pl.col("duration_s")
     return [pl.len().alias("n"), d.quantile(0.5, "linear").alias("p50"),
             d.quantile(0.95, "linear").alias("p95"), d.quantile(0.99, "linear").alias("p99")]
-
-
-def _bucket(span: timedelta) -> str:
-    """The smallest bucket that cuts `span` into at most MAX_BUCKETS bars."""
-    for name, size in _BUCKETS:
-        if span.total_seconds() / size <= MAX_BUCKETS:
-            return name
-    return _BUCKETS[-1][0]
 
 
 def _plotly_js() -> str:
@@ -228,7 +248,8 @@ def _div(fig: Any, div_id: str) -> str:
     return html_
 
 
-def _failures_figure(counts: pl.DataFrame, key: str, div_id: str, top: int) -> str:
+def _failures_figure(counts: pl.DataFrame, key: str, div_id: str, top: int,
+                     axis: _TimeAxis) -> str:
     """Left: failures over time stacked by status, a menu picks `all` or one key; right:
     the top keys' totals stacked by status."""
     import plotly.graph_objects as go
@@ -253,6 +274,7 @@ def _failures_figure(counts: pl.DataFrame, key: str, div_id: str, top: int) -> s
             if not one.height:
                 continue
             fig.add_trace(go.Bar(x=one["at"].to_list(), y=one["n"].to_list(), name=status,
+                                 width=axis.bar_ms,
                                  legendgroup=status, visible=c == 0, showlegend=True,
                                  marker_color=STATUS_COLORS.get(status)), row=1, col=1)
             owner.append(c)
@@ -277,6 +299,7 @@ def _failures_figure(counts: pl.DataFrame, key: str, div_id: str, top: int) -> s
         updatemenus=[{"buttons": buttons, "x": 0.0, "y": 1.18, "xanchor": "left",
                       "direction": "down", "showactive": True}]))
     fig.update_yaxes(title_text="failures", row=1, col=1)
+    fig.update_xaxes(**axis.xaxis(), row=1, col=1)
     fig.update_yaxes(type="category", row=1, col=2)
     return _div(fig, div_id)
 
@@ -295,7 +318,7 @@ def _percentile_figure(rows: pl.DataFrame, key: str, div_id: str, *, horizontal:
                              hovertemplate=f"%{{{'y' if horizontal else 'x'}}} {name}: "
                              f"%{{{'x' if horizontal else 'y'}}} s (%{{customdata}} results)"
                              "<extra></extra>", **xy))
-    axis = {"title_text": "seconds", "type": "log"}
+    axis = {"title_text": "seconds (log)", "type": "log", "dtick": 1}
     fig.update_layout(**_layout(barmode="group",
                                 height=max(420, 22 * len(labels) + 120) if horizontal else 420))
     if horizontal:
@@ -307,7 +330,8 @@ def _percentile_figure(rows: pl.DataFrame, key: str, div_id: str, *, horizontal:
     return _div(fig, div_id)
 
 
-def _metrics_figure(series: pl.DataFrame, div_id: str, label: str, top: int) -> str:
+def _metrics_figure(series: pl.DataFrame, div_id: str, label: str, top: int,
+                    axis: _TimeAxis) -> str:
     import plotly.graph_objects as go
 
     ranked = series.group_by("host").agg(m=pl.col("v").mean()).sort(
@@ -317,7 +341,8 @@ def _metrics_figure(series: pl.DataFrame, div_id: str, label: str, top: int) -> 
         one = series.filter(pl.col("host") == host).sort("at")
         fig.add_trace(go.Scatter(x=one["at"].to_list(),
                                  y=[round(v, 2) for v in one["v"].to_list()],
-                                 mode="lines", name=host))
+                                 mode="lines+markers", marker_size=4, name=host))
+    fig.update_xaxes(**axis.xaxis())
     fig.update_layout(**_layout(yaxis_title=label,
                                 legend={"orientation": "v", "x": 1.01, "y": 1}))
     return _div(fig, div_id)
