@@ -54,6 +54,7 @@ _EXPORTS: dict[str, str] = {
     **_from("reops.sinks.terminal", "pretty"),
     **_from("reops.sinks.jsonl", "jsonl"),
     **_from("reops.sinks.table", "to_table save"),
+    **_from("reops.sinks.notebook", "display_live"),
     **_from("reops.sinks.bus", "publish"),
     **_from("reops.sinks.report", "report"),
     **_from("reops.sinks.history", "history"),
@@ -81,6 +82,7 @@ if TYPE_CHECKING:  # the same names, typed, for mypy and IDEs; costs nothing at 
     from reops.sinks.bus import publish as publish
     from reops.sinks.history import history as history
     from reops.sinks.jsonl import jsonl as jsonl
+    from reops.sinks.notebook import display_live as display_live
     from reops.sinks.report import report as report
     from reops.sinks.table import save as save
     from reops.sinks.table import to_table as to_table
