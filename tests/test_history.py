@@ -293,3 +293,23 @@ def test_import_reops_loads_neither_the_history_nor_polars() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_compacting_a_closed_day_keeps_every_row_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    then = (datetime.now(UTC) - timedelta(days=3)).timestamp()
+    for n in range(3):
+        h.record([result(f"web{n}", started_at=then + n)], RunInfo())
+    assert h.flush()
+    day = next(root().glob("day=*"))
+    assert len(list(day.glob("*.parquet"))) == 3
+    assert h.compact(root()) == 1
+    assert len(list(day.glob("*.parquet"))) == 4  # the merged file; the others for a while
+    assert sorted(rows(since=None)["host"]) == ["web0", "web1", "web2"]
+    monkeypatch.setattr(h, "COMPACT_GRACE_S", 0.0)
+    h.record([result("late", started_at=then + 9)], RunInfo())  # a run that ended late
+    assert h.flush()
+    assert h.compact(root()) == 1  # the merged file and the late one merge again
+    assert h.compact(root()) == 0  # nothing left to merge: what was merged is removed
+    [only] = day.glob("*.parquet")
+    assert only.name.startswith("compact-")
+    assert sorted(rows(since=None)["host"]) == ["late", "web0", "web1", "web2"]

@@ -286,6 +286,101 @@ def _prune(root: Path, keep_s: float, today: date) -> None:
             shutil.rmtree(e.path, ignore_errors=True)
 
 
+# ── compaction: a closed day's many small files become one ────────────────────────────
+
+#: covered files stay this long after their day was compacted (a reader that listed them
+#: just before can still read them), then they are removed
+COMPACT_GRACE_S = 600.0
+
+
+def _covers(day: Path, names: Iterable[str]) -> dict[str, tuple[str, float]]:
+    """Files of `day` that a compacted file holds: name -> (that file, when it was made),
+    read from each compacted file's `.<name>.covers` list."""
+    covered: dict[str, tuple[str, float]] = {}
+    for name in names:
+        if name.startswith("compact-"):
+            listing = day / f".{name}.covers"
+            with contextlib.suppress(OSError):
+                made = listing.stat().st_mtime
+                for n in listing.read_text().split():
+                    covered[n] = (name, made)
+    return covered
+
+
+def _parquet_names(day: Path) -> list[str]:
+    return sorted(n for n in os.listdir(day) if n.endswith(".parquet") and not n.startswith("."))
+
+
+def compact(root: Path | None = None, *, before: date | None = None) -> int:
+    """Merge each day's files into one, for days before `before` (default: today, UTC):
+    a query then opens 30 files for 30 days, not thousands. Safe with readers and other
+    writers: the merged file and the list of what it holds appear atomically, readers skip
+    what it holds, and the merged files are removed COMPACT_GRACE_S later. Returns the
+    number of days compacted."""
+    import fcntl
+
+    import polars as pl
+
+    root = root or settings().root
+    before = before or datetime.now(UTC).date()
+    done = 0
+    try:
+        days = sorted(e.path for e in os.scandir(root) if e.is_dir() and DAY_DIR.match(e.name))
+    except OSError:
+        return 0
+    for path in days:
+        day = Path(path)
+        if day.name[4:] >= before.isoformat():
+            continue
+        try:
+            lock = os.open(day / ".compact.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another process compacts this day right now
+            os.close(lock)
+            continue
+        try:
+            names = _parquet_names(day)
+            covered = _covers(day, names)
+            _remove_covered(day, covered)
+            todo = [n for n in names if n not in covered and _damaged(day / n) is None]
+            if len(todo) < 2:
+                continue
+            frames = [pl.scan_parquet(day / n, schema=schema(), missing_columns="insert",
+                                      extra_columns="ignore") for n in todo]
+            merged = pl.concat(frames).collect()
+            name = f"compact-{time.time_ns():x}-{os.getpid()}.parquet"
+            listing = day / f".{name}.covers"
+            tmp = listing.with_name(listing.name + ".tmp")
+            tmp.write_text("\n".join(todo) + "\n")
+            tmp.replace(listing)  # the list first: a reader seeing the file sees it too
+            _write_file(merged, day / name)
+            done += 1
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            os.close(lock)
+    return done
+
+
+def _remove_covered(day: Path, covered: dict[str, tuple[str, float]]) -> None:
+    """Remove files a compacted file has held for longer than COMPACT_GRACE_S; a compacted
+    file merged again takes what it held (and its list) with it."""
+    now = time.time()
+    for n, (_, made) in covered.items():
+        if now - made < COMPACT_GRACE_S:
+            continue
+        with contextlib.suppress(OSError):
+            if n.startswith("compact-"):
+                listing = day / f".{n}.covers"
+                with contextlib.suppress(OSError):
+                    for inner in listing.read_text().split():
+                        (day / inner).unlink(missing_ok=True)
+                listing.unlink(missing_ok=True)
+            (day / n).unlink(missing_ok=True)
+
+
 # ── the writer thread ──────────────────────────────────────────────────────────────────
 
 
@@ -393,9 +488,10 @@ class _Writer:
                 if batch.immediate:
                     self._counters.pop(run.info.run_id, None)
             today = datetime.now(UTC).date()
-            if (root, today) not in self._pruned:
+            if (root, today) not in self._pruned:  # once a day per process: cheap
                 self._pruned.add((root, today))
                 _prune(root, run.cfg.keep_s, today)
+                compact(root, before=today)
         except Exception as e:
             self._warn(root, f"{type(e).__name__}: {e}")
         finally:
@@ -533,11 +629,13 @@ def files(root: Path, since: date | None = None) -> list[Path]:
         if since is not None and d.name[4:] < since.isoformat():
             continue
         try:
-            names = sorted(n for n in os.listdir(d.path)
-                           if n.endswith(".parquet") and not n.startswith("."))
+            names = _parquet_names(Path(d.path))
         except OSError:
             continue
+        covered = _covers(Path(d.path), names)
         for name in names:
+            if name in covered:
+                continue
             p = Path(d.path) / name
             why = _damaged(p)
             if why is None:
