@@ -10,6 +10,7 @@ JS draws every plot (its `main-svg` inside each plot div) and a screenshot is a 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -236,3 +238,40 @@ def test_a_broken_script_shows_in_the_dom(page: Path, tmp_path: Path) -> None:
     dom = chromium(broken, "--dump-dom").stdout
     assert 'class="js-error"' in dom and "no plotly" in dom
     assert 'class="main-svg"' not in section(dom, "failures-host")
+
+
+def figure(text: str, sid: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The data and layout plotly draws in section `sid` (the JSON of its newPlot call)."""
+    body = section(text, sid)
+    call = re.search(rf'Plotly\.newPlot\(\s*"plot-{sid}",\s*', body)
+    assert call, f"no plot in {sid}"
+    decoder = json.JSONDecoder()
+    rest = body[call.end():]
+    data, end = decoder.raw_decode(rest)
+    layout, _ = decoder.raw_decode(rest[end:].lstrip(", \n"))
+    return data, layout
+
+
+def test_the_host_menu_shows_each_hosts_own_failures(dataset: Path, page: Path) -> None:
+    """Picking a host in the menu shows exactly that host's failures, as polars counts them."""
+    per_host = dict(scan_history(dataset).filter(pl.col("status") != "ok")
+                    .group_by("host").len().collect().iter_rows())
+    data, layout = figure(page.read_text(), "failures-host")
+    buttons = layout["updatemenus"][0]["buttons"]
+    assert buttons[0]["label"] == "all hosts"
+    worst = max(per_host, key=lambda h: (per_host[h], h))
+    assert buttons[1]["label"] == worst
+    for button in buttons:
+        visible = button["args"][0]["visible"]
+        shown = sum(sum(t["y"]) for t, v in zip(data, visible, strict=True)
+                    if v and t.get("orientation") != "h")
+        want = (sum(per_host.values()) if button["label"] == "all hosts"
+                else per_host[button["label"]])
+        assert shown == want, button["label"]
+    # the side chart: totals of the top hosts, stacked by status
+    side = [t for t in data if t.get("orientation") == "h"]
+    totals: dict[str, int] = {}
+    for t in side:
+        for n, host in zip(t["x"], t["y"], strict=True):
+            totals[host] = totals.get(host, 0) + n
+    assert totals == {h: per_host[h] for h in totals} and len(totals) == min(20, len(per_host))
