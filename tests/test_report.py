@@ -166,6 +166,15 @@ def test_cli_writes_the_report_from_the_history(tmp_path: Path) -> None:
     assert stat((tmp_path / "hour.html").read_text(), "results") != f"{n:,}"
 
 
+def test_cli_on_an_empty_history_says_no_runs(tmp_path: Path) -> None:
+    env = {**os.environ, "REOPS_HISTORY_PATH": str(tmp_path / "none-yet"),
+           "REOPS_HOME": str(tmp_path)}
+    done = cli("report", "-o", "r.html", env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "r.html: no runs in this period\n"
+    assert 'id="no-runs"' in (tmp_path / "r.html").read_text()
+
+
 def test_cli_bad_since_is_one_line_exit_2(tmp_path: Path) -> None:
     env = {**os.environ, "REOPS_HISTORY_PATH": str(tmp_path / "h")}
     done = cli("report", "--since", "last week", env=env, cwd=tmp_path)
