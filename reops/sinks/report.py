@@ -104,7 +104,7 @@ def write_report(frame_or_since: pl.LazyFrame | pl.DataFrame | str | float = "7d
 
 def _history(since: str | float) -> pl.LazyFrame:
     """The run history since `since` (reops.sinks.history, the same layer)."""
-    from reops.sinks import history as _h  # type: ignore[attr-defined, unused-ignore]
+    from reops.sinks import history as _h
 
     lazy: pl.LazyFrame = _h.history(since=since)
     return lazy
