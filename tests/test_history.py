@@ -313,3 +313,8 @@ def test_compacting_a_closed_day_keeps_every_row_once(monkeypatch: pytest.Monkey
     [only] = day.glob("*.parquet")
     assert only.name.startswith("compact-")
     assert sorted(rows(since=None)["host"]) == ["late", "web0", "web1", "web2"]
+
+
+def test_the_run_that_just_finished_is_in_the_answer() -> None:
+    run(Stream(reactivex.from_iterable([result("web7")]), Hosts()))
+    assert rows()["host"].to_list() == ["web7"]  # no flush(): history() writes what waits

@@ -664,7 +664,8 @@ def history(since: str | float | timedelta | datetime | None = "1d", *, failed: 
 
     `since` ("1d", "12h"; None: everything) reads only the day directories it needs;
     `failed` keeps status != ok; `host`/`op` are globs (`web*`, `pkg.*`). A damaged file is
-    reported on stderr and skipped.
+    reported on stderr and skipped. Runs this process recorded are written first, so the
+    run that just finished is in the answer.
 
         history("7d", failed=True).group_by("host").len().collect()
     """
@@ -672,6 +673,7 @@ def history(since: str | float | timedelta | datetime | None = "1d", *, failed: 
 
     start = cutoff(since)
     root = Path(path).expanduser() if path is not None else settings().root
+    _writer.flush(EXIT_WAIT_S)
     found = files(root, start.date() if start else None)
     full = {**schema(), "day": pl.Date}
     if found:
