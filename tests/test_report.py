@@ -132,6 +132,15 @@ def test_an_empty_period_says_no_runs(tmp_path: Path) -> None:
     assert "Plotly" not in text  # nothing to draw: no 5 MB of JS either
 
 
+def test_a_frame_without_the_history_columns_is_one_clear_error(tmp_path: Path) -> None:
+    frame = generate(100, end=END).drop("duration_s", "data")
+    with pytest.raises(ValueError) as e:
+        report(frame, tmp_path / "r.html")
+    assert str(e.value) == ("report: the frame has no column 'duration_s', 'data'; give it "
+                            "the run history's columns (reops.history() returns them)")
+    assert not (tmp_path / "r.html").exists()
+
+
 def test_no_metrics_collected_says_so(dataset: Path, tmp_path: Path) -> None:
     frame = scan_history(dataset).filter(pl.col("op") != "metrics")
     text = report(frame, tmp_path / "r.html").read_text()

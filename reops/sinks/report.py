@@ -47,6 +47,9 @@ METRICS = (("metrics-cpu", "CPU busy over time", "$.cpu.busy_pct", "cpu busy %")
            ("metrics-memory", "Memory used over time", "$.memory.used_pct", "memory used %"),
            ("metrics-load", "Load over time", "$.load.load1", "load (1 min)"))
 _FAILED = pl.col("status") != "ok"
+#: the history columns the report reads
+NEEDED = ("run_id", "host", "op", "status", "code", "started_at", "duration_s", "out", "err",
+          "data")
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ def _history(since: str | float) -> pl.LazyFrame:
 def render(frame: pl.LazyFrame, *, since_label: str | None = None,
            top: int = 20) -> tuple[str, Summary]:
     """The report page for `frame` (history schema) as HTML text, and its Summary."""
+    _check_columns(frame)
     head = frame.select(
         results=pl.len(), runs=pl.col("run_id").n_unique(), hosts=pl.col("host").n_unique(),
         failures=_FAILED.sum(), start=pl.col("started_at").min(),
@@ -125,6 +129,17 @@ def render(frame: pl.LazyFrame, *, since_label: str | None = None,
     assert summary.start is not None and summary.end is not None
     sections = _sections(frame, _TimeAxis.over(summary.start, summary.end), top)
     return _page(summary, since_label, sections, _plotly_js()), summary
+
+
+def _check_columns(frame: pl.LazyFrame) -> None:
+    """A frame without the history's columns: one line naming what is missing."""
+    have = frame.collect_schema()
+    missing = [c for c in NEEDED if c not in have]
+    if missing:
+        raise ValueError(f"report: the frame has no column {', '.join(map(repr, missing))}; "
+                         "give it the run history's columns (reops.history() returns them)")
+    if not isinstance(have["started_at"], pl.Datetime):
+        raise ValueError(f"report: started_at must be a Datetime, not {have['started_at']}")
 
 
 @dataclass(frozen=True)
