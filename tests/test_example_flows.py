@@ -248,3 +248,215 @@ def test_dry_run_feeds_recorded_events_and_runs_nothing(lab: LabInfo, tmp_path: 
                  cwd=tmp_path, env=env)
     assert got.returncode != 0 and got.stderr.strip().splitlines()[-1].startswith(
         f"reops: error: {bad}:1: not a trigger event")
+
+
+# ── setup: a VM started in a real hub → SSH up → agent deployed → provisioned ─────────
+
+
+RECIPE = '''\
+"""The test Type's recipe: leaves a file saying it ran (lab hosts may share one home)."""
+from reops import exec_
+
+
+def provision(hosts, mark="provisioned"):
+    (name,) = hosts.names
+    return exec_(hosts, f"echo {mark} $(hostname) > .reops-setup-{name}")
+'''
+
+
+class MachinesHub:
+    """A real `reops hub` process: the machines service on a libvirt test-driver node, the
+    bus on free loopback ports; its CLI and Machines API pointed at it."""
+
+    def __init__(self, home: Path) -> None:
+        from systems_fixtures import node_uri
+
+        home.mkdir(mode=0o700)
+        self.home = home
+        self.config = home / "config.toml"
+        self.config.write_text(
+            f'[hypervisors.lab]\nuri = "{node_uri(home)}"\n\n[machines]\n'
+            'default_hypervisor = "lab"\nstop_timeout = 5\nip_timeout = 5\n'
+            'connect_timeout = 5\n')
+        self.env = {"REOPS_HUB_CONTROL": "", "REOPS_HUB_KEYS_DIR": "",
+                    "REOPS_HUB_BUS_IN": "tcp://127.0.0.1:*",
+                    "REOPS_HUB_BUS_OUT": "tcp://127.0.0.1:*",
+                    "REOPS_HUB_SERVICES": "reops.systems.service:attach",
+                    "REOPS_CONFIG": str(self.config)}
+        self.lab_hub = LabHub(home=home, env=self.env, bind="tcp://127.0.0.1:*")
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **self.env, "REOPS_HOME": str(self.home)}
+        done = subprocess.run([sys.executable, "-m", "reops", *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done
+
+
+@pytest.fixture
+def machines_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MachinesHub]:
+    hub = MachinesHub(tmp_path / "home")
+    for k, v in {**hub.env, "REOPS_HOME": str(hub.home)}.items():
+        monkeypatch.setenv(k, v)
+    with hub.lab_hub.start():
+        try:
+            yield hub
+        finally:
+            print(hub.lab_hub.log[-6000:])
+
+
+def _wheels(where: Path) -> Path:
+    """pyzmq and msgspec wheels for an offline agent install (as for hosts without PyPI)."""
+    got = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d",
+                          str(where), "pyzmq", "msgspec"], capture_output=True, text=True)
+    assert got.returncode == 0, f"pip download failed: {got.stderr[-500:]}"
+    return where
+
+
+def _with_ghost(lab: LabInfo, dead: tuple[str, int], path: Path) -> Path:
+    """The lab's inventory (paths made absolute) plus `ghost`, whose SSH never answers."""
+    import json
+
+    text = (lab.inventory.read_text()
+            .replace('key = "id_ed25519"', f"key = {json.dumps(str(lab.key))}")
+            .replace('known_hosts = "known_hosts"',
+                     f"known_hosts = {json.dumps(str(lab.known_hosts))}"))
+    path.write_text(text + f'\n[hosts.ghost]\naddress = "{dead[0]}"\nport = {dead[1]}\n')
+    return path
+
+
+def test_setup_flow_in_a_real_hub_sets_up_a_started_vm(
+        lab: LabInfo, machines_hub: MachinesHub, dead_address: tuple[str, int],
+        tmp_path: Path) -> None:
+    """`reops flows start setup.py` in a hub whose machines run on the libvirt test driver:
+    a VM whose SSH never answers (ghost) is reported unreachable and the flow goes on; the
+    next VM (web1, a lab host standing in for it) gets SSH waited for, an agent deployed
+    that registers with the hub, the Type's recipe run on it, and each Result on the bus."""
+    from reops import bus
+    from reops.control.bus import ResultBody
+    from reops.control.client import HubClient
+    from reops.core.runtime import get_runtime
+    from reops.systems.api import HubMachines
+    from reops.transports.agent import agent_list
+
+    inventory = _with_ghost(lab, dead_address, tmp_path / "inventory.toml")
+    recipe = tmp_path / "recipe.py"
+    recipe.write_text(RECIPE)
+    web1 = lab.as_hosts().only(["web1"])
+    assert run(exec_(web1, "rm -f .reops-setup-web1")).ok
+    control = machines_hub.lab_hub.control_path
+    api = HubMachines(HubClient(control))
+    call = get_runtime().call
+    call(api.add_type("redis", "", f"{recipe}:provision", {"mark": "set-up-by-flow"}))
+    call(api.add_type("web", "", None, {}))
+
+    published = Seen()  # every Result the flow publishes, as ResultBody (its step index)
+    listening = bus("result").subscribe(lambda m: published(m.body), published.error)
+
+    def last_of(host: str, what: str) -> ResultBody:
+        got = published.wait(lambda xs: any(b.host == host for b in xs), what,
+                             timeout=DEADLINE * 3)  # a venv + offline pip install on the host
+        (body,) = [b for b in got if b.host == host]
+        assert isinstance(body, ResultBody)
+        return body
+
+    def create(type_: str, name: str) -> None:
+        # the create job only: the hub's own provisioning job it queues reaches for the
+        # test driver's 192.168.122.x address, which nothing here answers
+        (job,) = call(api.create(type_, ["tiny"], None, None, name))
+        assert job.op == "create"
+
+    try:
+        machines_hub.cli("flows", "start", str(EXAMPLES / "setup.py"), "--types",
+                         "typed:redis", "--stand-ins", "web1,ghost", "--inventory",
+                         str(inventory), "--ssh-timeout", "3",
+                         "--wheels", str(_wheels(tmp_path / "wheels")))
+        create("web", "w9")  # not typed:redis: never set up
+        create("redis", "ghost")
+        ghost = last_of("ghost", "ghost's Result")
+        assert (ghost.op, ghost.status, ghost.step) == ("wait_ssh", "unreachable", 1)
+        assert "ssh did not answer within 3 s" in ghost.err and "last: " in ghost.err
+
+        create("redis", "web1")  # the flow kept running: the next VM is set up
+        done = last_of("web1", "web1's Result")
+        # the 4th step (the VM start, wait_ssh, deploy, provision) ran and succeeded
+        assert (done.op, done.status, done.step) == ("provision:redis", "ok", 3), done
+        agents = {a["name"]: a["state"] for a in agent_list(control)}
+        assert agents.get("web1") == "connected"  # deployed, and registered with this hub
+        mark, name = run(exec_(web1, "cat .reops-setup-web1; hostname")).results[0].out.split(
+            "\n")[:2]
+        assert mark == f"set-up-by-flow {name}"  # the Type's recipe ran on the lab host
+        assert {b.host for b in published.items} == {"ghost", "web1"}
+    finally:
+        listening.dispose()
+        call(api.aclose())
+        run(exec_(web1, "kill $(cat .reops-agent/web1/agent.pid) 2>/dev/null; "
+                        "rm -rf .reops-agent/web1 .reops-agent-deploy/web1 .reops-setup-web1; "
+                        "rmdir .reops-agent .reops-agent-deploy 2>/dev/null; true"))
+
+
+def test_provision_of_more_hosts_than_the_loop_has_threads_finishes(
+        lab: LabInfo, machines_hub: MachinesHub, tmp_path: Path) -> None:
+    """Eight hosts provisioned at once, each over a new SSH connection. asyncssh opens
+    every connection on the loop's default executor (cpu count + 4 = 6 threads here): a
+    recipe waiting there on the loop starved it and all eight waited forever. Run in its
+    own process so that a hang is a bounded failure, not a wedged test session."""
+    from reops.control.client import HubClient
+    from reops.core.runtime import get_runtime
+    from reops.systems.api import HubMachines
+
+    names = list(lab.hosts)[:8]
+    recipe = tmp_path / "recipe.py"
+    recipe.write_text(RECIPE)
+    control = machines_hub.lab_hub.control_path
+    api = HubMachines(HubClient(control))
+    call = get_runtime().call
+    try:
+        call(api.add_type("redis", "", f"{recipe}:provision", {"mark": "many"}))
+        for n in names:  # the create job, and the provisioning job it queues, which
+            # fails: the test driver's 192.168.122.x address answers nothing here
+            call(api.wait(call(api.create("redis", ["tiny"], None, None, n))))
+    finally:
+        call(api.aclose())
+    script = (
+        "from pathlib import Path\n"
+        "from reops import inventory, run\n"
+        "from reops.systems.provision_step import provision\n"
+        f"hosts = inventory({str(lab.inventory)!r}).select({','.join(names)!r})\n"
+        f"out = run(provision(hosts, hub=Path({str(control)!r})))\n"
+        "for r in out.results:\n"
+        "    print(r.host, r.op, r.status, r.err)\n")
+    try:
+        got = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             timeout=DEADLINE * 2)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("provisioning 8 hosts at once hung") from None
+    assert got.returncode == 0, got.stderr[-2000:]
+    rows = sorted(got.stdout.split("\n")[:-1])
+    assert rows == sorted(f"{n} provision:redis ok " for n in names), got.stdout
+    for n in names:
+        mark = run(exec_(lab.as_hosts().only([n]), f"cat .reops-setup-{n}; rm .reops-setup-{n}"))
+        assert mark.ok and mark.results[0].out.startswith("many "), mark.results
+
+
+def test_a_recipe_that_raises_fails_its_host_saying_where(
+        lab: LabInfo, machines_hub: MachinesHub, tmp_path: Path) -> None:
+    """A bug in a Type's recipe is that host's failed Result (file:line), never an error
+    that ends the flow for every host."""
+    from reops.control.client import HubClient
+    from reops.core.runtime import get_runtime
+    from reops.systems.api import HubMachines
+
+    recipe = tmp_path / "broken.py"
+    recipe.write_text("def provision(hosts):\n    raise RuntimeError('no disk for redis')\n")
+    control = machines_hub.lab_hub.control_path
+    api = HubMachines(HubClient(control))
+    call = get_runtime().call
+    try:
+        call(api.add_type("broken", "", str(recipe), {}))
+        call(api.wait(call(api.create("broken", ["tiny"], None, None, "web2"))))
+    finally:
+        call(api.aclose())
+    (r,) = run(provision(lab.as_hosts().only(["web2"]), hub=control)).results
+    assert (r.host, r.op, r.status) == ("web2", "provision:broken", "failed")
+    assert r.err == f"{recipe}:2: RuntimeError: no disk for redis"

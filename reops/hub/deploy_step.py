@@ -2,15 +2,17 @@
 
     on(vm_started("typed:redis")) | then(wait_ssh) | then(deploy_agent) | then(provision)
 
-Each host is deployed on its own (reops.hub.deploy, in a worker thread: it waits on the
-runtime loop itself), so one host's Result comes as soon as ITS agent has registered with
-the running hub, never after the slowest host's. The agents connect to the hub's own bind
-address unless `endpoint=` says otherwise (a hub bound to 0.0.0.0 needs one).
+Each host is deployed on its own (reops.hub.deploy, on a thread of its own: it waits on
+the runtime loop itself, so never on the loop's few default-executor threads, which the
+loop needs to open SSH connections: reops.core.threads), so one host's Result comes as
+soon as ITS agent has registered with the running hub, never after the slowest host's.
+The agents connect to the hub's own bind address unless `endpoint=` says otherwise (a hub
+bound to 0.0.0.0 needs one).
 """
 
 from __future__ import annotations
 
-import asyncio
+import subprocess
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -19,6 +21,7 @@ from reops.control.client import HubNotRunning, ping_sync
 from reops.control.settings import load_hub_settings
 from reops.core.model import Host, Hosts, Line, Result
 from reops.core.settings import Settings
+from reops.core.threads import in_own_thread
 from reops.hub.deploy import deploy
 from reops.streams.source import as_hosts, resolve
 from reops.streams.stream import Stream, fanout
@@ -42,6 +45,15 @@ def _failed(host: Host, err: str, started: float, t0: float) -> Result:
                   started_at=started, duration_s=round(time.monotonic() - t0, 3))
 
 
+def _why(e: Exception) -> str:
+    """One line: what failed (a failed build says the last line pip printed)."""
+    if isinstance(e, subprocess.CalledProcessError):
+        text = (e.stderr or b"").decode(errors="replace").strip().splitlines()
+        return (f"building the reops-agent wheel failed: {text[-1] if text else e}; "
+                "pass wheels= (--wheels) with a reops_agent wheel")
+    return str(e)
+
+
 def deploy_agent(hosts: Hosts | Host | Iterable[Host], *, endpoint: str | None = None,
                  wheels: Path | None = None, sudo: bool = False,
                  register_timeout: float = 60.0, timeout: float = 600.0,
@@ -62,13 +74,18 @@ def deploy_agent(hosts: Hosts | Host | Iterable[Host], *, endpoint: str | None =
         if hub is not None:
             hub_settings = hub_settings.with_(control=str(hub))
         try:
-            to = endpoint if endpoint else str(await asyncio.to_thread(hub_endpoint, hub))
+            to = endpoint if endpoint else await in_own_thread(
+                lambda: hub_endpoint(hub), name="reops-ping")
         except ValueError as e:
             return _failed(host, str(e), started, t0)
-        outcome = await asyncio.to_thread(
-            deploy, Hosts([host]), endpoint=to, settings=hub_settings, wheels=wheels,
-            sudo=sudo, timeout=timeout, ssh_settings=r.settings,
-            register_timeout=register_timeout)
+        settings_ = hub_settings
+        try:
+            outcome = await in_own_thread(lambda: deploy(
+                Hosts([host]), endpoint=to, settings=settings_, wheels=wheels, sudo=sudo,
+                timeout=timeout, ssh_settings=r.settings, register_timeout=register_timeout),
+                name="reops-deploy")
+        except (OSError, ValueError, subprocess.SubprocessError) as e:  # this host fails,
+            return _failed(host, f"deploy_agent: {_why(e)}", started, t0)  # not the flow
         (result,) = outcome.results
         return result
 

@@ -4,22 +4,30 @@ The host is looked up by name among the systems reops manages (the running hub's
 this machine's store); its Type's recipe (reops.systems.provisioning) runs on THAT host
 value, so an inventory entry standing in for a VM (its user, key, jump hosts) is used.
 A host that is no system, or whose Type has no recipe, is a failed Result saying so.
+
+The recipe is user code that may block, so it is called on a thread of its own
+(reops.core.threads); the Stream it returns runs on the loop, awaited, holding no thread.
+Never `asyncio.to_thread`: a recipe parked there waits on the loop while the loop needs
+those few threads to open SSH connections (six hosts at once deadlocked).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from reops.control.client import HubClient
 from reops.core.model import Host, Hosts, Line, Outcome, Result
+from reops.core.threads import in_own_thread
+from reops.ops.base import Op
 from reops.store.model import MachinesError, System, Type
-from reops.streams.source import as_hosts, resolve
+from reops.streams.source import as_hosts, resolve, source
 from reops.streams.stream import Stream, fanout
 from reops.systems.api import HubMachines, MachinesAPI, connect
-from reops.systems.provisioning import _outcome, load_recipe
+from reops.systems.provisioning import load_recipe
 
 
 async def _lookup(host: Host, hub: Path | None) -> tuple[System, Type]:
@@ -46,6 +54,31 @@ async def _lookup(host: Host, hub: Path | None) -> tuple[System, Type]:
     return system, type_
 
 
+async def _run_recipe(recipe: str, one: Hosts, args: dict[str, Any]) -> Outcome:
+    """Call the recipe on its own thread; await the Stream (or Op) it returns on the loop."""
+    made = await in_own_thread(lambda: load_recipe(recipe)(one, **args),
+                               name="reops-recipe")
+    if isinstance(made, Op):
+        made = source(one, made)
+    if isinstance(made, Stream):
+        return await made
+    if isinstance(made, Outcome):
+        return made
+    raise MachinesError(f"a provisioning recipe returns a Stream, an Outcome or an Op, "
+                        f"not {type(made).__name__}")
+
+
+def _said(e: Exception, recipe: str) -> str:
+    """One line: the error, and where in the recipe's file it was raised."""
+    if isinstance(e, MachinesError):
+        return str(e)
+    file = str(Path(recipe.partition(":")[0]).resolve())
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if str(Path(f.filename).resolve()) == file]
+    where = f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else f"{recipe}: "
+    return f"{where}{type(e).__name__}: {e}"
+
+
 def provision(hosts: Hosts | Host | Iterable[Host], *, hub: Path | None = None,
               dry_run: bool | None = None) -> Stream:
     """Run each host's Type recipe on it; ok when every step of the recipe succeeded."""
@@ -66,16 +99,11 @@ def provision(hosts: Hosts | Host | Iterable[Host], *, hub: Path | None = None,
             return Result(host=host.name, op=f"provision:{type_.name}", status="ok", code=0,
                           out=what, started_at=started, transport="local",
                           data={"dry_run": what})
-        one = Hosts([host])
-
-        def call() -> Outcome:
-            return _outcome(load_recipe(recipe)(one, **type_.args), one)
-
-        try:  # the recipe is blocking user code that itself waits on the runtime loop
-            outcome = await asyncio.to_thread(call)
-        except MachinesError as e:
+        try:
+            outcome = await _run_recipe(recipe, Hosts([host]), dict(type_.args))
+        except Exception as e:  # the recipe's own bug fails this host, never the flow
             return Result(host=host.name, op=f"provision:{type_.name}", status="failed",
-                          code=1, err=str(e), started_at=started,
+                          code=1, err=_said(e, recipe), started_at=started,
                           duration_s=round(time.monotonic() - t0, 3))
         bad = outcome.failed
         return Result(host=host.name, op=f"provision:{type_.name}",
