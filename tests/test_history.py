@@ -318,3 +318,27 @@ def test_compacting_a_closed_day_keeps_every_row_once(monkeypatch: pytest.Monkey
 def test_the_run_that_just_finished_is_in_the_answer() -> None:
     run(Stream(reactivex.from_iterable([result("web7")]), Hosts()))
     assert rows()["host"].to_list() == ["web7"]  # no flush(): history() writes what waits
+
+
+def test_a_forked_child_neither_hangs_nor_records(tmp_path: Path) -> None:
+    """polars is not fork-safe once loaded: a child forked after a recorded run skips
+    recording instead of queueing for a writer thread it does not have (and waiting for
+    it at exit)."""
+    script = tmp_path / "fork.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys
+        from reops.core.model import Result, RunInfo
+        from reops.sinks import history as h
+        h.record([Result(host="parent", op="exec", status="ok", code=0)], RunInfo())
+        assert h.flush()
+        pid = os.fork()
+        if pid == 0:
+            h.record([Result(host="child", op="exec", status="ok", code=0)], RunInfo())
+            sys.exit(0 if h.flush(0) else 9)  # nothing waits for a thread that is not here
+        _, status = os.waitpid(pid, 0)
+        sys.exit(os.waitstatus_to_exitcode(status))
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert rows(since=None)["host"].to_list() == ["parent"]

@@ -33,7 +33,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -399,10 +399,11 @@ class _Writer:
         self._queue: queue.SimpleQueue[_Batch | threading.Event] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._pid = 0  # the process the thread runs in (a forked child starts its own)
         self._pending_endless = 0  # endless runs' rows queued or buffered, not written
         self._dropped = 0  # endless runs' rows left out because too many were waiting
         self._buffers: dict[str, _Batch] = {}  # endless runs: run_id -> rows so far
-        self._counters: dict[str, Iterator[int]] = {}
+        self._numbers = itertools.count()  # <run_id>-<n>: n never repeats in a process
         self._pruned: set[tuple[Path, date]] = set()
         self._warned: set[str] = set()
 
@@ -411,6 +412,8 @@ class _Writer:
         anyway); Results of endless runs wait at most MAX_PENDING_ENDLESS at a time, the
         ones beyond are dropped and counted (history is an index, never a memory leak)."""
         n = len(batch.steps)
+        if self._thread is not None and self._pid != os.getpid():
+            return  # a forked child: polars (its thread pool) is not fork-safe; skip
         with self._lock:
             if not batch.immediate and self._pending_endless + n > MAX_PENDING_ENDLESS:
                 self._dropped += n
@@ -421,10 +424,11 @@ class _Writer:
                 if not batch.immediate:
                     self._pending_endless += n
             if self._thread is None:
+                atexit.register(self._at_exit)
+                self._pid = os.getpid()
                 self._thread = threading.Thread(target=self._main, name="reops-history",
                                                  daemon=True)
                 self._thread.start()
-                atexit.register(self._at_exit)
         if n:
             self._queue.put(batch)
         elif first:
@@ -439,7 +443,7 @@ class _Writer:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Write everything queued so far; True when done within `timeout`."""
-        if self._thread is None:
+        if self._thread is None or self._pid != os.getpid():
             return True
         done = threading.Event()
         self._queue.put(done)
@@ -481,12 +485,9 @@ class _Writer:
         root = run.cfg.root
         try:
             if batch.steps:
-                counter = self._counters.setdefault(run.info.run_id, itertools.count())
                 for day, df in _frames(run, batch.steps).items():
-                    name = f"{run.info.run_id}-{next(counter)}.parquet"
+                    name = f"{run.info.run_id}-{next(self._numbers)}.parquet"
                     _write_file(df, root / f"day={day}" / name)
-                if batch.immediate:
-                    self._counters.pop(run.info.run_id, None)
             today = datetime.now(UTC).date()
             if (root, today) not in self._pruned:  # once a day per process: cheap
                 self._pruned.add((root, today))
@@ -549,8 +550,10 @@ def _on_outcome(outcome: Outcome) -> None:
     record(outcome, outcome.run, source=src, flow=flow)  # type: ignore[arg-type]
 
 
-#: endless runs: run_id -> its shared row context (settings read once per run)
+#: endless runs: run_id -> its shared row context (settings read once per run), the most
+#: recent ENDLESS_RUNS of them
 _endless: dict[str, _Run | None] = {}
+ENDLESS_RUNS = 64
 
 
 def _on_result(result: Result, info: RunInfo) -> None:
@@ -560,6 +563,8 @@ def _on_result(result: Result, info: RunInfo) -> None:
         src, flow = current_source()
         ctx = _endless[info.run_id] = _Run(info, src, flow, cfg) if cfg and cfg.enabled \
             else None
+        while len(_endless) > ENDLESS_RUNS:  # dicts keep insertion order: oldest first
+            _endless.pop(next(iter(_endless)))
     if ctx is None or not isinstance(ctx, _Run):
         return
     steps = _steps([result])
