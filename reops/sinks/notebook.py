@@ -8,10 +8,10 @@ Why a sink and not `print`: reops's events arrive on the runtime's own thread, a
 ipykernel sends a thread's output with the parent header of the cell whose context started
 the work, which has long finished — Jupyter files it under that old cell and headless
 runners (nbclient, papermill) drop it. `display_live` shows one display (made by the cell
-that subscribes) and updates it through its display handle from the runtime thread, with
-the kernel's current parent header, so the update reaches the notebook between cells and
-while later cells run. Updates are throttled (the latest frame wins), so a fast stream
-never floods the kernel's I/O.
+that subscribes) and updates it through its display handle from reops's side (rendered
+off the runtime loop, so a slow view never stalls SSH I/O), with the kernel's current
+parent header, so the update reaches the notebook between cells and while later cells run.
+Updates are throttled (the latest frame wins), so a fast stream never floods the kernel.
 """
 
 from __future__ import annotations
@@ -70,14 +70,21 @@ def display_live(render: Render = latest_outcome, *,
             state = {"due": False, "closed": False}
             handle = _handle(render({}))
 
+            drawing = threading.Lock()  # one update at a time, so the latest lands last
+
             def show() -> None:
-                with lock:
-                    state["due"] = False
-                    snapshot = dict(latest)
-                if handle is not None:
-                    # an empty context: ipykernel then uses its current parent header (the
-                    # running cell) rather than the long-finished cell that started the loop
-                    contextvars.Context().run(handle.update, render(snapshot))
+                with drawing:
+                    with lock:
+                        state["due"] = False
+                        snapshot = dict(latest)
+                    if handle is not None:
+                        # an empty context: ipykernel then uses its current parent header
+                        # (the running cell), not the long-finished cell that started the loop
+                        contextvars.Context().run(handle.update, render(snapshot))
+
+            def show_off_loop() -> None:
+                """Render and send off the loop thread: a slow view never stalls SSH I/O."""
+                rt.loop.run_in_executor(None, show)
 
             def due() -> None:
                 """Schedule one update (on the loop), unless one is already waiting."""
@@ -85,7 +92,7 @@ def display_live(render: Render = latest_outcome, *,
                     if state["due"] or state["closed"]:
                         return
                     state["due"] = True
-                rt.call_soon(lambda: rt.loop.call_later(every_s, show))
+                rt.call_soon(lambda: rt.loop.call_later(every_s, show_off_loop))
 
             def close() -> None:
                 with lock:
