@@ -345,7 +345,10 @@ def compact(root: Path | None = None, *, before: date | None = None) -> int:
             names = _parquet_names(day)
             covered = _covers(day, names)
             _remove_covered(day, covered)
-            todo = [n for n in names if n not in covered and _damaged(day / n) is None]
+            todo = [n for n in names if n not in covered]
+            if len(todo) < 2:  # (already one file: nothing opened)
+                continue
+            todo = [n for n in todo if _damaged(day / n) is None]
             if len(todo) < 2:
                 continue
             frames = [pl.scan_parquet(day / n, schema=schema(), missing_columns="insert",
