@@ -242,6 +242,14 @@ def test_dry_run_feeds_recorded_events_and_runs_nothing(lab: LabInfo, tmp_path: 
     # no agent was deployed (deploy_agent would have made ~/.reops-agent/<name>)
     assert run(exec_(lab.as_hosts().only(["web1"]), "test ! -e .reops-agent/web1")).ok
 
+    # watch_load samples metrics itself (no on(trigger)): said at once, not an endless wait
+    got = _reops("run", str(EXAMPLES / "watch_load.py"), "--dry-run", "--selector", "db1",
+                 cwd=tmp_path, env=env)
+    assert got.returncode == 2 and got.stderr.strip().splitlines()[-1].endswith(
+        "the flow has no on(trigger) to feed events to, so a dry run has nothing to replay "
+        "(and its own sources never end); --dry-run works on flows built as "
+        "on(trigger) | then(...)"), got.stderr
+
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"topic": "x"}\n')
     got = _reops("run", str(EXAMPLES / "setup.py"), "--dry-run", "--events", str(bad),

@@ -76,10 +76,11 @@ def _synthetic() -> list[Any]:
                          payload=Tick(n=0, due=now))]
 
 
-def _replace_triggers(events: list[Any]) -> None:
+def _replace_triggers(events: list[Any]) -> list[Any]:
     """Make `on(trigger, hosts=)` take `events` instead of the trigger, and `publish()`
     send nothing (subscribers must not see what did not happen), for flows loaded from
-    now on (`from reops import on, publish` and their own modules)."""
+    now on (`from reops import on, publish` and their own modules). Returns the list of
+    triggers `on` was given (empty: the flow has none to replace)."""
     import reactivex
 
     import reops
@@ -95,13 +96,16 @@ def _replace_triggers(events: list[Any]) -> None:
     reops.__dict__["publish"] = silent
 
     real = on_module.on
+    replaced: list[Any] = []
 
     def replayed(trigger: Any, *, hosts: Any = None) -> Stream:
+        replaced.append(trigger)
         recorded = Stream(reactivex.from_iterable(events), Hosts(), replay=False)
         return real(recorded, hosts=hosts)
 
     on_module.on = replayed
     reops.__dict__["on"] = replayed
+    return replaced
 
 
 def _describe(r: Any) -> str:
@@ -131,7 +135,7 @@ def dry_run(spec: str, args: Iterable[str]) -> int:
     events_path, rest = split_args(args)
     events = read_events(events_path) if events_path else _synthetic()
     configure(dry_run=True)
-    _replace_triggers(events)
+    replaced = _replace_triggers(events)
     flow = resolve(spec)
     made: dict[str, Any] = {}
 
@@ -151,6 +155,10 @@ def dry_run(spec: str, args: Iterable[str]) -> int:
     if not isinstance(value, Stream):
         raise UserError(f"{spec}: the flow returned {type(value).__name__}, not a Stream of "
                         "triggered steps: nothing to dry-run")
+    if not replaced:  # an endless source of its own (collect, a raw interval): never ends
+        raise UserError(f"{spec}: the flow has no on(trigger) to feed events to, so a dry run "
+                        "has nothing to replay (and its own sources never end); --dry-run "
+                        "works on flows built as on(trigger) | then(...)")
     seen: list[Any] = value.observable.pipe(rx.to_list()).run()  # finite events: it ends
     for item in seen:
         click.echo(_describe(item))
