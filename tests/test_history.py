@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -342,3 +343,30 @@ def test_a_forked_child_neither_hangs_nor_records(tmp_path: Path) -> None:
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert rows(since=None)["host"].to_list() == ["parent"]
+
+
+def test_ctrl_c_still_interrupts_while_the_history_loads_polars(lab: LabInfo,
+                                                                tmp_path: Path) -> None:
+    """The first write imports polars in the writer thread, maybe while the next run()
+    waits; polars' SIGINT handler (SA_RESTART) must not make that wait deaf to Ctrl-C."""
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(textwrap.dedent(f"""
+        import threading
+        from reops import inventory, exec_, run
+        from reops.sinks.history import flush
+        hosts = inventory({str(lab.inventory)!r}).select({next(iter(lab.hosts))!r})
+        run(exec_(hosts, "true"))
+        threading.Thread(target=lambda: print("written", flush(), flush=True)).start()
+        out = run(exec_(hosts, "sleep 60"))
+        print("interrupted", out.interrupted, flush=True)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "written True"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)  # a bound, far below the 60 s sleep
+    finally:
+        proc.kill()
+    assert "interrupted True" in out, err

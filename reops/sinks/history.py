@@ -206,8 +206,28 @@ def _day(ts: float) -> str:
     return d
 
 
+def _import_polars() -> None:
+    """Import polars in this (writer) thread, then undo what its import does to Ctrl-C.
+
+    polars puts its own SIGINT handler in front of Python's, flagged SA_RESTART, so the
+    kernel restarts the main thread's lock wait instead of letting KeyboardInterrupt out:
+    a `run()` waiting meanwhile could not be interrupted until it ended. The main thread's
+    waits clear the flag when they start (reops.core.runtime); this import happens in the
+    background, maybe during such a wait, so it clears it too (siginterrupt is
+    process-wide and allowed from any thread)."""
+    import signal
+
+    import polars  # noqa: F401
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            signal.siginterrupt(sig, True)
+
+
 def _frames(run: _Run, steps: list[tuple[Result, int]]) -> dict[str, pl.DataFrame]:
     """The rows of `steps` as one DataFrame per UTC day (by each step's start)."""
+    if "polars" not in sys.modules:
+        _import_polars()
     import polars as pl
 
     info, cfg = run.info, run.cfg
