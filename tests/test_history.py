@@ -370,3 +370,18 @@ def test_ctrl_c_still_interrupts_while_the_history_loads_polars(lab: LabInfo,
     finally:
         proc.kill()
     assert "interrupted True" in out, err
+
+
+def test_a_bad_history_config_warns_once_and_runs_go_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[history]\nkeep = "ever"\n')
+    monkeypatch.setenv("REOPS_CONFIG", str(config))
+    for _ in range(2):
+        out = run(Stream(reactivex.from_iterable([result("web1")]), Hosts()))
+        assert out.ok
+    [line] = [x for x in capfd.readouterr().err.splitlines() if "history" in x]
+    assert str(config) in line and "keep" in line and "unaffected" in line
+    monkeypatch.setenv("REOPS_HISTORY", "0")  # off wins over a broken config
+    assert not h.settings().enabled

@@ -44,7 +44,7 @@ import msgspec
 from reops.core import hooks
 from reops.core.durations import seconds
 from reops.core.model import Outcome, Result, RunInfo
-from reops.core.settings import ConfigError, home, load_table
+from reops.core.settings import ConfigError, config_path, home, load_table
 
 if TYPE_CHECKING:
     import polars as pl
@@ -106,10 +106,15 @@ class HistorySettings(msgspec.Struct, frozen=True, kw_only=True):
 
 def settings() -> HistorySettings:
     """[history] from the config file and REOPS_HISTORY_* (ConfigError naming the source)."""
+    if os.environ.get("REOPS_HISTORY", "").strip().lower() in ("0", "false", "no", "off"):
+        return HistorySettings(enabled=False)  # off, whatever the config file says
     cfg = load_table(HistorySettings, "history", "REOPS_HISTORY_")
-    cfg.keep_s  # noqa: B018 - a bad `keep` fails here, naming the setting
-    off = os.environ.get("REOPS_HISTORY", "").strip().lower() in ("0", "false", "no", "off")
-    return msgspec.structs.replace(cfg, enabled=False) if off else cfg
+    try:
+        cfg.keep_s  # noqa: B018 - a bad `keep` fails here, naming where it came from
+    except ValueError as e:
+        where = "REOPS_HISTORY_KEEP" if "REOPS_HISTORY_KEEP" in os.environ else config_path()
+        raise ConfigError(f"{where}: {e}; fix or unset it") from None
+    return cfg
 
 
 # ── who records: the source ────────────────────────────────────────────────────────────
@@ -523,9 +528,10 @@ class _Writer:
                 with self._lock:
                     self._pending_endless -= len(batch.steps)
 
-    def _warn(self, root: Path, why: str) -> None:
-        text = (f"reops: warning: run history not written to {root}: {why}; the run is "
-                "unaffected (fix the path, or turn history off: [history] enabled = false "
+    def _warn(self, root: Path | None, why: str) -> None:
+        where = f" to {root}" if root is not None else ""
+        text = (f"reops: warning: run history not written{where}: {why}; the run is "
+                "unaffected (fix it, or turn history off: [history] enabled = false "
                 "or REOPS_HISTORY=0)\n")
         if text not in self._warned:
             self._warned.add(text)
@@ -548,7 +554,7 @@ def _settings_or_warn() -> HistorySettings | None:
     try:
         return settings()
     except (ConfigError, ValueError) as e:
-        _writer._warn(Path("[history]"), str(e))
+        _writer._warn(None, str(e))
         return None
 
 
