@@ -57,6 +57,7 @@ class Runtime:
             coro.close()
             raise RuntimeError("blocking call from the runtime thread: await it instead")
         fut = self.submit(coro)
+        interruptible()
         try:
             return fut.result()
         except KeyboardInterrupt:
@@ -156,10 +157,39 @@ def terminated() -> bool:
     return _terminated
 
 
+#: the message of a cancellation that means "the user pressed Ctrl-C" (`task.cancel(INTERRUPT)`
+#: by a live session): an awaited pipeline then ends with its partial Outcome, as `run()` does
+INTERRUPT = "reops: interrupted (Ctrl-C)"
+
+
+def interrupted_by_user(e: BaseException) -> bool:
+    """Whether `e` is the cancellation a live session makes for Ctrl-C (see INTERRUPT)."""
+    return isinstance(e, asyncio.CancelledError) and INTERRUPT in e.args
+
+
+def interruptible() -> None:
+    """Make Ctrl-C and SIGTERM wake the main thread's blocking wait (a `run()`) at once.
+
+    A library may put its own C handler in front of Python's for SIGINT, flagged
+    SA_RESTART: polars does when imported (to stop its queries; its handler then calls
+    Python's). Python's handler only sets a flag; with SA_RESTART the kernel restarts the
+    main thread's lock wait instead of returning EINTR, so KeyboardInterrupt waited for the
+    pipeline to end (30 s for `sleep 30`). Clearing SA_RESTART keeps their handler in place
+    and lets the wait return, so Python raises at once. Main thread only; cheap (two
+    sigaction calls per signal), so waits call it every time: polars may be imported late.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # no siginterrupt
+            signal.siginterrupt(sig, True)
+
+
 @contextlib.contextmanager
 def deferred_interrupts() -> Iterator[None]:
     """Hold Ctrl-C and SIGTERM until the block is done (e.g. a subscribe whose disposable
-    we need); a signal arriving meanwhile is delivered right after."""
+    we need); a signal arriving meanwhile is delivered right after, and one arriving
+    during the wait that follows interrupts it (`interruptible`)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -167,6 +197,7 @@ def deferred_interrupts() -> Iterator[None]:
     try:
         yield
     finally:
+        interruptible()
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 

@@ -59,6 +59,33 @@ MORE = "… {n} more line{s} (--lines N / --full)"
 Segment = tuple[str, str | None]  # (text, style name in _ANSI or None)
 
 
+class _Bars:
+    """The progress bars on screen, and whether one may be drawn now.
+
+    A live session (the REPL) allows them only while a command runs in the foreground:
+    once its prompt is back, a bar still drawing (its pipeline interrupted, or running on
+    in the background) would redraw over the line being typed.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.allowed = True
+        self.drawn: set[Printer] = set()
+
+
+_bars = _Bars()
+
+
+def progress_bars(allowed: bool) -> None:
+    """Allow progress bars (a command runs in the foreground), or stop every bar drawn and
+    draw no new one (a prompt is on screen); by default they are allowed."""
+    with _bars.lock:
+        _bars.allowed = allowed
+        drawn = [] if allowed else list(_bars.drawn)
+    for printer in drawn:
+        printer._stop_progress()
+
+
 def describe_failure(r: Result) -> str:
     """How a failure reads in a summary: `unreachable`, `timeout`, `exit 2`."""
     if r.status == "failed":
@@ -124,14 +151,15 @@ class Printer:
         """Print one row of segments; above the progress bar when both share the terminal.
 
         Segments are plain text: nothing in them is read as markup or emoji codes."""
-        if self._progress is not None and self.console.is_terminal:
+        progress = self._progress  # read once: a session may stop it from another thread
+        if progress is not None and self.console.is_terminal:
             from rich.text import Text
 
             row = Text(no_wrap=False, end="\n")
             for text, style in segments:
                 row.append(text, style=_RICH.get(style or "", ""))
             try:
-                self._progress.console.print(row, soft_wrap=True)
+                progress.console.print(row, soft_wrap=True)
             except SystemExit:  # rich's answer to a closed pipe
                 raise BrokenPipeError("output closed") from None
             return
@@ -154,18 +182,21 @@ class Printer:
             self.writer.must(self._show_progress)
 
     def _show_progress(self) -> None:
-        if self._done:
-            return
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-        self._progress = Progress(
-            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=Console(file=sys.stderr), transient=True,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task("hosts", total=self.total,
-                                             completed=sum(self.counts.values()))
+        with _bars.lock:
+            if self._done or not _bars.allowed:
+                return
+            progress = Progress(
+                "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), console=Console(file=sys.stderr), transient=True,
+            )
+            self._task = progress.add_task("hosts", total=self.total,
+                                           completed=sum(self.counts.values()))
+            progress.start()
+            self._progress = progress
+            _bars.drawn.add(self)
 
     def not_shown(self, n: int) -> None:
         """Where live lines were skipped because the terminal was too slow."""
@@ -218,8 +249,9 @@ class Printer:
         self.finished.add(r.host)
         if not r.ok:
             self.failed.append(r.host)
-        if self._progress is not None:
-            self._progress.update(self._task, advance=1)
+        progress = self._progress
+        if progress is not None:
+            progress.update(self._task, advance=1)
         found = check_view.report(r)
         if found is not None or (not r.ok and (self.check or self.checks)):
             changes = found["changes"] if found is not None else None
@@ -279,9 +311,11 @@ class Printer:
                                         else None))
 
     def _stop_progress(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        with _bars.lock:
+            progress, self._progress = self._progress, None
+            _bars.drawn.discard(self)
+        if progress is not None:
+            progress.stop()
 
     def summary(self, interrupted: bool = False) -> None:
         """`── 17 ok · 3 failed (2 exit 3, 1 unreachable) · 20 hosts · 0.31 s · failed:
