@@ -18,6 +18,8 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from reops.control.client import request_sync
+from reops.lab.agents import start_hub
 from reops.lab.fleet import LabInfo
 
 REOPS = str(Path(sys.executable).with_name("reops"))
@@ -212,3 +214,47 @@ def test_history_is_kept_across_sessions(lab: LabInfo, tmp_path: Path) -> None:
         second.expect(r"VALUE 42")
     finally:
         second.child.terminate(force=True)
+
+
+TICKER = '''from reops import every
+from reops.flows import flow
+
+
+@flow
+def ticker(period: str = "1s") -> object:
+    """Tick forever: a flow that keeps running in the hub."""
+    return every(period)
+'''
+
+
+def test_flows_started_from_the_repl_run_in_the_hub_and_outlive_it(
+        lab: LabInfo, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    flow_file = tmp_path / "ticker.py"
+    flow_file.write_text(TICKER)
+    without = spawn(lab.inventory, home)  # no hub yet: the banner says so; flows: one line
+    try:
+        assert "hub: none running" in without.text
+        without.run("flows.ls()")
+        without.expect(r"reops: error: no reops hub is running \(control socket .*hub\.sock\)")
+        without.prompt()
+        assert "Traceback" not in without.since(0)
+    finally:
+        without.child.terminate(force=True)
+    with start_hub(home) as hub:
+        assert hub.proc is not None
+        term = spawn(lab.inventory, home)
+        try:
+            assert f"hub: pid {hub.proc.pid} · 0 agents connected · 0 flows running" in term.text
+            term.run(f'flows.start({str(flow_file)!r}, period="0.5s")["name"]')
+            term.expect(r"'ticker'")
+            term.run('[(f["name"], f["state"]) for f in flows.ls()]')
+            term.expect(r"\[\('ticker', 'running'\)\]")
+            term.run("exit()")
+            term.child.expect(pexpect.EOF)
+        finally:
+            term.child.terminate(force=True)
+        rows = request_sync(hub.control_path, "flows.ls")  # the REPL is gone; the flow is not
+        assert [(r["name"], r["state"]) for r in rows] == [("ticker", "running")]
+        request_sync(hub.control_path, "flows.stop", {"name": "ticker"})

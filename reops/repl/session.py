@@ -31,13 +31,23 @@ from typing import Any
 from prompt_toolkit.completion import merge_completers
 from ptpython.repl import PythonRepl, ReplExit, exit
 
+from reops.control.bus import BusError
+from reops.control.client import HubError, HubGone, HubNotRunning
+from reops.core.inventory import InventoryError
 from reops.core.model import Outcome
+from reops.core.pyfile import PyFileError
 from reops.core.runtime import INTERRUPT, interrupted_by_user, interruptible
+from reops.core.selector import SelectorError
+from reops.core.settings import ConfigError
 from reops.repl.above import AboveThePrompt, output_above_prompt
 from reops.repl.complete import ReopsCompleter
 from reops.sinks.terminal import progress_bars
 
 _COROUTINE = 0x80  # CO_COROUTINE: the compiled cell awaits at top level
+#: reops's own "you asked for something that is not there" errors: one line, as the CLI
+#: says them (which file:line, which host, what to do), never a traceback
+USER_ERRORS = (InventoryError, SelectorError, ConfigError, PyFileError, BusError,
+               HubNotRunning, HubGone, HubError)
 
 
 class Interrupts:
@@ -194,6 +204,9 @@ class Session(PythonRepl):
 
     def _traceback(self, e: BaseException) -> None:
         """The traceback from the command's own first frame (none of the REPL's)."""
+        if isinstance(e, USER_ERRORS):
+            self._say(f"reops: error: {e}")
+            return
         tb = e.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename != "<stdin>":
             tb = tb.tb_next
