@@ -395,6 +395,15 @@ def test_setup_flow_in_a_real_hub_sets_up_a_started_vm(
             "\n")[:2]
         assert mark == f"set-up-by-flow {name}"  # the Type's recipe ran on the lab host
         assert {b.host for b in published.items} == {"ghost", "web1"}
+        # the hub's audit: each VM's firing came from its libvirt start, with its outcome
+        import json
+
+        audit = [json.loads(line) for line in
+                 machines_hub.cli("flows", "log", "setup", "-o", "json").stdout.splitlines()]
+        per_host = {r["host"]: (r["trigger"], r["status"], r.get("detail", ""))
+                    for r in audit if r.get("host")}
+        assert per_host["web1"][:2] == ("event.libvirt.started web1", "ok")
+        assert per_host["ghost"][:2] == ("event.libvirt.started ghost", "unreachable")
     finally:
         listening.dispose()
         call(api.aclose())
