@@ -169,3 +169,250 @@ async def test_a_replaced_version_finishes_its_steps_in_flight(hub: Hub, lab: La
                                    "the old version's step recorded")
     # it ran to its end (sleep 2, then touch): not cancelled by the swap
     assert [(r.status, r.code) for r in done][:1] == [("ok", 0)]
+
+
+# ── what a reload keeps: stage identity and the longest unchanged prefix ─────────────────
+
+STAGES = '''\
+from reactivex import operators as ops
+
+from reops import once_within, then
+
+LIMIT = 3
+
+
+def step(hosts):
+    """A step: its body is part of its identity."""
+    return hosts
+
+
+def stages():
+    return [
+        once_within("5m", key=lambda r: r.host),
+        once_within("5m", key="host"),
+        then(step),
+        ops.map(lambda r: (r, LIMIT)),
+    ]
+'''
+
+
+def idents(path: Path, text: str) -> list[str]:
+    """The stage identities of STAGES-like `text`, imported afresh (as a reload does)."""
+    from reops.core.pyfile import import_file
+    from reops.streams.stream import Operator as Op
+    from reops.streams.stream import Stage, _operator_name
+
+    path.write_text(text)
+    module = import_file(path, ValueError, "test file")
+    return [Stage(s.name, s.apply).ident if isinstance(s, Op) else
+            Stage(_operator_name(s), s).ident for s in module.stages()]
+
+
+def test_a_stage_is_the_same_when_re_imported_and_changed_when_its_code_is(tmp_path: Path
+                                                                          ) -> None:
+    path = tmp_path / "stages.py"
+    first = idents(path, STAGES)
+    assert len(set(first)) == 4  # four different stages
+    # the same file imported again: new function objects, the same identities; moving
+    # code (line numbers) changes nothing either
+    assert idents(path, STAGES) == first
+    assert idents(path, "\n\n\n" + STAGES) == first
+    # a lambda edited to another body: that stage only
+    lam = idents(path, STAGES.replace("key=lambda r: r.host)", "key=lambda r: r.host[0])"))
+    assert [a == b for a, b in zip(first, lam, strict=True)] == [False, True, True, True]
+    # an argument (the window) of one stage
+    win = idents(path, STAGES.replace('once_within("5m", key="host")',
+                                      'once_within("6m", key="host")'))
+    assert [a == b for a, b in zip(first, win, strict=True)] == [True, False, True, True]
+    # a step function's body, and a module global a lambda reads
+    body = idents(path, STAGES.replace("    return hosts", "    return hosts  # same\n"
+                                       "    print('edited')"))
+    assert [a == b for a, b in zip(first, body, strict=True)] == [True, True, False, True]
+    glob = idents(path, STAGES.replace("LIMIT = 3", "LIMIT = 4"))
+    assert [a == b for a, b in zip(first, glob, strict=True)] == [True, True, True, False]
+
+
+def test_trigger_identity_includes_keyword_arguments() -> None:
+    from reops.streams.triggers.clock import every
+
+    plain, again, now = every("1s"), every("1s"), every("1s", immediately=True)
+    assert plain.stages is not None and again.stages is not None and now.stages is not None
+    assert plain.stages[0].ident == again.stages[0].ident
+    assert plain.stages[0].ident != now.stages[0].ident
+
+
+def _key(r: Any) -> str:
+    """Ticks 0-2 are key a, later ones key b (the virtual-time test's keys)."""
+    return "a" if r.data.payload.n <= 2 else "b"
+
+
+def test_a_reload_keeps_the_unchanged_prefix_and_its_window_in_virtual_time() -> None:
+    """v0 → v1 edits only the last stage: once_within's window goes on (tick 2, key a,
+    is still suppressed), the new last stage runs. v1 → v2 edits the window: it starts
+    afresh (tick 5, key b, passes again), and the report says what was kept."""
+    from reactivex import operators as ops
+    from reactivex.testing import TestScheduler
+
+    from reops import on, once_within
+    from reops.core.model import Host, Hosts
+    from reops.hub.flow_sources import Build, FlowSources
+    from reops.streams.stream import staging
+    from reops.streams.triggers._trigger import sharing
+    from reops.streams.triggers.clock import every
+
+    clock = TestScheduler()
+    sources = FlowSources("off", notice=lambda n: None)
+    hosts = Hosts([Host(name="h", address="127.0.0.1")])
+    seen: list[tuple[str, int]] = []
+    subs: list[Any] = []
+
+    def build(gen: int, label: str, window: str) -> Build:
+        b = Build(gen)
+        t1, t2 = sharing.set(sources.builder(b)), staging.set(sources.stage_builder(b))
+        try:
+            made = (on(every(10, scheduler=clock), hosts=hosts)
+                    | once_within(window, key=_key, scheduler=clock)
+                    | ops.map(lambda r, label=label: (label, r.data.payload.n)))
+        finally:
+            sharing.reset(t1)
+            staging.reset(t2)
+        subs.append(made.observable.subscribe(seen.append))
+        b.kept_text = b.report(made)  # type: ignore[attr-defined]
+        return b
+
+    v0 = build(1, "v0", "1h")
+    assert v0.kept_text == ([], ["on(every('10s')) | once_within('1h') | reactivex operator"])
+    clock.advance_to(25)  # ticks 0 (a: passes), 1 (a: suppressed) at 10 and 20
+
+    v1 = build(2, "v1", "1h")
+    assert v1.kept_text == (["on(every('10s')) | once_within('1h')"], ["reactivex operator"])
+    sources.switch(v1)
+    subs[0].dispose()  # the old version retires
+    clock.advance_to(55)  # 2 (a: still in the window), 3 (b: passes), 4 (b: suppressed)
+
+    v2 = build(3, "v2", "2h")  # the window's own argument: it and what follows are new
+    assert v2.kept_text == (["on(every('10s'))"], ["once_within('2h') | reactivex operator"])
+    sources.switch(v2)
+    subs[1].dispose()
+    clock.advance_to(65)  # 5 (b: a new, empty window)
+    assert seen == [("v0", 0), ("v1", 3), ("v2", 5)]
+    subs[2].dispose()
+    assert not sources.live  # every live source ended with its last reader
+
+
+WINDOWED = '''\
+from pathlib import Path
+
+from reactivex import operators as ops
+
+from reops import Hosts, on, once_within
+from reops.core.model import Host
+from reops.flows import flow
+from reops.streams.triggers.clock import every
+
+LABEL = "v0"
+WINDOW = "1h"
+
+
+@flow
+def windowed(keyfile: str, log: str, period: float = 0.05) -> object:
+    """Each tick keyed by what KEYFILE says (logged to LOG), once per key per WINDOW."""
+
+    def key(r):
+        k = Path(keyfile).read_text().strip()
+        with open(log, "a") as f:
+            f.write(f"{r.data.payload.n} {k}\\n")
+        return k
+
+    hosts = Hosts([Host(name="here", address="127.0.0.1")])
+    return (on(every(period), hosts=hosts) | once_within(WINDOW, key=key)
+            | ops.map(lambda r: (LABEL, r.data.payload.n)))
+'''
+PASSED = re.compile(r"\('(v\d+)', (\d+)\)")
+
+
+def passed(hub: Hub, log: Path) -> list[tuple[str, str]]:
+    """(version label, key) of each tick that passed the window, in audit order."""
+    keys = dict(line.split() for line in log.read_text().splitlines()) if log.exists() else {}
+    out = []
+    for r in hub.audit("windowed"):
+        m = PASSED.fullmatch(r.detail) if r.status == "fired" else None
+        if m:
+            out.append((m[1], keys.get(m[2], "?")))
+    return out
+
+
+def logged_after(log: Path, n: int, key: str) -> bool:
+    """Whether the window's key function saw a tick later than `n` under `key`."""
+    return any(int(a) > n and b == key
+               for a, b in (line.split() for line in log.read_text().splitlines()))
+
+
+def last_logged(log: Path) -> int:
+    return max(int(line.split()[0]) for line in log.read_text().splitlines())
+
+
+def test_a_window_survives_a_reload_that_edits_only_a_later_step(hub: Hub, tmp_path: Path
+                                                                 ) -> None:
+    path, keyfile, log = tmp_path / "windowed.py", tmp_path / "key", tmp_path / "keys.log"
+    keyfile.write_text("a")
+    write(path, "v0", WINDOWED)
+    hub.cli("flows", "start", str(path), "--keyfile", str(keyfile), "--log", str(log))
+    until(lambda: passed(hub, log) == [("v0", "a")], "key a through v0's window")
+    v1 = write(path, "v1", WINDOWED)  # only the last step's code changes
+    out = hub.cli("flows", "reload", "windowed").stdout
+    assert out.strip().endswith("kept on(every('0.05s')) | once_within('1h'); "
+                                "swapped reactivex operator"), out
+    # ticks of key a reach the kept window after the swap, and stay suppressed
+    n = last_logged(log)
+    until(lambda: logged_after(log, n + 1, "a"), "two more ticks of key a")
+    keyfile.write_text("b")
+    until(lambda: ("v1", "b") in passed(hub, log), "key b through v1's new step")
+    assert passed(hub, log) == [("v0", "a"), ("v1", "b")]  # no second a: the window held
+    info = hub.ls()["windowed"]
+    assert info["version"] == v1
+    assert info["reloaded"] == ("kept on(every('0.05s')) | once_within('1h'); "
+                                "swapped reactivex operator")
+    rows = [r for r in hub.audit("windowed") if r.status == "reloaded"]
+    assert rows and rows[-1].detail.endswith(info["reloaded"])
+    assert "last reload: kept on(every('0.05s'))" in hub.cli("flows", "ls").stdout
+
+    # the window's own argument edited: it starts afresh (key b passes again), and says so
+    write(path, "v2", WINDOWED.replace('WINDOW = "1h"', 'WINDOW = "2h"'))
+    info = hub.request("flows.reload", name="windowed")
+    assert (info["kept"], info["swapped"]) == (
+        ["on(every('0.05s'))"], ["once_within('2h') | reactivex operator"])
+    until(lambda: ("v2", "b") in passed(hub, log), "key b through v2's fresh window")
+    assert passed(hub, log) == [("v0", "a"), ("v1", "b"), ("v2", "b")]
+
+
+IMMEDIATE = '''\
+from reactivex import operators as ops
+
+from reops.flows import flow
+from reops.streams.triggers.clock import every
+
+LABEL = "v0"
+NOW = False
+
+
+@flow
+def hourly() -> object:
+    """Every hour (the first tick at once when NOW)."""
+    return every(3600, immediately=NOW).observable.pipe(ops.map(lambda e: (LABEL, e.payload.n)))
+'''
+
+
+def test_a_trigger_with_other_keyword_arguments_is_another_trigger(hub: Hub, tmp_path: Path
+                                                                   ) -> None:
+    path = tmp_path / "hourly.py"
+    write(path, "v0", IMMEDIATE)
+    hub.cli("flows", "start", str(path))
+    until(lambda: hub.ls()["hourly"]["state"] == "running", "the flow running")
+    write(path, "v1", IMMEDIATE.replace("NOW = False", "NOW = True"))
+    info = hub.request("flows.reload", name="hourly")
+    # every(3600, immediately=True) is not every(3600): a new source, which ticks at once
+    assert info["kept"] == [] and info["swapped"][0] == "every('3600s')"
+    rows = until(lambda: [r for r in hub.audit("hourly") if r.status == "fired"],
+                 "the new trigger's first tick")
+    assert [r.detail for r in rows] == ["('v1', 0)"]

@@ -215,12 +215,14 @@ def ls_cmd(output: str) -> None:
             notes.append(f"squelched {r['squelched']}x over {r['max_rate']}, "
                          f"{r['squelch_dropped']} trigger events dropped")
         if r.get("publish_dropped"):
-            notes.append(f"{r['publish_dropped']} bus messages dropped by the hub")
+            notes.append(f"{r['publish_dropped']} bus messages dropped by its publish()")
         click.echo(f"{r['name']:<16} {r['state']:<9} {since:<9} {r['fired']:>6}  "
                    f"{r['last'] or '-':<22} {r['version'] or '-':<12} {r['file']}:{r['func']}"
                    + (f"  ({', '.join(notes)})" if notes else ""))
         if r["error"]:
             click.echo(f"    error: {r['error']}")
+        if r.get("reloaded"):
+            click.echo(f"    last reload: {r['reloaded']}")
 
 
 @flows_cmd.command("stop")
@@ -244,8 +246,10 @@ def reload_cmd(name: str) -> None:
                    err=True)
         sys.exit(1)
     ms = info.get("seconds", 0.0) * 1000
+    from reops.hub.flows import kept_swapped
+
     click.echo(f"reloaded {name}: {info.get('previous') or '-'} -> {info['version']} "
-               f"in {ms:.0f} ms")
+               f"in {ms:.0f} ms; {kept_swapped(info.get('kept', []), info.get('swapped', []))}")
 
 
 def _row_line(r: dict[str, Any]) -> str:

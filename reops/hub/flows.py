@@ -18,14 +18,19 @@ queue); a flow that reacts to them belongs beside them, one runner per hub.
   (at most `drain_s`), records their Results, then disposes the flows.
 - Reloaded: `reops flows reload NAME` (or `--watch`) imports the file again and calls the
   flow; if that fails the old version keeps running and the error (file:line) is shown.
-  Else the new version is subscribed to the SAME live trigger sources (reops.hub.flow_sources:
-  a trigger with the same name and arguments is not restarted), every source switches to it
-  at one point (each event goes to exactly one version), and the old version finishes its
-  steps in flight (at most `drain_s`) before it is disposed. Operator windows after the
-  trigger belong to a version and start afresh; a flow built on raw Observables (no reops
-  trigger) has nothing to hand over: its old version is disposed at once (docs/flows.md).
+  Else the new version is built against the flow's live sources (reops.hub.flow_sources):
+  a trigger of the same identity (constructor and all arguments) is not restarted, and
+  the longest unchanged prefix of `on(trigger) | op | …` (stages compared by identity:
+  kind, arguments, user code) IS the running one — its windows and counters go on. The
+  first changed stage and all after it are new; the source right before them switches to
+  the new version at one point (each event goes to exactly one version), and the old
+  version finishes its steps in flight (at most `drain_s`) before it is disposed. The
+  reload says what it kept and swapped (`flows reload`, `flows ls`, the audit). A flow
+  built on raw Observables keeps only its triggers; one with no reops trigger has nothing
+  to hand over: its old version is disposed at once (docs/flows.md).
 - Storm-protected: every shared trigger source passes `squelch(max_rate)`; a storm is
-  announced once (`squelched` on topic `flows`, counted in `flows ls`).
+  announced once (`squelched` on topic `flow`: `event.flow.squelched` on the bus; counted
+  in `flows ls`).
 """
 
 from __future__ import annotations
@@ -51,11 +56,13 @@ from reops.core.model import Host, Line, Outcome, Result
 from reops.core.runtime import get_runtime
 from reops.core.settings import Settings, home, load_table
 from reops.flows import FlowError, resolve
-from reops.hub.flow_sources import FlowSources
+from reops.hub.flow_sources import Build, FlowSources
 from reops.ops.base import Op
+from reops.sinks.bus import Tally, tally
 from reops.store.flows import AuditRow, FlowRecord, SqliteFlowStore
 from reops.streams.operators._keyed import Notice
 from reops.streams.operators.squelch import RATE, Resumed, Squelched, squelch
+from reops.streams.stream import staging
 from reops.streams.triggers._trigger import sharing
 
 log = logging.getLogger("reops.hub.flows")
@@ -282,7 +289,9 @@ class Running:
         self.live = False  # until the swap is recorded, what it emits waits in `held`
         self.held: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
         self.gen = 0  # which version of the flow (its live sources deliver to one)
-        self.shared: list[str] = []  # the live trigger sources it reads
+        self.build: Build | None = None  # the live sources it reads, what it kept
+        self.kept: list[str] = []  # of the version before it: the stages kept …
+        self.swapped: list[str] = []  # … and those built anew
 
     def go_live(self) -> None:
         """Deliver what it emitted while it was being swapped in, then deliver at once."""
@@ -296,6 +305,15 @@ class Running:
         sub, self.sub = self.sub, None
         if sub is not None:
             sub.dispose()
+
+
+def kept_swapped(kept: list[str], swapped: list[str]) -> str:
+    """What a reload kept and swapped, as `flows ls`, the audit and the CLI say it."""
+    parts = []
+    if kept:
+        parts.append("kept " + "; ".join(kept))
+    parts.append(("swapped " + "; ".join(swapped)) if swapped else "swapped nothing")
+    return "; ".join(parts)
 
 
 def _built(result: Any) -> Any:
@@ -334,6 +352,7 @@ class FlowRunner:
         self.sources: dict[str, FlowSources] = {}  # per flow name, kept across versions
         self._retiring: dict[asyncio.Task[None], Running] = {}  # replaced, finishing steps
         self._gens: dict[str, int] = {}
+        self.tallies: dict[str, Tally] = {}  # per flow: what its publish() dropped
         db = self.settings.db
         self.path = Path(db).expanduser() if db else None  # default: <home>/flows.db, later
 
@@ -405,8 +424,12 @@ class FlowRunner:
         Returns (subscription, version); raises FlowError (file:line) when any of it fails.
         """
         _gate.set(gate)  # everything the subscription schedules inherits the flow's gate
-        if run is not None:  # its triggers read the flow's live sources (flow_sources)
-            sharing.set(self._sources(rec).builder(run.gen, run.shared))
+        tally.set(self.tallies.setdefault(rec.name, Tally()))  # its publish() drops
+        if run is not None:  # its triggers and stages read the flow's live sources
+            run.build = build = Build(run.gen)  # (after _gate: its context has the gate)
+            sources = self._sources(rec)
+            sharing.set(sources.builder(build))
+            staging.set(sources.stage_builder(build))
         path = Path(rec.file)
         try:
             version = version_of(path)
@@ -430,6 +453,8 @@ class FlowRunner:
         if run is None:
             return None, version
         run.version = version  # its rows say which version ran, whatever runs later
+        if run.build is not None:
+            run.kept, run.swapped = run.build.report(made)
         try:
             sub = obs.subscribe(lambda x: self._hop(run, self._on_item, run, x),
                                 lambda e: self._hop(run, self._on_error, run, e),
@@ -464,11 +489,11 @@ class FlowRunner:
         if isinstance(n, Squelched):
             rec.squelched += 1
             self._audit(rec, "squelched", f"a trigger went over {n.rate}: its events are "
-                        "dropped until the rate falls back")
+                        "dropped until the rate falls back", topic="flow")
         elif isinstance(n, Resumed):
             rec.squelch_dropped += n.dropped
             self._audit(rec, "resumed", f"back under {n.rate}; {n.dropped} trigger "
-                        "event(s) dropped")
+                        "event(s) dropped", topic="flow")
 
     def _hop(self, run: Running, fn: Callable[..., None], *args: Any) -> None:
         """From the runtime thread (or wherever the flow emits) to the hub's loop."""
@@ -524,12 +549,14 @@ class FlowRunner:
         run.go_live()
         return run
 
-    def _audit(self, rec: FlowRecord, status: str, detail: str) -> None:
+    def _audit(self, rec: FlowRecord, status: str, detail: str, topic: str = "flows"
+               ) -> None:
         """Record a flow event, and announce it (topic `flows`: `reops events`, and the bus
-        as `event.flows.<status>`)."""
+        as `event.flows.<status>`; a storm's notices on `flow`: `event.flow.squelched`,
+        the topic a `Squelched` published from a pipeline has too)."""
         self._queue(AuditRow(flow=rec.name, at=time.time(), version=rec.version,
                              status=status, detail=detail), rec)
-        self.publish("flows", {"event": status, "flow": rec.name, "version": rec.version,
+        self.publish(topic, {"event": status, "flow": rec.name, "version": rec.version,
                                "detail": detail})
 
     def _queue(self, row: AuditRow, rec: FlowRecord) -> None:
@@ -684,8 +711,9 @@ class FlowRunner:
             rec = run.rec
         rec.in_flight = run.gate.in_flight if run is not None else 0
         rec.max_rate = rec.max_rate or self.settings.max_rate
-        pub = getattr(get_runtime(), "_resources", {}).get("bus-publisher")
-        rec.publish_dropped = int(getattr(pub, "dropped", 0))  # the hub's publish()es
+        own = self.tallies.get(rec.name)
+        if own is not None:  # this flow's own publish() drops (`reops hub status`: all)
+            rec.publish_dropped = own.dropped
         info: dict[str, Any] = msgspec.to_builtins(rec)
         return info
 
@@ -730,8 +758,10 @@ class FlowRunner:
             self._audit(rec, "reload-failed", rec.error)
             return {"name": name, "reloaded": False, "error": rec.error,
                     "version": rec.version}
-        self._sources(rec).switch(new.gen)  # from here each trigger event goes to `new`
-        if old.shared:  # it read live sources: it gets no more events; let it finish
+        assert new.build is not None
+        self._sources(rec).switch(new.build)  # from here each event goes to `new`
+        if old.build is not None and old.build.used:  # it read live sources: it gets no
+            # more events; let it finish
             old.retired = True
             task = asyncio.create_task(self._finish(old))
             self._retiring[task] = old
@@ -744,11 +774,14 @@ class FlowRunner:
         rec.version, rec.since = version, time.time()
         rec.state, rec.error = "running", ""
         rec.reloads += 1
+        rec.reloaded = kept_swapped(new.kept, new.swapped)
         seconds = time.perf_counter() - began
-        self._audit(rec, "reloaded", f"{previous} -> {version} in {seconds * 1000:.0f} ms")
+        self._audit(rec, "reloaded", f"{previous} -> {version} in {seconds * 1000:.0f} ms: "
+                    f"{rec.reloaded}")
         new.go_live()
         return {"name": name, "reloaded": True, "error": "", "version": version,
-                "previous": previous, "seconds": seconds}
+                "previous": previous, "seconds": seconds, "kept": new.kept,
+                "swapped": new.swapped}
 
     async def _finish(self, old: Running) -> None:
         """A replaced version: its steps in flight finish (at most drain_s), then go."""

@@ -6,9 +6,10 @@
 One publisher per process (connected once, on the runtime loop), whatever the number of
 pipelines. It never blocks a pipeline: a message that cannot go now is dropped and
 counted (`publisher().dropped`, and in every later body's `dropped`, which the hub's
-`bus.stats` shows). Until the hub has answered the connection, up to `bus_hwm` messages
-wait (a short CLI run would otherwise lose its first Results to the CurveZMQ handshake);
-at exit, what waits is given a bounded moment (`LINGER_S`) to leave.
+`bus.stats` shows; a flow in the hub also counts its own: `Tally`, in `flows ls`). Until
+the hub has answered the connection, up to `bus_hwm` messages wait (a short CLI run would
+otherwise lose its first Results to the CurveZMQ handshake); at exit, what waits is given
+a bounded moment (`LINGER_S`) to leave.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import Iterable
@@ -52,6 +54,21 @@ LINGER_S = 2.0
 SEQ_KEPT = 65536
 
 
+class Tally:
+    """Messages one flow's `publish()` lost: the hub's runner gives each flow one (through
+    `tally`), so `flows ls` shows a flow's own drops beside the process-wide count."""
+
+    __slots__ = ("dropped",)
+
+    def __init__(self) -> None:
+        self.dropped = 0
+
+
+#: the Tally of the flow whose pipeline is publishing (set by the hub's flow runner)
+tally: contextvars.ContextVar[Tally | None] = contextvars.ContextVar("reops_publish_tally",
+                                                                   default=None)
+
+
 async def bus_endpoints(settings: HubSettings) -> tuple[str, str, str]:
     """(publishers' endpoint, subscribers' endpoint, hub key): asked of the running hub,
     else the settings and the key store."""
@@ -81,8 +98,10 @@ class Publisher:
         self.sent = 0
         self.dropped = 0
         self.ready = False
-        self._waiting: collections.deque[tuple[bytes, AnyBody]] = collections.deque()
-        self._inbox: collections.deque[tuple[AnyBody, str]] = collections.deque()
+        self._waiting: collections.deque[tuple[bytes, AnyBody, Tally | None]] = (
+            collections.deque())
+        self._inbox: collections.deque[tuple[AnyBody, str, Tally | None]] = (
+            collections.deque())
         self._wake = False
         self._seq: dict[str, int] = {}
         self._sock: zmq.asyncio.Socket | None = None
@@ -94,17 +113,23 @@ class Publisher:
         self._tasks: list[asyncio.Task[None]] = []
         self._idle = asyncio.Event()
 
-    def submit(self, body: AnyBody, topic: str) -> None:
+    def _drop(self, by: Tally | None, n: int = 1) -> None:
+        self.dropped += n
+        if by is not None:
+            by.dropped += n
+
+    def submit(self, body: AnyBody, topic: str, by: Tally | None = None) -> None:
         """Send from any thread. Items from other threads wait in an inbox (bounded), and
-        a burst of them costs one wake-up of the runtime loop, not one per item."""
+        a burst of them costs one wake-up of the runtime loop, not one per item. A drop
+        is counted here and in `by` (the publishing flow's Tally)."""
         rt = get_runtime()
         if rt.in_loop:
-            self.send(body, topic)
+            self.send(body, topic, by)
             return
         if len(self._inbox) >= 2 * self.settings.bus_hwm:
-            self.dropped += 1
+            self._drop(by)
             return
-        self._inbox.append((body, topic))
+        self._inbox.append((body, topic, by))
         if not self._wake:
             self._wake = True
             rt.loop.call_soon_threadsafe(self._drain)
@@ -112,12 +137,12 @@ class Publisher:
     def _drain(self) -> None:
         self._wake = False  # (before reading: a later append schedules another drain)
         while self._inbox:
-            body, topic = self._inbox.popleft()
-            self.send(body, topic)
+            body, topic, by = self._inbox.popleft()
+            self.send(body, topic, by)
 
     # ── on the runtime loop ──────────────────────────────────────────────────────────
 
-    def send(self, body: AnyBody, topic: str | None = None) -> None:
+    def send(self, body: AnyBody, topic: str | None = None, by: Tally | None = None) -> None:
         """Send (or, before the hub answered, queue) one body; never blocks."""
         topic = topic or topic_of(body)
         seq = self._seq.get(topic, 0) + 1
@@ -130,16 +155,16 @@ class Publisher:
             self._started = True
             self._tasks.append(get_runtime().spawn(self._connect()))
         if self._gone:
-            self.dropped += 1
+            self._drop(by)
             return
         if self.ready and not self._waiting:
             if not self._try(topic.encode(), body):
-                self.dropped += 1  # the hub is slow or away: lost, not waited for
+                self._drop(by)  # the hub is slow or away: lost, not waited for
             return
         if len(self._waiting) >= self.settings.bus_hwm:
-            self.dropped += 1
+            self._drop(by)
             return
-        self._waiting.append((topic.encode(), body))
+        self._waiting.append((topic.encode(), body, by))
         self._idle.clear()
 
     def _try(self, topic: bytes, body: AnyBody) -> bool:
@@ -157,7 +182,7 @@ class Publisher:
 
     def _flush(self) -> None:
         while self._waiting and self.ready:
-            topic, body = self._waiting[0]
+            topic, body, _ = self._waiting[0]
             if not self._try(topic, body):  # full: the rest wait (bounded) for room
                 if self._draining is None or self._draining.done():
                     self._draining = asyncio.ensure_future(self._room())
@@ -180,8 +205,7 @@ class Publisher:
             log.warning("publish(): no bus to publish to (hub key or endpoint unknown: %s)",
                         endpoint)
             self._gone = True
-            self.dropped += len(self._waiting)
-            self._waiting.clear()
+            self._drop_waiting()
             self._idle.set()
             return
         self._ctx = ctx = zmq.asyncio.Context()
@@ -212,13 +236,17 @@ class Publisher:
             if event["event"] == zmq.EVENT_DISCONNECTED:
                 self.ready = False  # wait (bounded) for the hub to come back
 
+    def _drop_waiting(self) -> None:
+        while self._waiting:
+            self._drop(self._waiting.popleft()[2])
+
     async def close(self) -> None:
         """Give waiting messages a bounded moment, then close (runtime shutdown)."""
         if self._waiting:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(LINGER_S):
                     await self._idle.wait()
-            self.dropped += len(self._waiting)
+            self._drop_waiting()
         tasks = [*self._tasks, *([self._draining] if self._draining else [])]
         for t in tasks:
             t.cancel()
@@ -249,13 +277,14 @@ def publish(topics: Iterable[str] | None = None) -> Operator:
             pub = publisher()
 
             def on_next(e: Event) -> None:
+                by = tally.get()
                 try:
                     body = to_body(e)
                     topic = topic_of(body)
                     if any(matches(p, topic) for p in wanted):
-                        pub.submit(body, topic)
+                        pub.submit(body, topic, by)
                 except Exception:  # the bus must never break the pipeline
-                    pub.dropped += 1
+                    pub._drop(by)
                     log.exception("publish(): could not publish a %s", type(e).__name__)
                 observer.on_next(e)
 

@@ -65,7 +65,8 @@ class FlowRecord(msgspec.Struct, kw_only=True):
     max_rate: str = ""  # its triggers' storm limit ("": the hub's [flows] max_rate)
     squelched: int = 0  # storms: times a trigger went over max_rate
     squelch_dropped: int = 0  # trigger events dropped by those storms (once they ended)
-    publish_dropped: int = 0  # bus messages this hub's publish() dropped (shown by ls)
+    publish_dropped: int = 0  # bus messages this flow's publish() dropped (shown by ls)
+    reloaded: str = ""  # what the last reload kept and swapped ("kept …; swapped …")
 
 
 class AuditRow(msgspec.Struct, kw_only=True, omit_defaults=True):

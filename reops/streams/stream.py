@@ -9,6 +9,7 @@ each Stream runs its remote work at most once however many branches subscribe.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sys
 import threading
 import time
@@ -21,6 +22,7 @@ from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 
 from reops.core import hooks
+from reops.core.identity import identity
 from reops.core.model import (
     Event,
     Host,
@@ -46,7 +48,7 @@ class Stream:
     no history, and everything derived from it (`derive`, `|`) inherits that.
     """
 
-    __slots__ = ("_once", "hosts", "rebuild", "replay")
+    __slots__ = ("_once", "hosts", "rebuild", "replay", "stages")
 
     def __init__(self, source: Observable[Event], hosts: Hosts,
                  rebuild: Rebuild | None = None, *, replay: bool = True,
@@ -55,6 +57,9 @@ class Stream:
         self.hosts = hosts
         self.rebuild: Rebuild = rebuild or _no_rebuild
         self.replay = replay
+        #: what it is made of, trigger first (`on(trigger) | op | …`); None: not known
+        #: (a Stream over a raw Observable, or over hosts: nothing to keep across reloads)
+        self.stages: tuple[Stage, ...] | None = None
 
     @property
     def endless(self) -> bool:
@@ -89,10 +94,11 @@ class Stream:
 
     def __or__(self, operator: Any) -> Stream:
         if isinstance(operator, Operator):
-            return operator.apply(self)
+            return staged(operator.apply(self), self, Stage(operator.name, operator.apply))
         if callable(operator):  # a plain reactivex operator: keep hosts and the recipe
             fn = operator
-            return self.derive(lambda up: fn(up.observable), shared=True)
+            return staged(self.derive(lambda up: fn(up.observable), shared=True), self,
+                          Stage(_operator_name(fn), fn))
         raise TypeError(f"cannot pipe a Stream into {operator!r}: not an operator")
 
     def subscribe(self, *args: Any, **kwargs: Any) -> abc.DisposableBase:
@@ -104,6 +110,13 @@ class Stream:
 
     def __await__(self) -> Generator[Any, None, Outcome]:
         return outcome_async(self).__await__()
+
+    def __reops_identity__(self) -> Any:
+        """What a Stream given as an argument (a trigger's samples) is: its stages when
+        known, else its hosts and nature."""
+        if self.stages is not None:
+            return ("stages", tuple(s.ident for s in self.stages))
+        return ("stream", self.hosts, self.endless)
 
     def __repr__(self) -> str:
         kind = "endless Stream" if self.endless else "Stream"
@@ -121,6 +134,69 @@ class Operator:
 
     def __repr__(self) -> str:
         return f"<operator {self.name}>"
+
+
+def _operator_name(fn: Callable[..., Any]) -> str:
+    """How a plain reactivex operator reads in a pipeline ("reactivex operator" when its
+    name is an internal one, like `ops.map(...)`'s `_wrap_curried`)."""
+    name = str(getattr(fn, "__name__", ""))
+    return name if name and not name.startswith(("_", "<")) else "reactivex operator"
+
+
+class Stage:
+    """One stage of a pipeline as data: how it reads (`kind`: "once_within('5m')") and
+    what it was built from (`source`: the operator's function with everything it closes
+    over — arguments, keys, user callables — or a trigger's constructor arguments).
+
+    `ident` (reops.core.identity) is equal for a stage built again from the same
+    definition (a re-imported flow file) and differs when any of it was edited: what a hot
+    reload compares to keep a stage's live state. Computed on first use only.
+    """
+
+    __slots__ = ("_ident", "kind", "source")
+
+    def __init__(self, kind: str, source: Any) -> None:
+        self.kind = kind
+        self.source = source
+        self._ident: str | None = None
+
+    @property
+    def ident(self) -> str:
+        if self._ident is None:
+            self._ident = identity((self.kind, self.source))
+        return self._ident
+
+    def __repr__(self) -> str:
+        return self.kind
+
+
+#: set by the hub's flow runner while it builds a flow: every Stream a stage makes (with
+#: its `stages` known) goes through it, and it may give back the live Stream an earlier
+#: version made from the same stages (reops.hub.flow_sources)
+staging: contextvars.ContextVar[Callable[[Stream], Stream] | None] = contextvars.ContextVar(
+    "reops_stream_staging", default=None)
+
+
+def staged(stream: Stream, up: Any, stage: Stage) -> Stream:
+    """`stream`, made from `up` by `stage`, knowing its stages (when `up`'s are known);
+    while a flow is being built in the hub, what its runner makes of it (see `staging`)."""
+    before = getattr(up, "stages", None)
+    if before is None:
+        return stream
+    stream.stages = (*before, stage)
+    hook = staging.get()
+    return hook(stream) if hook is not None else stream
+
+
+def pipeline_text(stages: tuple[Stage, ...]) -> str:
+    """Stages as they were written: "on(every('1s')) | once_within('5m') | then(x)"."""
+    parts: list[str] = []
+    for s in stages:
+        if s.kind == "on":  # reads as part of its trigger: on(every('1s'))
+            parts[-1:] = [f"on({parts[-1] if parts else '…'})"]
+        else:
+            parts.append(s.kind)
+    return " | ".join(parts)
 
 
 def derived(make: Make, name: str, *, shared: bool) -> Operator:

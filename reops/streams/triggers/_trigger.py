@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
+import sys
 import time
+import types
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, cast
 
@@ -20,7 +23,7 @@ from reactivex.disposable import Disposable
 
 from reops.core.model import Event, Hosts
 from reops.core.runtime import get_runtime
-from reops.streams.stream import Stream, from_async
+from reops.streams.stream import Stage, Stream, from_async
 from reops.streams.triggers.event import TriggerEvent
 
 Emit = Callable[[TriggerEvent], None]
@@ -39,16 +42,34 @@ class Trigger(Stream):
 
     __slots__ = ("hosted", "name")
 
-    def __init__(self, events: Observable[TriggerEvent], name: str, *, hosted: bool) -> None:
+    def __init__(self, events: Observable[TriggerEvent], name: str, *, hosted: bool,
+                 args: Any = None) -> None:
+        """`name` is how it reads; its identity (what a reload compares to keep it) is
+        `name` with `args`, by default every argument of the function that made it
+        (`every`'s period AND its keywords: `immediately=True` is another trigger)."""
+        stage = Stage(name, args if args is not None else _caller_args(sys._getframe(1)))
         share = sharing.get()
         if share is not None:
-            events = share(name, events)
+            events = share(f"{name} {stage.ident}", events)
         super().__init__(cast("Observable[Event]", events), Hosts(), replay=False)
         self.name = name
         self.hosted = hosted
+        self.stages = (stage,)
 
     def __repr__(self) -> str:
         return f"<trigger {self.name}>"
+
+
+def _caller_args(frame: types.FrameType) -> tuple[str, dict[str, Any]]:
+    """The function that made a trigger and its arguments as they are now (positional
+    and keyword alike): every trigger constructor is identified without listing them."""
+    code = frame.f_code
+    count = code.co_argcount + code.co_kwonlyargcount
+    count += bool(code.co_flags & inspect.CO_VARARGS) + bool(
+        code.co_flags & inspect.CO_VARKEYWORDS)
+    local = frame.f_locals
+    return code.co_name, {n: local[n] for n in code.co_varnames[:count]
+                          if n not in ("self", "cls") and n in local}
 
 
 def pumped(pump: Callable[[Emit], Coroutine[Any, Any, None]]) -> Observable[TriggerEvent]:

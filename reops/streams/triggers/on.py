@@ -32,7 +32,7 @@ import reactivex
 from reactivex import Observable, abc
 
 from reops.core.model import UNREACHED, Event, Host, Hosts, Result
-from reops.streams.stream import Stream
+from reops.streams.stream import Stage, Stream, staged
 from reops.streams.triggers._trigger import Trigger
 from reops.streams.triggers.event import BusMessage, TriggerEvent
 
@@ -85,7 +85,10 @@ def on(trigger: Stream | Observable[Any], *,
         again = [last[n] for n in subset.names if n in last]
         return Stream(cast("Observable[Event]", reactivex.from_iterable(again)), subset)
 
-    return Stream(reactivex.create(subscribe), known, rebuild, replay=False)
+    # a stage ("on", the hosts it names): a reload that keeps the trigger and these hosts
+    # keeps this very stream (its learned hosts and last events) too
+    return staged(Stream(reactivex.create(subscribe), known, rebuild, replay=False), trigger,
+                  Stage("on", targets))
 
 
 def _results(e: TriggerEvent, targets: Hosts, known: LearnedHosts) -> list[Result]:
