@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -477,3 +478,26 @@ def test_a_recipe_that_raises_fails_its_host_saying_where(
     (r,) = run(provision(lab.as_hosts().only(["web2"]), hub=control)).results
     assert (r.host, r.op, r.status) == ("web2", "provision:broken", "failed")
     assert r.err == f"{recipe}:2: RuntimeError: no disk for redis"
+
+
+def test_deploy_agent_whose_agent_cannot_reach_the_hub_fails_in_bounded_time(
+        lab: LabInfo, machines_hub: MachinesHub, tmp_path: Path) -> None:
+    """An agent that never registers (its endpoint answers nothing) is that host's failed
+    `deploy` after register_timeout, saying where to look, not a step that waits forever."""
+    from reops.hub.deploy_step import deploy_agent
+
+    web2 = lab.as_hosts().only(["web2"])
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        nowhere = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    try:
+        (r,) = run(deploy_agent(web2, endpoint=nowhere, wheels=_wheels(tmp_path / "w"),
+                                register_timeout=3)).results
+        assert (r.host, r.op, r.status) == ("web2", "deploy", "failed")
+        assert r.err == ("web2: agent installed and started, but it did not register with "
+                         "the hub within 3 s; see .reops-agent/web2/agent.log on the host "
+                         "(hub endpoint reachable from there? its firewall?)")
+    finally:
+        run(exec_(web2, "kill $(cat .reops-agent/web2/agent.pid) 2>/dev/null; "
+                        "rm -rf .reops-agent/web2 .reops-agent-deploy/web2; "
+                        "rmdir .reops-agent .reops-agent-deploy 2>/dev/null; true"))
