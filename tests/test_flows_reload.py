@@ -416,3 +416,69 @@ def test_a_trigger_with_other_keyword_arguments_is_another_trigger(hub: Hub, tmp
     rows = until(lambda: [r for r in hub.audit("hourly") if r.status == "fired"],
                  "the new trigger's first tick")
     assert [r.detail for r in rows] == ["('v1', 0)"]
+
+
+async def test_a_storm_is_announced_on_event_flow_squelched(hub: Hub, tmp_path: Path) -> None:
+    """The storm notice's topic is `flow` (the bus: `event.flow.squelched`), as a
+    `Squelched` published from a pipeline; the flows' lifecycle stays on `flows`."""
+    from reops.control.client import HubClient
+    from reops.control.wire import Event
+
+    path = tmp_path / "ticks.py"
+    write(path, "v0")
+    client = HubClient(hub.lab_hub.control_path)
+    try:
+        events = client.pieces("subscribe", topics=["flow"])
+        assert await anext(events) == Event(topic="subscribed", data={})
+        await asyncio.to_thread(hub.cli, "flows", "start", str(path), "--max-rate", "5/1s",
+                                "--period", "0.01")
+        seen: list[tuple[str, str]] = []
+        async with asyncio.timeout(60):  # (a subscription to `flow` also gets `flows`)
+            async for item in events:
+                assert isinstance(item, Event)
+                seen.append((item.topic, item.data["event"]))
+                if item.topic == "flow":
+                    break
+        assert seen == [("flows", "started"), ("flow", "squelched")]
+        await events.aclose()
+    finally:
+        await client.close()
+
+
+NOISY = '''\
+import reactivex
+
+from reops import Hosts, publish
+from reops.core.model import Result
+from reops.flows import flow
+from reops.streams.stream import Stream
+
+
+@flow
+def noisy(n: int = 300) -> object:
+    """N Results at once through publish(), more than the bus's high-water mark holds."""
+    burst = [Result(host=f"h{i}", op="noise", status="ok", code=0, out="x" * 1000)
+             for i in range(n)]
+    return Stream(reactivex.concat(reactivex.from_iterable(burst), reactivex.never()),
+                  Hosts()) | publish()
+
+
+@flow
+def quiet() -> object:
+    """Publishes nothing (its publish() drops nothing, whatever the hub's others do)."""
+    return Stream(reactivex.never(), Hosts()) | publish()
+'''
+
+
+def test_flows_ls_shows_each_flows_own_publish_drops(tmp_path: Path) -> None:
+    h = Hub(tmp_path / "home", REOPS_HUB_BUS_HWM="1").start()
+    try:
+        path = tmp_path / "noisy.py"
+        path.write_text(NOISY)
+        h.cli("flows", "start", f"{path}:quiet")
+        h.cli("flows", "start", f"{path}:noisy")
+        noisy = until(lambda: h.ls()["noisy"]["publish_dropped"], "the noisy flow's drops")
+        assert noisy > 0 and h.ls()["quiet"]["publish_dropped"] == 0
+        assert f"{noisy} bus messages dropped by its publish()" in h.cli("flows", "ls").stdout
+    finally:
+        h.close()
