@@ -162,6 +162,9 @@ def test_ctrl_c_stops_the_foreground_pipeline_not_the_session(repl: Term, lab: L
     repl.expect(r"hosts .*0/3")
     repl.child.sendintr()
     repl.expect(r"interrupted", timeout=30)
+    repl.expect(r"interrupted before this host finished")  # its partial Outcome, shown
+    repl.run("print('AWAITED:', out2.interrupted, _r is out2)")
+    repl.expect(r"AWAITED: True True")
     start = repl.pos
     repl.run(f'run(exec_(inv.select("{web[0]}"), "sleep 1")).successful[0].host')
     repl.expect(rf"'{web[0]}'")

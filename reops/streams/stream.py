@@ -33,7 +33,7 @@ from reops.core.model import (
     RunInfo,
     failure_result,
 )
-from reops.core.runtime import deferred_interrupts, get_runtime
+from reops.core.runtime import deferred_interrupts, get_runtime, interrupted_by_user
 
 T = TypeVar("T")
 Rebuild = Callable[[Hosts], "Stream"]
@@ -489,7 +489,9 @@ def run(stream: Stream, *, info: RunInfo | None = None) -> Outcome:
 
 
 async def outcome_async(stream: Stream, *, info: RunInfo | None = None) -> Outcome:
-    """`await stream`: the Outcome, from any event loop."""
+    """`await stream`: the Outcome, from any event loop. Cancelled with
+    `runtime.INTERRUPT` (Ctrl-C in the REPL), it returns the partial Outcome as `run()`
+    does (interrupted=True); any other cancellation propagates."""
     info = run_info(info)
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
@@ -515,8 +517,12 @@ async def outcome_async(stream: Stream, *, info: RunInfo | None = None) -> Outco
     sub = stream.observable.subscribe(on_next, from_any_thread, from_any_thread)
     try:
         await fut
-    except asyncio.CancelledError:
+    except asyncio.CancelledError as e:
         sub.dispose()
-        raise
+        task = asyncio.current_task()
+        if not interrupted_by_user(e) or task is None:
+            raise
+        task.uncancel()  # Ctrl-C in a live session (the REPL): the partial Outcome, as run()
+        return _finished(stream, _outcome(stream, dict(results), True, info))
     sub.dispose()
     return _finished(stream, _outcome(stream, dict(results), False, info))
