@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from reactivex import abc
 from reactivex.disposable import CompositeDisposable
 from reactivex.scheduler import VirtualTimeScheduler
+from reactivex.subject import Subject
 from reactivex.testing import TestScheduler
 
 from reops import (
@@ -44,6 +45,7 @@ from reops import (
     squelch,
     then,
 )
+from reops.streams.operators import Drained, Overflowed
 from reops.streams.operators._keyed import Keyed
 from reops.streams.stream import Operator
 
@@ -131,8 +133,8 @@ def letter(item: Any) -> str:
         return item.host if item.op == "trigger" else item.host.upper()
     if isinstance(item, str):
         return item
-    return {Squelched: "S", Resumed: "R", Accumulated: "X", Correlated: "C"}.get(
-        type(item), "?")
+    return {Squelched: "S", Resumed: "R", Accumulated: "X", Correlated: "C",
+            Overflowed: "O", Drained: "D"}.get(type(item), "?")
 
 
 def render(seen: Seen) -> str:
@@ -248,6 +250,7 @@ def test_a_missing_key_ends_the_stream_with_one_clear_error() -> None:
     (lambda: squelch("10/fortnight"), "squelch(rate): the period of '10/fortnight'"),
     (lambda: limit(0, print), "limit(concurrency): a whole number >= 1, not 0"),
     (lambda: limit(2), "limit: give the step(s) to run inside"),
+    (lambda: limit(1, print, max_queue=-1), "limit(max_queue): a whole number >= 0, not -1"),
     (lambda: all_of(timeout=5), "all_of(*streams): give two or more Streams"),
 ])
 def test_bad_arguments_fail_when_the_operator_is_built_in_one_line(
@@ -689,3 +692,228 @@ def test_with_a_real_trigger_on_two_hosts() -> None:
     assert isinstance(fired.data.last.data, TriggerEvent)
     sub.dispose()
     assert not pending(clock)
+
+
+# -- one timer per subscription, keys forgotten once their window passed (issue 11) ---------
+
+class Pushed:
+    """An endless source pushed by hand at the clock's current time: what is pending on the
+    clock is then only the operators' own timers (and the steps they run)."""
+
+    def __init__(self, hosts: Hosts | None = None) -> None:
+        self.subject: Subject[Any] = Subject()
+        self.stream = Stream(self.subject, hosts or Hosts(), replay=False)  # type: ignore[arg-type]
+
+    def push(self, item: Any) -> None:
+        self.subject.on_next(item)
+
+
+def started(build: Callable[[], tuple[Seen, abc.DisposableBase]]
+            ) -> tuple[Keyed, Seen, abc.DisposableBase]:
+    """Subscribe with `build`; the one operator subscription it started (to count its keys)."""
+    before = {id(m) for m in live(Keyed)}
+    seen, sub = build()
+    (machine,) = [m for m in live(Keyed) if id(m) not in before]
+    return machine, seen, sub
+
+
+def results_over(names: list[str]) -> tuple[Hosts, list[Result]]:
+    hosts = Hosts(Host(name=n, address="127.0.0.1") for n in names)
+    return hosts, [Result(host=n, op="trigger", status="ok", code=0) for n in names]
+
+
+def instant_step(hosts: Hosts) -> Stream:
+    """A step that ends at once (so only the grace deadlines stay pending)."""
+    return Stream(reactivex.of(*(Result(host=h.name, op="step", status="ok", code=0)
+                                 for h in hosts)), hosts, instant_step)
+
+
+WINDOWED: dict[str, Callable[[TestScheduler, Stream, Stream], Stream]] = {
+    "once_within": lambda c, s, _: s | once_within(10, scheduler=c),
+    "debounce": lambda c, s, _: s | debounce(10, scheduler=c),
+    "accumulate": lambda c, s, _: s | accumulate(3, within=10, scheduler=c),
+    "all_of": lambda c, s, o: all_of(s, o, timeout=10, scheduler=c),
+    "any_of": lambda c, s, o: any_of(s, o, timeout=10, scheduler=c),
+    "not_all": lambda c, s, o: not_all(s, o, timeout=10, scheduler=c),
+    "ignoring": lambda c, s, _: s | ignoring(instant_step, grace=10, scheduler=c),
+    "limit(ignore_own)": lambda c, s, _: s | limit(1, instant_step, key="host",
+                                                   ignore_own=10, scheduler=c),
+}
+
+
+@pytest.mark.parametrize("name", list(WINDOWED))
+def test_a_thousand_keys_in_one_window_cost_one_timer_not_one_each(name: str) -> None:
+    """1,000 distinct keys within one window: the operator holds the 1,000 keys but keeps ONE
+    timer on the clock (the old design scheduled, and cancelled, one per key and item);
+    the keys all expire at their own deadlines, and nothing stays scheduled."""
+    clock = TestScheduler()
+    names = [f"h{i}" for i in range(1000)]
+    hosts, results = results_over(names)
+    source, other = Pushed(hosts), Pushed(hosts)
+    machine, _, sub = started(lambda: play(
+        clock, WINDOWED[name](clock, source.stream, other.stream), until=0))
+    for i, r in enumerate(results):
+        clock.advance_to(i / 1000)
+        source.push(r)
+    assert len(machine) == 1000
+    assert len(pending(clock)) == 1
+    clock.advance_to(10.5)  # the first half of the keys' deadlines passed
+    assert 400 <= len(machine) <= 600
+    assert len(pending(clock)) == 1
+    clock.advance_to(11.5)
+    assert len(machine) == 0 and not pending(clock)
+    sub.dispose()
+
+
+MEMORY: dict[str, Callable[[TestScheduler, Stream, Stream], Stream]] = {
+    "once_within": lambda c, s, _: s | once_within(1, scheduler=c),
+    "debounce": lambda c, s, _: s | debounce(1, scheduler=c),
+    "accumulate": lambda c, s, _: s | accumulate(3, within=1, scheduler=c),
+    "all_of": lambda c, s, o: all_of(s, o, timeout=1, scheduler=c),
+    "any_of": lambda c, s, o: any_of(s, o, timeout=1, scheduler=c),
+    "not_all": lambda c, s, o: not_all(s, o, timeout=1, scheduler=c),
+    "ignoring": lambda c, s, _: s | ignoring(instant_step, grace=1, scheduler=c),
+    "limit(ignore_own)": lambda c, s, _: s | limit(1, instant_step, key="host",
+                                                   ignore_own=1, scheduler=c),
+    "limit": lambda c, s, _: s | limit(1, SlowStep(c, 1), key="host", scheduler=c),
+}
+
+
+@pytest.mark.parametrize("name", list(MEMORY))
+def test_the_key_table_shrinks_back_whatever_the_number_of_distinct_keys(name: str) -> None:
+    """Distinct keys, 1,000 per virtual second, a window of 1 s (limit: a step of 1 s): the
+    table holds only the keys of the last window, never every key seen, and empties once
+    the last window has passed. (A table that never forgot would hold every key.)"""
+    steps = name in ("ignoring", "limit(ignore_own)", "limit")
+    total = 5_000 if steps else 50_000  # a step per item costs more: fewer, same shape
+    clock = TestScheduler()
+    hosts, results = results_over([f"h{i}" for i in range(total)])
+    source, other = Pushed(hosts), Pushed(hosts)
+    machine, _, sub = started(lambda: play(
+        clock, MEMORY[name](clock, source.stream, other.stream), until=0))
+    held = []
+    for i, r in enumerate(results):
+        clock.advance_to(i / 1000)
+        source.push(r)
+        if i % 250 == 0:
+            held.append(len(machine))
+    assert max(held) <= 1000 + 1  # the last second's keys (and the one arriving)
+    assert min(held[4:]) >= 900  # it does hold them meanwhile
+    clock.advance_to(total / 1000 + 2)
+    assert len(machine) == 0
+    sub.dispose()
+    assert not pending(clock)
+
+
+def test_a_key_expiring_while_others_wait_keeps_their_deadlines() -> None:
+    """Keys armed at 0, 1 and 2 (window 5) expire at exactly 5, 6 and 7: the one timer
+    moves on to each next head, and a key re-armed meanwhile goes to the back."""
+    clock = TestScheduler()
+    seen, _ = play(clock, marbles(clock, "abca------|") | debounce(5, scheduler=clock))
+    # a re-armed at 3 (its deadline 8), b at 6, c at 7
+    assert render(seen) == "------bca-|"
+
+
+# -- limit: a bounded queue --------------------------------------------------------------------
+
+def test_limit_drops_the_oldest_waiting_item_when_its_queue_is_full_and_says_so() -> None:
+    """limit(1, step of 5, max_queue=2): a runs 0-5; the a of 1 and 2 wait; the a of 3
+    pushes out the one of 1 (Overflowed, once); the a of 4 pushes out the one of 2; the
+    queue empties when the a of 4 starts (Drained, dropped=2)."""
+    clock = TestScheduler()
+    step = SlowStep(clock, 5)
+    src = feed(clock, [(t, Result(host="a", op="trigger", status="ok", code=0,
+                                            started_at=float(t)))
+                       for t in range(5)], 16, hosts=Hosts([Host(name="a", address="10.0.0.1")]))
+    seen, _ = play(clock, src | limit(1, step, max_queue=2, scheduler=clock))
+    assert step.starts == [(0, "a"), (5, "a"), (10, "a")]
+    notices = [(t, x) for t, x in seen if isinstance(x, (Overflowed, Drained))]
+    assert notices == [
+        (3, Overflowed(limit="limit(1)", key=None, max_queue=2, since=3.0, time=3.0)),
+        (10, Drained(limit="limit(1)", key=None, dropped=2, since=3.0, time=10.0))]
+    # the items that ran: the first, then the newest two (the a of 3 and 4)
+    ran = [x.earlier[0].started_at for _, x in seen if isinstance(x, Result)]
+    assert ran == [0, 3, 4]
+    assert seen[-1] == (16, "|")
+    assert (notices[0][1].source, notices[0][1].kind) == ("flow", "overflowed")
+    assert render(seen) == "---O-A----(AD)----A|"  # limit's docstring
+
+
+def test_limit_queue_is_per_key_and_bounded_by_default() -> None:
+    """A storm of 5,000 items of one key behind a slow step: at most MAX_QUEUE (1,000) wait,
+    another key is untouched, and the Drained counts every item pushed out."""
+    from reops.streams.operators._through import Through
+    from reops.streams.operators.limit import MAX_QUEUE
+
+    clock = TestScheduler()
+    hosts, (ra, rb) = results_over(["a", "b"])
+    source = Pushed(hosts)
+    step = SlowStep(clock, 100)
+    machine, seen, sub = started(lambda: play(
+        clock, source.stream | limit(1, step, key="host", scheduler=clock), until=0))
+    assert isinstance(machine, Through)
+    for i in range(5000):
+        clock.advance_to(i / 1000)
+        source.push(ra)
+    source.push(rb)
+    assert len(machine.waiting["a"]) == MAX_QUEUE == 1000
+    assert step.starts == [(0, "a"), (4.999, "b")]
+    overflowed = [x for _, x in seen if isinstance(x, Overflowed)]
+    assert overflowed == [Overflowed(limit="limit(1)", key="a", max_queue=1000,
+                                     since=1.001, time=1.001)]
+    source.subject.on_completed()
+    run_all(clock)
+    drained = [(t, x) for t, x in seen if isinstance(x, Drained)]
+    assert drained == [(100_000.0, Drained(limit="limit(1)", key="a", dropped=5000 - 1 - 1000,
+                                           since=1.001, time=100_000.0))]
+    assert seen[-1][1] == "|" and len(machine) == 0
+    sub.dispose()
+
+
+def test_limit_max_queue_zero_drops_what_finds_its_key_busy() -> None:
+    clock = TestScheduler()
+    step = SlowStep(clock, 3)
+    seen, _ = play(clock, trigger_results(clock, "aab-a---|")
+                   | limit(1, step, key="host", max_queue=0, scheduler=clock))
+    assert step.starts == [(0, "a"), (2, "b"), (4, "a")]
+    assert [(t, type(x).__name__) for t, x in seen if isinstance(x, (Overflowed, Drained))] == [
+        (1, "Overflowed"), (3, "Drained")]
+    assert next(x for _, x in seen if isinstance(x, Drained)).dropped == 1
+
+
+def test_limit_notices_pass_the_other_event_operators() -> None:
+    clock = TestScheduler()
+    step = SlowStep(clock, 3)
+    seen, _ = play(clock, trigger_results(clock, "aaa---|")
+                   | limit(1, step, max_queue=1, scheduler=clock)
+                   | once_within(100, scheduler=clock))
+    assert [type(x).__name__ for _, x in seen] == ["Overflowed", "Result", "Drained",
+                                                   "str"]
+    assert isinstance(seen[0][1], Overflowed)
+
+
+# -- the wall clock (no scheduler): deadlines on the runtime loop ------------------------------
+
+def test_on_the_runtime_loop_a_key_is_forgotten_once_its_window_passed() -> None:
+    """No scheduler: the one timer is a call_later on the runtime loop and deadlines are on
+    the monotonic clock. The key is held, then forgotten (polled with a deadline), and the
+    same key passes again."""
+    import time
+
+    from reops.streams.operators.once_within import _OnceWithin
+
+    source = Pushed()
+    out: list[Any] = []
+    machine, _, sub = started(lambda: (
+        Seen(), (source.stream | once_within(0.05)).subscribe(out.append)))
+    assert isinstance(machine, _OnceWithin)
+    source.push(Ev("a", 1))
+    source.push(Ev("a", 2))
+    assert out == [Ev("a", 1)] and len(machine) == 1
+    give_up = time.monotonic() + 10
+    while len(machine) and time.monotonic() < give_up:
+        time.sleep(0.01)
+    assert len(machine) == 0
+    source.push(Ev("a", 3))
+    assert out == [Ev("a", 1), Ev("a", 3)]
+    sub.dispose()

@@ -24,7 +24,7 @@ from reops.streams.operators.accumulate import Accumulated, accumulate
 from reops.streams.operators.correlate import Correlated, all_of, any_of, not_all
 from reops.streams.operators.debounce import debounce
 from reops.streams.operators.ignoring import ignoring
-from reops.streams.operators.limit import limit
+from reops.streams.operators.limit import Drained, Overflowed, limit
 from reops.streams.operators.once_within import once_within
 from reops.streams.operators.partition import partition
 from reops.streams.operators.pick import pick
@@ -46,6 +46,8 @@ from reops.streams.operators.where import where
 __all__ = [
     "Accumulated",
     "Correlated",
+    "Drained",
+    "Overflowed",
     "Predicate",
     "Resumed",
     "Squelched",

@@ -34,6 +34,8 @@ def key_of(key: Key, what: str) -> KeyOf:
 
     def get(item: Any) -> Hashable:
         value = getattr(item, name, _MISSING)
+        if type(value) is str:  # the usual key (a host name): no further checks
+            return value
         if value is _MISSING and name == "key":
             value = getattr(item, "host", _MISSING)
         if value is _MISSING:
@@ -46,6 +48,8 @@ def key_of(key: Key, what: str) -> KeyOf:
 
 
 def _name(value: Any, what: str) -> Hashable:
+    if type(value) is str:
+        return value
     if isinstance(value, Host):
         return value.name
     if not isinstance(value, Hashable):

@@ -18,7 +18,7 @@ from typing import Any
 import reactivex
 from reactivex import abc
 
-from reops.streams.operators._keyed import Keyed
+from reops.streams.operators._keyed import Keyed, Notice
 from reops.streams.operators._keys import KeyOf
 from reops.streams.operators.then import then
 from reops.streams.stream import Operator, Stream
@@ -44,23 +44,55 @@ def chain_of(steps: tuple[Steps, ...], what: str) -> Chain:
     return chain
 
 
+class Overflowed(Notice, frozen=True, kw_only=True):
+    """`limit`'s waiting queue of `key` (None: a limit over all items) was full at `since`:
+    from then on each new item pushes out the key's oldest waiting one, until the queue
+    has emptied (`Drained`). On the bus it is `event.flow.overflowed`."""
+
+    limit: str
+    key: Any = None
+    max_queue: int
+    since: float
+    time: float
+    source: str = "flow"
+    kind: str = "overflowed"
+
+
+class Drained(Notice, frozen=True, kw_only=True):
+    """The waiting queue of `key` that overflowed at `since` has emptied at `time`; `dropped`
+    waiting items were pushed out meanwhile. On the bus it is `event.flow.drained`."""
+
+    limit: str
+    key: Any = None
+    dropped: int
+    since: float
+    time: float
+    source: str = "flow"
+    kind: str = "drained"
+
+
 class Through(Keyed):
     """One subscription: at most `capacity` items per key in flight (the rest wait, in
-    order), or with `ignore`, items of a key in flight (or within `grace` after) dropped."""
+    order, at most `max_queue` per key), or with `ignore`, items of a key in flight (or
+    within `grace` after) dropped."""
 
     def __init__(self, observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase | None,
                  up: Stream, chain: Chain, key_fn: KeyOf | None, *,
-                 capacity: int | None = None, ignore: bool = False,
-                 grace: float = 0.0) -> None:
+                 capacity: int | None = None, max_queue: int = 0, name: str = "",
+                 ignore: bool = False, grace: float = 0.0) -> None:
         super().__init__(observer, scheduler)
         self.up = up
         self.chain = chain
         self.key_fn = key_fn
         self.capacity = capacity
+        self.max_queue = max_queue
+        self.name = name
         self.ignore = ignore
         self.grace = grace
         self.running: dict[Hashable, int] = {}
         self.waiting: dict[Hashable, deque[Any]] = {}
+        #: per key whose queue overflowed and has not emptied yet: (since, dropped)
+        self.overflow: dict[Hashable, tuple[float, int]] = {}
         self.inner: dict[int, abc.DisposableBase] = {}
         self.ready: deque[tuple[Hashable, Any]] = deque()
         self.slots = itertools.count()
@@ -68,22 +100,51 @@ class Through(Keyed):
         self.upstream_done = False
 
     def __len__(self) -> int:
-        return len(self.running) + len(self.waiting) + len(self.timers)
+        return len(self.running) + len(self.waiting) + len(self.deadlines)
 
     def acting(self, k: Hashable) -> bool:
         """Whether key `k` is being acted on (or was, within the grace period)."""
-        return k in self.running or k in self.timers
+        return k in self.running or k in self.deadlines
 
     def on_item(self, item: Any) -> None:
         k = self.key_fn(item) if self.key_fn is not None else None
         if self.ignore and self.acting(k):
             return  # caused by our own action on this key (or its aftermath): ignored
         if self.capacity is not None and self.running.get(k, 0) >= self.capacity:
-            self.waiting.setdefault(k, deque()).append(item)
+            self._wait(k, item)
             return
         self.running[k] = self.running.get(k, 0) + 1
         self.ready.append((k, item))
         self._drain()
+
+    def _wait(self, k: Hashable, item: Any) -> None:
+        """`item` waits for a slot of `k`; a full queue drops its oldest, counted."""
+        queue = self.waiting.get(k)
+        if queue is None:
+            queue = self.waiting[k] = deque()
+        if len(queue) < self.max_queue:
+            queue.append(item)
+            return
+        if queue:  # the oldest waiting item makes room (the newest is the freshest news)
+            queue.popleft()
+            queue.append(item)
+        else:  # max_queue=0: nothing waits, the item itself is dropped
+            del self.waiting[k]
+        episode = self.overflow.get(k)
+        if episode is not None:
+            self.overflow[k] = (episode[0], episode[1] + 1)
+            return
+        t = self.now()
+        self.overflow[k] = (t, 1)
+        self.observer.on_next(Overflowed(limit=self.name, key=k, max_queue=self.max_queue,
+                                         since=t, time=t))
+
+    def _drained(self, k: Hashable) -> None:
+        """`k`'s queue emptied: if it overflowed, say how many it dropped."""
+        episode = self.overflow.pop(k, None)
+        if episode is not None:
+            self.observer.on_next(Drained(limit=self.name, key=k, dropped=episode[1],
+                                          since=episode[0], time=self.now()))
 
     def _drain(self) -> None:
         """Start the ready items one after another (never recursively: a step that ends
@@ -130,6 +191,7 @@ class Through(Keyed):
             item = queue.popleft()
             if not queue:
                 del self.waiting[k]
+                self._drained(k)
             self.ready.append((k, item))
             self._drain()
             return
@@ -138,8 +200,10 @@ class Through(Keyed):
             self.running[k] = left
         else:
             del self.running[k]
+            if k in self.overflow:  # max_queue=0: nothing waited, the episode ends here
+                self._drained(k)
             if self.ignore and self.grace > 0:
-                self.set_timer(k, self.grace, _grace_over)
+                self.arm(k, self.grace)  # its events count as the world's again after it
         self._maybe_complete()
 
     def on_completed(self) -> None:
@@ -158,12 +222,8 @@ class Through(Keyed):
     def close(self) -> None:
         with self.lock:
             inner, self.inner = self.inner, {}
-            self.running, self.waiting = {}, {}
+            self.running, self.waiting, self.overflow = {}, {}, {}
             self.ready.clear()
         super().close()
         for sub in inner.values():
             sub.dispose()
-
-
-def _grace_over() -> None:
-    """A key's grace period ended: its events count as the world's again."""

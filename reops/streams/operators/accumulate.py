@@ -10,7 +10,6 @@ import msgspec
 from reactivex import abc
 
 from reops.core.durations import positive
-from reops.streams.operators._clock import now
 from reops.streams.operators._keyed import Keyed, carried, keyed_operator
 from reops.streams.operators._keys import Key, KeyOf, key_of
 from reops.streams.stream import Operator
@@ -70,7 +69,7 @@ class _Accumulate(Keyed):
 
     def on_item(self, item: Any) -> None:
         k = self.key_fn(item)
-        t = now(self.scheduler)
+        t = self.now()
         times = self.arrivals.get(k)
         if times is None:
             times = self.arrivals[k] = deque(maxlen=self.n)
@@ -78,15 +77,16 @@ class _Accumulate(Keyed):
             times.popleft()
         times.append(t)
         if len(times) < self.n:
-            def expire() -> None:  # the newest is out of the window: so is the rest
-                self.arrivals.pop(k, None)
-
-            self.set_timer(k, self.within, expire)
+            self.arm(k, self.within)
             return
         del self.arrivals[k]
-        self.cancel_timer(k)
+        self.disarm(k)
         self.observer.on_next(carried(Accumulated(key=k, count=self.n, since=times[0],
                                                   time=t, last=item), item))
+
+    def expire(self, key: Hashable) -> None:
+        """The key's newest item is out of the window: so is the rest."""
+        self.arrivals.pop(key, None)
 
     def forget(self) -> None:
         self.arrivals = {}

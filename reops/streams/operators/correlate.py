@@ -13,7 +13,6 @@ from reactivex import operators as ops
 
 from reops.core.durations import positive
 from reops.core.model import Event, Host, Hosts, Result
-from reops.streams.operators._clock import now
 from reops.streams.operators._keyed import PASS_THROUGH, Keyed, carried, keyed_observable
 from reops.streams.operators._keys import Key, KeyOf, key_of
 from reops.streams.stream import Stream
@@ -153,11 +152,11 @@ class _Correlate(Keyed):
     def on_item(self, tagged: tuple[int, Any]) -> None:
         i, item = tagged
         k = self.key_fn(item)
-        t = now(self.scheduler)
+        t = self.now()
         window = self.open.get(k)
         if window is None:
             window = self.open[k] = (t, [None] * self.n)
-            self.set_timer(k, self.timeout, lambda: self._close(k))
+            self.arm(k, self.timeout)
             if self.mode == "any_of":
                 window[1][i] = item
                 self.observer.on_next(carried(Correlated(key=k, items=tuple(window[1]),
@@ -168,20 +167,21 @@ class _Correlate(Keyed):
         window[1][i] = item
         if all(x is not None for x in window[1]):
             del self.open[k]
-            self.cancel_timer(k)
+            self.disarm(k)
             if self.mode == "all_of":
                 self.observer.on_next(carried(Correlated(key=k, items=tuple(window[1]),
                                                          since=window[0], time=t), item))
 
-    def _close(self, k: Hashable) -> None:
-        since, items = self.open.pop(k)
+    def expire(self, key: Hashable) -> None:
+        """The key's window closed."""
+        since, items = self.open.pop(key)
         if self.mode == "not_all":
-            self._partial(k, since, items)
+            self._partial(key, since, items)
 
     def _partial(self, k: Hashable, since: float, items: list[Any]) -> None:
         first = next(x for x in items if x is not None)
         self.observer.on_next(carried(Correlated(key=k, items=tuple(items), since=since,
-                                                 time=now(self.scheduler)), first))
+                                                 time=self.now()), first))
 
     def flush(self) -> None:
         if self.mode == "not_all":

@@ -45,14 +45,18 @@ class _Debounce(Keyed):
 
     def on_item(self, item: Any) -> None:
         k = self.key_fn(item)
-        self.pending.pop(k, None)  # re-insert: the dict's order is the order of last arrival
         self.pending[k] = item
-        self.set_timer(k, self.quiet, lambda: self.observer.on_next(self.pending.pop(k)))
+        self.arm(k, self.quiet)  # the deadlines' order is the order of last arrival
+
+    def expire(self, key: Hashable) -> None:
+        self.observer.on_next(self.pending.pop(key))
 
     def flush(self) -> None:
-        pending, self.pending = self.pending, {}
-        for item in pending.values():
-            self.observer.on_next(item)
+        order, pending = list(self.deadlines), self.pending
+        self.deadlines.clear()
+        self.pending = {}
+        for k in order:
+            self.observer.on_next(pending[k])
 
     def forget(self) -> None:
         self.pending = {}

@@ -17,8 +17,9 @@ def once_within(window: float | str, *, key: Key = "key",
     """Pass the first item of each key, then drop that key's items for `window`.
 
     `window` is seconds or a duration ("5m"); once it has passed the key may fire again
-    (Salt's `onchanges`-style dedup, per key). A key's state is one timer that ends with its
-    window, so a million distinct keys over a day cost only the keys of the last window.
+    (Salt's `onchanges`-style dedup, per key). A key's state is one deadline that ends with
+    its window (one timer per subscription, not per key), so a million distinct keys over a
+    day cost only the keys of the last window.
     Lines pass untouched. Marbles (window 6 ticks; `a`, `b` two keys)::
 
         a-a-ba----a-b|
@@ -43,11 +44,7 @@ class _OnceWithin(Keyed):
 
     def on_item(self, item: Any) -> None:
         k = self.key_fn(item)
-        if k in self.timers:
-            return
-        self.set_timer(k, self.window, _nothing)
+        if k in self.deadlines:
+            return  # within the window of the key's last firing
+        self.arm(k, self.window)
         self.observer.on_next(item)
-
-
-def _nothing() -> None:
-    """The window of a key ended: its timer entry is gone, so the key may fire again."""

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Hashable
 from typing import Any
 
 from reactivex import abc
 
 from reops.core.durations import rate as parse_rate
-from reops.streams.operators._clock import now
 from reops.streams.operators._keyed import Keyed, Notice, keyed_operator
 from reops.streams.stream import Operator
 
@@ -84,7 +84,7 @@ class _Squelch(Keyed):
         self.in_period = 0  # items that came in the current period while squelched
 
     def on_item(self, item: Any) -> None:
-        t = now(self.scheduler)
+        t = self.now()
         if self.since is not None:
             self.dropped += 1
             self.in_period += 1
@@ -93,21 +93,25 @@ class _Squelch(Keyed):
             self.since = t
             self.dropped = self.in_period = 1
             self.passed.clear()
-            self.set_timer(None, self.period, self._check)
+            self.arm(None, self.period)
             self.observer.on_next(Squelched(rate=self.text, count=self.count + 1, since=t,
                                             time=t))
             return
         self.passed.append(t)
         self.observer.on_next(item)
 
+    def expire(self, key: Hashable) -> None:
+        """A period ended while squelched: resume, or stay squelched for another one."""
+        self._check()
+
     def _check(self) -> None:
         if self.in_period > self.count:
             self.in_period = 0
-            self.set_timer(None, self.period, self._check)
+            self.arm(None, self.period)
             return
-        since = self.since if self.since is not None else now(self.scheduler)
-        resumed = Resumed(rate=self.text, dropped=self.dropped, since=since,
-                          time=now(self.scheduler))
+        t = self.now()
+        since = self.since if self.since is not None else t
+        resumed = Resumed(rate=self.text, dropped=self.dropped, since=since, time=t)
         self.since = None
         self.dropped = self.in_period = 0
         self.observer.on_next(resumed)
@@ -116,6 +120,7 @@ class _Squelch(Keyed):
         """Completion while squelched still reports what was dropped."""
         if self.since is not None:
             self.in_period = 0
+            self.disarm(None)
             self._check()
 
     def forget(self) -> None:
