@@ -55,7 +55,7 @@ from reactivex import abc
 from reops.core.model import Host, Line, Outcome, Result
 from reops.core.runtime import get_runtime
 from reops.core.settings import Settings, home, load_table
-from reops.flows import FlowError, resolve
+from reops.flows import Flow, FlowError, resolve
 from reops.hub.flow_sources import Build, FlowSources
 from reops.ops.base import Op
 from reops.sinks.bus import Tally, tally
@@ -430,22 +430,11 @@ class FlowRunner:
             sources = self._sources(rec)
             sharing.set(sources.builder(build))
             staging.set(sources.stage_builder(build))
-        path = Path(rec.file)
         try:
-            version = version_of(path)
-        except OSError as e:
-            raise FlowError(f"{path}: {e.strerror or e}") from None
-        flow = resolve(f"{path}:{rec.func}" if rec.func else str(path))
-        try:
-            ctx = flow.command().make_context(flow.name, list(rec.args))
-        except click.exceptions.Exit:
-            raise FlowError(f"{flow.name}: --help is not an option of a running flow") from None
-        except click.ClickException as e:
-            raise FlowError(f"{flow.where}: flow {flow.name!r}: {e.format_message()}") from None
-        try:
-            made = flow.call(**ctx.params)
-        except Exception as e:
-            raise FlowError(where(e, str(path))) from None
+            made, version, flow = self._made(rec)
+        finally:  # only building looks sources up, not what the subscription schedules
+            sharing.set(None)
+            staging.set(None)
         try:
             obs = _built(made)
         except TypeError as e:
@@ -460,10 +449,30 @@ class FlowRunner:
                                 lambda e: self._hop(run, self._on_error, run, e),
                                 lambda: self._hop(run, self._on_completed, run))
         except Exception as e:
-            raise FlowError(where(e, str(path))) from None
+            raise FlowError(where(e, rec.file)) from None
         if run.retired:  # it took longer than start_timeout_s: the caller gave up on it
             sub.dispose()
         return sub, version
+
+    @staticmethod
+    def _made(rec: FlowRecord) -> tuple[Any, str, Flow]:
+        """Import the file and call the flow: (what it returned, version, the Flow)."""
+        path = Path(rec.file)
+        try:
+            version = version_of(path)
+        except OSError as e:
+            raise FlowError(f"{path}: {e.strerror or e}") from None
+        flow = resolve(f"{path}:{rec.func}" if rec.func else str(path))
+        try:
+            ctx = flow.command().make_context(flow.name, list(rec.args))
+        except click.exceptions.Exit:
+            raise FlowError(f"{flow.name}: --help is not an option of a running flow") from None
+        except click.ClickException as e:
+            raise FlowError(f"{flow.where}: flow {flow.name!r}: {e.format_message()}") from None
+        try:
+            return flow.call(**ctx.params), version, flow
+        except Exception as e:
+            raise FlowError(where(e, str(path))) from None
 
     def _sources(self, rec: FlowRecord) -> FlowSources:
         """The flow's live trigger sources (made with its storm limit on first use)."""
