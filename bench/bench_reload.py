@@ -1,11 +1,14 @@
 """Reload time of a flow running in a real `reops hub`, and the trigger events it loses or doubles.
 
-The flow reads the real `every` trigger at `--tick-ms` (1 kHz by default) on the runtime
-loop and records each tick's own count `n` (no hosts: the swap is what is measured, not
-SSH); the bench reloads it `--reloads` times through the control socket, writing a new
-version each time, and reports:
+The flow is a staged pipeline over the real `every` trigger at `--tick-ms` (1 kHz by
+default) on the runtime loop: `on(every) | map(tick count) | map((n, VERSION))`, recording
+each tick's own count `n` (a host that is never contacted: the swap is what is measured,
+not SSH). The bench reloads it `--reloads` times through the control socket, each time
+with a new VERSION, so every reload compares the stages, keeps `on(every(…)) | map` and
+swaps the last stage, and reports:
 
-- reload: the hub's own measure (import + call + subscribe + switch), p50/p95/max;
+- reload: the hub's own measure (import + call + compare + subscribe + switch), p50/p95/max;
+- what the reloads kept and swapped;
 - round trip: the `flows.reload` request as a client sees it;
 - lost / doubled: holes and repeats in the recorded n's across all the swaps (the versions
   read one live source: docs/flows.md, "Reload: what is kept");
@@ -27,15 +30,19 @@ from pathlib import Path
 FLOW = """\
 from reactivex import operators as ops
 
+from reops import Hosts, on
+from reops.core.model import Host
 from reops.flows import flow
 from reops.streams.triggers.clock import every
 
-# version {n}
+VERSION = {n}
 
 
 @flow
 def ticker(tick_ms: float = 1.0) -> object:
-    return every(tick_ms / 1000).observable.pipe(ops.map(lambda e: e.payload.n))
+    here = Hosts([Host(name="bench", address="127.0.0.1")])
+    return (on(every(tick_ms / 1000), hosts=here) | ops.map(lambda r: r.data.payload.n)
+            | ops.map(lambda n: (n, VERSION)))
 """
 
 
@@ -68,6 +75,7 @@ def main() -> int:
                          timeout=60)
             hub_s: list[float] = []
             trip_s: list[float] = []
+            said: set[str] = set()
             for n in range(1, args.reloads + 1):
                 time.sleep(args.between)
                 flow.write_text(FLOW.format(n=n))
@@ -78,6 +86,7 @@ def main() -> int:
                     print(f"reload {n} failed: {info['error']}", file=sys.stderr)
                     return 1
                 hub_s.append(info["seconds"])
+                said.add(f"kept {info.get('kept')}, swapped {info.get('swapped')}")
             time.sleep(args.between)
             request_sync(control, "flows.stop", {"name": "ticker"})
         store = SqliteFlowStore(root / "home" / "flows.db")
@@ -88,14 +97,17 @@ def main() -> int:
     ns: list[int] = []
     for row in rows:
         if row.status == "fired":
-            if re.fullmatch(r"\d+", row.detail):
-                ns.append(int(row.detail))
+            m = re.fullmatch(r"\((\d+), \d+\)", row.detail)
+            if m:
+                ns.append(int(m[1]))
             if row.version not in last_tick and last_tick:
                 gaps.append(row.at - max(last_tick.values()))
             last_tick[row.version] = row.at
     ms = [s * 1000 for s in hub_s]
     trips = [s * 1000 for s in trip_s]
     print(f"reloads: {len(ms)}, tick every {args.tick_ms:g} ms, {len(rows)} audit rows")
+    for text in sorted(said):
+        print(f"each reload: {text}")
     print(f"reload in the hub  ms: p50 {statistics.median(ms):.1f}  p95 {pct(ms, .95):.1f}  "
           f"max {max(ms):.1f}")
     print(f"reload round trip  ms: p50 {statistics.median(trips):.1f}  "
