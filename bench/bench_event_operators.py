@@ -11,7 +11,11 @@ the run measures the operators, not sleeping. Two shapes per operator:
   per-key state and its expiry are the hot path; 10^6 distinct keys over a day),
 * `hot`: 100 keys (most events are suppressed, re-armed or dropped: a storm).
 
-`limit` and `ignoring` wrap a step that takes 1 virtual second per item. Then the chain
+`limit` and `ignoring` wrap a step: in `hot` it takes a virtual minute, so the first
+item of each key runs it and the rest wait (limit, at most max_queue per key, the oldest
+dropped beyond) or are ignored (ignoring) — the operator's own decisions; in `spread` it
+takes 0.1 s and every item runs it (~100 in flight), which measures a step run (then +
+a Stream per item) more than the operator. Then the chain
 `squelch | once_within | accumulate` runs `--events` events and reports RSS at 10 % /
 50 % / 100 % (flat means no per-event history) and the live keys each operator holds at
 the end (bounded by its window). Prints one JSON object.
@@ -64,8 +68,8 @@ def rss_kb() -> int:
     return 0
 
 
-def step(clock: TestScheduler) -> Callable[[Hosts], Stream]:
-    """A step taking one virtual second per host (what limit/ignoring wrap)."""
+def step(clock: TestScheduler, took: float) -> Callable[[Hosts], Stream]:
+    """A step taking `took` virtual seconds per host (what limit/ignoring wrap)."""
 
     def run(hosts: Hosts) -> Stream:
         def subscribe(observer: abc.ObserverBase[Any],
@@ -75,47 +79,50 @@ def step(clock: TestScheduler) -> Callable[[Hosts], Stream]:
                     observer.on_next(Result(host=h.name, op="step", status="ok", code=0))
                 observer.on_completed()
 
-            return clock.schedule_relative(1.0, end)
+            return clock.schedule_relative(took, end)
 
         return Stream(reactivex.create(subscribe), hosts, run)
 
     return run
 
 
-# name → builds (clock, the sources, item(key) → the item, the output Stream) ------------
-Build = Callable[[TestScheduler, list[Subject[Any]], Hosts], Stream]
+# name → builds (clock, the sources, the hosts, a step's seconds) → the output Stream --------
+Build = Callable[[TestScheduler, list[Subject[Any]], Hosts, float], Stream]
 
 
-def _one(op: Callable[[TestScheduler], Any]) -> Build:
-    def build(clock: TestScheduler, subjects: list[Subject[Any]], hosts: Hosts) -> Stream:
-        return Stream(subjects[0], hosts, replay=False) | op(clock)  # type: ignore[arg-type]
+def _one(op: Callable[[TestScheduler, float], Any]) -> Build:
+    def build(clock: TestScheduler, subjects: list[Subject[Any]], hosts: Hosts,
+              took: float) -> Stream:
+        return Stream(subjects[0], hosts, replay=False) | op(clock, took)
 
     return build
 
 
 def _pair(fn: Callable[..., Stream]) -> Build:
-    def build(clock: TestScheduler, subjects: list[Subject[Any]], hosts: Hosts) -> Stream:
-        s0, s1 = (Stream(s, hosts, replay=False) for s in subjects)  # type: ignore[arg-type]
-        return fn(s0, s1, timeout="10s", scheduler=clock)  # type: ignore[no-any-return]
+    def build(clock: TestScheduler, subjects: list[Subject[Any]], hosts: Hosts,
+              took: float) -> Stream:
+        s0, s1 = (Stream(s, hosts, replay=False) for s in subjects)
+        return fn(s0, s1, timeout="10s", scheduler=clock)
 
     return build
 
 
 OPERATORS: dict[str, tuple[Build, int, bool]] = {  # build, number of sources, Results?
-    "once_within": (_one(lambda c: once_within("10s", scheduler=c)), 1, False),
-    "debounce": (_one(lambda c: debounce("10s", scheduler=c)), 1, False),
-    "accumulate": (_one(lambda c: accumulate(3, within="1m", scheduler=c)), 1, False),
-    "squelch": (_one(lambda c: squelch("100/10s", scheduler=c)), 1, False),
+    "once_within": (_one(lambda c, _: once_within("10s", scheduler=c)), 1, False),
+    "debounce": (_one(lambda c, _: debounce("10s", scheduler=c)), 1, False),
+    "accumulate": (_one(lambda c, _: accumulate(3, within="1m", scheduler=c)), 1, False),
+    "squelch": (_one(lambda c, _: squelch("100/10s", scheduler=c)), 1, False),
     "all_of": (_pair(all_of), 2, False),
     "any_of": (_pair(any_of), 2, False),
     "not_all": (_pair(not_all), 2, False),
-    "limit": (_one(lambda c: limit(1, step(c), key="host", scheduler=c)), 1, True),
-    "ignoring": (_one(lambda c: ignoring(step(c), key="host", grace=1, scheduler=c)), 1,
-                 True),
+    "limit": (_one(lambda c, took: limit(1, step(c, took), key="host", scheduler=c)), 1,
+              True),
+    "ignoring": (_one(lambda c, took: ignoring(step(c, took), key="host", grace=1,
+                                               scheduler=c)), 1, True),
 }
 
 
-def measure(name: str, events: int, keys: int, rate: float) -> dict[str, Any]:
+def measure(name: str, events: int, keys: int, rate: float, took: float) -> dict[str, Any]:
     """`events` items of `keys` keys through operator `name` alone: events/s and what it
     holds at the end."""
     build, sources, results = OPERATORS[name]
@@ -127,7 +134,7 @@ def measure(name: str, events: int, keys: int, rate: float) -> dict[str, Any]:
                         if results else [Ev(n) for n in names])
     out = [0]
     before = {id(o) for o in gc.get_objects() if isinstance(o, Keyed)}
-    sub = build(clock, subjects, hosts).subscribe(lambda _: out.__setitem__(0, out[0] + 1))
+    sub = build(clock, subjects, hosts, took).subscribe(lambda _: out.__setitem__(0, out[0] + 1))
     machines = [o for o in gc.get_objects() if isinstance(o, Keyed) and id(o) not in before]
     step_s = 1.0 / rate
     t0 = time.perf_counter()
@@ -185,8 +192,8 @@ def main() -> None:
     for name in args.only.split(","):
         if name:
             report["operators"][name] = {
-                "spread": measure(name, args.per_op, args.keys, args.rate),
-                "hot": measure(name, args.per_op, HOT_KEYS, args.rate)}
+                "spread": measure(name, args.per_op, args.keys, args.rate, 0.1),
+                "hot": measure(name, args.per_op, HOT_KEYS, args.rate, 60.0)}
             gc.collect()
     if not args.no_chain:
         report["chain"] = chain(args.events, args.keys, args.rate)
