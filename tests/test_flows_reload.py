@@ -482,3 +482,35 @@ def test_flows_ls_shows_each_flows_own_publish_drops(tmp_path: Path) -> None:
         assert f"{noisy} bus messages dropped by its publish()" in h.cli("flows", "ls").stdout
     finally:
         h.close()
+
+
+def test_a_reload_that_changes_on_hosts_keeps_the_trigger_only() -> None:
+    """`on(trigger, hosts=…)` with other hosts: the trigger (its schedule) is kept, `on` and
+    everything after it are new, and the report says so."""
+    from reactivex.testing import TestScheduler
+
+    from reops import on, once_within
+    from reops.core.model import Host, Hosts
+    from reops.hub.flow_sources import Build, FlowSources
+    from reops.streams.stream import staging
+    from reops.streams.triggers._trigger import sharing
+    from reops.streams.triggers.clock import every
+
+    clock = TestScheduler()
+    sources = FlowSources("off", notice=lambda n: None)
+
+    def build(gen: int, host: str) -> tuple[list[str], list[str]]:
+        b = Build(gen)
+        t1, t2 = sharing.set(sources.builder(b)), staging.set(sources.stage_builder(b))
+        try:
+            made = (on(every(10, scheduler=clock), hosts=Hosts([Host(name=host, address="127.0.0.1")]))
+                    | once_within("1h", scheduler=clock))
+        finally:
+            sharing.reset(t1)
+            staging.reset(t2)
+        made.subscribe(lambda _: None)
+        return b.report(made)
+
+    assert build(1, "a") == ([], ["on(every('10s')) | once_within('1h')"])
+    assert build(2, "a") == (["on(every('10s')) | once_within('1h')"], [])
+    assert build(3, "b") == (["every('10s')"], ["on(…) | once_within('1h')"])

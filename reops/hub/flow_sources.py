@@ -188,7 +188,9 @@ class FlowSources:
             key = f"{name}#{seen[name]}"
             with self._lock:
                 src = self.live.get(key)
-                build.triggers.append((name.rsplit(" ", 1)[0], src is not None))
+                shown, _, ident = name.rpartition(" ")
+                build.triggers.append((shown, src is not None))
+                build.kept[(ident,)] = src is not None  # a pipeline's first stage
                 if src is None:
                     src = self.live[key] = LiveSource(key, self._squelched(events), build.gen,
                                                       self.notice, self._forget, build.context)
