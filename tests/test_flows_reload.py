@@ -176,7 +176,7 @@ async def test_a_replaced_version_finishes_its_steps_in_flight(hub: Hub, lab: La
 STAGES = '''\
 from reactivex import operators as ops
 
-from reops import once_within, then
+from reops import limit, once_within, then
 
 LIMIT = 3
 
@@ -192,6 +192,7 @@ def stages():
         once_within("5m", key="host"),
         then(step),
         ops.map(lambda r: (r, LIMIT)),
+        limit(1, then(step)),
     ]
 '''
 
@@ -212,24 +213,24 @@ def test_a_stage_is_the_same_when_re_imported_and_changed_when_its_code_is(tmp_p
                                                                           ) -> None:
     path = tmp_path / "stages.py"
     first = idents(path, STAGES)
-    assert len(set(first)) == 4  # four different stages
+    assert len(set(first)) == 5  # five different stages
     # the same file imported again: new function objects, the same identities; moving
     # code (line numbers) changes nothing either
     assert idents(path, STAGES) == first
     assert idents(path, "\n\n\n" + STAGES) == first
     # a lambda edited to another body: that stage only
     lam = idents(path, STAGES.replace("key=lambda r: r.host)", "key=lambda r: r.host[0])"))
-    assert [a == b for a, b in zip(first, lam, strict=True)] == [False, True, True, True]
+    assert [a == b for a, b in zip(first, lam, strict=True)] == [False, True, True, True, True]
     # an argument (the window) of one stage
     win = idents(path, STAGES.replace('once_within("5m", key="host")',
                                       'once_within("6m", key="host")'))
-    assert [a == b for a, b in zip(first, win, strict=True)] == [True, False, True, True]
-    # a step function's body, and a module global a lambda reads
+    assert [a == b for a, b in zip(first, win, strict=True)] == [True, False, True, True, True]
+    # a step function's body (also inside limit), and a module global a lambda reads
     body = idents(path, STAGES.replace("    return hosts", "    return hosts  # same\n"
                                        "    print('edited')"))
-    assert [a == b for a, b in zip(first, body, strict=True)] == [True, True, False, True]
+    assert [a == b for a, b in zip(first, body, strict=True)] == [True, True, False, True, False]
     glob = idents(path, STAGES.replace("LIMIT = 3", "LIMIT = 4"))
-    assert [a == b for a, b in zip(first, glob, strict=True)] == [True, True, True, False]
+    assert [a == b for a, b in zip(first, glob, strict=True)] == [True, True, True, False, True]
 
 
 def test_trigger_identity_includes_keyword_arguments() -> None:
@@ -503,7 +504,8 @@ def test_a_reload_that_changes_on_hosts_keeps_the_trigger_only() -> None:
         b = Build(gen)
         t1, t2 = sharing.set(sources.builder(b)), staging.set(sources.stage_builder(b))
         try:
-            made = (on(every(10, scheduler=clock), hosts=Hosts([Host(name=host, address="127.0.0.1")]))
+            where = Hosts([Host(name=host, address="127.0.0.1")])
+            made = (on(every(10, scheduler=clock), hosts=where)
                     | once_within("1h", scheduler=clock))
         finally:
             sharing.reset(t1)

@@ -53,6 +53,14 @@ class _Walk:
         self.active: set[int] = set()  # functions being walked: a cycle is named, not followed
 
     def of(self, v: Any, depth: int) -> Any:
+        try:
+            return self.value(v, depth)
+        except RecursionError:
+            raise
+        except Exception:  # a value that cannot say what it is: unknown, so "changed"
+            return ("object", _qual(type(v)), id(v))
+
+    def value(self, v: Any, depth: int) -> Any:
         if v is None or isinstance(v, bool | int | float | str | bytes | complex):
             return (type(v).__name__, v)
         if depth > MAX_DEPTH:

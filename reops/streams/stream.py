@@ -132,6 +132,10 @@ class Operator:
         self.apply = apply
         self.name = name or getattr(apply, "__name__", "operator")
 
+    def __reops_identity__(self) -> Any:
+        """An operator given to another (`limit(1, then(a))`) is what it was built from."""
+        return (self.name, self.apply)
+
     def __repr__(self) -> str:
         return f"<operator {self.name}>"
 
