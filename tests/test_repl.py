@@ -203,15 +203,14 @@ def test_history_is_kept_across_sessions(lab: LabInfo, tmp_path: Path) -> None:
     first = spawn(lab.inventory, home)
     try:
         first.run("kept_from_session_one = 41 + 1")
-        first.prompt()
-        first.child.sendeof()
+        first.run("exit()")  # (typed ahead: Ctrl-D would need the prompt to be up)
         first.child.expect(pexpect.EOF)
     finally:
         first.child.terminate(force=True)
     assert "kept_from_session_one" in (home / "repl_history").read_text()
     second = spawn(lab.inventory, home)
     try:
-        second.child.send("\x1b[A")  # Up: the last line of the first session
+        second.child.send("\x1b[A\x1b[A")  # Up, Up: the line before the first's exit()
         second.run("")
         second.run("print('VALUE', kept_from_session_one)")
         second.expect(r"VALUE 42")
