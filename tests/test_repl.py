@@ -253,6 +253,11 @@ def test_flows_started_from_the_repl_run_in_the_hub_and_outlive_it(
             term.expect(r"'ticker'")
             term.run('[(f["name"], f["state"]) for f in flows.ls()]')
             term.expect(r"\[\('ticker', 'running'\)\]")
+            term.child.send('print("LOG", flows.log("ti')  # TAB: the hub's running flows
+            term.child.send("\t")
+            term.expect(r"ticker")
+            term.run('")[0]["status"])')
+            term.expect(r"LOG started")  # the audit's first record: the REPL's start
             term.run("exit()")
             term.child.expect(pexpect.EOF)
         finally:
