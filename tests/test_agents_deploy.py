@@ -6,6 +6,7 @@ downloads the pyzmq and msgspec wheels once, as one would for hosts without PyPI
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -98,3 +99,107 @@ async def test_registrations_without_a_hub(tmp_path: Path) -> None:
     await waits.start()
     assert not waits.running
     await waits.close()
+
+
+# ── the agent wheel: built once per source, shared, bounded ────────────────────────────
+
+#: a `pip` module put first on PYTHONPATH, so `python -m pip` runs it: it notes each
+#: `pip wheel` (and its pid), then hangs (FAKE_PIP_HANG) or hands over to the real pip
+FAKE_PIP = '''\
+import os, runpy, sys, time
+if "wheel" in sys.argv:
+    with open(os.environ["FAKE_PIP_LOG"], "a") as log:
+        log.write(f"{os.getpid()} {' '.join(sys.argv[1:])}\\n")
+    if os.environ.get("FAKE_PIP_HANG"):
+        time.sleep(3600)
+here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+for name in [m for m in sys.modules if m == "pip" or m.startswith("pip.")]:
+    del sys.modules[name]
+runpy.run_module("pip", run_name="__main__", alter_sys=True)
+'''
+
+
+def _fake_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, hang: bool) -> Path:
+    """Shadow pip for this test's `pip wheel` runs; the log file lists each one."""
+    shim = tmp_path / "fake-pip"
+    (shim / "pip").mkdir(parents=True)
+    (shim / "pip" / "__init__.py").write_text("")
+    (shim / "pip" / "__main__.py").write_text(FAKE_PIP)
+    log = tmp_path / "pip-wheel.log"
+    log.write_text("")
+    monkeypatch.setenv("PYTHONPATH", str(shim))
+    monkeypatch.setenv("FAKE_PIP_LOG", str(log))
+    if hang:
+        monkeypatch.setenv("FAKE_PIP_HANG", "1")
+    return log
+
+
+def test_deploying_to_several_hosts_at_once_builds_the_agent_wheel_once(
+        lab: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three hosts deployed at once (each on its own thread, as the deploy_agent step does)
+    share ONE `pip wheel` of the agent's source: the others wait for it, then read the
+    cache (<reops home>/agent-wheels/<source hash>); a later deploy builds nothing."""
+    from reops.hub import deploy as deploy_module
+    from reops.hub.deploy_step import deploy_agent
+
+    wheels = tmp_path / "wheels"
+    got = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d",
+                          str(wheels), "pyzmq", "msgspec"], capture_output=True)
+    assert got.returncode == 0, f"pip download failed: {got.stderr.decode()[-500:]}"
+    home = tmp_path / "home"
+    monkeypatch.setenv("REOPS_HOME", str(home))
+    monkeypatch.setenv("REOPS_CONFIG", str(tmp_path / "none.toml"))
+    log = _fake_pip(tmp_path, monkeypatch, hang=False)
+    names = sorted(lab.hosts)[:3]
+    hosts = lab.as_hosts().only(names)
+    before = deploy_module.builds
+    with start_hub(home, heartbeat_s=0.5) as hub:
+        try:
+            out = run(deploy_agent(hosts, hub=hub.control_path, wheels=wheels))
+            assert out.ok, out.failed
+            assert len(log.read_text().splitlines()) == 1, log.read_text()
+            assert deploy_module.builds - before == 1
+            cached = list((home / "agent-wheels").glob("*/reops_agent-*.whl"))
+            assert len(cached) == 1, cached
+            # the same source again: the cached wheel, no build
+            again = run(deploy_agent(hosts.only(names[:1]), hub=hub.control_path,
+                                     wheels=wheels))
+            assert again.ok, again.failed
+            assert len(log.read_text().splitlines()) == 1, log.read_text()
+        finally:
+            run(source(hosts, exec_("; ".join(
+                f"kill $(cat .reops-agent/{n}/agent.pid) 2>/dev/null; "
+                f"rm -rf .reops-agent/{n} .reops-agent-deploy/{n}" for n in names)
+                + "; rmdir .reops-agent .reops-agent-deploy 2>/dev/null; true"), via="ssh"))
+
+
+def test_an_agent_build_that_hangs_fails_each_host_in_bounded_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pip wheel` that never ends (a real hanging process) is killed after build_timeout;
+    every host is a failed deploy saying so in one line, and the build ran once, not per
+    host. No host is contacted: there is nothing to install."""
+    from reops.core.model import Hosts
+    from reops.hub.deploy_step import deploy_agent
+
+    monkeypatch.setenv("REOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("REOPS_CONFIG", str(tmp_path / "none.toml"))
+    log = _fake_pip(tmp_path, monkeypatch, hang=True)
+    hosts = Hosts([Host(name=f"h{i}", address="localhost") for i in range(4)])
+    out = run(deploy_agent(hosts, endpoint="tcp://127.0.0.1:9", build_timeout=2))
+    src = Path(__import__("reops_agent").__file__).resolve().parent.parent
+    assert sorted((r.host, r.status) for r in out.results) == [
+        (f"h{i}", "failed") for i in range(4)]
+    for r in out.results:
+        assert r.err == (f"{r.host}: building the reops-agent wheel (pip wheel {src}) did not "
+                         "finish within 2 s; pass --wheels (wheels=) with a reops_agent "
+                         "wheel, or raise REOPS_AGENT_BUILD_TIMEOUT")
+    runs = log.read_text().splitlines()
+    assert len(runs) == 1, runs
+    pid = int(runs[0].split()[0])
+    try:  # killed, not left hanging (reaped by reops: no such process at all)
+        os.kill(pid, 0)
+        raise AssertionError(f"the hung pip wheel (pid {pid}) is still running")
+    except ProcessLookupError:
+        pass
+    assert not list((tmp_path / "home" / "agent-wheels").glob("*/*.whl"))  # nothing cached

@@ -16,12 +16,19 @@ msgspec) come from the host's own index.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import fcntl
+import hashlib
 import importlib.metadata
+import os
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -35,7 +42,7 @@ from reops.control.settings import HubSettings
 from reops.control.wire import AnyPiece, Event
 from reops.core.model import Host, Hosts, Outcome, Result
 from reops.core.runtime import get_runtime
-from reops.core.settings import Settings, load_settings
+from reops.core.settings import Settings, home, load_settings
 from reops.hub.keystore import KeyStore
 from reops.ops.base import Op
 from reops.transports.ssh.executor import SshExecutor
@@ -54,14 +61,134 @@ WantedBy=multi-user.target
 """
 
 
-def agent_wheel(out: Path) -> Path:
-    """Build the reops-agent wheel from its source tree (the one this process imports)."""
+#: seconds `pip wheel` may take to build reops-agent ($REOPS_AGENT_BUILD_TIMEOUT overrides)
+BUILD_TIMEOUT_S = 300.0
+#: how many times this process ran `pip wheel` for reops-agent (the cache's hit rate, for tests)
+builds = 0
+_inflight: dict[str, concurrent.futures.Future[Path]] = {}
+_inflight_lock = threading.Lock()
+
+
+class AgentBuildError(RuntimeError):
+    """The reops-agent wheel could not be built; one line saying why and what to do."""
+
+
+def _agent_source() -> Path:
     src = Path(reops_agent.__file__).resolve().parent.parent
     if not (src / "pyproject.toml").exists():
-        raise ValueError(f"no reops-agent source tree at {src}: pass --wheels with its wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out),
-                    str(src)], check=True, capture_output=True)
-    return next(out.glob("reops_agent-*.whl"))
+        raise AgentBuildError(f"no reops-agent source tree at {src}: pass --wheels "
+                              "(wheels=) with a reops_agent wheel")
+    return src
+
+
+def _source_hash(src: Path) -> str:
+    """The agent source's content hash: what a cached wheel was built from."""
+    digest = hashlib.sha256()
+    files = [src / "pyproject.toml", *sorted((src / "reops_agent").rglob("*.py"))]
+    files += [p for p in (src / "README.md",) if p.exists()]
+    for f in files:
+        digest.update(str(f.relative_to(src)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()[:24]
+
+
+def _default_build_timeout() -> float:
+    """The `pip wheel` deadline: $REOPS_AGENT_BUILD_TIMEOUT, else BUILD_TIMEOUT_S."""
+    raw = os.environ.get("REOPS_AGENT_BUILD_TIMEOUT", "")
+    try:
+        value = float(raw) if raw else BUILD_TIMEOUT_S
+    except ValueError:
+        raise AgentBuildError(f"REOPS_AGENT_BUILD_TIMEOUT={raw!r} is no number of seconds"
+                              ) from None
+    if value <= 0:
+        raise AgentBuildError(f"REOPS_AGENT_BUILD_TIMEOUT={raw!r} must be > 0")
+    return value
+
+
+def _pip_wheel(src: Path, out: Path, timeout: float) -> None:
+    """`pip wheel` in its own process group, killed whole when it overruns `timeout`."""
+    global builds
+    builds += 1
+    cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(src)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # pip and the build backend it started
+        proc.communicate()
+        raise AgentBuildError(
+            f"building the reops-agent wheel (pip wheel {src}) did not finish within "
+            f"{timeout:g} s; pass --wheels (wheels=) with a reops_agent wheel, or raise "
+            "REOPS_AGENT_BUILD_TIMEOUT") from None
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    if proc.returncode != 0:
+        lines = err.decode(errors="replace").strip().splitlines()
+        raise AgentBuildError(f"building the reops-agent wheel failed (pip wheel {src}, exit "
+                              f"{proc.returncode}): {lines[-1] if lines else 'no output'}; "
+                              "pass --wheels (wheels=) with a reops_agent wheel")
+
+
+def _build_cached(src: Path, key: str, timeout: float) -> Path:
+    """The cached wheel for `key`, built first if missing (one process at a time: flock)."""
+    cache = home() / "agent-wheels"
+    cache.mkdir(parents=True, exist_ok=True)
+    done = cache / key
+    with open(cache / f"{key}.lock", "w") as lock:
+        deadline = time.monotonic() + timeout
+        while True:  # another process building the same source: wait for it, bounded
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise AgentBuildError(
+                        f"another process has been building the reops-agent wheel in {cache} "
+                        f"for over {timeout:g} s; pass --wheels (wheels=) with a reops_agent "
+                        "wheel") from None
+                time.sleep(0.1)
+        found = sorted(done.glob("reops_agent-*.whl")) if done.is_dir() else []
+        if found:
+            return found[0]
+        tmp = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=cache))
+        try:
+            _pip_wheel(src, tmp, timeout)
+            built = sorted(tmp.glob("reops_agent-*.whl"))
+            if not built:
+                raise AgentBuildError(f"pip wheel {src} made no reops_agent wheel; pass "
+                                      "--wheels (wheels=) with one")
+            os.replace(tmp, done)  # whole or not at all: a half-built wheel is never found
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return done / built[0].name
+
+
+def agent_wheel(timeout: float | None = None) -> Path:
+    """The reops-agent wheel of the source tree this process imports: built once per source
+    content (cached under <reops home>/agent-wheels), by one `pip wheel` at a time however
+    many deploys ask at once (the others wait for it), within `timeout` s."""
+    src = _agent_source()
+    key = _source_hash(src)
+    limit = _default_build_timeout() if timeout is None else timeout
+    with _inflight_lock:
+        pending = _inflight.get(key)
+        mine = pending is None
+        if pending is None:
+            pending = _inflight[key] = concurrent.futures.Future()
+    if not mine:
+        return pending.result()  # the build in flight ends within its own timeout
+    try:
+        pending.set_result(_build_cached(src, key, limit))
+    except BaseException as e:
+        pending.set_exception(e)
+    finally:
+        with _inflight_lock:
+            del _inflight[key]  # done: the next deploy reads the disk cache (or retries)
+    return pending.result()
 
 
 def systemd_escape(line: str) -> str:
@@ -213,16 +340,24 @@ async def _deploy_host(host: Host, ops: list[Op], settings: Settings,
 
 def deploy(hosts: Hosts, *, endpoint: str, settings: HubSettings, wheels: Path | None = None,
            allow_code: bool = False, sudo: bool = False, timeout: float = 600.0,
-           ssh_settings: Settings | None = None, register_timeout: float = 60.0) -> Outcome:
+           ssh_settings: Settings | None = None, register_timeout: float = 60.0,
+           build_timeout: float | None = None) -> Outcome:
     """Deploy agents to `hosts` (connecting to `endpoint`); one Result per host, "ok" once
-    that host's agent has registered with the hub (within `register_timeout` s)."""
+    that host's agent has registered with the hub (within `register_timeout` s). Without a
+    reops_agent wheel in `wheels`, the cached build of its source is used (`agent_wheel`:
+    `build_timeout` s at most, default $REOPS_AGENT_BUILD_TIMEOUT or BUILD_TIMEOUT_S)."""
     store = KeyStore(settings.keys_path)
     hub_key = store.hub_public_key()
     ssh = ssh_settings or load_settings()
     with tempfile.TemporaryDirectory(prefix="reops-deploy-") as tmp:
         files = sorted(wheels.glob("*.whl")) if wheels else []
         if not any(w.name.startswith("reops_agent-") for w in files):
-            files.append(agent_wheel(Path(tmp)))
+            try:
+                files.append(agent_wheel(build_timeout))
+            except AgentBuildError as e:  # every host fails saying so: nothing to install
+                return Outcome.of([Result(host=h.name, op="deploy", status="failed", code=1,
+                                          err=f"{h.name}: {e}", started_at=time.time())
+                                   for h in hosts], hosts.names)
         plans = {}
         for host in hosts:
             public, secret = write_keypair(Path(tmp) / "keys" / host.name, "agent")

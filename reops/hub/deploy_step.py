@@ -58,9 +58,11 @@ def deploy_agent(hosts: Hosts | Host | Iterable[Host], *, endpoint: str | None =
                  wheels: Path | None = None, sudo: bool = False,
                  register_timeout: float = 60.0, timeout: float = 600.0,
                  hub: Path | None = None, settings: Settings | None = None,
-                 dry_run: bool | None = None) -> Stream:
+                 dry_run: bool | None = None, build_timeout: float | None = None) -> Stream:
     """Install and start reops-agent on each host, pointed at the running hub; a host's
-    Result is ok once its agent registered (failed, saying why, otherwise)."""
+    Result is ok once its agent registered (failed, saying why, otherwise). Without a
+    reops_agent wheel in `wheels`, every host shares one cached build of the agent's
+    source (reops.hub.deploy.agent_wheel), `build_timeout` s at most."""
     hs = as_hosts(hosts)
     r = resolve(via="ssh", settings=settings, dry_run=dry_run)
 
@@ -82,8 +84,8 @@ def deploy_agent(hosts: Hosts | Host | Iterable[Host], *, endpoint: str | None =
         try:
             outcome = await in_own_thread(lambda: deploy(
                 Hosts([host]), endpoint=to, settings=settings_, wheels=wheels, sudo=sudo,
-                timeout=timeout, ssh_settings=r.settings, register_timeout=register_timeout),
-                name="reops-deploy")
+                timeout=timeout, ssh_settings=r.settings, register_timeout=register_timeout,
+                build_timeout=build_timeout), name="reops-deploy")
         except (OSError, ValueError, subprocess.SubprocessError) as e:  # this host fails,
             return _failed(host, f"deploy_agent: {_why(e)}", started, t0)  # not the flow
         (result,) = outcome.results
@@ -92,6 +94,6 @@ def deploy_agent(hosts: Hosts | Host | Iterable[Host], *, endpoint: str | None =
     def rebuild(subset: Hosts) -> Stream:
         return deploy_agent(subset, endpoint=endpoint, wheels=wheels, sudo=sudo,
                             register_timeout=register_timeout, timeout=timeout, hub=hub,
-                            settings=r.settings, dry_run=False)
+                            settings=r.settings, dry_run=False, build_timeout=build_timeout)
 
     return Stream(fanout(hs, run_one), hs, rebuild)
