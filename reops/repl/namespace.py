@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,15 @@ def namespace(inventory_path: Path | None) -> dict[str, Any]:
     import polars as pl
 
     ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
-    ns.update({name: getattr(reops, name) for name in reops.__all__})
+    broken: dict[str, str] = {}
+    for name in reops.__all__:
+        try:
+            ns[name] = getattr(reops, name)
+        except Exception as e:  # one broken part must not cost the whole session
+            broken.setdefault(f"{type(e).__name__}: {e}", name)
+    for why, name in broken.items():
+        sys.stderr.write(f"reops: warning: {name} (and what shares its module) is not "
+                         f"loaded: {why}\n")
     ns.update(reops=reops, pl=pl, flows=Flows(), systems=systems)
     if inventory_path is None and (os.environ.get("REOPS_INVENTORY") or default_path().exists()):
         inventory_path = default_path()

@@ -102,7 +102,7 @@ class Session(PythonRepl):
         self.confirm_exit = False  # Ctrl-D leaves, as in python
         self.show_status_bar = False  # one line of prompt: output above it stays readable
         self.insert_blank_line_after_output = False
-        self.output: AboveThePrompt | None = None
+        self.above: AboveThePrompt | None = None
 
     # ── the loop ────────────────────────────────────────────────────────────────────────
 
@@ -112,7 +112,7 @@ class Session(PythonRepl):
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
-            with output_above_prompt() as self.output:
+            with output_above_prompt() as self.above:
                 while True:
                     try:
                         text = self._read(loop)
@@ -128,8 +128,8 @@ class Session(PythonRepl):
 
     def _read(self, loop: asyncio.AbstractEventLoop) -> str:
         """The next command; the session's loop runs its tasks meanwhile."""
-        if self.output is not None:
-            self.output.drain()  # the last command's output first, then the prompt
+        if self.above is not None:
+            self.above.drain()  # the last command's output first, then the prompt
         return loop.run_until_complete(loop.run_in_executor(None, self.read))
 
     def execute(self, text: str, loop: asyncio.AbstractEventLoop) -> None:
