@@ -14,20 +14,17 @@ those few threads to open SSH connections (six hosts at once deadlocked).
 from __future__ import annotations
 
 import time
-import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from reops.control.client import HubClient
 from reops.core.model import Host, Hosts, Line, Outcome, Result
-from reops.core.threads import in_own_thread
-from reops.ops.base import Op
 from reops.store.model import MachinesError, System, Type
-from reops.streams.source import as_hosts, resolve, source
+from reops.streams.source import as_hosts, resolve
 from reops.streams.stream import Stream, fanout
 from reops.systems.api import HubMachines, MachinesAPI, connect
-from reops.systems.provisioning import load_recipe
+from reops.systems.provisioning import recipe_error, run_recipe
 
 
 async def _lookup(host: Host, hub: Path | None) -> tuple[System, Type]:
@@ -55,28 +52,14 @@ async def _lookup(host: Host, hub: Path | None) -> tuple[System, Type]:
 
 
 async def _run_recipe(recipe: str, one: Hosts, args: dict[str, Any]) -> Outcome:
-    """Call the recipe on its own thread; await the Stream (or Op) it returns on the loop."""
-    made = await in_own_thread(lambda: load_recipe(recipe)(one, **args),
-                               name="reops-recipe")
-    if isinstance(made, Op):
-        made = source(one, made)
-    if isinstance(made, Stream):
-        return await made
-    if isinstance(made, Outcome):
-        return made
-    raise MachinesError(f"a provisioning recipe returns a Stream, an Outcome or an Op, "
-                        f"not {type(made).__name__}")
+    """Call the recipe on its own thread; await the Stream (or Op) it returns on the loop
+    (reops.systems.provisioning.run_recipe, which the hub's provision jobs use too)."""
+    return await run_recipe(recipe, one, args)
 
 
 def _said(e: Exception, recipe: str) -> str:
     """One line: the error, and where in the recipe's file it was raised."""
-    if isinstance(e, MachinesError):
-        return str(e)
-    file = str(Path(recipe.partition(":")[0]).resolve())
-    frames = [f for f in traceback.extract_tb(e.__traceback__)
-              if str(Path(f.filename).resolve()) == file]
-    where = f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else f"{recipe}: "
-    return f"{where}{type(e).__name__}: {e}"
+    return recipe_error(e, recipe)
 
 
 def provision(hosts: Hosts | Host | Iterable[Host], *, hub: Path | None = None,

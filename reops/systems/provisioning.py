@@ -13,18 +13,19 @@ returns a Stream, an Outcome or an Op — operations are plain composable functi
 
 from __future__ import annotations
 
-import asyncio
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from reops.core.model import Outcome, Result
+from reops.core.model import Hosts, Outcome, Result
 from reops.core.pyfile import import_file
+from reops.core.threads import in_own_thread
 from reops.ops.base import Op
 from reops.store.model import MachinesError, System, Type
 from reops.streams.source import source
-from reops.streams.stream import Stream, run
+from reops.streams.stream import Stream
 from reops.systems.handlers import ProvisionSeam
 from reops.systems.machines import to_hosts
 
@@ -42,15 +43,33 @@ def load_recipe(spec: str) -> Callable[..., Any]:
     return fn
 
 
-def _outcome(made: Any, hosts: Any) -> Outcome:
+async def run_recipe(recipe: str, hosts: Hosts, args: dict[str, Any]) -> Outcome:
+    """Call the recipe on a thread of its own; await the Stream (or Op) it returns.
+
+    Never `asyncio.to_thread`: the recipe (and `run()` inside it) waits on the runtime loop,
+    which needs its few default-executor threads to open SSH connections; recipes parked
+    there for more hosts at once than it has threads deadlocked (reops.core.threads)."""
+    made = await in_own_thread(lambda: load_recipe(recipe)(hosts, **args),
+                               name="reops-recipe")
     if isinstance(made, Op):
         made = source(hosts, made)
     if isinstance(made, Stream):
-        return run(made)
+        return await made  # on the loop, from any loop: holds no thread
     if isinstance(made, Outcome):
         return made
     raise MachinesError(f"a provisioning recipe returns a Stream, an Outcome or an Op, "
                         f"not {type(made).__name__}")
+
+
+def recipe_error(e: Exception, recipe: str) -> str:
+    """One line: the error, and where in the recipe's file it was raised."""
+    if isinstance(e, MachinesError):
+        return str(e)
+    file = str(Path(recipe.partition(":")[0]).resolve())
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if str(Path(f.filename).resolve()) == file]
+    where = f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else f"{recipe}: "
+    return f"{where}{type(e).__name__}: {e}"
 
 
 def provisioner() -> ProvisionSeam:
@@ -63,12 +82,11 @@ def provisioner() -> ProvisionSeam:
         hosts = to_hosts([system])
         started = time.time()
         t0 = time.monotonic()
-
-        def call() -> Outcome:
-            return _outcome(load_recipe(recipe)(hosts, **type_.args), hosts)
-
-        # the recipe is blocking user code that itself waits on the runtime loop
-        outcome = await asyncio.to_thread(call)
+        try:
+            outcome = await run_recipe(recipe, hosts, dict(type_.args))
+        except Exception as e:  # the recipe's own bug: this job fails saying where
+            raise MachinesError(f"{system.hostname}: provisioning with {recipe} failed: "
+                                f"{recipe_error(e, recipe)}") from None
         bad = outcome.failed
         return Result(
             host=system.hostname, op=f"provision:{type_.name}",
