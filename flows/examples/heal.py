@@ -1,6 +1,6 @@
 """A service check fails → restart it, once per host per window.
 
-    reops flows start flows/examples/heal.py --selector 'group:web' --service webapp
+    reops flows start flows/examples/heal.py --selector 'group:web' --name webapp
 """
 
 from __future__ import annotations
