@@ -104,19 +104,23 @@ def test_top_level_await_returns_an_outcome_kept_as_r(repl: Term, lab: LabInfo) 
     repl.expect(rf"✔\s+{host}\b")
 
 
+def complete(term: Term, typed: str, shown: str) -> None:
+    """Type `typed`, wait for the completion menu to offer `shown` (ptpython completes
+    while typing), then TAB: the first entry is taken at once (no race with what is typed
+    next, as there would be with a completion TAB itself had to start)."""
+    term.child.send(typed)
+    term.expect(shown)
+    term.child.send("\t")
+
+
 def test_tab_completes_a_lab_host_name_and_a_selector_word(repl: Term, lab: LabInfo) -> None:
     names = list(lab.hosts)
-    repl.child.send('inv["ca')  # no Python completer knows host names: only the inventory
-    repl.child.send("\t")
-    repl.expect(r"cache2")  # the menu of host names is up
-    repl.child.send("\t")  # (menu: TAB picks an entry; which one depends on typing speed)
+    # no Python completer knows host names: only the inventory's
+    complete(repl, 'inv["ca', r"cache2")
     repl.run('"].name')
-    shown = repl.expect(r"'(ca\w+)'")  # Host.name of what TAB completed the string to
-    assert shown[1] in names and shown[1] != "ca"
-    repl.prompt()
-    repl.child.send('len(inv.select("web1 , group:d')  # a word after an operator
-    repl.child.send("\t")
-    repl.expect(r"group:db")
+    host = next(n for n in names if n.startswith("ca"))  # the menu's first entry
+    repl.expect(rf"'{host}'")
+    complete(repl, 'len(inv.select("web1 , group:d', r"group:db")  # a word after an operator
     repl.run('"))')
     db = sum(1 for n in names if n.startswith("db"))
     repl.expect(rf"(?m)^{db + 1}$")
@@ -253,9 +257,7 @@ def test_flows_started_from_the_repl_run_in_the_hub_and_outlive_it(
             term.expect(r"'ticker'")
             term.run('[(f["name"], f["state"]) for f in flows.ls()]')
             term.expect(r"\[\('ticker', 'running'\)\]")
-            term.child.send('print("LOG", flows.log("ti')  # TAB: the hub's running flows
-            term.child.send("\t")
-            term.expect(r"ticker")
+            complete(term, 'print("LOG", flows.log("ti', r"ticker")  # the hub's flows
             term.run('")[0]["status"])')
             term.expect(r"LOG started")  # the audit's first record: the REPL's start
             term.run("exit()")
