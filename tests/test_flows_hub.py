@@ -449,3 +449,22 @@ async def test_flow_events_reach_control_subscribers(hub: Hub, lab: LabInfo,
         await events.aclose()
     finally:
         await client.close()
+
+
+def test_a_flows_results_land_in_the_run_history(hub: Hub, lab: LabInfo,
+                                                 flow_file: Path) -> None:
+    """Every Result a flow in the hub produces is in `reops history`, as that flow's."""
+    host = next(iter(lab.hosts))
+    hub.cli("flows", "start", "--as", "histo", str(flow_file), "--inv", str(lab.inventory),
+            "--selector", host, "--command", "echo from-flow; exit 3", "--every", "0.3")
+
+    def rows() -> list[dict[str, Any]]:
+        out = hub.cli("history", "--since", "1d", "--failed", "-o", "json").stdout
+        return [r for r in json.loads(out or "[]") if r.get("flow") == "histo"]
+
+    got = until(lambda: len(rows()) >= 2 and rows(), "the flow's Results in the history")
+    assert {(r["source"], r["host"], r["op"], r["status"], r["code"]) for r in got} == {
+        ("flow", host, "exec", "failed", 3)}
+    assert all("from-flow" in r["out"] for r in got)
+    assert all(str(flow_file) in r["command"] for r in got)
+    hub.cli("flows", "stop", "histo")

@@ -36,7 +36,10 @@ def run_cmd(ctx: click.Context, spec: str | None, args: tuple[str, ...]) -> None
     from reops.flows import resolve
 
     terminate_like_interrupt()  # SIGTERM cancels and cleans up like Ctrl-C (exit 143)
+    from reops.sinks.history import set_source
+
     flow = resolve(spec)
+    set_source("flow", flow=flow.name)  # its runs are this flow's in `reops history`
     command = flow.command()
     command.name = f"reops run {spec}"
     try:

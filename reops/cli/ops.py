@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -205,6 +207,8 @@ def _watch_metrics(o: dict[str, Any], selector: str, kinds: Sequence[str], every
     """
     import threading
 
+    from reops.core import hooks
+    from reops.core.model import RunInfo
     from reops.ops.metrics import KINDS
     from reops.sinks.terminal import live
     from reops.sinks.views import metrics_table
@@ -218,15 +222,23 @@ def _watch_metrics(o: dict[str, Any], selector: str, kinds: Sequence[str], every
     seen: dict[str, int] = {}
     done = threading.Event()
     caption = f"every {every:g} s · Ctrl-C to stop"
+    info = RunInfo(command=shlex.join(["reops", *sys.argv[1:]]), pipeline="metrics",
+                   selector=selector)
 
     def on_next(r: Any) -> None:
         if not isinstance(r, Result):
             return
         latest[r.host], seen[r.host] = r, seen.get(r.host, 0) + 1
+        hooks.result_finished(r, info)  # each sample lands in `reops history`
         if o["output"] != "pretty":
             row = r.data.row() if r.ok and r.data is not None else {"err": r.err}
-            print(msgspec.json.encode({"host": r.host, "status": r.status, **row}).decode(),
-                  flush=True)
+            try:
+                print(msgspec.json.encode({"host": r.host, "status": r.status, **row}).decode(),
+                      flush=True)
+            except BrokenPipeError:  # `| head`: the reader has enough; stop quietly
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                done.set()
+                return
         if count and len(seen) == len(hosts) and min(seen.values()) >= count:
             done.set()
 

@@ -52,13 +52,14 @@ import click
 import msgspec
 from reactivex import abc
 
-from reops.core.model import Host, Line, Outcome, Result
+from reops.core.model import Host, Line, Outcome, Result, RunInfo
 from reops.core.runtime import get_runtime
 from reops.core.settings import Settings, home, load_table
 from reops.flows import Flow, FlowError, resolve
 from reops.hub.flow_sources import Build, FlowSources
 from reops.ops.base import Op
 from reops.sinks.bus import Tally, tally
+from reops.sinks.history import record_result
 from reops.store.flows import AuditRow, FlowRecord, SqliteFlowStore
 from reops.streams.operators._keyed import Notice
 from reops.streams.operators.squelch import RATE, Resumed, Squelched, squelch
@@ -292,6 +293,9 @@ class Running:
         self.build: Build | None = None  # the live sources it reads, what it kept
         self.kept: list[str] = []  # of the version before it: the stages kept …
         self.swapped: list[str] = []  # … and those built anew
+        #: this version's run in `reops history` (one run per started or reloaded version)
+        self.history = RunInfo(command=f"reops flows start {rec.file} {' '.join(rec.args)}"
+                               .strip(), pipeline=rec.func)
 
     def go_live(self) -> None:
         """Deliver what it emitted while it was being swapped in, then deliver at once."""
@@ -589,8 +593,8 @@ class FlowRunner:
             self._host_row(run, firing, trigger, item, now)
         elif isinstance(item, Outcome):
             firing = run.firings.new()
-            for r in item.results:
-                self._host_row(run, firing, "outcome", r, now)
+            for r in item.results:  # run()/await recorded its own Outcome in the history
+                self._host_row(run, firing, "outcome", r, now, history=item.run is None)
         else:
             firing = run.firings.new()
             self._count(run, firing, "fired")
@@ -599,13 +603,16 @@ class FlowRunner:
                                  detail=repr(item)[:200]), rec)
         rec.fired = run.firings.fired
 
-    def _host_row(self, run: Running, firing: int, trigger: str, r: Result, now: float) -> None:
+    def _host_row(self, run: Running, firing: int, trigger: str, r: Result, now: float,
+                  history: bool = True) -> None:
         rec = run.rec
         detail = r.op
         if not r.ok:
             last = (r.err or r.out).strip().splitlines()
             detail = f"{r.op}: {last[-1][:200]}" if last else r.op
         self._count(run, firing, r.status)
+        if history:
+            record_result(r, run.history, source="flow", flow=rec.name)  # `reops history`
         self._queue(AuditRow(flow=rec.name, at=now, firing=firing, trigger=trigger,
                              version=run.version, host=r.host, status=r.status, code=r.code,
                              started_at=r.started_at, duration_s=r.duration_s,

@@ -35,6 +35,9 @@ def repl(inventory_path: Path | None) -> None:
     from reops.repl.hubflows import Flows
     from reops.repl.namespace import namespace, systems
     from reops.repl.session import Interrupts, Session
+    from reops.sinks.history import set_source
+
+    set_source("repl")  # this session's runs are recorded as the REPL's in `reops history`
 
     interrupts = Interrupts()
     interrupts.install()  # before polars is imported: its SIGINT handler then chains to ours

@@ -586,10 +586,17 @@ ENDLESS_RUNS = 64
 
 
 def _on_result(result: Result, info: RunInfo) -> None:
+    record_result(result, info)
+
+
+def record_result(result: Result, info: RunInfo, *, source: Source | None = None,
+                  flow: str | None = None) -> None:
+    """Append one Result of a long run (`info` names it), batched: what the hub's flows call
+    per Result; settings are read once per run, not per Result. Never raises."""
     ctx = _endless.get(info.run_id, False)
     if ctx is False:
         cfg = _settings_or_warn()
-        src, flow = current_source()
+        src, flow = (source, flow) if source is not None else current_source()
         ctx = _endless[info.run_id] = _Run(info, src, flow, cfg) if cfg and cfg.enabled \
             else None
         while len(_endless) > ENDLESS_RUNS:  # dicts keep insertion order: oldest first
