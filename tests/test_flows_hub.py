@@ -468,3 +468,33 @@ def test_a_flows_results_land_in_the_run_history(hub: Hub, lab: LabInfo,
     assert all("from-flow" in r["out"] for r in got)
     assert all(str(flow_file) in r["command"] for r in got)
     hub.cli("flows", "stop", "histo")
+
+
+BLOCKING_FLOW = '''\
+import threading
+
+from reops.flows import flow
+
+
+@flow
+def stuck() -> object:
+    """Blocks while it builds: what a flow calling run() at start-up looks like to the hub."""
+    threading.Event().wait(600)
+    return None
+'''
+
+
+def test_flows_that_block_while_building_do_not_starve_the_hub(tmp_path: Path) -> None:
+    """More blocked starts than the hub loop has executor threads: each start times out with
+    its one line, and the hub still answers (its store calls need those threads)."""
+    path = tmp_path / "stuck.py"
+    path.write_text(BLOCKING_FLOW)
+    h = Hub(tmp_path / "home", REOPS_FLOWS_START_TIMEOUT_S="0.5").start()
+    try:
+        for i in range(8):  # the default executor has min(32, cpus + 4) threads
+            done = h.cli("flows", "start", "--as", f"stuck{i}", str(path), check=False)
+            assert done.returncode == 2 and "did not return within 0.5s" in done.stderr
+        assert h.cli("flows", "ls", "-o", "json").returncode == 0  # answered, not starved
+        assert h.proc.poll() is None
+    finally:
+        h.lab_hub.stop(signal.SIGKILL, timeout=20)

@@ -55,6 +55,7 @@ from reactivex import abc
 from reops.core.model import Host, Line, Outcome, Result, RunInfo
 from reops.core.runtime import get_runtime
 from reops.core.settings import Settings, home, load_table
+from reops.core.threads import in_own_thread
 from reops.flows import Flow, FlowError, resolve
 from reops.hub.flow_sources import Build, FlowSources
 from reops.ops.base import Op
@@ -531,7 +532,7 @@ class FlowRunner:
         self._gens[rec.name] = run.gen = self._gens.get(rec.name, 0) + 1
         try:
             sub, version = await asyncio.wait_for(
-                asyncio.to_thread(self._build, rec, run.gate, run),
+                in_own_thread(lambda: self._build(rec, run.gate, run), name="reops-flow-build"),
                 self.settings.start_timeout_s)
         except TimeoutError:
             run.retired = True
@@ -707,7 +708,8 @@ class FlowRunner:
         probe = FlowRecord(name=str(p.get("name") or ""), file=file, func=func, args=args,
                            watch=bool(p.get("watch")), max_rate=max_rate)
         if not probe.name:  # the flow's own name: known once the file is read
-            flow = await asyncio.to_thread(resolve, f"{file}:{func}" if func else file)
+            spec = f"{file}:{func}" if func else file
+            flow = await in_own_thread(lambda: resolve(spec), name="reops-flow-import")
             probe.name, probe.func = flow.name, flow.func.__name__
         if probe.name in self.flows:
             raise ValueError(f"flow {probe.name!r} is already running; stop it first, or "
