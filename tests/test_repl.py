@@ -267,3 +267,14 @@ def test_flows_started_from_the_repl_run_in_the_hub_and_outlive_it(
         rows = request_sync(hub.control_path, "flows.ls")  # the REPL is gone; the flow is not
         assert [(r["name"], r["state"]) for r in rows] == [("ticker", "running")]
         request_sync(hub.control_path, "flows.stop", {"name": "ticker"})
+
+
+def test_runs_in_the_repl_land_in_the_history_as_the_repls(repl: Term, lab: LabInfo) -> None:
+    host = next(iter(lab.hosts))
+    repl.run(f'out = await exec_(inv.select("{host}"), "echo one")')
+    repl.prompt()
+    repl.run(f'out = run(exec_(inv.select("{host}"), "echo two"))')
+    repl.prompt()
+    repl.run(f'h = history("1h", host="{host}").collect(); '
+             'print("H:", sorted(set(h["source"])), sorted(h["out"].str.strip_chars()))')
+    repl.expect(r"H: \['repl'\] \['one', 'two'\]")
