@@ -209,3 +209,36 @@ def dead_address() -> tuple[str, int]:
     with socket.socket() as s:
         s.bind((DEAD_ADDRESS, 0))
         return DEAD_ADDRESS, s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[Any]:
+    """A real PostgreSQL (Debian's binaries, `tests/pg_server.py`) for the session: a
+    private cluster on a unix socket dir and 127.0.0.1:<free port>, stopped (pg_ctl stop
+    -m fast) and removed at the end, even when a test failed. Skips where not installed."""
+    from pg_server import PgServer, pg_bin
+
+    bindir = pg_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    server = PgServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg: Any) -> Iterator[str]:
+    """The URL of a fresh, empty database in the session's PostgreSQL, dropped after."""
+    import psycopg
+
+    name = f"t_{os.urandom(6).hex()}"
+    with psycopg.connect(pg.url(), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield pg.url(name)
+    finally:
+        with psycopg.connect(pg.url(), autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

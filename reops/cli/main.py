@@ -39,6 +39,7 @@ LAZY: dict[str, tuple[str, str]] = {
     "security": ("reops.cli.ops:security", "Listening ports, SSH sessions, firewall, updates."),
     "reboot": ("reops.cli.ops:reboot", "Reboot hosts and wait until each is back."),
     "shutdown": ("reops.cli.ops:shutdown", "Power hosts off."),
+    "store": ("reops.cli.store:store_cmd", "The durable store: reops store migrate."),
 }
 
 

@@ -3,28 +3,25 @@ and the audit of every firing, in SQLite.
 
 The interface is small on purpose (`FlowStore`): save/get/running/remove a `FlowRecord`,
 `record` audit rows in one transaction with the flow's counters, `audit` them back. Issue
-13 puts a PostgreSQL engine behind the same methods. The SQLite engine keeps its own file
-(`flows.db` beside `machines.db`) and its own migration sequence, so the flow runner never
-waits on the job queue's fsyncs and the two schemas evolve apart. WAL with
-`synchronous=NORMAL`: a committed row survives `kill -9` of the hub (the WAL is in the OS
-page cache); only a power cut may lose the last audit rows, a trade made because a busy
-flow writes many of them. The audit is capped per flow (`keep`, oldest rows go first):
-disk stays bounded for a flow that fires forever.
+13 puts a PostgreSQL engine behind the same methods (reops.store.postgres). The SQLite
+engine keeps its own file (`flows.db` beside `machines.db`) and its own migration
+sequence, so the flow runner never waits on the job queue's fsyncs and the two schemas
+evolve apart. WAL with `synchronous=NORMAL`: a committed row survives `kill -9` of the hub
+(the WAL is in the OS page cache); only a power cut may lose the last audit rows, a trade
+made because a busy flow writes many of them. The audit is capped per flow (`keep`,
+oldest rows go first): disk stays bounded for a flow that fires forever.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import threading
-import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import msgspec
 
-from reops.store.sqlite import _private
+from reops.store.sqlite import SqliteDb
 
 FlowState = Literal["starting", "running", "error", "stopped"]
 
@@ -87,7 +84,11 @@ class AuditRow(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class FlowStore(Protocol):
-    """What the flow runner needs from a store (SQLite here; PostgreSQL in issue 13)."""
+    """What the flow runner needs from a store: `SqliteFlowStore` here, `PgFlowStore` in
+    reops.store.postgres (both pass tests/test_store_contract.py)."""
+
+    where: str
+    applied: list[int]
 
     def save(self, rec: FlowRecord) -> None: ...
     def get(self, name: str) -> FlowRecord | None: ...
@@ -96,6 +97,9 @@ class FlowStore(Protocol):
     def record(self, rows: Sequence[AuditRow], flows: Iterable[FlowRecord] = ()) -> None: ...
     def audit(self, name: str, after: int = 0, limit: int | None = None) -> list[AuditRow]: ...
     def close(self) -> None: ...
+    def migrate(self) -> list[int]: ...
+    @property
+    def schema_version(self) -> int: ...
 
 
 _enc = msgspec.json.Encoder()
@@ -106,41 +110,24 @@ class SqliteFlowStore:
 
     def __init__(self, path: Path | str, keep: int = AUDIT_KEEP) -> None:
         self.path = Path(path)
+        self.where = str(self.path)
         self.keep = keep
-        _private(self.path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._lock = threading.RLock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._migrate()
+        self._sql = SqliteDb(self.path, MIGRATIONS, synchronous="NORMAL")
+        self._db = self._sql.db
+        self._lock = self._sql.lock
+        self._tx = self._sql.tx
+        self.applied = self.migrate()  # what opening it migrated
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def migrate(self) -> list[int]:
+        """Apply the migrations not applied yet; returns their numbers (empty: up to date)."""
+        return self._sql.migrate()
 
-    def _migrate(self) -> None:
-        with self._tx() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS schema_migrations"
-                       " (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
-            done = {v for (v,) in db.execute("SELECT version FROM schema_migrations")}
-            for version, script in enumerate(MIGRATIONS, start=1):
-                if version in done:
-                    continue
-                for stmt in filter(str.strip, script.split(";")):
-                    db.execute(stmt)
-                db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time()))
+    @property
+    def schema_version(self) -> int:
+        return self._sql.schema_version
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._sql.close()
 
     def save(self, rec: FlowRecord) -> None:
         with self._tx() as db:

@@ -1,4 +1,5 @@
-"""The embedded store: Types, Systems and Jobs in SQLite (stdlib, WAL, versioned schema).
+"""The embedded store (the default engine): Types, Systems and Jobs in SQLite (stdlib, WAL,
+versioned schema).
 
 WAL lets the CLI read while the queue process writes; every change is one short
 transaction, so a SIGKILL at any point leaves the last committed state, never half a row.
@@ -45,48 +46,85 @@ MIGRATIONS: tuple[str, ...] = (
 _enc = msgspec.json.Encoder()
 
 
-class Store:
-    """Types, Systems and Jobs on disk; safe to share between threads of one process."""
+class SqliteDb:
+    """One SQLite file: private, WAL, a busy timeout, one lock for the threads of a process,
+    and its numbered migrations (`schema_migrations`). Both SQLite stores are built on it."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, migrations: tuple[str, ...],
+                 synchronous: str = "FULL") -> None:
         self.path = Path(path)
+        self.where = str(self.path)
+        self._migrations = migrations
         _private(self.path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._lock = threading.RLock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._migrate()
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.lock = threading.RLock()
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={synchronous}")
+        self.db.execute("PRAGMA busy_timeout=10000")
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        with self.lock:
+            self.db.close()
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         """One atomic write: all of it is on disk after the block, or none of it."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
+                yield self.db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self.db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            self.db.execute("COMMIT")
 
-    def _migrate(self) -> None:
+    def migrate(self) -> list[int]:
+        """Apply the migrations not applied yet, in one transaction; returns their numbers."""
+        applied: list[int] = []
         with self.tx() as db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations"
                 " (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
             )
             done = {v for (v,) in db.execute("SELECT version FROM schema_migrations")}
-            for version, script in enumerate(MIGRATIONS, start=1):
+            for version, script in enumerate(self._migrations, start=1):
                 if version in done:
                     continue
                 for stmt in filter(str.strip, script.split(";")):
                     db.execute(stmt)
                 db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time()))
+                applied.append(version)
+        return applied
+
+    @property
+    def schema_version(self) -> int:
+        with self.lock:
+            row = self.db.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+
+class Store:
+    """`MachineStore` on SQLite: Types, Systems and Jobs on disk; safe to share between
+    threads of one process. Opening it migrates the schema."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.where = str(self.path)
+        self._sql = SqliteDb(self.path, MIGRATIONS)
+        self._db = self._sql.db
+        self._lock = self._sql.lock
+        self.applied = self.migrate()  # what opening it migrated (`reops store migrate`)
+
+    def close(self) -> None:
+        self._sql.close()
+
+    def tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One atomic write: all of it is on disk after the block, or none of it."""
+        return self._sql.tx()
+
+    def migrate(self) -> list[int]:
+        """Apply the migrations not applied yet; returns their numbers (empty: up to date)."""
+        return self._sql.migrate()
 
     def pragma(self, name: str) -> object:
         """A PRAGMA's value on this store's connection (e.g. synchronous: 2 is FULL)."""
@@ -97,9 +135,7 @@ class Store:
 
     @property
     def schema_version(self) -> int:
-        with self._lock:
-            row = self._db.execute("SELECT max(version) FROM schema_migrations").fetchone()
-        return int(row[0] or 0)
+        return self._sql.schema_version
 
     def _rows(self, sql: str, args: Iterable[object], cls: type[T]) -> list[T]:
         with self._lock:

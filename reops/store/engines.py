@@ -1,0 +1,77 @@
+"""Which engine: `[store] url` in config.toml (or $REOPS_STORE_URL) picks it.
+
+    [store]
+    url = "postgresql://reops@db1/reops"   # shared by several controllers
+    # url = "sqlite:///var/lib/reops"      # a directory: machines.db and flows.db in it
+    # unset: SQLite in reops' home (~/.reops), the embedded default
+
+Opening a store migrates its schema (so a controller that starts is on the current one);
+`reops store migrate` does only that and says what it did.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from reops.core.settings import Seconds, home, load_table
+from reops.store.base import MachineStore, StoreError
+from reops.store.flows import AUDIT_KEEP, FlowStore, SqliteFlowStore
+from reops.store.sqlite import Store
+
+SCHEMES = ("postgresql://", "postgres://", "sqlite://")
+
+
+class StoreSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the durable store lives and how long to wait for it."""
+
+    url: str = ""  # "": SQLite in reops' home
+    connect_timeout: Seconds = 10.0  # seconds to wait for PostgreSQL to accept us
+
+
+def load_store_settings(path: Path | None = None) -> StoreSettings:
+    """[store] from config.toml, then REOPS_STORE_* variables (REOPS_STORE_URL)."""
+    return load_table(StoreSettings, "store", "REOPS_STORE_", path)
+
+
+def is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def sqlite_dir(url: str, root: Path | None = None) -> Path:
+    """The directory an SQLite store's files live in: the URL's path, else reops' home."""
+    if not url:
+        return root or home()
+    if not url.startswith("sqlite://"):
+        raise StoreError(
+            f"[store] url {url!r} (config.toml or REOPS_STORE_URL): must start with"
+            " postgresql:// or sqlite:/// (a directory), or be unset for SQLite in"
+            f" {root or '~/.reops'}")
+    path = url.removeprefix("sqlite://")
+    if not path.startswith("/"):
+        raise StoreError(f"[store] url {url!r}: give an absolute directory, e.g."
+                         " sqlite:///var/lib/reops")
+    return Path(path)
+
+
+def open_machines(settings: StoreSettings | None = None,
+                  root: Path | None = None) -> MachineStore:
+    """The Types/Systems/Jobs store the settings name, opened and migrated."""
+    s = settings or load_store_settings()
+    if is_postgres(s.url):
+        from reops.store.postgres import PgStore
+
+        return PgStore(s.url, s.connect_timeout)
+    return Store(sqlite_dir(s.url, root) / "machines.db")
+
+
+def open_flows(settings: StoreSettings | None = None, root: Path | None = None,
+               keep: int = AUDIT_KEEP) -> FlowStore:
+    """The flows' store the settings name, opened and migrated."""
+    s = settings or load_store_settings()
+    if is_postgres(s.url):
+        from reops.store.postgres import PgFlowStore
+
+        return PgFlowStore(s.url, keep, s.connect_timeout)
+    return SqliteFlowStore(sqlite_dir(s.url, root) / "flows.db", keep)

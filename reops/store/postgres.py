@@ -1,0 +1,410 @@
+"""The shared engine: Types, Systems, Jobs and the flows' store in PostgreSQL.
+
+Several controllers use one database, so the schema is migrated under an advisory lock
+(two `reops store migrate` at once apply each step once) and every change is one short
+transaction, as in SQLite. Rows keep the same msgspec JSON (TEXT: byte-exact, the same
+decoder as SQLite) plus the columns we select and order on.
+
+Why psycopg 3 rather than asyncpg: it has both a blocking and an asyncio API over one
+libpq (the store is called from threads today — `asyncio.to_thread` in the hub — and the
+queue's claim loop can move to `AsyncConnection` without a second driver); pipeline mode
+for batch claims; LISTEN/NOTIFY for the queue's wake-ups; server-side `%s` parameters;
+and the pure-Python package runs on Debian's own libpq5 (security updates with the OS, no
+compiler, no bundled OpenSSL), asyncpg being its own protocol implementation in C.
+
+A connection dropped under us (PostgreSQL restarted, a network blip) is noticed when the
+next transaction begins; nothing of that transaction ran, so it reconnects and runs it
+again. A connection lost later, mid-transaction, is retried only for idempotent writes
+(upserts, deletes, reads); an append (the flows' audit) says in one line that it may not
+have been written, and the next call reconnects.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import msgspec
+import psycopg
+from psycopg import conninfo, errors
+
+from reops.store.base import StoreError
+from reops.store.flows import AUDIT_KEEP, AuditRow, FlowRecord
+from reops.store.model import MIN_PREFIX, Job, JobState, MachinesError, System, Type
+
+T = TypeVar("T")
+
+#: the machines' schema, by version; append, never edit a released step
+MACHINE_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE types (name TEXT PRIMARY KEY, data TEXT NOT NULL);
+    CREATE TABLE systems (
+        id TEXT PRIMARY KEY, hostname TEXT NOT NULL, type TEXT NOT NULL,
+        hypervisor TEXT NOT NULL, domain TEXT NOT NULL, data TEXT NOT NULL);
+    CREATE INDEX systems_hostname ON systems(hostname);
+    CREATE UNIQUE INDEX systems_domain ON systems(hypervisor, domain) WHERE domain <> '';
+    CREATE TABLE jobs (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, id TEXT NOT NULL UNIQUE,
+        op TEXT NOT NULL, system_id TEXT, state TEXT NOT NULL, data TEXT NOT NULL);
+    CREATE INDEX jobs_state ON jobs(state);
+    """,
+)
+
+#: the flows' schema, by version (its own sequence, as flows.db has in SQLite)
+FLOW_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE flows (name TEXT PRIMARY KEY, data TEXT NOT NULL);
+    CREATE TABLE audit (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, flow TEXT NOT NULL,
+        data TEXT NOT NULL);
+    CREATE INDEX audit_flow ON audit(flow, seq);
+    """,
+)
+
+#: the advisory lock `migrate` holds, so controllers migrating at once apply steps once
+MIGRATE_LOCK = 0x7265_6F70  # "reop"
+#: seconds to wait for PostgreSQL to accept a connection
+CONNECT_TIMEOUT = 10.0
+
+_enc = msgspec.json.Encoder()
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and `reops store migrate`."""
+    try:
+        parts = conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "postgresql://…"
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    host = str(parts.get("host") or "")
+    port = f":{parts['port']}" if parts.get("port") else ""
+    where = host if host and not host.startswith("/") else ""
+    sock = f"?host={host}" if host.startswith("/") else ""
+    return f"postgresql://{user}{where}{port}/{parts.get('dbname', '')}{sock}"
+
+
+class Pg:
+    """One connection to PostgreSQL, shared by the threads of a process (one at a time),
+    reconnected when it was dropped; every call is one transaction."""
+
+    def __init__(self, url: str, component: str, migrations: tuple[str, ...],
+                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        self.url = url
+        self.where = redact(url)
+        self._component = component
+        self._migrations = migrations
+        self._timeout = connect_timeout
+        self._lock = threading.RLock()
+        self._conn: psycopg.Connection[Any] | None = None
+        self.reconnects = 0  # connections re-made after a drop (shown by tests and status)
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        try:
+            self._conn = psycopg.connect(self.url, autocommit=True,
+                                         connect_timeout=max(1, round(self._timeout)))
+        except psycopg.Error as e:
+            why = " ".join(str(e).split()) or type(e).__name__
+            raise StoreError(
+                f"store {self.where}: cannot connect to PostgreSQL ({why}); check that it"
+                " runs and [store] url in config.toml (or REOPS_STORE_URL)") from None
+        return self._conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+            self.reconnects += 1
+
+    def run(self, fn: Callable[[psycopg.Connection[Any]], T], *, what: str,
+            idempotent: bool = True) -> T:
+        """`fn(conn)` in one transaction; once more on a fresh connection when the old one
+        was dropped before it began (or, for an idempotent `fn`, at any point)."""
+        with self._lock:
+            for attempt in (1, 2):
+                conn = self._connect()
+                began = False
+                try:
+                    with conn.transaction():
+                        began = True
+                        return fn(conn)
+                except psycopg.OperationalError as e:
+                    if not conn.broken and not conn.closed:
+                        raise
+                    self._drop()
+                    if attempt == 1 and (idempotent or not began):
+                        continue
+                    why = " ".join(str(e).split())
+                    raise StoreError(
+                        f"store {self.where}: the connection to PostgreSQL was lost while"
+                        f" {what} ({why}); it may not have been written; the next call"
+                        " reconnects") from None
+            raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def migrate(self) -> list[int]:
+        """Apply this component's migrations not applied yet; returns their numbers."""
+        def step(db: psycopg.Connection[Any]) -> list[int]:
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+            db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (component TEXT NOT NULL,"
+                       " version INTEGER NOT NULL, applied_at DOUBLE PRECISION NOT NULL,"
+                       " PRIMARY KEY (component, version))")
+            done = {v for (v,) in db.execute(
+                "SELECT version FROM schema_migrations WHERE component = %s",
+                (self._component,))}
+            applied = []
+            for version, script in enumerate(self._migrations, start=1):
+                if version in done:
+                    continue
+                for stmt in filter(str.strip, script.split(";")):
+                    db.execute(stmt.encode())  # bytes: no %-placeholders in DDL
+                db.execute("INSERT INTO schema_migrations VALUES (%s, %s, %s)",
+                           (self._component, version, time.time()))
+                applied.append(version)
+            return applied
+        return self.run(step, what="migrating the schema")
+
+    @property
+    def schema_version(self) -> int:
+        row = self.run(lambda db: db.execute(
+            "SELECT max(version) FROM schema_migrations WHERE component = %s",
+            (self._component,)).fetchone(), what="reading the schema version")
+        return int(row[0] or 0) if row else 0
+
+    def rows(self, sql: str, args: Sequence[object], cls: type[T]) -> list[T]:
+        found = self.run(lambda db: db.execute(sql, tuple(args)).fetchall(), what="reading")
+        return [msgspec.json.decode(r[0], type=cls) for r in found]
+
+
+class PgStore:
+    """`MachineStore` on PostgreSQL; opening it migrates the schema."""
+
+    def __init__(self, url: str, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        self.url = url
+        self._pg = Pg(url, "machines", MACHINE_MIGRATIONS, connect_timeout)
+        self.where = self._pg.where
+        self.applied = self.migrate()  # what opening it migrated
+
+    @property
+    def reconnects(self) -> int:
+        return self._pg.reconnects
+
+    def migrate(self) -> list[int]:
+        return self._pg.migrate()
+
+    @property
+    def schema_version(self) -> int:
+        return self._pg.schema_version
+
+    def close(self) -> None:
+        self._pg.close()
+
+    # ---- types
+    def put_type(self, t: Type) -> None:
+        self._pg.run(lambda db: db.execute(
+            "INSERT INTO types VALUES (%s, %s) ON CONFLICT (name) DO UPDATE"
+            " SET data = excluded.data", (t.name, _text(t))), what=f"saving type {t.name}")
+
+    def get_type(self, name: str) -> Type:
+        found = self._pg.rows("SELECT data FROM types WHERE name = %s", (name,), Type)
+        if not found:
+            known = ", ".join(t.name for t in self.types()) or "none; add one with `types add`"
+            raise MachinesError(f"unknown type {name!r} (known: {known})")
+        return found[0]
+
+    def types(self) -> list[Type]:
+        return self._pg.rows("SELECT data FROM types ORDER BY name", (), Type)
+
+    def remove_type(self, name: str) -> None:
+        self.get_type(name)
+
+        def remove(db: psycopg.Connection[Any]) -> None:
+            db.execute("LOCK TABLE systems IN SHARE MODE")  # no system takes it meanwhile
+            row = db.execute("SELECT count(*) FROM systems WHERE type = %s", (name,)).fetchone()
+            used = row[0] if row else 0
+            if used:
+                raise MachinesError(f"type {name!r} is used by {used} system(s)")
+            db.execute("DELETE FROM types WHERE name = %s", (name,))
+        self._pg.run(remove, what=f"removing type {name}")
+
+    # ---- systems
+    def record(self, systems: Iterable[System], jobs: Iterable[Job] = ()) -> None:
+        """Insert or replace systems and jobs together: all are recorded, or none."""
+        systems, jobs = list(systems), list(jobs)
+
+        def write(db: psycopg.Connection[Any]) -> None:
+            for s in systems:
+                db.execute(
+                    "INSERT INTO systems VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id)"
+                    " DO UPDATE SET hostname = excluded.hostname, type = excluded.type,"
+                    " hypervisor = excluded.hypervisor, domain = excluded.domain,"
+                    " data = excluded.data",
+                    (s.id, s.hostname, s.type, s.placement.hypervisor, s.placement.domain,
+                     _text(s)))
+            _put_jobs(db, jobs)
+        try:
+            self._pg.run(write, what="recording systems and jobs")
+        except errors.UniqueViolation as e:
+            why = " ".join(str(e).split())
+            raise MachinesError(f"a system with that domain name already exists ({why})"
+                                ) from None
+
+    def put_systems(self, systems: Iterable[System]) -> None:
+        self.record(systems)
+
+    def put_system(self, s: System) -> None:
+        self.put_systems([s])
+
+    def system(self, id_: str) -> System | None:
+        found = self._pg.rows("SELECT data FROM systems WHERE id = %s", (id_,), System)
+        return found[0] if found else None
+
+    def systems(self) -> list[System]:
+        return self._pg.rows("SELECT data FROM systems ORDER BY hostname, id", (), System)
+
+    def system_by_domain(self, hypervisor: str, domain: str) -> System | None:
+        found = self._pg.rows("SELECT data FROM systems WHERE hypervisor = %s AND domain = %s",
+                              (hypervisor, domain), System)
+        return found[0] if found else None
+
+    def system_by_prefix(self, prefix: str) -> System:
+        return _unique("system", prefix, self._pg.rows(
+            "SELECT data FROM systems WHERE id LIKE %s ORDER BY id LIMIT 2",
+            (_like(prefix),), System))
+
+    def remove_system(self, id_: str) -> None:
+        self._pg.run(lambda db: db.execute("DELETE FROM systems WHERE id = %s", (id_,)),
+                     what=f"removing system {id_[:7]}")
+
+    # ---- jobs
+    def put_job(self, j: Job) -> None:
+        self.put_jobs([j])
+
+    def put_jobs(self, jobs: Iterable[Job]) -> None:
+        """Write jobs together (e.g. an interrupted job and its retry): all, or none."""
+        jobs = list(jobs)
+        self._pg.run(lambda db: _put_jobs(db, jobs), what="saving jobs")
+
+    def job(self, id_or_prefix: str) -> Job:
+        """A job by full id or unique prefix; a clear error when none or several match."""
+        return _unique("job", id_or_prefix, self._pg.rows(
+            "SELECT data FROM jobs WHERE id LIKE %s ORDER BY seq LIMIT 2",
+            (_like(id_or_prefix),), Job))
+
+    def jobs(self, states: Iterable[JobState] = (), limit: int | None = None) -> list[Job]:
+        """Jobs oldest first, optionally only in `states`, optionally the newest `limit`."""
+        wanted = list(states)
+        where = "WHERE state = ANY(%s)" if wanted else ""
+        sql = f"SELECT data, seq FROM jobs {where} ORDER BY seq DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return self._pg.rows(f"SELECT data FROM ({sql}) AS newest ORDER BY seq",
+                             (wanted,) if wanted else (), Job)
+
+
+class PgFlowStore:
+    """`FlowStore` on PostgreSQL: the flows a hub runs and their audit."""
+
+    def __init__(self, url: str, keep: int = AUDIT_KEEP,
+                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        self.url = url
+        self.keep = keep
+        self._pg = Pg(url, "flows", FLOW_MIGRATIONS, connect_timeout)
+        self.where = self._pg.where
+        self.applied = self.migrate()  # what opening it migrated
+
+    def migrate(self) -> list[int]:
+        return self._pg.migrate()
+
+    @property
+    def schema_version(self) -> int:
+        return self._pg.schema_version
+
+    def close(self) -> None:
+        self._pg.close()
+
+    def save(self, rec: FlowRecord) -> None:
+        self._pg.run(lambda db: _put_flow(db, rec), what=f"saving flow {rec.name}")
+
+    def get(self, name: str) -> FlowRecord | None:
+        found = self._pg.rows("SELECT data FROM flows WHERE name = %s", (name,), FlowRecord)
+        return found[0] if found else None
+
+    def all(self) -> list[FlowRecord]:
+        return self._pg.rows("SELECT data FROM flows ORDER BY name", (), FlowRecord)
+
+    def remove(self, name: str) -> None:
+        self._pg.run(lambda db: db.execute("DELETE FROM flows WHERE name = %s", (name,)),
+                     what=f"removing flow {name}")
+
+    def record(self, rows: Sequence[AuditRow], flows: Iterable[FlowRecord] = ()) -> None:
+        """Append audit rows and save the flows' counters: all of it, or none."""
+        rows, recs = list(rows), list(flows)
+
+        def write(db: psycopg.Connection[Any]) -> None:
+            with db.cursor() as cur:
+                cur.executemany("INSERT INTO audit (flow, data) VALUES (%s, %s)",
+                                [(r.flow, _text(msgspec.structs.replace(r, seq=0)))
+                                 for r in rows])
+            for rec in recs:
+                _put_flow(db, rec)
+            for name in {r.flow for r in rows}:  # the cap: below the keep-th newest row
+                db.execute("DELETE FROM audit WHERE flow = %s AND seq <= (SELECT seq FROM audit"
+                           " WHERE flow = %s ORDER BY seq DESC LIMIT 1 OFFSET %s)",
+                           (name, name, self.keep))
+        self._pg.run(write, what=f"writing {len(rows)} audit row(s)", idempotent=False)
+
+    def audit(self, name: str, after: int = 0, limit: int | None = None) -> list[AuditRow]:
+        """The flow's audit rows with seq > `after`, oldest first; the newest `limit` only
+        when given."""
+        sql = "SELECT seq, data FROM audit WHERE flow = %s AND seq > %s ORDER BY seq DESC"
+        args: list[Any] = [name, after]
+        if limit is not None:
+            sql += " LIMIT %s"
+            args.append(int(limit))
+        found = self._pg.run(lambda db: db.execute(sql, args).fetchall(), what="reading")
+        out = []
+        for seq, data in reversed(found):
+            row = msgspec.json.decode(data, type=AuditRow)
+            row.seq = seq
+            out.append(row)
+        return out
+
+
+def _text(value: object) -> str:
+    return _enc.encode(value).decode()
+
+
+def _put_jobs(db: psycopg.Connection[Any], jobs: Sequence[Job]) -> None:
+    with db.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO jobs (id, op, system_id, state, data) VALUES (%s, %s, %s, %s, %s)"
+            " ON CONFLICT (id) DO UPDATE SET state = excluded.state, data = excluded.data",
+            [(j.id, j.op, j.system_id, j.state, _text(j)) for j in jobs])
+
+
+def _put_flow(db: psycopg.Connection[Any], rec: FlowRecord) -> None:
+    db.execute("INSERT INTO flows VALUES (%s, %s) ON CONFLICT (name) DO UPDATE"
+               " SET data = excluded.data", (rec.name, _text(rec)))
+
+
+def _like(prefix: str) -> str:
+    if len(prefix) < MIN_PREFIX or not all(c in "0123456789abcdef" for c in prefix.lower()):
+        raise MachinesError(f"bad id {prefix!r}: give at least {MIN_PREFIX} hex characters")
+    return prefix.lower() + "%"
+
+
+def _unique(what: str, prefix: str, found: list[T]) -> T:
+    if not found:
+        raise MachinesError(f"no {what} with id {prefix!r}")
+    if len(found) > 1:
+        raise MachinesError(f"{what} id {prefix!r} is ambiguous: give more characters")
+    return found[0]
