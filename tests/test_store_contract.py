@@ -345,3 +345,50 @@ def test_reops_store_migrate_says_what_it_did(tmp_path: Path, pg_url: str) -> No
     bad = _reops("store", "migrate", "--url", "mysql://x", env=env)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "must start with postgresql://" in bad.stderr
+
+
+def test_a_connection_lost_mid_append_is_one_line_and_the_next_call_reconnects(
+        pg_url: str) -> None:
+    """The audit append is not idempotent: lost after it began, it is not replayed blindly
+    (a second copy of the rows); the caller gets one line, and the next call works."""
+    f = open_flows(StoreSettings(url=pg_url))
+    rec = FlowRecord(name="heal", file="/f/heal.py", func="heal")
+    f.save(rec)
+    failed: list[BaseException] = []
+
+    def append() -> None:
+        try:
+            f.record([AuditRow(flow="heal", at=1.0)], [rec])
+        except BaseException as e:
+            failed.append(e)
+
+    with psycopg.connect(pg_url, autocommit=True) as other:
+        other.execute("BEGIN")
+        other.execute("LOCK TABLE flows IN EXCLUSIVE MODE")  # the append waits on its upsert
+        writer = threading.Thread(target=append)
+        writer.start()
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            pid = None
+            for _ in range(600):  # until the append waits for the lock (deadline: 60 s)
+                row = admin.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database() AND query LIKE 'INSERT INTO flows%%'"
+                ).fetchone()
+                if row:
+                    pid = row[0]
+                    break
+                admin.execute("SELECT pg_sleep(0.1)")
+            assert pid is not None, "the append never reached the flows upsert"
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        writer.join(60)
+        other.execute("ROLLBACK")
+    try:
+        assert len(failed) == 1 and isinstance(failed[0], StoreError)
+        text = str(failed[0])
+        assert "\n" not in text and "lost while writing 1 audit row(s)" in text
+        assert "may not have been written" in text
+        assert f.audit("heal") == []  # it had not committed, and was not replayed
+        f.record([AuditRow(flow="heal", at=2.0)])  # the next call reconnects
+        assert [r.at for r in f.audit("heal")] == [2.0]
+    finally:
+        f.close()

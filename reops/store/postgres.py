@@ -104,8 +104,10 @@ class Pg:
         if self._conn is not None and not self._conn.closed:
             return self._conn
         try:
-            self._conn = psycopg.connect(self.url, autocommit=True,
-                                         connect_timeout=max(1, round(self._timeout)))
+            self._conn = psycopg.connect(
+                self.url, autocommit=True, connect_timeout=max(1, round(self._timeout)),
+                # a server that vanished (no FIN, no RST) is noticed instead of waited on
+                keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
         except psycopg.Error as e:
             why = " ".join(str(e).split()) or type(e).__name__
             raise StoreError(
