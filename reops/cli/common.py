@@ -182,11 +182,10 @@ def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any
 
     from reops.core.model import RunInfo
     from reops.core.runtime import terminate_like_interrupt, terminated
-    from reops.sinks.jsonl import jsonl
-    from reops.sinks.table import save
-    from reops.sinks.terminal import pretty
-    from reops.streams.operators import retry, rolling
     from reops.streams.stream import run
+
+    # what only some flags need is imported under them: every import here is start-up time
+    # of every command (tests/test_cli_startup.py guards the set)
 
     terminate_like_interrupt()
     configure_fleet(opts, lines=opts["lines"] and opts["output"] == "pretty")
@@ -195,12 +194,20 @@ def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any
     info = RunInfo(command=shlex.join(["reops", *sys.argv[1:]]), check=bool(opts.get("check")),
                    selector=opts["systems"] if opts.get("systems") else selector)
     if opts["retries"]:
+        from reops.streams.operators.retry import retry
+
         stream = stream | retry(opts["retries"])
     if opts["batch"]:
+        from reops.streams.operators.rolling import rolling
+
         stream = stream | rolling(opts["batch"])
     if opts["output"] == "pretty":
+        from reops.sinks.terminal import pretty
+
         stream = stream | pretty(**pretty_options(opts))
     elif opts["output"] == "jsonl":
+        from reops.sinks.jsonl import jsonl
+
         stream = stream | jsonl(sys.stdout, run=info)
     try:
         outcome = run(stream, info=info)
@@ -211,6 +218,8 @@ def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any
         quiet_stdout()
         sys.exit(141)
     if opts["save"] is not None:
+        from reops.sinks.table import save
+
         path = save(outcome, opts["save"])
         if opts["output"] == "pretty":
             click.echo(f"saved {len(outcome.all)} rows to {path}", err=True)

@@ -11,11 +11,18 @@ last [history] max_output bytes (4 KiB) with `out_truncated`/`err_truncated`; th
 output is what `--save`/`-o jsonl` keep.
 
 Recording never blocks or breaks a run: the hook (see reops.core.hooks) only queues the
-Results; a writer thread builds the table (polars is imported there, on the first write),
-writes it to a temporary name in the day's directory, fsyncs and renames it (readers never
-see half a file), and removes day directories older than [history] keep. A write that
-fails prints one warning line; the run's exit code is the run's. The queue is flushed at
-exit. Endless streams are recorded Result by Result, in batches (flush_rows or flush_s).
+Results; a writer thread writes them to a temporary name in the day's directory, fsyncs and
+renames it (readers never see half a file), and removes day directories older than
+[history] keep. A write that fails prints one warning line; the run's exit code is the
+run's. The queue is flushed at exit. Endless streams are recorded Result by Result, in
+batches (flush_rows or flush_s).
+
+Where polars is already loaded the writer writes parquet. Where it is not (`reops exec`
+and other short commands, plain scripts) importing it would cost more than the whole run,
+so the writer writes the same columns as a small msgpack spool `<run_id>-<n>.spool` next to
+where the parquet file would go; the next query (`history()`, `reops history`, `reops
+report`) or compaction folds each spool into `<run_id>-<n>.parquet` (atomically, then
+removes the spool; two readers folding at once write the same file).
 
 Config `[history]` in ~/.reops/config.toml (or REOPS_HISTORY_<FIELD>): enabled, path,
 keep, max_output, max_data, flush_rows, flush_s; `REOPS_HISTORY=0` turns it off too.
@@ -33,11 +40,11 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, Literal
 
 import msgspec
 
@@ -62,6 +69,9 @@ EXIT_WAIT_S = 10.0
 #: endless streams' rows waiting to be written, at most (beyond: left out, and counted)
 MAX_PENDING_ENDLESS = 5_000
 _PAR1 = b"PAR1"
+#: a run's rows not yet in parquet: msgpack {"v": 1, "columns": {column: [values]}}
+SPOOL = ".spool"
+SPOOL_VERSION = 1
 
 
 def schema() -> dict[str, Any]:
@@ -229,24 +239,20 @@ def _import_polars() -> None:
             signal.siginterrupt(sig, True)
 
 
-def _frames(run: _Run, steps: list[tuple[Result, int]]) -> dict[str, pl.DataFrame]:
-    """The rows of `steps` as one DataFrame per UTC day (by each step's start)."""
-    if "polars" not in sys.modules:
-        _import_polars()
-    import polars as pl
-
+def _columns(run: _Run, steps: list[tuple[Result, int]]) -> dict[str, dict[str, list[Any]]]:
+    """The rows of `steps` as plain columns (started_at: int microseconds), one set per UTC
+    day (by each step's start): what a spool holds and a DataFrame is built from."""
     info, cfg = run.info, run.cfg
     by_day: dict[str, list[tuple[Result, int]]] = {}
     for s, i in steps:
         by_day.setdefault(_day(s.started_at or info.started_at), []).append((s, i))
-    types = schema()
     pipeline = info.pipeline
-    out: dict[str, pl.DataFrame] = {}
+    out: dict[str, dict[str, list[Any]]] = {}
     for day, rows in by_day.items():
         n = len(rows)
         outs = [_cap(s.out, cfg.max_output) for s, _ in rows]
         errs = [_cap(s.err, cfg.max_output) for s, _ in rows]
-        cols: dict[str, Any] = {
+        out[day] = {
             "run_id": [info.run_id] * n, "source": [run.source] * n,
             "command": [info.command] * n,
             "pipeline": [pipeline or " | ".join(x.op for x in s.steps) for s, _ in rows],
@@ -262,19 +268,82 @@ def _frames(run: _Run, steps: list[tuple[Result, int]]) -> dict[str, pl.DataFram
             "err": [t for t, _ in errs], "err_truncated": [c for _, c in errs],
             "data": [_data(s.data, cfg.max_data) for s, _ in rows],
         }
-        out[day] = pl.DataFrame(cols, schema={**types, "started_at": pl.Int64}).with_columns(
-            pl.col("started_at").cast(types["started_at"]))
     return out
 
 
+def _frame(cols: dict[str, list[Any]]) -> pl.DataFrame:
+    """Columns of `_columns` (or of a spool: a missing column is all nulls) as a
+    DataFrame of the history's schema."""
+    if "polars" not in sys.modules:
+        _import_polars()
+    import polars as pl
+
+    types = schema()
+    n = len(cols.get("run_id", ()))
+    full = {c: cols.get(c, [None] * n) for c in COLUMNS}
+    return pl.DataFrame(full, schema={**types, "started_at": pl.Int64}).with_columns(
+        pl.col("started_at").cast(types["started_at"]))
+
+
+def _write_spool(cols: dict[str, list[Any]], path: Path) -> None:
+    """Write a run's columns as a msgpack spool, atomically (as `_write_file`)."""
+    raw = msgspec.msgpack.encode({"v": SPOOL_VERSION, "columns": cols})
+    _atomic(path, lambda f: f.write(raw))
+
+
+def _read_spool(path: Path) -> dict[str, list[Any]]:
+    """A spool's columns (ValueError: not a whole spool of a version this reads)."""
+    try:
+        doc = msgspec.msgpack.decode(path.read_bytes())
+    except msgspec.DecodeError as e:
+        raise ValueError(f"not a whole spool ({e})") from None
+    if not isinstance(doc, dict) or doc.get("v") != SPOOL_VERSION \
+            or not isinstance(doc.get("columns"), dict):
+        raise ValueError(f"not a spool of version {SPOOL_VERSION}")
+    cols: dict[str, list[Any]] = doc["columns"]
+    return cols
+
+
+def fold(day: Path) -> int:
+    """Turn `day`'s spools into parquet files of the same name; returns how many. A spool
+    whose parquet file exists already (another reader folded it) is just removed; one that
+    cannot be read or written is reported in one line and left for a later query."""
+    try:
+        names = [n for n in os.listdir(day) if n.endswith(SPOOL) and not n.startswith(".")]
+    except OSError:
+        return 0
+    done = 0
+    for name in sorted(names):
+        spool = day / name
+        target = day / (name[:-len(SPOOL)] + ".parquet")
+        try:
+            if not target.exists():
+                _write_file(_frame(_read_spool(spool)), target)
+                done += 1
+            spool.unlink(missing_ok=True)
+        except FileNotFoundError:  # another reader folded and removed it meanwhile
+            continue
+        except (OSError, ValueError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            sys.stderr.write(f"reops: warning: run history: {spool} not folded into parquet "
+                             f"({why}); its rows are left out of this answer: fix "
+                             f"permissions of {day}, or move the file away\n")
+    return done
+
+
 def _write_file(df: pl.DataFrame, path: Path) -> None:
-    """Write `df` to `path` atomically: a temporary name in the same directory, fsync,
-    rename, fsync the directory (a crash leaves the old state or the new, never half)."""
+    """Write `df` to `path` as parquet, atomically (see `_atomic`)."""
+    _atomic(path, lambda f: df.write_parquet(f, compression="zstd", statistics=True))
+
+
+def _atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write `path` atomically: a temporary name in the same directory, fsync, rename,
+    fsync the directory (a crash leaves the old state or the new, never half)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with tmp.open("wb") as f:
-            df.write_parquet(f, compression="zstd", statistics=True)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
@@ -344,8 +413,6 @@ def compact(root: Path | None = None, *, before: date | None = None) -> int:
     number of days compacted."""
     import fcntl
 
-    import polars as pl
-
     root = root or settings().root
     before = before or datetime.now(UTC).date()
     done = 0
@@ -367,6 +434,7 @@ def compact(root: Path | None = None, *, before: date | None = None) -> int:
             os.close(lock)
             continue
         try:
+            fold(day)
             names = _parquet_names(day)
             covered = _covers(day, names)
             _remove_covered(day, covered)
@@ -376,6 +444,10 @@ def compact(root: Path | None = None, *, before: date | None = None) -> int:
             todo = [n for n in todo if _damaged(day / n) is None]
             if len(todo) < 2:
                 continue
+            if "polars" not in sys.modules:
+                _import_polars()
+            import polars as pl
+
             frames = [pl.scan_parquet(day / n, schema=schema(), missing_columns="insert",
                                       extra_columns="ignore") for n in todo]
             merged = pl.concat(frames).collect()
@@ -513,9 +585,15 @@ class _Writer:
         root = run.cfg.root
         try:
             if batch.steps:
-                for day, df in _frames(run, batch.steps).items():
-                    name = f"{run.info.run_id}-{next(self._numbers)}.parquet"
-                    _write_file(df, root / f"day={day}" / name)
+                # parquet where polars is loaded already; else a spool: importing polars
+                # would cost a short command more than its whole run (queries fold it)
+                as_parquet = "polars" in sys.modules
+                for day, cols in _columns(run, batch.steps).items():
+                    name = f"{run.info.run_id}-{next(self._numbers)}"
+                    if as_parquet:
+                        _write_file(_frame(cols), root / f"day={day}" / f"{name}.parquet")
+                    else:
+                        _write_spool(cols, root / f"day={day}" / f"{name}{SPOOL}")
             today = datetime.now(UTC).date()
             if (root, today) not in self._pruned:  # once a day per process: cheap
                 self._pruned.add((root, today))
@@ -669,6 +747,7 @@ def files(root: Path, since: date | None = None) -> list[Path]:
     for d in sorted(days, key=lambda e: e.name):
         if since is not None and d.name[4:] < since.isoformat():
             continue
+        fold(Path(d.path))  # spools of short commands become parquet first
         try:
             names = _parquet_names(Path(d.path))
         except OSError:

@@ -1,0 +1,101 @@
+"""A quick CLI: what `reops` imports on its way, so start-up cannot regress silently.
+
+Pass/fail on WHAT a real `reops` process imports (its `sys.modules`, or `-X importtime`),
+never on time; the figures are in bench/bench_cli_startup.py. And the run history's cheap
+path: a short command records its rows as a msgpack spool (polars is never imported for
+it), which the next query folds into parquet, nothing lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from reops.lab.fleet import LabInfo
+
+#: what `reops CMD --help` must not load: the heavy machinery of a run
+HEAVY = ("polars", "pyarrow", "asyncssh", "rich.console", "rich.table", "reactivex",
+         "asyncio", "zmq", "reops.streams.stream", "reops.sinks.history")
+
+
+def loaded_by(argv: list[str], env: dict[str, str] | None = None) -> set[str]:
+    """The modules a `reops ARGV` process holds when it exits (it prints its sys.modules
+    from an atexit hook, after click has exited)."""
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: sys.stderr.write('MODULES ' + ' '.join(sys.modules) "
+            "+ '\\n'))\n"
+            "from reops.cli.main import main\n"
+            f"sys.argv = ['reops', *{argv!r}]\n"
+            "main()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=env or dict(os.environ))
+    [line] = [x for x in done.stderr.splitlines() if x.startswith("MODULES ")]
+    return set(line.split()[1:])
+
+
+def imported(modules: set[str], name: str) -> bool:
+    return name in modules or any(m.startswith(name + ".") for m in modules)
+
+
+def test_help_imports_none_of_a_runs_machinery() -> None:
+    for argv in (["--help"], ["exec", "--help"], ["hosts", "--help"]):
+        modules = loaded_by(argv)
+        assert "click" in modules  # the probe saw the process
+        heavy = sorted(m for m in HEAVY if imported(modules, m))
+        assert heavy == [], f"reops {' '.join(argv)} imports {heavy}"
+
+
+def test_exec_never_imports_polars_nor_unused_operators_and_sinks(lab: LabInfo) -> None:
+    """A plain `reops exec` (pretty output, no --retry/--rolling/--save/-o jsonl) loads
+    neither polars (not even for the run history) nor the operators and sinks it does not
+    use."""
+    host = next(iter(lab.hosts))
+    modules = loaded_by(["exec", "-i", str(lab.inventory), host, "--", "true"])
+    assert "reops.sinks.terminal" in modules  # it did run and print
+    for name in ("polars", "reops.streams.operators", "reops.sinks.jsonl", "reops.sinks.table"):
+        assert not imported(modules, name), f"reops exec imports {name}"
+
+
+def test_a_cli_run_is_spooled_then_folded_into_parquet_by_the_query(lab: LabInfo) -> None:
+    hosts = ",".join(list(lab.hosts)[:3])
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "reops", "exec", "-i",
+                           str(lab.inventory), hosts, "--", "echo spooled"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not re.search(r"\| +polars$", done.stderr, re.M)  # not even in the writer thread
+    root = Path(os.environ["REOPS_HISTORY_PATH"])
+    [spool] = root.glob("day=*/*.spool")
+    assert not list(root.rglob("*.parquet"))
+
+    shown = subprocess.run([sys.executable, "-m", "reops", "history", "-o", "json"],
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    rows = json.loads(shown.stdout)
+    assert sorted(r["host"] for r in rows) == sorted(hosts.split(","))
+    assert {(r["out"], r["source"], r["step"]) for r in rows} == {("spooled\n", "cli", 0)}
+    assert not spool.exists()  # folded: the same name as parquet, the spool gone
+    assert [p.name for p in root.rglob("*.parquet")] == [spool.name[:-6] + ".parquet"]
+    again = json.loads(subprocess.run([sys.executable, "-m", "reops", "history", "-o", "json"],
+                                      capture_output=True, text=True, timeout=120).stdout)
+    assert sorted(r["host"] for r in again) == sorted(r["host"] for r in rows)  # not doubled
+
+
+def test_a_damaged_spool_is_one_line_and_the_other_rows_stay(lab: LabInfo) -> None:
+    host = next(iter(lab.hosts))
+    done = subprocess.run([sys.executable, "-m", "reops", "exec", "-i", str(lab.inventory),
+                           host, "--", "true"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    root = Path(os.environ["REOPS_HISTORY_PATH"])
+    [good] = root.glob("day=*/*.spool")
+    bad = good.with_name("broken-0.spool")
+    bad.write_bytes(good.read_bytes()[:20])  # a spool cut short
+    shown = subprocess.run([sys.executable, "-m", "reops", "history", "-o", "json"],
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert [r["host"] for r in json.loads(shown.stdout)] == [host]
+    warnings = [x for x in shown.stderr.splitlines() if "warning" in x]
+    assert len(warnings) == 1 and str(bad) in warnings[0] and "Traceback" not in shown.stderr
+    assert bad.exists()  # left for the user, as the line says
