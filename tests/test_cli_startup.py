@@ -99,3 +99,28 @@ def test_a_damaged_spool_is_one_line_and_the_other_rows_stay(lab: LabInfo) -> No
     warnings = [x for x in shown.stderr.splitlines() if "warning" in x]
     assert len(warnings) == 1 and str(bad) in warnings[0] and "Traceback" not in shown.stderr
     assert bad.exists()  # left for the user, as the line says
+
+
+def test_an_idle_agent_loads_no_upload_machinery_and_uploads_still_work(
+        tmp_path: Path) -> None:
+    """tempfile (shutil, bz2, lzma) and secrets are imported by the first upload, not by
+    the agent's entry point: an idle agent stays smaller. The lazily imported path works."""
+    probe = "import sys, reops_agent.cli\nprint(' '.join(sys.modules))\n"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    modules = set(done.stdout.split())
+    assert "reops_agent.agent" in modules and "reops_agent.system" in modules
+    assert not {"tempfile", "secrets", "shutil", "lzma"} & modules
+
+    import hashlib
+
+    from reops_agent.system import Uploads
+
+    uploads = Uploads()
+    target = tmp_path / "d" / "up.bin"
+    token = uploads.begin(str(target))["token"]
+    uploads.append(token, 0, b"hello ")
+    uploads.append(token, 6, b"agent")
+    done_ = uploads.commit(token, 11, hashlib.sha256(b"hello agent").hexdigest(), mode=0o600)
+    assert done_["changed"] and target.read_bytes() == b"hello agent"

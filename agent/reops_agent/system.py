@@ -16,10 +16,8 @@ import os
 import platform
 import pwd
 import re
-import secrets
 import socket
 import stat
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -479,6 +477,9 @@ class Uploads:
         p = Path(path)
         if makedirs:
             p.parent.mkdir(parents=True, exist_ok=True)
+        import secrets  # only uploads pay for these (the idle agent stays small)
+        import tempfile
+
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.reops-")
         os.close(fd)
         token = secrets.token_hex(16)
