@@ -385,3 +385,91 @@ def test_a_bad_history_config_warns_once_and_runs_go_on(
     assert str(config) in line and "keep" in line and "unaffected" in line
     monkeypatch.setenv("REOPS_HISTORY", "0")  # off wins over a broken config
     assert not h.settings().enabled
+
+
+def _once(df: pl.DataFrame) -> set[tuple[str, str]]:
+    """The (run_id, host) pairs of `df`, asserting none is there twice."""
+    pairs = list(zip(df["run_id"], df["host"], strict=True))
+    assert len(pairs) == len(set(pairs)), "a row was read twice"
+    return set(pairs)
+
+
+def test_a_busy_open_day_is_compacted_as_runs_land(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Today is compacted too, by the writer as it goes: 60 runs leave a few files (tiers
+    of merged files), not 60, and every row is there once."""
+    monkeypatch.setenv("REOPS_HISTORY_COMPACT_FILES", "4")
+    sent: set[tuple[str, str]] = set()
+    for n in range(60):
+        info = RunInfo()
+        h.record([result(f"web{n}"), result(f"db{n}", "pkg.install", "failed", 1)], info)
+        assert h.flush()  # one file per run, as separate commands would write
+        sent |= {(info.run_id, f"web{n}"), (info.run_id, f"db{n}")}
+    opened = h.files(root(), datetime.now(UTC).date())
+    assert len(opened) <= 4 + 2 * (h.COMPACT_FANIN - 1), [p.name for p in opened]
+    assert any("-l2." in p.name for p in opened)  # merged files merged again: tiers
+    assert _once(rows(since="1d")) == sent
+    assert len(rows(since="1d", failed=True)) == 60
+
+
+def test_a_query_compacts_a_day_of_many_small_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files written where nothing compacted them (a writer with a high compact_files,
+    or spools of short commands) are merged by the first query that reads them."""
+    monkeypatch.setenv("REOPS_HISTORY_COMPACT_FILES", "1000")
+    for n in range(12):
+        h.record([result(f"web{n}")], RunInfo())
+        assert h.flush()
+    assert len(h.files(root())) == 12
+    monkeypatch.setenv("REOPS_HISTORY_COMPACT_FILES", "4")
+    assert sorted(rows(since="1d")["host"]) == sorted(f"web{n}" for n in range(12))
+    assert len(h.files(root())) == 1  # the query merged them; the next one opens one file
+    assert len(_once(rows(since="1d"))) == 12
+
+
+_APPENDER = """
+import sys
+import polars  # loaded: the writer writes parquet and compacts as it goes
+from reops.core.model import Result, RunInfo
+from reops.sinks import history as h
+tag, runs = sys.argv[1], int(sys.argv[2])
+for n in range(runs):
+    info = RunInfo()
+    h.record([Result(host=f"{tag}-{n}-{k}", op="exec", status="ok", code=0)
+              for k in range(3)], info)
+    assert h.flush()
+    print(info.run_id, flush=True)
+"""
+
+
+def test_open_day_compaction_under_concurrent_writers_keeps_every_row_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes append runs to today (each compacting as it goes) while this one
+    compacts the same day and queries it: no query ever reads a row twice, and in the
+    end every row is there exactly once, though merged-away files were removed."""
+    script = tmp_path / "append.py"
+    script.write_text(_APPENDER)
+    env = {**os.environ, "REOPS_HISTORY_COMPACT_FILES": "3"}
+    runs = 40
+    procs = [subprocess.Popen([sys.executable, str(script), tag, str(runs)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for tag in ("a", "b")]
+    monkeypatch.setattr(h, "COMPACT_GRACE_S", 0.0)  # what this one merges away goes at once
+    merges = queries = 0
+    try:
+        while any(p.poll() is None for p in procs):
+            merges += h.compact_open(root(), small_files=2)
+            _once(h.history("1d", path=root()).select("run_id", "host").collect())
+            queries += 1
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    run_ids = {tag: out.split() for tag, (out, _) in zip("ab", outs, strict=True)}
+    sent = {(rid, f"{tag}-{n}-{k}") for tag, ids in run_ids.items()
+            for n, rid in enumerate(ids) for k in range(3)}
+    assert len(sent) == 2 * runs * 3
+    h.compact_open(root(), small_files=2)
+    assert _once(rows(since="1d")) == sent
+    assert queries > 0 and merges > 0
+    assert len(h.files(root())) < 2 * runs  # compacted: far fewer files than runs

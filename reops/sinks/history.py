@@ -24,8 +24,16 @@ where the parquet file would go; the next query (`history()`, `reops history`, `
 report`) or compaction folds each spool into `<run_id>-<n>.parquet` (atomically, then
 removes the spool; two readers folding at once write the same file).
 
+Compaction keeps the number of files a query opens small: after each write, a day (today
+too, while runs keep landing in it) holding more than [history] compact_files per-run files
+has them merged into one, and COMPACT_FANIN merged files of a level into one of the next
+(tiered, so each row is rewritten a few times, not once per run); once a day each closed day
+becomes one file. A merged file lists what it holds; readers skip that, and the merged-away
+files are removed COMPACT_GRACE_S later. One flock per day directory serializes compactions.
+
 Config `[history]` in ~/.reops/config.toml (or REOPS_HISTORY_<FIELD>): enabled, path,
-keep, max_output, max_data, flush_rows, flush_s; `REOPS_HISTORY=0` turns it off too.
+keep, max_output, max_data, flush_rows, flush_s, compact_files; `REOPS_HISTORY=0` turns it
+off too.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -104,6 +112,7 @@ class HistorySettings(msgspec.Struct, frozen=True, kw_only=True):
     max_data: Bytes = 16384  # bytes of data's JSON kept per row (beyond: a marker object)
     flush_rows: Annotated[int, msgspec.Meta(ge=1)] = 1000  # endless streams: rows a batch
     flush_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0  # endless streams: seconds a batch
+    compact_files: Annotated[int, msgspec.Meta(ge=1)] = 32  # a day's per-run files, at most
 
     @property
     def root(self) -> Path:
@@ -387,22 +396,133 @@ def _prune(root: Path, keep_s: float, today: date) -> None:
 COMPACT_GRACE_S = 600.0
 
 
+#: a merged file of the tiered pass is `compact-<ns>-<pid>-l<level>.parquet`; the full pass's
+#: (a closed day in one file) has no level and is never merged by the tiered pass
+_LEVEL = re.compile(r"-l(\d+)\.parquet$")
+_FULL = 1 << 30
+#: merged files of one level become one of the next once this many are there
+COMPACT_FANIN = 8
+#: `.<compacted>.covers` lists read so far (they never change once renamed in): path ->
+#: (names held, when the list was made)
+_listings: dict[str, tuple[list[str], float]] = {}
+
+
+def _level(name: str) -> int:
+    """0 for a run's own file, its tier for a merged one."""
+    if not name.startswith("compact-"):
+        return 0
+    m = _LEVEL.search(name)
+    return int(m.group(1)) if m else _FULL
+
+
 def _covers(day: Path, names: Iterable[str]) -> dict[str, tuple[str, float]]:
     """Files of `day` that a compacted file holds: name -> (that file, when it was made),
     read from each compacted file's `.<name>.covers` list."""
     covered: dict[str, tuple[str, float]] = {}
     for name in names:
         if name.startswith("compact-"):
-            listing = day / f".{name}.covers"
-            with contextlib.suppress(OSError):
-                made = listing.stat().st_mtime
-                for n in listing.read_text().split():
-                    covered[n] = (name, made)
+            listing = str(day / f".{name}.covers")
+            got = _listings.get(listing)
+            if got is None:
+                try:
+                    made = os.stat(listing).st_mtime
+                    with open(listing) as f:
+                        got = (f.read().split(), made)
+                except OSError:
+                    continue
+                if len(_listings) >= 4096:
+                    _listings.clear()
+                _listings[listing] = got
+            for n in got[0]:
+                covered[n] = (name, got[1])
     return covered
 
 
 def _parquet_names(day: Path) -> list[str]:
     return sorted(n for n in os.listdir(day) if n.endswith(".parquet") and not n.startswith("."))
+
+
+#: `_check`'s answer for a file gone since the directory was listed (merged and removed)
+_GONE = "gone"
+#: files found whole: path -> (inode, size, mtime_ns); a file never changes once renamed in
+_whole: dict[str, tuple[int, int, int]] = {}
+
+
+def _check(path: Path) -> str | None:
+    """`_damaged(path)`, remembered for whole files: a second query does not parse the
+    footers again. `_GONE` for a file that no longer exists."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return _GONE
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    if _whole.get(str(path)) == key:
+        return None
+    why = _damaged(path)
+    if why is None:
+        if len(_whole) >= 100_000:
+            _whole.clear()
+        _whole[str(path)] = key
+    return why
+
+
+@contextlib.contextmanager
+def _day_lock(day: Path) -> Iterator[bool]:
+    """The day's compaction lock, without waiting: False while another process holds it
+    (it is compacting this day right now; the next write tries again)."""
+    import fcntl
+
+    try:
+        lock = os.open(day / ".compact.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    finally:
+        os.close(lock)
+
+
+def _live(day: Path) -> list[str]:
+    """The day's files a reader reads now (held by no merged file); under the day's lock,
+    so removing what merged files have held past COMPACT_GRACE_S is safe here."""
+    names = _parquet_names(day)
+    covered = _covers(day, names)
+    _remove_covered(day, covered)
+    return [n for n in names if n not in covered]
+
+
+def _merge(day: Path, todo: list[str], level: int | None) -> str | None:
+    """Merge the files `todo` of `day` into one (of `level`; None: the full pass's) and
+    return its name; damaged files are left where they are (readers report them). The list
+    of what it holds is renamed in before the file: a reader that sees the file sees it."""
+    todo = [n for n in todo if _check(day / n) is None]
+    if len(todo) < 2:
+        return None
+    if "polars" not in sys.modules:
+        _import_polars()
+    import polars as pl
+
+    merged = pl.scan_parquet([day / n for n in todo], schema=schema(), hive_partitioning=False,
+                             missing_columns="insert", extra_columns="ignore").collect()
+    suffix = "" if level is None else f"-l{level}"
+    name = f"compact-{time.time_ns():x}-{os.getpid()}{suffix}.parquet"
+    listing = day / f".{name}.covers"
+    tmp = listing.with_name(listing.name + ".tmp")
+    tmp.write_text("\n".join(todo) + "\n")
+    tmp.replace(listing)
+    _write_file(merged, day / name)
+    return name
 
 
 def compact(root: Path | None = None, *, before: date | None = None) -> int:
@@ -411,8 +531,6 @@ def compact(root: Path | None = None, *, before: date | None = None) -> int:
     writers: the merged file and the list of what it holds appear atomically, readers skip
     what it holds, and the merged files are removed COMPACT_GRACE_S later. Returns the
     number of days compacted."""
-    import fcntl
-
     root = root or settings().root
     before = before or datetime.now(UTC).date()
     done = 0
@@ -424,43 +542,55 @@ def compact(root: Path | None = None, *, before: date | None = None) -> int:
         day = Path(path)
         if day.name[4:] >= before.isoformat():
             continue
-        try:
-            lock = os.open(day / ".compact.lock", os.O_CREAT | os.O_RDWR, 0o600)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # another process compacts this day right now
-            os.close(lock)
-            continue
-        try:
+        with _day_lock(day) as locked:
+            if not locked:
+                continue
             fold(day)
-            names = _parquet_names(day)
-            covered = _covers(day, names)
-            _remove_covered(day, covered)
-            todo = [n for n in names if n not in covered]
-            if len(todo) < 2:  # (already one file: nothing opened)
-                continue
-            todo = [n for n in todo if _damaged(day / n) is None]
-            if len(todo) < 2:
-                continue
-            if "polars" not in sys.modules:
-                _import_polars()
-            import polars as pl
+            if len(todo := _live(day)) >= 2 and _merge(day, todo, None):
+                done += 1
+    return done
 
-            frames = [pl.scan_parquet(day / n, schema=schema(), missing_columns="insert",
-                                      extra_columns="ignore") for n in todo]
-            merged = pl.concat(frames).collect()
-            name = f"compact-{time.time_ns():x}-{os.getpid()}.parquet"
-            listing = day / f".{name}.covers"
-            tmp = listing.with_name(listing.name + ".tmp")
-            tmp.write_text("\n".join(todo) + "\n")
-            tmp.replace(listing)  # the list first: a reader seeing the file sees it too
-            _write_file(merged, day / name)
-            done += 1
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            os.close(lock)
+
+def compact_open(root: Path | None = None, *, day: date | None = None,
+                 small_files: int | None = None) -> int:
+    """The tiered pass over one day (default: today, UTC), safe while writers keep adding
+    files to it: more than `small_files` ([history] compact_files) per-run files become one
+    merged file, and COMPACT_FANIN merged files of a level one of the next. The writer runs
+    it after each write, so a busy day stays at about small_files + 7 files per level and a
+    query over "1d" opens tens of files, not thousands. Returns the number of merges."""
+    cfg = settings() if root is None or small_files is None else None
+    root = root or cfg.root  # type: ignore[union-attr]
+    small = small_files if small_files is not None else cfg.compact_files  # type: ignore[union-attr]
+    return _compact_tiers(root / f"day={(day or datetime.now(UTC).date()).isoformat()}", small)
+
+
+def _compact_tiers(day: Path, small: int) -> int:
+    """`compact_open` for the directory `day`; nothing opened while it holds at most
+    `small` per-run files or spools (one listing, no read: what a write costs usually)."""
+    try:
+        names = os.listdir(day)
+    except OSError:
+        return 0
+    if sum(1 for n in names if not n.startswith((".", "compact-"))
+           and n.endswith((".parquet", SPOOL))) <= small:
+        return 0
+    done = 0
+    with _day_lock(day) as locked:
+        if not locked:
+            return 0
+        fold(day)
+        tiers: dict[int, list[str]] = {}
+        for n in _live(day):
+            tiers.setdefault(_level(n), []).append(n)
+        level = 0
+        while level <= max((k for k in tiers if k < _FULL), default=0):
+            group = tiers.get(level, [])
+            if len(group) > (small if level == 0 else COMPACT_FANIN - 1):
+                made = _merge(day, group, level + 1)
+                if made is not None:
+                    tiers.setdefault(level + 1, []).append(made)
+                    done += 1
+            level += 1
     return done
 
 
@@ -478,6 +608,9 @@ def _remove_covered(day: Path, covered: dict[str, tuple[str, float]]) -> None:
                     for inner in listing.read_text().split():
                         (day / inner).unlink(missing_ok=True)
                 listing.unlink(missing_ok=True)
+                _listings.pop(str(listing), None)
+            else:  # a spool left by a reader that died folding it must not come back
+                (day / (n.removesuffix(".parquet") + SPOOL)).unlink(missing_ok=True)
             (day / n).unlink(missing_ok=True)
 
 
@@ -583,6 +716,7 @@ class _Writer:
     def _write(self, batch: _Batch) -> None:
         run = batch.run
         root = run.cfg.root
+        written: list[Path] = []
         try:
             if batch.steps:
                 # parquet where polars is loaded already; else a spool: importing polars
@@ -592,6 +726,7 @@ class _Writer:
                     name = f"{run.info.run_id}-{next(self._numbers)}"
                     if as_parquet:
                         _write_file(_frame(cols), root / f"day={day}" / f"{name}.parquet")
+                        written.append(root / f"day={day}")  # (spools: queries compact)
                     else:
                         _write_spool(cols, root / f"day={day}" / f"{name}{SPOOL}")
             today = datetime.now(UTC).date()
@@ -605,10 +740,15 @@ class _Writer:
             if not batch.immediate:
                 with self._lock:
                     self._pending_endless -= len(batch.steps)
+        for where in written:  # the day's files stay few, even today's
+            try:
+                _compact_tiers(where, run.cfg.compact_files)
+            except Exception as e:
+                self._warn(root, f"{type(e).__name__}: {e}", "compacted")
 
-    def _warn(self, root: Path | None, why: str) -> None:
-        where = f" to {root}" if root is not None else ""
-        text = (f"reops: warning: run history not written{where}: {why}; the run is "
+    def _warn(self, root: Path | None, why: str, what: str = "written") -> None:
+        where = f" {'to' if what == 'written' else 'in'} {root}" if root is not None else ""
+        text = (f"reops: warning: run history not {what}{where}: {why}; the run is "
                 "unaffected (fix it, or turn history off: [history] enabled = false "
                 "or REOPS_HISTORY=0)\n")
         if text not in self._warned:
@@ -733,9 +873,11 @@ def _damaged(path: Path) -> str | None:
     return None
 
 
-def files(root: Path, since: date | None = None) -> list[Path]:
+def files(root: Path, since: date | None = None, small_files: int | None = None
+          ) -> list[Path]:
     """The history's files of the day directories from `since` on (all: None), oldest day
-    first; damaged ones are reported (one line each) and left out."""
+    first; damaged ones are reported (one line each) and left out. With `small_files`, a
+    day holding more per-run files than that is compacted first (`compact_open`)."""
     try:
         days = [e for e in os.scandir(root) if e.is_dir() and DAY_DIR.match(e.name)]
     except FileNotFoundError:
@@ -748,6 +890,9 @@ def files(root: Path, since: date | None = None) -> list[Path]:
         if since is not None and d.name[4:] < since.isoformat():
             continue
         fold(Path(d.path))  # spools of short commands become parquet first
+        if small_files:  # a day of many small files (spools folded, say) becomes few
+            with contextlib.suppress(OSError):  # (a read-only history: read them all)
+                _compact_tiers(Path(d.path), small_files)
         try:
             names = _parquet_names(Path(d.path))
         except OSError:
@@ -757,10 +902,10 @@ def files(root: Path, since: date | None = None) -> list[Path]:
             if name in covered:
                 continue
             p = Path(d.path) / name
-            why = _damaged(p)
+            why = _check(p)
             if why is None:
                 found.append(p)
-            else:
+            elif why is not _GONE:
                 sys.stderr.write(f"reops: warning: skipped {p}: {why}; move it away or "
                                  f"delete it (rm '{p}')\n")
     return found
@@ -792,9 +937,10 @@ def history(since: str | float | timedelta | datetime | None = "1d", *, failed: 
     import polars as pl
 
     start = cutoff(since)
-    root = Path(path).expanduser() if path is not None else settings().root
+    cfg = settings()
+    root = Path(path).expanduser() if path is not None else cfg.root
     _writer.flush(EXIT_WAIT_S)
-    found = files(root, start.date() if start else None)
+    found = files(root, start.date() if start else None, cfg.compact_files)
     full = {**schema(), "day": pl.Date}
     if found:
         lf = pl.scan_parquet(found, schema=schema(), hive_partitioning=True,
