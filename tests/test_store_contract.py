@@ -19,7 +19,7 @@ import pytest
 
 from reops.store import flows as sqlite_flows
 from reops.store import postgres, sqlite
-from reops.store.base import MachineStore, StoreError
+from reops.store.base import MachineStore, QueueStore, StoreError
 from reops.store.engines import StoreSettings, load_store_settings, open_flows, open_machines
 from reops.store.flows import AuditRow, FlowRecord, FlowStore
 from reops.store.model import Job, Machine, MachinesError, Placement, System, Type, new_id
@@ -80,6 +80,35 @@ def test_opening_migrates_once_and_says_what_it_applied(store_url: str) -> None:
         first.close()
         if again is not None:
             again.close()
+
+
+def test_an_older_schema_is_upgraded_in_place(store_url: str) -> None:
+    """A store made by an earlier reops (its first migrations only) is upgraded when opened:
+    only the missing steps run, and its data is kept and usable by the new operations."""
+    if store_url.startswith("postgresql"):
+        old: Any = postgres.Pg(store_url, "machines", postgres.MACHINE_MIGRATIONS[:1])
+        total = len(postgres.MACHINE_MIGRATIONS)
+    else:
+        path = Path(store_url.removeprefix("sqlite://")) / "machines.db"
+        old = sqlite.SqliteDb(path, sqlite.MIGRATIONS[:2])
+        total = len(sqlite.MIGRATIONS)
+    kept = Job(id=new_id(), op="sync")
+    before = old.migrate()
+    if isinstance(old, postgres.Pg):  # a job written by the earlier schema
+        old.run(lambda db: postgres._put_jobs(db, [kept]), what="test")
+    else:
+        with old.tx() as db:
+            sqlite._put_job(db, kept)
+    old.close()
+    store = open_machines(StoreSettings(url=store_url))
+    try:
+        assert store.applied == list(range(len(before) + 1, total + 1))
+        assert store.schema_version == total
+        assert store.jobs() == [kept]
+        assert isinstance(store, QueueStore)
+        assert [c.job.id for c in store.claim("ctl1", 5, 60)] == [kept.id]
+    finally:
+        store.close()
 
 
 def test_controllers_migrating_at_once_apply_each_step_once(pg_url: str) -> None:
@@ -335,13 +364,15 @@ def test_reops_store_migrate_says_what_it_did(tmp_path: Path, pg_url: str) -> No
            "REOPS_CONFIG": str(tmp_path / "none.toml"), "REOPS_STORE_URL": pg_url}
     first = _reops("store", "migrate", env=env)
     assert first.returncode == 0, first.stderr
-    assert "machines: postgresql://reops@" in first.stdout
-    assert "(applied migration(s) 1)" in first.stdout and "flows:" in first.stdout
+    assert first.stdout.startswith("machines: postgresql://reops@")
+    assert "schema version 2 (applied migration(s) 1, 2)\nflows: " in first.stdout
+    assert first.stdout.endswith("schema version 1 (applied migration(s) 1)\n")
     again = _reops("store", "migrate", env=env)
     assert again.stdout.count("already up to date") == 2, again.stdout
     local = _reops("store", "migrate", "--url", f"sqlite://{tmp_path / 'db'}", env=env)
     assert local.returncode == 0, local.stderr
-    assert f"machines: {tmp_path / 'db' / 'machines.db'}: schema version 2" in local.stdout
+    assert (f"machines: {tmp_path / 'db' / 'machines.db'}: schema version 3"
+            " (applied migration(s) 1, 2, 3)") in local.stdout
     bad = _reops("store", "migrate", "--url", "mysql://x", env=env)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "must start with postgresql://" in bad.stderr
@@ -392,3 +423,123 @@ def test_a_connection_lost_mid_append_is_one_line_and_the_next_call_reconnects(
         assert [r.at for r in f.audit("heal")] == [2.0]
     finally:
         f.close()
+
+
+# ── claims (QueueStore) ─────────────────────────────────────────────────────────────────
+
+
+def _queue(store: MachineStore, n: int) -> list[Job]:
+    jobs = [Job(id=new_id(), op="sync", args={"n": i}) for i in range(n)]
+    store.put_jobs(jobs)
+    return jobs
+
+
+def _until(what: str, check: Any, deadline_s: float = 20.0) -> Any:
+    """Poll `check()` until it returns something truthy; fail after the deadline."""
+    stop = threading.Event()
+    timer = threading.Timer(deadline_s, stop.set)
+    timer.start()
+    try:
+        while not stop.is_set():
+            if got := check():
+                return got
+            stop.wait(0.05)
+    finally:
+        timer.cancel()
+    raise AssertionError(f"{what}: not within {deadline_s}s")
+
+
+def test_claims_take_queued_jobs_oldest_first_and_once(store: MachineStore) -> None:
+    assert isinstance(store, QueueStore)
+    jobs = _queue(store, 5)
+    first = store.claim("ctl1", 2, 60)
+    assert [c.job.id for c in first] == [j.id for j in jobs[:2]]
+    assert {(c.controller, c.epoch, c.job.state) for c in first} == {("ctl1", 1, "running")}
+    assert all(c.job.started_at and c.lease_until > c.job.started_at + 59 for c in first)
+    assert store.job(jobs[0].id) == first[0].job  # running, on disk
+    rest = store.claim("ctl2", 10, 60)
+    assert [c.job.id for c in rest] == [j.id for j in jobs[2:]]
+    assert store.claim("ctl3", 10, 60) == []
+    assert store.jobs(states=("queued",)) == []
+    assert store.expired("ctl3", 10, 60) == []  # every lease still holds
+
+
+def test_finish_and_renew_only_while_the_claim_holds(store: MachineStore) -> None:
+    assert isinstance(store, QueueStore)
+    _queue(store, 1)
+    (claim,) = store.claim("ctl1", 1, 60)
+    (renewed,) = store.renew([claim], 120)
+    assert renewed.lease_until > claim.lease_until
+    done = msgspec.structs.replace(claim.job, state="succeeded", finished_at=2.0)
+    follow = Job(id=new_id(), op="provision", follows=claim.job.id)
+    stale = msgspec.structs.replace(claim, epoch=claim.epoch - 1)
+    assert store.finish(stale, done) is False  # an older epoch is fenced off
+    assert store.job(claim.job.id).state == "running"
+    assert store.finish(claim, done, then=[follow]) is True
+    assert store.job(claim.job.id) == done
+    assert store.jobs(states=("queued",)) == [follow]  # written with it
+    assert store.finish(claim, done) is False  # finished: the claim is gone
+    assert store.renew([claim], 60) == []
+
+
+def test_an_expired_lease_is_taken_over_and_fences_the_old_owner(store: MachineStore) -> None:
+    assert isinstance(store, QueueStore)
+    (job,) = _queue(store, 1)
+    (old,) = store.claim("ctl1", 1, 0.2)  # ctl1 stalls past its lease
+    new = _until("the lease to run out", lambda: store.expired("ctl2", 10, 60))
+    assert [(c.job.id, c.controller, c.epoch) for c in new] == [(job.id, "ctl2", 2)]
+    assert store.renew([old], 60) == []
+    late = msgspec.structs.replace(old.job, state="succeeded")
+    assert store.finish(old, late) is False  # ctl1 came back too late: nothing written
+    interrupted = msgspec.structs.replace(new[0].job, state="interrupted", error="ctl1 died")
+    assert store.finish(new[0], interrupted) is True
+    assert store.job(job.id).state == "interrupted"
+
+
+def test_controllers_claiming_at_once_get_every_job_exactly_once(store_url: str) -> None:
+    setup = open_machines(StoreSettings(url=store_url))
+    jobs = _queue(setup, 120)
+    got: dict[str, list[str]] = {}
+    failed: list[BaseException] = []
+
+    def controller(name: str) -> None:
+        mine = open_machines(StoreSettings(url=store_url))
+        assert isinstance(mine, QueueStore)
+        try:
+            while batch := mine.claim(name, 7, 60):
+                got.setdefault(name, []).extend(c.job.id for c in batch)
+        except BaseException as e:
+            failed.append(e)
+        finally:
+            mine.close()
+
+    threads = [threading.Thread(target=controller, args=(f"ctl{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    setup.close()
+    assert failed == []
+    claimed = [i for ids in got.values() for i in ids]
+    assert sorted(claimed) == sorted(j.id for j in jobs)  # all of them, none twice
+
+
+def test_claims_skip_rows_another_controller_has_locked(pg_url: str) -> None:
+    """FOR UPDATE SKIP LOCKED: a controller in the middle of claiming the oldest jobs does
+    not make another one wait; it gets the next ones at once."""
+    store = open_machines(StoreSettings(url=pg_url))
+    assert isinstance(store, QueueStore)
+    jobs = _queue(store, 5)
+    result: list[Any] = []
+    with psycopg.connect(pg_url, autocommit=True) as other:
+        other.execute("BEGIN")
+        other.execute("SELECT id FROM jobs ORDER BY seq LIMIT 2 FOR UPDATE")
+        worker = threading.Thread(target=lambda: result.append(store.claim("ctl2", 2, 60)))
+        worker.start()
+        worker.join(30)
+        blocked = worker.is_alive()
+        other.execute("ROLLBACK")
+        worker.join(30)
+    store.close()
+    assert not blocked, "claim waited for the other controller's locked rows"
+    assert [c.job.id for c in result[0]] == [j.id for j in jobs[2:4]]

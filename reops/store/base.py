@@ -6,15 +6,20 @@ controller) or PostgreSQL (shared by several controllers) without a change elsew
 The flow runner's half is `reops.store.flows.FlowStore`; this module adds the machines'
 half (Types, Systems, Jobs) and what every engine has in common (schema migrations).
 
-Room for the distributed queue (issue 13, next step): claims (`FOR UPDATE SKIP LOCKED` on
-PostgreSQL), leases with a fencing epoch and controller heartbeats become methods of a
-`QueueStore` Protocol beside `MachineStore`; SQLite keeps its one-runner flock.
+The distributed queue's primitives are `QueueStore`: a controller claims queued jobs for
+a lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so controllers never wait on each other's
+rows; one writer at a time on SQLite), renews it while it works, and finishes a job only
+while its claim holds — each claim bumps the job's epoch (a fencing token), so a
+controller that lost its lease cannot commit a result over its successor's. A lease that
+ran out is taken over with `expired`, and the queue applies its retry rules to it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
+
+import msgspec
 
 from reops.store.model import Job, JobState, MachinesError, System, Type
 
@@ -62,3 +67,34 @@ class MachineStore(Migrating, Protocol):
     def put_jobs(self, jobs: Iterable[Job]) -> None: ...
     def job(self, id_or_prefix: str) -> Job: ...
     def jobs(self, states: Iterable[JobState] = (), limit: int | None = None) -> list[Job]: ...
+
+
+class Claim(msgspec.Struct, frozen=True, kw_only=True):
+    """A job a controller holds: until `lease_until` (the store's clock), fenced by `epoch`."""
+
+    job: Job
+    controller: str
+    epoch: int
+    lease_until: float
+
+
+@runtime_checkable
+class QueueStore(Protocol):
+    """Claims on the job queue, shared by any number of controllers."""
+
+    def claim(self, controller: str, limit: int, lease_s: float) -> list[Claim]:
+        """Up to `limit` queued jobs, oldest first, now running under `controller`."""
+        ...
+
+    def renew(self, claims: Iterable[Claim], lease_s: float) -> list[Claim]:
+        """Extend the claims that still hold; the ones missing from the answer are lost."""
+        ...
+
+    def finish(self, claim: Claim, job: Job, then: Iterable[Job] = ()) -> bool:
+        """Write the job's end and the jobs it queued (`then`) if `claim` still holds;
+        False: fenced (the lease ran out or was taken over), nothing written."""
+        ...
+
+    def expired(self, controller: str, limit: int, lease_s: float) -> list[Claim]:
+        """Take over running jobs whose lease ran out (their controller died or stalled)."""
+        ...

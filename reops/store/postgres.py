@@ -30,7 +30,7 @@ import msgspec
 import psycopg
 from psycopg import conninfo, errors
 
-from reops.store.base import StoreError
+from reops.store.base import Claim, StoreError
 from reops.store.flows import AUDIT_KEEP, AuditRow, FlowRecord
 from reops.store.model import MIN_PREFIX, Job, JobState, MachinesError, System, Type
 
@@ -49,6 +49,18 @@ MACHINE_MIGRATIONS: tuple[str, ...] = (
         seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, id TEXT NOT NULL UNIQUE,
         op TEXT NOT NULL, system_id TEXT, state TEXT NOT NULL, data TEXT NOT NULL);
     CREATE INDEX jobs_state ON jobs(state);
+    """,
+    # claims (QueueStore): who holds a running job, until when (the server's clock), and
+    # its fencing epoch; partial indexes keep claims off the finished jobs' rows, and the
+    # table is vacuumed early (claimed rows leave dead tuples, which slow claims down)
+    """
+    ALTER TABLE jobs ADD COLUMN owner TEXT;
+    ALTER TABLE jobs ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN lease_until DOUBLE PRECISION;
+    CREATE INDEX jobs_queued ON jobs(seq) WHERE state = 'queued';
+    CREATE INDEX jobs_leases ON jobs(lease_until) WHERE state = 'running';
+    ALTER TABLE jobs SET (autovacuum_vacuum_scale_factor = 0.01,
+                          autovacuum_vacuum_threshold = 1000);
     """,
 )
 
@@ -312,6 +324,73 @@ class PgStore:
                              (wanted,) if wanted else (), Job)
 
 
+    # ---- claims (QueueStore): SKIP LOCKED, so controllers never wait on each other's rows
+    def claim(self, controller: str, limit: int, lease_s: float) -> list[Claim]:
+        """Up to `limit` queued jobs, oldest first, now running under `controller`."""
+        return self._pg.run(lambda db: self._take(db, db.execute(
+            "SELECT data, epoch FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT %s"
+            " FOR UPDATE SKIP LOCKED", (int(limit),)).fetchall(), controller, lease_s,
+            start=True), what="claiming jobs")
+
+    def expired(self, controller: str, limit: int, lease_s: float) -> list[Claim]:
+        """Take over running jobs whose lease ran out (their controller died or stalled)."""
+        return self._pg.run(lambda db: self._take(db, db.execute(
+            "SELECT data, epoch FROM jobs WHERE state = 'running' AND lease_until <= "
+            f"{_NOW} ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED", (int(limit),)).fetchall(),
+            controller, lease_s, start=False), what="taking over expired claims")
+
+    def _take(self, db: psycopg.Connection[Any], rows: list[tuple[str, int]],
+              controller: str, lease_s: float, start: bool) -> list[Claim]:
+        now = _now(db)
+        claims = []
+        for data, epoch in rows:
+            job = msgspec.json.decode(data, type=Job)
+            if start:
+                job = msgspec.structs.replace(job, state="running", started_at=now)
+            claims.append(Claim(job=job, controller=controller, epoch=epoch + 1,
+                                lease_until=now + lease_s))
+        with db.cursor() as cur:  # one round trip for the batch
+            cur.executemany(
+                "UPDATE jobs SET state = %s, data = %s, owner = %s, epoch = %s,"
+                " lease_until = %s WHERE id = %s",
+                [(c.job.state, _text(c.job), controller, c.epoch, c.lease_until, c.job.id)
+                 for c in claims])
+        return claims
+
+    def renew(self, claims: Iterable[Claim], lease_s: float) -> list[Claim]:
+        """Extend the claims that still hold; the ones missing from the answer are lost."""
+        claims = list(claims)
+
+        def renew(db: psycopg.Connection[Any]) -> list[Claim]:
+            now = _now(db)
+            out = []
+            for c in claims:
+                cur = db.execute("UPDATE jobs SET lease_until = %s WHERE id = %s AND owner = %s"
+                                 " AND epoch = %s AND lease_until > %s",
+                                 (now + lease_s, c.job.id, c.controller, c.epoch, now))
+                if cur.rowcount:
+                    out.append(msgspec.structs.replace(c, lease_until=now + lease_s))
+            return out
+        return self._pg.run(renew, what="renewing claims")
+
+    def finish(self, claim: Claim, job: Job, then: Iterable[Job] = ()) -> bool:
+        """Write the job's end and the jobs it queued if `claim` still holds; False: fenced
+        (its lease ran out or another controller took it over), nothing written."""
+        then = list(then)
+
+        def finish(db: psycopg.Connection[Any]) -> bool:
+            cur = db.execute(
+                "UPDATE jobs SET state = %s, data = %s, owner = NULL, lease_until = NULL"
+                f" WHERE id = %s AND owner = %s AND epoch = %s AND lease_until > {_NOW}",
+                (job.state, _text(job), job.id, claim.controller, claim.epoch))
+            if not cur.rowcount:
+                return False
+            _put_jobs(db, then)
+            return True
+        # not replayed: a COMMIT lost on the way back would be judged fenced the second time
+        return self._pg.run(finish, what=f"finishing job {job.short_id}", idempotent=False)
+
+
 class PgFlowStore:
     """`FlowStore` on PostgreSQL: the flows a hub runs and their audit."""
 
@@ -379,6 +458,15 @@ class PgFlowStore:
             row.seq = seq
             out.append(row)
         return out
+
+
+#: the server's clock in seconds: leases are judged by one clock, not each controller's
+_NOW = "extract(epoch FROM clock_timestamp())::float8"
+
+
+def _now(db: psycopg.Connection[Any]) -> float:
+    row = db.execute(f"SELECT {_NOW}").fetchone()
+    return float(row[0]) if row else 0.0
 
 
 def _text(value: object) -> str:

@@ -23,6 +23,7 @@ from typing import TypeVar
 
 import msgspec
 
+from reops.store.base import Claim
 from reops.store.model import MIN_PREFIX, Job, JobState, MachinesError, System, Type
 
 T = TypeVar("T")
@@ -41,6 +42,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_state ON jobs(state);
     """,
     "CREATE UNIQUE INDEX systems_domain ON systems(hypervisor, domain) WHERE domain != '';",
+    # claims (QueueStore): who holds a running job, until when, and its fencing epoch
+    """
+    ALTER TABLE jobs ADD COLUMN owner TEXT;
+    ALTER TABLE jobs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN lease_until REAL;
+    """,
 )
 
 _enc = msgspec.json.Encoder()
@@ -241,6 +248,67 @@ class Store:
             self._rows("SELECT data FROM systems WHERE id LIKE ? || '%' LIMIT 2",
                        (_like(prefix),), System),
         )
+
+    # ---- claims (QueueStore): one writer at a time, so no row is claimed twice
+    def claim(self, controller: str, limit: int, lease_s: float) -> list[Claim]:
+        """Up to `limit` queued jobs, oldest first, now running under `controller`."""
+        with self.tx() as db:
+            rows = db.execute("SELECT data, epoch FROM jobs WHERE state = 'queued'"
+                              " ORDER BY seq LIMIT ?", (int(limit),)).fetchall()
+            return self._take(db, rows, controller, lease_s, start=True)
+
+    def expired(self, controller: str, limit: int, lease_s: float) -> list[Claim]:
+        """Take over running jobs whose lease ran out (their controller died or stalled)."""
+        with self.tx() as db:
+            rows = db.execute("SELECT data, epoch FROM jobs WHERE state = 'running' AND"
+                              " lease_until <= ? ORDER BY seq LIMIT ?",
+                              (time.time(), int(limit))).fetchall()
+            return self._take(db, rows, controller, lease_s, start=False)
+
+    def _take(self, db: sqlite3.Connection, rows: list[tuple[str, int]], controller: str,
+              lease_s: float, start: bool) -> list[Claim]:
+        now = time.time()
+        out = []
+        for data, epoch in rows:
+            job = msgspec.json.decode(data, type=Job)
+            if start:
+                job = msgspec.structs.replace(job, state="running", started_at=now)
+            claim = Claim(job=job, controller=controller, epoch=epoch + 1,
+                          lease_until=now + lease_s)
+            db.execute("UPDATE jobs SET state = ?, data = ?, owner = ?, epoch = ?,"
+                       " lease_until = ? WHERE id = ?",
+                       (job.state, _enc.encode(job), controller, claim.epoch,
+                        claim.lease_until, job.id))
+            out.append(claim)
+        return out
+
+    def renew(self, claims: Iterable[Claim], lease_s: float) -> list[Claim]:
+        """Extend the claims that still hold; the ones missing from the answer are lost."""
+        out = []
+        with self.tx() as db:
+            now = time.time()
+            for c in claims:
+                cur = db.execute("UPDATE jobs SET lease_until = ? WHERE id = ? AND owner = ?"
+                                 " AND epoch = ? AND lease_until > ?",
+                                 (now + lease_s, c.job.id, c.controller, c.epoch, now))
+                if cur.rowcount:
+                    out.append(msgspec.structs.replace(c, lease_until=now + lease_s))
+        return out
+
+    def finish(self, claim: Claim, job: Job, then: Iterable[Job] = ()) -> bool:
+        """Write the job's end and the jobs it queued if `claim` still holds; False: fenced
+        (its lease ran out or another controller took it over), nothing written."""
+        with self.tx() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = ?, data = ?, owner = NULL, lease_until = NULL"
+                " WHERE id = ? AND owner = ? AND epoch = ? AND lease_until > ?",
+                (job.state, _enc.encode(job), job.id, claim.controller, claim.epoch,
+                 time.time()))
+            if not cur.rowcount:
+                return False
+            for j in then:
+                _put_job(db, j)
+        return True
 
 
 def _private(path: Path) -> None:
