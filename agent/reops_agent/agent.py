@@ -1,10 +1,13 @@
 """The agent's one connection to the hub: register, beat, run calls and schedules.
 
-A DEALER socket with CurveZMQ pins the hub's public key. ZeroMQ reconnects by itself; the
-agent re-registers (Hello) when the hub says it does not know it (after a hub restart) or
-when the hub has been silent for `misses` heartbeats. Results travel through one ordered
-outbox (bounded: a flood of output slows the command instead of growing memory); schedule
-results made while the hub is away wait in a bounded backlog, the oldest dropped and counted.
+A DEALER socket with CurveZMQ pins the hub's public key. A lost or refused connection is
+retried after a randomized exponential backoff (`backoff.py`: full jitter, up to
+`reconnect_max_s`), not libzmq's near-fixed interval, so a restarted hub is not stampeded by
+every agent at once; the agent re-registers (Hello) when the hub says it does not know it
+(after a hub restart) or when the hub has been silent for `misses` heartbeats. Results
+travel through one ordered outbox (bounded: a flood of output slows the command instead of
+growing memory); schedule results made while the hub is away wait in a bounded backlog, the
+oldest dropped and counted.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from reops_agent import __version__
+from reops_agent.backoff import Backoff
 from reops_agent.functions import Runner
 from reops_agent.protocol import (
     MAX_MESSAGE,
@@ -72,8 +76,11 @@ class AgentConfig:
     misses: int = 3  # silent heartbeats before the hub counts as away
     backlog: int = 1000  # schedule results kept while the hub is away
     outbox: int = 10000  # messages queued for sending (backpressure beyond)
-    reconnect_s: float = 0.1
-    reconnect_max_s: float = 5.0
+    reconnect_s: float = 0.1  # the first retry's window; doubles per failed attempt
+    reconnect_max_s: float = 5.0  # the window's cap (delays are drawn from [0, window])
+
+#: reconnect attempts remembered (monotonic times): what `Agent.attempts` shows
+ATTEMPTS_KEPT = 64
 
 
 class Agent:
@@ -92,11 +99,15 @@ class Agent:
         self.backlog: deque[Tick] = deque()
         self.dropped = 0
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue(cfg.outbox)
+        self.backoff = Backoff(cfg.reconnect_s, max(cfg.reconnect_s, cfg.reconnect_max_s))
+        self.attempts: deque[float] = deque(maxlen=ATTEMPTS_KEPT)  # reconnects (monotonic)
+        self._retry: asyncio.TimerHandle | None = None
         self._ctx = zmq.asyncio.Context()
         self._sock = self._socket()
         self._monitor = self._sock.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED)
         self._sock.connect(cfg.hub)
         self._said: str = ""
         self._retime = asyncio.Event()  # the heartbeat interval changed: restart the wait
@@ -110,8 +121,7 @@ class Agent:
         s.setsockopt(zmq.IMMEDIATE, 1)  # queue only to a completed (authenticated) connection
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
-        s.setsockopt(zmq.RECONNECT_IVL, int(cfg.reconnect_s * 1000))
-        s.setsockopt(zmq.RECONNECT_IVL_MAX, int(cfg.reconnect_max_s * 1000))
+        s.setsockopt(zmq.RECONNECT_IVL, -1)  # no libzmq retries: `_lost` schedules them
         beat_ms = max(1, int(cfg.heartbeat_s * 1000))
         s.setsockopt(zmq.HEARTBEAT_IVL, beat_ms)  # ZMTP pings: drop half-open TCP
         s.setsockopt(zmq.HEARTBEAT_TIMEOUT, beat_ms * cfg.misses)
@@ -138,6 +148,8 @@ class Agent:
         try:
             await stop.wait()
         finally:
+            if self._retry is not None:
+                self._retry.cancel()
             for t in [*tasks, *self.calls.values(), *self.schedules.values()]:
                 t.cancel()
             await asyncio.gather(*tasks, *self.calls.values(), *self.schedules.values(),
@@ -167,13 +179,34 @@ class Agent:
         while True:
             event = parse_monitor_message(await self._monitor.recv_multipart())
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.backoff.reset()
                 self.registered = False
                 self._send_now(self.hello())
-            elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                continue
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self._say("the hub refused this agent's key (rejected there?); retrying")
-            else:
+            elif event["event"] not in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED):
                 self._say("cannot authenticate the hub: is --hub-key the hub's current key "
                           "(reops hub --print-key)? retrying")
+            self._lost()
+
+    def _lost(self) -> None:
+        """The connection is gone or was never made: retry after a jittered backoff."""
+        if self._retry is None:
+            delay = self.backoff.next()
+            log.debug("reconnecting to %s in %.2f s", self.cfg.hub, delay)
+            self._retry = asyncio.get_running_loop().call_later(delay, self._reconnect)
+
+    def _reconnect(self) -> None:
+        self._retry = None
+        self.attempts.append(time.monotonic())
+        with contextlib.suppress(zmq.ZMQError):  # (libzmq forgot the endpoint, or not yet)
+            self._sock.disconnect(self.cfg.hub)
+        try:
+            self._sock.connect(self.cfg.hub)
+        except zmq.ZMQError as e:  # (cannot happen for an endpoint that connected once)
+            self._say(f"cannot connect to {self.cfg.hub}: {e}; retrying")
+            self._lost()
 
     # ── heartbeats ────────────────────────────────────────────────────────────────────
 

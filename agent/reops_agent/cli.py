@@ -53,7 +53,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backlog", type=int, default=1000,
                    help="schedule results kept while the hub is away (oldest dropped)")
     p.add_argument("--reconnect-max", type=float, default=5.0,
-                   help="longest wait between reconnection attempts, seconds")
+                   help="cap of the randomized wait between reconnection attempts (exponential "
+                   "backoff with full jitter from 0.1 s), seconds")
     p.add_argument("--print-key", action="store_true",
                    help="print this agent's public key and fingerprint, then exit")
     p.add_argument("--print-fingerprint", action="store_true",

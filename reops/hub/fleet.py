@@ -3,6 +3,12 @@
 Nothing an agent sends can stop the hub: every frame is size-checked and decoded inside a
 guard, bad frames are logged and counted, and only registered connections are served.
 Sends never block the loop (NOBLOCK; a full or vanished peer fails that call at once).
+
+With 10,000 agents the ROUTER carries tens of thousands of messages a second (beats,
+registrations, a fan-out's answers), so it is driven as a plain socket from the loop's
+reader callback: each wake-up drains what is queued (NOBLOCK reads, bounded per turn), and
+sends are plain NOBLOCK sends, not a Future per message. ZMQ_FD is edge-triggered and a
+send may consume the edge, so every send schedules one more drain on the next loop turn.
 """
 
 from __future__ import annotations
@@ -57,6 +63,10 @@ OnTick = Callable[[str, int, int, dict[str, Any]], None]  # host, seq, dropped, 
 SOURCES_KEPT = 256
 #: connections remembered as waiting for acceptance (to nudge them at once)
 MAX_WAITING = 10_000
+#: messages handled per loop turn before others get the loop
+BATCH = 512
+_NOBLOCK = int(zmq.NOBLOCK)  # plain ints: enum flags cost more than the send itself
+_NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 
 
 @dataclass(slots=True)
@@ -88,6 +98,9 @@ class Fleet:
         per_minute = max(1, settings.pending_per_minute)
         self._new_pending = TokenBucket(per_minute / 60.0, per_minute)
         self._warn = RationedLog(log, "agent warnings (bad frames, unaccepted keys)")
+        # a restarted hub sees every agent register at once: the first few are logged, the
+        # rest counted (each is still published as an `agents` event)
+        self._said = RationedLog(log, "agent registrations", lines=20, interval=10.0)
         public, secret = keys.hub_keypair()
         s = ctx.socket(zmq.ROUTER)
         s.curve_server = True
@@ -109,21 +122,51 @@ class Fleet:
         s.bind(settings.bind)
         self.endpoint = s.getsockopt_string(zmq.LAST_ENDPOINT)
         self.sock = s
+        self._raw: zmq.Socket[bytes] = zmq.Socket.shadow(s.underlying)  # no Futures
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._kick: asyncio.Handle | None = None  # a drain scheduled for the next turn
 
     # ── receiving ─────────────────────────────────────────────────────────────────────
 
     async def serve(self) -> None:
+        self._loop = loop = asyncio.get_running_loop()
+        fd: int = self._raw.getsockopt(zmq.FD)  # type: ignore[assignment]
         watcher = asyncio.create_task(self._watch())
+        loop.add_reader(fd, self._drain)
+        self._wake()  # whatever arrived before the reader was added
         try:
-            while True:
-                frames = await self.sock.recv_multipart(copy=False)
-                try:
-                    self._note_connection(frames)
-                    self.receive(frames)
-                except Exception:  # a hub bug on one message must not stop the others
-                    log.exception("error handling an agent message")
+            await loop.create_future()  # until cancelled: the reader does the work
         finally:
+            loop.remove_reader(fd)
+            if self._kick is not None:
+                self._kick.cancel()
+            self._loop = None
             watcher.cancel()
+
+    def _wake(self) -> None:
+        """Drain on the next loop turn (once, however many sends asked for it)."""
+        if self._kick is None and self._loop is not None:
+            self._kick = self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """Handle what is queued on the ROUTER, at most BATCH messages this turn."""
+        if self._kick is not None:
+            self._kick.cancel()
+            self._kick = None
+        raw = self._raw
+        for _ in range(BATCH):
+            try:
+                frames = [raw.recv(_NOBLOCK, copy=False)]
+            except zmq.Again:
+                return
+            while frames[-1].more:  # (the rest of a message is there once its first part is)
+                frames.append(raw.recv(_NOBLOCK, copy=False))
+            try:
+                self._note_connection(frames)
+                self.receive(frames)
+            except Exception:  # a hub bug on one message must not stop the others
+                log.exception("error handling an agent message")
+        self._wake()  # more may be queued: go on after others had the loop
 
     def _note_connection(self, frames: list[zmq.Frame]) -> None:
         """Remember which connection (file descriptor) a routing id arrived on."""
@@ -232,8 +275,7 @@ class Fleet:
         if name.startswith(BUS_ROLE):
             return (f"agent names may not start with {BUS_ROLE!r}: that prefix names the "
                     "bus's keys")
-        if any(e.key == key for e in self.keys.entries("accepted")
-               if e.name.startswith(BUS_ROLE)):
+        if key in self.keys.accepted_keys(BUS_ROLE):
             return "this key is accepted for the bus; an agent needs a key of its own"
         return None
 
@@ -271,7 +313,7 @@ class Fleet:
         self._send(routing, Welcome(heartbeat_s=self.settings.heartbeat_s,
                                     misses=self.settings.misses))
         if event != "again":
-            log.info("agent %s %s from %s", name, event, address)
+            self._said(logging.INFO, "agent %s %s from %s", name, event, address)
             self.publish("agents", {"event": event, "agent": name, "address": address})
         for sched in self.schedules.values():
             if name in sched.targets:
@@ -341,16 +383,16 @@ class Fleet:
     def _send(self, routing: bytes, msg: Msg | bytes) -> str | None:
         """Send without blocking; the reason when it could not be sent."""
         frame = msg if isinstance(msg, bytes) else encode(msg)
-        sent: Any = self.sock.send_multipart([routing, frame], flags=zmq.NOBLOCK)
-        if not sent.done():
-            sent.add_done_callback(_retrieve)
-            return None
-        exc = sent.exception()
-        if exc is None:
-            return None
-        if isinstance(exc, zmq.Again):
+        try:
+            self._raw.send(routing, _NOBLOCK_MORE)
+            self._raw.send(frame, _NOBLOCK)
+        except zmq.Again:
             return "its send queue is full"
-        return "not connected" if getattr(exc, "errno", None) == zmq.EHOSTUNREACH else str(exc)
+        except zmq.ZMQError as e:
+            return "not connected" if e.errno == zmq.EHOSTUNREACH else str(e)
+        finally:
+            self._wake()  # the send may have taken the read edge: look again
+        return None
 
     def _for(self, rec: AgentRecord, msg: Call | Schedule) -> Call | Schedule:
         """`msg` with shipped source stripped when `rec` already has that module."""
@@ -508,7 +550,3 @@ class Fleet:
         self._monitor.close(0)
         self.sock.close(0)
 
-
-def _retrieve(fut: asyncio.Future[object]) -> None:
-    if not fut.cancelled():
-        fut.exception()

@@ -12,6 +12,7 @@ accepted by fingerprint. A key may be pending under one name only, and pending/ 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,8 @@ class KeyStore:
         self._rejected: tuple[float, frozenset[str]] = (-1.0, frozenset())
         # pending key -> name, valid while pending/ and contested/ keep these mtimes
         self._index: tuple[tuple[int, int], dict[str, str]] = ((-1, -1), {})
+        # name prefix -> (accepted/'s mtime, keys accepted under names with that prefix)
+        self._prefixed: dict[str, tuple[int, frozenset[str]]] = {}
 
     def ensure(self) -> None:
         """Create the layout (0700: key names and keys are nobody else's business)."""
@@ -239,8 +242,47 @@ class KeyStore:
         for st in ("pending", "rejected"):
             self._path(st, name).unlink(missing_ok=True)
         self._forget_contest(name)
+        before = self._accepted_stamp()
         self._write("accepted", name, key)
+        self._accepted_changed(before, name)
         return KeyEntry(name, "accepted", key)
+
+    def _accepted_stamp(self) -> int:
+        try:
+            return (self.root / "accepted").stat().st_mtime_ns
+        except FileNotFoundError:
+            return 0
+
+    def accepted_keys(self, prefix: str) -> frozenset[str]:
+        """Keys accepted under names starting with `prefix` (the bus's `bus-` keys).
+
+        Asked at every agent registration, so it must not read accepted/ each time (with
+        10,000 agents that was 10,000 file reads per Hello): cached until the folder
+        changes, and kept warm across this store's own writes of other names.
+        """
+        stamp = self._accepted_stamp()
+        cached = self._prefixed.get(prefix)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        keys: set[str] = set()
+        try:
+            with os.scandir(self.root / "accepted") as it:
+                for d in it:
+                    if d.name.startswith(prefix) and valid_name(d.name):
+                        with contextlib.suppress(FileNotFoundError):
+                            keys.add(Path(d.path).read_text().strip())
+        except FileNotFoundError:
+            pass
+        self._prefixed[prefix] = (stamp, frozenset(keys))
+        return self._prefixed[prefix][1]
+
+    def _accepted_changed(self, before: int, name: str) -> None:
+        """This store wrote `name` into accepted/: caches of other prefixes stay valid if
+        nobody else changed the folder meanwhile (its mtime was still theirs)."""
+        after = self._accepted_stamp()
+        for prefix, (stamp, keys) in list(self._prefixed.items()):
+            if stamp == before and not name.startswith(prefix):
+                self._prefixed[prefix] = (after, keys)
 
     def delete(self, name: str) -> KeyEntry:
         """Forget `name`'s key wherever it is (it will show up as pending again)."""
