@@ -19,7 +19,7 @@ import pytest
 
 from reops.store import flows as sqlite_flows
 from reops.store import postgres, sqlite
-from reops.store.base import MachineStore, QueueStore, StoreError
+from reops.store.base import Controller, MachineStore, Membership, QueueStore, StoreError
 from reops.store.engines import StoreSettings, load_store_settings, open_flows, open_machines
 from reops.store.flows import AuditRow, FlowRecord, FlowStore
 from reops.store.model import Job, Machine, MachinesError, Placement, System, Type, new_id
@@ -365,14 +365,18 @@ def test_reops_store_migrate_says_what_it_did(tmp_path: Path, pg_url: str) -> No
     first = _reops("store", "migrate", env=env)
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("machines: postgresql://reops@")
-    assert "schema version 2 (applied migration(s) 1, 2)\nflows: " in first.stdout
+    n = len(postgres.MACHINE_MIGRATIONS)
+    steps = ", ".join(str(v) for v in range(1, n + 1))
+    assert f"schema version {n} (applied migration(s) {steps})\nflows: " in first.stdout
     assert first.stdout.endswith("schema version 1 (applied migration(s) 1)\n")
     again = _reops("store", "migrate", env=env)
     assert again.stdout.count("already up to date") == 2, again.stdout
     local = _reops("store", "migrate", "--url", f"sqlite://{tmp_path / 'db'}", env=env)
     assert local.returncode == 0, local.stderr
-    assert (f"machines: {tmp_path / 'db' / 'machines.db'}: schema version 3"
-            " (applied migration(s) 1, 2, 3)") in local.stdout
+    n = len(sqlite.MIGRATIONS)
+    steps = ", ".join(str(v) for v in range(1, n + 1))
+    assert (f"machines: {tmp_path / 'db' / 'machines.db'}: schema version {n}"
+            f" (applied migration(s) {steps})") in local.stdout
     bad = _reops("store", "migrate", "--url", "mysql://x", env=env)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "must start with postgresql://" in bad.stderr
@@ -543,3 +547,25 @@ def test_claims_skip_rows_another_controller_has_locked(pg_url: str) -> None:
     store.close()
     assert not blocked, "claim waited for the other controller's locked rows"
     assert [c.job.id for c in result[0]] == [j.id for j in jobs[2:4]]
+
+
+# ── controllers (Membership) ────────────────────────────────────────────────────────────
+
+
+def test_controllers_beat_age_and_leave(store: MachineStore) -> None:
+    assert isinstance(store, Membership)
+    assert store.controllers() == []
+    store.beat(Controller(name="ctl2", host="b", pid=7))
+    store.beat(Controller(name="ctl1", host="a", pid=1, load={"jobs": 3.0}))
+    ctl1, ctl2 = store.controllers()
+    assert (ctl1.name, ctl1.host, ctl1.load, ctl2.name) == ("ctl1", "a", {"jobs": 3.0}, "ctl2")
+    assert 0 <= ctl1.age_s < 10 and ctl1.since > 0
+    aged = _until("ctl1 to age", lambda: [c for c in store.controllers()
+                                          if c.name == "ctl1" and c.age_s > 0.2])
+    store.beat(Controller(name="ctl1", host="a", pid=1))  # the same process: same since
+    again = store.controllers()[0]
+    assert again.age_s < aged[0].age_s and again.since == ctl1.since
+    store.beat(Controller(name="ctl1", host="a", pid=2))  # restarted: a new since
+    assert store.controllers()[0].since > ctl1.since
+    store.leave("ctl2")
+    assert [c.name for c in store.controllers()] == ["ctl1"]

@@ -98,3 +98,31 @@ class QueueStore(Protocol):
     def expired(self, controller: str, limit: int, lease_s: float) -> list[Claim]:
         """Take over running jobs whose lease ran out (their controller died or stalled)."""
         ...
+
+
+class Controller(msgspec.Struct, frozen=True, kw_only=True):
+    """A controller sharing the store: who, where, since when, how busy, last seen."""
+
+    name: str
+    host: str = ""
+    pid: int = 0
+    since: float = 0.0  # its first beat (since it started), on the store's clock
+    load: dict[str, float] = msgspec.field(default_factory=dict)  # e.g. {"jobs": 3}
+    age_s: float = 0.0  # seconds since its last beat, on the store's clock (when read)
+
+
+@runtime_checkable
+class Membership(Protocol):
+    """Controllers' heartbeats: who is alive is judged by one clock, the store's."""
+
+    def beat(self, c: Controller) -> None:
+        """Record that `c` is alive now (a new pid under the same name starts a new since)."""
+        ...
+
+    def controllers(self) -> list[Controller]:
+        """Every controller that ever beat, by name, with its `age_s`."""
+        ...
+
+    def leave(self, name: str) -> None:
+        """Forget a controller (it stopped cleanly)."""
+        ...

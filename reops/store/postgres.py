@@ -30,7 +30,7 @@ import msgspec
 import psycopg
 from psycopg import conninfo, errors
 
-from reops.store.base import Claim, StoreError
+from reops.store.base import Claim, Controller, StoreError
 from reops.store.flows import AUDIT_KEEP, AuditRow, FlowRecord
 from reops.store.model import MIN_PREFIX, Job, JobState, MachinesError, System, Type
 
@@ -61,6 +61,11 @@ MACHINE_MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_leases ON jobs(lease_until) WHERE state = 'running';
     ALTER TABLE jobs SET (autovacuum_vacuum_scale_factor = 0.01,
                           autovacuum_vacuum_threshold = 1000);
+    """,
+    # controllers' heartbeats (Membership), on the server's clock
+    """
+    CREATE TABLE controllers (
+        name TEXT PRIMARY KEY, seen_at DOUBLE PRECISION NOT NULL, data TEXT NOT NULL);
     """,
 )
 
@@ -323,6 +328,34 @@ class PgStore:
         return self._pg.rows(f"SELECT data FROM ({sql}) AS newest ORDER BY seq",
                              (wanted,) if wanted else (), Job)
 
+
+    # ---- controllers (Membership)
+    def beat(self, c: Controller) -> None:
+        """Record that `c` is alive now (a new pid under the same name starts a new since)."""
+        def beat(db: psycopg.Connection[Any]) -> None:
+            now = _now(db)
+            row = db.execute("SELECT data FROM controllers WHERE name = %s FOR UPDATE",
+                             (c.name,)).fetchone()
+            was = msgspec.json.decode(row[0], type=Controller) if row else None
+            since = was.since if was is not None and was.pid == c.pid else now
+            new = msgspec.structs.replace(c, since=since, age_s=0.0)
+            db.execute("INSERT INTO controllers VALUES (%s, %s, %s) ON CONFLICT (name)"
+                       " DO UPDATE SET seen_at = excluded.seen_at, data = excluded.data",
+                       (c.name, now, _text(new)))
+        self._pg.run(beat, what=f"recording controller {c.name}'s heartbeat")
+
+    def controllers(self) -> list[Controller]:
+        """Every controller that ever beat, by name, with its `age_s`."""
+        rows = self._pg.run(lambda db: db.execute(
+            f"SELECT data, greatest(0, {_NOW} - seen_at) FROM controllers ORDER BY name"
+        ).fetchall(), what="reading controllers")
+        return [msgspec.structs.replace(msgspec.json.decode(d, type=Controller),
+                                        age_s=float(age)) for d, age in rows]
+
+    def leave(self, name: str) -> None:
+        """Forget a controller (it stopped cleanly)."""
+        self._pg.run(lambda db: db.execute("DELETE FROM controllers WHERE name = %s",
+                                           (name,)), what=f"removing controller {name}")
 
     # ---- claims (QueueStore): SKIP LOCKED, so controllers never wait on each other's rows
     def claim(self, controller: str, limit: int, lease_s: float) -> list[Claim]:

@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import msgspec
 
-from reops.store.base import Claim
+from reops.store.base import Claim, Controller
 from reops.store.model import MIN_PREFIX, Job, JobState, MachinesError, System, Type
 
 T = TypeVar("T")
@@ -48,6 +48,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN lease_until REAL;
     """,
+    # controllers' heartbeats (Membership)
+    "CREATE TABLE controllers (name TEXT PRIMARY KEY, seen_at REAL NOT NULL, data TEXT NOT NULL);",
 )
 
 _enc = msgspec.json.Encoder()
@@ -248,6 +250,33 @@ class Store:
             self._rows("SELECT data FROM systems WHERE id LIKE ? || '%' LIMIT 2",
                        (_like(prefix),), System),
         )
+
+    # ---- controllers (Membership)
+    def beat(self, c: Controller) -> None:
+        """Record that `c` is alive now (a new pid under the same name starts a new since)."""
+        with self.tx() as db:
+            now = time.time()
+            row = db.execute("SELECT data FROM controllers WHERE name = ?", (c.name,)).fetchone()
+            was = msgspec.json.decode(row[0], type=Controller) if row else None
+            since = was.since if was is not None and was.pid == c.pid else now
+            new = msgspec.structs.replace(c, since=since, age_s=0.0)
+            db.execute("INSERT INTO controllers VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE"
+                       " SET seen_at = excluded.seen_at, data = excluded.data",
+                       (c.name, now, _enc.encode(new)))
+
+    def controllers(self) -> list[Controller]:
+        """Every controller that ever beat, by name, with its `age_s`."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT data, seen_at FROM controllers ORDER BY name").fetchall()
+        now = time.time()
+        return [msgspec.structs.replace(msgspec.json.decode(d, type=Controller),
+                                        age_s=max(0.0, now - seen)) for d, seen in rows]
+
+    def leave(self, name: str) -> None:
+        """Forget a controller (it stopped cleanly)."""
+        with self.tx() as db:
+            db.execute("DELETE FROM controllers WHERE name = ?", (name,))
 
     # ---- claims (QueueStore): one writer at a time, so no row is claimed twice
     def claim(self, controller: str, limit: int, lease_s: float) -> list[Claim]:
