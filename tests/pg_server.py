@@ -38,6 +38,36 @@ def _free_port() -> int:
         return port
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep(bindir: Path) -> None:
+    """Stop and remove the clusters of test sessions that died without stopping theirs
+    (killed by a timeout or SIGKILL): those whose owner process is gone. Live sessions'
+    clusters (other engineers', other runs) are left alone."""
+    for owner in Path(tempfile.gettempdir()).glob("reops-pg-*/owner.pid"):
+        try:
+            pid = int(owner.read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(pid):
+            continue
+        data = owner.parent / "data"
+        if (data / "postmaster.pid").exists():
+            user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+            subprocess.run([*user, str(bindir / "pg_ctl"), "stop", "-w", "-t", str(PG_WAIT),
+                            "-m", "immediate", "-D", str(data)], capture_output=True,
+                           timeout=PG_WAIT + 30, stdin=subprocess.DEVNULL, check=False)
+        shutil.rmtree(owner.parent, ignore_errors=True)
+
+
 class PgServer:
     """One private PostgreSQL cluster; `url(db)` for a database in it."""
 
@@ -64,6 +94,8 @@ class PgServer:
         return done
 
     def start(self) -> None:
+        sweep(self.bindir)
+        (self.root / "owner.pid").write_text(str(os.getpid()))
         self.sockets.mkdir()
         pwfile = self.root / "pw"
         pwfile.write_text(self.password + "\n")
