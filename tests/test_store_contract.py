@@ -569,3 +569,24 @@ def test_controllers_beat_age_and_leave(store: MachineStore) -> None:
     assert store.controllers()[0].since > ctl1.since
     store.leave("ctl2")
     assert [c.name for c in store.controllers()] == ["ctl1"]
+
+
+def test_a_refused_statement_is_one_line(pg_url: str) -> None:
+    """A role without the grants (a DBA's typo) gets one line naming the store and the
+    server's reason, not a psycopg traceback."""
+    open_machines(StoreSettings(url=pg_url)).close()  # the schema, made by its owner
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("CREATE ROLE reader LOGIN PASSWORD 'reader-secret'")
+    try:
+        host = pg_url.split("?", 1)[1]
+        reader = f"postgresql://reader:reader-secret@/{pg_url.split('/')[3].split('?')[0]}?{host}"
+        with pytest.raises(StoreError) as e:
+            open_machines(StoreSettings(url=reader))
+        text = str(e.value)
+        assert "\n" not in text and "permission denied" in text
+        assert text.startswith("store postgresql://reader@") and "reader-secret" not in text
+        assert text.endswith("migrating the schema failed: permission denied for schema public")
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("DROP OWNED BY reader")
+            admin.execute("DROP ROLE reader")

@@ -161,6 +161,11 @@ class Pg:
                         f"store {self.where}: the connection to PostgreSQL was lost while"
                         f" {what} ({why}); it may not have been written; the next call"
                         " reconnects") from None
+                except errors.IntegrityError:
+                    raise  # the caller says what it means (e.g. a domain name taken)
+                except psycopg.Error as e:  # e.g. the role lacks a grant: one line, not a trace
+                    why = e.diag.message_primary or " ".join(str(e).split()) or type(e).__name__
+                    raise StoreError(f"store {self.where}: {what} failed: {why}") from None
             raise AssertionError("unreachable")
 
     def close(self) -> None:
