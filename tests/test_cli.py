@@ -144,8 +144,10 @@ def test_inventory_function_survives_submodule_import() -> None:
 
 
 def test_closed_stdout_ends_quietly(lab: LabInfo) -> None:
+    # more output than a pipe buffers (64 KiB), so the writer is still writing when the
+    # reader goes away: with less, it could finish first and rightly exit 0
     p = subprocess.Popen([sys.executable, "-m", "reops", "exec", "-i", str(lab.inventory), "all",
-                          "--", "seq", "1", "500"], stdout=subprocess.PIPE,
+                          "--", "seq", "1", "50000"], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     assert p.stdout is not None and p.stderr is not None
     assert p.stdout.readline()  # the reader takes one line and goes away (`| head -1`)
