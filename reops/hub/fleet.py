@@ -65,6 +65,11 @@ SOURCES_KEPT = 256
 MAX_WAITING = 10_000
 #: messages handled per loop turn before others get the loop
 BATCH = 512
+#: pending TCP connections the kernel queues for the ROUTER (capped by net.core.somaxconn).
+#: libzmq's default of 100 drops the SYNs of a crowd reconnecting at once; each dropped one
+#: waits out TCP's retransmit backoff (1, 3, 7, 15 s …): 5,000 connections took 32 s, 5 s
+#: with this backlog
+BACKLOG = 4096
 _NOBLOCK = int(zmq.NOBLOCK)  # plain ints: enum flags cost more than the send itself
 _NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 
@@ -108,6 +113,7 @@ class Fleet:
         s.zap_domain = b"reops"
         s.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished agent fails loudly
         s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.BACKLOG, BACKLOG)
         # small frames only (calls' results are split, files chunked): nobody can make the
         # hub allocate big frames; never below what an agent may send in one frame
         s.setsockopt(zmq.MAXMSGSIZE, max(settings.max_message, MAX_SEND + 64 * 1024))
