@@ -590,3 +590,42 @@ def test_a_refused_statement_is_one_line(pg_url: str) -> None:
         with psycopg.connect(pg_url, autocommit=True) as admin:
             admin.execute("DROP OWNED BY reader")
             admin.execute("DROP ROLE reader")
+
+
+# ── wake-ups (LISTEN/NOTIFY on PostgreSQL) ──────────────────────────────────────────────
+
+
+def test_queued_jobs_wake_a_listener(store: MachineStore, store_url: str) -> None:
+    assert isinstance(store, QueueStore)
+    listener = store.listen()
+    # PostgreSQL: another controller queues; SQLite: the same process's store does
+    writer = (open_machines(StoreSettings(url=store_url))
+              if store_url.startswith("postgresql") else store)
+    try:
+        assert listener.wait(0.05) is False  # nothing queued yet
+        job = Job(id=new_id(), op="sync")
+        writer.put_jobs([job])
+        assert listener.wait(20) is True
+        writer.put_job(msgspec.structs.replace(job, state="succeeded"))
+        assert listener.wait(0.05) is False  # a finished job wakes nobody
+        writer.record([], [Job(id=new_id(), op="start")])
+        assert listener.wait(20) is True
+    finally:
+        listener.close()
+        if writer is not store:
+            writer.close()
+
+
+def test_a_listener_survives_a_postgresql_restart(pg: Any, pg_url: str) -> None:
+    store = open_machines(StoreSettings(url=pg_url))
+    assert isinstance(store, QueueStore)
+    listener = store.listen()
+    try:
+        pg.restart()  # the LISTEN connection is dropped
+        assert listener.wait(20) is True  # re-made: "look now", something may be missed
+        assert getattr(listener, "reconnects", 0) == 1
+        store.put_jobs([Job(id=new_id(), op="sync")])
+        assert listener.wait(20) is True  # and it hears the next one
+    finally:
+        listener.close()
+        store.close()

@@ -99,6 +99,10 @@ class QueueStore(Protocol):
         """Take over running jobs whose lease ran out (their controller died or stalled)."""
         ...
 
+    def listen(self) -> Wakeup:
+        """A wake-up for when jobs are queued; claimers poll too (the fallback)."""
+        ...
+
 
 class Controller(msgspec.Struct, frozen=True, kw_only=True):
     """A controller sharing the store: who, where, since when, how busy, last seen."""
@@ -126,3 +130,16 @@ class Membership(Protocol):
     def leave(self, name: str) -> None:
         """Forget a controller (it stopped cleanly)."""
         ...
+
+
+@runtime_checkable
+class Wakeup(Protocol):
+    """A wake-up only, never the data: True when there may be new queued jobs to claim.
+
+    PostgreSQL: LISTEN/NOTIFY (payloads stay empty; the claim reads the rows), a dropped
+    listening connection is re-made and answers True (something may have been missed).
+    SQLite: jobs queued through this process's store; other processes' are found by the
+    caller's polling, the fallback on every engine (wait() returns False on timeout)."""
+
+    def wait(self, timeout: float) -> bool: ...
+    def close(self) -> None: ...

@@ -30,7 +30,7 @@ import msgspec
 import psycopg
 from psycopg import conninfo, errors
 
-from reops.store.base import Claim, Controller, StoreError
+from reops.store.base import Claim, Controller, StoreError, Wakeup
 from reops.store.flows import AUDIT_KEEP, AuditRow, FlowRecord
 from reops.store.model import MIN_PREFIX, Job, JobState, MachinesError, System, Type
 
@@ -80,6 +80,8 @@ FLOW_MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
+#: the NOTIFY channel that wakes claimers when jobs are queued (the payload stays empty)
+JOBS_CHANNEL = "reops_jobs"
 #: the advisory lock `migrate` holds, so controllers migrating at once apply steps once
 MIGRATE_LOCK = 0x7265_6F70  # "reop"
 #: seconds to wait for PostgreSQL to accept a connection
@@ -213,6 +215,7 @@ class PgStore:
 
     def __init__(self, url: str, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self.url = url
+        self._timeout = connect_timeout
         self._pg = Pg(url, "machines", MACHINE_MIGRATIONS, connect_timeout)
         self.where = self._pg.where
         self.applied = self.migrate()  # what opening it migrated
@@ -316,6 +319,10 @@ class PgStore:
         """Write jobs together (e.g. an interrupted job and its retry): all, or none."""
         jobs = list(jobs)
         self._pg.run(lambda db: _put_jobs(db, jobs), what="saving jobs")
+
+    def listen(self) -> Wakeup:
+        """Woken (LISTEN/NOTIFY) when any controller queues jobs (Wakeup)."""
+        return _PgWakeup(self.url, self.where, self._timeout)
 
     def job(self, id_or_prefix: str) -> Job:
         """A job by full id or unique prefix; a clear error when none or several match."""
@@ -517,6 +524,52 @@ def _put_jobs(db: psycopg.Connection[Any], jobs: Sequence[Job]) -> None:
             "INSERT INTO jobs (id, op, system_id, state, data) VALUES (%s, %s, %s, %s, %s)"
             " ON CONFLICT (id) DO UPDATE SET state = excluded.state, data = excluded.data",
             [(j.id, j.op, j.system_id, j.state, _text(j)) for j in jobs])
+    if any(j.state == "queued" for j in jobs):  # delivered on COMMIT, once per transaction
+        db.execute("SELECT pg_notify(%s, '')", (JOBS_CHANNEL,))
+
+
+class _PgWakeup:
+    """Wakeup on PostgreSQL: LISTEN on a connection of its own (see base.Wakeup)."""
+
+    def __init__(self, url: str, where: str, connect_timeout: float) -> None:
+        self._url, self._where, self._timeout = url, where, connect_timeout
+        self._conn: psycopg.Connection[Any] | None = None
+        self.reconnects = 0
+        self._listen()
+
+    def _listen(self) -> None:
+        try:
+            self._conn = psycopg.connect(
+                self._url, autocommit=True, connect_timeout=max(1, round(self._timeout)),
+                keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
+            self._conn.execute(f"LISTEN {JOBS_CHANNEL}")
+        except psycopg.Error as e:
+            self._conn = None
+            why = " ".join(str(e).split()) or type(e).__name__
+            raise StoreError(f"store {self._where}: cannot listen for queued jobs ({why});"
+                             " check that PostgreSQL runs") from None
+
+    def wait(self, timeout: float) -> bool:
+        """True when jobs were queued (or the connection was re-made: look now)."""
+        if self._conn is None or self._conn.closed:
+            self._listen()
+            self.reconnects += 1
+            return True
+        try:
+            got = list(self._conn.notifies(timeout=timeout, stop_after=1))
+            # drain what else arrived: one wake-up for a burst
+            got += list(self._conn.notifies(timeout=0))
+        except psycopg.OperationalError:
+            self._conn.close()
+            self._listen()  # missed notifications are lost: the caller looks now
+            self.reconnects += 1
+            return True
+        return bool(got)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def _put_flow(db: psycopg.Connection[Any], rec: FlowRecord) -> None:

@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import msgspec
 
-from reops.store.base import Claim, Controller
+from reops.store.base import Claim, Controller, Wakeup
 from reops.store.model import MIN_PREFIX, Job, JobState, MachinesError, System, Type
 
 T = TypeVar("T")
@@ -122,6 +122,7 @@ class Store:
         self._sql = SqliteDb(self.path, MIGRATIONS)
         self._db = self._sql.db
         self._lock = self._sql.lock
+        self._queued = _Signal()  # Wakeup: jobs queued through this store
         self.applied = self.migrate()  # what opening it migrated (`reops store migrate`)
 
     def close(self) -> None:
@@ -177,6 +178,7 @@ class Store:
     # ---- systems
     def record(self, systems: Iterable[System], jobs: Iterable[Job] = ()) -> None:
         """Insert or replace systems and jobs together: all are recorded, or none."""
+        jobs = list(jobs)
         try:
             with self.tx() as db:
                 for s in systems:
@@ -192,6 +194,7 @@ class Store:
                     _put_job(db, j)
         except sqlite3.IntegrityError as e:
             raise MachinesError(f"a system with that domain name already exists ({e})") from None
+        self._queued.bump(jobs)
 
     def put_systems(self, systems: Iterable[System]) -> None:
         self.record(systems)
@@ -223,9 +226,15 @@ class Store:
 
     def put_jobs(self, jobs: Iterable[Job]) -> None:
         """Write jobs together (e.g. an interrupted job and its retry): all, or none."""
+        jobs = list(jobs)
         with self.tx() as db:
             for j in jobs:
                 _put_job(db, j)
+        self._queued.bump(jobs)
+
+    def listen(self) -> Wakeup:
+        """Woken when this process's store records a queued job (Wakeup)."""
+        return _LocalWakeup(self._queued)
 
     def job(self, id_or_prefix: str) -> Job:
         """A job by full id or unique prefix; a clear error when none or several match."""
@@ -327,6 +336,7 @@ class Store:
     def finish(self, claim: Claim, job: Job, then: Iterable[Job] = ()) -> bool:
         """Write the job's end and the jobs it queued if `claim` still holds; False: fenced
         (its lease ran out or another controller took it over), nothing written."""
+        then = list(then)
         with self.tx() as db:
             cur = db.execute(
                 "UPDATE jobs SET state = ?, data = ?, owner = NULL, lease_until = NULL"
@@ -337,6 +347,7 @@ class Store:
                 return False
             for j in then:
                 _put_job(db, j)
+        self._queued.bump(then)
         return True
 
 
@@ -353,6 +364,38 @@ def _private(path: Path) -> None:
     for extra in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         with contextlib.suppress(FileNotFoundError):
             os.chmod(extra, 0o600)
+
+
+class _Signal:
+    """Counts jobs queued through one store, after they are committed (SQLite's Wakeup)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.cond = threading.Condition()
+
+    def bump(self, jobs: Iterable[Job]) -> None:
+        if any(j.state == "queued" for j in jobs):
+            with self.cond:
+                self.count += 1
+                self.cond.notify_all()
+
+
+class _LocalWakeup:
+    """Wakeup for SQLite: woken by jobs queued through the same store (see base.Wakeup)."""
+
+    def __init__(self, signal: _Signal) -> None:
+        self._signal = signal
+        self._seen = signal.count
+
+    def wait(self, timeout: float) -> bool:
+        with self._signal.cond:
+            woke = self._signal.cond.wait_for(lambda: self._signal.count != self._seen,
+                                              timeout)
+            self._seen = self._signal.count
+        return woke
+
+    def close(self) -> None:
+        pass
 
 
 def _put_job(db: sqlite3.Connection, j: Job) -> None:
