@@ -28,6 +28,7 @@ ZAP_VERSION = b"1.0"
 #: requests answered per loop turn before others get the loop
 BATCH = 256
 _NOBLOCK = int(zmq.NOBLOCK)
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 def decide(request: list[bytes], keys: KeyStore) -> list[bytes]:
@@ -75,14 +76,17 @@ class Authenticator:
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         """Answer the queued requests (REP: one reply each, in order), BATCH per turn.
 
-        The last operation is a read that found nothing, so ZMQ_FD's edge is armed again.
+        It ends when ZMQ_EVENTS says nothing is readable, which clears ZMQ_FD.
         """
         self._kick = None
         for _ in range(BATCH):
             try:
                 request = self._raw.recv_multipart(_NOBLOCK)
             except zmq.Again:
-                return
+                # (libzmq may have skipped its pending commands: ZMQ_EVENTS runs them)
+                if not self._raw.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
+                    return
+                continue
             try:
                 reply = decide(request, self.keys)
             except Exception:  # a bug here must not stop authentication for everyone
