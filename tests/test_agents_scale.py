@@ -14,13 +14,16 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
 from reops_agent.agent import Agent, AgentConfig
 from reops_agent.backoff import Backoff
+from reops_agent.protocol import Call, Done
 
 from reops.control.client import HubClient
+from reops.hub.calls import CallTable, InFlight
 from reops.hub.keystore import KeyStore
 from reops.lab.agents import await_agents, start_hub
 
@@ -146,3 +149,36 @@ def test_accepted_keys_by_prefix_is_cached_and_sees_other_writers(tmp_path: Path
     assert store.accepted_keys("bus-") == frozenset({"K" * 40, "L" * 40})
     other.reject("bus-ops")
     assert store.accepted_keys("bus-") == frozenset({"L" * 40})
+
+
+# ── the hub's call table: one deadline timer per instant, not one per call ───────────
+
+
+def test_a_fan_out_shares_deadline_timers_and_still_expires_each_call() -> None:
+    async def scenario() -> tuple[int, int, list[tuple[str, dict[str, Any]]], list[int]]:
+        expired: list[int] = []
+        table = CallTable(100_000, on_expire=lambda e: expired.append(e.call.id))
+        results: list[tuple[str, dict[str, Any]]] = []
+        for i in range(1000):
+            call = Call(id=table.next_id(), fn="ping", timeout=0.05)
+            table.add(InFlight(agent=f"a{i}", call=call,
+                               on_done=lambda h, r: results.append((h, r)), on_line=None),
+                      0.05)
+        timers = len(table._buckets)
+        for i in range(1, 1000):  # every call but the first is answered
+            table.done(f"a{i}", Done(id=i + 1, status="ok", code=0, out="pong"))
+        left = len(table._buckets)
+        async with asyncio.timeout(10):
+            while len(results) < 1000:
+                await asyncio.sleep(0.01)
+        return timers, left, results, expired
+
+    timers, left, results, expired = asyncio.run(scenario())
+    assert timers <= 2  # 1,000 calls due at about the same instant: one or two buckets
+    assert left == timers  # the unanswered call keeps its bucket's timer
+    late = [(h, r) for h, r in results if r["status"] != "ok"]
+    assert late == [("a0", {"status": "timeout", "code": -1, "out": "",
+                            "err": "no answer from agent a0 within 0.05 s",
+                            "started_at": late[0][1]["started_at"],
+                            "duration_s": late[0][1]["duration_s"], "data": None})]
+    assert expired == [1]  # and its agent is told to stop it

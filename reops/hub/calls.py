@@ -6,12 +6,17 @@ plain dict in the agent's terms (status, code, out, err, started_at, duration_s,
 A call that was sent and then lost its agent ends "lost": it may have run.
 A large result arrives as ordered Output parts before its Done; they are joined here
 (bounded per call).
+
+Deadlines are kept in buckets of DEADLINE_STEP seconds with one timer per bucket, not one
+per call: a fan-out to 10,000 agents made 10,000 TimerHandles (and as many cancels) for
+deadlines that all fall within the same instant. A call expires at most one step late.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +31,8 @@ OnExpire = Callable[["InFlight"], None]
 #: most characters of output parts kept per call (agents keep at most MAX_OUTPUT_LIMIT bytes
 #: per stream, never more characters than that)
 MAX_PART_CHARS = 2 * MAX_OUTPUT_LIMIT + 64 * 1024
+#: deadline resolution: calls whose deadlines fall in the same step share one timer
+DEADLINE_STEP = 0.1
 
 
 @dataclass(slots=True)
@@ -39,7 +46,8 @@ class InFlight:
     routing: bytes = b""  # the connection it was sent on
     started_at: float = field(default_factory=time.time)
     t0: float = field(default_factory=time.monotonic)
-    deadline: asyncio.TimerHandle | None = None
+    deadline: int | None = None  # its deadline bucket (loop time / DEADLINE_STEP, rounded up)
+    expire_after: float = 0.0
     parts: dict[str, list[str]] = field(default_factory=dict)
     part_chars: int = 0
 
@@ -59,6 +67,8 @@ class CallTable:
         self._calls: dict[int, InFlight] = {}
         self.max_calls = max_calls
         self.on_expire = on_expire  # tells the agent to stop a call the hub gave up on
+        # deadline bucket -> (its one timer, the ids of the calls due then)
+        self._buckets: dict[int, tuple[asyncio.TimerHandle, set[int]]] = {}
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -74,8 +84,13 @@ class CallTable:
         self._calls[entry.call.id] = entry
         if expire_after is not None:
             loop = asyncio.get_running_loop()
-            entry.deadline = loop.call_later(expire_after, self._expire, entry.call.id,
-                                             expire_after)
+            bucket = math.ceil((loop.time() + expire_after) / DEADLINE_STEP)
+            due = self._buckets.get(bucket)
+            if due is None:
+                timer = loop.call_at(bucket * DEADLINE_STEP, self._expire_bucket, bucket)
+                due = self._buckets[bucket] = (timer, set())
+            due[1].add(entry.call.id)
+            entry.deadline, entry.expire_after = bucket, expire_after
 
     def line(self, agent: str, out: Output) -> None:
         """A streamed line (to `on_line`) or a part of the result (kept, bounded)."""
@@ -123,17 +138,24 @@ class CallTable:
             self.fail(i, status, err.format(agent=agent))
         return sorted({agent for _, agent in hit})
 
-    def _expire(self, call_id: int, after: float) -> None:
-        entry = self._calls.get(call_id)
-        if entry is not None:
-            entry.deadline = None
-            if self.on_expire is not None:
-                self.on_expire(entry)
-            self.fail(call_id, "timeout",
-                      f"no answer from agent {entry.agent} within {after:g} s")
+    def _expire_bucket(self, bucket: int) -> None:
+        _, ids = self._buckets.pop(bucket, (None, set()))
+        for call_id in sorted(ids):  # (in the order they were sent)
+            entry = self._calls.get(call_id)
+            if entry is not None:
+                entry.deadline = None
+                if self.on_expire is not None:
+                    self.on_expire(entry)
+                self.fail(call_id, "timeout", f"no answer from agent {entry.agent} within "
+                          f"{entry.expire_after:g} s")
 
     def _finish(self, entry: InFlight, result: dict[str, Any]) -> None:
         del self._calls[entry.call.id]
         if entry.deadline is not None:
-            entry.deadline.cancel()
+            due = self._buckets.get(entry.deadline)
+            if due is not None:
+                due[1].discard(entry.call.id)
+                if not due[1]:  # the last call due then: its timer is not needed
+                    due[0].cancel()
+                    del self._buckets[entry.deadline]
         entry.on_done(entry.agent, result)
