@@ -40,6 +40,9 @@ log = logging.getLogger("reops.hub")
 
 Listener = Callable[[str, dict[str, Any]], None]
 
+#: libzmq I/O threads of the hub's context (agents' connections are spread over them)
+IO_THREADS = max(1, min(4, os.cpu_count() or 1))
+
 
 def _entry(e: KeyEntry) -> dict[str, Any]:
     return {"name": e.name, "state": e.state, "key": e.key, "fingerprint": e.fingerprint,
@@ -69,7 +72,10 @@ class Controller:
         self.keys = KeyStore(settings.keys_path)
         self.keys.ensure()
         self.public_key = self.keys.hub_public_key()
-        self.ctx = zmq.asyncio.Context()
+        # libzmq's I/O threads accept connections, run CurveZMQ handshakes and move frames;
+        # with one, a crowd of agents connecting at once overflows the listen queue while
+        # that thread is busy with the others' handshakes
+        self.ctx = zmq.asyncio.Context(io_threads=IO_THREADS)
         self._listeners: list[Listener] = []
         self._services: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self.zap = Authenticator(self.ctx, self.keys)  # bound before any CURVE socket
