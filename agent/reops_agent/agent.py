@@ -180,6 +180,9 @@ class Agent:
             event = parse_monitor_message(await self._monitor.recv_multipart())
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.backoff.reset()
+                if self._retry is not None:  # (a retry still due would drop this connection)
+                    self._retry.cancel()
+                    self._retry = None
                 self.registered = False
                 self._send_now(self.hello())
                 continue
