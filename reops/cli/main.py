@@ -112,7 +112,8 @@ class LazyGroup(click.Group):
 def _known_error(e: Exception) -> str | None:
     """Input errors the user can fix, by class name (so this module imports nothing)."""
     names = {c.__name__ for c in type(e).__mro__}
-    if names & {"InventoryError", "SelectorError", "LabError", "FlowError", "ConfigError"}:
+    if names & {"InventoryError", "SelectorError", "LabError", "FlowError", "ConfigError",
+                 "StoreError"}:
         return str(e)
     if isinstance(e, (FileNotFoundError, PermissionError, ValueError)):
         return str(e)

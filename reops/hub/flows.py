@@ -54,13 +54,14 @@ from reactivex import abc
 
 from reops.core.model import Host, Line, Outcome, Result, RunInfo
 from reops.core.runtime import get_runtime
-from reops.core.settings import Settings, home, load_table
+from reops.core.settings import Settings, load_table
 from reops.core.threads import in_own_thread
 from reops.flows import Flow, FlowError, resolve
 from reops.hub.flow_sources import Build, FlowSources
 from reops.ops.base import Op
 from reops.sinks.bus import Tally, tally
 from reops.sinks.history import record_result
+from reops.store.engines import embedded_dir
 from reops.store.flows import AuditRow, FlowRecord, SqliteFlowStore
 from reops.streams.operators._keyed import Notice
 from reops.streams.operators.squelch import RATE, Resumed, Squelched, squelch
@@ -371,7 +372,7 @@ class FlowRunner:
         cancelled (the hub stopping)."""
         self._loop = asyncio.get_running_loop()
         if self.path is None:
-            self.path = home() / "flows.db"
+            self.path = embedded_dir() / "flows.db"  # checked at hub start (run_hub)
         writer = asyncio.create_task(self._writer())
         try:
             # a hub that never ran a flow has no store: it creates none until one starts

@@ -75,3 +75,20 @@ def open_flows(settings: StoreSettings | None = None, root: Path | None = None,
 
         return PgFlowStore(s.url, keep, s.connect_timeout)
     return SqliteFlowStore(sqlite_dir(s.url, root) / "flows.db", keep)
+
+
+def embedded_dir(root: Path | None = None) -> Path:
+    """Where systems, jobs and the hub's flows keep their SQLite files: `root`, else the
+    directory `[store] url = "sqlite:///DIR"` names, else reops' home. They do not run on
+    PostgreSQL yet (issue 13: only `reops store migrate` and the contract tests do), so a
+    PostgreSQL url is refused in one line here instead of being silently ignored."""
+    if root is not None:
+        return root
+    s = load_store_settings()
+    if is_postgres(s.url):
+        scheme = s.url.split("://", 1)[0]
+        raise StoreError(
+            f"[store] url = {scheme}://… (config.toml or REOPS_STORE_URL): systems, jobs and"
+            " flows do not run on PostgreSQL yet — only `reops store migrate` does; unset it"
+            " (or give sqlite:///DIR) to use SQLite")
+    return sqlite_dir(s.url)

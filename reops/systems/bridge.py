@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from reops.core.model import Hosts
-from reops.core.settings import home
+from reops.store.engines import embedded_dir
 from reops.store.sqlite import Store
 from reops.systems.machines import to_hosts
 from reops.systems.select import select
@@ -17,7 +17,7 @@ from reops.systems.select import select
 
 def hosts(selector: str = "running", root: Path | None = None) -> Hosts:
     """Hosts for the systems matching `selector`, e.g. hosts('typed:redis & running')."""
-    store = Store((root or home()) / "machines.db")
+    store = Store(embedded_dir(root) / "machines.db")
     try:
         return to_hosts(select(store.systems(), selector))
     finally:

@@ -20,7 +20,7 @@ import msgspec
 import reactivex as rx
 
 from reops.core.model import Host, Hosts
-from reops.core.settings import home
+from reops.store.engines import embedded_dir
 from reops.store.model import (
     Job,
     JobEvent,
@@ -73,7 +73,7 @@ class Machines:
              provision: ProvisionSeam | None = None,
              reachable: ReachableSeam | None = None) -> Machines:
         """Machines over `<root>/machines.db` (root: $REOPS_HOME or ~/.reops)."""
-        store = Store((root or home()) / "machines.db")
+        store = Store(embedded_dir(root) / "machines.db")
         return cls(store, config or load_machines_config(), shutdown, provision, reachable)
 
     async def __aenter__(self) -> Machines:
