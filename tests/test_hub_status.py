@@ -43,9 +43,13 @@ import reactivex
 from reops import publish
 from reops.core.model import Host, Hosts, Result
 from reops.core.runtime import get_runtime
+from reops.sinks import bus
 from reops.sinks.bus import publisher
 from reops.streams.stream import Stream
 
+# what was handed to ZeroMQ must reach the hub before this process exits, however loaded
+# the machine: the default bounded linger (2 s) may discard a queued tail at exit
+bus.LINGER_S = 60.0
 hosts = Hosts([Host(name="h1", address="127.0.0.1")])
 
 
