@@ -87,12 +87,15 @@ print(json.dumps({**burst, "final_dropped": pub.dropped, "total_sent": pub.sent}
 '''
 
 
-def until(check: Callable[[], Any], what: str) -> Any:
-    """Poll `check` until it returns something true; fail naming `what` at the deadline."""
+def until(check: Callable[[], Any], what: str,
+          seen: Callable[[], str] | None = None) -> Any:
+    """Poll `check` until it returns something true; fail naming `what` (and what was
+    `seen`) at the deadline."""
     end = time.monotonic() + DEADLINE_S
     while not (value := check()):
         if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}"
+                                 + (f": {seen()}" if seen is not None else ""))
         time.sleep(0.05)
     return value
 
@@ -167,7 +170,8 @@ def test_status_reports_agent_flow_and_bus(hub: LabHub, tmp_path: Path) -> None:
             counted = json.loads(pub.stdout)
             assert counted["sent"] + counted["dropped"] == n
             st = until(lambda: (s := status(hub))["bus"]["received"] >= counted["total_sent"]
-                       and s, "the hub to receive what was sent")
+                       and s, "the hub to receive what was sent",
+                       lambda: f"hub bus {status(hub)['bus']}, publisher {counted}")
         finally:
             sub.close(0)
 

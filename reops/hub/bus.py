@@ -193,7 +193,12 @@ class Bus:
                 try:
                     frames = self._in.recv_multipart(flags=zmq.NOBLOCK)
                 except zmq.Again:
-                    break
+                    # a NOBLOCK recv may skip libzmq's throttled commands and report nothing
+                    # while messages wait; ZMQ_EVENTS runs them and re-arms ZMQ_FD's edge
+                    # (else the forwarder could sleep on queued messages until the next one)
+                    if not int(self._in.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                        break
+                    continue
                 self._pass(frames)
             await asyncio.sleep(0)
 
