@@ -246,15 +246,22 @@ def _sandbox(lab: LabInfo, cwd: Path) -> dict[str, str]:
     (cwd / ".venv").symlink_to(ROOT / ".venv")
     home = cwd.parent / f"{cwd.name}.home"
     (home / ".reops").mkdir(parents=True, mode=0o700)
-    with socket.socket() as sock:  # a hub a doc starts must not take another's port
+    # a hub a doc starts must not take another's port: its agents' port and its bus's two
+    # (by default the agents' + 1 and + 2, which another process may hold) all free ones
+    socks = [socket.socket() for _ in range(3)]
+    for sock in socks:
         sock.bind(("127.0.0.1", 0))
-        hub_port = sock.getsockname()[1]
+    hub_port, bus_in, bus_out = (sock.getsockname()[1] for sock in socks)
+    for sock in socks:
+        sock.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("REOPS_")}
     env.update(
         HOME=str(home), REOPS_HOME=str(home / ".reops"), REOPS_INVENTORY=str(lab.inventory),
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         PYTHONUNBUFFERED="1", COLUMNS="100", NO_COLOR="1",
         REOPS_HUB_BIND=f"tcp://127.0.0.1:{hub_port}",
+        REOPS_HUB_BUS_IN=f"tcp://127.0.0.1:{bus_in}",
+        REOPS_HUB_BUS_OUT=f"tcp://127.0.0.1:{bus_out}",
     )
     return env
 
