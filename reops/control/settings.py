@@ -6,6 +6,7 @@ $REOPS_CONFIG), then `REOPS_HUB_<NAME>` environment variables, then command-line
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,6 +37,9 @@ class HubSettings(msgspec.Struct, frozen=True, kw_only=True):
     # new pending keys recorded a minute (bursts up to that); more are refused, not queued
     pending_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 120
     services: tuple[str, ...] = ()  # "module:attach" functions run with the Controller
+    # this controller's name among those sharing a store (claims, heartbeats, `reops jobs
+    # ls --controller`); default: the host name. Give each controller on a host its own.
+    name: str = ""
     # the bus (hub/bus.py): publishers connect to bus_in (XSUB), subscribers to bus_out
     # (XPUB), both CurveZMQ with the hub's key; default: `bind`'s address, its port + 1 / + 2
     bus_in: str = ""
@@ -47,6 +51,11 @@ class HubSettings(msgspec.Struct, frozen=True, kw_only=True):
     def with_(self, **changes: Any) -> HubSettings:
         clean = {k: v for k, v in changes.items() if v is not None}
         return msgspec.structs.replace(self, **clean)
+
+    @property
+    def controller_name(self) -> str:
+        """`name`, else the host name: who holds a claim or beats in a shared store."""
+        return self.name or socket.gethostname()
 
     @property
     def control_path(self) -> Path:
