@@ -71,14 +71,17 @@ async def _finish(api: MachinesAPI, jobs: list[Job],
         click.echo(f"  {ev.event:<11} {j.op:<8} {what:<20} job {j.short_id}{tail}", err=True)
 
     ended: set[str] = set()
+    shown: set[tuple[str, str]] = set()  # (event, job id): the hub replays what we printed
 
     def show_once(ev: JobEvent) -> None:
         if ev.event not in ("queued", "started"):
             ended.add(ev.job.id)
-        show(ev)
+        if (ev.event, ev.job.id) not in shown:
+            shown.add((ev.event, ev.job.id))
+            show(ev)
 
     for j in jobs:
-        show(JobEvent(event="queued", job=j))
+        show_once(JobEvent(event="queued", job=j))
     done = await api.wait(jobs, show_once)
     for j in done:  # finished before we were listening (a fast job in the hub)
         if j.id not in ended and j.state != "running":

@@ -1,0 +1,56 @@
+"""Fixes users hit with machines (issue 14, item 6), each against real parts: a real
+controller hosting Machines over its control socket, libvirt's test driver, real config."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from systems_fixtures import config_toml
+from test_systems_service import HubThread
+
+from reops.cli.systems import systems, types
+
+#: a bound on a command that must not wait: reaching it means it waited for something
+PROMPT = 60.0
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubThread]:
+    monkeypatch.setenv("REOPS_HOME", str(tmp_path))
+    monkeypatch.setenv("REOPS_CONFIG", str(tmp_path / "config.toml"))
+    monkeypatch.setenv("REOPS_HUB_CONTROL", str(tmp_path / "run/hub.sock"))
+    with HubThread(tmp_path) as h:
+        yield h
+
+
+@pytest.fixture
+def local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    """No hub: each command runs Machines in its own process, as in a shell."""
+    monkeypatch.setenv("REOPS_HOME", str(tmp_path))
+    monkeypatch.setenv("REOPS_CONFIG", str(config_toml(tmp_path)))
+    monkeypatch.setenv("REOPS_HUB_CONTROL", str(tmp_path / "run/none.sock"))
+    return CliRunner()
+
+
+def invoke_within(cli: CliRunner, cmd: object, args: list[str], limit: float) -> Result:
+    """Run a click command in a thread; fail (not hang) when it takes more than `limit`."""
+    out: list[Result] = []
+    t = threading.Thread(target=lambda: out.append(cli.invoke(cmd, args)), daemon=True)  # type: ignore[arg-type]
+    t.start()
+    t.join(limit)
+    assert out, f"{args} still running after {limit:g}s"
+    return out[0]
+
+
+def test_create_prints_each_queued_line_once_through_the_hub(hub: HubThread) -> None:
+    cli = CliRunner()
+    assert cli.invoke(types, ["add", "web"]).exit_code == 0
+    r = cli.invoke(systems, ["create", "web", "--count", "2", "--hostname", "w"])
+    assert r.exit_code == 0, r.output
+    for name in ("w-1", "w-2"):
+        lines = [ln for ln in r.output.splitlines() if name in ln and "job" in ln]
+        assert [ln.split()[0] for ln in lines] == ["queued", "started", "succeeded"], r.output
