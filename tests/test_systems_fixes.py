@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 from systems_fixtures import config_toml
 from test_systems_service import HubThread
 
-from reops.cli.systems import systems, types
+from reops.cli.systems import jobs, systems, types
 
 #: a bound on a command that must not wait: reaching it means it waited for something
 PROMPT = 60.0
@@ -54,3 +54,17 @@ def test_create_prints_each_queued_line_once_through_the_hub(hub: HubThread) -> 
     for name in ("w-1", "w-2"):
         lines = [ln for ln in r.output.splitlines() if name in ln and "job" in ln]
         assert [ln.split()[0] for ln in lines] == ["queued", "started", "succeeded"], r.output
+
+
+def test_jobs_wait_on_a_finished_job_answers_at_once(hub: HubThread,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finished job has no end event to come: `jobs wait` must not sit out the grace it
+    gives events of jobs still running (an hour here, so waiting it out fails the test)."""
+    monkeypatch.setattr("reops.systems.api.FOLLOW_GRACE", 3600.0)
+    cli = CliRunner()
+    assert cli.invoke(types, ["add", "web"]).exit_code == 0
+    assert cli.invoke(systems, ["create", "web", "--hostname", "w1"]).exit_code == 0
+    job_id = cli.invoke(jobs, ["ls"]).output.splitlines()[1].split()[0]
+    r = invoke_within(cli, jobs, ["wait", job_id], PROMPT)
+    assert r.exit_code == 0 and f"job {job_id} succeeded" in r.output, r.output
+

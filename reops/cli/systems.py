@@ -307,7 +307,9 @@ def jobs() -> None:
 
 @jobs.command("ls")
 @click.option("--limit", "-n", type=int, default=50, help="Newest N jobs.")
-def jobs_ls(limit: int) -> None:
+@click.option("--controller", default=None, metavar="NAME",
+              help="Only jobs this controller ran ([hub] name; see `reops hub status`).")
+def jobs_ls(limit: int, controller: str | None) -> None:
     """List jobs, oldest first."""
     async def work(api: MachinesAPI) -> None:
         names = {s.id: s.hostname for s in await api.systems()}
@@ -315,7 +317,7 @@ def jobs_ls(limit: int) -> None:
             (j.short_id, j.op, names.get(j.system_id or "", short(j.system_id or "") or "-"),
              j.state, time.strftime("%H:%M:%S", time.localtime(j.created_at)),
              (j.error or _brief(j.result))[:60])
-            for j in await api.jobs(limit)
+            for j in await api.jobs(limit, controller)
         ]
         _table(rows, ("ID", "OP", "SYSTEM", "STATE", "CREATED", "RESULT"))
     _run(work)
@@ -335,7 +337,11 @@ def jobs_show(job_id: str) -> None:
 def jobs_wait(job_id: str) -> None:
     """Wait until a job has finished (following retries); exit 0 when it succeeded."""
     async def work(api: MachinesAPI) -> int:
-        job = (await api.wait([await api.job(job_id)]))[0]
+        job = await api.job(job_id)
+        while job.next_id:  # its retry, or the job it queued (a create's provisioning)
+            job = await api.job(job.next_id)
+        if not job.done:  # a finished job answers at once: no job event will come for it
+            job = (await api.wait([job]))[0]
         click.echo(f"job {job.short_id} {job.state}{': ' + job.error if job.error else ''}")
         return 0 if job.state == "succeeded" else 1
     sys.exit(_run(work, jobs=True))
