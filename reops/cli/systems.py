@@ -307,9 +307,7 @@ def jobs() -> None:
 
 @jobs.command("ls")
 @click.option("--limit", "-n", type=int, default=50, help="Newest N jobs.")
-@click.option("--controller", default=None, metavar="NAME",
-              help="Only jobs this controller ran ([hub] name; see `reops hub status`).")
-def jobs_ls(limit: int, controller: str | None) -> None:
+def jobs_ls(limit: int) -> None:
     """List jobs, oldest first."""
     async def work(api: MachinesAPI) -> None:
         names = {s.id: s.hostname for s in await api.systems()}
@@ -317,7 +315,7 @@ def jobs_ls(limit: int, controller: str | None) -> None:
             (j.short_id, j.op, names.get(j.system_id or "", short(j.system_id or "") or "-"),
              j.state, time.strftime("%H:%M:%S", time.localtime(j.created_at)),
              (j.error or _brief(j.result))[:60])
-            for j in await api.jobs(limit, controller)
+            for j in await api.jobs(limit)
         ]
         _table(rows, ("ID", "OP", "SYSTEM", "STATE", "CREATED", "RESULT"))
     _run(work)
