@@ -3,6 +3,7 @@ controller hosting Machines over its control socket, libvirt's test driver, real
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from systems_fixtures import config_toml
 from test_systems_service import HubThread
 
 from reops.cli.systems import jobs, systems, types
+from reops.systems.config import embedded_uri, load_machines_config
 
 #: a bound on a command that must not wait: reaching it means it waited for something
 PROMPT = 60.0
@@ -68,3 +70,23 @@ def test_jobs_wait_on_a_finished_job_answers_at_once(hub: HubThread,
     r = invoke_within(cli, jobs, ["wait", job_id], PROMPT)
     assert r.exit_code == 0 and f"job {job_id} succeeded" in r.output, r.output
 
+
+
+def test_a_physical_rack_keeps_the_embedded_default(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Configuring only a rack of physical machines: VMs still go to the embedded libvirt
+    default, and `register` still finds the rack without --hypervisor."""
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[hypervisors.rack]\nkind = "physical"\n')
+    monkeypatch.setenv("REOPS_HOME", str(tmp_path))
+    monkeypatch.setenv("REOPS_CONFIG", str(cfg))
+    monkeypatch.setenv("REOPS_HUB_CONTROL", str(tmp_path / "run/none.sock"))
+    config = load_machines_config(cfg)
+    assert set(config.hypervisors) == {"rack", "local"}
+    default = config.hypervisor(None)
+    assert (default.name, default.kind, default.uri) == ("local", "libvirt", embedded_uri())
+    cli = CliRunner()
+    r = cli.invoke(systems, ["register", "box1", "--mac", "52:54:00:00:00:01"])
+    assert r.exit_code == 0, r.output
+    listed = json.loads(cli.invoke(systems, ["ls", "box1", "-o", "json"]).output)
+    assert listed[0]["placement"]["hypervisor"] == "rack"

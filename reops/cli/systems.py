@@ -24,6 +24,7 @@ from reops.cli.main import UserError
 from reops.core.selector import SelectorError
 from reops.store.model import Job, JobEvent, JobEventKind, JobOp, MachinesError, System, short
 from reops.systems.api import MachinesAPI, connect
+from reops.systems.config import load_machines_config
 from reops.systems.libvirt.events import HypervisorEvent
 
 T = TypeVar("T")
@@ -292,7 +293,8 @@ def systems_register(hostname: str, mac: str, ip: str | None, hypervisor: str | 
                      type_name: str, user: str) -> None:
     """Record a physical machine (started by Wake-on-LAN)."""
     async def work(api: MachinesAPI) -> None:
-        s = await api.register(hostname, mac, ip, type_name, hypervisor, user)
+        rack = hypervisor or load_machines_config().first("physical")  # not the VMs' default
+        s = await api.register(hostname, mac, ip, type_name, rack, user)
         click.echo(f"system {s.short_id} {s.hostname} registered")
     _run(work)
 

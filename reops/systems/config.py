@@ -66,7 +66,8 @@ class MachinesConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     def hypervisor(self, name: str | None) -> HypervisorConfig:
         """The named hypervisor, or the default one; a clear error when unknown."""
-        name = name or self.settings.default_hypervisor or next(iter(self.hypervisors), None)
+        name = name or self.settings.default_hypervisor or self.first("libvirt") or next(
+            iter(self.hypervisors), None)
         if name is None:
             raise MachinesError("no hypervisor configured: add [hypervisors.NAME] uri = ...")
         try:
@@ -74,6 +75,11 @@ class MachinesConfig(msgspec.Struct, frozen=True, kw_only=True):
         except KeyError:
             known = ", ".join(sorted(self.hypervisors)) or "none"
             raise MachinesError(f"unknown hypervisor {name!r} (configured: {known})") from None
+
+    def first(self, kind: ProviderKind) -> str | None:
+        """The first configured hypervisor of `kind` (the default for what needs that kind:
+        VMs go to a libvirt one, `systems register` to a physical rack)."""
+        return next((n for n, c in self.hypervisors.items() if c.kind == kind), None)
 
 
 def embedded_uri(root: Path | None = None) -> str:
@@ -84,7 +90,7 @@ def embedded_uri(root: Path | None = None) -> str:
 
 
 def load_machines_config(path: Path | None = None) -> MachinesConfig:
-    """The machines tables of config.toml; `local` (embedded) when no hypervisor is set."""
+    """The machines tables of config.toml; `local` (embedded) unless a libvirt one is set."""
     p = path or config_path()
     data: dict[str, Any] = {}
     if p.exists():
@@ -98,6 +104,7 @@ def load_machines_config(path: Path | None = None) -> MachinesConfig:
         settings = msgspec.convert(data.get("machines", {}), MachinesSettings)
     except msgspec.ValidationError as e:
         raise MachinesError(f"{p}: {e}") from None
-    if not hyps:
-        hyps = {"local": HypervisorConfig(name="local", uri=embedded_uri())}
+    if not any(c.kind == "libvirt" for c in hyps.values()) and "local" not in hyps:
+        # a rack of physical machines does not take away the embedded default for VMs
+        hyps["local"] = HypervisorConfig(name="local", uri=embedded_uri())
     return MachinesConfig(hypervisors=hyps, presets=data.get("presets", {}), settings=settings)
