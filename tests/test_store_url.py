@@ -1,7 +1,8 @@
 """`[store] url` is honoured or refused, never silently ignored: systems, jobs and the hub's
 flows keep SQLite files in the directory a `sqlite:///DIR` url names, and refuse a
-PostgreSQL url in one line (they do not run on it yet) — the CLI exits 2, the hub does not
-start half-way. The password in the url is never printed."""
+PostgreSQL url in one line (flows do not run on it yet) — the hub does not start half-way;
+systems and jobs run on it (an unreachable one: one line, exit 2). The password in the url
+is never printed."""
 
 from __future__ import annotations
 
@@ -26,15 +27,28 @@ def home(tmp_path: Path) -> Path:
     return h
 
 
-def test_a_postgresql_url_is_refused_in_one_line_by_systems_and_the_hub(tmp_path: Path) -> None:
+def test_a_postgresql_url_is_refused_in_one_line_by_the_hub(tmp_path: Path) -> None:
     h = home(tmp_path)
-    for args in (("systems", "ls"), ("hub",)):
-        done = reops(h, PG_URL, *args)
-        assert done.returncode == 2, (args, done.stdout, done.stderr)
-        lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1 and "do not run on PostgreSQL yet" in lines[0], done.stderr
-        assert "s3cret-pw" not in done.stderr
+    done = reops(h, PG_URL, "hub")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "do not run on PostgreSQL yet" in lines[0], done.stderr
+    assert "s3cret-pw" not in done.stderr
     assert not (h / "machines.db").exists() and not (h / "flows.db").exists()
+
+
+def test_systems_use_a_postgresql_url_and_say_in_one_line_when_it_is_down(
+        tmp_path: Path) -> None:
+    """Systems and jobs run on PostgreSQL (test_queue_cluster.py): an unreachable one is
+    one line naming it (not its password), and no SQLite file is made instead."""
+    h = home(tmp_path)
+    done = reops(h, PG_URL, "systems", "ls")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot connect to PostgreSQL" in lines[0], done.stderr
+    assert "postgresql://reops@127.0.0.1:9/reops" in lines[0]
+    assert "s3cret-pw" not in done.stderr
+    assert not (h / "machines.db").exists()
 
 
 def test_a_sqlite_url_names_the_directory_of_the_machines_store(tmp_path: Path) -> None:

@@ -309,7 +309,9 @@ def jobs() -> None:
 
 @jobs.command("ls")
 @click.option("--limit", "-n", type=int, default=50, help="Newest N jobs.")
-def jobs_ls(limit: int) -> None:
+@click.option("--controller", default=None, metavar="NAME",
+              help="Only jobs this controller ran ([hub] name; see `reops hub status`).")
+def jobs_ls(limit: int, controller: str | None) -> None:
     """List jobs, oldest first."""
     async def work(api: MachinesAPI) -> None:
         names = {s.id: s.hostname for s in await api.systems()}
@@ -317,7 +319,7 @@ def jobs_ls(limit: int) -> None:
             (j.short_id, j.op, names.get(j.system_id or "", short(j.system_id or "") or "-"),
              j.state, time.strftime("%H:%M:%S", time.localtime(j.created_at)),
              (j.error or _brief(j.result))[:60])
-            for j in await api.jobs(limit)
+            for j in await api.jobs(limit, controller)
         ]
         _table(rows, ("ID", "OP", "SYSTEM", "STATE", "CREATED", "RESULT"))
     _run(work)

@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 
 from reops.core.settings import Seconds, home, load_table
-from reops.store.base import MachineStore, StoreError
+from reops.store.base import JobStore, StoreError
 from reops.store.flows import AUDIT_KEEP, FlowStore, SqliteFlowStore
 from reops.store.sqlite import Store
 
@@ -28,6 +28,12 @@ class StoreSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     url: str = ""  # "": SQLite in reops' home
     connect_timeout: Seconds = 10.0  # seconds to wait for PostgreSQL to accept us
+    # the shared job queue (several controllers): a claim's lease (renewed every third of
+    # it; a dead controller's jobs are taken over after it), the polling fallback behind
+    # LISTEN/NOTIFY, and how many jobs a controller claims (and holds) at once
+    lease: Seconds = 30.0
+    poll: Seconds = 2.0
+    claim_batch: int = 16
 
 
 def load_store_settings(path: Path | None = None) -> StoreSettings:
@@ -56,7 +62,7 @@ def sqlite_dir(url: str, root: Path | None = None) -> Path:
 
 
 def open_machines(settings: StoreSettings | None = None,
-                  root: Path | None = None) -> MachineStore:
+                  root: Path | None = None) -> JobStore:
     """The Types/Systems/Jobs store the settings name, opened and migrated."""
     s = settings or load_store_settings()
     if is_postgres(s.url):
@@ -77,18 +83,26 @@ def open_flows(settings: StoreSettings | None = None, root: Path | None = None,
     return SqliteFlowStore(sqlite_dir(s.url, root) / "flows.db", keep)
 
 
+def machines_store(root: Path | None = None) -> JobStore:
+    """The systems' and jobs' store: SQLite in `root` when given (tests, a private home),
+    else the engine `[store] url` names (PostgreSQL: shared by several controllers)."""
+    if root is not None:
+        return Store(root / "machines.db")
+    return open_machines()
+
+
 def embedded_dir(root: Path | None = None) -> Path:
-    """Where systems, jobs and the hub's flows keep their SQLite files: `root`, else the
-    directory `[store] url = "sqlite:///DIR"` names, else reops' home. They do not run on
-    PostgreSQL yet (issue 13: only `reops store migrate` and the contract tests do), so a
-    PostgreSQL url is refused in one line here instead of being silently ignored."""
+    """Where the hub's flows keep their SQLite file: `root`, else the directory
+    `[store] url = "sqlite:///DIR"` names, else reops' home. Flows do not run on
+    PostgreSQL yet (systems and jobs do: `machines_store`), so a PostgreSQL url is refused
+    in one line here instead of being silently ignored."""
     if root is not None:
         return root
     s = load_store_settings()
     if is_postgres(s.url):
         scheme = s.url.split("://", 1)[0]
         raise StoreError(
-            f"[store] url = {scheme}://… (config.toml or REOPS_STORE_URL): systems, jobs and"
-            " flows do not run on PostgreSQL yet — only `reops store migrate` does; unset it"
-            " (or give sqlite:///DIR) to use SQLite")
+            f"[store] url = {scheme}://… (config.toml or REOPS_STORE_URL): the hub's flows"
+            " do not run on PostgreSQL yet (systems and jobs do); unset it (or give"
+            " sqlite:///DIR) to use SQLite")
     return sqlite_dir(s.url)

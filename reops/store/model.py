@@ -122,6 +122,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     followed_by: str | None = None
     follows: str | None = None
     pid: int | None = None  # the process that ran (or last ran) it
+    controller: str | None = None  # the controller that ran it (`[hub] name`)
     created_at: float = msgspec.field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None

@@ -330,15 +330,24 @@ class PgStore:
             "SELECT data FROM jobs WHERE id LIKE %s ORDER BY seq LIMIT 2",
             (_like(id_or_prefix),), Job))
 
-    def jobs(self, states: Iterable[JobState] = (), limit: int | None = None) -> list[Job]:
-        """Jobs oldest first, optionally only in `states`, optionally the newest `limit`."""
+    def jobs(self, states: Iterable[JobState] = (), limit: int | None = None,
+             controller: str | None = None) -> list[Job]:
+        """Jobs oldest first, optionally only in `states`, optionally the newest `limit`,
+        optionally only those `controller` ran."""
         wanted = list(states)
-        where = "WHERE state = ANY(%s)" if wanted else ""
-        sql = f"SELECT data, seq FROM jobs {where} ORDER BY seq DESC"
+        where: list[str] = []
+        args: list[object] = []
+        if wanted:
+            where.append("state = ANY(%s)")
+            args.append(wanted)
+        if controller is not None:
+            where.append("data::jsonb ->> 'controller' = %s")
+            args.append(controller)
+        cond = f"WHERE {' AND '.join(where)}" if where else ""
+        sql = f"SELECT data, seq FROM jobs {cond} ORDER BY seq DESC"
         if limit:
             sql += f" LIMIT {int(limit)}"
-        return self._pg.rows(f"SELECT data FROM ({sql}) AS newest ORDER BY seq",
-                             (wanted,) if wanted else (), Job)
+        return self._pg.rows(f"SELECT data FROM ({sql}) AS newest ORDER BY seq", args, Job)
 
 
     # ---- controllers (Membership)
@@ -391,7 +400,8 @@ class PgStore:
         for data, epoch in rows:
             job = msgspec.json.decode(data, type=Job)
             if start:
-                job = msgspec.structs.replace(job, state="running", started_at=now)
+                job = msgspec.structs.replace(job, state="running", started_at=now,
+                                              controller=controller)
             claims.append(Claim(job=job, controller=controller, epoch=epoch + 1,
                                 lease_until=now + lease_s))
         with db.cursor() as cur:  # one round trip for the batch

@@ -1,4 +1,4 @@
-"""The durable job queue: jobs in SQLite, asyncio workers, job events as an Observable.
+"""The durable job queue: jobs in the store, asyncio workers, job events as an Observable.
 
 A job is on disk before `submit` returns. Workers are bounded per operation (so twenty
 creates do not overwhelm a hypervisor while a stop still runs at once) and serialized per
@@ -8,6 +8,15 @@ next to the store); when it dies mid-job, the next one to start it marks that jo
 interrupted and says why, and re-queues it only when the operation is idempotent (IDEMPOTENT)
 and it began recently (`retry_interrupted_within`): never a late replay, never a second run
 of a command on a machine.
+
+On a shared store (PostgreSQL: `[store] url`) several controllers run one queue, with no
+flock: each claims queued jobs in batches (`QueueStore.claim`, a lease and a fencing epoch
+per job), renews its leases while the jobs run, and records a job's end only while its
+claim holds (`finish`); a controller that lost a lease commits nothing and says so in its
+log. It wakes on `Wakeup` (LISTEN/NOTIFY) and polls as the fallback. A dead controller's
+running jobs are taken over once their lease ran out (`expired`), by the same rules as a
+restart above: re-run only when idempotent, else interrupted. Every job records the
+controller that ran it; each controller beats (`Membership.beat`) while its queue runs.
 """
 
 from __future__ import annotations
@@ -16,17 +25,21 @@ import asyncio
 import contextlib
 import fcntl
 import functools
+import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ParamSpec, TypeVar
 
 import msgspec
 import reactivex as rx
 from reactivex.subject import Subject
 
+from reops.store.base import Claim, Controller, JobStore, StoreError, Wakeup
 from reops.store.model import (
     Job,
     JobEvent,
@@ -37,6 +50,10 @@ from reops.store.model import (
     new_id,
 )
 from reops.store.sqlite import Store
+
+log = logging.getLogger("reops.queue")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class Done(msgspec.Struct, frozen=True, kw_only=True):
@@ -67,6 +84,16 @@ IDEMPOTENT: dict[str, tuple[bool, str]] = {
 RETRY_SAFE: frozenset[str] = frozenset(op for op, (safe, _) in IDEMPOTENT.items() if safe)
 #: default for `[machines] retry_interrupted_within` (seconds)
 RETRY_WITHIN = 600.0
+
+
+class Cluster(msgspec.Struct, frozen=True, kw_only=True):
+    """How a controller shares the queue of a shared store (`[store]` lease, poll,
+    claim_batch; `[hub] name`). The lease is judged on the store's clock."""
+
+    controller: str = ""  # "": the host name
+    lease_s: float = 30.0  # a claim lasts this long unless renewed (every third of it)
+    poll_s: float = 2.0  # look for queued jobs at least this often (LISTEN is the fast path)
+    batch: int = 16  # jobs claimed at once; also the most held (claimed, unfinished)
 
 
 def _again(job: Job) -> str:
@@ -116,20 +143,41 @@ class JobQueue:
 
     def __init__(
         self,
-        store: Store,
+        store: JobStore,
         handlers: Mapping[str, Handler],
         limit: Callable[[str], int] = lambda op: 4,
         deadline: Callable[[str], float] = lambda op: 3600.0,
         retry_within: float = RETRY_WITHIN,
         idempotent: Mapping[str, tuple[bool, str]] = IDEMPOTENT,
+        *,
+        cluster: Cluster | None = None,
+        shared: bool | None = None,
     ) -> None:
-        self.store = store
+        """`shared`: claims (several controllers) instead of the flock; by default on every
+        engine but the embedded SQLite one, whose behaviour stays one runner per store."""
+        self.store: JobStore = store
         self._handlers = dict(handlers)
         self._limit = limit
         self._deadline = deadline
         self._retry_within = retry_within
         self._idempotent = dict(idempotent)
-        self._lock = QueueLock(store.path.with_name(store.path.name + ".queue.lock"))
+        self.shared = not isinstance(store, Store) if shared is None else shared
+        self.cluster = cluster or Cluster()
+        self.name = self.cluster.controller or socket.gethostname()
+        self._lock: QueueLock | None = None
+        if not self.shared:
+            assert isinstance(store, Store)
+            self._lock = QueueLock(store.path.with_name(store.path.name + ".queue.lock"))
+        # shared: the claims this controller holds (job id -> claim), the ones whose handler
+        # began, the ones being finished (a renewal racing a finish is not a lost lease)
+        self._held: dict[str, Claim] = {}
+        self._begun: set[str] = set()
+        self._finishing: set[str] = set()
+        self._kick: asyncio.Event | None = None
+        self._helpers: list[asyncio.Task[None]] = []
+        self._io: ThreadPoolExecutor | None = None  # store calls, one at a time, off the loop
+        self._wakeup: Wakeup | None = None
+        self._store_down = False
         self._subject: Subject[JobEvent] = Subject()
         self.events: rx.Observable[JobEvent] = self._subject
         self._sems: dict[str, asyncio.Semaphore] = {}
@@ -140,7 +188,12 @@ class JobQueue:
 
     # ---- lifecycle
     async def start(self) -> list[Job]:
-        """Own the queue, recover after a crash, run what is queued; returns the interrupted."""
+        """Own the queue, recover after a crash, run what is queued; returns the interrupted.
+        Shared: join the controllers claiming from the store; returns the jobs of dead
+        controllers it took over now (more are taken over while it runs)."""
+        if self.shared:
+            return await self._start_shared()
+        assert self._lock is not None
         self._lock.acquire()
         try:
             interrupted = [
@@ -159,6 +212,10 @@ class JobQueue:
 
     def rescan(self) -> None:
         """Schedule queued jobs this runner does not know yet (e.g. written by another process)."""
+        if self.shared:  # claimed, not scanned
+            if self._kick is not None:
+                self._kick.set()
+            return
         for job in self.store.jobs(states=("queued",)):
             self._schedule(job)
 
@@ -166,12 +223,18 @@ class JobQueue:
         """Stop the workers; running jobs are recorded as interrupted (retried when safe,
         by the next start: the retry is on disk, nothing more runs here)."""
         closing, self._started = self._started, False  # follow-ups are stored, not run
+        helpers, self._helpers = self._helpers, []
+        for h in helpers:  # no new claims while the workers stop
+            h.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
         while tasks := [t for t in self._tasks.values() if not t.done()]:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        if closing:
+        if closing and self._lock is not None:
             self._lock.release()
+        if closing and self.shared:
+            await self._stop_shared()
 
     # ---- submitting and waiting
     def submit(self, op: JobOp, system_id: str | None = None, **args: Any) -> Job:
@@ -186,8 +249,10 @@ class JobQueue:
         self.store.record(systems, jobs)
         for job in jobs:
             self._emit("queued", job)
-            if self._started:
+            if self._started and not self.shared:
                 self._schedule(job)
+        if self.shared and self._kick is not None:
+            self._kick.set()  # claim them here now; other controllers hear the NOTIFY
         return jobs
 
     async def wait(self, job_id: str) -> Job:
@@ -197,13 +262,19 @@ class JobQueue:
             if job.next_id:
                 job = self.store.job(job.next_id)
                 continue
+            fut: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(job.id, []).append(fut)
+            if self.shared:  # any controller may run it: our own end, else the store's
+                try:
+                    job = await asyncio.wait_for(asyncio.shield(fut), self.cluster.poll_s)
+                except TimeoutError:
+                    job = await self._call(self.store.job, job.id)
+                continue
             if job.id not in self._tasks:
                 raise MachinesError(
                     f"job {job.short_id} is {job.state} but not run by this process"
                     " (is another process or `reops hub` running the queue?)"
                 )
-            fut: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
-            self._waiters.setdefault(job.id, []).append(fut)
             job = await fut
         return job
 
@@ -228,57 +299,84 @@ class JobQueue:
             return contextlib.nullcontext()
         return self._system_locks.setdefault(system_id, asyncio.Lock())
 
-    async def _run(self, job: Job) -> None:
+    async def _run(self, job: Job, claim: Claim | None = None) -> None:
         async with self._serial(job.system_id), self._sem(job.op):
-            job = self._update(job, "started", state="running", started_at=time.time(),
-                               pid=os.getpid())
+            if claim is None:
+                job = self._update(job, "started", state="running", started_at=time.time(),
+                                   pid=os.getpid(), controller=self.name)
+            elif job.id not in self._held:
+                return  # its lease was lost while it waited for a slot: not ours to run
+            else:  # the claim recorded it running; this process runs it now
+                self._begun.add(job.id)
+                job = msgspec.structs.replace(job, pid=os.getpid())
+                self._emit("started", job)
             limit = self._deadline(job.op)
             deadline = asyncio.timeout(limit)
+            changes: list[tuple[JobEventKind, Job]]
             try:
                 async with deadline:
                     result = await self._handlers[job.op](job)
             except asyncio.CancelledError:
-                self._interrupt(job, "the queue was shut down", "shutdown")
+                if claim is None:
+                    self._interrupt(job, "the queue was shut down", "shutdown")
+                elif job.id in self._held:  # shut down (a lost lease records nothing)
+                    self._settle_now(claim, self._interrupted(
+                        job, "the queue was shut down", "shutdown"))
                 raise
             except TimeoutError as e:
                 if not deadline.expired():
-                    self._fail(job, f"{type(e).__name__}: {e}")
+                    changes = [("failed", self._failed(job, f"{type(e).__name__}: {e}"))]
                 else:  # the handler's thread may still be blocked in libvirt: leave it
                     why = ("its recipe may still be running on the machine: check it"
                            if job.op == "provision" else "the hypervisor may be hung: check it")
-                    self._fail(job, f"timeout: {job.op} did not finish within {limit:g}s"
-                               f" ([machines] deadlines.{job.op}); {why}, then run"
-                               f" {_again(job)} if needed", "timeout")
+                    changes = [("failed", self._failed(
+                        job, f"timeout: {job.op} did not finish within {limit:g}s"
+                        f" ([machines] deadlines.{job.op}); {why}, then run"
+                        f" {_again(job)} if needed", "timeout"))]
             except MachinesError as e:
-                self._fail(job, str(e))
+                changes = [("failed", self._failed(job, str(e)))]
             except Exception as e:  # a bug or an unexpected libvirt answer: keep the reason
-                self._fail(job, f"{type(e).__name__}: {e}")
+                changes = [("failed", self._failed(job, f"{type(e).__name__}: {e}"))]
             else:
-                self._succeed(job, result)
+                changes = self._succeeded(job, result)
+            if claim is None:
+                self._commit(changes)
+                for event, j in changes[1:]:
+                    if event == "queued" and self._started:
+                        self._schedule(j)
+            else:
+                await self._settle(claim, changes)
 
-    def _fail(self, job: Job, error: str, reason: str = "error") -> None:
-        self._update(job, "failed", state="failed", error=error, reason=reason,
-                     finished_at=time.time())
+    def _failed(self, job: Job, error: str, reason: str = "error") -> Job:
+        return msgspec.structs.replace(job, state="failed", error=error, reason=reason,
+                                       finished_at=time.time())
 
-    def _succeed(self, job: Job, result: Mapping[str, Any] | Done | None) -> None:
-        """Record success and the follow-up jobs the handler queued, in one transaction."""
+    def _succeeded(self, job: Job, result: Mapping[str, Any] | Done | None
+                   ) -> list[tuple[JobEventKind, Job]]:
+        """Success and the follow-up jobs the handler queued, recorded in one transaction."""
         then = [msgspec.structs.replace(j, follows=job.id) for j in
                 (result.then if isinstance(result, Done) else ())]
         data = result.result if isinstance(result, Done) else dict(result or {})
         done = msgspec.structs.replace(
             job, state="succeeded", result=data, finished_at=time.time(),
             followed_by=then[0].id if then else None)
-        self._commit([("succeeded", done), *(("queued", j) for j in then)])
-        for j in then:
-            if self._started:
-                self._schedule(j)
+        return [("succeeded", done), *(("queued", j) for j in then)]
 
     def _interrupt(self, job: Job, why: str, reason: str) -> Job:
         """Record an interrupted job and, when safe, its retry: both in one transaction."""
+        changes = self._interrupted(job, why, reason)
+        self._commit(changes)
+        return changes[0][1]
+
+    def _interrupted(self, job: Job, why: str, reason: str) -> list[tuple[JobEventKind, Job]]:
+        """An interrupted job and, when safe, its retry (not written)."""
         now = time.time()
         began = job.started_at or job.created_at
         since = datetime.fromtimestamp(began).isoformat(sep=" ", timespec="seconds")
-        where = f" (pid {job.pid})" if job.pid else ""
+        if self.shared and job.controller:
+            where = f" (controller {job.controller})"
+        else:
+            where = f" (pid {job.pid})" if job.pid else ""
         safe, because = self._idempotent.get(job.op, (False, "it is not known to be safe"))
         retry: Job | None = None
         if not safe:
@@ -299,8 +397,7 @@ class JobQueue:
         changes: list[tuple[JobEventKind, Job]] = [("interrupted", done)]
         if retry is not None:
             changes.append(("queued", retry))
-        self._commit(changes)
-        return done
+        return changes
 
     def _update(self, job: Job, event: JobEventKind, **changes: Any) -> Job:
         job = msgspec.structs.replace(job, **changes)
@@ -310,6 +407,9 @@ class JobQueue:
     def _commit(self, changes: list[tuple[JobEventKind, Job]]) -> None:
         """Write jobs in one transaction, then announce them and wake their waiters."""
         self.store.put_jobs(j for _, j in changes)
+        self._announce(changes)
+
+    def _announce(self, changes: list[tuple[JobEventKind, Job]]) -> None:
         for event, job in changes:
             self._emit(event, job)
             if job.state != "running":
@@ -319,3 +419,216 @@ class JobQueue:
 
     def _emit(self, event: JobEventKind, job: Job) -> None:
         self._subject.on_next(JobEvent(event=event, job=job))
+
+    # ---- shared store: claims, leases, take-overs
+    async def _call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """A store call on the queue's own thread (one at a time, never on the loop)."""
+        if self._io is None:
+            self._io = ThreadPoolExecutor(1, thread_name_prefix="reops-queue-store")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._io, functools.partial(fn, *args, **kwargs))
+
+    def _down(self, doing: str, e: StoreError) -> None:
+        """Say once that the store is unreachable (and once that it is back)."""
+        if not self._store_down:
+            log.warning("queue (controller %s): %s failed, trying again: %s", self.name,
+                        doing, e)
+        self._store_down = True
+
+    def _up(self) -> None:
+        if self._store_down:
+            log.warning("queue (controller %s): the store answers again", self.name)
+        self._store_down = False
+
+    async def _start_shared(self) -> list[Job]:
+        self._started = True
+        self._kick = asyncio.Event()
+        self._wakeup = await self._call(self.store.listen)
+        taken = await self._take_over()
+        loop = asyncio.get_running_loop()
+        self._helpers = [loop.create_task(self._pump(), name="queue-claims"),
+                         loop.create_task(self._keep(), name="queue-leases")]
+        self._kick.set()
+        return taken
+
+    async def _stop_shared(self) -> None:
+        """Hand back the claims no handler began (queued again), leave the controllers."""
+        for c in list(self._held.values()):
+            if c.job.id not in self._begun:
+                self._held.pop(c.job.id, None)
+                back = msgspec.structs.replace(c.job, state="queued", started_at=None,
+                                               controller=None)
+                with contextlib.suppress(StoreError):
+                    await self._call(self.store.finish, c, back)
+        with contextlib.suppress(StoreError):
+            await self._call(self.store.leave, self.name)
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None:
+            await self._call(wakeup.close)
+        io, self._io = self._io, None
+        if io is not None:
+            io.shutdown(wait=True)
+
+    async def _pump(self) -> None:
+        """Claim queued jobs while there is room; then wait for a NOTIFY, a local
+        submission or a finished job, or poll."""
+        assert self._kick is not None
+        waiting: asyncio.Future[Any] | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            while self._started:
+                room = self.cluster.batch - len(self._held)
+                got: list[Claim] = []
+                if room > 0:
+                    try:
+                        got = await self._call(self.store.claim, self.name, room,
+                                               self.cluster.lease_s)
+                        self._up()
+                    except StoreError as e:
+                        self._down("claiming jobs", e)
+                    for c in got:
+                        self._held[c.job.id] = c
+                        self._launch(c)
+                    if got and len(got) == room:
+                        continue  # there may be more: claim again once some finish
+                self._kick.clear()
+                if waiting is None or waiting.done():
+                    waiting = loop.run_in_executor(None, self._listen_once)
+                kicked: asyncio.Future[Any] = loop.create_task(self._kick.wait())
+                await asyncio.wait([waiting, kicked], timeout=self.cluster.poll_s,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                kicked.cancel()
+        finally:
+            if waiting is not None:  # the listener returns within a second: let it
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(waiting)
+
+    def _listen_once(self) -> bool:
+        """Block up to a second for a NOTIFY (True); a store error answers True (look)."""
+        w = self._wakeup
+        if w is None:
+            return False
+        try:
+            return w.wait(min(1.0, self.cluster.poll_s))
+        except StoreError:
+            time.sleep(min(1.0, self.cluster.poll_s))
+            return True
+
+    def _launch(self, c: Claim) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(c.job, c),
+                                                      name=f"job-{c.job.op}")
+        self._tasks[c.job.id] = task
+        task.add_done_callback(functools.partial(self._forget, c.job.id))
+
+    async def _keep(self) -> None:
+        """Every third of a lease: renew ours (a lost one stops its job), beat, and take
+        over the jobs of controllers whose leases ran out."""
+        every = self.cluster.lease_s / 3
+        while self._started:
+            await self._renew()
+            try:
+                await self._call(self.store.beat, Controller(
+                    name=self.name, host=socket.gethostname(), pid=os.getpid(),
+                    load={"jobs": float(len(self._held))}))
+                await self._take_over()
+                self._up()
+            except StoreError as e:
+                self._down("beating and taking over expired claims", e)
+            await asyncio.sleep(every)
+
+    async def _renew(self) -> None:
+        held = [c for c in self._held.values() if c.job.id not in self._finishing]
+        if not held:
+            return
+        try:
+            kept = await self._call(self.store.renew, held, self.cluster.lease_s)
+        except StoreError as e:
+            self._down("renewing leases", e)
+            return
+        renewed = {c.job.id: c for c in kept}
+        for c in held:
+            mine = self._held.get(c.job.id)
+            if mine is None or mine.epoch != c.epoch or c.job.id in self._finishing:
+                continue  # finished meanwhile
+            if c.job.id in renewed:
+                self._held[c.job.id] = renewed[c.job.id]
+                continue
+            self._held.pop(c.job.id, None)
+            log.warning("controller %s lost its lease on job %s (%s): another controller"
+                        " took it over; stopping it here, nothing of it is recorded by this"
+                        " controller", self.name, c.job.short_id, c.job.op)
+            task = self._tasks.get(c.job.id)
+            if task is not None:
+                task.cancel()
+
+    async def _take_over(self) -> list[Job]:
+        """Jobs of controllers that stopped renewing: interrupted, retried when safe."""
+        out = []
+        while True:
+            claims = await self._call(self.store.expired, self.name, self.cluster.batch,
+                                      self.cluster.lease_s)
+            for c in claims:
+                why = (f"its controller stopped renewing its lease (taken over by"
+                       f" controller {self.name})")
+                changes = self._interrupted(c.job, why, "lease")
+                if await self._call(self._finish_sync, c, changes):
+                    log.warning("job %s %s: %s", c.job.short_id, c.job.op, changes[0][1].error)
+                    self._announce(changes)
+                    out.append(changes[0][1])
+            if len(claims) < self.cluster.batch:
+                return out
+
+    def _finish_sync(self, claim: Claim, changes: list[tuple[JobEventKind, Job]],
+                     patience: float | None = None) -> bool:
+        """`finish` while the claim may still hold, through a store that is restarting:
+        a COMMIT whose answer was lost is recognised by reading the job back."""
+        done, then = changes[0][1], [j for _, j in changes[1:]]
+        until = time.monotonic() + (self.cluster.lease_s if patience is None else patience)
+        tried = False
+        while True:
+            try:
+                if self.store.finish(claim, done, then):
+                    return True
+                if not tried:
+                    return False
+                now = self.store.job(done.id)  # fenced, or our lost COMMIT went through?
+                return now.state == done.state and now.finished_at == done.finished_at
+            except StoreError as e:
+                if time.monotonic() > until:
+                    log.warning("queue (controller %s): job %s's end could not be recorded:"
+                                " %s", self.name, done.short_id, e)
+                    return False
+                tried = True
+                time.sleep(0.5)
+
+    async def _settle(self, claim: Claim, changes: list[tuple[JobEventKind, Job]]) -> None:
+        """Record a job's end if our claim holds; announce it only then."""
+        job = changes[0][1]
+        if job.id not in self._held:
+            return  # lost meanwhile: logged by _renew
+        self._finishing.add(job.id)
+        try:
+            ok = await asyncio.shield(self._call(self._finish_sync, claim, changes))
+        finally:
+            self._finishing.discard(job.id)
+            self._held.pop(job.id, None)
+            self._begun.discard(job.id)
+        self._ended(claim, changes, ok)
+
+    def _settle_now(self, claim: Claim, changes: list[tuple[JobEventKind, Job]]) -> None:
+        """`_settle` from a cancelled task (shutting down): blocks the loop briefly."""
+        job = changes[0][1]
+        self._held.pop(job.id, None)
+        self._begun.discard(job.id)
+        self._ended(claim, changes, self._finish_sync(claim, changes, patience=2.0))
+
+    def _ended(self, claim: Claim, changes: list[tuple[JobEventKind, Job]], ok: bool) -> None:
+        job = changes[0][1]
+        if ok:
+            self._announce(changes)
+        else:
+            log.warning("controller %s lost its lease on job %s (%s) before it ended"
+                        " (%s here): another controller took it over; nothing recorded",
+                        self.name, job.short_id, job.op, job.state)
+        if self._kick is not None:
+            self._kick.set()  # room for another claim

@@ -244,11 +244,17 @@ class Store:
                        (_like(id_or_prefix),), Job),
         )
 
-    def jobs(self, states: Iterable[JobState] = (), limit: int | None = None) -> list[Job]:
-        """Jobs oldest first, optionally only in `states`, optionally the newest `limit`."""
-        wanted = tuple(states)
-        where = f"WHERE state IN ({','.join('?' * len(wanted))})" if wanted else ""
-        sql = f"SELECT data, seq FROM jobs {where} ORDER BY seq DESC"
+    def jobs(self, states: Iterable[JobState] = (), limit: int | None = None,
+             controller: str | None = None) -> list[Job]:
+        """Jobs oldest first, optionally only in `states`, optionally the newest `limit`,
+        optionally only those `controller` ran."""
+        wanted: tuple[str, ...] = tuple(states)
+        where = [f"state IN ({','.join('?' * len(wanted))})"] if wanted else []
+        if controller is not None:
+            where.append("json_extract(data, '$.controller') = ?")
+            wanted += (controller,)
+        cond = f"WHERE {' AND '.join(where)}" if where else ""
+        sql = f"SELECT data, seq FROM jobs {cond} ORDER BY seq DESC"
         if limit:
             sql += f" LIMIT {int(limit)}"
         return self._rows(f"SELECT data FROM ({sql}) ORDER BY seq", wanted, Job)
@@ -310,7 +316,8 @@ class Store:
         for data, epoch in rows:
             job = msgspec.json.decode(data, type=Job)
             if start:
-                job = msgspec.structs.replace(job, state="running", started_at=now)
+                job = msgspec.structs.replace(job, state="running", started_at=now,
+                                              controller=controller)
             claim = Claim(job=job, controller=controller, epoch=epoch + 1,
                           lease_until=now + lease_s)
             db.execute("UPDATE jobs SET state = ?, data = ?, owner = ?, epoch = ?,"

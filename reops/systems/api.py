@@ -46,7 +46,7 @@ class MachinesAPI(Protocol):
     async def sync(self, hypervisor: str | None) -> Job: ...
     async def register(self, hostname: str, mac: str, ip: str | None, type_name: str,
                        hypervisor: str | None, user: str = "root") -> System: ...
-    async def jobs(self, limit: int | None) -> list[Job]: ...
+    async def jobs(self, limit: int | None, controller: str | None = None) -> list[Job]: ...
     async def job(self, id_or_prefix: str) -> Job: ...
     async def wait(self, jobs: Sequence[Job], on_job: OnJob | None = None) -> list[Job]: ...
     async def follow(self) -> None: ...
@@ -96,8 +96,8 @@ class LocalMachines:
         return self.m.register_physical(hostname, mac, ip=ip, type_name=type_name,
                                         hypervisor=hypervisor, user=user)
 
-    async def jobs(self, limit: int | None) -> list[Job]:
-        return self.m.jobs(limit)
+    async def jobs(self, limit: int | None, controller: str | None = None) -> list[Job]:
+        return self.m.jobs(limit, controller)
 
     async def job(self, id_or_prefix: str) -> Job:
         return self.m.job(id_or_prefix)
@@ -212,8 +212,8 @@ class HubMachines:
         return await self._call(System, "machines.register", hostname=hostname, mac=mac,
                                 ip=ip, type=type_name, hypervisor=hypervisor, user=user)
 
-    async def jobs(self, limit: int | None) -> list[Job]:
-        return await self._call(list[Job], "machines.jobs", limit=limit)
+    async def jobs(self, limit: int | None, controller: str | None = None) -> list[Job]:
+        return await self._call(list[Job], "machines.jobs", limit=limit, controller=controller)
 
     async def job(self, id_or_prefix: str) -> Job:
         return await self._call(Job, "machines.job", id=id_or_prefix)

@@ -9,15 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from reops.core.model import Hosts
-from reops.store.engines import embedded_dir
-from reops.store.sqlite import Store
+from reops.store.engines import machines_store
 from reops.systems.machines import to_hosts
 from reops.systems.select import select
 
 
 def hosts(selector: str = "running", root: Path | None = None) -> Hosts:
     """Hosts for the systems matching `selector`, e.g. hosts('typed:redis & running')."""
-    store = Store(embedded_dir(root) / "machines.db")
+    store = machines_store(root)
     try:
         return to_hosts(select(store.systems(), selector))
     finally:

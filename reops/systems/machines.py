@@ -19,8 +19,10 @@ from typing import Any
 import msgspec
 import reactivex as rx
 
+from reops.control.settings import load_hub_settings
 from reops.core.model import Host, Hosts
-from reops.store.engines import embedded_dir
+from reops.store.base import JobStore
+from reops.store.engines import load_store_settings, machines_store
 from reops.store.model import (
     Job,
     JobEvent,
@@ -34,8 +36,7 @@ from reops.store.model import (
     new_id,
     short,
 )
-from reops.store.queue import JobQueue
-from reops.store.sqlite import Store
+from reops.store.queue import Cluster, JobQueue
 from reops.systems.config import MachinesConfig, load_machines_config
 from reops.systems.handlers import Handlers, ProvisionSeam, ReachableSeam, ShutdownSeam
 from reops.systems.libvirt.events import HypervisorEvent
@@ -50,10 +51,11 @@ DESTRUCTIVE: frozenset[str] = frozenset({"destroy", "reload", "clear", "revert",
 class Machines:
     """Systems and Types in the store, jobs in the queue, one connection per hypervisor."""
 
-    def __init__(self, store: Store, config: MachinesConfig,
+    def __init__(self, store: JobStore, config: MachinesConfig,
                  shutdown: ShutdownSeam | None = None,
                  provision: ProvisionSeam | None = None,
-                 reachable: ReachableSeam | None = None) -> None:
+                 reachable: ReachableSeam | None = None,
+                 cluster: Cluster | None = None) -> None:
         self.store = store
         self.config = config
         self.settings = config.settings
@@ -65,16 +67,23 @@ class Machines:
         self._handlers = Handlers(self, shutdown, provision, reachable)
         self.queue = JobQueue(store, self._handlers.table(), self.settings.limit,
                               deadline=self.settings.deadline,
-                              retry_within=self.settings.retry_interrupted_within)
+                              retry_within=self.settings.retry_interrupted_within,
+                              cluster=cluster)
 
     @classmethod
     def open(cls, root: Path | None = None, config: MachinesConfig | None = None,
              shutdown: ShutdownSeam | None = None,
              provision: ProvisionSeam | None = None,
              reachable: ReachableSeam | None = None) -> Machines:
-        """Machines over `<root>/machines.db` (root: $REOPS_HOME or ~/.reops)."""
-        store = Store(embedded_dir(root) / "machines.db")
-        return cls(store, config or load_machines_config(), shutdown, provision, reachable)
+        """Machines over `<root>/machines.db` when `root` is given, else the store `[store]
+        url` names (SQLite in $REOPS_HOME or ~/.reops by default; PostgreSQL: the job queue
+        is shared with the other controllers, this one named by `[hub] name`)."""
+        store = machines_store(root)
+        s = load_store_settings()
+        cluster = Cluster(controller=load_hub_settings().controller_name, lease_s=s.lease,
+                          poll_s=s.poll, batch=s.claim_batch)
+        return cls(store, config or load_machines_config(), shutdown, provision, reachable,
+                   cluster)
 
     async def __aenter__(self) -> Machines:
         await self.run_queue()
@@ -291,8 +300,9 @@ class Machines:
         return self.queue.submit("sync", None, hypervisor=cfg.name)
 
     # ---- jobs
-    def jobs(self, limit: int | None = None) -> list[Job]:
-        return self.store.jobs(limit=limit)
+    def jobs(self, limit: int | None = None, controller: str | None = None) -> list[Job]:
+        """The newest `limit` jobs, oldest first; only those `controller` ran when given."""
+        return self.store.jobs(limit=limit, controller=controller)
 
     def job(self, id_or_prefix: str) -> Job:
         return self.store.job(id_or_prefix)

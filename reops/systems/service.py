@@ -118,7 +118,8 @@ class MachinesService:
             hypervisor=p.get("hypervisor"), user=p.get("user") or "root"))
 
     async def jobs(self, s: Session) -> Any:
-        return _plain(self.m.jobs(limit=s.params.get("limit")))
+        return _plain(self.m.jobs(limit=s.params.get("limit"),
+                                  controller=s.params.get("controller")))
 
     async def job(self, s: Session) -> Any:
         return _plain(self.m.job(s.params["id"]))
