@@ -17,7 +17,8 @@ JobOp = Literal[
     "create", "start", "stop", "reload", "destroy", "clear", "snapshot", "revert", "sync",
     "provision",
 ]
-SystemState = Literal["creating", "running", "stopped", "paused", "unknown", "missing"]
+SystemState = Literal["creating", "running", "stopped", "paused", "unknown", "missing",
+                      "booting", "unreachable"]
 ProviderKind = Literal["libvirt", "physical"]
 JobEventKind = Literal["queued", "started", "succeeded", "failed", "interrupted"]
 
@@ -55,6 +56,12 @@ class Machine(msgspec.Struct, frozen=True, kw_only=True):
     ip: str | None = None
     mac: str | None = None
     adapters: tuple[str, ...] = ()  # libvirt networks (VMs) or NIC names (physical)
+    #: guests from an image (reops.systems.images): where SSH answers and how to log in;
+    #: `ip` is set only once SSH's banner was seen (running = reachable)
+    port: int = 22
+    image: str = ""
+    key: str | None = None  # the controller's private key injected at creation
+    known_hosts: str | None = None  # reops' known_hosts holding the host key made at creation
 
     @property
     def fqdn(self) -> str:
