@@ -90,3 +90,37 @@ def test_a_physical_rack_keeps_the_embedded_default(tmp_path: Path,
     assert r.exit_code == 0, r.output
     listed = json.loads(cli.invoke(systems, ["ls", "box1", "-o", "json"]).output)
     assert listed[0]["placement"]["hypervisor"] == "rack"
+
+
+@pytest.mark.parametrize("selector,message", [
+    ("wbe-*", "no system matches 'wbe-*' (did you mean 'web-1'?)"),
+    ("typed:wbe", "no system has type 'wbe' (did you mean 'web'?)"),
+    ("hyp:lb", "no system has hypervisor 'lb' (did you mean 'lab'?)"),
+    ("state:runing", "no system has state 'runing' (did you mean 'running'?)"),
+    ("runing", "no system named or with id 'runing' (did you mean 'running'?)"),
+    ("web", "no system named or with id 'web' (did you mean 'typed:web'?)"),
+])
+def test_system_selectors_say_did_you_mean(local: CliRunner, selector: str,
+                                           message: str) -> None:
+    """As host selectors do: a typo is one line naming what is close, never an empty list."""
+    cli = local
+    assert cli.invoke(types, ["add", "web"]).exit_code == 0
+    assert cli.invoke(systems, ["create", "web", "--hostname", "web-1"]).exit_code == 0
+    r = cli.invoke(systems, ["ls", selector])
+    assert r.exit_code == 2, r.output
+    assert message in r.output and r.output.strip().count("\n") <= 2, r.output
+
+
+def test_system_selectors_tell_typos_from_empty_selections(local: CliRunner) -> None:
+    """A type with no systems yet selects nothing (exit 0); a typo of one in use is an error."""
+    cli = local
+    assert cli.invoke(types, ["add", "web"]).exit_code == 0
+    assert cli.invoke(types, ["add", "db"]).exit_code == 0
+    assert cli.invoke(systems, ["create", "web", "--hostname", "web-1"]).exit_code == 0
+    for selector, hosts in [("typed:db", []), ("web*", ["web-1"]), ("state:running", ["web-1"]),
+                            ("hyp:lab & typed:web", ["web-1"]), ("state:stopped", [])]:
+        r = cli.invoke(systems, ["ls", selector, "-o", "json"])
+        assert r.exit_code == 0, (selector, r.output)
+        assert [s["machine"]["hostname"] for s in json.loads(r.output)] == hosts, selector
+    r = cli.invoke(systems, ["ls", "typed:wbe & state:running"])
+    assert r.exit_code == 2 and "(did you mean 'web'?)" in r.output, r.output

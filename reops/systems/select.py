@@ -3,6 +3,8 @@
 Words: `all`, `running` (has an ip), `typed:TYPE`, `hyp:HYPERVISOR`, `state:STATE`,
 `id:PREFIX`, `KEY=VALUE` (hostname, type, os, hypervisor, state, ip, user, domain, cpu,
 ram), a bare hex word of 4+ characters that prefixes an id, or a hostname glob.
+A typo (a glob matching no name, a type or hypervisor close to one in use, an unknown
+state) is an error saying what it is close to, as for hosts.
 Examples: `typed:redis & running`, `hyp:lab & !web*`, `3fa9c1`, `os=debian-12,cpu=4`.
 """
 
@@ -10,10 +12,14 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Sequence
+from typing import get_args
 
 from reops.core.selector import AtomFactory, Predicate, SelectorError, compile, hint, is_glob
-from reops.store.model import MIN_PREFIX, System
+from reops.store.model import MIN_PREFIX, System, SystemState
 
+#: the words that are neither names nor `prefix:` kinds (offered for typos of them)
+KEYWORDS = ("all", "running")
+STATES: tuple[str, ...] = get_args(SystemState)
 FIELDS = ("hostname", "type", "os", "hypervisor", "state", "ip", "user", "domain", "cpu", "ram")
 
 
@@ -52,16 +58,46 @@ def atoms(systems: Sequence[System]) -> dict[str, AtomFactory[System]]:
         names = [s.hostname for s in systems]
         if _is_hex(word) and any(s.id.startswith(word) for s in systems):
             return lambda s: s.id.startswith(word) or s.hostname == word
-        if not is_glob(word) and word not in names:
-            raise SelectorError(f"no system named or with id {word!r}{hint(word, names)}")
-        return lambda s: fnmatch.fnmatchcase(s.hostname, word)
+        if is_glob(word):
+            if systems and not any(fnmatch.fnmatchcase(n, word) for n in names):
+                stem = word.split("*")[0].split("?")[0].split("[")[0]
+                raise SelectorError(f"no system matches {word!r}{hint(stem, names)}")
+            return lambda s: fnmatch.fnmatchcase(s.hostname, word)
+        if word not in names:
+            types = sorted({s.type for s in systems if s.type})
+            near = (f" (did you mean 'typed:{word}'?)" if word in types else
+                    hint(word, [*names, *KEYWORDS]))
+            raise SelectorError(f"no system named or with id {word!r}{near}")
+        return lambda s: s.hostname == word
+
+    def in_use(what: str, value: str, values: Sequence[str], known: Sequence[str] = ()) -> None:
+        """A value no system has is an error when it looks like a typo of one in use (or is
+        no value at all, for states); else it simply selects nothing (a type not used yet)."""
+        if value in values or value in known:
+            return
+        near = hint(value, [*known, *values])
+        if near or known:
+            listed = f"; known: {', '.join(known)}" if known else ""
+            raise SelectorError(f"no system has {what} {value!r}{near}{listed}")
+
+    def typed(t: str) -> Predicate[System]:
+        in_use("type", t, [s.type for s in systems if s.type])
+        return lambda s: s.type == t
+
+    def hyp(h: str) -> Predicate[System]:
+        in_use("hypervisor", h, [s.placement.hypervisor for s in systems])
+        return lambda s: s.placement.hypervisor == h
+
+    def state(st: str) -> Predicate[System]:
+        in_use("state", st, [], STATES)
+        return lambda s: s.state == st
 
     return {
         "all": lambda _: lambda s: True,
         "running": lambda _: lambda s: bool(s.machine.ip),
-        "typed:": lambda t: lambda s: s.type == t,
-        "hyp:": lambda h: lambda s: s.placement.hypervisor == h,
-        "state:": lambda st: lambda s: s.state == st,
+        "typed:": typed,
+        "hyp:": hyp,
+        "state:": state,
         "id:": id_prefix,
         "": bare,
     }
