@@ -124,3 +124,19 @@ def test_system_selectors_tell_typos_from_empty_selections(local: CliRunner) -> 
         assert [s["machine"]["hostname"] for s in json.loads(r.output)] == hosts, selector
     r = cli.invoke(systems, ["ls", "typed:wbe & state:running"])
     assert r.exit_code == 2 and "(did you mean 'web'?)" in r.output, r.output
+
+
+def test_types_ls_shows_a_types_args(local: CliRunner, tmp_path: Path) -> None:
+    """The recipe's arguments are part of what a type is: `types ls` shows them."""
+    cli = local
+    recipe = tmp_path / "redis.py"
+    recipe.write_text("def provision(hosts, port='6379', maxmem='64mb'):\n    return None\n")
+    r = cli.invoke(types, ["add", "redis", "-p", str(recipe), "--arg", "port=7000",
+                           "--arg", "maxmem=1gb"])
+    assert r.exit_code == 0, r.output
+    assert cli.invoke(types, ["add", "bare"]).exit_code == 0
+    lines = cli.invoke(types, ["ls"]).output.splitlines()
+    assert lines[0].split() == ["NAME", "DESCRIPTION", "PROVISION", "ARGS"]
+    rows = {ln.split()[0]: ln.split() for ln in lines[1:]}
+    assert rows["redis"][-2:] == ["port=7000", "maxmem=1gb"], lines
+    assert rows["bare"][-1] == "-", lines

@@ -157,8 +157,9 @@ def types_ls(output: str) -> None:
         if output == "json":
             click.echo(msgspec.json.encode(ts).decode())
             return
-        _table([(t.name, t.description, t.provision or "-") for t in ts],
-               ("NAME", "DESCRIPTION", "PROVISION"))
+        _table([(t.name, t.description, t.provision or "-",
+                 " ".join(f"{k}={v}" for k, v in t.args.items()) or "-") for t in ts],
+               ("NAME", "DESCRIPTION", "PROVISION", "ARGS"))
     _run(work)
 
 
