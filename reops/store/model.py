@@ -78,6 +78,8 @@ class Placement(msgspec.Struct, frozen=True, kw_only=True):
     pool: str = ""
     volumes: tuple[Volume, ...] = ()
     broadcast: str = ""  # physical: where the Wake-on-LAN packet goes ("addr:port")
+    #: pool files of this system besides volumes (a guest's initrd seed, console log)
+    files: tuple[str, ...] = ()
 
 
 class System(msgspec.Struct, frozen=True, kw_only=True):
