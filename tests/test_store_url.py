@@ -1,7 +1,7 @@
 """`[store] url` is honoured or refused, never silently ignored: systems, jobs and the hub's
-flows keep SQLite files in the directory a `sqlite:///DIR` url names, and refuse a
-PostgreSQL url in one line (flows do not run on it yet) — the hub does not start half-way;
-systems and jobs run on it (an unreachable one: one line, exit 2). The password in the url
+flows keep SQLite files in the directory a `sqlite:///DIR` url names; on a PostgreSQL url
+they all run on it, and an unreachable one is one line, exit 2 (the hub does not start
+half-way). The password in the url
 is never printed."""
 
 from __future__ import annotations
@@ -27,12 +27,15 @@ def home(tmp_path: Path) -> Path:
     return h
 
 
-def test_a_postgresql_url_is_refused_in_one_line_by_the_hub(tmp_path: Path) -> None:
+def test_the_hub_says_in_one_line_when_its_postgresql_store_is_down(tmp_path: Path) -> None:
+    """The hub's flows run on PostgreSQL (several controllers: test_hub_cluster.py): one
+    that cannot be reached stops the hub at start in one line naming it."""
     h = home(tmp_path)
     done = reops(h, PG_URL, "hub")
     assert done.returncode == 2, (done.stdout, done.stderr)
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "do not run on PostgreSQL yet" in lines[0], done.stderr
+    assert len(lines) == 1 and "cannot connect to PostgreSQL" in lines[0], done.stderr
+    assert "postgresql://reops@127.0.0.1:9/reops" in lines[0]
     assert "s3cret-pw" not in done.stderr
     assert not (h / "machines.db").exists() and not (h / "flows.db").exists()
 

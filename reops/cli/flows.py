@@ -219,6 +219,11 @@ def ls_cmd(output: str) -> None:
                          f"{r['squelch_dropped']} trigger events dropped")
         if r.get("publish_dropped"):
             notes.append(f"{r['publish_dropped']} bus messages dropped by its publish()")
+        if r.get("cluster"):  # several controllers: who runs it, whom it was taken from
+            notes.insert(0, f"on {r['controller']}" if r["controller"] else
+                         "on no live controller: a peer takes it over")
+            if r.get("taken_from") and r["controller"]:
+                notes.insert(1, f"taken over from {r['taken_from']}")
         click.echo(f"{r['name']:<16} {r['state']:<9} {since:<9} {r['fired']:>6}  "
                    f"{r['last'] or '-':<22} {r['version'] or '-':<12} {r['file']}:{r['func']}"
                    + (f"  ({', '.join(notes)})" if notes else ""))
@@ -232,8 +237,9 @@ def ls_cmd(output: str) -> None:
 @click.argument("name")
 def stop_cmd(name: str) -> None:
     """Stop a flow (its steps in flight are cancelled); it does not come back."""
-    _hub("flows.stop", {"name": name})
-    click.echo(f"stopped {name}")
+    info = _hub("flows.stop", {"name": name}, timeout=60)
+    where = f" on {info['controller']}" if info.get("controller") else ""
+    click.echo(f"stopped {name}{where}")
 
 
 @flows_cmd.command("reload")
@@ -259,6 +265,8 @@ def _row_line(r: dict[str, Any]) -> str:
     import datetime
 
     at = datetime.datetime.fromtimestamp(r["at"]).isoformat(sep=" ", timespec="seconds")
+    if r.get("controller"):  # several controllers: which one wrote it
+        at = f"{at}  [{r['controller']}]"
     if not r.get("host"):  # a flow event: started, reloaded, error, stopped …
         return f"{at}  {r.get('version', ''):<12}  {r['status']}: {r.get('detail', '')}"
     code = f" ({r.get('code', 0)})" if r.get("status") != "ok" else ""

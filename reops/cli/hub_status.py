@@ -33,6 +33,7 @@ def gather(path: Path) -> dict[str, Any]:
     ping = request_sync(path, "ping")  # no hub: raises here, before anything else
     agents, keys, flows = ask("agents"), ask("keys"), ask("flows.ls")
     bus, pool = ask("bus.stats"), ask("ssh.pool")
+    cluster = ask("cluster.status")
     agent_states = [a.get("state") for a in agents] if isinstance(agents, list) else []
     flow_states = [f.get("state") for f in flows] if isinstance(flows, list) else []
     if "error" not in bus:
@@ -55,7 +56,39 @@ def gather(path: Path) -> dict[str, Any]:
         "bus": bus,
         "ssh_pool": pool if "error" in pool else {"connections": pool.get("connections", 0),
                                                    "requests": pool.get("requests", 0)},
+        "cluster": cluster,
     }
+
+
+def _ago(age: float) -> str:
+    return f"{age:.0f}s ago" if age < 120 else f"{age / 60:.0f}m ago"
+
+
+def cluster_lines(c: dict[str, Any]) -> list[str]:
+    """Several controllers: this one, its peers (alive by the store's clock), their flows."""
+    if "error" in c:
+        return [f"controllers: {c['error']}"]
+    if c.get("engine") != "postgresql":
+        return ["controllers: this one only (SQLite store)"]
+    members = c.get("controllers", [])
+    alive = sum(1 for m in members if m["alive"])
+    lines = [f"controller {c['name']} on {c['store']}: {alive} alive of {len(members)} "
+             f"(lease {c['lease_s']:g}s)"]
+    for m in members:
+        since = (datetime.datetime.fromtimestamp(m["since"]).isoformat(" ", "seconds")
+                 if m.get("since") else "?")
+        state = "alive" if m["alive"] else f"dead (last seen {_ago(m['age_s'])})"
+        load = ", ".join(f"{k} {v:g}" for k, v in sorted(m.get("load", {}).items())) or "-"
+        flows = ", ".join(m.get("flows", [])) or "-"
+        me = " (this one)" if m.get("me") else ""
+        lines.append(f"  {m['name']}{me}: {state}, since {since}, pid {m['pid']} on "
+                     f"{m['host']}; load {load}; runs {flows}")
+    if c.get("orphans"):
+        lines.append("  waiting for a controller: " + ", ".join(c["orphans"]))
+    ev = c.get("events", {})
+    lines.append(f"  events: {ev.get('sent', 0)} shared, {ev.get('relayed', 0)} relayed from "
+                 f"peers; listener re-made {ev.get('listen_reconnects', 0)}x")
+    return lines
 
 
 def render(st: dict[str, Any]) -> list[str]:
@@ -80,6 +113,8 @@ def render(st: dict[str, Any]) -> list[str]:
     lines.append(f"ssh pool: {pool['error']}" if "error" in pool else
                  f"ssh pool: {pool['connections']} warm connections, "
                  f"{pool['requests']} requests served")
+    if "cluster" in st:
+        lines += cluster_lines(st["cluster"])
     refused = {k: n for k, n in st["refused"].items() if n}
     if refused:
         lines.append("refused: " + ", ".join(f"{k} {n}" for k, n in refused.items()))
@@ -92,7 +127,8 @@ def render(st: dict[str, Any]) -> list[str]:
 @click.option("-o", "--output", type=click.Choice(["pretty", "json"]), default="pretty",
               show_default=True)
 def status(control: Path | None, output: str) -> None:
-    """This machine's hub: pid, since, endpoints, agents, flows, bus (with drops), SSH pool.
+    """This machine's hub: pid, since, endpoints, agents, flows, bus (with drops), SSH pool;
+    on a shared PostgreSQL store, its peers (alive, since, load) and the flows each runs.
 
     \b
       reops hub status

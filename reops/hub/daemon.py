@@ -16,8 +16,8 @@ from typing import Any
 from reops.control.client import HubNotRunning, ping_sync
 from reops.control.settings import HubSettings
 from reops.core.settings import raise_fd_limit
+from reops.hub.cluster import check_store
 from reops.hub.controller import Controller
-from reops.store.engines import embedded_dir
 
 log = logging.getLogger("reops.hub")
 
@@ -78,7 +78,7 @@ def run_hub(settings: HubSettings, ready: Callable[[Controller], None] | None = 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s reops-hub %(levelname)s %(message)s")
     check_not_running(settings)
-    embedded_dir()  # a [store] url the hub cannot use yet: one line now, not a hub half up
+    check_store()  # a [store] the hub cannot use: one line now, not a hub half up
     asyncio.run(serve(settings, ready))
 
 

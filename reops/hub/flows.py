@@ -57,12 +57,13 @@ from reops.core.runtime import get_runtime
 from reops.core.settings import Settings, load_table
 from reops.core.threads import in_own_thread
 from reops.flows import Flow, FlowError, resolve
+from reops.hub.cluster import Cluster, load_cluster_settings
 from reops.hub.flow_sources import Build, FlowSources
 from reops.ops.base import Op
 from reops.sinks.bus import Tally, tally
 from reops.sinks.history import record_result
-from reops.store.engines import embedded_dir
-from reops.store.flows import AuditRow, FlowRecord, SqliteFlowStore
+from reops.store.engines import embedded_dir, is_postgres, load_store_settings
+from reops.store.flows import AuditRow, FlowRecord, FlowStore, SqliteFlowStore
 from reops.streams.operators._keyed import Notice
 from reops.streams.operators.squelch import RATE, Resumed, Squelched, squelch
 from reops.streams.stream import staging
@@ -340,10 +341,14 @@ class FlowRunner:
     """Starts, lists, reloads, stops and audits the flows of one hub."""
 
     def __init__(self, settings: FlowSettings | None = None,
-                 publish: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+                 publish: Callable[[str, dict[str, Any]], None] | None = None,
+                 hub: Any = None) -> None:
         self.settings = settings or load_flow_settings()
         self.publish = publish or (lambda topic, data: None)
-        self.store: SqliteFlowStore | None = None
+        self.hub = hub  # the Controller (several controllers: listen/publish for events)
+        self.store: FlowStore | None = None
+        #: several controllers on PostgreSQL: leases, membership, events (reops.hub.cluster)
+        self.cluster: Cluster | None = None
         self.flows: dict[str, Running] = {}
         self._ready = asyncio.Event()
         self._pending: list[AuditRow] = []
@@ -371,6 +376,9 @@ class FlowRunner:
         """Open the store, bring back the wanted flows, write the audit; drain when
         cancelled (the hub stopping)."""
         self._loop = asyncio.get_running_loop()
+        shared = load_store_settings()
+        if self.path is None and is_postgres(shared.url) and self.hub is not None:
+            return await self._serve_cluster(shared)
         if self.path is None:
             self.path = embedded_dir() / "flows.db"  # checked at hub start (run_hub)
         writer = asyncio.create_task(self._writer())
@@ -396,6 +404,66 @@ class FlowRunner:
             await self._flush()
             if self.store is not None:
                 self.store.close()
+
+    async def _serve_cluster(self, shared: Any) -> None:
+        """serve() on PostgreSQL: the cluster takes the wanted flows (one runner each)."""
+        from reops.store.postgres import PgFlowStore
+
+        self.store = store = await asyncio.to_thread(PgFlowStore, shared.url,
+                                                     self.settings.audit_keep,
+                                                     shared.connect_timeout)
+        self.cluster = cluster = Cluster(self, self.hub, store, load_cluster_settings(),
+                                         self._load)
+        writer = asyncio.create_task(self._writer())
+        beats = asyncio.create_task(cluster.serve())
+        try:
+            self._ready.set()
+            await beats
+        except asyncio.CancelledError:
+            await self._drain()
+            raise
+        finally:
+            beats.cancel()
+            with contextlib.suppress(BaseException):
+                await beats
+            self._closing = True
+            self._wake.set()
+            await asyncio.shield(writer)
+            await self._flush()
+            await cluster.leave()  # after the last rows: a peer takes the flows over now
+            store.close()
+
+    def _load(self) -> dict[str, float]:
+        """This controller's load, for its peers (`reops hub status`)."""
+        fleet = getattr(self.hub, "fleet", None)
+        agents = len(fleet.registry) if fleet is not None else 0
+        return {"flows": float(len(self.flows)), "agents": float(agents)}
+
+    async def stop_here(self, name: str, status: str, detail: str, fenced: bool) -> None:
+        """Stop the flow in this hub because the store says so: stopped on a controller
+        (the desired state), or its lease is lost (fenced: another controller may run it
+        now, so this one writes only its audit row, never the flow's record)."""
+        run = self.flows.pop(name, None)
+        if run is None:
+            return
+        if run.watch is not None:
+            run.watch.cancel()
+        run.dispose()
+        self.sources.pop(name, None)
+        rec = run.rec
+        if not fenced:
+            rec.state, rec.wanted = "stopped", False
+            self._audit(rec, status, detail)
+            return
+        log.warning("flow %s: %s", name, detail)
+        run.live = False  # what it still emits is not this controller's to record
+        self._dirty.pop(name, None)
+        self._pending.append(AuditRow(flow=name, at=time.time(), version=run.version,
+                                      status=status, detail=detail,
+                                      controller=self.cluster.name if self.cluster else ""))
+        self._wake.set()
+        self.publish("flows", {"event": status, "flow": name, "version": run.version,
+                               "detail": detail})
 
     async def _drain(self) -> None:
         runs = list(self.flows.values())
@@ -543,7 +611,7 @@ class FlowRunner:
         run.sub = sub
         return run, version
 
-    async def _launch(self, rec: FlowRecord, how: str) -> Running | None:
+    async def _launch(self, rec: FlowRecord, how: str, note: str = "") -> Running | None:
         """Start `rec` (new or restarted); a failure marks it `error` and is recorded
         (a first start that fails is only reported: the caller sees why, nothing is kept)."""
         try:
@@ -557,10 +625,15 @@ class FlowRunner:
             return None
         rec.version, rec.since = version, time.time()
         rec.state, rec.error = "running", ""
+        if self.cluster is not None:
+            rec.controller = self.cluster.name
+            if how == "started":
+                rec.taken_from = ""
         self.flows[rec.name] = run
         if rec.watch:
             run.watch = asyncio.create_task(self._watch(rec.name))
-        self._audit(rec, how, f"{rec.file}:{rec.func} {' '.join(rec.args)}".strip())
+        what = f"{rec.file}:{rec.func} {' '.join(rec.args)}".strip()
+        self._audit(rec, how, f"{note}: {what}" if note else what)
         run.go_live()
         return run
 
@@ -575,6 +648,8 @@ class FlowRunner:
                                "detail": detail})
 
     def _queue(self, row: AuditRow, rec: FlowRecord) -> None:
+        if self.cluster is not None:
+            row.controller = self.cluster.name
         if len(self._pending) >= MAX_PENDING:
             self.dropped += 1
             rec.dropped += 1
@@ -666,7 +741,7 @@ class FlowRunner:
 
     # ── control methods ──
 
-    async def _open(self) -> SqliteFlowStore:
+    async def _open(self) -> FlowStore:
         """The store, opened (and created) on first use."""
         async with self._opening:
             if self.store is None:
@@ -675,7 +750,7 @@ class FlowRunner:
                                                      self.settings.audit_keep)
             return self.store
 
-    async def _store(self) -> SqliteFlowStore | None:
+    async def _store(self) -> FlowStore | None:
         """The store once the stored flows are back; None while no flow ever ran here."""
         await self._ready.wait()
         return self.store
@@ -716,11 +791,15 @@ class FlowRunner:
             raise ValueError(f"flow {probe.name!r} is already running; stop it first, or "
                              "start this one under another name (--as)")
         probe.started_at = time.time()
+        if self.cluster is not None:  # want it, and hold its lease (or say who runs it)
+            await self.cluster.start(probe.name)
         earlier = await asyncio.to_thread(store.get, probe.name)
         if earlier is not None:  # started before and stopped: its audit goes on
             probe.fired = earlier.fired
         run = await self._launch(probe, "started")
         if run is None:  # not stored: nothing runs, the caller sees why
+            if self.cluster is not None:
+                await self.cluster.dropped(probe.name, wanted=False)
             raise ValueError(probe.error)
         return self._info(probe)
 
@@ -741,20 +820,57 @@ class FlowRunner:
         stored = {r.name: r for r in (await asyncio.to_thread(store.all) if store else [])}
         stored.update({name: run.rec for name, run in self.flows.items()})
         stored.update(self._dirty)
-        return [self._info(stored[n]) for n in sorted(stored)]
+        infos = [self._info(stored[n]) for n in sorted(stored)]
+        if self.cluster is not None:  # who runs it: the lease says, not the record
+            owners = await self.cluster.owners()
+            for info in infos:
+                le = owners.get(info["name"])
+                live = le is not None and le.wanted and le.remaining_s > 0 and le.owner
+                info["controller"] = le.owner if live and le is not None else ""
+                info["cluster"] = True
+                if not live and info["state"] == "running":
+                    info["state"] = "starting"  # its controller is gone: a peer takes it
+        return infos
 
     async def _stop(self, s: Session) -> dict[str, Any]:
         name = str(s.params.get("name") or "")
+        if self.cluster is not None and name not in self.flows:
+            return await self._stop_elsewhere(name)
         run = self.flows.pop(name, None)
         rec = run.rec if run is not None else await self._stored(name)
         if rec is None:
             raise KeyError(f"no flow {name!r} (see `reops flows ls`)")
+        if self.cluster is not None:
+            await self.cluster.dropped(name, wanted=False)
         if run is not None:
             if run.watch is not None:
                 run.watch.cancel()
             run.dispose()
         self.sources.pop(name, None)
         rec.state, rec.wanted = "stopped", False
+        self._audit(rec, "stopped", "reops flows stop")
+        return self._info(rec)
+
+    async def _stop_elsewhere(self, name: str) -> dict[str, Any]:
+        """`flows stop` of a flow this hub does not run: the store's desired state says
+        stop; its runner (if any) stops it at its next renewal, which this waits for."""
+        assert self.cluster is not None
+        store, cluster = self.cluster.store, self.cluster
+        rec = await self._stored(name)
+        if rec is None:
+            raise KeyError(f"no flow {name!r} (see `reops flows ls`)")
+        lease = await asyncio.to_thread(store.want, name, False)
+        if lease is not None and lease.owner and lease.remaining_s > 0 and (
+                lease.owner != cluster.name):
+            deadline = time.monotonic() + cluster.settings.lease_s + cluster.settings.every
+            while time.monotonic() < deadline:
+                now = await asyncio.to_thread(store.get, name)
+                if now is not None and now.state == "stopped":
+                    return self._info(now)
+                await asyncio.sleep(0.2)  # its runner renews every renew_s
+            raise TimeoutError(f"flow {name!r}: {lease.owner} did not stop it within "
+                               f"{cluster.settings.lease_s:g}s; it stops once its lease ends")
+        rec.state, rec.wanted = "stopped", False  # nobody runs it: say so here
         self._audit(rec, "stopped", "reops flows stop")
         return self._info(rec)
 
@@ -829,7 +945,27 @@ class FlowRunner:
 
     async def _reload(self, s: Session) -> dict[str, Any]:
         await self._store()
-        return await self.reload(str(s.params.get("name") or ""))
+        name = str(s.params.get("name") or "")
+        if self.cluster is None or name in self.flows:
+            return await self.reload(name)
+        # another controller runs it: ask through the store, wait for its record to say
+        store = self.cluster.store
+        before = await self._stored(name)
+        lease = await asyncio.to_thread(store.ask_reload, name)
+        if before is None or lease is None or not lease.owner or lease.remaining_s <= 0 or (
+                lease.owner == self.cluster.name):
+            return await self.reload(name)
+        deadline = time.monotonic() + self.settings.start_timeout_s + self.cluster.settings.every
+        while time.monotonic() < deadline:
+            now = await asyncio.to_thread(store.get, name)
+            if now is not None and (now.reloads > before.reloads or now.error != before.error):
+                return {"name": name, "reloaded": now.reloads > before.reloads,
+                        "error": now.error, "version": now.version,
+                        "previous": before.version, "controller": lease.owner,
+                        "reloaded_what": now.reloaded}
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"flow {name!r}: {lease.owner} did not answer the reload within "
+                           f"{self.settings.start_timeout_s:g}s")
 
     async def _watch(self, name: str) -> None:
         """Reload `name` whenever its file is written (watchfiles; the directory is watched
@@ -870,8 +1006,9 @@ class FlowRunner:
                 return
             waits = [asyncio.create_task(flushed.wait()),
                      asyncio.create_task(s.cancelled.wait())]
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            try:  # several controllers: another one may write its rows (look each second)
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED,
+                                   timeout=1.0 if self.cluster is not None else None)
             finally:
                 for t in waits:
                     t.cancel()
@@ -883,9 +1020,17 @@ class FlowRunner:
 
 def attach(controller: Controller) -> FlowRunner:
     """Run flows in this hub: the `flows.*` control methods and the runner's task."""
-    runner = FlowRunner(publish=controller.publish)
+    runner = FlowRunner(publish=controller.publish, hub=controller)
     for name, handler in runner.methods().items():
         controller.register(name, handler)
+
+    async def status(s: Session) -> dict[str, Any]:
+        if runner.cluster is None:
+            return {"engine": "sqlite", "name": "", "controllers": []}
+        await runner._ready.wait()
+        return await runner.cluster.status()
+
+    controller.register("cluster.status", status)
     controller.run_task(runner.serve)
     return runner
 

@@ -64,6 +64,8 @@ class FlowRecord(msgspec.Struct, kw_only=True):
     squelch_dropped: int = 0  # trigger events dropped by those storms (once they ended)
     publish_dropped: int = 0  # bus messages this flow's publish() dropped (shown by ls)
     reloaded: str = ""  # what the last reload kept and swapped ("kept …; swapped …")
+    controller: str = ""  # several controllers (PostgreSQL): the one that runs it
+    taken_from: str = ""  # … and the one it was taken over from, when it died or left
 
 
 class AuditRow(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -81,6 +83,7 @@ class AuditRow(msgspec.Struct, kw_only=True, omit_defaults=True):
     started_at: float = 0.0  # the host's step: when it started, how long it took
     duration_s: float = 0.0
     detail: str = ""  # the op, and the error's last line when it failed
+    controller: str = ""  # several controllers: the one that wrote it
 
 
 class FlowStore(Protocol):
@@ -100,6 +103,41 @@ class FlowStore(Protocol):
     def migrate(self) -> list[int]: ...
     @property
     def schema_version(self) -> int: ...
+
+
+class FlowLease(msgspec.Struct, frozen=True, kw_only=True):
+    """Who runs a flow cluster-wide (several controllers on PostgreSQL): the desired state
+    (`wanted`, a reload asked for) and the lease its runner holds on the store's clock.
+
+    A lease, not an advisory lock: it is judged by the store's clock and survives the
+    runner's connection being re-made (an advisory lock dies with its session and would
+    hand the flow to a peer while its runner still runs it), it carries a fencing `epoch`,
+    and every controller can read who holds it (`flows ls`, `hub status`)."""
+
+    name: str
+    wanted: bool = True
+    owner: str = ""  # the controller holding (or, after its lease ran out, last holding) it
+    epoch: int = 0  # bumped by every take: a runner that lost its lease cannot renew it
+    remaining_s: float = 0.0  # seconds its lease still runs, on the store's clock (<= 0: free)
+    reload: int = 0  # reloads asked for (any controller); the runner reloads when it grows
+
+
+class FlowCluster(Protocol):
+    """The flows' store shared by several controllers (`PgFlowStore`): leases and the
+    events every controller relays onto its own bus."""
+
+    def take(self, name: str, controller: str, lease_s: float, start: bool = False
+             ) -> tuple[FlowLease, str] | None: ...
+    def renew_flows(self, controller: str, epochs: dict[str, int], lease_s: float
+                    ) -> dict[str, FlowLease]: ...
+    def release(self, name: str, controller: str, epoch: int) -> None: ...
+    def want(self, name: str, wanted: bool) -> FlowLease | None: ...
+    def ask_reload(self, name: str) -> FlowLease | None: ...
+    def leases(self) -> list[FlowLease]: ...
+    def post_events(self, origin: str, events: Sequence[tuple[str, str]]) -> None: ...
+    def events_after(self, seq: int, origin: str, limit: int = 1000
+                     ) -> list[tuple[int, str, str, str]]: ...
+    def last_event(self) -> int: ...
 
 
 _enc = msgspec.json.Encoder()

@@ -31,7 +31,7 @@ import psycopg
 from psycopg import conninfo, errors
 
 from reops.store.base import Claim, Controller, StoreError, Wakeup
-from reops.store.flows import AUDIT_KEEP, AuditRow, FlowRecord
+from reops.store.flows import AUDIT_KEEP, AuditRow, FlowLease, FlowRecord
 from reops.store.model import MIN_PREFIX, Job, JobState, MachinesError, System, Type
 
 T = TypeVar("T")
@@ -78,10 +78,27 @@ FLOW_MIGRATIONS: tuple[str, ...] = (
         data TEXT NOT NULL);
     CREATE INDEX audit_flow ON audit(flow, seq);
     """,
+    # several controllers: who runs each flow (a lease on the server's clock, a fencing
+    # epoch, the desired state any controller sets) and the events they relay to each other
+    # (NOTIFY carries no data: readers select the rows after the last seq they saw)
+    """
+    CREATE TABLE flow_leases (
+        name TEXT PRIMARY KEY, wanted BOOLEAN NOT NULL DEFAULT TRUE, owner TEXT NOT NULL
+        DEFAULT '', epoch BIGINT NOT NULL DEFAULT 0, lease_until DOUBLE PRECISION NOT NULL
+        DEFAULT 0, reload BIGINT NOT NULL DEFAULT 0);
+    CREATE TABLE events (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, origin TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL, topic TEXT NOT NULL, data TEXT NOT NULL);
+    CREATE INDEX events_at ON events(at);
+    """,
 )
 
 #: the NOTIFY channel that wakes claimers when jobs are queued (the payload stays empty)
 JOBS_CHANNEL = "reops_jobs"
+#: the NOTIFY channel that tells controllers events were posted (the payload stays empty)
+EVENTS_CHANNEL = "reops_events"
+#: seconds posted events are kept (a controller that was away longer misses older ones)
+EVENTS_KEEP_S = 600.0
 #: the advisory lock `migrate` holds, so controllers migrating at once apply steps once
 MIGRATE_LOCK = 0x7265_6F70  # "reop"
 #: seconds to wait for PostgreSQL to accept a connection
@@ -453,6 +470,7 @@ class PgFlowStore:
                  connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self.url = url
         self.keep = keep
+        self._timeout = connect_timeout
         self._pg = Pg(url, "flows", FLOW_MIGRATIONS, connect_timeout)
         self.where = self._pg.where
         self.applied = self.migrate()  # what opening it migrated
@@ -515,6 +533,121 @@ class PgFlowStore:
         return out
 
 
+    # ---- several controllers (FlowCluster): leases, desired state, relayed events
+    def take(self, name: str, controller: str, lease_s: float, start: bool = False
+             ) -> tuple[FlowLease, str] | None:
+        """Take the flow's lease when it is free (never held, ran out, released) or already
+        ours; with `start`, also want it (`flows start`). Returns the lease and who held it
+        before ("" when nobody, or we did); None: wanted nowhere, or another controller
+        holds it (see `leases`)."""
+        def take(db: psycopg.Connection[Any]) -> tuple[FlowLease, str] | None:
+            now = _now(db)
+            db.execute("INSERT INTO flow_leases (name, wanted) VALUES (%s, %s)"
+                       " ON CONFLICT (name) DO NOTHING", (name, start))
+            row = db.execute("SELECT wanted, owner, epoch, lease_until, reload FROM flow_leases"
+                             " WHERE name = %s FOR UPDATE", (name,)).fetchone()
+            assert row is not None
+            wanted, owner, epoch, until, reload = row
+            if owner and owner != controller and until > now:
+                return None  # held, alive
+            if not wanted and not start:
+                return None
+            db.execute("UPDATE flow_leases SET wanted = TRUE, owner = %s, epoch = %s,"
+                       " lease_until = %s WHERE name = %s",
+                       (controller, epoch + 1, now + lease_s, name))
+            lease = FlowLease(name=name, wanted=True, owner=controller, epoch=epoch + 1,
+                              remaining_s=lease_s, reload=reload)
+            return lease, owner if owner != controller else ""
+        return self._pg.run(take, what=f"taking flow {name}'s lease", idempotent=False)
+
+    def renew_flows(self, controller: str, epochs: dict[str, int], lease_s: float
+                    ) -> dict[str, FlowLease]:
+        """Extend the leases still ours (same epoch, not run out, still wanted); those
+        missing from the answer are lost: their runner stops them (fencing)."""
+        names = list(epochs)
+        if not names:
+            return {}
+
+        def renew(db: psycopg.Connection[Any]) -> dict[str, FlowLease]:
+            now = _now(db)
+            rows = db.execute(
+                "UPDATE flow_leases SET lease_until = %s WHERE name = ANY(%s) AND owner = %s"
+                " AND wanted AND lease_until > %s RETURNING name, epoch, reload",
+                (now + lease_s, names, controller, now)).fetchall()
+            return {n: FlowLease(name=n, owner=controller, epoch=e, remaining_s=lease_s,
+                                 reload=r) for n, e, r in rows if epochs.get(n) == e}
+        return self._pg.run(renew, what="renewing flow leases")
+
+    def release(self, name: str, controller: str, epoch: int) -> None:
+        """End our lease now (the hub stops): a peer may take the flow at once. The owner
+        stays named, so the taker says whom it took it over from."""
+        self._pg.run(lambda db: db.execute(
+            "UPDATE flow_leases SET lease_until = 0 WHERE name = %s AND owner = %s AND"
+            " epoch = %s", (name, controller, epoch)), what=f"releasing flow {name}")
+
+    def want(self, name: str, wanted: bool) -> FlowLease | None:
+        """Set the desired state (`flows stop`: False); the runner, wherever it is, reacts."""
+        def want(db: psycopg.Connection[Any]) -> FlowLease | None:
+            db.execute("UPDATE flow_leases SET wanted = %s WHERE name = %s", (wanted, name))
+            return _leases(db, name)[0] if _leases(db, name) else None
+        return self._pg.run(want, what=f"setting flow {name}'s desired state")
+
+    def ask_reload(self, name: str) -> FlowLease | None:
+        """Ask the flow's runner, wherever it is, to reload it."""
+        def ask(db: psycopg.Connection[Any]) -> FlowLease | None:
+            db.execute("UPDATE flow_leases SET reload = reload + 1 WHERE name = %s", (name,))
+            found = _leases(db, name)
+            return found[0] if found else None
+        return self._pg.run(ask, what=f"asking for flow {name}'s reload")
+
+    def leases(self) -> list[FlowLease]:
+        """Every flow's lease and desired state, by name."""
+        return self._pg.run(lambda db: _leases(db), what="reading flow leases")
+
+    def post_events(self, origin: str, events: Sequence[tuple[str, str]]) -> None:
+        """Events raised on `origin` (topic, JSON data) for the other controllers to relay;
+        NOTIFY on COMMIT wakes them (no data in it: they read the rows)."""
+        events = list(events)
+        if not events:
+            return
+
+        def post(db: psycopg.Connection[Any]) -> None:
+            now = _now(db)
+            with db.cursor() as cur:
+                cur.executemany("INSERT INTO events (origin, at, topic, data) VALUES"
+                                " (%s, %s, %s, %s)", [(origin, now, t, d) for t, d in events])
+            db.execute("DELETE FROM events WHERE at < %s", (now - EVENTS_KEEP_S,))
+            db.execute("SELECT pg_notify(%s, '')", (EVENTS_CHANNEL,))
+        self._pg.run(post, what=f"posting {len(events)} event(s)", idempotent=False)
+
+    def events_after(self, seq: int, origin: str, limit: int = 1000
+                     ) -> list[tuple[int, str, str, str]]:
+        """(seq, origin, topic, data) of events after `seq` not raised by `origin`."""
+        return self._pg.run(lambda db: [tuple(r) for r in db.execute(
+            "SELECT seq, origin, topic, data FROM events WHERE seq > %s AND origin <> %s"
+            " ORDER BY seq LIMIT %s", (seq, origin, limit)).fetchall()], what="reading events")
+
+    def last_event(self) -> int:
+        """The newest event's seq (0: none): a controller starting relays what comes after."""
+        row = self._pg.run(lambda db: db.execute("SELECT max(seq) FROM events").fetchone(),
+                           what="reading events")
+        return int(row[0] or 0) if row else 0
+
+    def listen_events(self, name: str = "") -> Wakeup:
+        """Woken (LISTEN/NOTIFY) when a controller posts events; a dropped connection is
+        re-made and answers True (look now)."""
+        return _PgWakeup(self.url, self.where, self._timeout, EVENTS_CHANNEL, name)
+
+
+def _leases(db: psycopg.Connection[Any], name: str | None = None) -> list[FlowLease]:
+    where = "WHERE name = %s" if name is not None else ""
+    rows = db.execute(f"SELECT name, wanted, owner, epoch, lease_until - {_NOW}, reload"
+                      f" FROM flow_leases {where} ORDER BY name",
+                      (name,) if name is not None else ()).fetchall()
+    return [FlowLease(name=n, wanted=w, owner=o, epoch=e, remaining_s=float(r), reload=rl)
+            for n, w, o, e, r, rl in rows]
+
+
 #: the server's clock in seconds: leases are judged by one clock, not each controller's
 _NOW = "extract(epoch FROM clock_timestamp())::float8"
 
@@ -541,8 +674,10 @@ def _put_jobs(db: psycopg.Connection[Any], jobs: Sequence[Job]) -> None:
 class _PgWakeup:
     """Wakeup on PostgreSQL: LISTEN on a connection of its own (see base.Wakeup)."""
 
-    def __init__(self, url: str, where: str, connect_timeout: float) -> None:
+    def __init__(self, url: str, where: str, connect_timeout: float,
+                 channel: str = JOBS_CHANNEL, name: str = "") -> None:
         self._url, self._where, self._timeout = url, where, connect_timeout
+        self._channel, self._name = channel, name  # name: application_name (pg_stat_activity)
         self._conn: psycopg.Connection[Any] | None = None
         self.reconnects = 0
         self._listen()
@@ -551,12 +686,14 @@ class _PgWakeup:
         try:
             self._conn = psycopg.connect(
                 self._url, autocommit=True, connect_timeout=max(1, round(self._timeout)),
-                keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
-            self._conn.execute(f"LISTEN {JOBS_CHANNEL}")
+                keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3,
+                application_name=self._name or None)
+            self._conn.execute(f"LISTEN {self._channel}")
         except psycopg.Error as e:
             self._conn = None
             why = " ".join(str(e).split()) or type(e).__name__
-            raise StoreError(f"store {self._where}: cannot listen for queued jobs ({why});"
+            what = "queued jobs" if self._channel == JOBS_CHANNEL else self._channel
+            raise StoreError(f"store {self._where}: cannot listen for {what} ({why});"
                              " check that PostgreSQL runs") from None
 
     def wait(self, timeout: float) -> bool:

@@ -1,0 +1,369 @@
+"""Several hubs on one PostgreSQL store: one runner per flow, membership, shared events.
+
+Only when `[store] url` names PostgreSQL; on SQLite (the embedded default) a hub is alone
+and nothing here runs.
+
+- Exactly one runner per flow: each running flow holds a lease in the store
+  (`flow_leases`: owner, fencing epoch, lease_until on the server's clock). Every
+  `renew_s` the holder renews its leases; a lease it could not renew (it ran out, another
+  controller took it, or the flow was stopped elsewhere) stops the flow here (fencing),
+  and so does losing the store for longer than a lease. Every `renew_s` each controller
+  also takes the wanted flows whose lease ran out: a dead controller's flows run on a live
+  one within `lease_s + renew_s`, and `flows ls` and the audit say whom they were taken
+  over from. `flows start/stop/reload` on any controller write the desired state
+  (`wanted`, a reload counter) to the store; the runner, wherever it is, reacts.
+- Membership: each hub beats (`Membership.beat`) with its load; `reops hub status` lists
+  the peers, alive or dead by the store's clock, and which flows each runs.
+- Events: what a hub publishes (jobs, flows, keys …) is posted to the store's `events`
+  table (NOTIFY with an empty payload wakes the others; polling each second is the
+  fallback); each hub relays the other controllers' rows onto its own bus once, by seq
+  (its own are skipped: no echo), marked `controller: <origin>`. A dropped LISTEN
+  connection is re-made and the rows read again from the last seq seen, so nothing is
+  missed and nothing is relayed twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
+
+from reops.control.settings import HubSettings
+from reops.core.settings import load_table
+from reops.store.base import Controller as Member
+from reops.store.base import StoreError, Wakeup
+from reops.store.engines import StoreSettings, embedded_dir, is_postgres, load_store_settings
+from reops.store.flows import FlowLease
+
+if TYPE_CHECKING:
+    from reops.hub.flows import FlowRunner
+    from reops.store.postgres import PgFlowStore, PgStore
+
+log = logging.getLogger("reops.hub.cluster")
+
+#: seconds a gap in the events' seqs (a transaction not yet committed) is waited for
+GAP_S = 5.0
+#: seconds between two reads of the events table when no NOTIFY comes (the fallback)
+POLL_S = 1.0
+
+
+class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """`[cluster]` in config.toml, or REOPS_CLUSTER_<NAME>."""
+
+    lease_s: float = 15.0  # a flow's lease: how long a dead controller's flows wait
+    renew_s: float = 0.0  # how often leases are renewed and free flows taken; 0: lease_s/3
+
+    @property
+    def every(self) -> float:
+        return self.renew_s if self.renew_s > 0 else self.lease_s / 3
+
+
+def load_cluster_settings() -> ClusterSettings:
+    return load_table(ClusterSettings, "cluster", "REOPS_CLUSTER_")
+
+
+def check_store(settings: StoreSettings | None = None) -> None:
+    """At hub start: the store the hub will use answers (PostgreSQL: connect and migrate
+    the flows' schema), or one line (StoreError) says why not."""
+    s = settings or load_store_settings()
+    if not is_postgres(s.url):
+        embedded_dir()
+        return
+    from reops.store.postgres import PgFlowStore
+
+    PgFlowStore(s.url, connect_timeout=s.connect_timeout).close()
+
+
+class Hub(Protocol):
+    """What the cluster needs from the hub's Controller."""
+
+    @property
+    def settings(self) -> HubSettings: ...
+    def publish(self, topic: str, data: dict[str, Any]) -> None: ...
+    def listen(self, fn: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]: ...
+
+
+class Cluster:
+    """This controller's part: leases of the flows it runs, its beat, the events relay."""
+
+    def __init__(self, runner: FlowRunner, hub: Hub, store: PgFlowStore,
+                 settings: ClusterSettings, load: Callable[[], dict[str, float]]) -> None:
+        self.runner, self.hub, self.store, self.settings = runner, hub, store, settings
+        self.name = hub.settings.controller_name  # [hub] name: the job queue's name too
+        self.load = load
+        self.held: dict[str, int] = {}  # flow -> epoch of the lease we hold
+        self.reloads: dict[str, int] = {}  # flow -> reload requests already answered
+        self.last_ok = time.monotonic()  # last renewal the store answered
+        self.sent = self.relayed = 0
+        self._out: list[tuple[str, str]] = []
+        self._wake = asyncio.Event()
+        self._relaying = False
+        self._low = 0  # every event seq <= _low is handled
+        self._seen: set[int] = set()  # handled seqs above _low (a gap below them)
+        self._gap_since: float | None = None
+        self._wakeup: Wakeup | None = None
+        self._members: PgStore | None = None
+        self._kick = asyncio.Event()
+
+    # ── lifetime ──
+
+    async def serve(self) -> None:
+        """Beat, renew, take free flows, post and relay events until cancelled."""
+        from reops.store.postgres import PgStore
+
+        self._members = await asyncio.to_thread(PgStore, self.store.url, self.store._timeout)
+        self._low = await asyncio.to_thread(self.store.last_event)
+        remove = self.hub.listen(self._outgoing)
+        tasks = [asyncio.create_task(c) for c in (self._ticks(), self._poster(),
+                                                  self._relay())]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            remove()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def leave(self) -> None:
+        """The hub stops (its flows drained): free their leases for a peer, say goodbye."""
+        with contextlib.suppress(StoreError):
+            await self._post()
+            for name, epoch in list(self.held.items()):
+                await asyncio.to_thread(self.store.release, name, self.name, epoch)
+            if self._members is not None:
+                await asyncio.to_thread(self._members.leave, self.name)
+        self.held.clear()
+        for closing in (self._members, self._wakeup):
+            if closing is not None:
+                with contextlib.suppress(Exception):
+                    closing.close()
+
+    def kick(self) -> None:
+        """Look at the leases now (a flow was stopped or asked to reload here)."""
+        self._kick.set()
+
+    # ── leases ──
+
+    async def _ticks(self) -> None:
+        while True:
+            try:
+                await self._tick()
+            except StoreError as e:
+                log.warning("cluster: %s", e)
+                if time.monotonic() - self.last_ok > self.settings.lease_s:
+                    await self._fence_all("lost the store for longer than its lease")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.settings.every)
+            self._kick.clear()
+
+    async def _tick(self) -> None:
+        assert self._members is not None
+        await asyncio.to_thread(self._beat)
+        lease_s = self.settings.lease_s
+        began = time.monotonic()
+        kept = await asyncio.to_thread(self.store.renew_flows, self.name, dict(self.held),
+                                       lease_s)
+        self.last_ok = began
+        leases = {le.name: le for le in await asyncio.to_thread(self.store.leases)}
+        for name in [n for n in self.held if n not in kept]:
+            await self._lost(name, leases.get(name))
+        for name, le in kept.items():
+            if le.reload > self.reloads.get(name, le.reload):
+                self.reloads[name] = le.reload
+                await self.runner.reload(name)
+            self.reloads[name] = le.reload
+        for le in leases.values():  # wanted, free (never held, ran out, released)
+            if le.wanted and le.name not in self.held and (
+                    le.remaining_s <= 0 or le.owner == self.name):
+                await self._take(le)
+
+    def _beat(self) -> None:
+        """Beat with this hub's load, kept beside what else beats under its name (the job
+        queue's {"jobs": n}): one row per controller."""
+        assert self._members is not None
+        load = next((dict(m.load) for m in self._members.controllers()
+                     if m.name == self.name and m.pid == os.getpid()), {})
+        load.update(self.load())
+        self._members.beat(Member(name=self.name, host=socket.gethostname(), pid=os.getpid(),
+                                  load=load))
+
+    async def _take(self, le: FlowLease) -> None:
+        took = await asyncio.to_thread(self.store.take, le.name, self.name,
+                                       self.settings.lease_s)
+        if took is None:
+            return
+        lease, before = took
+        rec = await asyncio.to_thread(self.store.get, le.name)
+        if rec is None:  # a lease without its flow: nothing to run
+            await asyncio.to_thread(self.store.want, le.name, False)
+            return
+        self.held[le.name] = lease.epoch
+        self.reloads[le.name] = lease.reload
+        rec.restarts += 1
+        rec.controller, rec.taken_from = self.name, before
+        if before:
+            log.info("cluster: took flow %s over from %s", le.name, before)
+            await self.runner._launch(rec, "taken-over", note=f"taken over from {before}")
+        else:
+            await self.runner._launch(rec, "restarted")
+
+    async def _lost(self, name: str, le: FlowLease | None) -> None:
+        self.held.pop(name, None)
+        if le is None or not le.wanted:
+            await self.runner.stop_here(name, "stopped", "reops flows stop (on a controller)",
+                                        fenced=False)
+        else:
+            why = (f"its lease was taken by {le.owner}" if le.owner != self.name
+                   else "its lease ran out")
+            await self.runner.stop_here(name, "fenced", f"{why}: stopped on {self.name}",
+                                        fenced=True)
+
+    async def _fence_all(self, why: str) -> None:
+        for name in list(self.held):
+            self.held.pop(name, None)
+            await self.runner.stop_here(name, "fenced", f"{why}: stopped on {self.name}",
+                                        fenced=True)
+
+    async def start(self, name: str) -> tuple[FlowLease, str]:
+        """`flows start` here: want the flow and take its lease, or say who runs it."""
+        took = await asyncio.to_thread(self.store.take, name, self.name, self.settings.lease_s,
+                                       True)
+        if took is None:
+            owner = next((le.owner for le in await asyncio.to_thread(self.store.leases)
+                          if le.name == name), "another controller")
+            raise ValueError(f"flow {name!r} is already running on {owner}; stop it first, "
+                             "or start this one under another name (--as)")
+        self.held[name] = took[0].epoch
+        self.reloads[name] = took[0].reload
+        return took
+
+    async def dropped(self, name: str, wanted: bool) -> None:
+        """A flow ends here (stopped, or never started): free its lease, set its state."""
+        epoch = self.held.pop(name, None)
+        if not wanted:
+            await asyncio.to_thread(self.store.want, name, False)
+        if epoch is not None:
+            await asyncio.to_thread(self.store.release, name, self.name, epoch)
+
+    async def owners(self) -> dict[str, FlowLease]:
+        return {le.name: le for le in await asyncio.to_thread(self.store.leases)}
+
+    # ── events ──
+
+    def _outgoing(self, topic: str, data: dict[str, Any]) -> None:
+        """Every event this hub publishes (not the ones it relays) goes to the store."""
+        if self._relaying:
+            return
+        self._out.append((topic, json.dumps(data, default=str)))
+        self._wake.set()
+
+    async def _poster(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._post()
+
+    async def _post(self) -> None:
+        out, self._out = self._out, []
+        if not out:
+            return
+        try:
+            await asyncio.shield(asyncio.to_thread(self.store.post_events, self.name, out))
+            self.sent += len(out)
+        except StoreError as e:
+            log.warning("cluster: %d event(s) not shared with the other controllers: %s",
+                        len(out), e)
+
+    async def _relay(self) -> None:
+        """Wait for NOTIFY (or POLL_S), then relay the peers' new events."""
+        while True:
+            try:
+                if self._wakeup is None:
+                    self._wakeup = await asyncio.to_thread(
+                        self.store.listen_events, f"reops-events {self.name}")
+                await asyncio.to_thread(self._wakeup.wait, POLL_S)
+                await self._read()
+            except StoreError as e:
+                log.warning("cluster: events: %s", e)
+                await asyncio.sleep(POLL_S)  # the store is down: try again (the fallback)
+
+    @property
+    def listen_reconnects(self) -> int:
+        return int(getattr(self._wakeup, "reconnects", 0))
+
+    async def _read(self) -> None:
+        while True:
+            rows = await asyncio.to_thread(self.store.events_after, self._low, "", 1000)
+            for seq, origin, topic, data in rows:
+                if seq in self._seen or seq <= self._low:
+                    continue
+                self._seen.add(seq)
+                if origin != self.name:
+                    self._publish(origin, topic, data)
+            self._advance()
+            if len(rows) < 1000:
+                return
+
+    def _advance(self) -> None:
+        while self._low + 1 in self._seen:
+            self._low += 1
+            self._seen.discard(self._low)
+        if not self._seen:
+            self._gap_since = None
+            return
+        now = time.monotonic()
+        if self._gap_since is None:
+            self._gap_since = now
+        elif now - self._gap_since > GAP_S:  # a rolled-back insert's seq: never coming
+            self._low = min(self._seen) - 1
+            self._gap_since = None
+            self._advance()
+
+    def _publish(self, origin: str, topic: str, data: str) -> None:
+        try:
+            value = json.loads(data)
+        except ValueError:
+            return
+        if isinstance(value, dict):
+            value.setdefault("controller", origin)
+        self._relaying = True
+        try:
+            self.hub.publish(topic, value)
+            self.relayed += 1
+        finally:
+            self._relaying = False
+
+    # ── status ──
+
+    async def status(self) -> dict[str, Any]:
+        """This controller, its peers (alive by the store's clock) and who runs what."""
+        assert self._members is not None
+        members = await asyncio.to_thread(self._members.controllers)
+        leases = await asyncio.to_thread(self.store.leases)
+        runs: dict[str, list[str]] = {}
+        for le in leases:
+            if le.wanted and le.remaining_s > 0 and le.owner:
+                runs.setdefault(le.owner, []).append(le.name)
+        dead_after = self.settings.lease_s
+        return {
+            "engine": "postgresql", "store": self.store.where, "name": self.name,
+            "lease_s": self.settings.lease_s, "renew_s": self.settings.every,
+            "controllers": [{"name": m.name, "host": m.host, "pid": m.pid, "since": m.since,
+                             "age_s": m.age_s, "alive": m.age_s < dead_after,
+                             "load": m.load, "me": m.name == self.name,
+                             "flows": sorted(runs.get(m.name, []))} for m in members],
+            "orphans": sorted(le.name for le in leases if le.wanted and le.remaining_s <= 0),
+            "events": {"sent": self.sent, "relayed": self.relayed,
+                       "listen_reconnects": self.listen_reconnects},
+        }
+
+
+Handler = Callable[[Any], Awaitable[Any]]

@@ -1,0 +1,230 @@
+"""Several real `reops hub` processes on one real PostgreSQL (tests/pg_server.py): a flow
+runs on exactly one of them, moves to a live one when its controller is killed (-9), is
+stopped through the store from any controller; `hub status` lists the peers; an event
+raised on one hub reaches a `reops tail` on another exactly once, also after its LISTEN
+connection was terminated by the server. Waits poll a condition with a deadline."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+
+from reops.lab.agents import LabHub
+from reops.store.flows import AuditRow
+from reops.store.postgres import PgFlowStore
+
+T = TypeVar("T")
+
+#: a lease short enough for a quick takeover; renewals three times a lease
+LEASE_S = 3.0
+
+FLOW = '''\
+"""A clock on the runtime loop: each tick is a firing in the audit."""
+import reactivex
+from reactivex.scheduler.eventloop import AsyncIOThreadSafeScheduler
+
+from reops.core.runtime import get_runtime
+from reops.flows import flow
+
+
+@flow
+def tick(every: float = 0.3) -> object:
+    """Fire every EVERY seconds."""
+    return reactivex.interval(every, scheduler=AsyncIOThreadSafeScheduler(get_runtime().loop))
+'''
+
+
+def until(check: Callable[[], T], what: str, timeout: float = 30.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+class Ctl:
+    """A `reops hub` named `name` with its own home and ports, on the shared store."""
+
+    def __init__(self, root: Path, name: str, url: str) -> None:
+        self.name, self.home = name, root / name
+        self.home.mkdir(mode=0o700)
+        self.env_vars = {"REOPS_STORE_URL": url, "REOPS_HUB_NAME": name,
+                         "REOPS_CLUSTER_LEASE_S": str(LEASE_S),
+                         "REOPS_HUB_CONTROL": "", "REOPS_HUB_KEYS_DIR": "",
+                         "REOPS_HUB_BUS_IN": "tcp://127.0.0.1:*",
+                         "REOPS_HUB_BUS_OUT": "tcp://127.0.0.1:*"}
+        self.hub = LabHub(home=self.home, bind="tcp://127.0.0.1:*", env=self.env_vars)
+
+    def start(self) -> Ctl:
+        self.hub.bind = "tcp://127.0.0.1:*"
+        self.hub.start()
+        return self
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, **self.env_vars, "REOPS_HOME": str(self.home)}
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([sys.executable, "-m", "reops.cli.main", *args], env=self.env,
+                              capture_output=True, text=True, timeout=120)
+        if check:
+            assert done.returncode == 0, done.stderr
+        return done
+
+    def request(self, method: str, **params: Any) -> Any:
+        from reops.control.client import request_sync
+
+        return request_sync(self.hub.control_path, method, params, timeout=30)
+
+    def ls(self) -> dict[str, dict[str, Any]]:
+        return {r["name"]: r for r in self.request("flows.ls")}
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        self.hub.stop(sig, timeout=40)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, pg_url: str) -> Iterator[tuple[Ctl, Ctl, PgFlowStore]]:
+    a, b = Ctl(tmp_path, "ctl1", pg_url), Ctl(tmp_path, "ctl2", pg_url)
+    store = PgFlowStore(pg_url)
+    try:
+        a.start()
+        b.start()
+        yield a, b, store
+    finally:
+        for c in (a, b):
+            c.stop()
+        store.close()
+
+
+@pytest.fixture
+def flow_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tick.py"
+    path.write_text(FLOW)
+    return path
+
+
+def fired(store: PgFlowStore, name: str, by: str) -> list[AuditRow]:
+    return [r for r in store.audit(name) if r.status == "fired" and r.controller == by]
+
+
+def test_one_runner_per_flow_takeover_after_kill_and_stop_from_a_peer(
+        cluster: tuple[Ctl, Ctl, PgFlowStore], flow_file: Path, tmp_path: Path,
+        pg_url: str) -> None:
+    a, b, store = cluster
+    out = a.cli("flows", "start", str(flow_file), "--every", "0.3").stdout
+    assert out.startswith("started tick")
+    until(lambda: len(fired(store, "tick", "ctl1")) >= 5, "tick firing on ctl1")
+    # exactly one runner: every audit row so far came from ctl1, none from ctl2
+    assert {r.controller for r in store.audit("tick")} == {"ctl1"}
+    # the peer sees who runs it, and refuses a second runner in one line
+    assert b.ls()["tick"]["controller"] == "ctl1"
+    again = b.cli("flows", "start", str(flow_file), check=False)
+    assert again.returncode == 2
+    assert "'tick' is already running on ctl1" in again.stderr.strip().splitlines()[-1]
+    # hub status on ctl2: both controllers alive, and which one runs the flow
+    st = json.loads(b.cli("hub", "status", "-o", "json").stdout)["cluster"]
+    peers = {c["name"]: c for c in st["controllers"]}
+    assert st["name"] == "ctl2" and set(peers) == {"ctl1", "ctl2"}, peers
+    assert peers["ctl1"]["alive"] and peers["ctl2"]["alive"] and peers["ctl2"]["me"]
+    assert peers["ctl1"]["flows"] == ["tick"] and peers["ctl2"]["flows"] == []
+    text = b.cli("hub", "status").stdout
+    assert "controller ctl2 on postgresql://" in text and "ctl1: alive" in text
+
+    # kill -9 ctl1: ctl2 takes the flow over once the lease runs out, says from whom
+    a.stop(signal.SIGKILL)
+    taken = until(lambda: [r for r in store.audit("tick") if r.status == "taken-over"],
+                  "ctl2 to take the flow over", timeout=LEASE_S * 4 + 10)
+    assert taken[0].controller == "ctl2" and "taken over from ctl1" in taken[0].detail
+    seen = len(fired(store, "tick", "ctl2"))
+    until(lambda: len(fired(store, "tick", "ctl2")) >= seen + 3, "tick firing on ctl2")
+    info = b.ls()["tick"]
+    assert (info["controller"], info["taken_from"], info["state"]) == ("ctl2", "ctl1",
+                                                                      "running")
+    assert "on ctl2, taken over from ctl1" in b.cli("flows", "ls").stdout
+    st = json.loads(b.cli("hub", "status", "-o", "json").stdout)["cluster"]
+    peers = {c["name"]: c for c in st["controllers"]}
+    assert not peers["ctl1"]["alive"] and peers["ctl2"]["flows"] == ["tick"]
+    assert "ctl1: dead (last seen" in b.cli("hub", "status").stdout
+
+    # ctl1 comes back and stops the flow it does not run: through the store, ctl2 obeys
+    a.start()
+    assert a.cli("flows", "stop", "tick").stdout.strip() == "stopped tick on ctl2"
+    stopped = [r for r in store.audit("tick") if r.status == "stopped"]
+    assert stopped and stopped[-1].controller == "ctl2"
+    last = max(r.seq for r in store.audit("tick"))
+    assert a.ls()["tick"]["state"] == "stopped" and not a.ls()["tick"]["wanted"]
+    # nobody runs it any more: three renewals later, no new firing from anyone
+    time_now = time.monotonic()
+    until(lambda: time.monotonic() - time_now > LEASE_S, "a lease's time to pass")
+    assert not [r for r in store.audit("tick", after=last) if r.status == "fired"]
+
+
+def _tail(c: Ctl, lines: list[dict[str, Any]]) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "reops.cli.main", "tail", "event.flows",
+                             "-o", "json"], env=c.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(json.loads(line))
+
+    threading.Thread(target=read, daemon=True).start()
+    return proc
+
+
+def _events(lines: list[dict[str, Any]], flow: str, kind: str) -> list[dict[str, Any]]:
+    return [m for m in lines if m["data"].get("flow") == flow and m["kind"] == kind]
+
+
+def test_an_event_raised_on_one_hub_reaches_a_tail_on_another_exactly_once(
+        cluster: tuple[Ctl, Ctl, PgFlowStore], flow_file: Path, pg_url: str) -> None:
+    a, b, _ = cluster
+    lines: list[dict[str, Any]] = []
+    tail = _tail(a, lines)
+    try:
+        until(lambda: a.request("bus.stats")["subscriptions"].get("event.flows"),
+              "tail subscribed on ctl1")
+        b.cli("flows", "start", str(flow_file), "--as", "e1", "--every", "60")
+        got = until(lambda: _events(lines, "e1", "started"), "e1 started on ctl1's bus")
+        assert got[0]["data"]["controller"] == "ctl2"
+        # a marker after it: e1's event came once, not again; ctl1 did not echo it back
+        b.cli("flows", "start", str(flow_file), "--as", "e2", "--every", "60")
+        until(lambda: _events(lines, "e2", "started"), "e2 started on ctl1's bus")
+        assert len(_events(lines, "e1", "started")) == 1
+        with psycopg.connect(pg_url, autocommit=True) as db:
+            rows = db.execute("SELECT origin FROM events WHERE topic = 'flows' AND"
+                              " data LIKE '%\"e1\"%'").fetchall()
+            assert rows == [("ctl2",)]  # posted once, by ctl2; ctl1 relayed without posting
+            # the server drops ctl1's LISTEN connection: ctl1 notices and listens again
+            killed = db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                " WHERE application_name = 'reops-events ctl1'").fetchall()
+            assert killed == [(True,)]
+            until(lambda: a.request("cluster.status")["events"]["listen_reconnects"] >= 1,
+                  "ctl1 to re-make its LISTEN connection")
+            until(lambda: db.execute("SELECT count(*) FROM pg_stat_activity WHERE"
+                                     " application_name = 'reops-events ctl1'"
+                                     ).fetchone() == (1,), "a new LISTEN connection")
+        b.cli("flows", "stop", "e1")
+        until(lambda: _events(lines, "e1", "stopped"), "e1 stopped on ctl1's bus")
+        assert len(_events(lines, "e1", "stopped")) == 1
+        st = a.request("cluster.status")
+        assert st["events"]["relayed"] >= 3
+    finally:
+        tail.terminate()
+        tail.wait(10)
