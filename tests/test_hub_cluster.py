@@ -161,8 +161,13 @@ def test_one_runner_per_flow_takeover_after_kill_and_stop_from_a_peer(
     assert not peers["ctl1"]["alive"] and peers["ctl2"]["flows"] == ["tick"]
     assert "ctl1: dead (last seen" in b.cli("hub", "status").stdout
 
-    # ctl1 comes back and stops the flow it does not run: through the store, ctl2 obeys
+    # ctl1 comes back and reloads, then stops, the flow it does not run: through the
+    # store, ctl2 obeys
     a.start()
+    reloaded = a.cli("flows", "reload", "tick").stdout
+    assert reloaded.startswith("reloaded tick:"), reloaded
+    rows = [r for r in store.audit("tick") if r.status == "reloaded"]
+    assert [r.controller for r in rows] == ["ctl2"]
     assert a.cli("flows", "stop", "tick").stdout.strip() == "stopped tick on ctl2"
     stopped = [r for r in store.audit("tick") if r.status == "stopped"]
     assert stopped and stopped[-1].controller == "ctl2"
@@ -228,3 +233,26 @@ def test_an_event_raised_on_one_hub_reaches_a_tail_on_another_exactly_once(
     finally:
         tail.terminate()
         tail.wait(10)
+
+
+def test_a_stalled_runner_is_fenced_once_a_peer_took_its_flow(
+        cluster: tuple[Ctl, Ctl, PgFlowStore], flow_file: Path) -> None:
+    a, b, store = cluster
+    a.cli("flows", "start", str(flow_file), "--every", "0.3")
+    until(lambda: len(fired(store, "tick", "ctl1")) >= 3, "tick firing on ctl1")
+    assert a.hub.proc is not None
+    os.kill(a.hub.proc.pid, signal.SIGSTOP)  # ctl1 stalls: it cannot renew its lease
+    try:
+        taken = until(lambda: [r for r in store.audit("tick") if r.status == "taken-over"],
+                      "ctl2 to take the stalled controller's flow", timeout=LEASE_S * 4 + 10)
+        assert taken[0].controller == "ctl2" and "from ctl1" in taken[0].detail
+    finally:
+        os.kill(a.hub.proc.pid, signal.SIGCONT)
+    # ctl1 wakes up, finds its lease gone and stops the flow: it fires no more
+    fenced = until(lambda: [r for r in store.audit("tick") if r.status == "fenced"],
+                   "ctl1 to stop the flow it lost")
+    assert fenced[0].controller == "ctl1"
+    seen = len(fired(store, "tick", "ctl2"))
+    until(lambda: len(fired(store, "tick", "ctl2")) >= seen + 3, "tick firing on ctl2")
+    assert not [r for r in fired(store, "tick", "ctl1") if r.seq > fenced[0].seq]
+    assert b.ls()["tick"]["controller"] == "ctl2" and a.ls()["tick"]["controller"] == "ctl2"

@@ -166,6 +166,9 @@ class Cluster:
 
     async def _tick(self) -> None:
         assert self._members is not None
+        if self.held and time.monotonic() - self.last_ok > self.settings.lease_s:
+            # stalled (stopped, swapped out) past a lease: a peer may run our flows by now
+            await self._fence_all("its lease ran out while this controller stalled")
         await asyncio.to_thread(self._beat)
         lease_s = self.settings.lease_s
         began = time.monotonic()
