@@ -26,6 +26,7 @@ LAZY: dict[str, tuple[str, str]] = {
     "systems": ("reops.cli.systems:systems", "Machines (VMs and physical hosts)."),
     "types": ("reops.cli.systems:types", "Machine types: how to provision them."),
     "jobs": ("reops.cli.systems:jobs", "The durable job queue."),
+    "images": ("reops.cli.images:images_cmd", "Base images: ls, add FILE.qcow2, rm, build tiny."),
     "events": ("reops.cli.systems:events", "Hypervisor events as they happen."),
     "history": ("reops.cli.history:history_cmd", "Past runs' Results: --since 1d --failed --host."),
     "tail": ("reops.cli.tail:tail_cmd", "Print what flows and pipelines publish on the bus."),

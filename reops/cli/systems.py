@@ -188,9 +188,13 @@ def systems() -> None:
 @click.option("--count", type=int, default=None, help="How many systems.")
 @click.option("--hypervisor", default=None, help="A [hypervisors.NAME] from config.toml.")
 @click.option("--hostname", default=None, help="Name (NAME-1.. when --count > 1).")
+@click.option("--image", default=None, help="Boot from this image (reops images ls).")
 def systems_create(type_name: str, presets: tuple[str, ...], count: int | None,
-                   hypervisor: str | None, hostname: str | None) -> None:
+                   hypervisor: str | None, hostname: str | None, image: str | None) -> None:
     """Create systems of a type: reops systems create redis --preset small --count 2"""
+    if image:
+        presets = (*presets, f"image={image}")
+
     async def work(api: MachinesAPI) -> int:
         jobs = await api.create(type_name, presets, count, hypervisor, hostname)
         code = await _finish(api, jobs)
@@ -200,9 +204,16 @@ def systems_create(type_name: str, presets: tuple[str, ...], count: int | None,
     sys.exit(_run(work, jobs=True))
 
 
+def _address(s: System) -> str:
+    """ip, with the SSH port when it is not 22 (a guest's port forward)."""
+    if not s.machine.ip:
+        return "-"
+    return s.machine.ip if s.machine.port == 22 else f"{s.machine.ip}:{s.machine.port}"
+
+
 def _print_systems(chosen: list[System]) -> None:
     rows = [
-        (s.short_id, s.hostname, s.machine.ip or "-", s.type or "-", s.machine.os or "-",
+        (s.short_id, s.hostname, _address(s), s.type or "-", s.machine.os or "-",
          s.placement.hypervisor, str(s.state))
         for s in chosen
     ]

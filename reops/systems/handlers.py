@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -75,7 +76,10 @@ class Handlers:
         return await self.m.hypervisor(s.placement.hypervisor)
 
     async def _boot(self, s: System, hyp: Hypervisor) -> dict[str, Any]:
-        """Start and find the address; the system is running even if no address shows up."""
+        """Start and find the address; the system is running even if no address shows up
+        (a guest of an image: only once its SSH server answers, see `_boot_guest`)."""
+        if s.machine.image:
+            return await self._boot_guest(s, hyp)
         await hyp.start(s.placement.domain)
         s = self._save(self._fresh(s), state="running")
         if not s.machine.adapters:
@@ -83,6 +87,62 @@ class Handlers:
         ip = await hyp.ip(s.placement.domain, self.m.settings.ip_timeout)
         self._save(self._fresh(s), state="running", machine={"ip": ip})
         return {"state": "running", "ip": ip}
+
+    async def _boot_guest(self, s: System, hyp: Hypervisor) -> dict[str, Any]:
+        """Boot, find where SSH answers (the port forward, else the lease on port 22), pin
+        the host key made at creation, and wait (bounded) for SSH's banner: running means
+        reachable. A guest that never answers fails the job in one line, state unreachable."""
+        from reops.systems import images
+
+        p = s.placement
+        await hyp.start(p.domain)
+        s = self._save(self._fresh(s), state="booting", machine={"ip": None})
+        limit = self.m.settings.ip_timeout
+        forwarded = s.machine.port != 22
+        address = "127.0.0.1" if forwarded else await hyp.ip(p.domain, limit)
+        public = await hyp.with_pool(p.pool, lambda pool: pool.read(f"{p.domain}.hostkey.pub"))
+        if public:
+            images.record_host_key(address, s.machine.port, public.decode().strip())
+        if not await images.wait_ssh(address, s.machine.port, limit):
+            self._save(self._fresh(s), state="unreachable")
+            log = await hyp.with_pool(p.pool, lambda pool: pool.path(f"{p.domain}.console.log"))
+            raise MachinesError(
+                f"{s.hostname}: booted, but SSH on {address}:{s.machine.port} did not answer "
+                f"within {limit:g}s ([machines] ip_timeout); console: "
+                f"{images.console_tail(log) or 'nothing'}{f' ({log})' if log else ''}")
+        self._save(self._fresh(s), state="running", machine={"ip": address})
+        return {"state": "running", "ip": address, "port": s.machine.port}
+
+    async def _prepare_guest(self, s: System, hyp: Hypervisor,
+                             spec: DomainSpec) -> tuple[System, DomainSpec]:
+        """A guest of an image: its SSH port, host key and seed; the controller's key."""
+        from reops.systems import images
+
+        p = s.placement
+        where = f"pool {p.pool!r} of hypervisor {p.hypervisor!r}"
+        img = await hyp.with_pool(p.pool, lambda pool: images.image(pool, s.machine.image, where))
+        key, public = images.guest_key()
+        boot = await hyp.with_pool(p.pool, lambda pool: images.prepare_guest(
+            pool, img, p.domain, s.hostname, public))
+        await hyp.with_pool(p.pool, lambda pool: pool.put(
+            f"{p.domain}.hostkey.pub", boot.host_public.encode()))
+        taken = [x.machine.port for x in self.m.store.systems() if x.id != s.id]
+        port = images.free_port(taken)
+        s = self._save(s, machine={"port": port, "key": key,
+                                   "known_hosts": str(images.known_hosts_path())},
+                       placement={"files": (*boot.files, f"{p.domain}.hostkey.pub")})
+        spec = msgspec.structs.replace(
+            spec, kernel=boot.kernel, initrd=boot.initrd, cmdline=boot.cmdline,
+            cdrom=boot.cdrom, console_log=boot.console_log, ssh_port=port)
+        return s, spec
+
+    def _forget(self, s: System) -> None:
+        """Drop a destroyed guest's host key pin (its port may serve another guest later)."""
+        if s.machine.image and s.machine.known_hosts:
+            from reops.systems import images
+
+            images.forget_host_key("127.0.0.1" if s.machine.port != 22 else (
+                s.machine.ip or ""), s.machine.port, Path(s.machine.known_hosts))
 
     def _fresh(self, s: System) -> System:
         return self.m.store.system(s.id) or s
@@ -101,13 +161,18 @@ class Handlers:
         )
         vols = [(v.name, v.size_gb, v.base) for v in p.volumes]
         try:
+            if s.machine.image:
+                s, spec = await self._prepare_guest(s, hyp, spec)
             info = await hyp.create(spec, p.pool, vols)
         except Exception:
-            await hyp.remove(p.domain, p.pool, [v.name for v in p.volumes])
+            await hyp.remove(p.domain, p.pool, [v.name for v in p.volumes] +
+                             list(self._fresh(s).placement.files))
+            self._forget(self._fresh(s))
             self.m.store.remove_system(s.id)
             raise
+        ports = {"port": info.ssh_port or 22} if s.machine.image else {}
         s = self._save(s, state="stopped", placement={"uuid": info.uuid},
-                       machine={"mac": info.mac, "adapters": info.networks})
+                       machine={"mac": info.mac, "adapters": info.networks, **ports})
         result = {"domain": p.domain, "uuid": info.uuid, **await self._boot(s, hyp)}
         t = next((x for x in self.m.store.types() if x.name == s.type), None)
         if t is None or not t.provision:
@@ -166,7 +231,9 @@ class Handlers:
         if s.placement.kind == "physical":
             raise MachinesError(f"{s.hostname} is physical: use `clear` to forget it")
         p = s.placement
-        await (await self._hyp(s)).remove(p.domain, p.pool, [v.name for v in p.volumes])
+        await (await self._hyp(s)).remove(p.domain, p.pool,
+                                          [v.name for v in p.volumes] + list(p.files))
+        self._forget(s)
         self.m.store.remove_system(s.id)
         return {"destroyed": p.domain}
 
@@ -175,7 +242,8 @@ class Handlers:
         s = self._system(job)
         p = s.placement
         hyp = await self._hyp(s)
-        await hyp.remove(p.domain, p.pool, [v.name for v in p.volumes])
+        await hyp.remove(p.domain, p.pool, [v.name for v in p.volumes] + list(p.files))
+        self._forget(s)
         self._save(s, state="creating", machine={"ip": None})
         return await self.create(job)
 

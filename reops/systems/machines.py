@@ -171,10 +171,13 @@ class Machines:
         if s is None or s.state == "creating" or (s.state == "missing" and
                                                    states[ev.event] == "stopped"):
             return  # a late event must not undo what create or sync just recorded
-        machine = s.machine if states[ev.event] == "running" else msgspec.structs.replace(
+        state = states[ev.event]
+        if state == "running" and s.machine.image and s.state != "running":
+            state = "booting"  # a guest of an image runs once SSH answers (handlers._boot)
+        machine = s.machine if state == "running" else msgspec.structs.replace(
             s.machine, ip=None)
         self.store.put_system(msgspec.structs.replace(
-            s, state=states[ev.event], machine=machine, updated_at=time.time()))
+            s, state=state, machine=machine, updated_at=time.time()))
 
     # ---- types
     def add_type(self, name: str, description: str = "", provision: str | None = None,
@@ -217,6 +220,15 @@ class Machines:
         spec = resolve(presets, self.config.presets, count=count, hypervisor=hypervisor)
         cfg = self.config.hypervisor(spec.hypervisor)
         hyp = await self.hypervisor(cfg.name)
+        if spec.image:  # the root disk is an overlay on the image's base volume
+            from reops.systems import images
+
+            where = f"pool {cfg.pool!r} of hypervisor {cfg.name!r}"
+            async with self._answers(cfg.name, "looking up the image"):
+                img = await hyp.with_pool(
+                    cfg.pool, lambda p: images.image(p, spec.image, where))
+            spec = msgspec.structs.replace(spec, base=img.volume, disk_gb=max(spec.disk_gb, 1),
+                                           user=img.user, os=spec.os or img.name)
         volumes_of = _volumes(spec)
         systems: list[System] = []
         async with self._answers(cfg.name, "checking the pool and machine names"):
@@ -235,7 +247,7 @@ class Machines:
                 systems.append(System(
                     id=sid, type=t.name, description=t.description,
                     machine=Machine(hostname=name, domain=spec.domain, user=spec.user,
-                                    os=spec.os, cpu=spec.cpu, ram=spec.ram,
+                                    os=spec.os, cpu=spec.cpu, ram=spec.ram, image=spec.image,
                                     adapters=(cfg.network,) if cfg.network else ()),
                     placement=Placement(hypervisor=cfg.name, domain=name, pool=cfg.pool,
                                         volumes=volumes_of(name)),
@@ -324,12 +336,22 @@ def _volumes(spec: Spec) -> Any:
     return of
 
 
+def addressable(s: System) -> bool:
+    """Whether `s` has an address to reach it at. A VM's name is never looked up in DNS:
+    without the address it was found at (lease, port forward) it has none; a physical
+    machine registered without an ip is reached by its (fully qualified) name."""
+    return bool(s.machine.ip) or s.placement.kind == "physical"
+
+
 def to_hosts(systems: Sequence[System]) -> Hosts:
-    """Systems as Hosts (address: ip, else the fqdn), tagged with type, hypervisor and id."""
+    """Systems as Hosts (address: ip, else a physical machine's fqdn; port, key and known_hosts
+    of a guest of an image), tagged with type, hypervisor and id. VMs without an address are
+    left out (see `addressable`)."""
     return Hosts(
-        Host(name=s.hostname, address=s.machine.ip or s.machine.fqdn, user=s.machine.user,
+        Host(name=s.hostname, address=s.machine.ip or s.machine.fqdn, port=s.machine.port,
+             user=s.machine.user, key=s.machine.key, known_hosts=s.machine.known_hosts,
              groups=(s.type,) if s.type else (),
              tags={"type": s.type, "hypervisor": s.placement.hypervisor, "id": s.short_id,
                    "os": s.machine.os})
-        for s in systems
+        for s in systems if addressable(s)
     )

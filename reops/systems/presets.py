@@ -31,7 +31,8 @@ BUILTIN: dict[str, dict[str, Any]] = {
     **{os_: {"os": os_, "base": f"{os_}.qcow2"} for os_ in OSES},
 }
 
-INLINE = {"cpu", "ram", "disk_gb", "count", "os", "base", "hypervisor", "user", "domain"}
+INLINE = {"cpu", "ram", "disk_gb", "count", "os", "base", "hypervisor", "user", "domain",
+          "image"}
 
 
 class Spec(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,6 +48,8 @@ class Spec(msgspec.Struct, frozen=True, kw_only=True):
     hypervisor: str | None = None
     user: str = "root"
     domain: str = ""
+    #: an image in the pool (reops.systems.images): the root disk's base and how it boots
+    image: str = ""
 
 
 def _inline(text: str) -> dict[str, Any]:

@@ -16,20 +16,51 @@ import msgspec
 DESCRIPTION = "reops system {id}"
 _ID_IN_DESCRIPTION = re.compile(r"reops system ([0-9a-f]{40})")
 
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+
 DOMAIN = Template("""\
-<domain type=$type>
+<domain type=$type$ns>
   <name>$name</name>
   <description>$description</description>
   <memory unit='MiB'>$ram</memory>
   <vcpu>$cpu</vcpu>
-  <os><type arch='x86_64'>hvm</type><boot dev='hd'/></os>
+  <os><type arch='x86_64'>hvm</type>$boot</os>
   <features><acpi/></features>
   <on_poweroff>destroy</on_poweroff>
   <devices>
 $devices
-  </devices>
+  </devices>$extra
 </domain>
 """)
+
+#: direct kernel boot (the tiny image): kernel and initrd are files in the pool
+KERNEL_BOOT = Template(
+    "<kernel>$kernel</kernel><initrd>$initrd</initrd><cmdline>$cmdline</cmdline>")
+
+#: the serial console to a file, so a guest that never comes up can say why
+CONSOLE_LOG = Template("""\
+    <serial type='file'><source path=$path/><target port='0'/></serial>
+    <console type='file'><source path=$path/><target type='serial' port='0'/></console>""")
+
+CDROM = Template("""\
+    <disk type='file' device='cdrom'>
+      <driver name='qemu' type='raw'/>
+      <source file=$path/>
+      <target dev='sda' bus='sata'/>
+      <readonly/>
+    </disk>""")
+
+#: QEMU user-mode networking with SSH forwarded from 127.0.0.1:PORT. libvirt 9.0's own
+#: <interface type='user'><portForward> needs passt, which is not here (and refuses to run
+#: as root); qemu's slirp `hostfwd` does the same through the qemu:commandline namespace.
+HOSTFWD = Template("""
+  <qemu:commandline>
+    <qemu:arg value='-netdev'/>
+    <qemu:arg value=$netdev/>
+    <qemu:arg value='-device'/>
+    <qemu:arg value=$device/>
+  </qemu:commandline>""")
+_HOSTFWD_PORT = re.compile(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-:22\b")
 
 DISK = Template("""\
     <disk type='file' device='disk'>
@@ -80,6 +111,13 @@ class DomainSpec(msgspec.Struct, frozen=True, kw_only=True):
     network: str | None = None  # a libvirt network; "user" for QEMU user-mode; None: no NIC
     mac: str = ""
     type: str = "qemu"  # libvirt domain type: test, qemu, kvm
+    kernel: str | None = None  # direct kernel boot: kernel and initrd paths, command line
+    initrd: str | None = None
+    cmdline: str = ""
+    cdrom: str | None = None  # e.g. a cloud-init NoCloud seed ISO
+    console_log: str | None = None  # the serial console, written to this file
+    #: user-mode networking with 127.0.0.1:ssh_port -> guest 22 (0: none)
+    ssh_port: int = 0
 
 
 class DomainInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -94,6 +132,7 @@ class DomainInfo(msgspec.Struct, frozen=True, kw_only=True):
     mac: str | None = None
     networks: tuple[str, ...] = ()
     disks: tuple[str, ...] = ()
+    ssh_port: int = 0  # the host port forwarded to the guest's SSH (user-mode networking)
 
 
 def mac_for(system_id: str) -> str:
@@ -108,19 +147,38 @@ def domain_xml(spec: DomainSpec) -> str:
         DISK.substitute(path=quoteattr(d.path), dev=quoteattr(f"vd{chr(ord('a') + i)}"))
         for i, d in enumerate(spec.disks)
     ]
-    if spec.network == "user":
+    if spec.cdrom:
+        devices.append(CDROM.substitute(path=quoteattr(spec.cdrom)))
+    if spec.console_log:
+        devices.append(CONSOLE_LOG.substitute(path=quoteattr(spec.console_log)))
+    extra = ns = ""
+    if spec.network == "user" and spec.ssh_port:
+        extra = HOSTFWD.substitute(
+            netdev=quoteattr(f"user,id=reops0,hostfwd=tcp:127.0.0.1:{int(spec.ssh_port)}-:22"),
+            device=quoteattr(f"virtio-net-pci,netdev=reops0,mac={spec.mac},addr=0x10"),
+        )
+        ns = f" xmlns:qemu={quoteattr(QEMU_NS)}"
+    elif spec.network == "user":
         devices.append(USER_NIC.substitute(mac=quoteattr(spec.mac)))
     elif spec.network:
         devices.append(
             NETWORK_NIC.substitute(network=quoteattr(spec.network), mac=quoteattr(spec.mac))
         )
+    boot = "<boot dev='hd'/>"
+    if spec.kernel:
+        boot = KERNEL_BOOT.substitute(kernel=escape(spec.kernel),
+                                      initrd=escape(spec.initrd or ""),
+                                      cmdline=escape(spec.cmdline))
     return DOMAIN.substitute(
         type=quoteattr(spec.type),
+        ns=ns,
         name=escape(spec.name),
         description=escape(DESCRIPTION.format(id=spec.system_id)),
         ram=int(spec.ram),
         cpu=int(spec.cpu),
+        boot=boot,
         devices="\n".join(devices),
+        extra=extra,
     )
 
 
@@ -144,6 +202,8 @@ def parse_domain(xml: str, state: str) -> DomainInfo:
     scale = {"b": 1 / 1024**2, "bytes": 1 / 1024**2, "kib": 1 / 1024, "k": 1 / 1024,
              "mib": 1, "m": 1, "gib": 1024, "g": 1024}.get(unit, 1 / 1024)
     nic = root.find("devices/interface/mac")
+    args = [a.get("value", "") for a in root.iter(f"{{{QEMU_NS}}}arg")]
+    fwd = next((m for m in map(_HOSTFWD_PORT.search, args) if m), None)
     return DomainInfo(
         name=root.findtext("name", ""),
         uuid=root.findtext("uuid", ""),
@@ -159,4 +219,5 @@ def parse_domain(xml: str, state: str) -> DomainInfo:
         disks=tuple(
             s.get("file", "") for s in root.findall("devices/disk/source") if s.get("file")
         ),
+        ssh_port=int(fwd.group(1)) if fwd else 0,
     )

@@ -291,6 +291,10 @@ class Hypervisor:
             raise MachinesError(f"{self.name}: no storage pool {pool!r}")
         return DirPool(root / "images" / pool)
 
+    async def with_pool(self, pool: str, fn: Callable[[Pool], T]) -> T:
+        """`fn(the pool)` in a worker thread (image files, a guest's seed)."""
+        return await self._call(lambda: fn(self._pool(pool)))
+
     async def state(self, name: str) -> str:
         """running, stopped, paused, unknown — or missing when no such domain exists."""
         def get() -> str:
@@ -340,7 +344,9 @@ class Hypervisor:
                     self._conn.networkLookupByName(network)
                 except libvirt.libvirtError:
                     network = "user" if spec.type in ("qemu", "kvm") else None
-            full = msgspec.structs.replace(spec, disks=tuple(disks), network=network)
+            full = msgspec.structs.replace(
+                spec, disks=tuple(disks), network=network,
+                ssh_port=spec.ssh_port if network == "user" else 0)  # a real network: lease
             dom = self._find(spec.name) or self._conn.defineXML(domain_xml(full))
             return parse_domain(dom.XMLDesc(0), STATES.get(dom.state()[0], "unknown"))
         return await self._call(make)

@@ -7,6 +7,7 @@ expose the few calls the provider needs; all are blocking and run in worker thre
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -24,6 +25,8 @@ class Pool(Protocol):
     def path(self, name: str) -> str | None: ...
     def create(self, name: str, size_gb: int, base: str | None) -> str: ...
     def delete(self, name: str) -> None: ...
+    def put(self, name: str, data: bytes | Path) -> str: ...
+    def read(self, name: str) -> bytes | None: ...
 
 
 def _gone(e: libvirt.libvirtError) -> bool:
@@ -60,6 +63,14 @@ class LibvirtPool:
             if not _gone(e):
                 raise
 
+    def put(self, name: str, data: bytes | Path) -> str:
+        raise MachinesError(
+            f"images in libvirt storage pool {self.pool.name()!r} are not supported yet: "
+            "use the embedded default hypervisor, or put the files in the pool's directory")
+
+    def read(self, name: str) -> bytes | None:
+        return None  # no image metadata on libvirt pools (see put)
+
 
 class DirPool:
     """A directory of qcow2 files made with qemu-img (for drivers without storage pools)."""
@@ -68,7 +79,9 @@ class DirPool:
         self.root = root
 
     def volumes(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir()) if self.root.is_dir() else []
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if not p.name.startswith("."))
 
     def path(self, name: str) -> str | None:
         p = self.root / name
@@ -96,3 +109,19 @@ class DirPool:
 
     def delete(self, name: str) -> None:
         (self.root / name).unlink(missing_ok=True)
+
+    def put(self, name: str, data: bytes | Path) -> str:
+        """Write `data` (or copy a file) as `name`, atomically: a reader never sees half."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        target = self.root / name
+        tmp = self.root / f".{name}.{os.getpid()}.part"
+        if isinstance(data, Path):
+            shutil.copyfile(data, tmp)
+        else:
+            tmp.write_bytes(data)
+        tmp.replace(target)
+        return str(target)
+
+    def read(self, name: str) -> bytes | None:
+        p = self.root / name
+        return p.read_bytes() if p.is_file() else None
