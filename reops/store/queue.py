@@ -368,13 +368,16 @@ class JobQueue:
         self._commit(changes)
         return changes[0][1]
 
-    def _interrupted(self, job: Job, why: str, reason: str) -> list[tuple[JobEventKind, Job]]:
+    def _interrupted(self, job: Job, why: str, reason: str, where: str | None = None
+                     ) -> list[tuple[JobEventKind, Job]]:
         """An interrupted job and, when safe, its retry (not written)."""
         now = time.time()
         began = job.started_at or job.created_at
         since = datetime.fromtimestamp(began).isoformat(sep=" ", timespec="seconds")
-        if self.shared and job.controller:
-            where = f" (controller {job.controller})"
+        if where is not None:
+            pass
+        elif self.shared and job.controller:
+            where = f" (controller {job.controller}, pid {os.getpid()})"
         else:
             where = f" (pid {job.pid})" if job.pid else ""
         safe, because = self._idempotent.get(job.op, (False, "it is not known to be safe"))
@@ -568,9 +571,9 @@ class JobQueue:
             claims = await self._call(self.store.expired, self.name, self.cluster.batch,
                                       self.cluster.lease_s)
             for c in claims:
-                why = (f"its controller stopped renewing its lease (taken over by"
-                       f" controller {self.name})")
-                changes = self._interrupted(c.job, why, "lease")
+                why = (f"controller {c.job.controller or '?'} stopped renewing its lease"
+                       f" (dead or stalled; taken over by controller {self.name})")
+                changes = self._interrupted(c.job, why, "lease", where="")
                 if await self._call(self._finish_sync, c, changes):
                     log.warning("job %s %s: %s", c.job.short_id, c.job.op, changes[0][1].error)
                     self._announce(changes)
