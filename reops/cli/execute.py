@@ -42,10 +42,38 @@ def exec_cmd(selector: str, command: tuple[str, ...], become_user: str | None,
 
     if systems is not None:  # no inventory selector: every word is the command
         command = (selector, *command)
+        _say_unaddressed(systems)
     text = " ".join(command)
     if not text.strip():
         raise UserError("no command given: put it after --, e.g. reops exec all -- uptime")
     return lambda hosts: exec_(hosts, text, become_user=become_user)
+
+
+def _say_unaddressed(selector: str) -> None:
+    """One line per selected VM that has no address (stopped, booting): it is left out, never
+    looked up in DNS by its name, and the user is told rather than it silently missing."""
+    from reops.core.selector import SelectorError
+    from reops.store.model import MachinesError
+    from reops.systems import connect
+    from reops.systems.machines import addressable
+
+    async def read() -> list[Any]:
+        api = await connect(queue=False)
+        try:
+            return list(await api.systems(selector))
+        finally:
+            await api.aclose()
+
+    import asyncio
+
+    try:
+        chosen = asyncio.run(read())
+    except (MachinesError, SelectorError, OSError):
+        return  # the selection itself reports what is wrong
+    for s in chosen:
+        if not addressable(s):
+            click.echo(f"reops: {s.hostname}: no address (state {s.state}): not run there; "
+                       f"start it: reops systems start {s.short_id}", err=True)
 
 
 @click.command("hosts")

@@ -27,7 +27,7 @@ from reops.store.model import MachinesError, System, Type
 from reops.streams.source import source
 from reops.streams.stream import Stream
 from reops.systems.handlers import ProvisionSeam
-from reops.systems.machines import to_hosts
+from reops.systems.machines import addressable, to_hosts
 
 
 def load_recipe(spec: str) -> Callable[..., Any]:
@@ -79,6 +79,9 @@ def provisioner() -> ProvisionSeam:
         recipe = type_.provision
         if not recipe:
             raise MachinesError(f"type {type_.name!r} has no provisioning recipe")
+        if not addressable(system):  # never a DNS lookup of a VM's name
+            raise MachinesError(f"{system.hostname}: no address yet (state {system.state}): "
+                                f"start it first (reops systems start {system.short_id})")
         hosts = to_hosts([system])
         started = time.time()
         t0 = time.monotonic()
