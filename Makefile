@@ -7,7 +7,8 @@ HOSTS  ?= 20
 APT_PACKAGES := openssh-server openssh-client rsync sudo openssl iproute2 gcc pkg-config \
                 libvirt-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
                 qemu-utils netcat-openbsd chromium \
-                postgresql libpq5
+                postgresql libpq5 \
+                busybox-static dropbear-bin genisoimage
 STAMP  := $(VENV)/.installed
 
 .PHONY: all system venv test lint run bench clean lab-up lab-down
