@@ -22,6 +22,8 @@ from reops.store.model import Job, Machine, MachinesError, Placement, System, Ty
 from reops.store.queue import Done, Handler
 from reops.systems.libvirt.domain_xml import DomainSpec, mac_for
 from reops.systems.libvirt.hypervisor import Hypervisor
+from reops.systems.lxc import is_lxc
+from reops.systems.lxc.jobs import ContainerJobs
 from reops.systems.physical import wol
 
 if TYPE_CHECKING:
@@ -45,6 +47,7 @@ class Handlers:
         self.shutdown = shutdown
         self.provisioner = provision
         self.reachable = reachable
+        self.containers = ContainerJobs(self)
 
     def table(self) -> dict[str, Handler]:
         return {
@@ -71,6 +74,11 @@ class Handlers:
         )
         self.m.store.put_system(s)
         return s
+
+    def _container(self, s: System) -> bool:
+        """Whether `s` is a container: its hypervisor is libvirt's LXC driver (lxc/jobs.py)."""
+        return s.placement.kind == "libvirt" and is_lxc(
+            self.m.config.hypervisor(s.placement.hypervisor).uri)
 
     async def _hyp(self, s: System) -> Hypervisor:
         return await self.m.hypervisor(s.placement.hypervisor)
@@ -153,6 +161,8 @@ class Handlers:
         and the record."""
         s = self._system(job)
         hyp = await self._hyp(s)
+        if self._container(s):
+            return await self.containers.create(s, hyp)
         p = s.placement
         cfg = self.m.config.hypervisor(p.hypervisor)
         spec = DomainSpec(
@@ -204,6 +214,8 @@ class Handlers:
                 raise MachinesError(f"{s.hostname} has no MAC address for Wake-on-LAN")
             await wol.wake(s.machine.mac, s.placement.broadcast)
             return {"woken": s.machine.mac, "to": s.placement.broadcast}
+        if self._container(s):
+            return await self.containers.boot(s, await self._hyp(s))
         return await self._boot(s, await self._hyp(s))
 
     async def stop(self, job: Job) -> dict[str, Any]:
@@ -220,6 +232,8 @@ class Handlers:
                 raise MachinesError(f"{s.hostname}: shutdown failed: {r.err or r.out}")
             self._save(s, state="stopped", machine={"ip": s.machine.ip})
             return {"shutdown": "sent" if r.ok else "sent (connection closed as it went down)"}
+        if self._container(s):
+            return await self.containers.stop(s, await self._hyp(s))
         how = await (await self._hyp(s)).stop(s.placement.domain, self.m.settings.stop_timeout)
         self._save(self._fresh(s), state="stopped", machine={"ip": None})
         return {"stop": how}
@@ -230,6 +244,8 @@ class Handlers:
         s = self._system(job)
         if s.placement.kind == "physical":
             raise MachinesError(f"{s.hostname} is physical: use `clear` to forget it")
+        if self._container(s):
+            return await self.containers.destroy(s, await self._hyp(s))
         p = s.placement
         await (await self._hyp(s)).remove(p.domain, p.pool,
                                           [v.name for v in p.volumes] + list(p.files))
@@ -240,6 +256,8 @@ class Handlers:
     async def reload(self, job: Job) -> Done:
         """Stop, delete, re-create from the same record (same id, name and size)."""
         s = self._system(job)
+        if self._container(s):
+            return await self.containers.reload(job, s, await self._hyp(s))
         p = s.placement
         hyp = await self._hyp(s)
         await hyp.remove(p.domain, p.pool, [v.name for v in p.volumes] + list(p.files))
