@@ -2,6 +2,7 @@
 
     python bench/bench_agents.py [--agents 10,50,200] [--sim 2000] [--repeat 5]
     python bench/bench_agents.py --agents "" --sim 10000 --pings 10   # issue 13's figures
+    python bench/bench_agents.py --rss [--agent-python VENV/bin/python]   # one agent's RSS
 
 The simulated part reports registration time (all Hellos sent at once), ping fan-out
 p50/p95 over `--pings` rounds, and the hub's RSS: at start, idle after registration, after
@@ -144,6 +145,49 @@ def bench_real(counts: list[int], repeat: int, root: Path) -> dict[str, Any]:
     return out
 
 
+def bench_rss(root: Path, python: str) -> dict[str, Any]:
+    """One real `reops-agent` process: RSS/PSS idle after registration, and after it ran
+    a shell command, a facts call and a metrics call (threads, lazily imported modules).
+
+    `python`: the agent's interpreter — this venv's by default; a clean venv holding only
+    pyzmq and msgspec (the agent's own dependencies, as `reops agents deploy` installs
+    them) measures what a host pays, without this venv's editable-install hooks."""
+    hub = start_hub(root / "rsshome", bind="tcp://127.0.0.1:*")
+    home = root / "rssagent"
+    public, _ = load_keypair(home, "agent")
+    KeyStore(hub.keys_dir).pre_accept("m0", public.decode())
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "agent")}
+    proc = subprocess.Popen([python, "-m", "reops_agent", "--hub", hub.bind, "--hub-key",
+                             hub.key, "--name", "m0", "--keys-dir", str(home)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env)
+    try:
+        asyncio.run(await_agents(hub.control_path, ["m0"], timeout=60))
+        time.sleep(1.0)  # (a measurement, not a test: let start-up garbage settle)
+        idle = {"agent_rss_kb_idle": rss_kb(proc.pid), "agent_pss_kb_idle": pss_kb(proc.pid)}
+
+        async def work() -> None:
+            client = HubClient(hub.control_path)
+            try:
+                for fn, args in (("shell", ["uname -a"]), ("facts", []), ("metrics", [])):
+                    async for item in client.pieces("call", hosts=["m0"], fn=fn, args=args):
+                        if isinstance(item, ResultItem):
+                            assert item.status == "ok", item
+            finally:
+                await client.close()
+
+        asyncio.run(work())
+        time.sleep(1.0)
+        modules = Path(f"/proc/{proc.pid}/maps").read_text()
+        return {"python": python, **idle, "agent_rss_kb_after_calls": rss_kb(proc.pid),
+                "agent_pss_kb_after_calls": pss_kb(proc.pid),
+                "threads_after_calls": len(os.listdir(f"/proc/{proc.pid}/task")),
+                "libcrypto_mapped": "libcrypto" in modules}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        hub.stop()
+
+
 # ── simulated agents ──────────────────────────────────────────────────────────────────
 
 
@@ -252,10 +296,17 @@ def main() -> None:
     p.add_argument("--helpers", type=int, default=4)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--pings", type=int, default=5, help="ping fan-out rounds (simulated)")
+    p.add_argument("--rss", action="store_true",
+                   help="only one real agent's memory, idle and after a few calls")
+    p.add_argument("--agent-python", default=sys.executable,
+                   help="the interpreter of the --rss agent (e.g. a clean venv's)")
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-agents-"))
     try:
         report: dict[str, Any] = {}
+        if args.rss:
+            print(json.dumps(bench_rss(root, args.agent_python), indent=1))
+            return
         counts = [int(x) for x in args.agents.split(",") if x]
         if counts:
             report["real_agents"] = bench_real(counts, args.repeat, root)

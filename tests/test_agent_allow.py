@@ -13,24 +13,24 @@ from pathlib import Path
 from reops_agent.functions import Runner
 
 
-async def test_only_allowed_builtins_run(tmp_path: Path) -> None:
+def test_only_allowed_builtins_run(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     runner = Runner(allow=("facts", "file.read"))
-    refused = await runner.run(1, "shell", [f"touch {marker}"], {}, timeout=10)
+    refused = runner.run(1, "shell", [f"touch {marker}"], {}, timeout=10)
     assert refused.status == "error" and "not allowed" in refused.err
     assert "--allow facts,file.read" in refused.err
     assert not marker.exists()  # the command never ran
-    wrote = await runner.run(2, "file.write", [str(marker), b"x"], {}, timeout=10)
+    wrote = runner.run(2, "file.write", [str(marker), b"x"], {}, timeout=10)
     assert wrote.status == "error" and not marker.exists()
-    facts = await runner.run(3, "facts", [], {}, timeout=10)
+    facts = runner.run(3, "facts", [], {}, timeout=10)
     assert facts.status == "ok", facts.err
-    assert (await runner.run(4, "ping", [], {}, timeout=10)).status == "ok"
+    assert (runner.run(4, "ping", [], {}, timeout=10)).status == "ok"
     assert "shell" not in runner.names and "file.stat" in runner.names  # what Hello says
 
 
-async def test_everything_is_served_without_allow(tmp_path: Path) -> None:
+def test_everything_is_served_without_allow(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
-    done = await Runner().run(1, "shell", [f"touch {marker}"], {}, timeout=10)
+    done = Runner().run(1, "shell", [f"touch {marker}"], {}, timeout=10)
     assert done.status == "ok" and marker.exists()
 
 

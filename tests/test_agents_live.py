@@ -191,6 +191,31 @@ async def test_ship_a_module_function_through_the_executor(
     assert (r.status, r.data, r.transport) == ("ok", 42, "agent")
 
 
+MODULES = """
+import sys
+
+def modules():
+    return sorted(sys.modules)
+"""
+
+
+async def test_a_working_agent_runs_without_asyncio(client: HubClient) -> None:
+    """The agent process itself (not a probe importing its package) after it served a
+    streamed shell call, facts and metrics: its event loop is a zmq.Poller, so asyncio
+    (~7 MB of an idle agent) is never imported."""
+    results, lines = await call(client, hosts=["c1"], fn="shell", args=["echo one; echo two"],
+                                stream=True)
+    assert results["c1"].status == "ok" and [x.text for x in lines] == ["one", "two"]
+    for fn in ("facts", "metrics"):
+        results, _ = await call(client, hosts=["c1"], fn=fn)
+        assert results["c1"].status == "ok", results["c1"].err
+    results, _ = await call(client, hosts=["c1"], fn="modules",
+                            code={"source": MODULES, "function": "modules"})
+    modules = set(results["c1"].data)
+    assert "reops_agent.agent" in modules and "reops_agent.system" in modules  # it ran them
+    assert not {"asyncio", "zmq.asyncio", "concurrent.futures"} & modules
+
+
 async def test_schedule_streams_ticks_until_cancelled(client: HubClient) -> None:
     ticks: list[TickItem] = []
     stream = client.pieces("schedule", hosts=["a1", "a2"], fn="metrics", args=["load"],

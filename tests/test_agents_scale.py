@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -93,8 +94,9 @@ def test_agents_come_back_spread_out_after_a_hub_restart(tmp_path: Path) -> None
 
     async def scenario() -> tuple[float, list[Agent], dict[str, float]]:
         agents = [Agent(cfg) for cfg in configs]
-        stop = asyncio.Event()
-        runs = [asyncio.create_task(a.run(stop)) for a in agents]
+        runs = [threading.Thread(target=a.run) for a in agents]  # each its own poll loop
+        for t in runs:
+            t.start()
         try:
             await await_agents(hub.control_path, names, timeout=30)
             stopped = time.monotonic()
@@ -107,8 +109,11 @@ def test_agents_come_back_spread_out_after_a_hub_restart(tmp_path: Path) -> None
             await await_agents(hub.control_path, names, timeout=30)
             return stopped, agents, await _registered_at(hub.control_path)
         finally:
-            stop.set()
-            await asyncio.gather(*runs, return_exceptions=True)
+            for a in agents:
+                a.stop()
+            for t in runs:
+                await asyncio.to_thread(t.join, 30)
+            assert not any(t.is_alive() for t in runs)  # stop() ends each loop
 
     try:
         stopped, agents, registered = asyncio.run(scenario())

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import os
+import threading
+import time
 from pathlib import Path
 
 import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reops_agent.cancel import Cancelled, Token
 from reops_agent.functions import REFUSED_CODE, Runner
 from reops_agent.protocol import (
     MAX_MESSAGE,
@@ -128,44 +131,82 @@ def test_zap_decisions(tmp_path: Path) -> None:
 # ── functions, run in-process ────────────────────────────────────────────────────────
 
 
-async def test_shell_streams_lines_in_order() -> None:
+def test_shell_streams_lines_in_order() -> None:
     runner = Runner()
     seen: list[tuple[str, str]] = []
 
-    async def emit(stream: str, text: str) -> None:
+    def emit(stream: str, text: str) -> None:
         seen.append((stream, text))
 
-    done = await runner.run(1, "shell", ["for i in $(seq 1 300); do echo l$i; done; "
-                                         "echo e >&2; printf tail; exit 4"], {}, emit=emit)
+    done = runner.run(1, "shell", ["for i in $(seq 1 300); do echo l$i; done; "
+                                   "echo e >&2; printf tail; exit 4"], {}, emit=emit)
     assert done.status == "failed" and done.code == 4
     outs = [t for s, t in seen if s == "out"]
     assert outs == [f"l{i}" for i in range(1, 301)] + ["tail"]
     assert ("err", "e") in seen and done.out.endswith("l300\ntail")
 
 
-async def test_timeout_kills_the_command(tmp_path: Path) -> None:
-    marker = tmp_path / "still-running"
-    done = await Runner().run(1, "shell", [f"sleep 5; touch {marker}"], {}, timeout=0.3)
-    assert done.status == "timeout" and done.code == -1 and "0.3 s" in done.err
-    assert done.duration_s < 3
+def _gone(pgid: int, within: float = 30.0) -> bool:
+    """Whether process group `pgid` has no process left (polled up to `within` s)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.02)
+    return False
 
 
-async def test_concurrency_is_bounded() -> None:
+def test_timeout_kills_the_command(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    done = Runner().run(1, "shell", [f"echo $$ > {pid_file}; sleep 30"], {}, timeout=0.5)
+    assert done.status == "timeout" and done.code == -1 and "0.5 s" in done.err
+    assert _gone(int(pid_file.read_text()))  # the shell and its sleep: the whole group
+
+
+def test_stdin_is_written_while_output_is_read() -> None:
+    data = "x" * (1024 * 1024) + "\n"  # far beyond a pipe's buffer, both ways
+    done = Runner().run(1, "shell", ["cat"], {"stdin": data}, timeout=60)
+    assert done.status == "ok" and len(done.out) == len(data)
+
+
+def test_a_cancelled_call_kills_its_command_and_says_so(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    runner, token = Runner(), Token()
+    outcome: list[object] = []
+
+    def call() -> None:
+        try:
+            outcome.append(runner.run(1, "shell", [f"echo $$ > {pid_file}; sleep 30"], {},
+                                      token=token))
+        except Cancelled as e:
+            outcome.append(e)
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text().strip()):
+        assert time.monotonic() < deadline, "the command never started"
+        time.sleep(0.01)
+    token.cancel()
+    worker.join(30)
+    assert not worker.is_alive() and isinstance(outcome[0], Cancelled)
+    assert _gone(int(pid_file.read_text()))
+    assert runner.running == 0  # its slot is free again
+
+
+def test_concurrency_is_bounded() -> None:
     runner = Runner(concurrency=2)
     peak = 0
-
-    async def probe() -> None:
-        nonlocal peak
+    workers = [threading.Thread(target=runner.run, args=(1, "shell", ["sleep 0.2"], {}))
+               for _ in range(5)]
+    for w in workers:
+        w.start()
+    while any(w.is_alive() for w in workers):
         peak = max(peak, runner.running)
-
-    async def one() -> None:
-        await runner.run(1, "shell", ["sleep 0.2"], {})
-
-    tasks = [asyncio.create_task(one()) for _ in range(5)]
-    while not all(t.done() for t in tasks):
-        await probe()
-        await asyncio.wait(tasks, timeout=0.05)
-    assert peak == 2
+        time.sleep(0.005)
+    assert peak == 2 and runner.running == 0
 
 
 SHIPPED = """
@@ -182,34 +223,37 @@ async def pid():
 """
 
 
-async def test_shipped_code_refused_then_run_and_errors() -> None:
+def test_shipped_code_refused_then_run_and_errors() -> None:
     ref = CodeRef(hash=code_hash(SHIPPED), function="add", source=SHIPPED)
-    refused = await Runner().run(1, "add", [1, 2], {}, code=ref)
+    refused = Runner().run(1, "add", [1, 2], {}, code=ref)
     assert refused.status == "error" and refused.err == REFUSED_CODE
     runner = Runner(allow_code=True)
-    ok = await runner.run(1, "add", [1, 2], {}, code=ref)
+    ok = runner.run(1, "add", [1, 2], {}, code=ref)
     assert ok.status == "ok" and ok.data == 3
     cached = CodeRef(hash=ref.hash, function="boom")  # by hash only: the cache has it
-    err = await runner.run(2, "boom", [], {}, code=cached)
+    err = runner.run(2, "boom", [], {}, code=cached)
     assert err.status == "error" and "RuntimeError: kaboom" in err.err and "Traceback" in err.err
     forged = CodeRef(hash="0" * 64, function="add", source=SHIPPED)
-    assert "does not match" in (await runner.run(3, "add", [1, 2], {}, code=forged)).err
+    assert "does not match" in (runner.run(3, "add", [1, 2], {}, code=forged)).err
+    # an `async def` gets an event loop of its own (the agent itself runs none)
+    coro = runner.run(4, "pid", [], {}, code=CodeRef(hash=ref.hash, function="pid"))
+    assert coro.status == "ok" and coro.data == os.getpid()
 
 
-async def test_builtins(tmp_path: Path) -> None:
+def test_builtins(tmp_path: Path) -> None:
     runner = Runner()
-    facts = await runner.run(1, "facts", [], {})
+    facts = runner.run(1, "facts", [], {})
     assert facts.status == "ok" and facts.data["hardware"]["cpus"] >= 1
     assert facts.data["os"]["kernel_release"]
-    m = await runner.run(1, "metrics", [], {})
+    m = runner.run(1, "metrics", [], {})
     assert set(m.data) >= {"cpu", "memory", "load", "disks", "net", "entropy"}
     assert 0 <= m.data["cpu"]["busy_pct"] <= 100 and m.data["memory"]["total"] > 0
-    bad = await runner.run(1, "metrics", ["gpu"], {})
+    bad = runner.run(1, "metrics", ["gpu"], {})
     assert bad.status == "error" and "unknown metrics" in bad.err
     target = tmp_path / "d" / "f.txt"
-    w = await runner.run(1, "file.write", [str(target), b"hello"], {"mode": 0o600})
+    w = runner.run(1, "file.write", [str(target), b"hello"], {"mode": 0o600})
     assert w.data["changed"] and target.read_bytes() == b"hello"
-    assert not (await runner.run(1, "file.write", [str(target), b"hello"], {})).data["changed"]
-    r = await runner.run(1, "file.read", [str(target)], {})
+    assert not (runner.run(1, "file.write", [str(target), b"hello"], {})).data["changed"]
+    r = runner.run(1, "file.read", [str(target)], {})
     assert r.data["content"] == b"hello" and r.data["mode"] == 0o600
-    assert (await runner.run(1, "nope", [], {})).status == "error"
+    assert (runner.run(1, "nope", [], {})).status == "error"

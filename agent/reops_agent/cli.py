@@ -3,28 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import logging
 import os
 import signal
-import socket
 import sys
-from pathlib import Path
 
 from reops_agent import __version__
-from reops_agent.agent import Agent, AgentConfig
+from reops_agent.agent import Agent, AgentConfig, short_hostname
 from reops_agent.functions import ALLOW_GROUPS, allowed_builtins
 from reops_agent.keys import load_keypair, parse_public_key
+from reops_agent.log import DEBUG, log
 from reops_agent.protocol import fingerprint, valid_name
 
 
-def default_keys_dir() -> Path:
+def default_keys_dir() -> str:
     """$REOPS_AGENT_HOME, else /var/lib/reops-agent for root, else ~/.reops-agent."""
     env = os.environ.get("REOPS_AGENT_HOME")
     if env:
-        return Path(env).expanduser()
-    return Path("/var/lib/reops-agent") if os.geteuid() == 0 else Path.home() / ".reops-agent"
+        return os.path.expanduser(env)
+    return "/var/lib/reops-agent" if os.geteuid() == 0 else os.path.expanduser("~/.reops-agent")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -36,9 +32,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--hub", help="hub endpoint, e.g. tcp://10.0.0.1:7720")
     p.add_argument("--hub-key", help="the hub's z85 public key (or a file holding it)")
-    p.add_argument("--name", default=socket.gethostname().split(".")[0],
+    p.add_argument("--name", default=short_hostname(),
                    help="agent name (default: short hostname)")
-    p.add_argument("--keys-dir", type=Path, default=None,
+    p.add_argument("--keys-dir", default=None,
                    help="where the agent's key pair lives (default: $REOPS_AGENT_HOME, "
                    "/var/lib/reops-agent as root, else ~/.reops-agent)")
     p.add_argument("--allow-code", action="store_true",
@@ -65,14 +61,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-async def serve(cfg: AgentConfig) -> None:
-    """Run the agent until SIGTERM or SIGINT."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
+def serve(cfg: AgentConfig) -> None:
+    """Run the agent until SIGTERM or SIGINT (the handler wakes the agent's poll loop)."""
+    agent = Agent(cfg)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    await Agent(cfg).run(stop)
+        signal.signal(sig, lambda *_: agent.stop())
+    agent.run()
 
 
 #: options whose value may begin with "-" (a z85 key can): argparse would take such a value
@@ -91,8 +85,8 @@ def _join_dash_values(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(_join_dash_values(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s reops-agent %(levelname)s %(message)s")
+    if args.verbose:
+        log.level = DEBUG
     keys_dir = args.keys_dir or default_keys_dir()
     try:
         public, secret = load_keypair(keys_dir, "agent")
@@ -128,5 +122,5 @@ def main(argv: list[str] | None = None) -> int:
                       name=args.name, allow_code=args.allow_code, allow=allow,
                       concurrency=max(1, args.concurrency), heartbeat_s=args.heartbeat,
                       backlog=max(1, args.backlog), reconnect_max_s=args.reconnect_max)
-    asyncio.run(serve(cfg))
+    serve(cfg)
     return 0

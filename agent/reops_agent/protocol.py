@@ -10,7 +10,6 @@ Hub → agent: Welcome, Pending, Refused, Beat, Unknown, Call, Cancel, Schedule,
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Any, Literal
 
@@ -274,11 +273,15 @@ def decode_hub(frame: bytes) -> HubMsg:
 
 def code_hash(source: str) -> str:
     """The cache key of shipped module source."""
+    import hashlib  # (here: hashlib loads OpenSSL, ~3 MB an idle agent does not need)
+
     return hashlib.sha256(source.encode()).hexdigest()
 
 
 def fingerprint(public_key: str) -> str:
     """A short, human-comparable fingerprint of a z85 public key (like salt-key's)."""
+    import hashlib
+
     digest = hashlib.sha256(public_key.encode()).hexdigest()[:32]
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 

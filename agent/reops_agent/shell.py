@@ -2,19 +2,22 @@
 
 Lines of each stream keep their order; each stream keeps its first and last max_output/2
 bytes (a visible marker says how much was cut between, in the SSH transport's words), so a
-runaway command cannot exhaust the agent's memory. stdin is written while stdout/stderr are read: a
-command that echoes its input (`cat`) can never fill a pipe and deadlock. A cancelled call
-(timeout, Cancel) kills the command's whole process group.
+runaway command cannot exhaust the agent's memory. stdin is written while stdout/stderr are
+read (one `selectors` loop in the calling thread: no asyncio, no extra threads): a command
+that echoes its input (`cat`) can never fill a pipe and deadlock. A timeout or a cancelled
+call (Cancel, Unschedule) kills the command's whole process group.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from reops_agent.cancel import Cancelled, Token
 from reops_agent.protocol import (
     MAX_LINE,
     MAX_OUTPUT,
@@ -24,7 +27,12 @@ from reops_agent.protocol import (
 )
 from reops_agent.results import FnResult
 
-Emit = Callable[[Stream, str], Awaitable[None]]
+if TYPE_CHECKING:
+    import selectors
+    import subprocess
+
+#: where streamed lines go (blocking is fine: a full outbox slows the command, by design)
+Emit = Callable[[Stream, str], None]
 
 _CHUNK = 64 * 1024
 
@@ -74,35 +82,13 @@ class _Capture:
         return decode_output(bytes(self.head), bytes(self.tail), self.total, self.stream)
 
 
-async def _pump(reader: asyncio.StreamReader | None, capture: _Capture) -> None:
-    if reader is None:
-        return
-    emit = capture.emit
-    while chunk := await reader.read(_CHUNK):
-        lines = capture.feed(chunk)
-        if emit is not None:
-            for line in lines:
-                await emit(capture.stream, line)
-    if emit is not None:
-        for line in capture.tail_line():
-            await emit(capture.stream, line)
+def _killpg(proc: subprocess.Popen[bytes]) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
-async def _feed(writer: asyncio.StreamWriter | None, data: bytes) -> None:
-    """Write stdin, then close it; a command that exits without reading it is fine."""
-    if writer is None:
-        return
-    try:
-        writer.write(data)
-        await writer.drain()
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    finally:
-        with contextlib.suppress(OSError):
-            writer.close()
-
-
-async def shell(
+def shell(
     command: str,
     stdin: str | bytes | None = None,
     cwd: str | None = None,
@@ -110,33 +96,87 @@ async def shell(
     max_output: int = MAX_OUTPUT,
     *,
     emit: Emit | None = None,
+    deadline: float | None = None,
+    token: Token | None = None,
 ) -> FnResult:
     """Run `command` with /bin/sh; exit code 0 is ok, anything else failed.
 
-    `max_output` bounds the bytes kept per stream (at most MAX_OUTPUT_LIMIT)."""
-    proc = await asyncio.create_subprocess_shell(
-        command,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=cwd,
-        env={**os.environ, **env} if env else None,
-        start_new_session=True,
+    `max_output` bounds the bytes kept per stream (at most MAX_OUTPUT_LIMIT). Past
+    `deadline` (monotonic) the command is killed and TimeoutError raised; a cancelled
+    `token` kills it too and raises Cancelled."""
+    import selectors  # (here: an idle agent never needs them, ~0.5 MB)
+    import subprocess
+
+    proc = subprocess.Popen(
+        command, shell=True,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=cwd, env={**os.environ, **env} if env else None, start_new_session=True,
     )
+    unhook = token.on_cancel(lambda: _killpg(proc)) if token is not None else None
     out, err = _Capture("out", emit, max_output), _Capture("err", emit, max_output)
     data = stdin.encode() if isinstance(stdin, str) else stdin
+    sel = selectors.DefaultSelector()
     try:
-        await asyncio.gather(_feed(proc.stdin, data or b"") if data is not None else _none(),
-                             _pump(proc.stdout, out), _pump(proc.stderr, err))
-        code = await proc.wait()
+        assert proc.stdout is not None and proc.stderr is not None
+        readers = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+        for fd in readers:
+            sel.register(fd, selectors.EVENT_READ)
+        pending = memoryview(data or b"")
+        if proc.stdin is not None:
+            os.set_blocking(proc.stdin.fileno(), False)
+            if pending:
+                sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE)
+            else:
+                proc.stdin.close()
+        while readers:
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                _killpg(proc)
+                raise TimeoutError
+            for key, _ in sel.select(wait):
+                fd = int(key.fd)
+                if fd in readers:
+                    _read(fd, readers, sel)
+                elif proc.stdin is not None:  # stdin is writable: give it the next piece
+                    try:
+                        pending = pending[os.write(fd, pending[:_CHUNK]):]
+                    except (BrokenPipeError, ConnectionResetError):
+                        pending = memoryview(b"")  # it exits without reading: fine
+                    if not pending:
+                        sel.unregister(fd)
+                        proc.stdin.close()
+        if token is not None and token.cancelled:
+            raise Cancelled
+        code = proc.wait()
     finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await asyncio.shield(proc.wait())
+        if unhook is not None:
+            unhook()
+        sel.close()
+        _killpg(proc)
+        proc.wait()
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
+    if token is not None and token.cancelled:
+        raise Cancelled
     return FnResult(status="ok" if code == 0 else "failed", code=code, out=out.text(),
                     err=err.text())
 
 
-async def _none() -> None:
-    return None
+def _read(fd: int, readers: dict[int, _Capture], sel: selectors.BaseSelector) -> None:
+    """One chunk from a readable stdout/stderr pipe; at its end, stop watching it."""
+    chunk = os.read(fd, _CHUNK)
+    capture = readers[fd]
+    if not chunk:
+        sel.unregister(fd)
+        del readers[fd]
+        if capture.emit is not None:
+            for line in capture.tail_line():
+                capture.emit(capture.stream, line)
+        return
+    lines = capture.feed(chunk)
+    if capture.emit is not None:
+        for line in lines:
+            capture.emit(capture.stream, line)

@@ -11,7 +11,6 @@ is ever large and no read is unbounded (`/dev/zero` included).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import pwd
@@ -258,21 +257,26 @@ class Reading(NamedTuple):
 
 def read_counters() -> Reading:
     """The aggregate /proc/stat cpu line and /proc/net/dev, read now."""
+    return parse_counters(time.monotonic(), _read("/proc/stat"), _read("/proc/net/dev"))
+
+
+def parse_counters(clock: float, proc_stat: str, net_dev: str) -> Reading:
+    """A Reading from the text of /proc/stat and /proc/net/dev read at `clock`."""
     cpu: dict[str, int] = {}
-    for line in _read("/proc/stat").splitlines():
+    for line in proc_stat.splitlines():
         f = line.split()
         if f and f[0] == "cpu":
             cpu = {name: int(v) for name, v in zip(_CPU_FIELDS, f[1:], strict=False)}
             break
     net: list[dict[str, Any]] = []
-    for line in _read("/proc/net/dev").splitlines():
+    for line in net_dev.splitlines():
         name, found, rest = line.partition(":")
         f = rest.split()
         if found and len(f) >= 16 and f[0].isdigit():
             net.append({"iface": name.strip(), "rx_bytes": int(f[0]), "rx_packets": int(f[1]),
                         "rx_errors": int(f[2]), "tx_bytes": int(f[8]), "tx_packets": int(f[9]),
                         "tx_errors": int(f[10]), **dict.fromkeys(_NET_RATES)})
-    return Reading(time.monotonic(), cpu, net)
+    return Reading(clock, cpu, net)
 
 
 class Sampler:
@@ -280,9 +284,9 @@ class Sampler:
     since the previous call (a schedule's ticks) without sleeping. It lives on the host, so
     no client-side memory can go stale across reconnects or transport switches."""
 
-    def __init__(self) -> None:
+    def __init__(self, first: Reading | None = None) -> None:
         self._lock = threading.Lock()
-        self._last = read_counters()
+        self._last = first or read_counters()
 
     def swap(self, now: Reading) -> Reading:
         """Store `now`; the reading it replaces."""
@@ -443,6 +447,8 @@ def file_read(path: str, max_bytes: int = MAX_FILE, offset: int = 0,
 
 
 def _sha256(path: Path | str) -> str:
+    import hashlib  # (here: it loads OpenSSL, ~3 MB an idle agent does not need)
+
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(CHUNK_BYTES):
