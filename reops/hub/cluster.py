@@ -112,6 +112,8 @@ class Cluster:
         self._wakeup: Wakeup | None = None
         self._members: PgStore | None = None
         self._kick = asyncio.Event()
+        self._taking = asyncio.Lock()  # one start or takeover at a time: never two runners
+        self._jobs: set[asyncio.Task[None]] = set()
 
     # ── lifetime ──
 
@@ -122,8 +124,8 @@ class Cluster:
         self._members = await asyncio.to_thread(PgStore, self.store.url, self.store._timeout)
         self._low = await asyncio.to_thread(self.store.last_event)
         remove = self.hub.listen(self._outgoing)
-        tasks = [asyncio.create_task(c) for c in (self._ticks(), self._poster(),
-                                                  self._relay())]
+        tasks = [asyncio.create_task(c) for c in (self._ticks(), self._takes(),
+                                                  self._poster(), self._relay())]
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -146,6 +148,11 @@ class Cluster:
                 with contextlib.suppress(Exception):
                     closing.close()
 
+    @property
+    def taking(self) -> asyncio.Lock:
+        """Held while a flow is taken and launched here (a start, or a takeover)."""
+        return self._taking
+
     def kick(self) -> None:
         """Look at the leases now (a flow was stopped or asked to reload here)."""
         self._kick.set()
@@ -153,6 +160,7 @@ class Cluster:
     # ── leases ──
 
     async def _ticks(self) -> None:
+        """Beat and renew every `renew_s` (never held up by a flow being imported)."""
         while True:
             try:
                 await self._tick()
@@ -160,6 +168,20 @@ class Cluster:
                 log.warning("cluster: %s", e)
                 if time.monotonic() - self.last_ok > self.settings.lease_s:
                     await self._fence_all("lost the store for longer than its lease")
+            except Exception:  # a bug here must not stop the hub: said, tried again
+                log.exception("cluster: renewing leases failed")
+            await asyncio.sleep(self.settings.every)
+
+    async def _takes(self) -> None:
+        """Every `renew_s` (or when kicked): take the wanted flows nobody holds."""
+        while True:
+            try:
+                async with self._taking:
+                    await self._take_free()
+            except StoreError as e:
+                log.warning("cluster: %s", e)
+            except Exception:
+                log.exception("cluster: taking over flows failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), self.settings.every)
             self._kick.clear()
@@ -170,21 +192,35 @@ class Cluster:
             # stalled (stopped, swapped out) past a lease: a peer may run our flows by now
             await self._fence_all("its lease ran out while this controller stalled")
         await asyncio.to_thread(self._beat)
-        lease_s = self.settings.lease_s
+        epochs = dict(self.held)
         began = time.monotonic()
-        kept = await asyncio.to_thread(self.store.renew_flows, self.name, dict(self.held),
-                                       lease_s)
+        kept = await asyncio.to_thread(self.store.renew_flows, self.name, epochs,
+                                       self.settings.lease_s)
         self.last_ok = began
-        leases = {le.name: le for le in await asyncio.to_thread(self.store.leases)}
-        for name in [n for n in self.held if n not in kept]:
-            await self._lost(name, leases.get(name))
+        lost = [n for n, e in epochs.items() if n not in kept and self.held.get(n) == e]
+        if lost:
+            leases = {le.name: le for le in await asyncio.to_thread(self.store.leases)}
+            for name in lost:
+                if self.held.get(name) == epochs[name]:
+                    await self._lost(name, leases.get(name))
         for name, le in kept.items():
             if le.reload > self.reloads.get(name, le.reload):
-                self.reloads[name] = le.reload
-                await self.runner.reload(name)
+                task = asyncio.create_task(self._reload(name))  # an import: not here
+                self._jobs.add(task)
+                task.add_done_callback(self._jobs.discard)
             self.reloads[name] = le.reload
-        for le in leases.values():  # wanted, free (never held, ran out, released)
-            if le.wanted and le.name not in self.held and (
+
+    async def _reload(self, name: str) -> None:
+        try:
+            await self.runner.reload(name)
+        except Exception as e:
+            log.warning("cluster: reload of flow %s asked through the store failed: %s",
+                        name, e)
+
+    async def _take_free(self) -> None:
+        for le in await asyncio.to_thread(self.store.leases):
+            # wanted, free (never held, ran out, released), or ours from before a restart
+            if le.wanted and le.name not in self.held and le.name not in self.runner.flows and (
                     le.remaining_s <= 0 or le.owner == self.name):
                 await self._take(le)
 
@@ -281,7 +317,7 @@ class Cluster:
         try:
             await asyncio.shield(asyncio.to_thread(self.store.post_events, self.name, out))
             self.sent += len(out)
-        except StoreError as e:
+        except Exception as e:  # StoreError, or a bug: the hub goes on either way
             log.warning("cluster: %d event(s) not shared with the other controllers: %s",
                         len(out), e)
 
@@ -297,6 +333,9 @@ class Cluster:
             except StoreError as e:
                 log.warning("cluster: events: %s", e)
                 await asyncio.sleep(POLL_S)  # the store is down: try again (the fallback)
+            except Exception:
+                log.exception("cluster: relaying events failed")
+                await asyncio.sleep(POLL_S)
 
     @property
     def listen_reconnects(self) -> int:

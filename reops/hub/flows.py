@@ -791,8 +791,16 @@ class FlowRunner:
             raise ValueError(f"flow {probe.name!r} is already running; stop it first, or "
                              "start this one under another name (--as)")
         probe.started_at = time.time()
-        if self.cluster is not None:  # want it, and hold its lease (or say who runs it)
-            await self.cluster.start(probe.name)
+        if self.cluster is None:
+            return await self._start_here(store, probe)
+        async with self.cluster.taking:  # never beside a takeover of the same flow here
+            if probe.name in self.flows:
+                raise ValueError(f"flow {probe.name!r} is already running; stop it first, "
+                                 "or start this one under another name (--as)")
+            await self.cluster.start(probe.name)  # want it, hold its lease (or say who runs)
+            return await self._start_here(store, probe)
+
+    async def _start_here(self, store: FlowStore, probe: FlowRecord) -> dict[str, Any]:
         earlier = await asyncio.to_thread(store.get, probe.name)
         if earlier is not None:  # started before and stopped: its audit goes on
             probe.fired = earlier.fired
