@@ -102,6 +102,9 @@ async def test_container_lifecycle_over_ssh_with_events(machines: Machines) -> N
     assert ssh(s, "cat /etc/hostname").strip() == "ct1"
     assert len(events("STARTED")) == 2
 
+    await done(m, [await m.sync("ct")])  # no DHCP lease to find: still running, same address
+    assert [(x.id, x.machine.ip) for x in m.systems("running")] == [(s.id, s.machine.ip)]
+
     await done(m, m.submit("destroy", "ct1"))
     assert m.systems() == []
     assert events("UNDEFINED")

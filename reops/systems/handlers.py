@@ -292,13 +292,15 @@ class Handlers:
         if self.m.config.hypervisor(name).kind == "physical":
             return await self._sync_physical(name)
         hyp = await self.m.hypervisor(name)
+        lxc = is_lxc(self.m.config.hypervisor(name).uri)  # no leases: where its sshd listens
         store = self.m.store
         imported, updated = [], 0
         seen: set[str] = set()
         for d in await hyp.domains():
             known = (store.system(d.system_id) if d.system_id else None) or \
                 store.system_by_domain(name, d.name)
-            ip = await hyp.ip_now(d.name) if d.state == "running" else None
+            ip = (self.containers.address(name, d.name) if lxc else await hyp.ip_now(d.name)
+                  ) if d.state == "running" else None
             if known is not None:
                 seen.add(known.id)
                 self._save(known, state=d.state, placement={"uuid": d.uuid, "domain": d.name},

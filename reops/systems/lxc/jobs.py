@@ -78,6 +78,13 @@ class ContainerJobs:
         self.h._save(self.h._fresh(s), state="running", machine={"ip": address, "port": port})
         return {"state": "running", "ip": address, "port": port}
 
+    def address(self, hypervisor: str, domain: str) -> str | None:
+        """Where a running container of ours is reached (sync): its sshd's address."""
+        rootfs = containers.rootfs_of(hypervisor, domain)
+        if not (rootfs / "etc/reops-listen").exists():
+            return None  # not made by reops: no address we know of
+        return containers.listen_of(rootfs)[0]
+
     async def stop(self, s: System, hyp: Hypervisor) -> dict[str, Any]:
         how = await containers.stop(hyp, s.placement.domain, self.h.m.settings.stop_timeout)
         self.h._save(self.h._fresh(s), state="stopped", machine={"ip": None})
