@@ -126,3 +126,27 @@ async def test_two_containers_get_their_own_address_and_a_bad_name_is_one_line(
         await m.create("db", ["tiny"], hostname="d-1")
     await done(m, m.submit("destroy", "typed:db"))
     assert m.systems() == []
+
+
+async def test_a_container_whose_sshd_never_answers_fails_in_one_line(
+        daemon: LxcDaemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bounded wait (ip_timeout), one line naming the container and where it listened, state
+    unreachable; then it can still be destroyed, leaving nothing."""
+    monkeypatch.setenv("REOPS_HOME", str(tmp_path))
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[hypervisors.ct]\nuri = "{daemon.uri}"\n\n'
+                   '[machines]\nip_timeout = 2\nstop_timeout = 5\n')
+    async with Machines.open(tmp_path, load_machines_config(cfg)) as m:
+        m.add_type("web")
+        await done(m, await m.create("web", ["tiny"], hostname="mute"))
+        await done(m, m.submit("stop", "mute"))
+        rootfs = tmp_path / "containers" / "ct" / "mute" / "rootfs"
+        (rootfs / "usr/sbin/dropbear").unlink()  # the container boots, its sshd cannot
+        [job] = await asyncio.wait_for(m.wait(m.submit("start", "mute")), STEP)
+        address = (rootfs / "etc/reops-listen").read_text().strip()
+        assert job.state == "failed" and job.error == (
+            f"container mute: no SSH server on {address} after 2s (its console log is under "
+            "libvirt's log directory, lxc/mute.log)"), job.error
+        assert m.systems("mute")[0].state == "unreachable" and m.systems("running") == []
+        await done(m, m.submit("destroy", "mute"))
+        assert m.systems() == [] and not rootfs.exists()
