@@ -158,10 +158,14 @@ def ended(store: PgStore) -> bool:
 def test_three_controllers_one_killed_every_job_ends_exactly_once(
         store: PgStore, controllers: Callable[[float], Controllers]) -> None:
     ctl = controllers(2.0)
-    jobs = queue(store, 1000)
     for name in ("ctl-a", "ctl-b", "ctl-c"):
         ctl.start(name)
-    until("ctl-b to run 60 jobs", lambda: len(ctl.runs("ctl-b")) >= 60)
+    jobs = queue(store, 1000)  # all three wake on the NOTIFY
+
+    def b_busy() -> bool:
+        return (len(ctl.runs("ctl-b")) >= 20
+                and len(store.jobs(states=("running",), controller="ctl-b")) >= 4)
+    until("ctl-b to run 20 jobs and hold 4", b_busy)
     ctl.procs["ctl-b"].kill()  # SIGKILL mid-run: it holds claims on running jobs
     ctl.procs["ctl-b"].wait()
     killed_at = time.time()
@@ -254,6 +258,9 @@ def test_systems_create_runs_on_postgresql_through_the_cli(tmp_path: Path, pg_ur
         assert done.returncode == 0, (args, done.stdout, done.stderr)
         return done
 
+    s = PgStore(pg_url)
+    foreign = Job(id=new_id(), op="snapshot", args={"name": "x"})  # queued by someone else
+    s.put_jobs([foreign])
     reops("types", "add", "redis", "-d", "redis server")
     made = reops("systems", "create", "redis", "--preset", "small", "--count", "3")
     assert made.stderr.count("succeeded   create") == 3, made.stderr
@@ -263,9 +270,45 @@ def test_systems_create_runs_on_postgresql_through_the_cli(tmp_path: Path, pg_ur
     assert mine.count(" create ") == 3 and mine.count("succeeded") == 3, mine
     assert "create" not in reops("jobs", "ls", "--controller", "ctl-x").stdout
     assert not (home / "machines.db").exists()  # all of it in PostgreSQL
-    s = PgStore(pg_url)
     try:
-        assert [(j.op, j.state, j.controller) for j in s.jobs()] == [
+        assert [(j.op, j.state, j.controller) for j in s.jobs() if j.id != foreign.id] == [
             ("create", "succeeded", "ctl-cli")] * 3
+        # a passing command runs only what it queued: never picks up (and, exiting,
+        # interrupts) another's job, and is no member of the controllers
+        assert s.job(foreign.id) == foreign
+        assert "ctl-cli" not in {c.name for c in s.controllers()}
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_a_passing_process_runs_only_the_jobs_it_queued(
+        engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    import asyncio
+
+    from reops.store.base import JobStore
+    from reops.store.queue import Cluster, JobQueue
+    from reops.store.sqlite import Store
+
+    db: JobStore = (Store(tmp_path / "machines.db") if engine == "sqlite"
+                    else PgStore(request.getfixturevalue("pg_url")))
+    foreign = Job(id=new_id(), op="sync")
+    db.put_jobs([foreign])
+
+    async def ok(job: Job) -> dict[str, Any]:
+        return {}
+
+    async def run() -> Job:
+        q = JobQueue(db, {"sync": ok}, shared=True,
+                     cluster=Cluster(controller="cli", lease_s=5, poll_s=0.1))
+        await q.start(own_only=True)
+        try:
+            return await asyncio.wait_for(q.wait(q.submit("sync").id), WAIT)
+        finally:
+            await q.close()
+    try:
+        mine = asyncio.run(run())
+        assert mine.state == "succeeded" and mine.controller == "cli"
+        assert db.job(foreign.id) == foreign  # still queued, untouched
+    finally:
+        db.close()

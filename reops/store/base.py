@@ -16,7 +16,7 @@ ran out is taken over with `expired`, and the queue applies its retry rules to i
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Protocol, runtime_checkable
 
 import msgspec
@@ -85,8 +85,10 @@ class Claim(msgspec.Struct, frozen=True, kw_only=True):
 class QueueStore(Protocol):
     """Claims on the job queue, shared by any number of controllers."""
 
-    def claim(self, controller: str, limit: int, lease_s: float) -> list[Claim]:
-        """Up to `limit` queued jobs, oldest first, now running under `controller`."""
+    def claim(self, controller: str, limit: int, lease_s: float,
+              ids: Collection[str] | None = None) -> list[Claim]:
+        """Up to `limit` queued jobs, oldest first, now running under `controller`; only
+        those among `ids` when given (a process that runs only the jobs it queued)."""
         ...
 
     def renew(self, claims: Iterable[Claim], lease_s: float) -> list[Claim]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -396,11 +396,15 @@ class PgStore:
                                            (name,)), what=f"removing controller {name}")
 
     # ---- claims (QueueStore): SKIP LOCKED, so controllers never wait on each other's rows
-    def claim(self, controller: str, limit: int, lease_s: float) -> list[Claim]:
-        """Up to `limit` queued jobs, oldest first, now running under `controller`."""
+    def claim(self, controller: str, limit: int, lease_s: float,
+              ids: Collection[str] | None = None) -> list[Claim]:
+        """Up to `limit` queued jobs, oldest first, now running under `controller`; only
+        those among `ids` when given."""
+        only = "" if ids is None else " AND id = ANY(%s)"
+        args: tuple[object, ...] = (int(limit),) if ids is None else (list(ids), int(limit))
         return self._pg.run(lambda db: self._take(db, db.execute(
-            "SELECT data, epoch FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT %s"
-            " FOR UPDATE SKIP LOCKED", (int(limit),)).fetchall(), controller, lease_s,
+            f"SELECT data, epoch FROM jobs WHERE state = 'queued'{only} ORDER BY seq LIMIT %s"
+            " FOR UPDATE SKIP LOCKED", args).fetchall(), controller, lease_s,
             start=True), what="claiming jobs")
 
     def expired(self, controller: str, limit: int, lease_s: float) -> list[Claim]:

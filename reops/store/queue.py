@@ -178,6 +178,10 @@ class JobQueue:
         self._io: ThreadPoolExecutor | None = None  # store calls, one at a time, off the loop
         self._wakeup: Wakeup | None = None
         self._store_down = False
+        # own_only: a passing process (a CLI command) runs only the jobs it queued (and
+        # their retries and follow-ups), never another's, and is no member of the cluster
+        self.own_only = False
+        self._own: set[str] = set()
         self._subject: Subject[JobEvent] = Subject()
         self.events: rx.Observable[JobEvent] = self._subject
         self._sems: dict[str, asyncio.Semaphore] = {}
@@ -187,11 +191,14 @@ class JobQueue:
         self._started = False
 
     # ---- lifecycle
-    async def start(self) -> list[Job]:
+    async def start(self, *, own_only: bool = False) -> list[Job]:
         """Own the queue, recover after a crash, run what is queued; returns the interrupted.
         Shared: join the controllers claiming from the store; returns the jobs of dead
-        controllers it took over now (more are taken over while it runs)."""
+        controllers it took over now (more are taken over while it runs). `own_only`
+        (shared only): run just the jobs submitted here, their retries and follow-ups —
+        a CLI command, which must not pick up (and, exiting, interrupt) others' work."""
         if self.shared:
+            self.own_only = own_only
             return await self._start_shared()
         assert self._lock is not None
         self._lock.acquire()
@@ -247,6 +254,8 @@ class JobQueue:
             if job.op not in self._handlers:
                 raise MachinesError(f"unknown operation {job.op!r}")
         self.store.record(systems, jobs)
+        if self.own_only:
+            self._own.update(j.id for j in jobs)
         for job in jobs:
             self._emit("queued", job)
             if self._started and not self.shared:
@@ -447,7 +456,7 @@ class JobQueue:
         self._started = True
         self._kick = asyncio.Event()
         self._wakeup = await self._call(self.store.listen)
-        taken = await self._take_over()
+        taken = [] if self.own_only else await self._take_over()
         loop = asyncio.get_running_loop()
         self._helpers = [loop.create_task(self._pump(), name="queue-claims"),
                          loop.create_task(self._keep(), name="queue-leases")]
@@ -463,8 +472,9 @@ class JobQueue:
                                                controller=None)
                 with contextlib.suppress(StoreError):
                     await self._call(self.store.finish, c, back)
-        with contextlib.suppress(StoreError):
-            await self._call(self.store.leave, self.name)
+        if not self.own_only:
+            with contextlib.suppress(StoreError):
+                await self._call(self.store.leave, self.name)
         wakeup, self._wakeup = self._wakeup, None
         if wakeup is not None:
             await self._call(wakeup.close)
@@ -482,10 +492,11 @@ class JobQueue:
             while self._started:
                 room = self.cluster.batch - len(self._held)
                 got: list[Claim] = []
-                if room > 0:
+                ids = (self._own - self._held.keys()) if self.own_only else None
+                if room > 0 and ids != set():
                     try:
                         got = await self._call(self.store.claim, self.name, room,
-                                               self.cluster.lease_s)
+                                               self.cluster.lease_s, ids)
                         self._up()
                     except StoreError as e:
                         self._down("claiming jobs", e)
@@ -529,6 +540,9 @@ class JobQueue:
         every = self.cluster.lease_s / 3
         while self._started:
             await self._renew()
+            if self.own_only:  # no member: renews its own claims only
+                await asyncio.sleep(every)
+                continue
             try:
                 await self._call(self.store.beat, Controller(
                     name=self.name, host=socket.gethostname(), pid=os.getpid(),
@@ -627,7 +641,10 @@ class JobQueue:
 
     def _ended(self, claim: Claim, changes: list[tuple[JobEventKind, Job]], ok: bool) -> None:
         job = changes[0][1]
+        self._own.discard(job.id)
         if ok:
+            if self.own_only:  # its retry or follow-up is ours to run too
+                self._own.update(j.id for event, j in changes[1:] if event == "queued")
             self._announce(changes)
         else:
             log.warning("controller %s lost its lease on job %s (%s) before it ended"

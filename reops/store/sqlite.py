@@ -16,7 +16,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -294,11 +294,17 @@ class Store:
             db.execute("DELETE FROM controllers WHERE name = ?", (name,))
 
     # ---- claims (QueueStore): one writer at a time, so no row is claimed twice
-    def claim(self, controller: str, limit: int, lease_s: float) -> list[Claim]:
-        """Up to `limit` queued jobs, oldest first, now running under `controller`."""
+    def claim(self, controller: str, limit: int, lease_s: float,
+              ids: Collection[str] | None = None) -> list[Claim]:
+        """Up to `limit` queued jobs, oldest first, now running under `controller`; only
+        those among `ids` when given."""
+        wanted = () if ids is None else tuple(ids)
+        only = "" if ids is None else f" AND id IN ({','.join('?' * len(wanted))})"
+        if ids is not None and not wanted:
+            return []
         with self.tx() as db:
-            rows = db.execute("SELECT data, epoch FROM jobs WHERE state = 'queued'"
-                              " ORDER BY seq LIMIT ?", (int(limit),)).fetchall()
+            rows = db.execute(f"SELECT data, epoch FROM jobs WHERE state = 'queued'{only}"
+                              " ORDER BY seq LIMIT ?", (*wanted, int(limit))).fetchall()
             return self._take(db, rows, controller, lease_s, start=True)
 
     def expired(self, controller: str, limit: int, lease_s: float) -> list[Claim]:

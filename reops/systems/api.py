@@ -65,7 +65,9 @@ class LocalMachines:
         self.recovered: list[Job] = []
 
     async def start(self) -> None:
-        self.recovered = await self.m.run_queue()
+        # on a shared store a command runs only the jobs it queues: it must not pick up,
+        # and on exit interrupt, the controllers' work (SQLite: the one queue, as before)
+        self.recovered = await self.m.run_queue(own_only=True)
 
     async def systems(self, selector: str = "all") -> list[System]:
         return self.m.systems(selector)

@@ -92,10 +92,11 @@ class Machines:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def run_queue(self) -> list[Job]:
+    async def run_queue(self, *, own_only: bool = False) -> list[Job]:
         """Run the job queue here; returns jobs a crash had interrupted (retried only when
-        idempotent and recent, see queue.IDEMPOTENT)."""
-        return await self.queue.start()
+        idempotent and recent, see queue.IDEMPOTENT). `own_only` (a shared store): run
+        only the jobs submitted here, as a passing CLI command does (see JobQueue.start)."""
+        return await self.queue.start(own_only=own_only)
 
     async def aclose(self) -> None:
         """Stop the queue, close hypervisor connections and the store."""
