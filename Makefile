@@ -8,7 +8,8 @@ APT_PACKAGES := openssh-server openssh-client rsync sudo openssl iproute2 gcc pk
                 libvirt-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
                 qemu-utils netcat-openbsd chromium \
                 postgresql libpq5 \
-                busybox-static dropbear-bin genisoimage
+                busybox-static dropbear-bin genisoimage \
+                libvirt-daemon-driver-lxc
 STAMP  := $(VENV)/.installed
 
 .PHONY: all system venv test lint run bench clean lab-up lab-down
