@@ -256,3 +256,50 @@ def test_a_stalled_runner_is_fenced_once_a_peer_took_its_flow(
     until(lambda: len(fired(store, "tick", "ctl2")) >= seen + 3, "tick firing on ctl2")
     assert not [r for r in fired(store, "tick", "ctl1") if r.seq > fenced[0].seq]
     assert b.ls()["tick"]["controller"] == "ctl2" and a.ls()["tick"]["controller"] == "ctl2"
+
+
+def test_a_key_accepted_on_one_controller_is_honoured_on_the_other(
+        cluster: tuple[Ctl, Ctl, PgFlowStore], flow_file: Path, tmp_path: Path) -> None:
+    from reops_agent.keys import load_keypair
+
+    from reops.hub.bus import bus_name
+
+    a, b, _ = cluster
+    keys = tmp_path / "subscriber"
+    keys.mkdir(mode=0o700)
+    name = bus_name(load_keypair(keys, "bus")[0].decode())
+
+    def tail(c: Ctl, lines: list[dict[str, Any]]) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, "-m", "reops.cli.main", "tail", "event.flows",
+                                 "-o", "json", "--keys", str(keys)], env=c.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        threading.Thread(target=lambda: lines.extend(json.loads(x) for x in proc.stdout or ()),
+                         daemon=True).start()
+        return proc
+
+    def state(c: Ctl) -> str:
+        return next((k["state"] for k in c.request("keys") if k["name"] == name), "")
+
+    first: list[dict[str, Any]] = []
+    on_a = tail(a, first)  # an unknown key: pending on ctl1, refused
+    try:
+        until(lambda: state(a) == "pending", "the subscriber's key pending on ctl1")
+        assert state(b) == ""
+        assert a.cli("keys", "accept", name).stdout.strip() == f"accepted {name}"
+        # ctl2 never saw this key: it honours it because ctl1 accepted it
+        until(lambda: state(b) == "accepted", "the key accepted on ctl2 too")
+        assert {k["key"] for k in b.request("keys") if k["name"] == name} == {
+            load_keypair(keys, "bus")[0].decode()}
+    finally:
+        on_a.terminate()
+        on_a.wait(10)
+    lines: list[dict[str, Any]] = []
+    on_b = tail(b, lines)
+    try:
+        until(lambda: b.request("bus.stats")["subscriptions"].get("event.flows"),
+              "the subscriber let in on ctl2")
+        b.cli("flows", "start", str(flow_file), "--as", "k1", "--every", "60")
+        until(lambda: _events(lines, "k1", "started"), "k1 started, seen with the shared key")
+    finally:
+        on_b.terminate()
+        on_b.wait(10)

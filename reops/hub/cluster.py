@@ -14,6 +14,10 @@ and nothing here runs.
   (`wanted`, a reload counter) to the store; the runner, wherever it is, reacts.
 - Membership: each hub beats (`Membership.beat`) with its load; `reops hub status` lists
   the peers, alive or dead by the store's clock, and which flows each runs.
+- Keys: a key accepted or rejected on one controller (`reops keys accept/reject/delete`)
+  is written to the store (`agent_keys`) before its `keys` event is shared; every other
+  controller applies it to its own key store when the event arrives, and all of them at
+  start: an agent (or a bus subscriber) accepted on ctl1 connects to ctl3 as well.
 - Events: what a hub publishes (jobs, flows, keys …) is posted to the store's `events`
   table (NOTIFY with an empty payload wakes the others; polling each second is the
   fallback); each hub relays the other controllers' rows onto its own bus once, by seq
@@ -104,6 +108,7 @@ class Cluster:
         self.last_ok = time.monotonic()  # last renewal the store answered
         self.sent = self.relayed = 0
         self._out: list[tuple[str, str]] = []
+        self._keys_out: list[str] = []  # keys decided here, shared before their events
         self._wake = asyncio.Event()
         self._relaying = False
         self._low = 0  # every event seq <= _low is handled
@@ -123,6 +128,8 @@ class Cluster:
 
         self._members = await asyncio.to_thread(PgStore, self.store.url, self.store._timeout)
         self._low = await asyncio.to_thread(self.store.last_event)
+        with contextlib.suppress(StoreError):
+            await asyncio.to_thread(self._apply_keys, None)
         remove = self.hub.listen(self._outgoing)
         tasks = [asyncio.create_task(c) for c in (self._ticks(), self._takes(),
                                                   self._poster(), self._relay())]
@@ -301,6 +308,8 @@ class Cluster:
         """Every event this hub publishes (not the ones it relays) goes to the store."""
         if self._relaying:
             return
+        if topic == "keys" and isinstance(data.get("agent"), str):
+            self._keys_out.append(data["agent"])
         self._out.append((topic, json.dumps(data, default=str)))
         self._wake.set()
 
@@ -312,14 +321,65 @@ class Cluster:
 
     async def _post(self) -> None:
         out, self._out = self._out, []
+        names, self._keys_out = self._keys_out, []
         if not out:
             return
         try:
+            if names:  # the keys' rows first: a peer reads them when the event comes
+                await asyncio.to_thread(self._share_keys, names)
             await asyncio.shield(asyncio.to_thread(self.store.post_events, self.name, out))
             self.sent += len(out)
         except Exception as e:  # StoreError, or a bug: the hub goes on either way
             log.warning("cluster: %d event(s) not shared with the other controllers: %s",
                         len(out), e)
+
+    def _share_keys(self, names: list[str]) -> None:
+        keys = getattr(self.hub, "keys", None)
+        if keys is None:
+            return
+        for name in dict.fromkeys(names):
+            entry = keys.get(name)
+            if entry is None:
+                self.store.drop_key(name)
+            elif entry.state in ("accepted", "rejected"):
+                self.store.put_key(name, entry.key, entry.state)
+
+    def _apply_keys(self, deleted: str | None) -> list[tuple[str, str]]:
+        """Make this hub's key store agree with the shared keys; (name, what) changed."""
+        keys = getattr(self.hub, "keys", None)
+        if keys is None:
+            return []
+        changed = []
+        shared = {n: (k, st) for n, k, st in self.store.shared_keys()}
+        for name, (key, state) in shared.items():
+            mine = keys.get(name)
+            if state == "accepted" and (mine is None or mine.state != "accepted"
+                                        or mine.key != key):
+                keys.pre_accept(name, key)
+                changed.append((name, "accepted"))
+            elif state == "rejected" and mine is not None and mine.state != "rejected":
+                with contextlib.suppress(KeyError):
+                    keys.reject(name)
+                    changed.append((name, "rejected"))
+        if deleted and deleted not in shared and keys.get(deleted) is not None:
+            with contextlib.suppress(KeyError):
+                keys.delete(deleted)
+                changed.append((deleted, "deleted"))
+        return changed
+
+    async def _keys_changed(self, data: dict[str, Any]) -> None:
+        """A peer accepted, rejected or deleted a key: apply it here, tell the agent."""
+        deleted = data.get("agent") if data.get("event") == "deleted" else None
+        changed = await asyncio.to_thread(self._apply_keys, deleted)
+        fleet = getattr(self.hub, "fleet", None)
+        for name, what in changed:
+            log.info("cluster: key %s %s on %s: %s here too", name, what,
+                     data.get("controller", "a peer"), what)
+            if fleet is not None:
+                if what == "accepted":
+                    fleet.nudge(name)
+                else:
+                    fleet.drop(name, f"key {what} on {data.get('controller', 'a peer')}")
 
     async def _relay(self) -> None:
         """Wait for NOTIFY (or POLL_S), then relay the peers' new events."""
@@ -349,7 +409,9 @@ class Cluster:
                     continue
                 self._seen.add(seq)
                 if origin != self.name:
-                    self._publish(origin, topic, data)
+                    value = self._publish(origin, topic, data)
+                    if topic == "keys" and isinstance(value, dict):
+                        await self._keys_changed(value)
             self._advance()
             if len(rows) < 1000:
                 return
@@ -369,11 +431,11 @@ class Cluster:
             self._gap_since = None
             self._advance()
 
-    def _publish(self, origin: str, topic: str, data: str) -> None:
+    def _publish(self, origin: str, topic: str, data: str) -> Any:
         try:
             value = json.loads(data)
         except ValueError:
-            return
+            return None
         if isinstance(value, dict):
             value.setdefault("controller", origin)
         self._relaying = True
@@ -382,6 +444,7 @@ class Cluster:
             self.relayed += 1
         finally:
             self._relaying = False
+        return value
 
     # ── status ──
 

@@ -91,6 +91,12 @@ FLOW_MIGRATIONS: tuple[str, ...] = (
         at DOUBLE PRECISION NOT NULL, topic TEXT NOT NULL, data TEXT NOT NULL);
     CREATE INDEX events_at ON events(at);
     """,
+    # agents' keys accepted or rejected on any controller, honoured by all
+    """
+    CREATE TABLE agent_keys (
+        name TEXT PRIMARY KEY, key TEXT NOT NULL, state TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL);
+    """,
 )
 
 #: the NOTIFY channel that wakes claimers when jobs are queued (the payload stays empty)
@@ -636,6 +642,23 @@ class PgFlowStore:
         row = self._pg.run(lambda db: db.execute("SELECT max(seq) FROM events").fetchone(),
                            what="reading events")
         return int(row[0] or 0) if row else 0
+
+    def put_key(self, name: str, key: str, state: str) -> None:
+        """An agent's key as a controller decided it (accepted, rejected), for all."""
+        self._pg.run(lambda db: db.execute(
+            f"INSERT INTO agent_keys VALUES (%s, %s, %s, {_NOW}) ON CONFLICT (name) DO UPDATE"
+            " SET key = excluded.key, state = excluded.state, at = excluded.at",
+            (name, key, state)), what=f"sharing key {name}")
+
+    def drop_key(self, name: str) -> None:
+        self._pg.run(lambda db: db.execute("DELETE FROM agent_keys WHERE name = %s", (name,)),
+                     what=f"forgetting key {name}")
+
+    def shared_keys(self) -> list[tuple[str, str, str]]:
+        """(name, key, state) of every key a controller accepted or rejected."""
+        return self._pg.run(lambda db: [(n, k, st) for n, k, st in db.execute(
+            "SELECT name, key, state FROM agent_keys ORDER BY name").fetchall()],
+            what="reading shared keys")
 
     def listen_events(self, name: str = "") -> Wakeup:
         """Woken (LISTEN/NOTIFY) when a controller posts events; a dropped connection is
