@@ -277,7 +277,10 @@ class JobQueue:
                 try:
                     job = await asyncio.wait_for(asyncio.shield(fut), self.cluster.poll_s)
                 except TimeoutError:
-                    job = await self._call(self.store.job, job.id)
+                    try:
+                        job = await self._call(self.store.job, job.id)
+                    except StoreError as e:  # restarting: the job is safe there, ask again
+                        self._down("reading a job", e)
                 continue
             if job.id not in self._tasks:
                 raise MachinesError(
