@@ -2,8 +2,9 @@
 reops.systems.handlers for systems whose hypervisor is libvirt's LXC driver).
 
 As for guests of an image: running means reachable (the sshd's banner was seen, bounded
-by [machines] ip_timeout), the host key is pinned before the first boot, and a failed
-create leaves no domain, directory, pin or record behind.
+by [machines] ip_timeout), the host key is pinned before the first boot, a create that
+fails before booting leaves no domain, directory, pin or record behind, and one whose sshd
+never answers stays, `unreachable`, for a look at its console log and `destroy`.
 """
 
 from __future__ import annotations
