@@ -126,8 +126,15 @@ class Cluster:
         """Beat, renew, take free flows, post and relay events until cancelled."""
         from reops.store.postgres import PgStore
 
-        self._members = await asyncio.to_thread(PgStore, self.store.url, self.store._timeout)
-        self._low = await asyncio.to_thread(self.store.last_event)
+        while True:  # a store that went away since the hub started: wait for it
+            try:
+                self._members = await asyncio.to_thread(PgStore, self.store.url,
+                                                        self.store._timeout)
+                self._low = await asyncio.to_thread(self.store.last_event)
+                break
+            except StoreError as e:
+                log.warning("cluster: %s; trying again in %gs", e, self.settings.every)
+                await asyncio.sleep(self.settings.every)
         with contextlib.suppress(StoreError):
             await asyncio.to_thread(self._apply_keys, None)
         remove = self.hub.listen(self._outgoing)
@@ -450,7 +457,9 @@ class Cluster:
 
     async def status(self) -> dict[str, Any]:
         """This controller, its peers (alive by the store's clock) and who runs what."""
-        assert self._members is not None
+        if self._members is None:
+            return {"engine": "postgresql", "name": self.name, "controllers": [],
+                    "error": f"{self.name}: waiting for the store {self.store.where}"}
         members = await asyncio.to_thread(self._members.controllers)
         leases = await asyncio.to_thread(self.store.leases)
         runs: dict[str, list[str]] = {}

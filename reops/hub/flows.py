@@ -407,11 +407,19 @@ class FlowRunner:
 
     async def _serve_cluster(self, shared: Any) -> None:
         """serve() on PostgreSQL: the cluster takes the wanted flows (one runner each)."""
+        from reops.store.base import StoreError
         from reops.store.postgres import PgFlowStore
 
-        self.store = store = await asyncio.to_thread(PgFlowStore, shared.url,
-                                                     self.settings.audit_keep,
-                                                     shared.connect_timeout)
+        while True:  # it answered at start (run_hub); a blip since must not stop the hub
+            try:
+                store = await asyncio.to_thread(PgFlowStore, shared.url,
+                                                self.settings.audit_keep,
+                                                shared.connect_timeout)
+                break
+            except StoreError as e:
+                log.warning("flows: %s; trying again in 5 s", e)
+                await asyncio.sleep(5)
+        self.store = store
         self.cluster = cluster = Cluster(self, self.hub, store, load_cluster_settings(),
                                          self._load)
         writer = asyncio.create_task(self._writer())
