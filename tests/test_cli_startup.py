@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from reops.lab.agents import start_agents, start_hub, wait_for_agents
 from reops.lab.fleet import LabInfo
 
 #: what `reops CMD --help` must not load: the heavy machinery of a run
@@ -21,9 +22,10 @@ HEAVY = ("polars", "pyarrow", "asyncssh", "rich.console", "rich.table", "reactiv
          "asyncio", "zmq", "reops.streams.stream", "reops.sinks.history")
 
 
-def loaded_by(argv: list[str], env: dict[str, str] | None = None) -> set[str]:
+def loaded_by(argv: list[str], env: dict[str, str] | None = None,
+              stdout: list[str] | None = None) -> set[str]:
     """The modules a `reops ARGV` process holds when it exits (it prints its sys.modules
-    from an atexit hook, after click has exited)."""
+    from an atexit hook, after click has exited); its output is appended to `stdout`."""
     code = ("import atexit, sys\n"
             "atexit.register(lambda: sys.stderr.write('MODULES ' + ' '.join(sys.modules) "
             "+ '\\n'))\n"
@@ -33,6 +35,8 @@ def loaded_by(argv: list[str], env: dict[str, str] | None = None) -> set[str]:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, env=env or dict(os.environ))
     [line] = [x for x in done.stderr.splitlines() if x.startswith("MODULES ")]
+    if stdout is not None:
+        stdout.append(done.stdout)
     return set(line.split()[1:])
 
 
@@ -57,6 +61,33 @@ def test_exec_never_imports_polars_nor_unused_operators_and_sinks(lab: LabInfo) 
     assert "reops.sinks.terminal" in modules  # it did run and print
     for name in ("polars", "reops.streams.operators", "reops.sinks.jsonl", "reops.sinks.table"):
         assert not imported(modules, name), f"reops exec imports {name}"
+
+
+#: what `reops exec --via agent` must not load: the agent's own code (the control client
+#: speaks the hub's protocol, not the agent's), SSH, the store, the hub, the run-history
+#: table machinery, and the operators and sinks it does not use
+VIA_AGENT_NEVER = ("reops_agent", "asyncssh", "reops.transports.ssh", "reops.hub",
+                   "reops.store", "polars", "pyarrow", "reops.streams.operators",
+                   "reops.sinks.jsonl", "reops.sinks.table")
+
+
+def test_exec_via_agent_imports_only_the_control_client(lab: LabInfo, tmp_path: Path) -> None:
+    """A real `reops exec --via agent` through a real hub to two real agents (connected
+    from their lab hosts' addresses): it runs on both, and what it imported stays lean."""
+    hosts = list(lab.hosts)[:2]
+    env = {**os.environ, "REOPS_HOME": str(tmp_path / "home"),
+           "REOPS_CONFIG": str(tmp_path / "none.toml")}
+    with start_hub(tmp_path / "home") as hub, start_agents(
+            hosts, hub.bind, hub.key, hub.keys_dir, workdir=tmp_path / "agents",
+            sources=lab.hosts):
+        wait_for_agents(hub.control_path, hosts)
+        out: list[str] = []
+        modules = loaded_by(["exec", "-i", str(lab.inventory), ",".join(hosts), "--via",
+                             "agent", "--", "echo via-agent"], env=env, stdout=out)
+    assert "2 ok" in out[0], out  # it did run, on both agents
+    assert "reops.transports.agent" in modules and "reops.control.client" in modules
+    held = sorted(m for m in VIA_AGENT_NEVER if imported(modules, m))
+    assert held == [], f"reops exec --via agent imports {held}"
 
 
 def test_a_cli_run_is_spooled_then_folded_into_parquet_by_the_query(lab: LabInfo) -> None:

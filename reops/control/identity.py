@@ -17,8 +17,6 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from reops_agent.protocol import fingerprint
-
 from reops.core.model import Host
 
 log = logging.getLogger("reops.agents")
@@ -77,6 +75,9 @@ def pinned_fingerprint(pin: str) -> str:
     """The comparable form of an `agent_key` pin: a fingerprint, or a z85 public key."""
     pin = pin.strip()
     if len(pin) == 40:  # a z85 key (a fingerprint is 32 hex digits, with or without colons)
+        from reops_agent.protocol import fingerprint  # (only then: a CLI run skips the
+        # agent's protocol module, its Structs and decoders)
+
         pin = fingerprint(pin)
     return pin.lower().replace(":", "").replace("-", "")
 

@@ -37,7 +37,6 @@ from reops.core.model import UNREACHED, Host, Hosts, Line, Result, Status, failu
 from reops.core.selector import select, standard_atoms
 from reops.core.settings import Settings
 from reops.ops.base import CodeRef, Op
-from reops.transports.agent_transfer import CallFailed, transfer
 from reops.transports.base import Executor, LineSink
 
 #: how long `available()` / `connected()` trust their list of connected agents
@@ -310,6 +309,10 @@ class AgentExecutor:
         if not await self.connected(host) and host.name in self._agents:  # another machine
             return fail(mismatch(host, self._agents[host.name]) or "")
         if op.kind in ("upload", "download", "sync"):  # sync: one file, as an upload
+            # (here, not at the top: a plain call's CLI run skips the transfer machinery,
+            # its tempfile/shutil and the agent's protocol module)
+            from reops.transports.agent_transfer import transfer
+
             async def step(fn: str, args: list[Any], kwargs: dict[str, Any],
                            timeout: float | None) -> ResultItem:
                 return await self._call(host, {"hosts": [host.name], "fn": fn, "args": args,
@@ -320,15 +323,25 @@ class AgentExecutor:
             params = _params(host, op, settings, stream=on_line is not None)
         except ValueError as e:
             return fail(f"{op.name}: {e}", status="error", code=1)
-        try:
-            item = await self._call(host, params, on_line)
-        except CallFailed as e:
-            return fail(e.err, e.status)
+        item = await self._result_item(host, params, on_line)
+        if isinstance(item, tuple):
+            return fail(item[1], item[0])
         return _result(host, op, item, started, time.monotonic() - t0)
 
     async def _call(self, host: Host, params: dict[str, Any],
                     on_line: LineSink | None = None) -> ResultItem:
         """One hub call's result item; CallFailed when it gave none."""
+        item = await self._result_item(host, params, on_line)
+        if isinstance(item, tuple):
+            from reops.transports.agent_transfer import CallFailed
+
+            raise CallFailed(*item)
+        return item
+
+    async def _result_item(self, host: Host, params: dict[str, Any],
+                           on_line: LineSink | None = None
+                           ) -> ResultItem | tuple[Status, str]:
+        """One hub call's result item, or (status, why) when it gave none."""
         item: ResultItem | None = None
         try:
             hub = await self._hub()
@@ -338,15 +351,15 @@ class AgentExecutor:
                 elif isinstance(it, ResultItem):
                     item = it
         except HubNotRunning as e:
-            raise CallFailed("unreachable", str(e)) from None
+            return "unreachable", str(e)
         except HubGone:  # the request was sent: the agent may be running it
-            raise CallFailed("lost", f"{host.name}: the connection to the hub dropped during "
-                             "the call (the command may have run; check the host before "
-                             "running it again)") from None
+            return "lost", (f"{host.name}: the connection to the hub dropped during the call "
+                            "(the command may have run; check the host before running it "
+                            "again)")
         except HubError as e:
-            raise CallFailed("error", f"{host.name}: the hub refused the call: {e}") from None
+            return "error", f"{host.name}: the hub refused the call: {e}"
         if item is None:
-            raise CallFailed("error", f"{host.name}: the hub ended the call without a result")
+            return "error", f"{host.name}: the hub ended the call without a result"
         return item
 
     async def close(self) -> None:
