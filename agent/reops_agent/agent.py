@@ -120,7 +120,9 @@ class Agent:
         self._retry_at: float | None = None
         self._beat_at = time.monotonic() + self.heartbeat_s
         self._stopping = False
-        self._wake_lock = threading.Lock()  # (the pipe is closed once, never written after)
+        # (the pipe is closed once, never written after; reentrant: a signal handler's
+        # stop() may run in the loop's thread while it holds the lock)
+        self._wake_lock = threading.RLock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -214,7 +216,7 @@ class Agent:
     # ── sending ───────────────────────────────────────────────────────────────────────
 
     def _wake(self) -> None:
-        with self._wake_lock, contextlib.suppress(BlockingIOError):  # (full: awake anyway)
+        with self._wake_lock, contextlib.suppress(OSError):  # (full pipe: awake anyway)
             if self._wake_w >= 0:
                 os.write(self._wake_w, b"!")
 
