@@ -312,3 +312,57 @@ def test_a_passing_process_runs_only_the_jobs_it_queued(
         assert db.job(foreign.id) == foreign  # still queued, untouched
     finally:
         db.close()
+
+
+def test_two_hubs_share_the_queue_a_job_queued_on_one_is_seen_on_the_other(
+        tmp_path: Path, pg_url: str) -> None:
+    """`reops hub` runs the machines' queue (reops.systems.service): two hubs on one
+    PostgreSQL are two controllers; what one queued and ran, the other lists."""
+    from reops.lab.agents import LabHub
+
+    config = config_toml(tmp_path)
+    hubs: dict[str, LabHub] = {}
+
+    def env(name: str) -> dict[str, str]:
+        return {"REOPS_STORE_URL": pg_url, "REOPS_HUB_NAME": name,
+                "REOPS_CONFIG": str(config), "REOPS_STORE_LEASE": "3",
+                "REOPS_STORE_POLL": "0.5", "REOPS_HUB_CONTROL": "",
+                "REOPS_HUB_KEYS_DIR": "", "REOPS_HUB_BUS_IN": "tcp://127.0.0.1:*",
+                "REOPS_HUB_BUS_OUT": "tcp://127.0.0.1:*"}
+
+    def cli(name: str, *args: str) -> str:
+        done = subprocess.run([REOPS, *args], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, **env(name),
+                                   "REOPS_HOME": str(tmp_path / name)})
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return done.stdout
+
+    try:
+        for name in ("ctl1", "ctl2"):
+            (tmp_path / name).mkdir(mode=0o700)
+            hubs[name] = LabHub(home=tmp_path / name, env=env(name),
+                                bind="tcp://127.0.0.1:*").start()
+        s = PgStore(pg_url)
+        try:
+            until("both hubs to beat", lambda: {c.name for c in s.controllers()}
+                  >= {"ctl1", "ctl2"})
+        finally:
+            s.close()
+        cli("ctl2", "systems", "sync", "--hypervisor", "lab")  # through ctl2's hub
+        s = PgStore(pg_url)
+        try:
+            [job] = s.jobs()
+        finally:
+            s.close()
+        assert job.op == "sync" and job.state == "succeeded" and job.controller in hubs
+        ran = cli("ctl1", "jobs", "ls", "--controller", job.controller or "")
+        assert job.short_id in ran and "succeeded" in ran, ran  # asked through ctl1's hub
+        other = "ctl1" if job.controller == "ctl2" else "ctl2"
+        assert job.short_id not in cli("ctl1", "jobs", "ls", "--controller", other)
+        listed = cli("ctl1", "systems", "ls")
+        assert "legacy1" in listed and "legacy2" in listed, listed
+    finally:
+        for h in hubs.values():
+            h.stop(timeout=30)
+        for name, h in hubs.items():
+            assert "Traceback" not in h.log, (name, h.log[-3000:])

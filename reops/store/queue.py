@@ -176,6 +176,7 @@ class JobQueue:
         self._kick: asyncio.Event | None = None
         self._helpers: list[asyncio.Task[None]] = []
         self._io: ThreadPoolExecutor | None = None  # store calls, one at a time, off the loop
+        self._listener: ThreadPoolExecutor | None = None  # waits on the Wakeup
         self._wakeup: Wakeup | None = None
         self._store_down = False
         # own_only: a passing process (a CLI command) runs only the jobs it queued (and
@@ -230,18 +231,21 @@ class JobQueue:
         """Stop the workers; running jobs are recorded as interrupted (retried when safe,
         by the next start: the retry is on disk, nothing more runs here)."""
         closing, self._started = self._started, False  # follow-ups are stored, not run
-        helpers, self._helpers = self._helpers, []
-        for h in helpers:  # no new claims while the workers stop
-            h.cancel()
-        await asyncio.gather(*helpers, return_exceptions=True)
-        while tasks := [t for t in self._tasks.values() if not t.done()]:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if closing and self._lock is not None:
-            self._lock.release()
-        if closing and self.shared:
-            await self._stop_shared()
+        try:
+            helpers, self._helpers = self._helpers, []
+            for h in helpers:  # no new claims while the workers stop
+                h.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            while tasks := [t for t in self._tasks.values() if not t.done()]:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            if closing and self._lock is not None:
+                self._lock.release()
+            if closing and self.shared:
+                await self._stop_shared()
+        finally:  # even when closing is cancelled (a hub stopping): no thread left behind
+            self._release_threads()
 
     # ---- submitting and waiting
     def submit(self, op: JobOp, system_id: str | None = None, **args: Any) -> Job:
@@ -478,12 +482,20 @@ class JobQueue:
         if not self.own_only:
             with contextlib.suppress(StoreError):
                 await self._call(self.store.leave, self.name)
+
+    def _release_threads(self) -> None:
+        """Close the wake-up once its listening thread has returned (within a second),
+        and the store thread."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.shutdown(wait=True)
         wakeup, self._wakeup = self._wakeup, None
         if wakeup is not None:
-            await self._call(wakeup.close)
+            with contextlib.suppress(Exception):
+                wakeup.close()
         io, self._io = self._io, None
         if io is not None:
-            io.shutdown(wait=True)
+            io.shutdown(wait=False)
 
     async def _pump(self) -> None:
         """Claim queued jobs while there is room; then wait for a NOTIFY, a local
@@ -510,7 +522,10 @@ class JobQueue:
                         continue  # there may be more: claim again once some finish
                 self._kick.clear()
                 if waiting is None or waiting.done():
-                    waiting = loop.run_in_executor(None, self._listen_once)
+                    if self._listener is None:
+                        self._listener = ThreadPoolExecutor(
+                            1, thread_name_prefix="reops-queue-listen")
+                    waiting = loop.run_in_executor(self._listener, self._listen_once)
                 kicked: asyncio.Future[Any] = loop.create_task(self._kick.wait())
                 await asyncio.wait([waiting, kicked], timeout=self.cluster.poll_s,
                                    return_when=asyncio.FIRST_COMPLETED)
