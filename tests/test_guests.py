@@ -176,6 +176,11 @@ def test_tiny_guests_end_to_end(reops: Reops, tiny: dict[str, str], tmp_path: Pa
     assert sorted(r["out"].strip() for r in doc["successful"]) == sorted(
         s["machine"]["hostname"] for s in web), p.stdout + p.stderr
 
+    # sync re-reads the hypervisor: a guest has no DHCP lease, its port forward answers
+    synced = reops("systems", "sync")
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    assert [s["state"] for s in _systems(reops, "typed:web & running")] == ["running"] * 2
+
     gone = reops("systems", "destroy", "-f", "typed:web")
     assert gone.returncode == 0, gone.stdout + gone.stderr
     assert _systems(reops) == []
