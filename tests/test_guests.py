@@ -219,3 +219,18 @@ def test_a_guest_that_never_comes_up_fails_in_bounded_time(tmp_path: Path) -> No
         assert "console:" in failed[0]
         [s] = _systems(reops)
         assert s["state"] == "unreachable" and s["machine"]["ip"] is None
+
+
+def test_build_without_the_packages_names_them(tmp_path: Path) -> None:
+    empty = tmp_path / "bin"  # a PATH holding none of the tools the build needs
+    empty.mkdir()
+    env = {**os.environ, "PATH": str(empty), "REOPS_HOME": str(tmp_path / "home"),
+           "REOPS_CONFIG": str(tmp_path / "config.toml")}
+    (tmp_path / "config.toml").write_text(
+        f'[hypervisors.local]\nuri = "qemu:///embed?root=/tmp/reops-g-{os.getpid()}-none"\n')
+    p = subprocess.run([sys.executable, "-m", "reops", "images", "build", "tiny", "--cache",
+                        str(tmp_path / "cache")], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert "busybox-static" in p.stderr and "dropbear-bin" in p.stderr
+    assert "apt-get install -y" in p.stderr

@@ -47,7 +47,7 @@ DROPBEAR_PKG = "dropbear-bin"
 #: the image's kernel command line: serial console, quiet, panic -> reboot is not wanted
 CMDLINE = "console=ttyS0 quiet panic=-1"
 #: what the build needs on this machine: (program, Debian package)
-TOOLS = (("apt-get", "apt"), ("dpkg-deb", "dpkg"), ("busybox", BUSYBOX_PKG),
+TOOLS = (("apt-get", "apt"), ("apt-cache", "apt"), ("dpkg-deb", "dpkg"), ("busybox", BUSYBOX_PKG),
          ("dropbear", DROPBEAR_PKG), ("dropbearkey", DROPBEAR_PKG), ("ldd", "libc-bin"),
          ("qemu-img", "qemu-utils"))
 
@@ -319,6 +319,7 @@ def cached_tiny(cache: Path | None = None) -> tuple[Path, Image]:
     (default ~/.reops/cache/images/tiny-KEY)."""
     from reops.core.settings import home
 
+    check_tools()
     versions = tiny_versions()
     key = hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:12]
     base = cache or home() / "cache" / "images"
