@@ -35,7 +35,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -119,6 +120,7 @@ class Cluster:
         self._kick = asyncio.Event()
         self._taking = asyncio.Lock()  # one start or takeover at a time: never two runners
         self._jobs: set[asyncio.Task[None]] = set()
+        self._listener = ThreadPoolExecutor(1, thread_name_prefix="reops-cluster-listen")
 
     # ── lifetime ──
 
@@ -157,6 +159,7 @@ class Cluster:
             if self._members is not None:
                 await asyncio.to_thread(self._members.leave, self.name)
         self.held.clear()
+        self._listener.shutdown(wait=False)
         for closing in (self._members, self._wakeup):
             if closing is not None:
                 with contextlib.suppress(Exception):
@@ -395,7 +398,10 @@ class Cluster:
                 if self._wakeup is None:
                     self._wakeup = await asyncio.to_thread(
                         self.store.listen_events, f"reops-events {self.name}")
-                await asyncio.to_thread(self._wakeup.wait, POLL_S)
+                # on a thread of its own: it blocks up to POLL_S, and must neither wait
+                # behind nor hold up the shared pool the renewals use
+                await asyncio.get_running_loop().run_in_executor(
+                    self._listener, self._wakeup.wait, POLL_S)
                 await self._read()
             except StoreError as e:
                 log.warning("cluster: events: %s", e)
@@ -478,6 +484,3 @@ class Cluster:
             "events": {"sent": self.sent, "relayed": self.relayed,
                        "listen_reconnects": self.listen_reconnects},
         }
-
-
-Handler = Callable[[Any], Awaitable[Any]]
