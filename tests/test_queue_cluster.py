@@ -18,6 +18,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from reops.store.postgres import PgStore
 from reops.store.queue import Cluster, JobQueue
 
 url, name, ledger, lease = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+batch = int(sys.argv[5])
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
 out = open(ledger, "a", buffering=1)  # a line per run, written before the job ends
 
@@ -55,7 +57,7 @@ async def work(job):
 async def main():
     store = PgStore(url)
     q = JobQueue(store, {"sync": work, "snapshot": work}, limit=lambda op: 16,
-                 cluster=Cluster(controller=name, lease_s=lease, poll_s=0.5, batch=16))
+                 cluster=Cluster(controller=name, lease_s=lease, poll_s=0.5, batch=batch))
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await q.start()
@@ -81,8 +83,8 @@ def until(what: str, ok: Callable[[], bool], timeout: float = WAIT) -> None:
 class Controllers:
     """Controller processes on one store, each with its ledger and log."""
 
-    def __init__(self, tmp: Path, url: str, lease: float) -> None:
-        self.tmp, self.url, self.lease = tmp, url, lease
+    def __init__(self, tmp: Path, url: str, lease: float, batch: int = 16) -> None:
+        self.tmp, self.url, self.lease, self.batch = tmp, url, lease, batch
         self.script = tmp / "runner.py"
         self.script.write_text(RUNNER)
         self.procs: dict[str, subprocess.Popen[str]] = {}
@@ -90,7 +92,7 @@ class Controllers:
     def start(self, name: str) -> subprocess.Popen[str]:
         log = open(self.tmp / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
         p = subprocess.Popen([sys.executable, str(self.script), self.url, name,
-                              str(self.ledger(name)), str(self.lease)],
+                              str(self.ledger(name)), str(self.lease), str(self.batch)],
                              stdout=subprocess.PIPE, stderr=log, text=True)
         log.close()
         assert p.stdout is not None
@@ -132,11 +134,11 @@ def store(pg_url: str) -> Iterator[PgStore]:
 
 
 @pytest.fixture
-def controllers(tmp_path: Path, pg_url: str) -> Iterator[Callable[[float], Controllers]]:
+def controllers(tmp_path: Path, pg_url: str) -> Iterator[Callable[..., Controllers]]:
     made: list[Controllers] = []
 
-    def make(lease: float) -> Controllers:
-        made.append(Controllers(tmp_path, pg_url, lease))
+    def make(lease: float, batch: int = 16) -> Controllers:
+        made.append(Controllers(tmp_path, pg_url, lease, batch))
         return made[-1]
     yield make
     for c in made:
@@ -366,3 +368,25 @@ def test_two_hubs_share_the_queue_a_job_queued_on_one_is_seen_on_the_other(
             h.stop(timeout=30)
         for name, h in hubs.items():
             assert "Traceback" not in h.log, (name, h.log[-3000:])
+
+
+def test_a_systems_jobs_run_one_at_a_time_in_order_across_controllers(
+        store: PgStore, controllers: Callable[[float], Controllers]) -> None:
+    """Serialised per system cluster-wide, as one controller serialises them: a start
+    never overlaps the create before it, whichever controllers claim them."""
+    ctl = controllers(5.0, batch=1)  # one job each at a time: both take part
+    for name in ("ctl-a", "ctl-b"):
+        ctl.start(name)
+    # s1's jobs are slow: a controller done with a quick s0 job must not start the next
+    # s1 job while the other still runs the one before it
+    jobs = [Job(id=new_id(), op="sync", system_id=f"s{i % 2}", args={"s": 0.3 if i % 2 else 0.02})
+            for i in range(12)]
+    store.put_jobs(jobs)
+    until("every job to end", lambda: ended(store))
+    final = [store.job(j.id) for j in jobs]
+    assert {j.state for j in final} == {"succeeded"}
+    for system in ("s0", "s1"):
+        mine = [j for j in final if j.system_id == system]  # in the order queued
+        for before, after in pairwise(mine):
+            assert (before.finished_at or 0) <= (after.started_at or 0), (before, after)
+    assert len({j.controller for j in final}) == 2  # both took part

@@ -67,6 +67,12 @@ MACHINE_MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE controllers (
         name TEXT PRIMARY KEY, seen_at DOUBLE PRECISION NOT NULL, data TEXT NOT NULL);
     """,
+    # a system's jobs run one at a time, in order, cluster-wide: a claim looks for an
+    # older unfinished job of the same system (see FIFO_PER_SYSTEM)
+    """
+    CREATE INDEX jobs_system_open ON jobs(system_id, seq)
+        WHERE state IN ('queued', 'running');
+    """,
 )
 
 #: the flows' schema, by version (its own sequence, as flows.db has in SQLite)
@@ -98,6 +104,13 @@ FLOW_MIGRATIONS: tuple[str, ...] = (
         at DOUBLE PRECISION NOT NULL);
     """,
 )
+
+#: a queued job is claimable when no older job of its system is unfinished: a system's
+#: jobs run one at a time and in order across controllers (a start waits for its create).
+#: Another controller's claim in flight locks that older row, which still reads queued here.
+FIFO_PER_SYSTEM = ("(j.system_id IS NULL OR NOT EXISTS (SELECT 1 FROM jobs o WHERE"
+                   " o.system_id = j.system_id AND o.seq < j.seq AND o.state IN"
+                   " ('queued', 'running')))")
 
 #: the NOTIFY channel that wakes claimers when jobs are queued (the payload stays empty)
 JOBS_CHANNEL = "reops_jobs"
@@ -409,9 +422,9 @@ class PgStore:
         only = "" if ids is None else " AND id = ANY(%s)"
         args: tuple[object, ...] = (int(limit),) if ids is None else (list(ids), int(limit))
         return self._pg.run(lambda db: self._take(db, db.execute(
-            f"SELECT data, epoch FROM jobs WHERE state = 'queued'{only} ORDER BY seq LIMIT %s"
-            " FOR UPDATE SKIP LOCKED", args).fetchall(), controller, lease_s,
-            start=True), what="claiming jobs")
+            f"SELECT data, epoch FROM jobs j WHERE state = 'queued'{only} AND"
+            f" {FIFO_PER_SYSTEM} ORDER BY seq LIMIT %s FOR UPDATE OF j SKIP LOCKED",
+            args).fetchall(), controller, lease_s, start=True), what="claiming jobs")
 
     def expired(self, controller: str, limit: int, lease_s: float) -> list[Claim]:
         """Take over running jobs whose lease ran out (their controller died or stalled)."""

@@ -50,6 +50,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # controllers' heartbeats (Membership)
     "CREATE TABLE controllers (name TEXT PRIMARY KEY, seen_at REAL NOT NULL, data TEXT NOT NULL);",
+    # a system's jobs run one at a time, in order, across claimers (see claim)
+    "CREATE INDEX jobs_system_open ON jobs(system_id, seq) WHERE state IN ('queued', 'running');",
 )
 
 _enc = msgspec.json.Encoder()
@@ -302,9 +304,13 @@ class Store:
         only = "" if ids is None else f" AND id IN ({','.join('?' * len(wanted))})"
         if ids is not None and not wanted:
             return []
-        with self.tx() as db:
-            rows = db.execute(f"SELECT data, epoch FROM jobs WHERE state = 'queued'{only}"
-                              " ORDER BY seq LIMIT ?", (*wanted, int(limit))).fetchall()
+        with self.tx() as db:  # as on PostgreSQL: a system's jobs one at a time, in order
+            rows = db.execute(
+                f"SELECT data, epoch FROM jobs j WHERE state = 'queued'{only} AND"
+                " (j.system_id IS NULL OR NOT EXISTS (SELECT 1 FROM jobs o WHERE"
+                " o.system_id = j.system_id AND o.seq < j.seq AND o.state IN"
+                " ('queued', 'running'))) ORDER BY seq LIMIT ?",
+                (*wanted, int(limit))).fetchall()
             return self._take(db, rows, controller, lease_s, start=True)
 
     def expired(self, controller: str, limit: int, lease_s: float) -> list[Claim]:
