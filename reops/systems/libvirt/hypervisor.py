@@ -60,8 +60,10 @@ _UNDEFINE = (
 )
 
 
-#: qemu.conf for an embedded QEMU run by root: no libvirt-qemu user, no virtlogd daemon
-EMBED_QEMU_CONF = 'user = "root"\ngroup = "root"\nstdio_handler = "file"\n'
+#: qemu.conf for an embedded QEMU run by root: no libvirt-qemu user, no virtlogd daemon, no
+#: owner remembered in xattrs (files of one guest are shared by a CLI process and a later
+#: one: each warned "Invalid XATTR timestamp" on the other's stderr)
+EMBED_QEMU_CONF = 'user = "root"\ngroup = "root"\nstdio_handler = "file"\nremember_owner = 0\n'
 
 
 def embed_root(uri: str) -> Path | None:
