@@ -234,3 +234,31 @@ def test_build_without_the_packages_names_them(tmp_path: Path) -> None:
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
     assert "busybox-static" in p.stderr and "dropbear-bin" in p.stderr
     assert "apt-get install -y" in p.stderr
+
+
+def test_cloud_image_seed_is_a_cidata_iso_with_the_keys(tmp_path: Path) -> None:
+    import yaml
+
+    from reops.systems import images
+
+    private, public = images.openssh_host_key()
+    iso = tmp_path / "seed.iso"
+    images.nocloud_seed(iso, "web-1", "ssh-ed25519 AAAAC3Nza controller", "debian",
+                        private, public)
+    label = subprocess.run(["isoinfo", "-d", "-i", str(iso)], capture_output=True,
+                           text=True, check=True).stdout
+    assert "Volume id: cidata" in label
+
+    def read(name: str) -> str:
+        return subprocess.run(["isoinfo", "-i", str(iso), "-J", "-x", f"/{name}"],
+                              capture_output=True, text=True, check=True).stdout
+
+    assert "local-hostname: web-1" in read("meta-data")
+    user_data = read("user-data")
+    assert user_data.startswith("#cloud-config\n")
+    doc = yaml.safe_load(user_data)
+    assert doc["ssh_keys"]["ed25519_private"].strip() == private.strip()
+    assert doc["ssh_keys"]["ed25519_public"] == public
+    assert doc["users"][1]["name"] == "debian"
+    assert doc["users"][1]["ssh_authorized_keys"] == ["ssh-ed25519 AAAAC3Nza controller"]
+    assert doc["ssh_authorized_keys"] == ["ssh-ed25519 AAAAC3Nza controller"]

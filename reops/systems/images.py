@@ -380,9 +380,12 @@ def nocloud_seed(path: Path, hostname: str, authorized_key: str, user: str,
         "#cloud-config\n"
         f"hostname: {hostname}\n"
         "ssh_pwauth: false\n"
-        "disable_root: false\n"
-        f"users:\n  - name: {user}\n    ssh_authorized_keys: [{json.dumps(authorized_key)}]\n"
-        "    sudo: ALL=(ALL) NOPASSWD:ALL\n    shell: /bin/bash\n"
+        "disable_root: false\n"  # root gets the keys too (not the "login as" stub)
+        f"ssh_authorized_keys: [{json.dumps(authorized_key)}]\n"  # the image's default user
+        + ("" if user == "root" else
+           f"users:\n  - default\n  - name: {user}\n"
+           f"    ssh_authorized_keys: [{json.dumps(authorized_key)}]\n"
+           "    sudo: ALL=(ALL) NOPASSWD:ALL\n    shell: /bin/bash\n") +
         "ssh_deletekeys: true\n"
         "ssh_keys:\n"
         "  ed25519_private: |\n" + indent + "\n"
