@@ -452,7 +452,11 @@ class FlowRunner:
         (the desired state), or its lease is lost (fenced: another controller may run it
         now, so this one writes only its audit row, never the flow's record)."""
         run = self.flows.pop(name, None)
-        if run is None:
+        if run is None:  # held here but not running (its start failed): record the stop
+            rec = await self._stored(name) if not fenced else None
+            if rec is not None and rec.state != "stopped":
+                rec.state, rec.wanted = "stopped", False
+                self._audit(rec, status, detail)
             return
         if run.watch is not None:
             run.watch.cancel()
