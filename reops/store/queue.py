@@ -562,14 +562,21 @@ class JobQueue:
                 await asyncio.sleep(every)
                 continue
             try:
-                await self._call(self.store.beat, Controller(
-                    name=self.name, host=socket.gethostname(), pid=os.getpid(),
-                    load={"jobs": float(len(self._held))}))
+                await self._call(self._beat)
                 await self._take_over()
                 self._up()
             except StoreError as e:
                 self._down("beating and taking over expired claims", e)
             await asyncio.sleep(every)
+
+    def _beat(self) -> None:
+        """Beat with {"jobs": held}, kept beside what else beats under this name in this
+        process (the hub's flows): one row per controller."""
+        load = next((dict(c.load) for c in self.store.controllers()
+                     if c.name == self.name and c.pid == os.getpid()), {})
+        load["jobs"] = float(len(self._held))
+        self.store.beat(Controller(name=self.name, host=socket.gethostname(),
+                                   pid=os.getpid(), load=load))
 
     async def _renew(self) -> None:
         held = [c for c in self._held.values() if c.job.id not in self._finishing]
