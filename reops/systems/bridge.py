@@ -10,7 +10,7 @@ from pathlib import Path
 
 from reops.core.model import Hosts
 from reops.store.engines import machines_store
-from reops.systems.machines import to_hosts
+from reops.systems.machines import reachable_hosts
 from reops.systems.select import select
 
 
@@ -18,6 +18,6 @@ def hosts(selector: str = "running", root: Path | None = None) -> Hosts:
     """Hosts for the systems matching `selector`, e.g. hosts('typed:redis & running')."""
     store = machines_store(root)
     try:
-        return to_hosts(select(store.systems(), selector))
+        return reachable_hosts(select(store.systems(), selector))
     finally:
         store.close()

@@ -207,8 +207,8 @@ class Machines:
         return self.systems("running")
 
     def hosts(self, selector: str = "running") -> Hosts:
-        """The selected systems as Hosts, for SSH and agent operations."""
-        return to_hosts(self.systems(selector))
+        """The selected systems that have an address, as Hosts for SSH and agent operations."""
+        return reachable_hosts(self.systems(selector))
 
     def system(self, id_or_prefix: str) -> System:
         return self.store.system_by_prefix(id_or_prefix)
@@ -344,15 +344,20 @@ def addressable(s: System) -> bool:
     return bool(s.machine.ip) or s.placement.kind == "physical"
 
 
+def reachable_hosts(systems: Sequence[System]) -> Hosts:
+    """The systems that have an address, as Hosts to connect to (see `addressable`): a VM
+    without one is left out rather than looked up in DNS by its name."""
+    return to_hosts([s for s in systems if addressable(s)])
+
+
 def to_hosts(systems: Sequence[System]) -> Hosts:
-    """Systems as Hosts (address: ip, else a physical machine's fqdn; port, key and known_hosts
-    of a guest of an image), tagged with type, hypervisor and id. VMs without an address are
-    left out (see `addressable`)."""
+    """Systems as Hosts (address: ip, else the fqdn; port, key and known_hosts of a guest of
+    an image), tagged with type, hypervisor and id. To connect, use `reachable_hosts`."""
     return Hosts(
         Host(name=s.hostname, address=s.machine.ip or s.machine.fqdn, port=s.machine.port,
              user=s.machine.user, key=s.machine.key, known_hosts=s.machine.known_hosts,
              groups=(s.type,) if s.type else (),
              tags={"type": s.type, "hypervisor": s.placement.hypervisor, "id": s.short_id,
                    "os": s.machine.os})
-        for s in systems if addressable(s)
+        for s in systems
     )
