@@ -3,9 +3,13 @@
     .venv/bin/python bench/bench_cli_startup.py [--hosts 50] [--repeat 10] [--baseline REV]
 
 Issue 13 item 6: `reops exec --via agent -- true` on 50 agents in ≤ 0.12 s whole process,
-and an idle agent in ≤ 20 MB RSS. Times each command as a fresh process (p50/p95/min of
-`--repeat` runs after one warm-up), with its CPU time (user+sys, steadier than wall time on
-a busy box), against `python -c pass` (the interpreter's own floor):
+and an idle agent in ≤ 20 MB RSS (the lab's agents run in this venv, whose editable
+installs add ~2 MB at interpreter start-up — shown as `this_venv_bare_python`; a deployed
+agent's own venv does not: `bench/bench_agents.py --rss --agent-python VENV/bin/python`).
+
+Times each command as a fresh process (p50/p95/min of `--repeat` runs after one warm-up),
+with its CPU time (user+sys, steadier than wall time on a busy box), against
+`python -c pass` (the interpreter's own floor):
 
   exec --help            the launcher and click, nothing of a run
   exec --via agent       through the hub to 50 connected agents
@@ -99,6 +103,16 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
+def interpreter_rss_mb(python: str, env: dict[str, str]) -> float:
+    """RSS of a bare `python` of this venv: its start-up hooks (this repo's editable
+    installs add ~2 MB that a host's agent venv, holding only reops-agent, does not pay)."""
+    code = ("print([x for x in open('/proc/self/status') "
+            "if x.startswith('VmRSS')][0].split()[1])")
+    done = subprocess.run([python, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=60, check=True)
+    return int(done.stdout) / 1024
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--hosts", type=int, default=50)
@@ -151,7 +165,9 @@ def main() -> None:
             "load_avg_1m": round(os.getloadavg()[0], 2),
             "whole_process": results,
             "agent_idle_rss_mb": {"p50": round(statistics.median(rss), 1),
-                                  "max": round(max(rss), 1), "agents": len(rss)},
+                                  "max": round(max(rss), 1), "agents": len(rss),
+                                  "this_venv_bare_python": round(interpreter_rss_mb(
+                                      PYTHON, env), 1)},
             "targets": {
                 f"exec --via agent p50 <= {TARGET_AGENT_S * 1000:.0f} ms":
                     "PASS" if agent_p50 <= TARGET_AGENT_S else "MISS",
