@@ -219,6 +219,7 @@ def test_a_guest_that_never_comes_up_fails_in_bounded_time(tmp_path: Path) -> No
         assert "console:" in failed[0]
         [s] = _systems(reops)
         assert s["state"] == "unreachable" and s["machine"]["ip"] is None
+        assert not _qemu_pids(ROOTS["dead"])  # powered off, not left spinning
 
 
 def test_build_without_the_packages_names_them(tmp_path: Path) -> None:

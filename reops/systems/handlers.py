@@ -99,7 +99,8 @@ class Handlers:
     async def _boot_guest(self, s: System, hyp: Hypervisor) -> dict[str, Any]:
         """Boot, find where SSH answers (the port forward, else the lease on port 22), pin
         the host key made at creation, and wait (bounded) for SSH's banner: running means
-        reachable. A guest that never answers fails the job in one line, state unreachable."""
+        reachable. A guest that never answers fails the job in one line and is powered off,
+        state unreachable (its console log stays in the pool)."""
         from reops.systems import images
 
         p = s.placement
@@ -113,6 +114,7 @@ class Handlers:
             images.record_host_key(address, s.machine.port, public.decode().strip())
         if not await images.wait_ssh(address, s.machine.port, limit):
             self._save(self._fresh(s), state="unreachable")
+            await hyp.destroy(p.domain)  # powered off: a guest spinning under TCG costs a CPU
             log = await hyp.with_pool(p.pool, lambda pool: pool.path(f"{p.domain}.console.log"))
             raise MachinesError(
                 f"{s.hostname}: booted, but SSH on {address}:{s.machine.port} did not answer "

@@ -173,6 +173,8 @@ class Machines:
                                                    states[ev.event] == "stopped"):
             return  # a late event must not undo what create or sync just recorded
         state = states[ev.event]
+        if state == "stopped" and s.state == "unreachable":
+            return  # powered off because it never answered: keep saying so
         if state == "running" and s.machine.image and s.state != "running":
             state = "booting"  # a guest of an image runs once SSH answers (handlers._boot)
         machine = s.machine if state == "running" else msgspec.structs.replace(
