@@ -60,7 +60,7 @@ def _qemu_pids(root: str) -> list[int]:
     return pids
 
 
-def _home(base: Path, name: str, ip_timeout: int = 90) -> Iterator[Reops]:
+def _home(base: Path, name: str, ip_timeout: int = 180) -> Iterator[Reops]:
     """A REOPS_HOME with its own embedded QEMU root; guests left over are destroyed."""
     home = base / name
     home.mkdir(mode=0o700)
