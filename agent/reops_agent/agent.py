@@ -340,7 +340,13 @@ class Agent:
             case Call():  # only a hub that registered us sends these: run them
                 if msg.id not in self.calls:
                     token = self.calls[msg.id] = Token()
-                    _start(self._call, msg, token)
+                    if not _start(self._call, msg, token):  # (the host is out of threads)
+                        del self.calls[msg.id]
+                        with contextlib.suppress(queue.Full):
+                            self._outbox.put_nowait(encode(Done(
+                                id=msg.id, status="error", code=1,
+                                err="the agent cannot start a thread for this call (out of "
+                                    "threads or memory on the host); try again")))
             case Cancel():
                 running = self.calls.get(msg.id)
                 if running is not None:
@@ -350,7 +356,9 @@ class Agent:
                 if old is not None:
                     old.cancel()
                 token = self.schedules[msg.id] = Token()
-                _start(self._schedule, msg, token)
+                if not _start(self._schedule, msg, token):
+                    del self.schedules[msg.id]
+                    log.warning("cannot start schedule %d: no thread available", msg.id)
             case Unschedule():
                 gone = self.schedules.pop(msg.id, None)
                 if gone is not None:
@@ -457,6 +465,11 @@ def _event(frames: list[bytes]) -> int:
 
 
 def _start(work: Callable[[Call, Token], None] | Callable[[Schedule, Token], None],
-           msg: Call | Schedule, token: Token) -> None:
-    threading.Thread(target=work, args=(msg, token), daemon=True,
-                     name=f"reops-agent-{type(msg).__name__.lower()}-{msg.id}").start()
+           msg: Call | Schedule, token: Token) -> bool:
+    """Run `work` in a thread of its own; False when the host cannot start one."""
+    try:
+        threading.Thread(target=work, args=(msg, token), daemon=True,
+                         name=f"reops-agent-{type(msg).__name__.lower()}-{msg.id}").start()
+    except RuntimeError:
+        return False
+    return True
