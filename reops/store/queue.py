@@ -515,6 +515,9 @@ class JobQueue:
                         self._up()
                     except StoreError as e:
                         self._down("claiming jobs", e)
+                    except Exception as e:  # a bug must not stop this controller claiming
+                        log.warning("queue (controller %s): claiming jobs failed: %s: %s",
+                                    self.name, type(e).__name__, e)
                     for c in got:
                         self._held[c.job.id] = c
                         self._launch(c)
@@ -567,6 +570,9 @@ class JobQueue:
                 self._up()
             except StoreError as e:
                 self._down("beating and taking over expired claims", e)
+            except Exception as e:  # a bug must not stop renewals and take-overs
+                log.warning("queue (controller %s): beating or taking over failed: %s: %s",
+                            self.name, type(e).__name__, e)
             await asyncio.sleep(every)
 
     def _beat(self) -> None:
@@ -586,6 +592,10 @@ class JobQueue:
             kept = await self._call(self.store.renew, held, self.cluster.lease_s)
         except StoreError as e:
             self._down("renewing leases", e)
+            return
+        except Exception as e:  # as a store error: try again at the next tick
+            log.warning("queue (controller %s): renewing leases failed: %s: %s", self.name,
+                        type(e).__name__, e)
             return
         renewed = {c.job.id: c for c in kept}
         for c in held:
