@@ -309,7 +309,7 @@ class Handlers:
                 if known.machine.image and d.ssh_port and d.state == "running":
                     from reops.systems import images  # a guest: running once SSH answers
 
-                    up = await images.wait_ssh("127.0.0.1", d.ssh_port, 3.0)
+                    up = await images.wait_ssh("127.0.0.1", d.ssh_port, 10.0)
                     ip, state = ("127.0.0.1", "running") if up else (None, "unreachable")
                 self._save(known, state=state, placement={"uuid": d.uuid, "domain": d.name},
                            machine={"ip": ip})
