@@ -171,7 +171,8 @@ def test_status_reports_agent_flow_and_bus(hub: LabHub, tmp_path: Path) -> None:
             assert counted["sent"] + counted["dropped"] == n
             st = until(lambda: (s := status(hub))["bus"]["received"] >= counted["total_sent"]
                        and s, "the hub to receive what was sent",
-                       lambda: f"hub bus {status(hub)['bus']}, publisher {counted}")
+                       lambda: f"hub bus {status(hub)['bus']}, publisher {counted}; hub log:"
+                       f" {hub.log[-3000:]}")
         finally:
             sub.close(0)
 

@@ -13,6 +13,13 @@ bound), so garbage sent to the XSUB is counted and never reaches a subscriber in
 language, and the counts `bus.stats` shows are kept without locks. It drains what is
 queued in one go (plain NOBLOCK reads) so a burst costs one wake-up, not one per message.
 
+A publisher that exits asks `bus.seen` first: the hub answers once it has read everything
+that publisher sent (bounded). libzmq drops the unread tail of a connection whose peer goes
+away while the hub holds it back at its high-water mark (the engine stops reading the
+socket; a hang-up then closes it with data still queued): a short `reops … | publish()`
+run could lose its last messages without anyone counting them. Closing only after the hub
+has read them leaves nothing in flight.
+
 Slow subscribers never block anyone: the XPUB drops a subscriber's messages beyond its
 send high-water mark (XPUB_NODROP off). libzmq does not count those drops per subscriber,
 so each body carries a per-topic `seq`: a subscriber that sees it jump missed messages.
@@ -58,6 +65,8 @@ ROLE = "bus-"
 BATCH = 512
 #: publishers remembered for their drop counts
 SOURCES_KEPT = 1024
+#: longest a publisher's exit may wait in `bus.seen` for the hub to read what it sent
+SEEN_WAIT_MAX_S = 60.0
 
 
 def bus_name(key: str) -> str:
@@ -156,6 +165,8 @@ class Bus:
         self.received = self.forwarded = self.bad = 0
         self.subscriptions: dict[str, int] = {}
         self.sources: OrderedDict[str, int] = OrderedDict()  # src -> dropped it reported
+        self.counts: dict[str, int] = {}  # src -> messages read from it (evicted with sources)
+        self._seen_waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
         self._src = source_id()
         self._seq: dict[str, int] = {}
         self._told_bad = 0.0
@@ -213,11 +224,41 @@ class Bus:
             self._bad(str(e))
             return
         if head.src:
-            self.sources[head.src] = head.dropped
-            self.sources.move_to_end(head.src)
-            if len(self.sources) > SOURCES_KEPT:
-                self.sources.popitem(last=False)
+            self._count(head.src, head.dropped)
         self._send(frames)
+
+    def _count(self, src: str, dropped: int) -> None:
+        self.sources[src] = dropped
+        self.sources.move_to_end(src)
+        n = self.counts[src] = self.counts.get(src, 0) + 1
+        if len(self.sources) > SOURCES_KEPT:
+            self.counts.pop(self.sources.popitem(last=False)[0], None)
+        waiters = self._seen_waiters.get(src)
+        if waiters:
+            for target, fut in waiters:
+                if n >= target and not fut.done():
+                    fut.set_result(None)
+
+    async def seen(self, src: str, sent: int, wait: float) -> int:
+        """How many messages from `src` the hub has read, once that is `sent` (or after
+        `wait` seconds): a publisher's exit waits for it, so nothing it sent is in flight
+        when its connection closes."""
+        if self.counts.get(src, 0) < sent and wait > 0:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            entry = (sent, fut)
+            self._seen_waiters.setdefault(src, []).append(entry)
+            try:
+                async with asyncio.timeout(min(wait, SEEN_WAIT_MAX_S)):
+                    await fut
+            except TimeoutError:
+                pass
+            finally:
+                left = self._seen_waiters.get(src, [])
+                if entry in left:
+                    left.remove(entry)
+                if not left:
+                    self._seen_waiters.pop(src, None)
+        return self.counts.get(src, 0)
 
     def _send(self, frames: list[bytes]) -> None:
         # through the asyncio socket (not a shadow): it keeps the subscription reader awake
@@ -317,7 +358,16 @@ def attach(controller: Controller) -> None:
     async def stats(s: Session) -> dict[str, Any]:
         return bus.stats()
 
+    async def seen(s: Session) -> dict[str, Any]:
+        p = s.params
+        try:
+            src, sent, wait = str(p["src"]), int(p["sent"]), float(p.get("wait", 0.0))
+        except (KeyError, TypeError, ValueError):
+            return {"error": "bus.seen needs src (a publisher id) and sent (a count)"}
+        return {"seen": await bus.seen(src, sent, wait)}
+
     controller.register("bus.stats", stats)
+    controller.register("bus.seen", seen)
     controller.listen(bus.emit)
     controller.run_task(bus.serve)
     log.info("bus: publishers connect to %s, subscribers to %s", bus.endpoint_in,

@@ -9,7 +9,9 @@ counted (`publisher().dropped`, and in every later body's `dropped`, which the h
 `bus.stats` shows; a flow in the hub also counts its own: `Tally`, in `flows ls`). Until
 the hub has answered the connection, up to `bus_hwm` messages wait (a short CLI run would
 otherwise lose its first Results to the CurveZMQ handshake); at exit, what waits is given
-a bounded moment (`LINGER_S`) to leave.
+a bounded moment (`LINGER_S`) to leave, and the connection closes only once the hub says it
+has read everything sent (`bus.seen`, bounded by the same moment): libzmq drops what a hub
+has not read yet from a connection that goes away while the hub is behind.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ class Publisher:
         self._sockets: list[zmq.asyncio.Socket] = []
         self._draining: asyncio.Future[None] | None = None
         self._gone = False  # no bus to publish to: drop at once
+        self.unconfirmed = 0  # sent, but not read by the hub when this process closed
         self._tasks: list[asyncio.Task[None]] = []
         self._idle = asyncio.Event()
 
@@ -236,6 +239,26 @@ class Publisher:
             if event["event"] == zmq.EVENT_DISCONNECTED:
                 self.ready = False  # wait (bounded) for the hub to come back
 
+    async def _confirm(self) -> None:
+        """Wait (bounded by LINGER_S) until the hub has read every message sent, so none is
+        in flight when the connection closes; say how many it had not, if any."""
+        client = HubClient(self.settings.control_path, connect_timeout=LINGER_S)
+        try:
+            async with asyncio.timeout(LINGER_S + 1.0):
+                reply = await client.request("bus.seen", src=self.src, sent=self.sent,
+                                             wait=LINGER_S)
+            seen = int(reply["seen"]) if isinstance(reply, dict) and "seen" in reply else -1
+        except (ConnectionError, HubError, TimeoutError, OSError):
+            seen = -1  # no answer (the hub went away): nothing more can be done
+        finally:
+            with contextlib.suppress(Exception):
+                await client.close()
+        if 0 <= seen < self.sent:
+            self.unconfirmed = self.sent - seen
+            log.warning("publish(): the hub had read %d of the %d messages sent when this "
+                        "process closed its connection (%d may be lost)", seen, self.sent,
+                        self.unconfirmed)
+
     def _drop_waiting(self) -> None:
         while self._waiting:
             self._drop(self._waiting.popleft()[2])
@@ -247,6 +270,8 @@ class Publisher:
                 async with asyncio.timeout(LINGER_S):
                     await self._idle.wait()
             self._drop_waiting()
+        if self.sent and self._sock is not None and not self._gone:
+            await self._confirm()
         tasks = [*self._tasks, *([self._draining] if self._draining else [])]
         for t in tasks:
             t.cancel()
