@@ -107,3 +107,56 @@ def test_provisioning_runs_the_types_recipe(lab_factory: Callable[..., Any], tmp
     failed = reops("systems", "provision", "box3", "--force")
     assert failed.returncode == 1
     assert "provisioning with" in failed.stdout + failed.stderr
+
+
+def test_a_system_without_an_address_counts_as_not_reached(
+        lab_factory: Callable[..., Any], tmp_path: Path, ssh_port_22: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A selected guest with no address (stopped, booting) is not run on and
+    never looked up in DNS: it is a host not reached, so exit 1 as for an unreachable host,
+    and `-o json` lists it under "-1" with the reason, next to the box that answered."""
+    from systems_fixtures import config_toml
+
+    fleet = lab_factory(hosts=1, base_port=ssh_port_22)
+    info = fleet.info
+    [address] = info.hosts.values()
+    home = tmp_path / "home"
+    reops = _reops_in(home)
+    config_toml(home, extra=f'[ssh]\nkey = "{home}/key"\n')
+    assert reops("types", "add", "web").returncode == 0
+    made = reops("systems", "create", "web", "--hostname", "guest1")
+    assert made.returncode == 0, made.stdout + made.stderr
+    _stopped_in_store(home, "guest1", monkeypatch)  # the test driver's domain lives per process
+    reg = reops("systems", "register", "box1", "--mac", "52:54:00:aa:bb:cf", "--ip", address,
+                "--hypervisor", "rack", "--user", info.user)
+    assert reg.returncode == 0, reg.stderr
+    p = reops("exec", "--systems", "box1,guest1", "--key", str(info.key),
+              "--known-hosts", str(info.known_hosts), "-o", "json", "--", "echo", "hi")
+    assert p.returncode == 1, p.stdout + p.stderr
+    doc = json.loads(p.stdout)
+    assert sorted(doc["hosts"]) == ["box1", "guest1"]
+    assert [r["host"] for r in doc["successful"]] == ["box1"]
+    [skipped] = doc["failure"]["-1"]
+    assert skipped["host"] == "guest1" and skipped["status"] == "unreachable"
+    assert "no address" in skipped["err"] and "reops systems start" in skipped["err"]
+    assert "guest1: no address" in p.stderr
+    retried = reops("exec", "--systems", "box1,guest1", "--key", str(info.key),
+                    "--known-hosts", str(info.known_hosts), "--retry", "1", "--", "true")
+    assert retried.returncode == 1, retried.stdout + retried.stderr
+
+
+def _stopped_in_store(home: Path, hostname: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mark `hostname` stopped with no address in the store, as `systems stop` leaves it."""
+    import msgspec
+
+    from reops.store.engines import open_machines
+
+    monkeypatch.setenv("REOPS_HOME", str(home))
+    monkeypatch.setenv("REOPS_CONFIG", str(home / "config.toml"))
+    store = open_machines()
+    try:
+        [s] = [x for x in store.systems() if x.hostname == hostname]
+        store.put_system(msgspec.structs.replace(
+            s, state="stopped", machine=msgspec.structs.replace(s.machine, ip=None)))
+    finally:
+        store.close()

@@ -165,8 +165,10 @@ def test_tiny_guests_end_to_end(reops: Reops, tiny: dict[str, str], tmp_path: Pa
     assert stopped["state"] == "stopped" and stopped["machine"]["ip"] is None
     assert [s["machine"]["hostname"] for s in _systems(reops, "typed:web & running")] == [
         web[1]["machine"]["hostname"]]
-    p, doc = _exec(reops, "true")
-    assert p.returncode == 0 and doc["hosts"] == [web[1]["machine"]["hostname"]]
+    p, doc = _exec(reops, "true")  # the stopped one: not reached (exit 1), never looked up
+    assert p.returncode == 1 and [r["host"] for r in doc["successful"]] == [
+        web[1]["machine"]["hostname"]]
+    assert [r["host"] for r in doc["failure"]["-1"]] == [first]
     assert f"{first}: no address (state stopped)" in p.stderr
 
     start = reops("systems", "start", first)

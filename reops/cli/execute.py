@@ -40,18 +40,44 @@ def exec_cmd(selector: str, command: tuple[str, ...], become_user: str | None,
 
     exec_ = step(describe)
 
+    skipped: list[Any] = []
     if systems is not None:  # no inventory selector: every word is the command
         command = (selector, *command)
-        _say_unaddressed(systems)
+        skipped = _unaddressed(systems)
     text = " ".join(command)
     if not text.strip():
         raise UserError("no command given: put it after --, e.g. reops exec all -- uptime")
-    return lambda hosts: exec_(hosts, text, become_user=become_user)
+    if not skipped:
+        return lambda hosts: exec_(hosts, text, become_user=become_user)
+    return lambda hosts: _with_unreached(exec_(hosts, text, become_user=become_user), skipped)
 
 
-def _say_unaddressed(selector: str) -> None:
-    """One line per selected VM that has no address (stopped, booting): it is left out, never
-    looked up in DNS by its name, and the user is told rather than it silently missing."""
+def _with_unreached(stream: Any, skipped: list[Any]) -> Any:
+    """`stream` plus an `unreachable` Result (code -1) for each selected system without an
+    address: a host not reached, so the run exits 1 and `-o json` lists it under "-1",
+    exactly as it would an unreachable inventory host, rather than it silently missing."""
+    import reactivex
+
+    from reops.core.model import Host, Hosts, failure_result
+    from reops.streams.stream import Stream
+
+    failed = [failure_result(s.hostname, "exec", f"no address (state {s.state}): not run; "
+                             f"start it: reops systems start {s.short_id}") for s in skipped]
+    names = {r.host for r in failed}
+    placeholders = Hosts(Host(name=n, address="") for n in names)  # never connected to
+
+    def rebuild(subset: Any) -> Any:  # --retry/--rolling: the addressed ones run again
+        again = stream.rebuild(subset.where(lambda h: h.name not in names))
+        still = [s for s in skipped if s.hostname in subset]
+        return _with_unreached(again, still) if still else again
+
+    return Stream(reactivex.merge(reactivex.of(*failed), stream.observable),
+                  stream.hosts | placeholders, rebuild)
+
+
+def _unaddressed(selector: str) -> list[Any]:
+    """The selected VMs that have no address (stopped, booting), each told in one line: they
+    are left out, never looked up in DNS by their name, and reported as not reached."""
     from reops.core.selector import SelectorError
     from reops.store.model import MachinesError
     from reops.systems import connect
@@ -69,11 +95,12 @@ def _say_unaddressed(selector: str) -> None:
     try:
         chosen = asyncio.run(read())
     except (MachinesError, SelectorError, OSError):
-        return  # the selection itself reports what is wrong
-    for s in chosen:
-        if not addressable(s):
-            click.echo(f"reops: {s.hostname}: no address (state {s.state}): not run there; "
-                       f"start it: reops systems start {s.short_id}", err=True)
+        return []  # the selection itself reports what is wrong
+    skipped = [s for s in chosen if not addressable(s)]
+    for s in skipped:
+        click.echo(f"reops: {s.hostname}: no address (state {s.state}): not run there; "
+                   f"start it: reops systems start {s.short_id}", err=True)
+    return skipped
 
 
 @click.command("hosts")
