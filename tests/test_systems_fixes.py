@@ -72,6 +72,36 @@ def test_jobs_wait_on_a_finished_job_answers_at_once(hub: HubThread,
 
 
 
+def test_api_wait_on_a_finished_job_answers_at_once(hub: HubThread,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Python API as `jobs wait`: through the hub, following job events, a job that
+    finished before the wait answers from its record at once (not after FOLLOW_GRACE, an
+    hour here, which `asyncio.timeout(PROMPT)` turns into a failure)."""
+    import asyncio
+
+    from reops.systems.api import connect
+
+    monkeypatch.setattr("reops.systems.api.FOLLOW_GRACE", 3600.0)
+    cli = CliRunner()
+    assert cli.invoke(types, ["add", "web"]).exit_code == 0
+    assert cli.invoke(systems, ["create", "web", "--hostname", "w1"]).exit_code == 0
+    job_id = cli.invoke(jobs, ["ls"]).output.splitlines()[1].split()[0]
+
+    async def wait() -> list[str]:
+        api = await connect(hub=True)
+        try:
+            assert api.where == "hub"
+            await api.follow()
+            async with asyncio.timeout(PROMPT):
+                done = await api.wait([await api.job(job_id)])
+            return [j.state for j in done]
+        finally:
+            await api.aclose()
+
+    assert asyncio.run(wait()) == ["succeeded"]
+
+
+
 def test_a_physical_rack_keeps_the_embedded_default(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Configuring only a rack of physical machines: VMs still go to the embedded libvirt
