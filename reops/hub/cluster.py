@@ -50,6 +50,7 @@ from reops.store.flows import FlowLease
 
 if TYPE_CHECKING:
     from reops.hub.flows import FlowRunner
+    from reops.hub.remote_calls import RemoteCalls
     from reops.store.postgres import PgFlowStore, PgStore
 
 log = logging.getLogger("reops.hub.cluster")
@@ -92,6 +93,8 @@ class Hub(Protocol):
 
     @property
     def settings(self) -> HubSettings: ...
+    remote: RemoteCalls | None  # calls to agents held by peers (reops.hub.remote_calls)
+
     def publish(self, topic: str, data: dict[str, Any]) -> None: ...
     def listen(self, fn: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]: ...
 
@@ -142,6 +145,15 @@ class Cluster:
         remove = self.hub.listen(self._outgoing)
         tasks = [asyncio.create_task(c) for c in (self._ticks(), self._takes(),
                                                   self._poster(), self._relay())]
+        fleet = getattr(self.hub, "fleet", None)
+        if fleet is not None:  # calls from peers to the agents held here, and back
+            from reops.hub.remote_calls import RemoteCalls
+
+            remote = RemoteCalls(fleet, self.store.url, self.name, self.settings.lease_s,
+                                 self.store._timeout,
+                                 lambda: self.store.listen_calls(f"reops-calls {self.name}"))
+            self.hub.remote = remote
+            tasks.append(asyncio.create_task(remote.serve(self.hub.listen)))
         try:
             await asyncio.gather(*tasks)
         finally:

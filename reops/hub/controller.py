@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 import zmq.asyncio
@@ -35,6 +35,9 @@ from reops.hub.flows import attach as attach_flows
 from reops.hub.keystore import KeyEntry, KeyStore
 from reops.hub.sshpool import attach as attach_ssh_pool
 from reops.hub.zap import Authenticator
+
+if TYPE_CHECKING:
+    from reops.hub.remote_calls import RemoteCalls
 
 log = logging.getLogger("reops.hub")
 
@@ -81,6 +84,8 @@ class Controller:
         self.zap = Authenticator(self.ctx, self.keys)  # bound before any CURVE socket
         self.fleet = Fleet(self.ctx, settings, self.keys, self.publish)
         self.control = ControlServer(self.ctx, settings.control_path)
+        #: calls to agents held by other controllers (set by the cluster on PostgreSQL)
+        self.remote: RemoteCalls | None = None
         for name, handler in {
             "ping": self._ping, "agents": self._agents, "keys": self._keys,
             "keys.accept": self._accept, "keys.reject": self._reject,
@@ -206,7 +211,15 @@ class Controller:
 
         fn, args, kwargs, timeout, code = self._fn(p)
         stream = p.stream
+        remote = self.remote  # several controllers: agents held by a peer are reached there
+        held = await remote.holders([h for h in dict.fromkeys(hosts)
+                                     if self.fleet.registry.connected(h) is None]
+                                    ) if remote is not None else {}
         for host in hosts:
+            if remote is not None and host in held:
+                remote.call(host, held[host], fn, args, kwargs, timeout=timeout, code=code,
+                            on_done=on_done)
+                continue
             cid = self.fleet.call(host, fn, args, kwargs, timeout=timeout, stream=stream,
                                   code=code, on_done=on_done,
                                   on_line=on_line if stream else None)

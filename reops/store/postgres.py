@@ -103,6 +103,21 @@ FLOW_MIGRATIONS: tuple[str, ...] = (
         name TEXT PRIMARY KEY, key TEXT NOT NULL, state TEXT NOT NULL,
         at DOUBLE PRECISION NOT NULL);
     """,
+    # calls across controllers (reops.hub.remote_calls): who holds each agent, and the
+    # calls in flight to a peer's agent (a row lives until its result is collected)
+    """
+    CREATE TABLE agent_holders (
+        name TEXT PRIMARY KEY, controller TEXT NOT NULL, at DOUBLE PRECISION NOT NULL);
+    CREATE TABLE remote_calls (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, origin TEXT NOT NULL,
+        target TEXT NOT NULL, agent TEXT NOT NULL, request TEXT NOT NULL,
+        deadline DOUBLE PRECISION NOT NULL, state TEXT NOT NULL DEFAULT 'queued',
+        result TEXT);
+    CREATE INDEX remote_calls_target ON remote_calls(target) WHERE state = 'queued';
+    CREATE INDEX remote_calls_origin ON remote_calls(origin) WHERE state = 'done';
+    ALTER TABLE remote_calls SET (autovacuum_vacuum_scale_factor = 0.01,
+                                  autovacuum_vacuum_threshold = 1000);
+    """,
 )
 
 #: a queued job is claimable when no older job of its system is unfinished: a system's
@@ -116,6 +131,8 @@ FIFO_PER_SYSTEM = ("(j.system_id IS NULL OR NOT EXISTS (SELECT 1 FROM jobs o WHE
 JOBS_CHANNEL = "reops_jobs"
 #: the NOTIFY channel that tells controllers events were posted (the payload stays empty)
 EVENTS_CHANNEL = "reops_events"
+#: the NOTIFY channel for calls between controllers and their results (empty payload)
+CALLS_CHANNEL = "reops_calls"
 #: seconds posted events are kept (a controller that was away longer misses older ones)
 EVENTS_KEEP_S = 600.0
 #: the advisory lock `migrate` holds, so controllers migrating at once apply steps once
@@ -672,6 +689,10 @@ class PgFlowStore:
         return self._pg.run(lambda db: [(n, k, st) for n, k, st in db.execute(
             "SELECT name, key, state FROM agent_keys ORDER BY name").fetchall()],
             what="reading shared keys")
+
+    def listen_calls(self, name: str = "") -> Wakeup:
+        """Woken (LISTEN/NOTIFY) when a call or a result between controllers is written."""
+        return _PgWakeup(self.url, self.where, self._timeout, CALLS_CHANNEL, name)
 
     def listen_events(self, name: str = "") -> Wakeup:
         """Woken (LISTEN/NOTIFY) when a controller posts events; a dropped connection is
