@@ -763,12 +763,15 @@ class _PgWakeup:
             self._listen()
             self.reconnects += 1
             return True
+        conn = self._conn
         try:
-            got = list(self._conn.notifies(timeout=timeout, stop_after=1))
+            got = list(conn.notifies(timeout=timeout, stop_after=1))
             # drain what else arrived: one wake-up for a burst
-            got += list(self._conn.notifies(timeout=0))
+            got += list(conn.notifies(timeout=0))
         except psycopg.OperationalError:
-            self._conn.close()
+            conn.close()
+            if self._conn is not conn:  # `close` ran meanwhile: shutting down, no new LISTEN
+                return False
             self._listen()  # missed notifications are lost: the caller looks now
             self.reconnects += 1
             return True
