@@ -7,6 +7,8 @@ condition with a deadline."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import signal
 import subprocess
 import threading
@@ -17,6 +19,7 @@ import psycopg
 import pytest
 from test_hub_cluster import Ctl, both, until
 
+from reops.control.client import HubClient
 from reops.lab.agents import LabAgents, start_agents, wait_for_agents
 from reops.store.postgres import PgFlowStore
 
@@ -45,6 +48,25 @@ def rows(url: str, sql: str) -> list[tuple[object, ...]]:
         return [tuple(r) for r in db.execute(sql.encode()).fetchall()]
 
 
+async def call_then_cancel(a: Ctl, pg_url: str) -> None:
+    """Start `sleep 30` on the agent through ctl1, then leave once ctl2 runs it."""
+    client = HubClient(a.hub.control_path)
+
+    async def consume() -> None:
+        async for _ in client.pieces("call", hosts=[AGENT], fn="shell", args=["sleep 30"],
+                                     kwargs={}, timeout=60.0, stream=False):
+            pass
+    task = asyncio.create_task(consume())
+    try:
+        await asyncio.to_thread(until, lambda: rows(
+            pg_url, "SELECT state FROM remote_calls") == [("running",)], "ctl2 taking it")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await client.close()
+
+
 def test_a_call_on_ctl1_runs_on_an_agent_held_by_ctl2_and_is_lost_when_ctl2_dies(
         two: tuple[Ctl, Ctl, LabAgents], tmp_path: Path, pg_url: str) -> None:
     a, b, _ = two
@@ -67,6 +89,11 @@ def test_a_call_on_ctl1_runs_on_an_agent_held_by_ctl2_and_is_lost_when_ctl2_dies
     assert late.returncode != 0 and "timeout" in late.stdout, late.stdout + late.stderr
     until(lambda: rows(pg_url, "SELECT count(*) FROM remote_calls") == [(0,)],
           "the timed-out call's row deleted")
+
+    # the client leaves (Cancel): ctl2 stops the command on its agent, long before its 30 s
+    asyncio.run(call_then_cancel(a, pg_url))
+    until(lambda: rows(pg_url, "SELECT count(*) FROM remote_calls") == [(0,)],
+          "the cancelled call stopped on the agent and its row deleted", timeout=20)
 
     # ctl2 dies while the agent runs the call: ctl1 answers lost (it may have run)
     box: dict[str, subprocess.CompletedProcess[str]] = {}

@@ -37,7 +37,7 @@ from reops.hub.sshpool import attach as attach_ssh_pool
 from reops.hub.zap import Authenticator
 
 if TYPE_CHECKING:
-    from reops.hub.remote_calls import RemoteCalls
+    from reops.hub.remote_calls import RemoteCalls, Sent
 
 log = logging.getLogger("reops.hub")
 
@@ -215,10 +215,11 @@ class Controller:
         held = await remote.holders([h for h in dict.fromkeys(hosts)
                                      if self.fleet.registry.connected(h) is None]
                                     ) if remote is not None else {}
+        sent: list[Sent] = []
         for host in hosts:
             if remote is not None and host in held:
-                remote.call(host, held[host], fn, args, kwargs, timeout=timeout, code=code,
-                            on_done=on_done)
+                sent.append(remote.call(host, held[host], fn, args, kwargs, timeout=timeout,
+                                        code=code, on_done=on_done))
                 continue
             cid = self.fleet.call(host, fn, args, kwargs, timeout=timeout, stream=stream,
                                   code=code, on_done=on_done,
@@ -229,6 +230,9 @@ class Controller:
         def cancel() -> None:
             for i in ids:
                 self.fleet.cancel(i)
+            for handle in sent:
+                if remote is not None:
+                    remote.cancel(handle)
 
         s.on_cancel.append(cancel)
         if remaining:

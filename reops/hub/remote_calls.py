@@ -14,6 +14,8 @@ in flight: the table stays small).
 
 Faults: B stops beating while the call is in flight → A answers `lost` (it may have run;
 never re-run); a call B had not taken yet → `unreachable`; past its deadline → `timeout`.
+A client that leaves marks its row `cancel` (or deletes it, not taken yet): B stops the
+call on its agent, as a local call's Cancel would.
 Streamed lines are not relayed: a remote call's output arrives with its result.
 """
 
@@ -61,6 +63,14 @@ class Request(msgspec.Struct, kw_only=True):
 
 
 @dataclass(slots=True)
+class Sent:
+    """A handle on a call sent to a peer: its row (once written), whether it was cancelled."""
+
+    row: int = 0
+    cancelled: bool = False
+
+
+@dataclass(slots=True)
 class Waiting:
     """A call this hub sent to a peer, until its result row (or a fault) ends it."""
 
@@ -85,6 +95,8 @@ class RemoteCalls:
         self._dirty: set[str] = set()  # agents whose holder row is to be written
         self._results: list[tuple[int, str]] = []  # (row id, result JSON) to write
         self._gone: list[int] = []  # rows of calls given up here, to delete
+        self._cancels: list[int] = []  # rows of calls whose client cancelled, to mark
+        self._running: dict[int, int] = {}  # row → the fleet call id, of peers' calls here
         self._wake = asyncio.Event()
         self._look = asyncio.Event()
         self._listener = ThreadPoolExecutor(1, thread_name_prefix="reops-calls-listen")
@@ -182,15 +194,25 @@ class RemoteCalls:
     # ── calls made here, run on a peer ──
 
     def call(self, agent: str, target: str, fn: str, args: list[Any], kwargs: dict[str, Any],
-             *, timeout: float | None, code: CodeRef | None, on_done: OnDone) -> None:
+             *, timeout: float | None, code: CodeRef | None, on_done: OnDone) -> Sent:
         """Send the call for `agent` to `target`; `on_done` gets its one result."""
         if timeout is None or timeout <= 0:
             timeout = self.fleet.settings.call_timeout_s
         request = Request(fn=fn, args=args, kwargs=kwargs, timeout=timeout, code=code)
-        task = asyncio.create_task(self._send(agent, target, request, on_done))
+        sent = Sent()
+        task = asyncio.create_task(self._send(agent, target, request, on_done, sent))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return sent
 
-    async def _send(self, agent: str, target: str, request: Request, on_done: OnDone) -> None:
+    def cancel(self, sent: Sent) -> None:
+        """The client went away: ask the peer to stop the call on its agent."""
+        sent.cancelled = True
+        if sent.row and sent.row in self._waiting:
+            self._cancels.append(sent.row)
+            self._wake.set()
+
+    async def _send(self, agent: str, target: str, request: Request, on_done: OnDone,
+                    sent: Sent) -> None:
         wait = request.timeout + self.grace
         body = msgspec.json.encode(request).decode()
 
@@ -214,6 +236,9 @@ class RemoteCalls:
         entry.timer = asyncio.get_running_loop().call_later(
             wait + 2 * POLL_S, self._expire, cid)  # after the peer's own timeout result
         self._waiting[cid] = entry
+        sent.row = cid
+        if sent.cancelled:  # cancelled while its row was being written
+            self.cancel(sent)
 
     def _expire(self, cid: int) -> None:
         entry = self._waiting.get(cid)
@@ -256,6 +281,8 @@ class RemoteCalls:
         claimed = db.execute(
             f"UPDATE remote_calls SET state = 'running' WHERE target = %s AND state = 'queued'"
             f" RETURNING id, agent, request, deadline - {_NOW}", (self.name,)).fetchall()
+        stop = db.execute("UPDATE remote_calls SET state = 'running' WHERE target = %s AND"
+                          " state = 'cancel' RETURNING id", (self.name,)).fetchall()
         done = db.execute("DELETE FROM remote_calls WHERE origin = %s AND state = 'done'"
                           " RETURNING id, result", (self.name,)).fetchall()
         waiting = list(self._waiting.items())
@@ -272,10 +299,14 @@ class RemoteCalls:
                     (ids,)).fetchall()]
         loop = self._loop
         if loop is not None:
-            loop.call_soon_threadsafe(self._handle, claimed, done, dead)
+            loop.call_soon_threadsafe(self._handle, claimed, done, dead, stop)
 
     def _handle(self, claimed: list[Any], done: list[Any],
-                dead: list[tuple[int, str, str | None]]) -> None:
+                dead: list[tuple[int, str, str | None]], stop: list[Any]) -> None:
+        for (cid,) in stop:  # the origin's client cancelled: stop it on the agent
+            local = self._running.get(int(cid))
+            if local is not None:
+                self.fleet.cancel(local)
         for cid, result in done:
             self._end(int(cid), _decode(result))
         for cid, state, result in dead:
@@ -284,7 +315,7 @@ class RemoteCalls:
                 continue
             if state == "done" and result:
                 self._end(cid, _decode(result))
-            elif state == "running":
+            elif state in ("running", "cancel"):
                 self._end(cid, failure(
                     "lost", f"agent {entry.agent}: its controller {entry.target} stopped "
                     "during the call (the command may have run; check the host before "
@@ -300,6 +331,7 @@ class RemoteCalls:
     def _run(self, cid: int, agent: str, body: str, remaining: float) -> None:
         """A peer's call for an agent held here: run it as a local call, write its result."""
         def on_done(_: str, result: dict[str, Any]) -> None:
+            self._running.pop(cid, None)
             self._results.append((cid, msgspec.json.encode(result).decode()))
             self._wake.set()
         try:
@@ -314,8 +346,10 @@ class RemoteCalls:
                                    "before this controller took it"))
             return
         self.ran += 1
-        self.fleet.call(agent, req.fn, req.args, req.kwargs, timeout=timeout, stream=False,
+        local = self.fleet.call(agent, req.fn, req.args, req.kwargs, timeout=timeout, stream=False,
                         code=req.code, on_done=on_done, on_line=None)
+        if local is not None and self.fleet.calls.get(local) is not None:
+            self._running[cid] = local
 
     # ── writes: holder rows, results, rows given up ──
 
@@ -326,23 +360,26 @@ class RemoteCalls:
             names, self._dirty = sorted(self._dirty), set()
             results, self._results = self._results, []
             gone, self._gone = self._gone, []
-            if not (names or results or gone):
+            cancels, self._cancels = self._cancels, []
+            if not (names or results or gone or cancels):
                 continue
 
             try:
-                await asyncio.to_thread(self._pg.run, partial(self._write, names, results, gone),
+                await asyncio.to_thread(self._pg.run, partial(self._write, names, results, gone,
+                                                cancels),
                                         what="writing calls' rows")
             except StoreError as e:
                 log.warning("remote calls: %s; trying again", e)
                 self._dirty.update(names)
                 self._results[:0] = results
                 self._gone.extend(gone)
+                self._cancels.extend(cancels)
                 await asyncio.sleep(POLL_S)
                 self._wake.set()
 
 
     def _write(self, names: list[str], results: list[tuple[int, str]], gone: list[int],
-               db: psycopg.Connection[Any]) -> None:
+               cancels: list[int], db: psycopg.Connection[Any]) -> None:
         if names:
             self._write_holders(db, names)
         if results:
@@ -352,6 +389,12 @@ class RemoteCalls:
             db.execute("SELECT pg_notify(%s, '')", (CALLS_CHANNEL,))
         if gone:
             db.execute("DELETE FROM remote_calls WHERE id = ANY(%s)", (gone,))
+        if cancels:  # one its peer had not taken: never runs; one it runs: stopped there
+            db.execute("DELETE FROM remote_calls WHERE id = ANY(%s) AND state = 'queued'",
+                       (cancels,))
+            db.execute("UPDATE remote_calls SET state = 'cancel' WHERE id = ANY(%s) AND"
+                       " state = 'running'", (cancels,))
+            db.execute("SELECT pg_notify(%s, '')", (CALLS_CHANNEL,))
 
 
 def _decode(text: str) -> dict[str, Any]:
