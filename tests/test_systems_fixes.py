@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from systems_fixtures import config_toml
+from test_containers import STEP, daemon, done, machines  # noqa: F401 (fixtures)
+from test_containers import pytestmark as needs_lxc
 from test_systems_service import HubThread
 
 from reops.cli.systems import jobs, systems, types
 from reops.systems.config import embedded_uri, load_machines_config
+from reops.systems.machines import Machines
 
 #: a bound on a command that must not wait: reaching it means it waited for something
 PROMPT = 60.0
@@ -170,3 +173,34 @@ def test_types_ls_shows_a_types_args(local: CliRunner, tmp_path: Path) -> None:
     rows = {ln.split()[0]: ln.split() for ln in lines[1:]}
     assert rows["redis"][-2:] == ["port=7000", "maxmem=1gb"], lines
     assert rows["bare"][-1] == "-", lines
+
+
+@needs_lxc
+async def test_a_started_event_means_booting_until_ssh_answers(
+        machines: Machines) -> None:  # noqa: F811 (the fixture)
+    """Issue 14 item 3: `running` is up AND reachable. A container started behind reops's
+    back (virsh start, autostart) is `booting` on libvirt's STARTED event, with no address,
+    not `running` before anything checked that its SSH answers (a real LXC container)."""
+    import asyncio
+    import time
+
+    m = machines
+    started: list[str] = []
+    (await m.hypervisor_events("ct")).subscribe(
+        lambda e: started.append(e.name) if e.event == "STARTED" else None)
+    m.add_type("web")
+    await done(m, await m.create("web", ["tiny"], hostname="ct9"))
+    [s] = m.systems("ct9")
+    assert s.state == "running" and s.machine.ip  # the boot saw SSH answer
+    await done(m, m.submit("stop", "ct9"))
+    assert m.system(s.id).state == "stopped"
+    started.clear()
+    await (await m.hypervisor("ct")).start(s.placement.domain)  # not through a reops job
+    deadline = time.monotonic() + STEP
+    while not started or m.system(s.id).state == "stopped":
+        assert time.monotonic() < deadline, (started, m.system(s.id).state)
+        await asyncio.sleep(0.05)
+    after = m.system(s.id)
+    assert (after.state, after.machine.ip) == ("booting", None)
+    await done(m, m.submit("destroy", "ct9"))
+

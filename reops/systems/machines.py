@@ -41,6 +41,7 @@ from reops.systems.config import MachinesConfig, load_machines_config
 from reops.systems.handlers import Handlers, ProvisionSeam, ReachableSeam, ShutdownSeam
 from reops.systems.libvirt.events import HypervisorEvent
 from reops.systems.libvirt.hypervisor import Hypervisor
+from reops.systems.lxc import is_lxc
 from reops.systems.presets import Spec, resolve
 from reops.systems.select import select as select_systems
 
@@ -175,12 +176,21 @@ class Machines:
         state = states[ev.event]
         if state == "stopped" and s.state == "unreachable":
             return  # powered off because it never answered: keep saying so
-        if state == "running" and s.machine.image and s.state != "running":
-            state = "booting"  # a guest of an image runs once SSH answers (handlers._boot)
+        if state == "running" and s.state != "running" and self._answers_on_ssh(s):
+            state = "booting"  # running = up AND reachable: set by the boot once SSH answers
         machine = s.machine if state == "running" else msgspec.structs.replace(
             s.machine, ip=None)
         self.store.put_system(msgspec.structs.replace(
             s, state=state, machine=machine, updated_at=time.time()))
+
+    def _answers_on_ssh(self, s: System) -> bool:
+        """Whether `s` is running only once its SSH server answers: a guest of an image
+        (handlers._boot_guest) or a container (lxc/jobs.py boot), whose boot records the
+        address. Other domains (no address machinery) run as soon as libvirt starts them."""
+        if s.machine.image:
+            return True
+        conf = self.config.hypervisors.get(s.placement.hypervisor)
+        return conf is not None and s.placement.kind == "libvirt" and is_lxc(conf.uri)
 
     # ---- types
     def add_type(self, name: str, description: str = "", provision: str | None = None,
