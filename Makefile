@@ -4,6 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 LAB    ?= lab
 HOSTS  ?= 20
+GUESTS ?= 0
+GHOME  := $(abspath $(LAB))/guests
+GUEST_ENV := REOPS_HOME=$(GHOME) REOPS_CONFIG=$(GHOME)/config.toml
+IMAGE_CACHE ?= $(HOME)/.reops/cache/images
 APT_PACKAGES := openssh-server openssh-client rsync sudo openssl iproute2 gcc pkg-config \
                 libvirt-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
                 qemu-utils netcat-openbsd chromium \
@@ -12,7 +16,7 @@ APT_PACKAGES := openssh-server openssh-client rsync sudo openssl iproute2 gcc pk
                 libvirt-daemon-driver-lxc
 STAMP  := $(VENV)/.installed
 
-.PHONY: all system venv test lint run bench clean lab-up lab-down
+.PHONY: all system venv test lint run bench clean lab-up lab-down guests-down
 
 all: test
 
@@ -52,17 +56,39 @@ lint: venv
 	$(BIN)/lint-imports
 
 # The main job on the embedded default: a local lab fleet and an example saved flow.
+# GUESTS=N also boots N tiny guests (Type `guest`, embedded QEMU) and reports them too; they
+# live in $(LAB)/guests (their REOPS_HOME) under a short QEMU root in /tmp, and stay up with
+# the lab until `make lab-down`.
 run: venv
+	-$(MAKE) --no-print-directory guests-down
 	-$(BIN)/reops lab down --dir $(LAB) 2>/dev/null
 	$(BIN)/reops lab up --hosts $(HOSTS) --dir $(LAB)
-	$(BIN)/reops run flows/examples/fleet_report.py --inventory $(LAB)/inventory.toml --selector all --save fleet.parquet
-	@echo "lab is still up: try  $(BIN)/reops exec -i $(LAB)/inventory.toml all -- uptime ; stop it with  $(BIN)/reops lab down --dir $(LAB)"
+	@if [ "$(GUESTS)" != 0 ]; then \
+	  set -e; mkdir -p -m 700 $(GHOME); root=$$(mktemp -d /tmp/reops-q.XXXXXX); \
+	  printf '[hypervisors.local]\nuri = "qemu:///embed?root=%s"\n\n[machines]\nip_timeout = 90\n' \
+	    "$$root" > $(GHOME)/config.toml; \
+	  $(GUEST_ENV) $(BIN)/reops images build tiny --cache $(IMAGE_CACHE); \
+	  $(GUEST_ENV) $(BIN)/reops types add guest -d "tiny guests of make run"; \
+	  $(GUEST_ENV) $(BIN)/reops systems create guest --preset tiny --image tiny --count $(GUESTS); \
+	fi
+	$(if $(filter-out 0,$(GUESTS)),$(GUEST_ENV)) $(BIN)/reops run flows/examples/fleet_report.py --inventory $(LAB)/inventory.toml --selector all --save fleet.parquet $(if $(filter-out 0,$(GUESTS)),--systems 'typed:guest & running')
+	@echo "lab is still up: try  $(BIN)/reops exec -i $(LAB)/inventory.toml all -- uptime ; stop it with  make lab-down"
+	@if [ "$(GUESTS)" != 0 ]; then echo "guests too: REOPS_HOME=$(GHOME) $(BIN)/reops systems ls"; fi
 
 lab-up: venv
 	$(BIN)/reops lab up --hosts $(HOSTS) --dir $(LAB)
 
-lab-down: venv
+# Destroys `make run GUESTS=N`'s guests (if any) and removes their QEMU root, then the lab.
+lab-down: venv guests-down
 	$(BIN)/reops lab down --dir $(LAB)
+
+guests-down: venv
+	@if [ -f $(GHOME)/config.toml ]; then \
+	  $(GUEST_ENV) $(BIN)/reops systems destroy -f all; \
+	  root=$$(sed -n 's/^uri = "qemu:\/\/\/embed?root=\(.*\)"$$/\1/p' $(GHOME)/config.toml); \
+	  case "$$root" in /tmp/reops-q.*) rm -rf "$$root";; esac; \
+	  rm -f $(GHOME)/config.toml; \
+	fi
 
 # Benchmarks (not part of `make test`): SSH peers, agents vs Salt, machines, and memory
 # under hostile output and unauthenticated connections (issue 8). Ratios matter,

@@ -2,10 +2,12 @@
 
     reops run flows/examples/fleet_report.py --selector all     # $REOPS_INVENTORY's hosts
     reops run flows/examples/fleet_report.py --inventory hosts.ini --selector 'group:web'
+    reops run flows/examples/fleet_report.py --systems 'typed:guest & running'  # + guests
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from reops import inventory as load_inventory
@@ -16,7 +18,7 @@ from reops.flows import flow
 
 @flow
 def fleet_report(selector: str = "all", inventory: Path | None = None,
-                 save: Path | None = None) -> Outcome:
+                 save: Path | None = None, systems: str | None = None) -> Outcome:
     """Gather OS, hardware and uptime facts in one round trip per host; print a table.
 
     Args:
@@ -24,6 +26,8 @@ def fleet_report(selector: str = "all", inventory: Path | None = None,
         inventory: the inventory (TOML, Ansible INI/YAML) [default: $REOPS_INVENTORY,
             ./inventory.toml, ./lab/inventory.toml]
         save: also append the per-host rows to this parquet file
+        systems: also report these machines of `reops systems` (e.g. 'typed:guest &
+            running'), named by hostname and reached at their address and SSH port
     """
     import polars as pl
     from rich.console import Console
@@ -33,6 +37,14 @@ def fleet_report(selector: str = "all", inventory: Path | None = None,
     from reops.streams.steps import facts
 
     hosts = load_inventory(inventory).select(selector)
+    if systems is not None:  # guests join the inventory's hosts, reached as Hosts
+        from reops.systems import hosts as system_hosts
+
+        guests = system_hosts(systems)
+        if not guests:
+            print(f"reops: warning: systems selector {systems!r} matched no machines with "
+                  "an address (see `reops systems ls`)", file=sys.stderr)
+        hosts = hosts | guests
     out = run(facts(hosts, "os", "hardware", "uptime") | pretty(tail=0))
     rows = [{"host": r.host, **r.data.row()}
             for r in out.successful if isinstance(r.data, Facts)]
@@ -49,7 +61,7 @@ def fleet_report(selector: str = "all", inventory: Path | None = None,
         Console(highlight=False).print(table)
         summary = df.group_by("os_id", "os_version").len().sort("len", descending=True)
         for os_id, version, n in summary.iter_rows():
-            print(f"  {n:>4} × {os_id} {version}")
+            print(f"  {n:>4} × {os_id or 'unknown OS'} {version or ''}".rstrip())
     if save is not None:
         from reops.sinks.table import save as save_table
 
