@@ -58,6 +58,7 @@ def main() -> None:
 
     from reops.core.model import Result, RunInfo
     from reops.sinks import history as h
+    from reops.sinks import history_files as hf
 
     rnd = random.Random(12)
     hosts = [f"web{i}" for i in range(args.hosts)]
@@ -67,7 +68,7 @@ def main() -> None:
     appends: list[float] = []
     tiers: list[float] = []  # the writer's compactions (part of the appends)
     merges = 0
-    compact_tiers = h._compact_tiers
+    compact_tiers = h.compact_tiers
 
     def timed_tiers(day: Path, small: int) -> int:
         nonlocal merges
@@ -78,7 +79,7 @@ def main() -> None:
             merges += n
         return n
 
-    h._compact_tiers = timed_tiers
+    h.compact_tiers = timed_tiers
     for n in range(args.runs):
         start = now - span + span * n / args.runs
         op = OPS[n % len(OPS)]
@@ -105,7 +106,7 @@ def main() -> None:
         return (h.history(since=None, path=where).filter(pl.col("status") != "ok")
                 .group_by("host").len().collect())
 
-    h._whole.clear()  # the first query of a process: every footer checked
+    hf._whole.clear()  # the first query of a process: every footer checked
     first_times, first = timed(1, query)
     written_times, written = timed(args.repeat, query)
     assert written.sort("host").equals(first.sort("host"))
@@ -114,12 +115,12 @@ def main() -> None:
     data = pl.scan_parquet(h.files(root), schema=h.schema(), hive_partitioning=False
                            ).collect()
     for (run_id,), part in data.group_by("run_id"):
-        day = h._day(part["started_at"][0].timestamp())
+        day = h.day_of(part["started_at"][0].timestamp())
         (per_run / f"day={day}").mkdir(parents=True, exist_ok=True)
         part.write_parquet(per_run / f"day={day}" / f"{run_id}-0.parquet")
     del data
     files_raw = len(h.files(per_run))
-    h._whole.clear()
+    hf._whole.clear()
     os.environ["REOPS_HISTORY_COMPACT_FILES"] = str(10**9)  # the query must not merge them
     raw_first, _ = timed(1, lambda: query(per_run))
     raw_times, raw = timed(args.repeat, lambda: query(per_run))

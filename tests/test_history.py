@@ -22,6 +22,7 @@ import reactivex
 from reops.core.model import Hosts, Result, RunInfo
 from reops.lab.fleet import LabInfo
 from reops.sinks import history as h
+from reops.sinks import history_files as hf
 from reops.streams.stream import Stream, run
 
 
@@ -180,7 +181,7 @@ def test_files_of_an_older_schema_read_with_new_ones() -> None:
     day = root() / f"day={datetime.now(UTC).date().isoformat()}"
     day.mkdir(parents=True)
     full = {**h.schema()}
-    old_cols = [c for c in h.COLUMNS if c not in ("data", "out_truncated", "flow")]
+    old_cols = [c for c in hf.COLUMNS if c not in ("data", "out_truncated", "flow")]
     pl.DataFrame({
         "run_id": ["old"], "source": ["cli"], "command": ["reops exec"], "pipeline": ["exec"],
         "user": ["u"], "host": ["old1"], "op": ["exec"], "step": [0], "status": ["ok"],
@@ -196,7 +197,7 @@ def test_files_of_an_older_schema_read_with_new_ones() -> None:
     assert got["host"].to_list() == ["old1", "new1"]
     assert got["data"].to_list() == [None, '{"k":1}']
     assert got["out_truncated"].to_list() == [None, False]
-    assert list(got.columns) == [*h.COLUMNS, "day"]
+    assert list(got.columns) == [*hf.COLUMNS, "day"]
 
 
 def test_endless_runs_are_recorded_result_by_result() -> None:
@@ -306,7 +307,7 @@ def test_compacting_a_closed_day_keeps_every_row_once(monkeypatch: pytest.Monkey
     assert h.compact(root()) == 1
     assert len(list(day.glob("*.parquet"))) == 4  # the merged file; the others for a while
     assert sorted(rows(since=None)["host"]) == ["web0", "web1", "web2"]
-    monkeypatch.setattr(h, "COMPACT_GRACE_S", 0.0)
+    monkeypatch.setattr(hf, "COMPACT_GRACE_S", 0.0)
     h.record([result("late", started_at=then + 9)], RunInfo())  # a run that ended late
     assert h.flush()
     assert h.compact(root()) == 1  # the merged file and the late one merge again
@@ -405,7 +406,7 @@ def test_a_busy_open_day_is_compacted_as_runs_land(monkeypatch: pytest.MonkeyPat
         assert h.flush()  # one file per run, as separate commands would write
         sent |= {(info.run_id, f"web{n}"), (info.run_id, f"db{n}")}
     opened = h.files(root(), datetime.now(UTC).date())
-    assert len(opened) <= 4 + 2 * (h.COMPACT_FANIN - 1), [p.name for p in opened]
+    assert len(opened) <= 4 + 2 * (hf.COMPACT_FANIN - 1), [p.name for p in opened]
     assert any("-l2." in p.name for p in opened)  # merged files merged again: tiers
     assert _once(rows(since="1d")) == sent
     assert len(rows(since="1d", failed=True)) == 60
@@ -452,7 +453,7 @@ def test_open_day_compaction_under_concurrent_writers_keeps_every_row_once(
     procs = [subprocess.Popen([sys.executable, str(script), tag, str(runs)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for tag in ("a", "b")]
-    monkeypatch.setattr(h, "COMPACT_GRACE_S", 0.0)  # what this one merges away goes at once
+    monkeypatch.setattr(hf, "COMPACT_GRACE_S", 0.0)  # what this one merges away goes at once
     merges = queries = 0
     try:
         while any(p.poll() is None for p in procs):
