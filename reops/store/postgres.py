@@ -118,6 +118,15 @@ FLOW_MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE remote_calls SET (autovacuum_vacuum_scale_factor = 0.01,
                                   autovacuum_vacuum_threshold = 1000);
     """,
+    # lines a streamed remote call printed, until its origin reads them (bounded per call
+    # by the holder; deleted once read, and with their call)
+    """
+    CREATE TABLE remote_lines (
+        call BIGINT NOT NULL, seq BIGINT NOT NULL, stream TEXT NOT NULL, text TEXT NOT NULL,
+        PRIMARY KEY (call, seq));
+    ALTER TABLE remote_lines SET (autovacuum_vacuum_scale_factor = 0.01,
+                                  autovacuum_vacuum_threshold = 1000);
+    """,
 )
 
 #: a queued job is claimable when no older job of its system is unfinished: a system's
