@@ -160,3 +160,35 @@ def _stopped_in_store(home: Path, hostname: str, monkeypatch: pytest.MonkeyPatch
             s, state="stopped", machine=msgspec.structs.replace(s.machine, ip=None)))
     finally:
         store.close()
+
+
+def test_only_systems_without_an_address_count_as_not_reached(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every selected system lacks an address: each is reported as not reached (exit 1, under
+    "-1" in `-o json`), as when some others have one, not "matched no machines" (exit 2);
+    a selector matching no system at all still exits 2."""
+    from systems_fixtures import config_toml
+
+    home = tmp_path / "home"
+    reops = _reops_in(home)
+    config_toml(home, extra=f'[ssh]\nkey = "{home}/key"\n')
+    assert reops("types", "add", "web").returncode == 0
+    for name in ("guest1", "guest2"):
+        made = reops("systems", "create", "web", "--hostname", name)
+        assert made.returncode == 0, made.stdout + made.stderr
+        _stopped_in_store(home, name, monkeypatch)
+    p = reops("exec", "--systems", "guest*", "-o", "json", "--", "echo", "hi")
+    assert p.returncode == 1, p.stdout + p.stderr
+    doc = json.loads(p.stdout)
+    assert sorted(doc["hosts"]) == ["guest1", "guest2"] and doc["successful"] == []
+    skipped = sorted(doc["failure"]["-1"], key=lambda r: r["host"])
+    assert [r["host"] for r in skipped] == ["guest1", "guest2"]
+    assert all(r["status"] == "unreachable" and "no address" in r["err"] for r in skipped)
+    pretty = reops("exec", "--systems", "guest1", "--", "true")
+    assert pretty.returncode == 1, pretty.stdout + pretty.stderr
+    assert "guest1: no address" in pretty.stderr and "matched no" not in pretty.stderr
+    retried = reops("exec", "--systems", "guest*", "--retry", "1", "--rolling", "1",
+                    "--", "true")
+    assert retried.returncode == 1, retried.stdout + retried.stderr
+    none = reops("exec", "--systems", "nothing*", "--", "true")
+    assert none.returncode == 2 and "nothing" in none.stderr

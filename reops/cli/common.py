@@ -99,14 +99,16 @@ def fleet_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def select_hosts(inventory_path: Path | None, selector: str, systems: str | None = None
-                 ) -> Any:
-    """The Hosts of an inventory SELECTOR, or of a --systems selector; none: a UserError."""
+def select_hosts(inventory_path: Path | None, selector: str, systems: str | None = None,
+                 *, unaddressed_ok: bool = False) -> Any:
+    """The Hosts of an inventory SELECTOR, or of a --systems selector; none: a UserError
+    (unaddressed_ok: systems were selected, none with an address, and the caller reports
+    them as not reached, so no Hosts is no error)."""
     if systems is not None:
         from reops.systems import hosts as system_hosts
 
         found = system_hosts(systems)
-        if not len(found):
+        if not len(found) and not unaddressed_ok:
             raise UserError(f"systems selector {systems!r} matched no machines with an address "
                             "(see `reops systems ls`)")
         return found
@@ -171,8 +173,10 @@ def become_pass(opts: dict[str, Any]) -> Any:
     return None
 
 
-def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any]) -> None:
-    """Select, configure, run `build(hosts)` and exit 0/1 by the Outcome.
+def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any], *,
+                 unaddressed_ok: bool = False) -> None:
+    """Select, configure, run `build(hosts)` and exit 0/1 by the Outcome (unaddressed_ok:
+    see `select_hosts`).
 
     The one pipeline of every fleet command (`exec` and every op command): build →
     --retry → --rolling → the sink of -o (pretty: the terminal sink, whose per-op views
@@ -189,7 +193,8 @@ def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any
 
     terminate_like_interrupt()
     configure_fleet(opts, lines=opts["lines"] and opts["output"] == "pretty")
-    hosts = select_hosts(opts["inventory_path"], selector, opts.get("systems"))
+    hosts = select_hosts(opts["inventory_path"], selector, opts.get("systems"),
+                         unaddressed_ok=unaddressed_ok)
     stream = build(hosts)
     info = RunInfo(command=shlex.join(["reops", *sys.argv[1:]]), check=bool(opts.get("check")),
                    selector=opts["systems"] if opts.get("systems") else selector)
@@ -250,12 +255,17 @@ def quiet_stdout() -> None:
 
 
 def fleet_command(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorate a click callback that gets (selector, opts) and returns a build function."""
+    """Decorate a click callback that gets (selector, opts) and returns a build function,
+    or (build, True) when build itself reports selected systems without an address (so
+    none with one is no error: see `select_hosts`)."""
 
     @functools.wraps(fn)
     def wrapper(**kwargs: Any) -> None:
         selector = kwargs.pop("selector")
         build = fn(selector=selector, **kwargs)
-        run_on_fleet(kwargs, selector, build)
+        unaddressed_ok = False
+        if isinstance(build, tuple):
+            build, unaddressed_ok = build
+        run_on_fleet(kwargs, selector, build, unaddressed_ok=unaddressed_ok)
 
     return wrapper
