@@ -219,7 +219,8 @@ class Controller:
         for host in hosts:
             if remote is not None and host in held:
                 sent.append(remote.call(host, held[host], fn, args, kwargs, timeout=timeout,
-                                        code=code, on_done=on_done))
+                                        code=code, on_done=on_done,
+                                        on_line=on_line if stream else None))
                 continue
             cid = self.fleet.call(host, fn, args, kwargs, timeout=timeout, stream=stream,
                                   code=code, on_done=on_done,

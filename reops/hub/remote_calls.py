@@ -16,7 +16,12 @@ Faults: B stops beating while the call is in flight → A answers `lost` (it may
 never re-run); a call B had not taken yet → `unreachable`; past its deadline → `timeout`.
 A client that leaves marks its row `cancel` (or deletes it, not taken yet): B stops the
 call on its agent, as a local call's Cancel would.
-Streamed lines are not relayed: a remote call's output arrives with its result.
+
+Streamed calls (`stream=True`): B writes each line its agent prints to `remote_lines`
+(call, seq) with an empty NOTIFY, A reads and deletes them (DELETE … RETURNING: each
+line once, in seq order, all of a call's lines before its result). Bounded: at most
+MAX_LINES of a call wait in the store (or in B's memory); past that B drops lines and
+says `… N lines dropped` where they were. Lines go with their call's row.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import msgspec
 import psycopg
 from reops_agent.protocol import CodeRef
 
-from reops.hub.calls import OnDone, failure
+from reops.hub.calls import OnDone, OnLine, failure
 from reops.store.base import StoreError, Wakeup
 from reops.store.postgres import CALLS_CHANNEL, FLOW_MIGRATIONS, Pg
 
@@ -50,6 +55,9 @@ POLL_S = 1.0
 #: that died never collects its result)
 KEEP_S = 600.0
 _NOW = "extract(epoch FROM clock_timestamp())::float8"
+#: lines of one streamed call waiting for its origin (in the store, or here): past it,
+#: newer lines are dropped and counted (a host printing without end must not fill the store)
+MAX_LINES = 1000
 
 
 class Request(msgspec.Struct, kw_only=True):
@@ -60,6 +68,7 @@ class Request(msgspec.Struct, kw_only=True):
     kwargs: dict[str, Any]
     timeout: float
     code: CodeRef | None = None
+    stream: bool = False  # the lines as they come (remote_lines), not only in the result
 
 
 @dataclass(slots=True)
@@ -71,12 +80,24 @@ class Sent:
 
 
 @dataclass(slots=True)
+class Lines:
+    """Streamed lines to write: pending per call row, in order; `late` lines dropped
+    after them (this hub held MAX_LINES unwritten); `ended`: calls whose result is
+    written in the same transaction."""
+
+    pending: dict[int, list[tuple[str, str]]]
+    late: dict[int, int]
+    ended: set[int]
+
+
+@dataclass(slots=True)
 class Waiting:
     """A call this hub sent to a peer, until its result row (or a fault) ends it."""
 
     agent: str
     target: str
     on_done: OnDone
+    on_line: OnLine | None = None
     timer: asyncio.TimerHandle | None = None
     started_at: float = field(default_factory=time.time)
     t0: float = field(default_factory=time.monotonic)
@@ -97,6 +118,10 @@ class RemoteCalls:
         self._gone: list[int] = []  # rows of calls given up here, to delete
         self._cancels: list[int] = []  # rows of calls whose client cancelled, to mark
         self._running: dict[int, int] = {}  # row → the fleet call id, of peers' calls here
+        self._lines: dict[int, list[tuple[str, str]]] = {}  # row → lines to write, in order
+        self._skipped: dict[int, int] = {}  # row → lines dropped, not said yet
+        self._seq: dict[int, int] = {}  # row → seq of its last line written
+        self._carry: dict[int, int] = {}  # row → lines dropped before those now pending
         self._wake = asyncio.Event()
         self._look = asyncio.Event()
         self._listener = ThreadPoolExecutor(1, thread_name_prefix="reops-calls-listen")
@@ -136,6 +161,8 @@ class RemoteCalls:
     def _start(self, db: psycopg.Connection[Any]) -> None:
         """A fresh start: this name's rows from before are stale (calls it ran then: lost)."""
         db.execute("DELETE FROM agent_holders WHERE controller = %s", (self.name,))
+        db.execute("DELETE FROM remote_lines WHERE call IN (SELECT id FROM remote_calls"
+                   " WHERE origin = %s)", (self.name,))
         db.execute("DELETE FROM remote_calls WHERE origin = %s", (self.name,))
         lost = msgspec.json.encode(failure(
             "lost", f"controller {self.name} restarted during the call (the command may "
@@ -143,6 +170,8 @@ class RemoteCalls:
         db.execute("UPDATE remote_calls SET state = 'done', result = %s WHERE target = %s"
                    " AND state = 'running'", (lost, self.name))
         db.execute(f"DELETE FROM remote_calls WHERE deadline < {_NOW} - %s", (KEEP_S,))
+        db.execute("DELETE FROM remote_lines l WHERE NOT EXISTS (SELECT 1 FROM remote_calls c"
+                   " WHERE c.id = l.call)")  # lines of calls gone (e.g. an origin that died)
         now = db.execute(f"SELECT {_NOW}").fetchone()
         rows = [(rec.name, self.name, float(now[0]) if now else 0.0)
                 for rec in list(self.fleet.registry) if rec.state == "connected"]
@@ -194,13 +223,16 @@ class RemoteCalls:
     # ── calls made here, run on a peer ──
 
     def call(self, agent: str, target: str, fn: str, args: list[Any], kwargs: dict[str, Any],
-             *, timeout: float | None, code: CodeRef | None, on_done: OnDone) -> Sent:
-        """Send the call for `agent` to `target`; `on_done` gets its one result."""
+             *, timeout: float | None, code: CodeRef | None, on_done: OnDone,
+             on_line: OnLine | None = None) -> Sent:
+        """Send the call for `agent` to `target`; `on_done` gets its one result, `on_line`
+        (given: a streamed call) each line as the agent prints it."""
         if timeout is None or timeout <= 0:
             timeout = self.fleet.settings.call_timeout_s
-        request = Request(fn=fn, args=args, kwargs=kwargs, timeout=timeout, code=code)
+        request = Request(fn=fn, args=args, kwargs=kwargs, timeout=timeout, code=code,
+                          stream=on_line is not None)
         sent = Sent()
-        task = asyncio.create_task(self._send(agent, target, request, on_done, sent))
+        task = asyncio.create_task(self._send(agent, target, request, on_done, sent, on_line))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return sent
 
@@ -212,7 +244,7 @@ class RemoteCalls:
             self._wake.set()
 
     async def _send(self, agent: str, target: str, request: Request, on_done: OnDone,
-                    sent: Sent) -> None:
+                    sent: Sent, on_line: OnLine | None) -> None:
         wait = request.timeout + self.grace
         body = msgspec.json.encode(request).decode()
 
@@ -223,7 +255,7 @@ class RemoteCalls:
                 (self.name, target, agent, body, wait)).fetchone()
             db.execute("SELECT pg_notify(%s, '')", (CALLS_CHANNEL,))
             return int(row[0]) if row else 0
-        entry = Waiting(agent=agent, target=target, on_done=on_done)
+        entry = Waiting(agent=agent, target=target, on_done=on_done, on_line=on_line)
         try:
             cid = await asyncio.to_thread(self._pg.run, insert, what=f"sending a call for "
                                           f"agent {agent} to controller {target}",
@@ -286,6 +318,12 @@ class RemoteCalls:
         done = db.execute("DELETE FROM remote_calls WHERE origin = %s AND state = 'done'"
                           " RETURNING id, result", (self.name,)).fetchall()
         waiting = list(self._waiting.items())
+        # after the results: a call's last lines were written with its result, so they
+        # are read in this same round, and handed on before it
+        streamed = [cid for cid, w in waiting if w.on_line is not None]
+        lines = db.execute("DELETE FROM remote_lines WHERE call = ANY(%s)"
+                           " RETURNING call, seq, stream, text",
+                           (streamed,)).fetchall() if streamed else []
         dead: list[tuple[int, str, str | None]] = []
         targets = {w.target for _, w in waiting}
         if targets:
@@ -297,12 +335,18 @@ class RemoteCalls:
                 dead = [(int(i), str(st), r) for i, st, r in db.execute(
                     "DELETE FROM remote_calls WHERE id = ANY(%s) RETURNING id, state, result",
                     (ids,)).fetchall()]
+                db.execute("DELETE FROM remote_lines WHERE call = ANY(%s)", (ids,))
         loop = self._loop
         if loop is not None:
-            loop.call_soon_threadsafe(self._handle, claimed, done, dead, stop)
+            loop.call_soon_threadsafe(self._handle, claimed, done, dead, stop, lines)
 
     def _handle(self, claimed: list[Any], done: list[Any],
-                dead: list[tuple[int, str, str | None]], stop: list[Any]) -> None:
+                dead: list[tuple[int, str, str | None]], stop: list[Any],
+                lines: list[Any]) -> None:
+        for cid, _, stream, text in sorted(lines, key=lambda r: (int(r[0]), int(r[1]))):
+            entry = self._waiting.get(int(cid))
+            if entry is not None and entry.on_line is not None:
+                entry.on_line(entry.agent, str(stream), str(text))
         for (cid,) in stop:  # the origin's client cancelled: stop it on the agent
             local = self._running.get(int(cid))
             if local is not None:
@@ -334,6 +378,14 @@ class RemoteCalls:
             self._running.pop(cid, None)
             self._results.append((cid, msgspec.json.encode(result).decode()))
             self._wake.set()
+
+        def on_line(_: str, stream: str, text: str) -> None:
+            pending = self._lines.setdefault(cid, [])
+            if len(pending) < MAX_LINES:
+                pending.append((stream, text))
+            else:  # the store is slower than the host: said where they were, once written
+                self._skipped[cid] = self._skipped.get(cid, 0) + 1
+            self._wake.set()
         try:
             req = msgspec.json.decode(body, type=Request)
         except msgspec.DecodeError as e:
@@ -346,8 +398,9 @@ class RemoteCalls:
                                    "before this controller took it"))
             return
         self.ran += 1
-        local = self.fleet.call(agent, req.fn, req.args, req.kwargs, timeout=timeout, stream=False,
-                        code=req.code, on_done=on_done, on_line=None)
+        local = self.fleet.call(agent, req.fn, req.args, req.kwargs, timeout=timeout,
+                                stream=req.stream, code=req.code, on_done=on_done,
+                                on_line=on_line if req.stream else None)
         if local is not None and self.fleet.calls.get(local) is not None:
             self._running[cid] = local
 
@@ -361,27 +414,44 @@ class RemoteCalls:
             results, self._results = self._results, []
             gone, self._gone = self._gone, []
             cancels, self._cancels = self._cancels, []
-            if not (names or results or gone or cancels):
+            lines, self._lines = self._lines, {}
+            late, self._skipped = self._skipped, {}
+            if not (names or results or gone or cancels or lines or late):
                 continue
-
+            ended = {cid for cid, _ in results}
             try:
-                await asyncio.to_thread(self._pg.run, partial(self._write, names, results, gone,
-                                                cancels),
-                                        what="writing calls' rows")
+                seqs, carry = await asyncio.to_thread(
+                    self._pg.run, partial(self._write, names, results, gone, cancels,
+                                          Lines(lines, late, ended)),
+                    what="writing calls' rows")
             except StoreError as e:
                 log.warning("remote calls: %s; trying again", e)
                 self._dirty.update(names)
                 self._results[:0] = results
                 self._gone.extend(gone)
                 self._cancels.extend(cancels)
+                for cid, pending in lines.items():  # before any line that came since
+                    self._lines[cid] = [*pending, *self._lines.get(cid, [])]
+                for cid, n in late.items():  # (counted: said after them all the same)
+                    self._skipped[cid] = self._skipped.get(cid, 0) + n
                 await asyncio.sleep(POLL_S)
                 self._wake.set()
-
+                continue
+            self._seq.update(seqs)
+            self._carry.update(carry)
+            for cid in ended:
+                self._seq.pop(cid, None)
+                self._carry.pop(cid, None)
 
     def _write(self, names: list[str], results: list[tuple[int, str]], gone: list[int],
-               cancels: list[int], db: psycopg.Connection[Any]) -> None:
+               cancels: list[int], lines: Lines, db: psycopg.Connection[Any],
+               ) -> tuple[dict[int, int], dict[int, int]]:
+        seqs: dict[int, int] = {}
+        carry: dict[int, int] = {}
         if names:
             self._write_holders(db, names)
+        if lines.pending or lines.late:  # before the results: read with them, in one round
+            seqs, carry = self._write_lines(db, lines)
         if results:
             with db.cursor() as cur:
                 cur.executemany("UPDATE remote_calls SET state = 'done', result = %s"
@@ -389,12 +459,62 @@ class RemoteCalls:
             db.execute("SELECT pg_notify(%s, '')", (CALLS_CHANNEL,))
         if gone:
             db.execute("DELETE FROM remote_calls WHERE id = ANY(%s)", (gone,))
+            db.execute("DELETE FROM remote_lines WHERE call = ANY(%s)", (gone,))
         if cancels:  # one its peer had not taken: never runs; one it runs: stopped there
             db.execute("DELETE FROM remote_calls WHERE id = ANY(%s) AND state = 'queued'",
                        (cancels,))
             db.execute("UPDATE remote_calls SET state = 'cancel' WHERE id = ANY(%s) AND"
                        " state = 'running'", (cancels,))
             db.execute("SELECT pg_notify(%s, '')", (CALLS_CHANNEL,))
+        return seqs, carry
+
+    def _write_lines(self, db: psycopg.Connection[Any], lines: Lines,
+                     ) -> tuple[dict[int, int], dict[int, int]]:
+        """Write streamed lines in order, numbered per call, at most MAX_LINES of a call
+        unread in the store; lines past that are dropped and `… N lines dropped` written
+        where they were (at once if there is room, else before the next line that fits,
+        else with the call's result). Returns each call's last seq and the drops not
+        said yet; lines of a call whose row is gone (its origin gave up) are not written."""
+        ids = list(dict.fromkeys([*lines.pending, *lines.late]))
+        live = {int(i) for (i,) in db.execute(
+            "SELECT id FROM remote_calls WHERE id = ANY(%s)", (ids,)).fetchall()}
+        unread = {int(c): int(n) for c, n in db.execute(
+            "SELECT call, count(*) FROM remote_lines WHERE call = ANY(%s) GROUP BY call",
+            (ids,)).fetchall()}
+        rows: list[tuple[int, int, str, str]] = []
+        seqs: dict[int, int] = {}
+        carry: dict[int, int] = {}
+        for cid in ids:
+            if cid not in live:
+                continue
+            seq, room, dropped = self._seq.get(cid, 0), MAX_LINES - unread.get(cid, 0), \
+                self._carry.get(cid, 0)
+            for stream, text in lines.pending.get(cid, ()):
+                if room > (1 if dropped else 0):
+                    if dropped:
+                        seq, room = seq + 1, room - 1
+                        rows.append((cid, seq, "err", _dropped(dropped)))
+                        dropped = 0
+                    seq, room = seq + 1, room - 1
+                    rows.append((cid, seq, stream, text))
+                else:
+                    dropped += 1
+            dropped += lines.late.get(cid, 0)
+            if dropped and (room > 0 or cid in lines.ended):
+                seq += 1
+                rows.append((cid, seq, "err", _dropped(dropped)))
+                dropped = 0
+            seqs[cid], carry[cid] = seq, dropped
+        if rows:
+            with db.cursor() as cur:
+                cur.executemany("INSERT INTO remote_lines VALUES (%s, %s, %s, %s)", rows)
+            if not lines.ended:
+                db.execute("SELECT pg_notify(%s, '')", (CALLS_CHANNEL,))
+        return seqs, carry
+
+
+def _dropped(n: int) -> str:
+    return f"… {n} line{'s' if n != 1 else ''} dropped (the store held {MAX_LINES} unread)\n"
 
 
 def _decode(text: str) -> dict[str, Any]:
