@@ -9,9 +9,7 @@ address it connects from (as the hub sees it) is one the host's `address` resolv
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import logging
 import socket
 import time
 from collections.abc import Mapping
@@ -19,7 +17,9 @@ from typing import Any
 
 from reops.core.model import Host
 
-log = logging.getLogger("reops.agents")
+#: the logger refusals are told on (logging is imported only for one: the one-shot CLI
+#: never needs it)
+LOGGER = "reops.agents"
 
 #: how long a host name's resolved addresses are trusted
 RESOLVE_TTL_S = 60.0
@@ -67,6 +67,9 @@ async def resolve_soon(address: str) -> frozenset[str]:
     try:
         ipaddress.ip_address(_canonical(address))
     except ValueError:
+        import asyncio  # here: the blocking core (`agent_for`) serves the one-shot CLI, which
+        # never loads asyncio
+
         return await asyncio.to_thread(resolve, address)
     return resolve(address)
 
@@ -101,7 +104,8 @@ def mismatch(host: Host, agent: Mapping[str, Any]) -> str | None:
 
 
 async def is_agent_for(host: Host, agent: Mapping[str, Any] | None) -> bool:
-    """`agent_for`, resolving the host's address off the event loop first."""
+    """`agent_for` (the blocking core, what the one-shot CLI calls), resolving the host's
+    address off the event loop first."""
     if agent is not None and not host.agent_key:
         await resolve_soon(host.address)
     return agent_for(host, agent)
@@ -118,7 +122,9 @@ def agent_for(host: Host, agent: Mapping[str, Any] | None) -> bool:
     said = (host.name, str(agent.get("address")))
     if said not in _said and len(_said) < 10_000:
         _said.add(said)
-        log.warning("%s", why)
+        import logging
+
+        logging.getLogger(LOGGER).warning("%s", why)
     return False
 
 

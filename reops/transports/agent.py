@@ -21,8 +21,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from reops.control.client import (
     HubClient,
     HubError,
@@ -31,12 +29,21 @@ from reops.control.client import (
     default_path,
     request_sync,
 )
-from reops.control.identity import is_agent_for, mismatch
+from reops.control.identity import is_agent_for
 from reops.control.wire import LineItem, ResultItem
 from reops.core.model import UNREACHED, Host, Hosts, Line, Result, Status, failure_result
 from reops.core.selector import select, standard_atoms
 from reops.core.settings import Settings
 from reops.ops.base import CodeRef, Op
+from reops.transports.agent_calls import call_params as _params
+from reops.transports.agent_calls import (
+    connected_records,
+    hub_gone,
+    hub_refused,
+    no_result,
+    refusal,
+)
+from reops.transports.agent_calls import to_result as _result
 from reops.transports.base import Executor, LineSink
 
 #: how long `available()` / `connected()` trust their list of connected agents
@@ -284,16 +291,14 @@ class AgentExecutor:
         return self._refresh
 
     async def _fetch(self, path: Path) -> None:
-        names: frozenset[str] = frozenset()
         try:
             hub = await self._hub()
             await hub.connect()  # bounded by its own connect timeout
             listed = await asyncio.wait_for(hub.request("agents"), CONNECTED_TIMEOUT_S)
-            names = frozenset(a["name"] for a in listed if a.get("state") == "connected")
         except (HubNotRunning, HubGone, HubError, TimeoutError):
             listed = []
-        self._agents = {a["name"]: a for a in listed if a["name"] in names}
-        self._connected = names
+        self._agents = connected_records(listed)
+        self._connected = frozenset(self._agents)
         self._checked, self._checked_path = time.monotonic(), path
 
     async def run(self, host: Host, op: Op, settings: Settings,
@@ -306,8 +311,8 @@ class AgentExecutor:
                                   started_at=started, duration_s=time.monotonic() - t0,
                                   transport="agent")
 
-        if not await self.connected(host) and host.name in self._agents:  # another machine
-            return fail(mismatch(host, self._agents[host.name]) or "")
+        if not await self.connected(host) and (why := refusal(host, self._agents)) is not None:
+            return fail(why)  # another machine
         if op.kind in ("upload", "download", "sync"):  # sync: one file, as an upload
             # (here, not at the top: a plain call's CLI run skips the transfer machinery,
             # its tempfile/shutil and the agent's protocol module)
@@ -353,13 +358,11 @@ class AgentExecutor:
         except HubNotRunning as e:
             return "unreachable", str(e)
         except HubGone:  # the request was sent: the agent may be running it
-            return "lost", (f"{host.name}: the connection to the hub dropped during the call "
-                            "(the command may have run; check the host before running it "
-                            "again)")
+            return hub_gone(host.name)
         except HubError as e:
-            return "error", f"{host.name}: the hub refused the call: {e}"
+            return hub_refused(host.name, e)
         if item is None:
-            return "error", f"{host.name}: the hub ended the call without a result"
+            return no_result(host.name)
         return item
 
     async def close(self) -> None:
@@ -394,45 +397,6 @@ class AutoExecutor:
         return None  # the two executors are closed by whoever made them
 
 
-def _params(host: Host, op: Op, settings: Settings, *, stream: bool) -> dict[str, Any]:
-    """The hub `call` request for `op` on `host`."""
-    timeout = op.timeout if op.timeout is not None else settings.command_timeout
-    base: dict[str, Any] = {"hosts": [host.name], "timeout": timeout, "stream": stream}
-    if op.kind == "shell":
-        kwargs: dict[str, Any] = {"max_output": settings.max_output}
-        if op.stdin is not None:
-            kwargs["stdin"] = op.stdin
-        return {**base, "fn": "shell", "args": [op.command_for(host)], "kwargs": kwargs}
-    if op.kind == "code" and op.code is None:
-        raise ValueError("a code op carries no code")
-    code = {"code": msgspec.structs.asdict(op.code)} if op.kind == "code" and op.code else {}
-    return {**base, "fn": op.function or (op.code.function if op.code else ""),
-            "args": list(op.args), "kwargs": dict(op.kwargs), **code}
-
-
-def _result(host: Host, op: Op, item: ResultItem, started: float,
-            duration: float) -> Result:
-    """A reops Result from the hub's result item, judged as SSH would judge it."""
-    status: Status = _status(item.status)
-    code, out, err = item.code, item.out, item.err
-    data: Any = item.data
-    changed: bool | None = None
-    if op.kind == "shell" and status in ("ok", "failed"):
-        status, data, changed, err = op.judge(code, out, err, data)
-    return Result(host=host.name, op=op.name, status=status, code=code, out=out, err=err,
-                  started_at=item.started_at or started, duration_s=duration,
-                  transport="agent", data=data, changed=changed)
-
-
-def _status(text: str) -> Status:
-    """The hub's status word as a Status ("error" for a word this side does not know)."""
-    known: tuple[Status, ...] = ("ok", "failed", "unreachable", "timeout", "lost", "error")
-    for st in known:
-        if st == text:
-            return st
-    return "error"
-
-
 # ── the hub's registry as Hosts ─────────────────────────────────────────────────────
 
 
@@ -445,8 +409,7 @@ def agent_list(path: Path | None = None, timeout: float = 3.0) -> list[dict[str,
 def connected_agents(path: Path | None = None, timeout: float = 3.0) -> frozenset[str]:
     """Names of connected agents; empty when no hub runs."""
     try:
-        return frozenset(a["name"] for a in agent_list(path, timeout)
-                         if a.get("state") == "connected")
+        return frozenset(connected_records(agent_list(path, timeout)))
     except (HubNotRunning, HubError):
         return frozenset()
 
