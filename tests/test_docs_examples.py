@@ -210,11 +210,12 @@ class DocSession:
             self.results = None
 
 
-def _reap(base: Path) -> None:
+def _reap(base: Path, *roots: Path) -> None:
     """Kill what the docs started and left running in their own sessions (a hub, a VM its
     embedded hypervisor booted, a lab's sshd): every process whose command line names a
-    path under the docs' temp dir, which only this test's children can."""
-    mine = str(base)
+    path under the docs' temp dir or a private hypervisor root of theirs (`_embed_roots`),
+    which only this test's children can."""
+    mine = [str(p) for p in (base, *roots)]
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
@@ -222,9 +223,25 @@ def _reap(base: Path) -> None:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if mine in cmdline:
+        if any(m in cmdline for m in mine):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(int(proc.name), signal.SIGKILL)
+
+
+def _embed_roots(reops_home: Path) -> list[Path]:
+    """The qemu:///embed roots a doc's config.toml names (docs/guests.md keeps its own under
+    /tmp, short for QEMU's sockets): where a failed block's guests run and leave files."""
+    import tomllib
+    from urllib.parse import parse_qs, urlsplit
+
+    try:
+        config = tomllib.loads((reops_home / "config.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return []
+    uris = [h.get("uri", "") for h in config.get("hypervisors", {}).values()
+            if isinstance(h, dict)]
+    return [Path(root) for uri in uris if str(uri).startswith("qemu:///embed")
+            for root in parse_qs(urlsplit(str(uri)).query).get("root", [])]
 
 
 def _killpg(pid: int) -> None:
@@ -282,10 +299,12 @@ def sessions(doc_lab: LabInfo, tmp_path_factory: pytest.TempPathFactory
         def __missing__(self, doc: Path) -> DocSession:
             return get(doc)
 
+    roots: list[Path] = []
     try:
         yield Sessions()
     finally:
         for s in made.values():
+            roots += _embed_roots(Path(s.env["REOPS_HOME"]))
             s.close()
             for state in s.cwd.rglob("state.json"):  # a doc that started a lab of its own
                 subprocess.run([sys.executable, "-m", "reops", "lab", "down", "--dir",
@@ -295,7 +314,9 @@ def sessions(doc_lab: LabInfo, tmp_path_factory: pytest.TempPathFactory
             if (hub / "run").exists():  # a doc that started a hub: stop it
                 subprocess.run([sys.executable, "-m", "reops", "hub", "--stop"], env=s.env,
                                cwd=s.cwd, capture_output=True, timeout=30)
-        _reap(base)
+        _reap(base, *roots)
+        for root in roots:  # what a doc that failed midway left (its own cleanup did not run)
+            shutil.rmtree(root, ignore_errors=True)
 
 
 # ── the items ───────────────────────────────────────────────────────────────────────────
