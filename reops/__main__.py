@@ -1,5 +1,5 @@
 """`python -m reops` is the `reops` command."""
 
-from reops.cli.main import main
+from reops.cli.launch import main
 
 main()

@@ -90,6 +90,38 @@ def test_exec_via_agent_imports_only_the_control_client(lab: LabInfo, tmp_path: 
     assert held == [], f"reops exec --via agent imports {held}"
 
 
+#: what the one-shot `reops exec --via agent` (reops/cli/quick.py) must not load: its
+#: whole point is a process that is mostly the interpreter's own start-up
+QUICK_NEVER = ("click", "asyncio", "reactivex", "rich", "polars", "pyarrow", "asyncssh",
+               "reops_agent", "reops.streams", "reops.hub", "reops.store",
+               "reops.transports.agent", "reops.control.client", "reops.sinks.terminal")
+
+
+def test_the_quick_agent_exec_loads_no_click_asyncio_reactivex_rich(lab: LabInfo,
+                                                                     tmp_path: Path) -> None:
+    """The `reops` command itself (its launcher, as installed) on `exec --via agent`: it
+    runs on both agents through a real hub, and loads none of the full CLI's machinery."""
+    hosts = list(lab.hosts)[:2]
+    trace = tmp_path / "trace"
+    env = {**os.environ, "REOPS_HOME": str(tmp_path / "home"),
+           "REOPS_CONFIG": str(tmp_path / "none.toml"), "REOPS_CLI_QUICK_TRACE": str(trace)}
+    env.pop("REOPS_CLI_QUICK", None)
+    with start_hub(tmp_path / "home") as hub, start_agents(
+            hosts, hub.bind, hub.key, hub.keys_dir, workdir=tmp_path / "agents",
+            sources=lab.hosts):
+        wait_for_agents(hub.control_path, hosts)
+        done = subprocess.run([sys.executable, "-m", "reops", "exec", "-i",
+                               str(lab.inventory), ",".join(hosts), "--via", "agent", "--",
+                               "echo quick"], capture_output=True, text=True, timeout=120,
+                              env=env)
+    assert done.returncode == 0 and "2 ok" in done.stdout, done.stderr
+    path, *listed = trace.read_text().split()
+    modules = set(listed)
+    assert path == "quick" and "reops.cli.quick" in modules and "zmq" in modules
+    held = sorted(m for m in QUICK_NEVER if imported(modules, m))
+    assert held == [], f"the quick reops exec --via agent imports {held}"
+
+
 def test_a_cli_run_is_spooled_then_folded_into_parquet_by_the_query(lab: LabInfo) -> None:
     hosts = ",".join(list(lab.hosts)[:3])
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "reops", "exec", "-i",

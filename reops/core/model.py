@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
@@ -197,7 +196,7 @@ Event = Result | Line
 def new_run_id() -> str:
     """A UUIDv7 (RFC 9562) as text: unique, and sorting by it sorts runs by start time."""
     ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(secrets.token_bytes(10), "big")
+    rand = int.from_bytes(os.urandom(10), "big")  # (what secrets.token_bytes does)
     value = (ms & (1 << 48) - 1) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 \
         | 0b10 << 62 | rand & (1 << 62) - 1
     h = f"{value:032x}"
@@ -413,3 +412,26 @@ def failure_result(
         duration_s=duration_s,
         transport=transport,
     )
+
+
+def run_outcome(names: Iterable[str], results: dict[str, Result], interrupted: bool,
+                info: RunInfo) -> Outcome:
+    """The Outcome of a run over the hosts `names` (in order, then any others), from each
+    host's last Result; `interrupted`: the hosts without one fail as not finished. `info`
+    (who, what, when) is completed with the pipeline's steps and the end time. What the
+    one-shot CLI builds (`reops.cli.quick`), as `streams.stream`'s run does."""
+    names = list(names)
+    wanted = set(names)
+    ordered = [results[h] for h in names if h in results]
+    ordered += [r for h, r in results.items() if h not in wanted]
+    if interrupted:
+        ordered += [failure_result(name, "?", "interrupted before this host finished",
+                                   status="error")
+                    for name in names if name not in results]
+    out = Outcome.of(ordered)
+    out.interrupted = interrupted
+    check = info.check or any(isinstance(r.data, dict) and "check" in r.data
+                              for r in out.results)
+    out.run = msgspec.structs.replace(info, pipeline=info.pipeline or out.pipeline,
+                                      ended_at=time.time(), check=check)
+    return out
