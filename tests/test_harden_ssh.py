@@ -303,7 +303,7 @@ def test_accept_new_parses_known_hosts_once(lab: LabInfo, tmp_path: Path,
 
     async def body(ex: SshExecutor) -> tuple[list[Result], int]:
         first = await asyncio.gather(*(ex.run(h, exec_("true")) for h in hosts))
-        return list(first), len(ex._caches.options)
+        return list(first), len(ex.pool._caches.options)
 
     results, options = with_executor(settings, body)
     assert [r.status for r in results] == ["ok"] * len(hosts)
@@ -324,11 +324,11 @@ def test_pool_never_holds_more_than_forks(lab: LabInfo) -> None:
 
     async def body(ex: SshExecutor) -> tuple[list[Result], int]:
         def on_line(line: Line) -> None:  # sampled while commands run
-            seen.append(len(ex._pool) + len(ex._connecting))
+            seen.append(len(ex.pool._pool) + len(ex.pool._connecting))
 
         results = await asyncio.gather(*(ex.run(h, exec_("echo hi"), on_line=on_line)
                                          for h in hosts))
-        return list(results), len(ex._pool)
+        return list(results), len(ex.pool._pool)
 
     results, left = with_executor(settings, body)
     assert [r.status for r in results] == ["ok"] * len(hosts)

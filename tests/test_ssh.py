@@ -233,10 +233,10 @@ def test_idle_connections_close_after_idle_timeout(lab: LabInfo) -> None:
     rt = get_runtime()
     ssh = rt.resource("ssh", SshExecutor)
     here = (host.address, host.port)
-    [conn] = [p.conn for key, p in ssh._pool.items() if (key.address, key.port) == here]
+    [conn] = [p.conn for key, p in ssh.pool._pool.items() if (key.address, key.port) == here]
     # the pool closes it by itself once idle: wait for that event (bounded), no polling
     rt.call(asyncio.wait_for(conn.wait_closed(), 30))
-    assert all((key.address, key.port) != here for key in ssh._pool)
+    assert all((key.address, key.port) != here for key in ssh.pool._pool)
     assert run(exec_(host, "echo back", settings=settings)).successful[0].out == "back\n"
 
 

@@ -15,7 +15,7 @@ from reops.core.runtime import get_runtime
 from reops.core.settings import Settings
 from reops.lab.fleet import Lab
 from reops.ops.shell import exec_ as shell
-from reops.transports.ssh import executor as executor_mod
+from reops.transports.ssh import pool as pool_mod
 from reops.transports.ssh.executor import SshExecutor
 from reops.transports.ssh.knownhosts import entry
 
@@ -74,7 +74,7 @@ def test_hash_known_hosts_yes_records_a_hashed_entry(lab_factory, tmp_path: Path
 def test_a_replaced_key_file_is_read_again(lab_factory, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """Old code: the key was cached by path forever, so after the lab went down and up
     (new client key, same path) the same executor failed to log in."""
-    monkeypatch.setattr(executor_mod, "KEY_RECHECK_S", 0.0)  # no wait for the 1 s recheck
+    monkeypatch.setattr(pool_mod, "KEY_RECHECK_S", 0.0)  # no wait for the 1 s recheck
     fleet: Lab = lab_factory()
     host = _host(fleet, known_hosts=str(fleet.info.known_hosts))
     ex = SshExecutor(FAST)

@@ -105,8 +105,7 @@ class WarmPool:
         """What the pool holds: open connections, requests served, the hub's agent socket."""
         conns = 0
         if self._ssh is not None:
-            pool = getattr(self._ssh, "_pool", {})
-            conns = sum(1 for p in pool.values() if not p.conn.is_closed())
+            conns = self._ssh.pool.open_count()
         return {"connections": conns, "requests": self.requests,
                 "agent": os.environ.get("SSH_AUTH_SOCK")}
 
