@@ -198,6 +198,44 @@ def test_one_runner_per_flow_takeover_after_kill_and_stop_from_a_peer(
     assert not [r for r in store.audit("tick", after=last) if r.status == "fired"]
 
 
+def test_stop_and_reload_asked_on_a_peer_act_before_the_runners_next_renewal(
+        tmp_path: Path, pg_url: str, flow_file: Path) -> None:
+    """With a long lease (renewals every 10 s), `flows reload` and `flows stop` asked on
+    ctl1 of a flow ctl2 runs are done by ctl2 on the ask's NOTIFY: both answer while the
+    lease of another flow ctl2 holds still has the end its last renewal gave it."""
+    a, b = Ctl(tmp_path, "ctl1", pg_url), Ctl(tmp_path, "ctl2", pg_url)
+    for c in (a, b):
+        c.env_vars.update(REOPS_CLUSTER_LEASE_S="60", REOPS_CLUSTER_RENEW_S="10")
+    store = PgFlowStore(pg_url)
+
+    def lease_end(name: str) -> float:
+        with psycopg.connect(pg_url, autocommit=True) as db:
+            row = db.execute("SELECT lease_until FROM flow_leases WHERE name = %s",
+                             (name,)).fetchone()
+        assert row is not None
+        return float(row[0])
+    try:
+        both(a.start, b.start)
+        b.cli("flows", "start", str(flow_file), "--every", "0.3")
+        b.cli("flows", "start", str(flow_file), "--as", "keep", "--every", "60")
+        until(lambda: len(fired(store, "tick", "ctl2")) >= 2, "tick firing on ctl2")
+        taken = lease_end("keep")
+        # just after a renewal on ctl2: the next one is 10 s away
+        until(lambda: lease_end("keep") != taken, "a renewal on ctl2", timeout=30)
+        renewed = lease_end("keep")
+        reloaded = a.cli("flows", "reload", "tick").stdout
+        assert reloaded.startswith("reloaded tick:"), reloaded
+        assert a.cli("flows", "stop", "tick").stdout.strip() == "stopped tick on ctl2"
+        assert lease_end("keep") == renewed, "ctl2 renewed its leases before it acted"
+        done = [(r.status, r.controller) for r in store.audit("tick")
+                if r.status in ("reloaded", "stopped")]
+        assert done == [("reloaded", "ctl2"), ("stopped", "ctl2")], done
+        assert a.ls()["tick"]["state"] == "stopped" and b.ls()["keep"]["state"] == "running"
+    finally:
+        both(lambda: a.stop(signal.SIGKILL), lambda: b.stop(signal.SIGKILL))
+        store.close()
+
+
 def _tail(c: Ctl, lines: list[dict[str, Any]]) -> subprocess.Popen[str]:
     proc = subprocess.Popen([sys.executable, "-m", "reops.cli.main", "tail", "event.flows",
                              "-o", "json"], env=c.env, stdout=subprocess.PIPE,

@@ -11,7 +11,11 @@ and nothing here runs.
   also takes the wanted flows whose lease ran out: a dead controller's flows run on a live
   one within `lease_s + renew_s`, and `flows ls` and the audit say whom they were taken
   over from. `flows start/stop/reload` on any controller write the desired state
-  (`wanted`, a reload counter) to the store; the runner, wherever it is, reacts.
+  (`wanted`, a reload counter) to the store and post an `ask` (an internal event, topic
+  `cluster`, never on the bus); the runner acts when it reads it (the NOTIFY wake-up),
+  writes its record, then posts an `answer` the asking hub waits for. A runner that
+  misses the ask still acts at its next renewal, and the asker also reads the store
+  every ASK_POLL_S (the fallback).
 - Membership: each hub beats (`Membership.beat`) with its load; `reops hub status` lists
   the peers, alive or dead by the store's clock, and which flows each runs.
 - Keys: a key accepted or rejected on one controller (`reops keys accept/reject/delete`)
@@ -35,7 +39,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -59,6 +63,11 @@ log = logging.getLogger("reops.hub.cluster")
 GAP_S = 5.0
 #: seconds between two reads of the events table when no NOTIFY comes (the fallback)
 POLL_S = 1.0
+#: seconds between two reads of the store by a hub waiting for a peer to stop or reload
+#: a flow, when no answer comes (the fallback: the answer wakes it at once)
+ASK_POLL_S = 1.0
+#: the topic of the controllers' own events (asks and answers), never put on the bus
+INTERNAL = "cluster"
 
 
 class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -121,6 +130,8 @@ class Cluster:
         self._wakeup: Wakeup | None = None
         self._members: PgStore | None = None
         self._kick = asyncio.Event()
+        self._asked = asyncio.Event()  # a peer asked to stop or reload a flow held here
+        self._answers: dict[str, set[asyncio.Event]] = {}  # flow -> hubs' waits for news
         self._taking = asyncio.Lock()  # one start or takeover at a time: never two runners
         self._jobs: set[asyncio.Task[None]] = set()
         self._listener = ThreadPoolExecutor(1, thread_name_prefix="reops-cluster-listen")
@@ -189,7 +200,8 @@ class Cluster:
     # ── leases ──
 
     async def _ticks(self) -> None:
-        """Beat and renew every `renew_s` (never held up by a flow being imported)."""
+        """Beat and renew every `renew_s` (never held up by a flow being imported); in
+        between, act at once on a peer's ask to stop or reload a flow held here."""
         while True:
             try:
                 await self._tick()
@@ -199,7 +211,18 @@ class Cluster:
                     await self._fence_all("lost the store for longer than its lease")
             except Exception:  # a bug here must not stop the hub: said, tried again
                 log.exception("cluster: renewing leases failed")
-            await asyncio.sleep(self.settings.every)
+            due = time.monotonic() + self.settings.every
+            while (left := due - time.monotonic()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._asked.wait(), left)
+                if self._asked.is_set():
+                    self._asked.clear()
+                    try:
+                        await self._answer_asks()
+                    except StoreError as e:  # the next renewal sees it all the same
+                        log.warning("cluster: %s", e)
+                    except Exception:
+                        log.exception("cluster: acting on a peer's ask failed")
 
     async def _takes(self) -> None:
         """Every `renew_s` (or when kicked): take the wanted flows nobody holds."""
@@ -239,12 +262,29 @@ class Cluster:
                 task.add_done_callback(self._jobs.discard)
             self.reloads[name] = le.reload
 
+    async def _answer_asks(self) -> None:
+        """A peer asked (stop, reload): read the leases (a read, not a renewal) and act
+        on those of the flows held here, as a renewal would."""
+        leases = {le.name: le for le in await asyncio.to_thread(self.store.leases)}
+        for name, epoch in list(self.held.items()):
+            le = leases.get(name)
+            if self.held.get(name) != epoch:
+                continue
+            if le is None or not le.wanted or le.owner != self.name or le.epoch != epoch:
+                await self._lost(name, le)
+            elif le.reload > self.reloads.get(name, le.reload):
+                self.reloads[name] = le.reload
+                task = asyncio.create_task(self._reload(name))  # an import: not here
+                self._jobs.add(task)
+                task.add_done_callback(self._jobs.discard)
+
     async def _reload(self, name: str) -> None:
         try:
             await self.runner.reload(name)
         except Exception as e:
             log.warning("cluster: reload of flow %s asked through the store failed: %s",
                         name, e)
+        await self._answer(name, "reloaded")
 
     async def _take_free(self) -> None:
         for le in await asyncio.to_thread(self.store.leases):
@@ -288,6 +328,7 @@ class Cluster:
         if le is None or not le.wanted:
             await self.runner.stop_here(name, "stopped", "reops flows stop (on a controller)",
                                         fenced=False)
+            await self._answer(name, "stopped")
         else:
             why = (f"its lease was taken by {le.owner}" if le.owner != self.name
                    else "its lease ran out")
@@ -323,6 +364,48 @@ class Cluster:
 
     async def owners(self) -> dict[str, FlowLease]:
         return {le.name: le for le in await asyncio.to_thread(self.store.leases)}
+
+    # ── asks and answers between controllers ──
+
+    def ask(self, name: str, what: str) -> None:
+        """Tell the peers that flow `name`'s desired state changed (`stop`, `reload`): its
+        runner acts now rather than at its next renewal."""
+        self._share(INTERNAL, {"ask": what, "flow": name})
+
+    async def _answer(self, name: str, what: str) -> None:
+        """Once the flow's record says so in the store, tell the peers (a hub waiting in
+        `news` reads it then)."""
+        await self.runner.written()
+        self._share(INTERNAL, {"answer": what, "flow": name})
+
+    @contextlib.contextmanager
+    def news(self, name: str) -> Iterator[asyncio.Event]:
+        """An Event set whenever a peer answers about flow `name` (taken before asking:
+        no answer slips between the ask and the wait)."""
+        event = asyncio.Event()
+        self._answers.setdefault(name, set()).add(event)
+        try:
+            yield event
+        finally:
+            waits = self._answers.get(name)
+            if waits is not None:
+                waits.discard(event)
+                if not waits:
+                    del self._answers[name]
+
+    def _internal(self, data: Any) -> None:
+        if not isinstance(data, dict) or not isinstance(data.get("flow"), str):
+            return
+        name = data["flow"]
+        if "ask" in data and name in self.held:
+            self._asked.set()
+        elif "answer" in data:
+            for event in self._answers.get(name, ()):
+                event.set()
+
+    def _share(self, topic: str, data: dict[str, Any]) -> None:
+        self._out.append((topic, json.dumps(data, default=str)))
+        self._wake.set()
 
     # ── events ──
 
@@ -433,7 +516,10 @@ class Cluster:
                 if seq in self._seen or seq <= self._low:
                     continue
                 self._seen.add(seq)
-                if origin != self.name:
+                if origin != self.name and topic == INTERNAL:
+                    with contextlib.suppress(ValueError):
+                        self._internal(json.loads(data))
+                elif origin != self.name:
                     value = self._publish(origin, topic, data)
                     if topic == "keys" and isinstance(value, dict):
                         await self._keys_changed(value)

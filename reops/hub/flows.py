@@ -57,7 +57,7 @@ from reops.core.runtime import get_runtime
 from reops.core.settings import Settings, load_table
 from reops.core.threads import in_own_thread
 from reops.flows import Flow, FlowError, resolve
-from reops.hub.cluster import Cluster, load_cluster_settings
+from reops.hub.cluster import ASK_POLL_S, Cluster, load_cluster_settings
 from reops.hub.flow_sources import Build, FlowSources
 from reops.ops.base import Op
 from reops.sinks.bus import Tally, tally
@@ -355,6 +355,7 @@ class FlowRunner:
         self._dirty: dict[str, FlowRecord] = {}
         self._wake = asyncio.Event()
         self._flushed = asyncio.Event()  # replaced by a new one at each flush (followers)
+        self._flushes = [0, 0]  # flushes begun, ended: `written` waits for one begun later
         self._closing = False  # the hub is stopping: the writer ends after its flush
         self.dropped = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -741,6 +742,7 @@ class FlowRunner:
             await self._flush()
 
     async def _flush(self) -> None:
+        self._flushes[0] += 1
         rows, self._pending = self._pending, []
         recs, self._dirty = list(self._dirty.values()), {}
         if (rows or recs) and self.store is not None:
@@ -748,8 +750,22 @@ class FlowRunner:
                 await asyncio.shield(asyncio.to_thread(self.store.record, rows, recs))
             except Exception:
                 log.exception("could not write the flows' audit (%d rows)", len(rows))
+        self._flushes[1] += 1
         flushed, self._flushed = self._flushed, asyncio.Event()
         flushed.set()
+
+    async def written(self) -> None:
+        """Return once what was recorded so far is in the store: a flush begun after now
+        has ended (one under way may have taken its rows before ours). Bounded by
+        drain_s: a writer that stopped must not hold its caller."""
+        target = self._flushes[0] + 1
+        self._wake.set()
+
+        async def ended() -> None:
+            while self._flushes[1] < target:
+                await self._flushed.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ended(), self.settings.drain_s)
 
     # ── control methods ──
 
@@ -879,17 +895,20 @@ class FlowRunner:
         rec = await self._stored(name)
         if rec is None:
             raise KeyError(f"no flow {name!r} (see `reops flows ls`)")
-        lease = await asyncio.to_thread(store.want, name, False)
-        if lease is not None and lease.owner and lease.remaining_s > 0 and (
-                lease.owner != cluster.name):
-            deadline = time.monotonic() + cluster.settings.lease_s + cluster.settings.every
-            while time.monotonic() < deadline:
-                now = await asyncio.to_thread(store.get, name)
-                if now is not None and now.state == "stopped":
-                    return self._info(now)
-                await asyncio.sleep(0.2)  # its runner renews every renew_s
-            raise TimeoutError(f"flow {name!r}: {lease.owner} did not stop it within "
-                               f"{cluster.settings.lease_s:g}s; it stops once its lease ends")
+        with cluster.news(name) as news:  # before asking: its answer cannot slip by
+            lease = await asyncio.to_thread(store.want, name, False)
+            if lease is not None and lease.owner and lease.remaining_s > 0 and (
+                    lease.owner != cluster.name):
+                cluster.ask(name, "stop")  # its runner acts on it at once
+                deadline = time.monotonic() + cluster.settings.lease_s + cluster.settings.every
+                while time.monotonic() < deadline:
+                    now = await asyncio.to_thread(store.get, name)
+                    if now is not None and now.state == "stopped":
+                        return self._info(now)
+                    await _woken(news, min(ASK_POLL_S, deadline - time.monotonic()))
+                raise TimeoutError(f"flow {name!r}: {lease.owner} did not stop it within "
+                                   f"{cluster.settings.lease_s:g}s; it stops once its lease "
+                                   "ends")
         rec.state, rec.wanted = "stopped", False  # nobody runs it: say so here
         self._audit(rec, "stopped", "reops flows stop")
         return self._info(rec)
@@ -969,21 +988,25 @@ class FlowRunner:
         if self.cluster is None or name in self.flows:
             return await self.reload(name)
         # another controller runs it: ask through the store, wait for its record to say
-        store = self.cluster.store
+        cluster = self.cluster
+        store = cluster.store
         before = await self._stored(name)
-        lease = await asyncio.to_thread(store.ask_reload, name)
-        if before is None or lease is None or not lease.owner or lease.remaining_s <= 0 or (
-                lease.owner == self.cluster.name):
-            return await self.reload(name)
-        deadline = time.monotonic() + self.settings.start_timeout_s + self.cluster.settings.every
-        while time.monotonic() < deadline:
-            now = await asyncio.to_thread(store.get, name)
-            if now is not None and (now.reloads > before.reloads or now.error != before.error):
-                return {"name": name, "reloaded": now.reloads > before.reloads,
-                        "error": now.error, "version": now.version,
-                        "previous": before.version, "controller": lease.owner,
-                        "reloaded_what": now.reloaded}
-            await asyncio.sleep(0.2)
+        with cluster.news(name) as news:  # before asking: its answer cannot slip by
+            lease = await asyncio.to_thread(store.ask_reload, name)
+            if before is None or lease is None or not lease.owner or lease.remaining_s <= 0 or (
+                    lease.owner == cluster.name):
+                return await self.reload(name)
+            cluster.ask(name, "reload")  # its runner acts on it at once
+            deadline = time.monotonic() + self.settings.start_timeout_s + cluster.settings.every
+            while time.monotonic() < deadline:
+                now = await asyncio.to_thread(store.get, name)
+                if now is not None and (now.reloads > before.reloads
+                                        or now.error != before.error):
+                    return {"name": name, "reloaded": now.reloads > before.reloads,
+                            "error": now.error, "version": now.version,
+                            "previous": before.version, "controller": lease.owner,
+                            "reloaded_what": now.reloaded}
+                await _woken(news, min(ASK_POLL_S, deadline - time.monotonic()))
         raise TimeoutError(f"flow {name!r}: {lease.owner} did not answer the reload within "
                            f"{self.settings.start_timeout_s:g}s")
 
@@ -1036,6 +1059,13 @@ class FlowRunner:
                 return
             flushed = self._flushed
             rows = await asyncio.to_thread(store.audit, name, last)
+
+
+async def _woken(news: asyncio.Event, timeout: float) -> None:
+    """Wait for a peer's answer (`Cluster.news`), at most `timeout` (the fallback read)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(news.wait(), max(timeout, 0.0))
+    news.clear()
 
 
 def attach(controller: Controller) -> FlowRunner:
