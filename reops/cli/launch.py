@@ -23,9 +23,12 @@ def main() -> None:
 
             plan = quick.parse(argv)
             code = quick.run(plan) if plan is not None else None
-        except KeyboardInterrupt:  # before anything was sent: as the click CLI says it
-            sys.stderr.write("reops: interrupted\n")
+        except KeyboardInterrupt as e:  # outside the call itself: as the click CLI says it
             _trace("quick")
+            if type(e).__name__ == "Terminated":  # SIGTERM (reops.cli.quick)
+                sys.stderr.write("reops: terminated (SIGTERM)\n")
+                sys.exit(143)
+            sys.stderr.write("reops: interrupted\n")
             sys.exit(130)
         if code is not None:
             _trace("quick")

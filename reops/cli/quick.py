@@ -125,7 +125,7 @@ def _checked(selector: str, command: tuple[str, ...], given: dict[str, Any]) -> 
     return Plan(selector=selector, command=command, **given)
 
 
-class _Terminated(KeyboardInterrupt):
+class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so both end the same way (exit 143)."""
 
 
@@ -161,6 +161,28 @@ class _Run:
                                  started_at=self.started,
                                  duration_s=time.monotonic() - self.t0, transport="agent"))
 
+    def ready(self) -> None:
+        """Make what shows and records the Results: once the call is sent, so it loads
+        while the agents work (Results taken before it are fed to the printer then)."""
+        if self.plan.output == "pretty" and self.printer is None:
+            from reops.sinks.gather import DEFAULT_LINES
+            from reops.sinks.printer import Printer
+            from reops.sinks.views import display
+
+            plan = self.plan
+            tail = None if plan.full else DEFAULT_LINES if plan.tail_lines is None \
+                else plan.tail_lines
+            self.printer = Printer(tail=tail, total=len(self.hosts), gather=plan.gather,
+                                   live=False, hosts=self.hosts.names,
+                                   terminated=lambda: self.terminated)
+            self.printer.start()
+            for r in self.results.values():
+                self.printer.result(display(r))
+        from reops.core import hooks
+
+        if hooks.active():  # the run history (what hooks.lazy names): loaded now, not after
+            import reops.sinks.history  # noqa: F401
+
     def take(self, r: Result) -> None:
         """A host's Result: kept, then shown (pretty: held for the end; jsonl: a line)."""
         from reops.core.model import flat_result
@@ -195,6 +217,8 @@ class _Run:
 
     def call(self) -> None:
         """The agents list (identity checks), then one call for every accepted host."""
+        import time
+
         import zmq
 
         from reops.control.blocking import CONNECT_TIMEOUT, HubNotRunning
@@ -217,6 +241,7 @@ class _Run:
             refusal,
         )
 
+        self.started, self.t0 = time.time(), time.monotonic()  # as each host's run begins
         if not self.control.exists():
             self.rest(("unreachable", str(HubNotRunning(self.control))))
             return
@@ -253,6 +278,7 @@ class _Run:
                 return
             sock.send(encoder.encode(make_request(2, "call", {**self.params, "hosts": names})))
             sent = True
+            self.ready()
             while True:
                 ready = dict(poller.poll())
                 if sock in ready:
@@ -316,7 +342,7 @@ def run(plan: Plan) -> int | None:
 
     def on_sigterm(signum: int, frame: Any) -> None:
         job.terminated = True
-        raise _Terminated("terminated (SIGTERM)")
+        raise Terminated("terminated (SIGTERM)")
 
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
@@ -361,33 +387,22 @@ def _finish(job: _Run) -> int:
     from reops.core import hooks
 
     plan = job.plan
-    if plan.output == "pretty":
-        from reops.sinks.gather import DEFAULT_LINES
-        from reops.sinks.printer import Printer
-
-        tail = None if plan.full else DEFAULT_LINES if plan.tail_lines is None \
-            else plan.tail_lines
-        job.printer = Printer(tail=tail, total=len(job.hosts), gather=plan.gather,
-                              live=False, hosts=job.hosts.names,
-                              terminated=lambda: job.terminated)
-        job.printer.start()
-    elif plan.output == "jsonl":
+    if plan.output == "jsonl":
         import msgspec
 
         job.encode_line = msgspec.json.Encoder().encode
     interrupted = False
-    seen: list[Result] = []
     try:
         job.call()
     except KeyboardInterrupt:
         interrupted = True
+    job.ready()  # (when no call was sent)
     out = job.outcome(interrupted)
     if job.printer is not None:
-        seen = list(job.results.values())
         if interrupted:
             job.printer.finish_interrupted()
         else:
-            job.printer.finish(seen)
+            job.printer.finish(list(job.results.values()))
     if hooks.active():
         hooks.outcome_finished(out)
     if plan.output == "json":
