@@ -91,7 +91,10 @@ async def test_container_lifecycle_over_ssh_with_events(machines: Machines) -> N
     assert out.splitlines()[1:] == ["ct1", "ct1"]
     assert events("STARTED")
 
-    await done(m, m.submit("stop", "ct1"))
+    [stopped] = await done(m, m.submit("stop", "ct1"))
+    # a clean stop through the hypervisor's one shutdown path, with the container's method
+    # (SIGTERM to its init), not destroyed after stop_timeout as libvirt's default would be
+    assert stopped.result == {"stop": "shut down"}, stopped.result
     assert m.system(s.id).state == "stopped" and m.systems("running") == []
     assert events("STOPPED")
     assert m.systems("state:stopped")[0].id == s.id

@@ -15,7 +15,6 @@ route, and nothing outside this machine can. The address is stored on the System
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import fcntl
 import os
@@ -188,28 +187,9 @@ async def wait_reachable(s: System, timeout: float) -> None:
             f"{s.placement.domain}.log)")
 
 
-async def stop(hyp: Hypervisor, name: str, timeout: float) -> str:
-    """SIGTERM to the container's init (its dropbear stops, init exits); destroyed when it
-    has not stopped within `timeout`."""
-    stopped = asyncio.ensure_future(hyp.next_event(
-        lambda e: e.kind == "domain" and e.name == name and e.event == "STOPPED", timeout))
-    await asyncio.sleep(0)  # let the waiter subscribe before we act
-
-    def signal() -> bool:
-        dom = hyp.connection.lookupByName(name)
-        if not dom.isActive():
-            return False
-        dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_SIGNAL)
-        return True
-    try:
-        if not await in_thread(signal):
-            return "already stopped"
-        if await hyp.state(name) == "stopped" or await stopped is not None:
-            return "shut down"
-    finally:
-        stopped.cancel()
-    await hyp.destroy(name)
-    return f"destroyed: no clean shutdown within {timeout:g}s"
+#: how a container is stopped: SIGTERM to its init (its dropbear stops, init exits), as
+#: libvirt's default initctl method does not reach a busybox init (Hypervisor.stop's flags)
+SHUTDOWN = libvirt.VIR_DOMAIN_SHUTDOWN_SIGNAL
 
 
 def remove_files(hypervisor: str, domain: str) -> None:

@@ -87,7 +87,8 @@ class ContainerJobs:
         return containers.listen_of(rootfs)[0]
 
     async def stop(self, s: System, hyp: Hypervisor) -> dict[str, Any]:
-        how = await containers.stop(hyp, s.placement.domain, self.h.m.settings.stop_timeout)
+        how = await hyp.stop(s.placement.domain, self.h.m.settings.stop_timeout,
+                             containers.SHUTDOWN)
         self.h._save(self.h._fresh(s), state="stopped", machine={"ip": None})
         return {"stop": how}
 
