@@ -39,7 +39,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -68,6 +68,19 @@ POLL_S = 1.0
 ASK_POLL_S = 1.0
 #: the topic of the controllers' own events (asks and answers), never put on the bus
 INTERNAL = "cluster"
+
+
+async def run_all(loops: list[Coroutine[Any, Any, None]], remove: Callable[[], None]) -> None:
+    """Run `loops` as tasks until one fails or this is cancelled; then `remove` the event
+    listener they were fed by, cancel the others and wait for them: none outlives it."""
+    tasks = [asyncio.create_task(c) for c in loops]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        remove()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class ClusterSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -153,9 +166,7 @@ class Cluster:
                 await asyncio.sleep(self.settings.every)
         with contextlib.suppress(StoreError):
             await asyncio.to_thread(self._apply_keys, None)
-        remove = self.hub.listen(self._outgoing)
-        tasks = [asyncio.create_task(c) for c in (self._ticks(), self._takes(),
-                                                  self._poster(), self._relay())]
+        loops = [self._ticks(), self._takes(), self._poster(), self._relay()]
         fleet = getattr(self.hub, "fleet", None)
         if fleet is not None:  # calls from peers to the agents held here, and back
             from reops.hub.remote_calls import RemoteCalls
@@ -164,14 +175,8 @@ class Cluster:
                                  self.store._timeout,
                                  lambda: self.store.listen_calls(f"reops-calls {self.name}"))
             self.hub.remote = remote
-            tasks.append(asyncio.create_task(remote.serve(self.hub.listen)))
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            remove()
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            loops.append(remote.serve(self.hub.listen))
+        await run_all(loops, self.hub.listen(self._outgoing))
 
     async def leave(self) -> None:
         """The hub stops (its flows drained): free their leases for a peer, say goodbye."""

@@ -41,6 +41,7 @@ import psycopg
 from reops_agent.protocol import CodeRef
 
 from reops.hub.calls import OnDone, OnLine, failure
+from reops.hub.cluster import run_all
 from reops.store.base import StoreError, Wakeup
 from reops.store.postgres import CALLS_CHANNEL, FLOW_MIGRATIONS, Pg
 
@@ -141,15 +142,9 @@ class RemoteCalls:
             except StoreError as e:
                 log.warning("remote calls: %s; trying again in %gs", e, POLL_S)
                 await asyncio.sleep(POLL_S)
-        remove = listen(self._event)
-        tasks = [asyncio.create_task(c) for c in (self._writer(), self._watch())]
         try:
-            await asyncio.gather(*tasks)
+            await run_all([self._writer(), self._watch()], listen(self._event))
         finally:
-            remove()
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             for cid in list(self._waiting):
                 self._end(cid, failure("lost", "the hub shut down during the call (the "
                                        "command may have run)"))
