@@ -10,23 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from hubs import HubProc, until
 
-from reops.lab.agents import LabHub
 from reops.lab.fleet import LabInfo
 from reops.store.flows import AuditRow, SqliteFlowStore
-
-T = TypeVar("T")
 
 FLOW = '''\
 """A clock on the runtime loop mapped to COMMAND on the selected lab hosts."""
@@ -60,54 +56,12 @@ def tick(inv: Path, selector: str = "all", command: str = "true", every: float =
 FAIL_LINE = next(i for i, line in enumerate(FLOW.splitlines(), 1) if "raise RuntimeError" in line)
 
 
-def until(check: Callable[[], T], what: str, timeout: float = 60.0) -> T:
-    """Poll `check` until it returns something true; fail naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-class Hub:
+class Hub(HubProc):
     """A `reops hub` process with its own home, the CLI pointed at it, and its audit."""
 
     def __init__(self, home: Path, **env: str) -> None:
-        self.lab_hub = LabHub(home=home, bind="tcp://127.0.0.1:*", env={
-            "REOPS_HUB_CONTROL": "", "REOPS_HUB_KEYS_DIR": "", **env})
-        self.home = home
-        home.mkdir(mode=0o700, exist_ok=True)  # private, as reops' home must be
+        super().__init__(home, **env)
         self.store: SqliteFlowStore | None = None
-
-    def start(self) -> Hub:
-        self.lab_hub.bind = "tcp://127.0.0.1:*"
-        self.lab_hub.start()
-        return self
-
-    @property
-    def proc(self) -> subprocess.Popen[bytes]:
-        assert self.lab_hub.proc is not None
-        return self.lab_hub.proc
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "REOPS_HOME": str(self.home), "REOPS_HUB_CONTROL": ""}
-
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([sys.executable, "-m", "reops.cli.main", *args], env=self.env,
-                              capture_output=True, text=True, timeout=120)
-        if check:
-            assert done.returncode == 0, done.stderr
-        return done
-
-    def request(self, method: str, **params: Any) -> Any:
-        """A control request straight to the hub (no CLI process: quick to poll)."""
-        from reops.control.client import request_sync
-
-        return request_sync(self.lab_hub.control_path, method, params, timeout=30)
 
     def ls(self) -> dict[str, dict[str, Any]]:
         return {r["name"]: r for r in json.loads(self.cli("flows", "ls", "-o", "json").stdout)}
@@ -125,7 +79,7 @@ class Hub:
     def close(self) -> None:
         if self.store is not None:
             self.store.close()
-        self.lab_hub.stop(signal.SIGTERM, timeout=40)
+        self.stop(signal.SIGTERM)
 
 
 @pytest.fixture

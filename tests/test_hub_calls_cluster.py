@@ -20,7 +20,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from test_hub_cluster import Ctl, both, until
+from hubs import until
+from test_hub_cluster import Ctl, both
 
 from reops.control.client import HubClient
 from reops.control.wire import LineItem, ResultItem
@@ -38,9 +39,9 @@ def two(tmp_path: Path, pg_url: str) -> Iterator[tuple[Ctl, Ctl, LabAgents]]:
     agents: LabAgents | None = None
     try:
         both(a.start, b.start)
-        agents = start_agents([AGENT], b.hub.bind, b.hub.key, b.hub.keys_dir,
+        agents = start_agents([AGENT], b.lab_hub.bind, b.lab_hub.key, b.lab_hub.keys_dir,
                               workdir=tmp_path / "agents", extra=["--heartbeat", "0.5"])
-        wait_for_agents(b.hub.control_path, [AGENT])
+        wait_for_agents(b.lab_hub.control_path, [AGENT])
         yield a, b, agents
     finally:
         if agents is not None:
@@ -55,7 +56,7 @@ def rows(url: str, sql: str) -> list[tuple[object, ...]]:
 
 async def call_then_cancel(a: Ctl, pg_url: str) -> None:
     """Start `sleep 30` on the agent through ctl1, then leave once ctl2 runs it."""
-    client = HubClient(a.hub.control_path)
+    client = HubClient(a.lab_hub.control_path)
 
     async def consume() -> None:
         async for _ in client.pieces("call", hosts=[AGENT], fn="shell", args=["sleep 30"],
@@ -144,7 +145,7 @@ async def streamed(a: Ctl, command: str, on_first: str, gate: Gate | None,
     """A streamed call through ctl1; `before` gets what came up to the first line with
     `on_first`, and then the gate (if given) lets the command go on: its end (and its
     result) can only come after that line."""
-    client = HubClient(a.hub.control_path)
+    client = HubClient(a.lab_hub.control_path)
     got: list[object] = []
     try:
         async with asyncio.timeout(60):
@@ -196,7 +197,6 @@ def test_a_routed_stream_nobody_reads_stays_bounded_in_the_store(
                f"read x < {gate.path}; echo end")
     box: dict[str, list[object]] = {}
     before: list[object] = []
-    assert a.hub.proc is not None
 
     def run() -> None:
         box["got"] = asyncio.run(streamed(a, command, "start", None, before))
@@ -205,7 +205,7 @@ def test_a_routed_stream_nobody_reads_stays_bounded_in_the_store(
     stopped = False
     try:
         until(lambda: before, "the first line on ctl1")
-        os.kill(a.hub.proc.pid, signal.SIGSTOP)  # ctl1 reads nothing: lines pile up
+        os.kill(a.proc.pid, signal.SIGSTOP)  # ctl1 reads nothing: lines pile up
         stopped = True
         gate.release()
         until(printed.exists, "the host to print its lines")
@@ -213,13 +213,13 @@ def test_a_routed_stream_nobody_reads_stays_bounded_in_the_store(
         until(lambda: rows(pg_url, "SELECT count(*) FROM remote_lines")[0][0] >= MAX_LINES,
               "the lines ctl1 has not read to reach the cap")
         assert rows(pg_url, "SELECT count(*) FROM remote_lines")[0][0] <= MAX_LINES + 1
-        os.kill(a.hub.proc.pid, signal.SIGCONT)
+        os.kill(a.proc.pid, signal.SIGCONT)
         stopped = False
         until(lambda: rows(pg_url, "SELECT count(*) FROM remote_lines") == [(0,)],
               "ctl1 to read what was kept")
     finally:
         if stopped:
-            os.kill(a.hub.proc.pid, signal.SIGCONT)
+            os.kill(a.proc.pid, signal.SIGCONT)
         gate.release()  # the last line, now that there is room again
         if not before:
             gate.release()  # never seen: both reads let go, the command must end

@@ -9,22 +9,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 import pytest
+from hubs import HubProc, until
 
-from reops.lab.agents import LabHub
 from reops.store.flows import AuditRow
 from reops.store.postgres import PgFlowStore
-
-T = TypeVar("T")
 
 #: a lease short enough for a quick takeover; renewals three times a lease
 LEASE_S = 3.0
@@ -45,57 +41,18 @@ def tick(every: float = 0.3) -> object:
 '''
 
 
-def until(check: Callable[[], T], what: str, timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-class Ctl:
+class Ctl(HubProc):
     """A `reops hub` named `name` with its own home and ports, on the shared store."""
 
     def __init__(self, root: Path, name: str, url: str) -> None:
-        self.name, self.home = name, root / name
-        self.home.mkdir(mode=0o700)
-        self.env_vars = {"REOPS_STORE_URL": url, "REOPS_HUB_NAME": name,
-                         "REOPS_CLUSTER_LEASE_S": str(LEASE_S),
-                         "REOPS_HUB_CONTROL": "", "REOPS_HUB_KEYS_DIR": "",
-                         "REOPS_HUB_BUS_IN": "tcp://127.0.0.1:*",
-                         "REOPS_HUB_BUS_OUT": "tcp://127.0.0.1:*"}
-        self.hub = LabHub(home=self.home, bind="tcp://127.0.0.1:*", env=self.env_vars)
-
-    def start(self) -> Ctl:
-        self.hub.bind = "tcp://127.0.0.1:*"
-        self.hub.start()
-        return self
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**os.environ, **self.env_vars, "REOPS_HOME": str(self.home)}
-
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([sys.executable, "-m", "reops.cli.main", *args], env=self.env,
-                              capture_output=True, text=True, timeout=120)
-        if check:
-            assert done.returncode == 0, done.stderr
-        return done
-
-    def request(self, method: str, **params: Any) -> Any:
-        from reops.control.client import request_sync
-
-        return request_sync(self.hub.control_path, method, params, timeout=30)
+        super().__init__(root / name, REOPS_STORE_URL=url, REOPS_HUB_NAME=name,
+                         REOPS_CLUSTER_LEASE_S=str(LEASE_S),
+                         REOPS_HUB_BUS_IN="tcp://127.0.0.1:*",
+                         REOPS_HUB_BUS_OUT="tcp://127.0.0.1:*")
+        self.name = name
 
     def ls(self) -> dict[str, dict[str, Any]]:
         return {r["name"]: r for r in self.request("flows.ls")}
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        self.hub.stop(sig, timeout=40)
-
 
 @pytest.fixture
 def cluster(tmp_path: Path, pg_url: str) -> Iterator[tuple[Ctl, Ctl, PgFlowStore]]:
@@ -236,20 +193,6 @@ def test_stop_and_reload_asked_on_a_peer_act_before_the_runners_next_renewal(
         store.close()
 
 
-def _tail(c: Ctl, lines: list[dict[str, Any]]) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "reops.cli.main", "tail", "event.flows",
-                             "-o", "json"], env=c.env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(json.loads(line))
-
-    threading.Thread(target=read, daemon=True).start()
-    return proc
-
-
 def _events(lines: list[dict[str, Any]], flow: str, kind: str) -> list[dict[str, Any]]:
     return [m for m in lines if m["data"].get("flow") == flow and m["kind"] == kind]
 
@@ -258,7 +201,7 @@ def test_an_event_raised_on_one_hub_reaches_a_tail_on_another_exactly_once(
         cluster: tuple[Ctl, Ctl, PgFlowStore], flow_file: Path, pg_url: str) -> None:
     a, b, _ = cluster
     lines: list[dict[str, Any]] = []
-    tail = _tail(a, lines)
+    tail = a.tail(lines, "event.flows")
     try:
         until(lambda: a.request("bus.stats")["subscriptions"].get("event.flows"),
               "tail subscribed on ctl1")
@@ -297,14 +240,13 @@ def test_a_stalled_runner_is_fenced_once_a_peer_took_its_flow(
     a, b, store = cluster
     a.cli("flows", "start", str(flow_file), "--every", "0.3")
     until(lambda: len(fired(store, "tick", "ctl1")) >= 3, "tick firing on ctl1")
-    assert a.hub.proc is not None
-    os.kill(a.hub.proc.pid, signal.SIGSTOP)  # ctl1 stalls: it cannot renew its lease
+    os.kill(a.proc.pid, signal.SIGSTOP)  # ctl1 stalls: it cannot renew its lease
     try:
         taken = until(lambda: [r for r in store.audit("tick") if r.status == "taken-over"],
                       "ctl2 to take the stalled controller's flow", timeout=LEASE_S * 4 + 10)
         assert taken[0].controller == "ctl2" and "from ctl1" in taken[0].detail
     finally:
-        os.kill(a.hub.proc.pid, signal.SIGCONT)
+        os.kill(a.proc.pid, signal.SIGCONT)
     # ctl1 wakes up, finds its lease gone and stops the flow: it fires no more
     fenced = until(lambda: [r for r in store.audit("tick") if r.status == "fenced"],
                    "ctl1 to stop the flow it lost")
@@ -326,19 +268,12 @@ def test_a_key_accepted_on_one_controller_is_honoured_on_the_other(
     keys.mkdir(mode=0o700)
     name = bus_name(load_keypair(keys, "bus")[0].decode())
 
-    def tail(c: Ctl, lines: list[dict[str, Any]]) -> subprocess.Popen[str]:
-        proc = subprocess.Popen([sys.executable, "-m", "reops.cli.main", "tail", "event.flows",
-                                 "-o", "json", "--keys", str(keys)], env=c.env,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        threading.Thread(target=lambda: lines.extend(json.loads(x) for x in proc.stdout or ()),
-                         daemon=True).start()
-        return proc
-
     def state(c: Ctl) -> str:
         return next((k["state"] for k in c.request("keys") if k["name"] == name), "")
 
     first: list[dict[str, Any]] = []
-    on_a = tail(a, first)  # an unknown key: pending on ctl1, refused
+    # an unknown key: pending on ctl1, refused
+    on_a = a.tail(first, "event.flows", "--keys", str(keys))
     try:
         until(lambda: state(a) == "pending", "the subscriber's key pending on ctl1")
         assert state(b) == ""
@@ -351,7 +286,7 @@ def test_a_key_accepted_on_one_controller_is_honoured_on_the_other(
         on_a.terminate()
         on_a.wait(10)
     lines: list[dict[str, Any]] = []
-    on_b = tail(b, lines)
+    on_b = b.tail(lines, "event.flows", "--keys", str(keys))
     try:
         until(lambda: b.request("bus.stats")["subscriptions"].get("event.flows"),
               "the subscriber let in on ctl2")

@@ -7,20 +7,17 @@ job's started and succeeded events exactly once, marked with ctl2, once ctl1 run
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hubs import until
 from systems_fixtures import config_toml
-from test_hub_cluster import FLOW, Ctl, both, until
+from test_hub_cluster import FLOW, Ctl, both
 
 from reops.store.postgres import PgFlowStore, PgStore
 
@@ -37,23 +34,9 @@ def hubs(tmp_path: Path, pg_url: str) -> Iterator[tuple[Ctl, Ctl]]:
         yield a, b
     finally:
         for c in (a, b):
-            if c.hub.proc is not None and c.hub.proc.poll() is None:
-                os.kill(c.hub.proc.pid, signal.SIGCONT)
+            if c.lab_hub.proc is not None and c.lab_hub.proc.poll() is None:
+                os.kill(c.lab_hub.proc.pid, signal.SIGCONT)
         both(lambda: a.stop(signal.SIGKILL), lambda: b.stop(signal.SIGKILL))
-
-
-def _tail(c: Ctl, lines: list[dict[str, Any]]) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "reops.cli.main", "tail", "event.jobs",
-                             "event.flows", "-o", "json"], env=c.env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(json.loads(line))
-
-    threading.Thread(target=read, daemon=True).start()
-    return proc
 
 
 def test_a_job_run_by_ctl2_reaches_a_tail_on_ctl1_exactly_once(
@@ -68,18 +51,17 @@ def test_a_job_run_by_ctl2_reaches_a_tail_on_ctl1_exactly_once(
     finally:
         store.close()
     lines: list[dict[str, Any]] = []
-    tail = _tail(a, lines)
+    tail = a.tail(lines, "event.jobs", "event.flows")
     try:
         until(lambda: a.request("bus.stats")["subscriptions"].get("event.jobs"),
               "tail subscribed on ctl1")
-        assert a.hub.proc is not None
-        os.kill(a.hub.proc.pid, signal.SIGSTOP)  # ctl1 claims nothing: ctl2 runs them all
+        os.kill(a.proc.pid, signal.SIGSTOP)  # ctl1 claims nothing: ctl2 runs them all
         try:
             b.cli("types", "add", "redis", "-d", "redis server")
             made = b.cli("systems", "create", "redis", "--preset", "small", "--count", "2")
             assert made.stderr.count("succeeded   create") == 2, made.stderr
         finally:
-            os.kill(a.hub.proc.pid, signal.SIGCONT)
+            os.kill(a.proc.pid, signal.SIGCONT)
         store = PgStore(pg_url)
         try:
             jobs = [j for j in store.jobs() if j.op == "create"]
