@@ -17,11 +17,13 @@ ran out is taken over with `expired`, and the queue applies its retry rules to i
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
-from reops.store.model import Job, JobState, MachinesError, System, Type
+from reops.store.model import MIN_PREFIX, Job, JobState, MachinesError, System, Type
+
+T = TypeVar("T")
 
 
 class StoreError(MachinesError):
@@ -153,3 +155,20 @@ class Wakeup(Protocol):
 @runtime_checkable
 class JobStore(MachineStore, QueueStore, Membership, Protocol):
     """What the job queue runs on: the jobs, claims on them, and controllers' heartbeats."""
+
+
+def id_prefix(prefix: str) -> str:
+    """An id prefix checked and lower-cased for a lookup by `id LIKE prefix%`, the same on
+    every engine: too short or not hex is one line, never a scan of the table."""
+    if len(prefix) < MIN_PREFIX or not all(c in "0123456789abcdef" for c in prefix.lower()):
+        raise MachinesError(f"bad id {prefix!r}: give at least {MIN_PREFIX} hex characters")
+    return prefix.lower()
+
+
+def only_one(what: str, prefix: str, found: list[T]) -> T:
+    """The one row a prefix lookup found (it reads two at most); none or several: one line."""
+    if not found:
+        raise MachinesError(f"no {what} with id {prefix!r}")
+    if len(found) > 1:
+        raise MachinesError(f"{what} id {prefix!r} is ambiguous: give more characters")
+    return found[0]

@@ -30,9 +30,9 @@ import msgspec
 import psycopg
 from psycopg import conninfo, errors
 
-from reops.store.base import Claim, Controller, StoreError, Wakeup
+from reops.store.base import Claim, Controller, StoreError, Wakeup, id_prefix, only_one
 from reops.store.flows import AUDIT_KEEP, AuditRow, FlowLease, FlowRecord
-from reops.store.model import MIN_PREFIX, Job, JobState, MachinesError, System, Type
+from reops.store.model import Job, JobState, MachinesError, System, Type
 
 T = TypeVar("T")
 
@@ -365,9 +365,9 @@ class PgStore:
         return found[0] if found else None
 
     def system_by_prefix(self, prefix: str) -> System:
-        return _unique("system", prefix, self._pg.rows(
+        return only_one("system", prefix, self._pg.rows(
             "SELECT data FROM systems WHERE id LIKE %s ORDER BY id LIMIT 2",
-            (_like(prefix),), System))
+            (id_prefix(prefix) + "%",), System))
 
     def remove_system(self, id_: str) -> None:
         self._pg.run(lambda db: db.execute("DELETE FROM systems WHERE id = %s", (id_,)),
@@ -388,9 +388,9 @@ class PgStore:
 
     def job(self, id_or_prefix: str) -> Job:
         """A job by full id or unique prefix; a clear error when none or several match."""
-        return _unique("job", id_or_prefix, self._pg.rows(
+        return only_one("job", id_or_prefix, self._pg.rows(
             "SELECT data FROM jobs WHERE id LIKE %s ORDER BY seq LIMIT 2",
-            (_like(id_or_prefix),), Job))
+            (id_prefix(id_or_prefix) + "%",), Job))
 
     def jobs(self, states: Iterable[JobState] = (), limit: int | None = None,
              controller: str | None = None) -> list[Job]:
@@ -795,17 +795,3 @@ class _PgWakeup:
 def _put_flow(db: psycopg.Connection[Any], rec: FlowRecord) -> None:
     db.execute("INSERT INTO flows VALUES (%s, %s) ON CONFLICT (name) DO UPDATE"
                " SET data = excluded.data", (rec.name, _text(rec)))
-
-
-def _like(prefix: str) -> str:
-    if len(prefix) < MIN_PREFIX or not all(c in "0123456789abcdef" for c in prefix.lower()):
-        raise MachinesError(f"bad id {prefix!r}: give at least {MIN_PREFIX} hex characters")
-    return prefix.lower() + "%"
-
-
-def _unique(what: str, prefix: str, found: list[T]) -> T:
-    if not found:
-        raise MachinesError(f"no {what} with id {prefix!r}")
-    if len(found) > 1:
-        raise MachinesError(f"{what} id {prefix!r} is ambiguous: give more characters")
-    return found[0]

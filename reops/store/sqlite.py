@@ -23,8 +23,8 @@ from typing import TypeVar
 
 import msgspec
 
-from reops.store.base import Claim, Controller, Wakeup
-from reops.store.model import MIN_PREFIX, Job, JobState, MachinesError, System, Type
+from reops.store.base import Claim, Controller, Wakeup, id_prefix, only_one
+from reops.store.model import Job, JobState, MachinesError, System, Type
 
 T = TypeVar("T")
 
@@ -240,10 +240,10 @@ class Store:
 
     def job(self, id_or_prefix: str) -> Job:
         """A job by full id or unique prefix; a clear error when none or several match."""
-        return _unique(
+        return only_one(
             "job", id_or_prefix,
             self._rows("SELECT data FROM jobs WHERE id LIKE ? || '%' ORDER BY seq LIMIT 2",
-                       (_like(id_or_prefix),), Job),
+                       (id_prefix(id_or_prefix),), Job),
         )
 
     def jobs(self, states: Iterable[JobState] = (), limit: int | None = None,
@@ -262,10 +262,10 @@ class Store:
         return self._rows(f"SELECT data FROM ({sql}) ORDER BY seq", wanted, Job)
 
     def system_by_prefix(self, prefix: str) -> System:
-        return _unique(
+        return only_one(
             "system", prefix,
             self._rows("SELECT data FROM systems WHERE id LIKE ? || '%' LIMIT 2",
-                       (_like(prefix),), System),
+                       (id_prefix(prefix),), System),
         )
 
     # ---- controllers (Membership)
@@ -423,17 +423,3 @@ def _put_job(db: sqlite3.Connection, j: Job) -> None:
         " ON CONFLICT(id) DO UPDATE SET state = excluded.state, data = excluded.data",
         (j.id, j.op, j.system_id, j.state, _enc.encode(j)),
     )
-
-
-def _like(prefix: str) -> str:
-    if len(prefix) < MIN_PREFIX or not all(c in "0123456789abcdef" for c in prefix.lower()):
-        raise MachinesError(f"bad id {prefix!r}: give at least {MIN_PREFIX} hex characters")
-    return prefix.lower()
-
-
-def _unique(what: str, prefix: str, found: list[T]) -> T:
-    if not found:
-        raise MachinesError(f"no {what} with id {prefix!r}")
-    if len(found) > 1:
-        raise MachinesError(f"{what} id {prefix!r} is ambiguous: give more characters")
-    return found[0]
