@@ -17,6 +17,7 @@ Set REOPS_TEST_PORT to pin the labs' port (e.g. 2322) when debugging with `ssh`.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import socket
@@ -242,3 +243,99 @@ def pg_url(pg: Any) -> Iterator[str]:
     finally:
         with psycopg.connect(pg.url(), autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+# ── helpers the tests import (one home for what several of them do) ─────────────────────
+
+
+class Seen:
+    """What a subscription received; `wait` blocks until a condition holds (a deadline, never
+    a sleep); an error the subscription gets fails the wait at once, naming it."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self.errors: list[BaseException] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, item: Any) -> None:
+        with self._cond:
+            self.items.append(item)
+            self._cond.notify_all()
+
+    def error(self, e: BaseException) -> None:
+        with self._cond:
+            self.errors.append(e)
+            self._cond.notify_all()
+
+    def wait(self, pred: Callable[[list[Any]], bool], what: str,
+             timeout: float = 60.0) -> list[Any]:
+        with self._cond:
+            ok = self._cond.wait_for(lambda: pred(self.items) or bool(self.errors), timeout)
+            assert not self.errors, f"the subscription failed: {self.errors[0]!r}"
+            assert ok, f"timed out waiting for {what}; got {self.items}"
+            return list(self.items)
+
+    def wait_error(self, timeout: float = 60.0) -> BaseException:
+        with self._cond:
+            assert self._cond.wait_for(lambda: bool(self.errors), timeout), self.items
+            return self.errors[0]
+
+
+@contextlib.contextmanager
+def crashed_lab(root: Path, shows: str, **lab: Any) -> Iterator[str]:
+    """A lab at `root` whose creating process was SIGKILLed right after `up`, as a crash
+    leaves one (state, sshds, its namespace or /etc/hosts block): yields the line that
+    `shows` (an expression over `lab` and `info`, its LabInfo) printed before the kill.
+    Afterwards the creator is gone and the lab is down, whatever the test did."""
+    import signal
+    import subprocess
+    import sys
+
+    args = ", ".join(f"{k}={v!r}" for k, v in lab.items())
+    script = ("import sys; from pathlib import Path; from reops.lab.fleet import Lab\n"
+              f"lab = Lab(Path({str(root)!r}), {args})\n"
+              f"info = lab.up(); print({shows}, flush=True); sys.stdin.read()\n")
+    creator = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert creator.stdout is not None
+        line = creator.stdout.readline().strip()
+        assert line, "the lab did not come up"
+        os.kill(creator.pid, signal.SIGKILL)
+        creator.wait()
+        yield line
+    finally:
+        if creator.poll() is None:
+            creator.kill()
+            creator.wait()
+        if (root / "state.json").exists():
+            Lab.load(root).down()
+
+
+def lab_down_cli(root: Path) -> None:
+    """`reops lab down --dir root`, as a user runs it; it must succeed."""
+    import subprocess
+    import sys
+
+    down = subprocess.run([sys.executable, "-m", "reops", "lab", "down", "--dir", str(root)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert down.returncode == 0, down.stderr
+
+
+def as_nobody(fn: Callable[[], str]) -> str:
+    """What `fn` returns when run with the effective uid of nobody (65534), in a forked
+    child so this process keeps root: how a test sees what an unprivileged user gets."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.close(read)
+            os.seteuid(65534)
+            os.write(write, fn().encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        said = f.read()
+    os.waitpid(pid, 0)
+    return said

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from reops.lab import bastion as jumps
 from reops.lab import names as hostnames
 from reops.lab.fleet import Lab, LabError, LabInfo
 from reops.lab.procs import pidfd, wait_exit
-from tests.conftest import LabFactory, free_port
+from tests.conftest import LabFactory, as_nobody, crashed_lab, free_port, lab_down_cli
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="bastion mode needs root (netns)")
 
@@ -104,20 +103,8 @@ def test_down_after_the_creator_was_sigkilled_removes_namespace_and_processes(
 ) -> None:
     root, first = tmp_path / "crashed", "127.0.254.1"
     port = free_port(first)
-    script = (
-        "import sys; from pathlib import Path; from reops.lab.fleet import Lab\n"
-        f"lab = Lab(Path({str(root)!r}), hosts=2, base_port={port}, first_address={first!r},"
-        " bastion=True)\n"
-        "lab.up(); print(lab.netns, flush=True); sys.stdin.read()\n"
-    )
-    creator = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True)
-    try:
-        assert creator.stdout is not None
-        netns = creator.stdout.readline().strip()
-        assert netns, "the lab did not come up"
-        os.kill(creator.pid, signal.SIGKILL)
-        creator.wait()
+    with crashed_lab(root, "lab.netns", hosts=2, base_port=port, first_address=first,
+                     bastion=True) as netns:
         assert jumps.netns_exists(netns)
         # everything that runs in the namespace, sessions included, must go
         session = subprocess.Popen(
@@ -130,37 +117,22 @@ def test_down_after_the_creator_was_sigkilled_removes_namespace_and_processes(
         fds = {fd: p for p in pids if (fd := pidfd(p)) is not None}
         assert len(fds) >= 4  # bastion shim, 2 targets, a session's sshd and its sleep
 
-        down = subprocess.run([sys.executable, "-m", "reops", "lab", "down", "--dir", str(root)],
-                              capture_output=True, text=True, timeout=120, check=False)
-        assert down.returncode == 0, down.stderr
+        lab_down_cli(root)
         wait_exit(fds, 30)  # returns once every one has exited (raises if some would not)
         assert not jumps.netns_exists(netns)
         assert str(root) not in hostnames.blocks()
         assert session.wait(timeout=30) != 0
-    finally:
-        if creator.poll() is None:
-            creator.kill()
-        if (root / "state.json").exists():
-            Lab.load(root).down()
 
 
 def test_bastion_mode_refuses_without_root_in_one_line(tmp_path: Path) -> None:
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
+    def make() -> str:
         try:
-            os.seteuid(65534)
-            try:
-                Lab(tmp_path / "unprivileged", hosts=1, bastion=True)
-                os.write(write, b"no error")
-            except LabError as e:
-                os.write(write, str(e).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as f:
-        message = f.read()
-    os.waitpid(pid, 0)
+            Lab(tmp_path / "unprivileged", hosts=1, bastion=True)
+        except LabError as e:
+            return str(e)
+        return "no error"
+
+    message = as_nobody(make)
     assert message.startswith("bastion mode needs root")
     assert "\n" not in message
 

@@ -20,7 +20,7 @@ import pytest
 from reops.lab import names
 from reops.lab.fleet import Lab, LabInfo
 from reops.lab.procs import wait_exit
-from tests.conftest import LabFactory, free_port
+from tests.conftest import LabFactory, as_nobody, crashed_lab, free_port, lab_down_cli
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="lab names need root (/etc/hosts)")
 
@@ -135,25 +135,11 @@ def test_reops_exec_reaches_hosts_by_name(lab_factory: LabFactory, tmp_path: Pat
 def test_a_crashed_labs_block_is_cleaned_by_down_and_by_the_next_up(tmp_path: Path) -> None:
     root = tmp_path / "crashed"
     port = free_port("127.0.254.1")
-    script = (
-        "import sys; from pathlib import Path; from reops.lab.fleet import Lab\n"
-        f"lab = Lab(Path({str(root)!r}), hosts=2, base_port={port}, "
-        "first_address='127.0.254.1', names=True)\n"
-        "info = lab.up(); print(info.names['web1'], flush=True); sys.stdin.read()\n"
-    )
-    creator = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True)
-    try:
-        assert creator.stdout is not None
-        first = creator.stdout.readline().strip()
-        assert first, "the lab did not come up"
-        os.kill(creator.pid, signal.SIGKILL)
-        creator.wait()
+    with crashed_lab(root, "info.names['web1']", hosts=2, base_port=port,
+                     first_address="127.0.254.1", names=True) as first:
         assert resolve_offline(first) == "127.0.254.1"  # the crash left the block behind
 
-        down = subprocess.run([sys.executable, "-m", "reops", "lab", "down", "--dir", str(root)],
-                              capture_output=True, text=True, timeout=120, check=False)
-        assert down.returncode == 0, down.stderr
+        lab_down_cli(root)
         assert resolve_offline(first) is None
         assert str(root) not in names.blocks()
 
@@ -175,11 +161,6 @@ def test_a_crashed_labs_block_is_cleaned_by_down_and_by_the_next_up(tmp_path: Pa
         finally:
             third.down()
         assert str(root) not in names.blocks()
-    finally:
-        if creator.poll() is None:
-            creator.kill()
-        if (root / "state.json").exists():
-            Lab.load(root).down()
 
 
 def test_blocks_of_vanished_labs_are_dropped_and_others_kept(tmp_path: Path) -> None:
@@ -201,19 +182,11 @@ def test_blocks_of_vanished_labs_are_dropped_and_others_kept(tmp_path: Path) -> 
 
 
 def test_without_root_the_lab_keeps_ips_and_says_so(tmp_path: Path) -> None:
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        try:
-            os.seteuid(65534)
-            lab = Lab(tmp_path / "unprivileged", hosts=1, names=True)
-            os.write(write, f"{lab.named}|{'; '.join(lab.notes)}".encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as f:
-        named, notes = f.read().split("|")
-    os.waitpid(pid, 0)
+    def make() -> str:
+        lab = Lab(tmp_path / "unprivileged", hosts=1, names=True)
+        return f"{lab.named}|{'; '.join(lab.notes)}"
+
+    named, notes = as_nobody(make).split("|")
     assert named == "False"
     assert "names need root" in notes
 
