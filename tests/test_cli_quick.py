@@ -308,3 +308,17 @@ def test_unserved_flags_and_bad_input_run_the_click_cli(fleet: Fleet, tmp_path: 
         assert (fast.returncode, fast.stderr, fast.stdout) == (
             full.returncode, full.stderr, full.stdout)
         assert fast.returncode == 2 and fast.stderr.startswith("reops: error:")
+
+
+def test_config_and_environment_apply_as_on_the_full_path(fleet: Fleet, tmp_path: Path
+                                                          ) -> None:
+    """config.toml's [ssh] command_timeout and max_output, and $REOPS_INVENTORY."""
+    config = tmp_path / "config.toml"
+    config.write_text("[ssh]\ncommand_timeout = 1\nmax_output = 64\n")
+    env = {"REOPS_CONFIG": str(config), "REOPS_INVENTORY": str(fleet.inventory)}
+    cut = same(fleet, ["exec", "--via", "agent", "--full", "a1", "--", "seq 1 1000"],
+               tmp_path, **env)
+    assert cut.returncode == 0 and "\n    1000\n" in cut.stdout and "\n    500\n" not in (
+        cut.stdout)
+    late = same(fleet, ["exec", "--via", "agent", "a1", "--", "sleep 5"], tmp_path, **env)
+    assert late.returncode == 1 and "1 timeout" in late.stdout

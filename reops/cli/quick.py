@@ -6,9 +6,10 @@ out of the user's wait.
 agent`, `-i/--inventory`, `-o/--output pretty|json|jsonl`, `-t/--timeout`, `--lines N`,
 `--full`, `--gather/--no-gather`, a selector and the command. Anything else (another flag,
 `--help`, a value click would refuse, a repeated option) is None: `reops.cli.launch` runs
-the click CLI instead. `run(plan)` may still hand over (None) until it sends anything — an
+the click CLI instead. `run(plan)` may still hand over (None) before it sends the call — an
 inventory or config error, no host selected, `sudo` in the config — so the click CLI says
-it in its own words; a command runs at most once.
+it in its own words; a command runs at most once. (The agents list, a read-only request,
+is asked for first thing, so the hub answers while the inventory is read.)
 
 What it shows and records is made by the same parts as the full path's: the hub request
 and the judging of its answers (`transports.agent_calls`), the identity check
@@ -129,11 +130,71 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so both end the same way (exit 143)."""
 
 
+class _Hub:
+    """The hub's control socket, asked for the agents list as soon as the process starts
+    (the answer comes while the inventory is read); read by `agents()`."""
+
+    def __init__(self, path: Path) -> None:
+        import zmq
+
+        from reops.control.wire import encoder, make_request
+
+        self.path = path
+        self.linger = 0
+        self.ctx: Any = None
+        self.sock: Any = None
+        self.monitor: Any = None
+        self.poller: Any = None
+        if not path.exists():
+            return
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.poller.register(self.monitor, zmq.POLLIN)
+        self.sock.connect(f"ipc://{path}")
+        self.sock.send(encoder.encode(make_request(1, "agents", {})))
+
+    def agents(self) -> list[dict[str, Any]] | None:
+        """The hub's agents records ([] when it refused the request); None: no hub answers
+        within the client's connect timeout."""
+        from reops.control.blocking import CONNECT_TIMEOUT
+        from reops.control.wire import Done, Error, WireError, decode_reply
+
+        if self.sock is None or self.poller is None:
+            return None
+        while True:
+            if self.sock not in dict(self.poller.poll(int(CONNECT_TIMEOUT * 1000))):
+                return None
+            try:
+                reply = decode_reply(self.sock.recv())
+            except WireError:
+                return []  # (the agent transport: a refused list is an empty one)
+            if reply.id != 1:
+                continue
+            if isinstance(reply, Done):
+                return reply.value if isinstance(reply.value, list) else []
+            if isinstance(reply, Error):
+                return []
+
+    def close(self) -> None:
+        if self.sock is not None:
+            import zmq
+
+            self.monitor.close(0)
+            self.sock.setsockopt(zmq.LINGER, self.linger)
+            self.sock.close()
+            self.ctx.term()
+            self.sock = None
+
+
 class _Run:
     """One call through the hub: the hosts' Results as they come, printed and recorded."""
 
     def __init__(self, plan: Plan, hosts: Any, op: Op, params: dict[str, Any],
-                 control: Path, command: str) -> None:
+                 command: str) -> None:
         import time
 
         from reops.core.model import RunInfo
@@ -143,7 +204,6 @@ class _Run:
         self.hosts = hosts
         self.op = op
         self.params = params
-        self.control = control
         self.results: dict[str, Result] = {}
         self.terminated = False
         self.started, self.t0 = time.time(), time.monotonic()
@@ -215,16 +275,13 @@ class _Run:
                 status, why = verdict if verdict is not None else each(name)
                 self.fail(name, status, why)
 
-    def call(self) -> None:
+    def call(self, hub: _Hub) -> None:
         """The agents list (identity checks), then one call for every accepted host."""
         import time
 
-        import zmq
-
-        from reops.control.blocking import CONNECT_TIMEOUT, HubNotRunning
+        from reops.control.blocking import HubNotRunning
         from reops.control.wire import (
             Cancel,
-            Done,
             Error,
             ResultItem,
             Update,
@@ -242,45 +299,26 @@ class _Run:
         )
 
         self.started, self.t0 = time.time(), time.monotonic()  # as each host's run begins
-        if not self.control.exists():
-            self.rest(("unreachable", str(HubNotRunning(self.control))))
+        listed = hub.agents()
+        if listed is None:  # no socket, or silent: as the client's connect says
+            self.rest(("unreachable", str(HubNotRunning(hub.path))))
             return
-        ctx = zmq.Context()
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(monitor, zmq.POLLIN)
+        agents = connected_records(listed)
+        for host in self.hosts:
+            if (why := refusal(host, agents)) is not None:
+                self.fail(host.name, "unreachable", why)
+        names = [n for n in self.hosts.names if n not in self.results]
+        if not names:
+            return
+        sock, monitor = hub.sock, hub.monitor
+        assert sock is not None and monitor is not None and hub.poller is not None
         sent = False
         try:
-            sock.connect(f"ipc://{self.control}")
-            sock.send(encoder.encode(make_request(1, "agents", {})))
-            listed: list[dict[str, Any]] = []
-            while True:
-                ready = dict(poller.poll(int(CONNECT_TIMEOUT * 1000)))
-                if sock not in ready:  # silent, or gone: as the client's connect says
-                    self.rest(("unreachable", str(HubNotRunning(self.control))))
-                    return
-                reply = decode_reply(sock.recv())
-                if reply.id != 1:
-                    continue
-                if isinstance(reply, Done):
-                    listed = reply.value if isinstance(reply.value, list) else []
-                if isinstance(reply, (Done, Error)):
-                    break
-            agents = connected_records(listed)
-            for host in self.hosts:
-                if (why := refusal(host, agents)) is not None:
-                    self.fail(host.name, "unreachable", why)
-            names = [n for n in self.hosts.names if n not in self.results]
-            if not names:
-                return
             sock.send(encoder.encode(make_request(2, "call", {**self.params, "hosts": names})))
             sent = True
             self.ready()
             while True:
-                ready = dict(poller.poll())
+                ready = dict(hub.poller.poll())
                 if sock in ready:
                     try:
                         reply = decode_reply(sock.recv())
@@ -306,17 +344,16 @@ class _Run:
         except KeyboardInterrupt:
             if sent:  # what already came is theirs (as the full path's barrier), then stop
                 while sock.poll(0):
-                    reply = decode_reply(sock.recv())
+                    try:
+                        reply = decode_reply(sock.recv())
+                    except WireError:
+                        continue
                     if reply.id == 2 and isinstance(reply, Update) and isinstance(
                             reply.item, ResultItem):
                         self.item(reply.item)
                 sock.send(encoder.encode(Cancel(id=0, target=2)))
-                sock.setsockopt(zmq.LINGER, 2000)  # the Cancel reaches the hub first
+                hub.linger = 2000  # the Cancel reaches the hub before the process ends
             raise
-        finally:
-            monitor.close(0)
-            sock.close()
-            ctx.term()
 
     def outcome(self, interrupted: bool) -> Outcome:
         from reops.core.model import run_outcome
@@ -325,20 +362,30 @@ class _Run:
 
 
 def run(plan: Plan) -> int | None:
-    """Run `plan`; its exit code, or None (nothing sent) for the click CLI to take over."""
+    """Run `plan`; its exit code, or None (no call sent) for the click CLI to take over."""
     import shlex
     import signal
 
+    hub: _Hub | None = None
     try:
+        from reops.control.settings import load_hub_settings
+
+        hub = _Hub(load_hub_settings().control_path)  # its answer comes while we read on
         prepared = _prepare(plan)
     except Exception:  # the click CLI reports it in its own words
+        prepared = None
+    except BaseException:
+        if hub is not None:
+            hub.close()
+        raise
+    if prepared is None or hub is None:
+        if hub is not None:
+            hub.close()
         return None
-    if prepared is None:
-        return None
-    hosts, op, params, control, note = prepared
+    hosts, op, params, note = prepared
     if note:
         sys.stderr.write(f"reops: note: {note}\n")
-    job = _Run(plan, hosts, op, params, control, shlex.join(["reops", *sys.argv[1:]]))
+    job = _Run(plan, hosts, op, params, shlex.join(["reops", *sys.argv[1:]]))
 
     def on_sigterm(signum: int, frame: Any) -> None:
         job.terminated = True
@@ -346,18 +393,17 @@ def run(plan: Plan) -> int | None:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        return _finish(job)
+        return _finish(job, hub)
     except BrokenPipeError:  # `reops exec … | head`: the reader left; stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
 
 
-def _prepare(plan: Plan) -> tuple[Any, Op, dict[str, Any], Path, str | None] | None:
-    """Hosts, the Op, the call's parameters and the hub's socket; None: not ours."""
+def _prepare(plan: Plan) -> tuple[Any, Op, dict[str, Any], str | None] | None:
+    """Hosts, the Op, the call's parameters and a note; None: not ours."""
     from pathlib import Path
 
-    from reops.control.settings import load_hub_settings
     from reops.core.inventory import default_path, inventory
     from reops.core.settings import fd_bounded, load_settings, raise_fd_limit
     from reops.ops.shell import exec_
@@ -379,10 +425,10 @@ def _prepare(plan: Plan) -> tuple[Any, Op, dict[str, Any], Path, str | None] | N
     params = call_params(first, op, settings, stream=False)
     if any(op.command_for(h) != params["args"][0] for h in hosts):
         return None  # a command that differs per host: one call per host, the full path's
-    return hosts, op, params, load_hub_settings().control_path, note
+    return hosts, op, params, note
 
 
-def _finish(job: _Run) -> int:
+def _finish(job: _Run, hub: _Hub) -> int:
     """Show, call, record, exit as `reops.cli.common.run_on_fleet` does."""
     from reops.core import hooks
 
@@ -393,9 +439,11 @@ def _finish(job: _Run) -> int:
         job.encode_line = msgspec.json.Encoder().encode
     interrupted = False
     try:
-        job.call()
+        job.call(hub)
     except KeyboardInterrupt:
         interrupted = True
+    finally:
+        hub.close()
     job.ready()  # (when no call was sent)
     out = job.outcome(interrupted)
     if job.printer is not None:
