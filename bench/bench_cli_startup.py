@@ -12,7 +12,10 @@ with its CPU time (user+sys, steadier than wall time on a busy box), against
 `python -c pass` (the interpreter's own floor):
 
   exec --help            the launcher and click, nothing of a run
-  exec --via agent       through the hub to 50 connected agents
+  exec --via agent       through the hub to 50 connected agents: the one-shot path
+                         (reops/cli/quick.py: no click, asyncio, reactivex, rich)
+  exec --via agent (full path)  the same through the click CLI (REOPS_CLI_QUICK=0),
+                         so one run gives the ratio
   exec (hub's SSH pool)  over SSH, borrowing the running hub's warm connections
   exec --no-hub          over SSH from the process itself (asyncssh, 50 handshakes)
 
@@ -46,6 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 REOPS = str(Path(sys.executable).with_name("reops"))
 FIRST_ADDRESS = "127.0.253.1"
+AGENT_EXEC = [PYTHON, "-m", "reops", "exec", "--via", "agent", "all", "--", "true"]
 TARGET_AGENT_S = 0.120
 TARGET_RSS_MB = 20.0
 
@@ -141,29 +145,39 @@ def main() -> None:
             old = extract(a.baseline, scratch / "baseline")
             pythonpath = f"{old}{os.pathsep}{old / 'agent'}"
             trees[f"baseline {a.baseline}"] = ({**env, "PYTHONPATH": pythonpath}, old)
-        commands = {
-            "python -c pass": [PYTHON, "-c", "pass"],
-            "reops exec --help": [PYTHON, "-m", "reops", "exec", "--help"],
-            "reops exec --via agent all -- true": [PYTHON, "-m", "reops", "exec", "--via",
-                                                  "agent", "all", "--", "true"],
-            "reops exec all -- true (hub's SSH pool)": [PYTHON, "-m", "reops", "exec", "all",
-                                                        "--", "true"],
-            "reops exec --no-hub all -- true": [PYTHON, "-m", "reops", "exec", "--no-hub",
-                                                "all", "--", "true"],
+        full_path = {"REOPS_CLI_QUICK": "0"}
+        commands: dict[str, tuple[list[str], dict[str, str]]] = {
+            "python -c pass": ([PYTHON, "-c", "pass"], {}),
+            "reops exec --help": ([PYTHON, "-m", "reops", "exec", "--help"], {}),
+            "reops exec --via agent all -- true": (AGENT_EXEC, {}),
+            "reops exec --via agent all -- true (full path)": (AGENT_EXEC, full_path),
+            "reops exec all -- true (hub's SSH pool)": ([PYTHON, "-m", "reops", "exec", "all",
+                                                         "--", "true"], {}),
+            "reops exec --no-hub all -- true": ([PYTHON, "-m", "reops", "exec", "--no-hub",
+                                                 "all", "--", "true"], {}),
         }
         results: dict[str, dict[str, dict[str, float]]] = {}
-        for label, argv in commands.items():
+        for label, (argv, extra) in commands.items():
             for tree, (tree_env, cwd) in trees.items():
                 if label == "python -c pass" and tree != "current":
                     continue
-                results.setdefault(label, {})[tree] = timed(argv, tree_env, a.repeat, cwd)
+                results.setdefault(label, {})[tree] = timed(argv, {**tree_env, **extra},
+                                                            a.repeat, cwd)
         agents = json.loads((root / "agents" / "agents.json").read_text())
         rss = [m for rec in agents.values() if (m := rss_mb(rec["pid"])) is not None]
-        agent_p50 = results["reops exec --via agent all -- true"]["current"]["p50_ms"] / 1000
+        quick = results["reops exec --via agent all -- true"]["current"]
+        full = results["reops exec --via agent all -- true (full path)"]["current"]
+        bare = results["python -c pass"]["current"]
+        agent_p50 = quick["p50_ms"] / 1000
         print(json.dumps({
             "hosts": a.hosts, "repeat": a.repeat, "cpus": os.cpu_count(),
             "load_avg_1m": round(os.getloadavg()[0], 2),
             "whole_process": results,
+            "exec_via_agent_quick_vs_full": {
+                "wall_p50_ms": [quick["p50_ms"], full["p50_ms"]],
+                "cpu_p50_ms": [quick["cpu_p50_ms"], full["cpu_p50_ms"]],
+                "full_over_quick_wall": round(full["p50_ms"] / quick["p50_ms"], 2),
+                "quick_over_python_c_pass_wall": round(quick["p50_ms"] / bare["p50_ms"], 2)},
             "agent_idle_rss_mb": {"p50": round(statistics.median(rss), 1),
                                   "max": round(max(rss), 1), "agents": len(rss),
                                   "this_venv_bare_python": round(interpreter_rss_mb(
