@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,36 +24,10 @@ from reops.lab.agents import LabHub
 from reops.lab.fleet import LabInfo
 from reops.streams.ssh_wait import wait_ssh
 from reops.systems.provision_step import provision
+from tests.conftest import Seen
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "flows" / "examples"
 DEADLINE = 60.0
-
-
-class Seen:
-    """What a subscription received; `wait` blocks until a condition holds (deadline)."""
-
-    def __init__(self) -> None:
-        self.items: list[Any] = []
-        self.errors: list[BaseException] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, item: Any) -> None:
-        with self._cond:
-            self.items.append(item)
-            self._cond.notify_all()
-
-    def error(self, e: BaseException) -> None:
-        with self._cond:
-            self.errors.append(e)
-            self._cond.notify_all()
-
-    def wait(self, pred: Callable[[list[Any]], bool], what: str,
-             timeout: float = DEADLINE) -> list[Any]:
-        with self._cond:
-            ok = self._cond.wait_for(lambda: pred(self.items) or bool(self.errors), timeout)
-            assert not self.errors, f"the subscription failed: {self.errors[0]!r}"
-            assert ok, f"timed out waiting for {what}; got {self.items}"
-            return list(self.items)
 
 
 def example(name: str) -> Any:

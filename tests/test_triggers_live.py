@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,41 +37,10 @@ from reops.streams.triggers.jobs import job_succeeded
 from reops.streams.triggers.metrics import threshold
 from reops.streams.triggers.on import on
 from reops.systems.api import HubMachines
+from tests.conftest import Seen
 
 DEADLINE = 60.0
 VM_NET = "192.168.122."
-
-
-class Seen:
-    """What a subscription received; `wait` blocks until a condition holds (deadline)."""
-
-    def __init__(self) -> None:
-        self.items: list[Any] = []
-        self.errors: list[Exception] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, item: Any) -> None:
-        with self._cond:
-            self.items.append(item)
-            self._cond.notify_all()
-
-    def error(self, e: Exception) -> None:
-        with self._cond:
-            self.errors.append(e)
-            self._cond.notify_all()
-
-    def wait(self, pred: Callable[[list[Any]], bool], what: str,
-             timeout: float = DEADLINE) -> list[Any]:
-        with self._cond:
-            ok = self._cond.wait_for(lambda: pred(self.items) or bool(self.errors), timeout)
-            assert not self.errors, f"the subscription failed: {self.errors[0]}"
-            assert ok, f"timed out waiting for {what}; got {self.items}"
-            return list(self.items)
-
-    def wait_error(self, timeout: float = DEADLINE) -> Exception:
-        with self._cond:
-            assert self._cond.wait_for(lambda: bool(self.errors), timeout), self.items
-            return self.errors[0]
 
 
 def one_of(lab: LabInfo, name: str) -> Hosts:
