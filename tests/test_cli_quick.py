@@ -322,3 +322,50 @@ def test_config_and_environment_apply_as_on_the_full_path(fleet: Fleet, tmp_path
         cut.stdout)
     late = same(fleet, ["exec", "--via", "agent", "a1", "--", "sleep 5"], tmp_path, **env)
     assert late.returncode == 1 and "1 timeout" in late.stdout
+
+
+def hub_killed(tmp: Path, quick: bool) -> tuple[int, str, str]:
+    """A hub of its own with agent a1; `sleep` on a1 and the hub SIGKILLed once it runs:
+    the command's exit code and output (the sleep is ended here, not left behind)."""
+    root = tmp / ("quick" if quick else "full")
+    root.mkdir()
+    (root / "home").mkdir(mode=0o700)
+    inventory = root / "inventory.toml"
+    inventory.write_text(INVENTORY.format(net=NET))
+    marker = f"29.{secrets.randbelow(10**6):06d}"
+    with start_hub(root / "home") as hub, start_agents(
+            ["a1"], hub.bind, hub.key, hub.keys_dir, workdir=root / "agents",
+            sources=AGENTS) as agents:
+        wait_for_agents(hub.control_path, ["a1"])
+        fleet = Fleet(hub, agents, inventory, root)
+        trace = root / "trace"
+        env = fleet.env(REOPS_CLI_QUICK_TRACE=str(trace),
+                        **({} if quick else {"REOPS_CLI_QUICK": "0"}))
+        proc = subprocess.Popen([sys.executable, "-m", "reops",
+                                 *exec_(fleet, "a1", "--", f"sleep {marker}")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env)
+        try:
+            until(lambda: running(marker) == 1, 30, "the agent runs the command")
+            hub.stop(signal.SIGKILL)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for d in Path("/proc").iterdir():  # the agent may outlive its hub's call
+                if d.name.isdigit():
+                    try:
+                        if (d / "cmdline").read_bytes() == f"sleep\0{marker}\0".encode():
+                            os.kill(int(d.name), signal.SIGKILL)
+                    except OSError:
+                        continue
+    assert trace.read_text().split()[0] == ("quick" if quick else "full")
+    return proc.returncode, normal(out).replace(marker, "M"), err
+
+
+def test_the_hub_dying_mid_call_is_lost(tmp_path: Path) -> None:
+    fast = hub_killed(tmp_path, True)
+    assert fast == hub_killed(tmp_path, False)
+    assert fast[0] == 1 and "1 failed (1 lost)" in fast[1]
+    assert "the connection to the hub dropped during the call" in fast[1]
