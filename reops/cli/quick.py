@@ -235,6 +235,7 @@ class _Run:
             self.printer = Printer(tail=tail, total=len(self.hosts), gather=plan.gather,
                                    live=False, hosts=self.hosts.names,
                                    terminated=lambda: self.terminated)
+            self.printer.started = self.t0  # the run's time counts from the call, as each host's
             self.printer.start()
             for r in self.results.values():
                 self.printer.result(display(r))

@@ -418,8 +418,8 @@ def run_outcome(names: Iterable[str], results: dict[str, Result], interrupted: b
                 info: RunInfo) -> Outcome:
     """The Outcome of a run over the hosts `names` (in order, then any others), from each
     host's last Result; `interrupted`: the hosts without one fail as not finished. `info`
-    (who, what, when) is completed with the pipeline's steps and the end time. What the
-    one-shot CLI builds (`reops.cli.quick`), as `streams.stream`'s run does."""
+    (who, what, when) is completed with the pipeline's steps and the end time. The one
+    builder of a run's Outcome: `streams.stream.run` and the one-shot CLI (`reops.cli.quick`)."""
     names = list(names)
     wanted = set(names)
     ordered = [results[h] for h in names if h in results]

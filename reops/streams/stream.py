@@ -16,7 +16,6 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
-import msgspec
 import reactivex
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
@@ -32,6 +31,7 @@ from reops.core.model import (
     Result,
     RunInfo,
     failure_result,
+    run_outcome,
 )
 from reops.core.runtime import deferred_interrupts, get_runtime, interrupted_by_user
 
@@ -404,26 +404,6 @@ def fanout(hosts: Hosts, run_one: RunOne, *, lines: bool = False) -> Observable[
     return from_async(pump)
 
 
-def _outcome(stream: Stream, results: dict[str, Result], interrupted: bool,
-             info: RunInfo) -> Outcome:
-    """The Outcome of a run, built by `Outcome.of` (the one builder): the stream's hosts
-    first, in order, then any others; with `interrupted`, hosts without a Result fail.
-    `info` (who, what, when) is completed with the pipeline's steps and the end time."""
-    ordered = [results[h] for h in stream.hosts.names if h in results]
-    ordered += [r for h, r in results.items() if h not in stream.hosts]
-    if interrupted:
-        ordered += [failure_result(name, "?", "interrupted before this host finished",
-                                   status="error")
-                    for name in stream.hosts.names if name not in results]
-    out = Outcome.of(ordered)
-    out.interrupted = interrupted
-    check = info.check or any(isinstance(r.data, dict) and "check" in r.data
-                              for r in out.results)
-    out.run = msgspec.structs.replace(info, pipeline=info.pipeline or out.pipeline,
-                                      ended_at=time.time(), check=check)
-    return out
-
-
 def run_info(info: RunInfo | None = None) -> RunInfo:
     """The run's identity: `info` as given (the CLI fills command and selector), else this
     process's argv as the command; the start time is now unless `info` has one."""
@@ -489,7 +469,7 @@ def run(stream: Stream, *, info: RunInfo | None = None) -> Outcome:
         rt.settle()  # remote commands are killed and channels closed before we return
     if errors:
         raise errors[0]
-    return _finished(stream, _outcome(stream, dict(results), interrupted, info))
+    return _finished(stream, run_outcome(stream.hosts.names, dict(results), interrupted, info))
 
 
 async def outcome_async(stream: Stream, *, info: RunInfo | None = None) -> Outcome:
@@ -527,6 +507,6 @@ async def outcome_async(stream: Stream, *, info: RunInfo | None = None) -> Outco
         if not interrupted_by_user(e) or task is None:
             raise
         task.uncancel()  # Ctrl-C in a live session (the REPL): the partial Outcome, as run()
-        return _finished(stream, _outcome(stream, dict(results), True, info))
+        return _finished(stream, run_outcome(stream.hosts.names, dict(results), True, info))
     sub.dispose()
-    return _finished(stream, _outcome(stream, dict(results), False, info))
+    return _finished(stream, run_outcome(stream.hosts.names, dict(results), False, info))
