@@ -7,7 +7,8 @@ import contextvars
 from pathlib import Path
 
 from reops.core.model import Host, Result
-from reops.hub.flows import Firings, Gate, GatedExecutor, _gate, where
+from reops.hub.flow_gates import Gate, GatedExecutor, _gate
+from reops.hub.flow_running import Firings, where
 from reops.ops.base import Op
 from reops.store.flows import AuditRow, FlowRecord, SqliteFlowStore
 

@@ -255,7 +255,7 @@ def reload_cmd(name: str) -> None:
                    err=True)
         sys.exit(1)
     ms = info.get("seconds", 0.0) * 1000
-    from reops.hub.flows import kept_swapped
+    from reops.hub.flow_running import kept_swapped
 
     click.echo(f"reloaded {name}: {info.get('previous') or '-'} -> {info['version']} "
                f"in {ms:.0f} ms; {kept_swapped(info.get('kept', []), info.get('swapped', []))}")

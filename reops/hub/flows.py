@@ -31,6 +31,9 @@ queue); a flow that reacts to them belongs beside them, one runner per hub.
 - Storm-protected: every shared trigger source passes `squelch(max_rate)`; a storm is
   announced once (`squelched` on topic `flow`: `event.flow.squelched` on the bus; counted
   in `flows ls`).
+
+Its parts elsewhere: the slots (reops.hub.flow_gates), one running version and its firings
+(reops.hub.flow_running), the duties among several controllers (reops.hub.flow_cluster).
 """
 
 from __future__ import annotations
@@ -38,28 +41,26 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import contextvars
-import hashlib
 import logging
 import re
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import click
 import msgspec
-from reactivex import abc
 
-from reops.core.model import Host, Line, Outcome, Result, RunInfo
+from reops.core.model import Line, Outcome, Result
 from reops.core.runtime import get_runtime
-from reops.core.settings import Settings, load_table
+from reops.core.settings import load_table
 from reops.core.threads import in_own_thread
 from reops.flows import Flow, FlowError, resolve
-from reops.hub.cluster import ASK_POLL_S, Cluster, load_cluster_settings
+from reops.hub.cluster import Cluster
+from reops.hub.flow_cluster import mark_owners, reload_elsewhere, serve_cluster, stop_elsewhere
+from reops.hub.flow_gates import Gate, _gate, install_gates
+from reops.hub.flow_running import Firings, Running, _built, kept_swapped, version_of, where
 from reops.hub.flow_sources import Build, FlowSources
-from reops.ops.base import Op
 from reops.sinks.bus import Tally, tally
 from reops.sinks.history import record_result
 from reops.store.engines import embedded_dir, is_postgres, load_store_settings
@@ -74,8 +75,6 @@ log = logging.getLogger("reops.hub.flows")
 #: audit rows waiting to be written; beyond it rows are dropped and counted (a flow firing
 #: faster than the disk must not grow the hub's memory)
 MAX_PENDING = 20_000
-#: trigger events whose firing number is remembered (to group their hosts' Results)
-OPEN_FIRINGS = 1024
 
 
 class FlowSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,228 +109,6 @@ class Controller(Protocol):
     def register(self, name: str, handler: Callable[[Any], Awaitable[Any]]) -> None: ...
     def run_task(self, factory: Callable[[], Any]) -> None: ...
     def publish(self, topic: str, data: dict[str, Any]) -> None: ...
-
-
-# ── per-flow action slots ──────────────────────────────────────────────────────────
-
-
-class Gate:
-    """A flow's action slots, on the runtime loop: at most `limit` at once; closed = none
-    new (they wait until the flow is disposed, which cancels them)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = max(1, limit)
-        self.in_flight = 0
-        self.entered = 0  # actions waiting for a slot or running (what a reload waits for)
-        self.closed = False
-        self._sem: asyncio.Semaphore | None = None
-        self._idle: asyncio.Event | None = None
-        self._settled: asyncio.Event | None = None
-
-    def _ready(self) -> tuple[asyncio.Semaphore, asyncio.Event]:
-        if self._sem is None or self._idle is None:
-            self._sem, self._idle = asyncio.Semaphore(self.limit), asyncio.Event()
-            self._idle.set()
-        return self._sem, self._idle
-
-    async def run(self, action: Callable[[], Awaitable[Result]]) -> Result:
-        sem, idle = self._ready()
-        if self._settled is None:
-            self._settled = asyncio.Event()
-        self.entered += 1
-        self._settled.clear()
-        try:
-            async with sem:
-                if self.closed:  # draining: start nothing; disposal cancels this wait
-                    await asyncio.get_running_loop().create_future()
-                self.in_flight += 1
-                idle.clear()
-                try:
-                    return await action()
-                finally:
-                    self.in_flight -= 1
-                    if not self.in_flight:
-                        idle.set()
-        finally:
-            self.entered -= 1
-            if not self.entered:
-                self._settled.set()
-
-    async def settle(self) -> None:
-        """Return once no action waits or runs (a replaced version finishing its steps)."""
-        for _ in range(3):  # steps its last events scheduled get to ask for a slot
-            await asyncio.sleep(0)
-        if self.entered and self._settled is not None:
-            await self._settled.wait()
-
-    async def drain(self) -> None:
-        """Close, then return once no action is in flight."""
-        self.closed = True
-        await self._ready()[1].wait()
-
-
-_gate: contextvars.ContextVar[Gate | None] = contextvars.ContextVar("reops_flow_gate",
-                                                                   default=None)
-
-
-class GatedExecutor:
-    """An executor whose runs take a slot of the calling flow's gate (none outside flows)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.transport = inner.transport
-
-    async def run(self, host: Host, op: Op, settings: Settings, on_line: Any = None
-                  ) -> Result:
-        gate = _gate.get()
-        if gate is None:
-            result: Result = await self.inner.run(host, op, settings, on_line)
-            return result
-        return await gate.run(lambda: self.inner.run(host, op, settings, on_line))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
-def install_gates() -> None:
-    """Make this process's SSH and agent executors gated (before any flow runs a step)."""
-    rt = get_runtime()
-
-    def ssh() -> GatedExecutor:
-        from reops.transports.ssh.executor import SshExecutor
-
-        return GatedExecutor(SshExecutor())
-
-    def agent() -> GatedExecutor:
-        from reops.transports.agent import AgentExecutor
-
-        return GatedExecutor(AgentExecutor())
-
-    rt.resource("ssh", ssh)
-    rt.resource("agent", agent)
-
-
-# ── firings: which trigger each Result answers ─────────────────────────────────────
-
-
-def _trigger_of(root: Result) -> str:
-    key = getattr(root.data, "key", None)
-    if key is None and isinstance(root.data, dict):
-        key = root.data.get("key")
-    return f"{root.op} {key}" if key not in (None, "") else root.op
-
-
-class Firings:
-    """Groups a flow's Results into firings. A Result whose first step is a trigger event
-    (op `event.…`, what `on(trigger)` makes) belongs to that event's firing; without one, a
-    firing is a run of the same first step over distinct hosts (a host seen again starts
-    the next firing). Bounded: the last OPEN_FIRINGS events, one entry per first-step op."""
-
-    def __init__(self, fired: int = 0) -> None:
-        self.fired = fired
-        self.counts: collections.Counter[str] = collections.Counter()
-        self.current = 0  # the firing `counts` is about (for "last outcome")
-        self._events: collections.OrderedDict[tuple[str, float], int] = (
-            collections.OrderedDict())
-        self._steps: dict[str, tuple[int, set[str]]] = {}
-
-    def new(self) -> int:
-        self.fired += 1
-        return self.fired
-
-    def of(self, r: Result) -> tuple[int, str]:
-        root = r.earlier[0] if r.earlier else r
-        if root.op.startswith("event."):
-            key = (root.op, root.started_at)
-            n = self._events.get(key)
-            if n is None:
-                n = self._events[key] = self.new()
-                while len(self._events) > OPEN_FIRINGS:
-                    self._events.popitem(last=False)
-            return n, _trigger_of(root)
-        n, hosts = self._steps.get(root.op, (0, set()))
-        if not n or r.host in hosts:
-            n, hosts = self.new(), set()
-            if len(self._steps) >= OPEN_FIRINGS:
-                self._steps.clear()
-            self._steps[root.op] = (n, hosts)
-        hosts.add(r.host)
-        return n, root.op
-
-
-# ── one running flow ───────────────────────────────────────────────────────────────
-
-
-def version_of(path: Path) -> str:
-    """The flow version: the first 12 hex of the file's sha256."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-
-
-def where(e: BaseException, file: str) -> str:
-    """`file:line: Type: message` for an error raised in the flow's code (the innermost
-    frame in `file`), else at the innermost frame."""
-    frames = traceback.extract_tb(e.__traceback__)
-    mine = [f for f in frames if Path(f.filename).resolve() == Path(file)]
-    chosen = mine or list(frames)
-    loc = f"{chosen[-1].filename}:{chosen[-1].lineno}: " if chosen else f"{file}: "
-    text = str(e).strip().splitlines()
-    return f"{loc}{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-class Running:
-    """A subscribed version of a flow, its gate and its firing counter."""
-
-    def __init__(self, rec: FlowRecord, gate: Gate, firings: Firings | None = None) -> None:
-        self.rec = rec
-        self.gate = gate
-        self.firings = firings or Firings(rec.fired)  # shared across reloads
-        self.sub: abc.DisposableBase | None = None
-        self.watch: asyncio.Task[None] | None = None
-        self.version = rec.version
-        self.retired = False  # replaced by a reload, or stopped: its end is not the flow's
-        self.ended = ""  # why its stream ended ("" while it runs)
-        self.live = False  # until the swap is recorded, what it emits waits in `held`
-        self.held: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
-        self.gen = 0  # which version of the flow (its live sources deliver to one)
-        self.build: Build | None = None  # the live sources it reads, what it kept
-        self.kept: list[str] = []  # of the version before it: the stages kept …
-        self.swapped: list[str] = []  # … and those built anew
-        #: this version's run in `reops history` (one run per started or reloaded version)
-        self.history = RunInfo(command=f"reops flows start {rec.file} {' '.join(rec.args)}"
-                               .strip(), pipeline=rec.func)
-
-    def go_live(self) -> None:
-        """Deliver what it emitted while it was being swapped in, then deliver at once."""
-        self.live = True
-        held, self.held = self.held, []
-        for fn, args in held:
-            fn(*args)
-
-    def dispose(self) -> None:
-        self.retired = True
-        sub, self.sub = self.sub, None
-        if sub is not None:
-            sub.dispose()
-
-
-def kept_swapped(kept: list[str], swapped: list[str]) -> str:
-    """What a reload kept and swapped, as `flows ls`, the audit and the CLI say it."""
-    parts = []
-    if kept:
-        parts.append("kept " + "; ".join(kept))
-    parts.append(("swapped " + "; ".join(swapped)) if swapped else "swapped nothing")
-    return "; ".join(parts)
-
-
-def _built(result: Any) -> Any:
-    """The Observable a flow returned (a Stream's events); TypeError for anything else."""
-    obs = getattr(result, "observable", None)
-    if obs is not None and callable(getattr(obs, "subscribe", None)):
-        return obs
-    if callable(getattr(result, "subscribe", None)):
-        return result
-    raise TypeError(f"a flow run by the hub returns a Stream or an Observable, got "
-                    f"{type(result).__name__}; run one-shot flows with `reops run`")
 
 
 # ── the runner ─────────────────────────────────────────────────────────────────────
@@ -379,7 +156,7 @@ class FlowRunner:
         self._loop = asyncio.get_running_loop()
         shared = load_store_settings()
         if self.path is None and is_postgres(shared.url) and self.hub is not None:
-            return await self._serve_cluster(shared)
+            return await serve_cluster(self, shared)
         if self.path is None:
             self.path = embedded_dir() / "flows.db"  # checked at hub start (run_hub)
         writer = asyncio.create_task(self._writer())
@@ -405,42 +182,6 @@ class FlowRunner:
             await self._flush()
             if self.store is not None:
                 self.store.close()
-
-    async def _serve_cluster(self, shared: Any) -> None:
-        """serve() on PostgreSQL: the cluster takes the wanted flows (one runner each)."""
-        from reops.store.base import StoreError
-        from reops.store.postgres import PgFlowStore
-
-        while True:  # it answered at start (run_hub); a blip since must not stop the hub
-            try:
-                store = await asyncio.to_thread(PgFlowStore, shared.url,
-                                                self.settings.audit_keep,
-                                                shared.connect_timeout)
-                break
-            except StoreError as e:
-                log.warning("flows: %s; trying again in 5 s", e)
-                await asyncio.sleep(5)
-        self.store = store
-        self.cluster = cluster = Cluster(self, self.hub, store, load_cluster_settings(),
-                                         self._load)
-        writer = asyncio.create_task(self._writer())
-        beats = asyncio.create_task(cluster.serve())
-        try:
-            self._ready.set()
-            await beats
-        except asyncio.CancelledError:
-            await self._drain()
-            raise
-        finally:
-            beats.cancel()
-            with contextlib.suppress(BaseException):
-                await beats
-            self._closing = True
-            self._wake.set()
-            await asyncio.shield(writer)
-            await self._flush()
-            await cluster.leave()  # after the last rows: a peer takes the flows over now
-            store.close()
 
     def _load(self) -> dict[str, float]:
         """This controller's load, for its peers (`reops hub status`)."""
@@ -858,20 +599,13 @@ class FlowRunner:
         stored.update(self._dirty)
         infos = [self._info(stored[n]) for n in sorted(stored)]
         if self.cluster is not None:  # who runs it: the lease says, not the record
-            owners = await self.cluster.owners()
-            for info in infos:
-                le = owners.get(info["name"])
-                live = le is not None and le.wanted and le.remaining_s > 0 and le.owner
-                info["controller"] = le.owner if live and le is not None else ""
-                info["cluster"] = True
-                if not live and info["state"] == "running":
-                    info["state"] = "starting"  # its controller is gone: a peer takes it
+            await mark_owners(self.cluster, infos)
         return infos
 
     async def _stop(self, s: Session) -> dict[str, Any]:
         name = str(s.params.get("name") or "")
         if self.cluster is not None and name not in self.flows:
-            return await self._stop_elsewhere(name)
+            return await stop_elsewhere(self, name)
         run = self.flows.pop(name, None)
         rec = run.rec if run is not None else await self._stored(name)
         if rec is None:
@@ -884,32 +618,6 @@ class FlowRunner:
             run.dispose()
         self.sources.pop(name, None)
         rec.state, rec.wanted = "stopped", False
-        self._audit(rec, "stopped", "reops flows stop")
-        return self._info(rec)
-
-    async def _stop_elsewhere(self, name: str) -> dict[str, Any]:
-        """`flows stop` of a flow this hub does not run: the store's desired state says
-        stop; its runner (if any) stops it at its next renewal, which this waits for."""
-        assert self.cluster is not None
-        store, cluster = self.cluster.store, self.cluster
-        rec = await self._stored(name)
-        if rec is None:
-            raise KeyError(f"no flow {name!r} (see `reops flows ls`)")
-        with cluster.news(name) as news:  # before asking: its answer cannot slip by
-            lease = await asyncio.to_thread(store.want, name, False)
-            if lease is not None and lease.owner and lease.remaining_s > 0 and (
-                    lease.owner != cluster.name):
-                cluster.ask(name, "stop")  # its runner acts on it at once
-                deadline = time.monotonic() + cluster.settings.lease_s + cluster.settings.every
-                while time.monotonic() < deadline:
-                    now = await asyncio.to_thread(store.get, name)
-                    if now is not None and now.state == "stopped":
-                        return self._info(now)
-                    await _woken(news, min(ASK_POLL_S, deadline - time.monotonic()))
-                raise TimeoutError(f"flow {name!r}: {lease.owner} did not stop it within "
-                                   f"{cluster.settings.lease_s:g}s; it stops once its lease "
-                                   "ends")
-        rec.state, rec.wanted = "stopped", False  # nobody runs it: say so here
         self._audit(rec, "stopped", "reops flows stop")
         return self._info(rec)
 
@@ -987,28 +695,7 @@ class FlowRunner:
         name = str(s.params.get("name") or "")
         if self.cluster is None or name in self.flows:
             return await self.reload(name)
-        # another controller runs it: ask through the store, wait for its record to say
-        cluster = self.cluster
-        store = cluster.store
-        before = await self._stored(name)
-        with cluster.news(name) as news:  # before asking: its answer cannot slip by
-            lease = await asyncio.to_thread(store.ask_reload, name)
-            if before is None or lease is None or not lease.owner or lease.remaining_s <= 0 or (
-                    lease.owner == cluster.name):
-                return await self.reload(name)
-            cluster.ask(name, "reload")  # its runner acts on it at once
-            deadline = time.monotonic() + self.settings.start_timeout_s + cluster.settings.every
-            while time.monotonic() < deadline:
-                now = await asyncio.to_thread(store.get, name)
-                if now is not None and (now.reloads > before.reloads
-                                        or now.error != before.error):
-                    return {"name": name, "reloaded": now.reloads > before.reloads,
-                            "error": now.error, "version": now.version,
-                            "previous": before.version, "controller": lease.owner,
-                            "reloaded_what": now.reloaded}
-                await _woken(news, min(ASK_POLL_S, deadline - time.monotonic()))
-        raise TimeoutError(f"flow {name!r}: {lease.owner} did not answer the reload within "
-                           f"{self.settings.start_timeout_s:g}s")
+        return await reload_elsewhere(self, name)  # another controller runs it: ask it
 
     async def _watch(self, name: str) -> None:
         """Reload `name` whenever its file is written (watchfiles; the directory is watched
@@ -1059,13 +746,6 @@ class FlowRunner:
                 return
             flushed = self._flushed
             rows = await asyncio.to_thread(store.audit, name, last)
-
-
-async def _woken(news: asyncio.Event, timeout: float) -> None:
-    """Wait for a peer's answer (`Cluster.news`), at most `timeout` (the fallback read)."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(news.wait(), max(timeout, 0.0))
-    news.clear()
 
 
 def attach(controller: Controller) -> FlowRunner:
