@@ -6,7 +6,6 @@ $REOPS_CONFIG), then `REOPS_HUB_<NAME>` environment variables, then command-line
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,7 +54,11 @@ class HubSettings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def controller_name(self) -> str:
         """`name`, else the host name: who holds a claim or beats in a shared store."""
-        return self.name or socket.gethostname()
+        if self.name:
+            return self.name
+        import socket  # (here: a one-shot client never needs the hub's name)
+
+        return socket.gethostname()
 
     @property
     def control_path(self) -> Path:

@@ -21,7 +21,6 @@ Examples: `all`, `web*`, `db[12]`, `group:web & !web3`, `tag:dc=ams,tag:dc=fra`,
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -64,6 +63,8 @@ class SelectorError(ValueError):
 def hint(word: str, candidates: Iterable[str], *, limit: int = 3) -> str:
     """` (did you mean 'x' or 'y'?)` for the closest candidates, or `""` if none is close."""
     known = list(dict.fromkeys(candidates))
+    import difflib  # (here: only a selector that matches nothing needs it)
+
     near = set(difflib.get_close_matches(word, known, n=limit, cutoff=0.6))
     if not near:
         return ""

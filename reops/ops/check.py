@@ -13,8 +13,6 @@ An op without a Check (`exec`) cannot be checked: it "would run", counted as a c
 from __future__ import annotations
 
 import base64
-import difflib
-import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +128,8 @@ def text_of(data: bytes) -> str | None:
 
 def unified(label: str, old: bytes | None, new: bytes) -> str:
     """A unified diff of `old` (None: absent) → `new`, or a one-line note for binaries."""
+    import difflib  # (here: --check only; every exec would load it)
+
     before = text_of(old) if old is not None else ""
     after = text_of(new)
     if before is None or after is None:
@@ -147,6 +147,8 @@ def file_report(label: str, state: FileState, want: bytes | None, diff: bool, *,
                 group: str | None = None) -> CheckReport:
     """Would writing `want` (None: content not managed) with mode/owner/group change the
     file in `state`? `label` names it in the diff (`web1:/etc/app.conf`)."""
+    import hashlib  # (here: --check only; every exec would load it)
+
     notes: list[str] = []
     if state.kind == "dir" and want is not None:
         return CheckReport(changes=True, diff=f"{label} is a directory: the write would fail")
@@ -192,6 +194,8 @@ def probe_tree(path: str) -> str:
 
 def local_tree(local: str) -> dict[str, str]:
     """{relative path: sha256} of the files in the local directory `local`."""
+    import hashlib  # (here: --check only; every exec would load it)
+
     root = Path(local).expanduser()
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
