@@ -30,6 +30,7 @@ from reops.store.model import Job, Machine, Placement, System
 from reops.streams.triggers.hypervisor import vm_started
 from reops.streams.triggers.on import on
 from reops.systems.select import select
+from tests.conftest import Seen
 
 DEADLINE = 30.0
 
@@ -124,28 +125,10 @@ def where_am_i(hosts: Hosts) -> Stream:
         hosts)
 
 
-class Results:
-    def __init__(self) -> None:
-        self.items: list[Result] = []
-        self.errors: list[Exception] = []
-        self.cond = threading.Condition()
-
-    def __call__(self, r: Result) -> None:
-        with self.cond:
-            self.items.append(r)
-            self.cond.notify_all()
-
-    def error(self, e: Exception) -> None:
-        with self.cond:
-            self.errors.append(e)
-            self.cond.notify_all()
-
-    def wait(self, n: int) -> list[tuple[str, str, str]]:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.items) >= n or self.errors, DEADLINE), (
-                self.items)
-            assert not self.errors, self.errors[0]
-            return [(r.host, r.status, r.out or r.err) for r in self.items]
+def rows(got: Seen, n: int) -> list[tuple[str, str, str]]:
+    """The first `n` Results (or more) `got` received, as (host, status, out or err)."""
+    items = got.wait(lambda xs: len(xs) >= n, f"{n} Result(s)", DEADLINE)
+    return [(r.host, r.status, r.out or r.err) for r in items]
 
 
 def test_a_start_waits_for_its_job_to_record_the_address(hub: StagedHub) -> None:
@@ -157,7 +140,7 @@ def test_a_start_waits_for_its_job_to_record_the_address(hub: StagedHub) -> None
     hub.system("r4", "redis", None)  # no job works on it: nothing will record an address
     hub.system("w1", "web", "10.0.0.9")  # not selected
     ready = threading.Event()
-    got = Results()
+    got = Seen()
     sub = (on(vm_started("typed:redis", hub=hub.control, on_ready=ready.set))
            | then(where_am_i)).subscribe(got, got.error)
     try:
@@ -165,13 +148,13 @@ def test_a_start_waits_for_its_job_to_record_the_address(hub: StagedHub) -> None
         hub.started("r1")  # held: its job runs and r1 has no address yet
         hub.started("w1")
         hub.started("r2")  # has its address: fires at once, after r1 has been looked at
-        assert got.wait(1) == [("r2", "ok", "10.0.0.2")]
+        assert rows(got, 1) == [("r2", "ok", "10.0.0.2")]
         hub.job_ended(j1, "succeeded", ip="10.0.0.1")  # the job found r1's address
-        assert got.wait(2)[1] == ("r1", "ok", "10.0.0.1")
+        assert rows(got, 2)[1] == ("r1", "ok", "10.0.0.1")
         hub.started("r3")
         hub.job_ended(j3, "failed")  # no address found: fires without one
         hub.started("r4")  # no job: fires at once without one
-        _, _, r3_seen, r4_seen = got.wait(4)
+        _, _, r3_seen, r4_seen = rows(got, 4)
         assert r3_seen[:2] == ("r3", "unreachable") and "no address yet" in r3_seen[2]
         assert r4_seen[:2] == ("r4", "unreachable")
         first = got.items[1].steps[0].data  # the event behind r1's step
