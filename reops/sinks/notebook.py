@@ -27,6 +27,7 @@ from reactivex.disposable import Disposable
 
 from reops.core.model import Event, Outcome, Result
 from reops.core.runtime import get_runtime
+from reops.sinks.follow import follow
 from reops.streams.stream import Operator, Stream, derived
 
 #: at most one update of the display per this many seconds (the latest frame wins)
@@ -101,22 +102,12 @@ def display_live(render: Render = latest_outcome, *,
                     state["closed"] = True
                 show()
 
-            def on_next(e: Event) -> None:
-                if isinstance(e, Result):
-                    with lock:
-                        latest[e.host] = e
-                    due()
-                observer.on_next(e)
+            def keep(r: Result) -> None:
+                with lock:
+                    latest[r.host] = r
+                due()
 
-            def on_completed() -> None:
-                close()
-                observer.on_completed()
-
-            def on_error(exc: Exception) -> None:
-                close()
-                observer.on_error(exc)
-
-            sub = up.observable.subscribe(on_next, on_error, on_completed)
+            sub = follow(up, observer, keep, close)
 
             def dispose() -> None:
                 sub.dispose()

@@ -23,6 +23,7 @@ from reactivex.disposable import Disposable
 
 from reops.core.model import Event, Line, Result
 from reops.core.runtime import SHUTDOWN_GRACE_S, get_runtime
+from reops.sinks.follow import follow  # as display_live (sinks/notebook.py)
 from reops.sinks.gather import DEFAULT_LINES
 from reops.sinks.printer import (  # the printing itself (re-exported: its public names)
     DRY,
@@ -286,23 +287,13 @@ def live(render: Callable[[Mapping[str, Result]], Any], *,
                     state["closed"] = True
                     cond.notify()
 
-            def on_next(e: Event) -> None:
-                if isinstance(e, Result):
-                    with cond:
-                        latest[e.host] = e
-                        state["dirty"] = True
-                        cond.notify()
-                observer.on_next(e)
+            def keep(r: Result) -> None:
+                with cond:
+                    latest[r.host] = r
+                    state["dirty"] = True
+                    cond.notify()
 
-            def on_completed() -> None:
-                close()
-                observer.on_completed()
-
-            def on_error(exc: Exception) -> None:
-                close()
-                observer.on_error(exc)
-
-            sub = up.observable.subscribe(on_next, on_error, on_completed)
+            sub = follow(up, observer, keep, close)
 
             def dispose() -> None:
                 sub.dispose()
