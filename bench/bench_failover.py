@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from pg_server import PgServer, pg_bin
 
 from reops.lab.agents import LabHub
-from reops.store.postgres import PgFlowStore
+from reops.store.pg_flows import PgFlowStore
 
 FLOW = '''\
 """A clock on the runtime loop: each tick is a firing in the audit."""

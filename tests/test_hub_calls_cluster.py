@@ -27,7 +27,7 @@ from reops.control.client import HubClient
 from reops.control.wire import LineItem, ResultItem
 from reops.hub.remote_calls import MAX_LINES
 from reops.lab.agents import LabAgents, start_agents, wait_for_agents
-from reops.store.postgres import PgFlowStore
+from reops.store.pg_flows import PgFlowStore
 
 AGENT = "far1"
 

@@ -20,7 +20,7 @@ import pytest
 from hubs import HubProc, until
 
 from reops.store.flows import AuditRow
-from reops.store.postgres import PgFlowStore
+from reops.store.pg_flows import PgFlowStore
 
 #: a lease short enough for a quick takeover; renewals three times a lease
 LEASE_S = 3.0

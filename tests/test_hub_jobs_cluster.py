@@ -19,7 +19,8 @@ from hubs import until
 from systems_fixtures import config_toml
 from test_hub_cluster import FLOW, Ctl, both
 
-from reops.store.postgres import PgFlowStore, PgStore
+from reops.store.pg_flows import PgFlowStore
+from reops.store.postgres import PgStore
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from reops.store.postgres import _PgWakeup
+from reops.store.pg_conn import _PgWakeup
 
 #: a bound on waiting for a thread to reach (or leave) a call: not a timing, a hang guard
 BOUND_S = 60.0

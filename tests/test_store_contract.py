@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from reops.store import flows as sqlite_flows
-from reops.store import postgres, sqlite
+from reops.store import pg_conn, pg_schema, postgres, sqlite
 from reops.store.base import Controller, MachineStore, Membership, QueueStore, StoreError
 from reops.store.engines import StoreSettings, load_store_settings, open_flows, open_machines
 from reops.store.flows import AuditRow, FlowRecord, FlowStore
@@ -66,7 +66,7 @@ def test_opening_migrates_once_and_says_what_it_applied(store_url: str) -> None:
     settings = StoreSettings(url=store_url)
     first, again = open_machines(settings), None
     try:
-        expected = len(postgres.MACHINE_MIGRATIONS if store_url.startswith("postgresql")
+        expected = len(pg_schema.MACHINE_MIGRATIONS if store_url.startswith("postgresql")
                        else sqlite.MIGRATIONS)
         assert first.applied == list(range(1, expected + 1))
         assert first.schema_version == expected
@@ -74,7 +74,7 @@ def test_opening_migrates_once_and_says_what_it_applied(store_url: str) -> None:
         assert again.applied == [] and again.migrate() == []
         assert again.schema_version == expected
         f = open_flows(settings)
-        flows_n = (len(postgres.FLOW_MIGRATIONS) if store_url.startswith("postgresql")
+        flows_n = (len(pg_schema.FLOW_MIGRATIONS) if store_url.startswith("postgresql")
                    else 1)
         # its own sequence
         assert f.applied == list(range(1, flows_n + 1)) and f.schema_version == flows_n
@@ -89,15 +89,15 @@ def test_an_older_schema_is_upgraded_in_place(store_url: str) -> None:
     """A store made by an earlier reops (its first migrations only) is upgraded when opened:
     only the missing steps run, and its data is kept and usable by the new operations."""
     if store_url.startswith("postgresql"):
-        old: Any = postgres.Pg(store_url, "machines", postgres.MACHINE_MIGRATIONS[:1])
-        total = len(postgres.MACHINE_MIGRATIONS)
+        old: Any = pg_conn.Pg(store_url, "machines", pg_schema.MACHINE_MIGRATIONS[:1])
+        total = len(pg_schema.MACHINE_MIGRATIONS)
     else:
         path = Path(store_url.removeprefix("sqlite://")) / "machines.db"
         old = sqlite.SqliteDb(path, sqlite.MIGRATIONS[:2])
         total = len(sqlite.MIGRATIONS)
     kept = Job(id=new_id(), op="sync")
     before = old.migrate()
-    if isinstance(old, postgres.Pg):  # a job written by the earlier schema
+    if isinstance(old, pg_conn.Pg):  # a job written by the earlier schema
         old.run(lambda db: postgres._put_jobs(db, [kept]), what="test")
     else:
         with old.tx() as db:
@@ -132,7 +132,7 @@ def test_controllers_migrating_at_once_apply_each_step_once(pg_url: str) -> None
     with psycopg.connect(pg_url) as db:
         rows = db.execute("SELECT component, version FROM schema_migrations"
                           " ORDER BY version").fetchall()
-    assert rows == [("machines", v) for v in range(1, len(postgres.MACHINE_MIGRATIONS) + 1)]
+    assert rows == [("machines", v) for v in range(1, len(pg_schema.MACHINE_MIGRATIONS) + 1)]
 
 
 # ── types ───────────────────────────────────────────────────────────────────────────────
@@ -368,10 +368,10 @@ def test_reops_store_migrate_says_what_it_did(tmp_path: Path, pg_url: str) -> No
     first = _reops("store", "migrate", env=env)
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("machines: postgresql://reops@")
-    n = len(postgres.MACHINE_MIGRATIONS)
+    n = len(pg_schema.MACHINE_MIGRATIONS)
     steps = ", ".join(str(v) for v in range(1, n + 1))
     assert f"schema version {n} (applied migration(s) {steps})\nflows: " in first.stdout
-    fn = len(postgres.FLOW_MIGRATIONS)
+    fn = len(pg_schema.FLOW_MIGRATIONS)
     assert first.stdout.endswith(f"schema version {fn} (applied migration(s) "
                                  f"{', '.join(str(v) for v in range(1, fn + 1))})\n")
     again = _reops("store", "migrate", env=env)

@@ -55,7 +55,8 @@ from reops.store.flows import FlowLease
 if TYPE_CHECKING:
     from reops.hub.flows import FlowRunner
     from reops.hub.remote_calls import RemoteCalls
-    from reops.store.postgres import PgFlowStore, PgStore
+    from reops.store.pg_flows import PgFlowStore
+    from reops.store.postgres import PgStore
 
 log = logging.getLogger("reops.hub.cluster")
 
@@ -105,7 +106,7 @@ def check_store(settings: StoreSettings | None = None) -> None:
     if not is_postgres(s.url):
         embedded_dir()
         return
-    from reops.store.postgres import PgFlowStore
+    from reops.store.pg_flows import PgFlowStore
 
     PgFlowStore(s.url, connect_timeout=s.connect_timeout).close()
 

@@ -26,7 +26,7 @@ log = logging.getLogger("reops.hub.flows")
 async def serve_cluster(runner: FlowRunner, shared: StoreSettings) -> None:
     """serve() on PostgreSQL: the cluster takes the wanted flows (one runner each)."""
     from reops.store.base import StoreError
-    from reops.store.postgres import PgFlowStore
+    from reops.store.pg_flows import PgFlowStore
 
     while True:  # it answered at start (run_hub); a blip since must not stop the hub
         try:

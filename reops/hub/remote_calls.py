@@ -43,7 +43,8 @@ from reops_agent.protocol import CodeRef
 from reops.hub.calls import OnDone, OnLine, failure
 from reops.hub.cluster import run_all
 from reops.store.base import StoreError, Wakeup
-from reops.store.postgres import CALLS_CHANNEL, FLOW_MIGRATIONS, Pg
+from reops.store.pg_conn import CALLS_CHANNEL, Pg
+from reops.store.pg_schema import FLOW_MIGRATIONS
 
 if TYPE_CHECKING:
     from reops.hub.fleet import Fleet

@@ -77,7 +77,7 @@ def open_flows(settings: StoreSettings | None = None, root: Path | None = None,
     """The flows' store the settings name, opened and migrated."""
     s = settings or load_store_settings()
     if is_postgres(s.url):
-        from reops.store.postgres import PgFlowStore
+        from reops.store.pg_flows import PgFlowStore
 
         return PgFlowStore(s.url, keep, s.connect_timeout)
     return SqliteFlowStore(sqlite_dir(s.url, root) / "flows.db", keep)
