@@ -5,8 +5,9 @@
     python bench/bench_agents.py --rss [--agent-python VENV/bin/python]   # one agent's RSS
 
 The simulated part reports registration time (all Hellos sent at once), ping fan-out
-p50/p95 over `--pings` rounds, and the hub's RSS: at start, idle after registration, after
-the pings, and per idle agent ((idle - start) / agents; the issue's target is <= 25 KB).
+p50/p95 over `--pings` rounds, and the hub's RSS: at start, as the last agent registered,
+idle (once the hub handed back what the burst freed), after the pings, and per idle agent
+((idle - start) / agents; the issue's target is <= 25 KB).
 
 Real `reops-agent` processes (CurveZMQ on loopback) for fan-out and RSS; the scale test
 uses DEALER sockets in a few helper processes that speak the agent protocol. Prints one
@@ -225,7 +226,23 @@ def simulate(hub: str, hub_key: str, keys_dir: str, prefix: str, n: int) -> None
             next_beat = time.monotonic() + 2.0
 
 
-def bench_sim(total: int, helpers: int, root: Path, rounds: int = 5) -> dict[str, Any]:
+#: what the hub logs when it has handed back the memory a burst of handshakes freed
+FREED = "freed memory back"
+
+
+def trim_probe(pid: int) -> dict[str, Any]:
+    """RSS before and after gdb makes the hub call glibc's malloc_trim(0): how much of the
+    idle hub is freed memory glibc kept (evidence for issue 13 item 5; needs gdb)."""
+    before = rss_kb(pid)
+    out = subprocess.run(["gdb", "-p", str(pid), "-batch", "-nx", "-ex",
+                          "call (int)malloc_trim(0)"], capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"trim_probe": f"gdb failed: {out.stderr.strip()[-200:]}"}
+    return {"hub_rss_kb_before_trim": before, "hub_rss_kb_after_trim": rss_kb(pid)}
+
+
+def bench_sim(total: int, helpers: int, root: Path, rounds: int = 5,
+              probe: bool = False) -> dict[str, Any]:
     hub = start_hub(root / "simhome", bind="tcp://127.0.0.1:*", heartbeat_s=2.0, misses=5)
     hub_pid = hub.proc.pid if hub.proc else 0
     procs: list[subprocess.Popen[bytes]] = []
@@ -248,7 +265,15 @@ def bench_sim(total: int, helpers: int, root: Path, rounds: int = 5) -> dict[str
             return {"agents": len(names), "registration_s": None,
                     "failed": f"only {listed} of {len(names)} agents registered in 120 s"}
         registration = time.perf_counter() - t0
+        rss_registered = rss_kb(hub_pid)
+        # idle: once the hub has handed back what the burst freed (it logs that after a
+        # quiet spell: reops/hub/zap.py; on a loaded box maybe also in a gap of the burst,
+        # so a new line is awaited); a hub that never says so is measured after 15 s
+        said, settle = hub.log.count(FREED), time.monotonic() + 15.0
+        while hub.log.count(FREED) <= said and time.monotonic() < settle:
+            time.sleep(0.1)
         rss_idle = rss_kb(hub_pid)
+        probed = trim_probe(hub_pid) if probe else {}
 
         async def pings() -> list[float]:
             client = HubClient(hub.control_path)
@@ -264,10 +289,13 @@ def bench_sim(total: int, helpers: int, root: Path, rounds: int = 5) -> dict[str
                 "ping_fan_out_s_p95": round(times[min(len(times) - 1,
                                                       round(0.95 * (len(times) - 1)))], 3),
                 "ping_fan_out_s_best": round(times[0], 3),
-                "hub_rss_kb_start": rss_start, "hub_rss_kb_idle": rss_idle,
+                "hub_rss_kb_start": rss_start, "hub_rss_kb_registered": rss_registered,
+                "hub_rss_kb_idle": rss_idle,
                 "hub_rss_kb_after_pings": rss_kb(hub_pid),
+                "hub_kb_per_agent_at_registration": round(
+                    (rss_registered - rss_start) / len(names), 1),
                 "hub_kb_per_idle_agent": round((rss_idle - rss_start) / len(names), 1),
-                "load_avg_1m": os.getloadavg()[0]}
+                "load_avg_1m": os.getloadavg()[0], **probed}
     finally:
         for p in procs:
             p.terminate()
@@ -296,6 +324,8 @@ def main() -> None:
     p.add_argument("--helpers", type=int, default=4)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--pings", type=int, default=5, help="ping fan-out rounds (simulated)")
+    p.add_argument("--trim-probe", action="store_true",
+                   help="(simulated) also RSS after gdb makes the idle hub call malloc_trim(0)")
     p.add_argument("--rss", action="store_true",
                    help="only one real agent's memory, idle and after a few calls")
     p.add_argument("--agent-python", default=sys.executable,
@@ -311,7 +341,8 @@ def main() -> None:
         if counts:
             report["real_agents"] = bench_real(counts, args.repeat, root)
         if args.sim:
-            report["simulated"] = bench_sim(args.sim, args.helpers, root, args.pings)
+            report["simulated"] = bench_sim(args.sim, args.helpers, root, args.pings,
+                                             args.trim_probe)
         print(json.dumps(report, indent=1))
     finally:
         shutil.rmtree(root, ignore_errors=True)
