@@ -113,6 +113,9 @@ class Fleet:
         s.curve_server = True
         s.curve_publickey, s.curve_secretkey = public, secret
         s.zap_domain = b"reops"
+        # no ZAP handler answering (the instant zap.py renews its socket): refuse the
+        # handshake (the agent reconnects) rather than let an unauthenticated peer in
+        s.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
         s.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished agent fails loudly
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.BACKLOG, BACKLOG)
@@ -127,7 +130,9 @@ class Fleet:
         # a dropped agent connection fails its calls at once ("lost"), not after heartbeats
         self._monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.conns: dict[bytes, int] = {}  # routing id → the connection's file descriptor
-        self.fds: dict[int, set[bytes]] = {}  # and back: a drop finds its ids without a scan
+        # and back (a drop finds its ids without a scan): an id, or a set for the moments a
+        # reused descriptor carries a new connection's id before the old one's drop
+        self.fds: dict[int, bytes | set[bytes]] = {}
         s.bind(settings.bind)
         self.endpoint = s.getsockopt_string(zmq.LAST_ENDPOINT)
         self.sock = s
@@ -176,28 +181,36 @@ class Fleet:
             while frames[-1].more:  # (the rest of a message is there once its first part is)
                 frames.append(raw.recv(_NOBLOCK, copy=False))
             try:
-                self._note_connection(frames)
                 self.receive(frames)
             except Exception:  # a hub bug on one message must not stop the others
                 log.exception("error handling an agent message")
         self._wake()  # more may be queued: go on after others had the loop
 
-    def _note_connection(self, frames: list[zmq.Frame]) -> None:
+    def _note_connection(self, routing: bytes, payload: zmq.Frame) -> None:
         """Remember which connection (file descriptor) a routing id arrived on."""
-        if len(frames) == 2:
-            fd = frames[1].get(_SRCFD)
-            if isinstance(fd, int) and fd >= 0:
-                routing = frames[0].bytes
-                old = self.conns.get(routing)
-                if old != fd:  # (the usual case, the same connection again, costs one lookup)
-                    if old is not None:
-                        ids = self.fds.get(old)
-                        if ids is not None:
-                            ids.discard(routing)
-                            if not ids:
-                                del self.fds[old]
-                    self.conns[routing] = fd
-                    self.fds.setdefault(fd, set()).add(routing)
+        fd = payload.get(_SRCFD)
+        if isinstance(fd, int) and fd >= 0:
+            old = self.conns.get(routing)
+            if old != fd:  # (the usual case, the same connection again, costs one lookup)
+                if old is not None:
+                    self._unmap(old, routing)
+                self.conns[routing] = fd
+                ids = self.fds.get(fd)  # one id per connection but for moments: no set
+                if ids is None or ids == routing:
+                    self.fds[fd] = routing
+                elif isinstance(ids, set):
+                    ids.add(routing)
+                else:
+                    self.fds[fd] = {ids, routing}
+
+    def _unmap(self, fd: int, routing: bytes) -> None:
+        ids = self.fds.get(fd)
+        if ids == routing:
+            del self.fds[fd]
+        elif isinstance(ids, set):
+            ids.discard(routing)
+            if not ids:
+                del self.fds[fd]
 
     async def _watch(self) -> None:
         """Connection drops from the ROUTER's monitor: fail the calls sent on them."""
@@ -210,7 +223,8 @@ class Fleet:
                     log.exception("error handling a dropped agent connection")
 
     def _disconnected(self, fd: int) -> None:
-        gone = self.fds.pop(fd, set())  # (with 10,000 agents a scan per drop was quadratic)
+        ids = self.fds.pop(fd, set())  # (with 10,000 agents a scan per drop was quadratic)
+        gone = {ids} if isinstance(ids, bytes) else ids
         for r in gone:
             del self.conns[r]
         failed = self.calls.fail_routing(
@@ -236,7 +250,11 @@ class Fleet:
             self._bad(frames[0].bytes if frames else b"", f"{len(frames)} frames, expected 2")
             return
         routing, payload = frames[0].bytes, frames[1]
+        self._note_connection(routing, payload)
         key = str(payload.get("User-Id") or "")
+        if not key:  # (ZAP authenticates every connection; the ROUTER enforces it)
+            self._bad(routing, "no authenticated key on the connection")
+            return
         owner = self.registry.by_routing.get(routing)
         if owner is not None and owner.key != key:
             self._impostor(owner, key, str(payload.get("Peer-Address") or ""))
@@ -423,8 +441,10 @@ class Fleet:
         ref = msg.code
         if ref is None:
             return msg
-        if ref.hash in rec.code:
+        if rec.code is not None and ref.hash in rec.code:
             ref = CodeRef(hash=ref.hash, function=ref.function, module=ref.module)
+        elif rec.code is None:
+            rec.code = {ref.hash}
         else:
             rec.code.add(ref.hash)
         if isinstance(msg, Call):
@@ -484,7 +504,8 @@ class Fleet:
                                 routing=rec.routing), timeout + grace)
         why = self._send(rec.routing, self._for(rec, msg))
         if why:
-            rec.code.discard(code.hash if code else "")
+            if rec.code is not None:
+                rec.code.discard(code.hash if code else "")
             self.calls.fail(msg.id, "unreachable", f"agent {name}: {why}")
         return msg.id
 

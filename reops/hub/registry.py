@@ -3,6 +3,10 @@
 The routing id ROUTER gives each connection is the only address the hub sends to; a name is
 bound to it at registration (after the key check). A peer can choose its routing id, so the
 fleet also checks every message's authenticated key against the record's `key`.
+
+A hub holds 10,000 of these (issue 13: <= 25 KB per idle agent, nearly all of it libzmq's),
+so a record keeps little of its own: the values agents share (their function list, OS,
+Python and agent versions) are stored once, and a record makes no empty containers.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ class AgentRecord:
     running: int = 0
     dropped: int = 0
     state: AgentState = "connected"
-    code: set[str] = field(default_factory=set)  # shipped module hashes it already has
+    code: set[str] | None = None  # shipped module hashes it already has (None: none yet)
 
     def info(self) -> dict[str, Any]:
         """What `reops agents` shows."""
@@ -48,12 +52,43 @@ class AgentRecord:
         }
 
 
+#: distinct function lists (and short strings) shared among records; more are kept as sent
+SHARED_VALUES = 256
+#: strings longer than this are never shared (a version or an OS name is short), nor lists
+#: longer than SHARED_LIST: the tables stay small whatever agents send
+SHARED_LEN = 200
+SHARED_LIST = 512
+
+
 class Registry:
     """Agents by name and by connection."""
 
     def __init__(self) -> None:
         self.by_name: dict[str, AgentRecord] = {}
         self.by_routing: dict[bytes, AgentRecord] = {}
+        self._lists: dict[tuple[str, ...], list[str]] = {}
+        self._strings: dict[str, str] = {}
+
+    def _share(self, hello: Hello) -> Hello:
+        """`hello` with the values many agents send alike stored once (bounded tables)."""
+        fns = tuple(hello.functions)
+        shared = self._lists.get(fns)
+        if (shared is None and len(self._lists) < SHARED_VALUES and len(fns) <= SHARED_LIST
+                and all(len(f) <= SHARED_LEN for f in fns)):
+            shared = self._lists[fns] = list(fns)
+        if shared is not None:
+            hello.functions = shared  # (never mutated: info() hands it out to be encoded)
+        hello.os, hello.python, hello.version = (
+            self._string(hello.os), self._string(hello.python), self._string(hello.version))
+        return hello
+
+    def _string(self, value: str) -> str:
+        shared = self._strings.get(value)
+        if shared is None:
+            if len(self._strings) >= SHARED_VALUES or len(value) > SHARED_LEN:
+                return value
+            shared = self._strings[value] = value
+        return shared
 
     def __iter__(self) -> Iterator[AgentRecord]:
         return iter(self.by_name.values())
@@ -74,9 +109,9 @@ class Registry:
         if old is not None:
             self.by_routing.pop(old.routing, None)
         rec = AgentRecord(name=hello.name, key=key, routing=routing, address=address,
-                          hello=hello)
+                          hello=self._share(hello))
         if old is not None and old.hello.pid == hello.pid and old.key == key:
-            rec.code = old.code if old.routing == routing else set()
+            rec.code = old.code if old.routing == routing else None
         self.by_name[hello.name] = rec
         self.by_routing[routing] = rec
         if old is None or old.hello.pid != hello.pid or old.key != key:

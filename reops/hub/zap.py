@@ -19,6 +19,7 @@ import zmq
 import zmq.asyncio
 import zmq.utils.z85
 
+from reops.hub import memory
 from reops.hub.keystore import KeyStore
 
 log = logging.getLogger("reops.hub.zap")
@@ -27,6 +28,10 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_VERSION = b"1.0"
 #: requests answered per loop turn before others get the loop
 BATCH = 256
+#: handshakes answered before the ZAP socket is renewed (see Authenticator)
+RENEW_AFTER = 256
+#: quiet time (no handshake) that ends a burst, in seconds
+QUIET_S = 2.0
 _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
@@ -51,41 +56,68 @@ def decide(request: list[bytes], keys: KeyStore) -> list[bytes]:
 
 
 class Authenticator:
-    """Answers libzmq's ZAP requests on the hub's context, inside the hub's event loop."""
+    """Answers libzmq's ZAP requests on the hub's context, inside the hub's event loop.
 
-    def __init__(self, ctx: zmq.asyncio.Context, keys: KeyStore) -> None:
+    libzmq keeps each connection's pipe to the ZAP socket for the connection's life (its
+    session drops it only on an error or at its end), ~12 KB of resident memory per
+    connection (bench/bench_zmq_memory.py). Once `renew_after` handshakes were answered and
+    then `quiet_s` went by without one, the socket is replaced by a new one on the same
+    endpoint: closing the old one releases those pipes, and glibc is asked to hand the
+    freed pages back. The Fleet's ROUTER enforces the ZAP domain, so a handshake in the
+    instant between the two sockets is refused (its agent reconnects), never let in.
+    """
+
+    def __init__(self, ctx: zmq.asyncio.Context, keys: KeyStore, *, quiet_s: float = QUIET_S,
+                 renew_after: int = RENEW_AFTER) -> None:
+        self.ctx = ctx
         self.keys = keys
-        self.sock = ctx.socket(zmq.REP)
+        self.quiet_s = quiet_s
+        self.renew_after = renew_after
+        self.answered = 0  # ZAP requests answered (one per CURVE handshake)
+        self.renewals = 0  # sockets replaced to release their pipes
+        self.trims = 0  # times freed memory was handed back to the kernel after one
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._kick: asyncio.Handle | None = None
+        self._open()
+
+    def _open(self) -> None:
+        self.sock = self.ctx.socket(zmq.REP)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.bind(ZAP_ENDPOINT)
         self._raw: zmq.Socket[bytes] = zmq.Socket.shadow(self.sock.underlying)
-        self._kick: asyncio.Handle | None = None
+        self._fd: int = self._raw.getsockopt(zmq.FD)  # type: ignore[assignment]
 
     async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        fd: int = self._raw.getsockopt(zmq.FD)  # type: ignore[assignment]
-        loop.add_reader(fd, self._drain, loop)
-        self._drain(loop)  # requests queued before the reader was added
+        self._loop = loop = asyncio.get_running_loop()
+        loop.add_reader(self._fd, self._drain)
+        self._drain()  # requests queued before the reader was added
+        reclaim = asyncio.create_task(self._reclaim())
         try:
             await loop.create_future()  # until cancelled: the reader answers
         finally:
-            loop.remove_reader(fd)
+            reclaim.cancel()
+            loop.remove_reader(self._fd)
             if self._kick is not None:
                 self._kick.cancel()
+            self._loop = None
 
-    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Answer the queued requests (REP: one reply each, in order), BATCH per turn.
-
-        It ends when ZMQ_EVENTS says nothing is readable, which clears ZMQ_FD.
-        """
+    def _drain(self) -> None:
+        """Answer the queued requests, BATCH per loop turn."""
         self._kick = None
-        for _ in range(BATCH):
+        if self._answer(self._raw, BATCH) and self._loop is not None:
+            self._kick = self._loop.call_soon(self._drain)  # more queued: next turn
+
+    def _answer(self, raw: zmq.Socket[bytes], limit: int) -> bool:
+        """Answer up to `limit` queued requests on `raw` (REP: one reply each, in order);
+        whether more may be queued. Ends when ZMQ_EVENTS says nothing is readable, which
+        clears ZMQ_FD."""
+        for _ in range(limit):
             try:
-                request = self._raw.recv_multipart(_NOBLOCK)
+                request = raw.recv_multipart(_NOBLOCK)
             except zmq.Again:
                 # (libzmq may have skipped its pending commands: ZMQ_EVENTS runs them)
-                if not self._raw.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
-                    return
+                if not raw.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
+                    return False
                 continue
             try:
                 reply = decide(request, self.keys)
@@ -93,8 +125,47 @@ class Authenticator:
                 log.exception("ZAP handler failed; refusing the connection")
                 rid = request[1] if len(request) > 1 else b""
                 reply = [ZAP_VERSION, rid, b"500", b"internal error", b"", b""]
-            self._raw.send_multipart(reply)  # (a REP reply never waits)
-        self._kick = loop.call_soon(self._drain, loop)  # more queued: next turn
+            raw.send_multipart(reply)  # (a REP reply never waits)
+            self.answered += 1
+        return True
+
+    async def _reclaim(self) -> None:
+        """After a burst of handshakes (and quiet since): renew the socket, then trim."""
+        seen = renewed_at = self.answered
+        trim_due, burst = False, 0
+        while True:
+            await asyncio.sleep(self.quiet_s)
+            if trim_due:  # (the sessions dropped their pipes on libzmq's threads meanwhile)
+                trim_due = False
+                before = memory.rss_kb()
+                await asyncio.to_thread(memory.trim)
+                self.trims += 1
+                after = memory.rss_kb()
+                if before is not None and after is not None:
+                    log.info("handed %d KB of freed memory back after %d handshakes "
+                             "(RSS now %d KB)", before - after, burst, after)
+            now = self.answered
+            if now == seen and now - renewed_at >= self.renew_after:
+                self.renew()
+                trim_due, burst, renewed_at = True, now - renewed_at, now
+            seen = now
+
+    def renew(self) -> None:
+        """Serve ZAP on a new socket; close the old one, releasing every connection's pipe
+        to it. Requests already queued on the old one are answered first; one sent in the
+        same instant is lost and its handshake times out (the agent reconnects)."""
+        old, old_raw, old_fd = self.sock, self._raw, self._fd
+        old.unbind(ZAP_ENDPOINT)
+        self._open()
+        if self._loop is not None:
+            self._loop.remove_reader(old_fd)
+            self._loop.add_reader(self._fd, self._drain)
+        while self._answer(old_raw, BATCH):
+            pass
+        old.close(0)
+        self.renewals += 1
+        if self._loop is not None and self._kick is None:
+            self._kick = self._loop.call_soon(self._drain)  # (the new one's first requests)
 
     def close(self) -> None:
         self.sock.close(0)
