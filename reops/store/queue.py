@@ -17,6 +17,7 @@ log. It wakes on `Wakeup` (LISTEN/NOTIFY) and polls as the fallback. A dead cont
 running jobs are taken over once their lease ran out (`expired`), by the same rules as a
 restart above: re-run only when idempotent, else interrupted. Every job records the
 controller that ran it; each controller beats (`Membership.beat`) while its queue runs.
+Those duties on a shared store are in reops.store.queue_claims.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import msgspec
 import reactivex as rx
 from reactivex.subject import Subject
 
-from reops.store.base import Claim, Controller, JobStore, StoreError, Wakeup
+from reops.store.base import Claim, JobStore, StoreError, Wakeup
 from reops.store.model import (
     Job,
     JobEvent,
@@ -49,6 +50,7 @@ from reops.store.model import (
     System,
     new_id,
 )
+from reops.store.queue_claims import release_threads, settle, settle_now, start_shared, stop_shared
 from reops.store.sqlite import Store
 
 log = logging.getLogger("reops.queue")
@@ -200,7 +202,7 @@ class JobQueue:
         a CLI command, which must not pick up (and, exiting, interrupt) others' work."""
         if self.shared:
             self.own_only = own_only
-            return await self._start_shared()
+            return await start_shared(self)
         assert self._lock is not None
         self._lock.acquire()
         try:
@@ -243,9 +245,9 @@ class JobQueue:
             if closing and self._lock is not None:
                 self._lock.release()
             if closing and self.shared:
-                await self._stop_shared()
+                await stop_shared(self)
         finally:  # even when closing is cancelled (a hub stopping): no thread left behind
-            self._release_threads()
+            release_threads(self)
 
     # ---- submitting and waiting
     def submit(self, op: JobOp, system_id: str | None = None, **args: Any) -> Job:
@@ -336,7 +338,7 @@ class JobQueue:
                 if claim is None:
                     self._interrupt(job, "the queue was shut down", "shutdown")
                 elif job.id in self._held:  # shut down (a lost lease records nothing)
-                    self._settle_now(claim, self._interrupted(
+                    settle_now(self, claim, self._interrupted(
                         job, "the queue was shut down", "shutdown"))
                 raise
             except TimeoutError as e:
@@ -361,7 +363,7 @@ class JobQueue:
                     if event == "queued" and self._started:
                         self._schedule(j)
             else:
-                await self._settle(claim, changes)
+                await settle(self, claim, changes)
 
     def _failed(self, job: Job, error: str, reason: str = "error") -> Job:
         return msgspec.structs.replace(job, state="failed", error=error, reason=reason,
@@ -458,232 +460,3 @@ class JobQueue:
         if self._store_down:
             log.warning("queue (controller %s): the store answers again", self.name)
         self._store_down = False
-
-    async def _start_shared(self) -> list[Job]:
-        self._started = True
-        self._kick = asyncio.Event()
-        self._wakeup = await self._call(self.store.listen)
-        taken = [] if self.own_only else await self._take_over()
-        loop = asyncio.get_running_loop()
-        self._helpers = [loop.create_task(self._pump(), name="queue-claims"),
-                         loop.create_task(self._keep(), name="queue-leases")]
-        self._kick.set()
-        return taken
-
-    async def _stop_shared(self) -> None:
-        """Hand back the claims no handler began (queued again), leave the controllers."""
-        for c in list(self._held.values()):
-            if c.job.id not in self._begun:
-                self._held.pop(c.job.id, None)
-                back = msgspec.structs.replace(c.job, state="queued", started_at=None,
-                                               controller=None)
-                with contextlib.suppress(StoreError):
-                    await self._call(self.store.finish, c, back)
-        if not self.own_only:
-            with contextlib.suppress(StoreError):
-                await self._call(self.store.leave, self.name)
-
-    def _release_threads(self) -> None:
-        """Close the wake-up once its listening thread has returned (within a second),
-        and the store thread."""
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.shutdown(wait=True)
-        wakeup, self._wakeup = self._wakeup, None
-        if wakeup is not None:
-            with contextlib.suppress(Exception):
-                wakeup.close()
-        io, self._io = self._io, None
-        if io is not None:
-            io.shutdown(wait=False)
-
-    async def _pump(self) -> None:
-        """Claim queued jobs while there is room; then wait for a NOTIFY, a local
-        submission or a finished job, or poll."""
-        assert self._kick is not None
-        waiting: asyncio.Future[Any] | None = None
-        loop = asyncio.get_running_loop()
-        try:
-            while self._started:
-                room = self.cluster.batch - len(self._held)
-                got: list[Claim] = []
-                ids = (self._own - self._held.keys()) if self.own_only else None
-                if room > 0 and ids != set():
-                    try:
-                        got = await self._call(self.store.claim, self.name, room,
-                                               self.cluster.lease_s, ids)
-                        self._up()
-                    except StoreError as e:
-                        self._down("claiming jobs", e)
-                    except Exception as e:  # a bug must not stop this controller claiming
-                        log.warning("queue (controller %s): claiming jobs failed: %s: %s",
-                                    self.name, type(e).__name__, e)
-                    for c in got:
-                        self._held[c.job.id] = c
-                        self._launch(c)
-                    if got and len(got) == room:
-                        continue  # there may be more: claim again once some finish
-                self._kick.clear()
-                if waiting is None or waiting.done():
-                    if self._listener is None:
-                        self._listener = ThreadPoolExecutor(
-                            1, thread_name_prefix="reops-queue-listen")
-                    waiting = loop.run_in_executor(self._listener, self._listen_once)
-                kicked: asyncio.Future[Any] = loop.create_task(self._kick.wait())
-                await asyncio.wait([waiting, kicked], timeout=self.cluster.poll_s,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                kicked.cancel()
-        finally:
-            if waiting is not None:  # the listener returns within a second: let it
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(waiting)
-
-    def _listen_once(self) -> bool:
-        """Block up to a second for a NOTIFY (True); a store error answers True (look)."""
-        w = self._wakeup
-        if w is None:
-            return False
-        try:
-            return w.wait(min(1.0, self.cluster.poll_s))
-        except StoreError:
-            time.sleep(min(1.0, self.cluster.poll_s))
-            return True
-
-    def _launch(self, c: Claim) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(c.job, c),
-                                                      name=f"job-{c.job.op}")
-        self._tasks[c.job.id] = task
-        task.add_done_callback(functools.partial(self._forget, c.job.id))
-
-    async def _keep(self) -> None:
-        """Every third of a lease: renew ours (a lost one stops its job), beat, and take
-        over the jobs of controllers whose leases ran out."""
-        every = self.cluster.lease_s / 3
-        while self._started:
-            await self._renew()
-            if self.own_only:  # no member: renews its own claims only
-                await asyncio.sleep(every)
-                continue
-            try:
-                await self._call(self._beat)
-                await self._take_over()
-                self._up()
-            except StoreError as e:
-                self._down("beating and taking over expired claims", e)
-            except Exception as e:  # a bug must not stop renewals and take-overs
-                log.warning("queue (controller %s): beating or taking over failed: %s: %s",
-                            self.name, type(e).__name__, e)
-            await asyncio.sleep(every)
-
-    def _beat(self) -> None:
-        """Beat with {"jobs": held}, kept beside what else beats under this name in this
-        process (the hub's flows): one row per controller."""
-        load = next((dict(c.load) for c in self.store.controllers()
-                     if c.name == self.name and c.pid == os.getpid()), {})
-        load["jobs"] = float(len(self._held))
-        self.store.beat(Controller(name=self.name, host=socket.gethostname(),
-                                   pid=os.getpid(), load=load))
-
-    async def _renew(self) -> None:
-        held = [c for c in self._held.values() if c.job.id not in self._finishing]
-        if not held:
-            return
-        try:
-            kept = await self._call(self.store.renew, held, self.cluster.lease_s)
-        except StoreError as e:
-            self._down("renewing leases", e)
-            return
-        except Exception as e:  # as a store error: try again at the next tick
-            log.warning("queue (controller %s): renewing leases failed: %s: %s", self.name,
-                        type(e).__name__, e)
-            return
-        renewed = {c.job.id: c for c in kept}
-        for c in held:
-            mine = self._held.get(c.job.id)
-            if mine is None or mine.epoch != c.epoch or c.job.id in self._finishing:
-                continue  # finished meanwhile
-            if c.job.id in renewed:
-                self._held[c.job.id] = renewed[c.job.id]
-                continue
-            self._held.pop(c.job.id, None)
-            log.warning("controller %s lost its lease on job %s (%s): another controller"
-                        " took it over; stopping it here, nothing of it is recorded by this"
-                        " controller", self.name, c.job.short_id, c.job.op)
-            task = self._tasks.get(c.job.id)
-            if task is not None:
-                task.cancel()
-
-    async def _take_over(self) -> list[Job]:
-        """Jobs of controllers that stopped renewing: interrupted, retried when safe."""
-        out = []
-        while True:
-            claims = await self._call(self.store.expired, self.name, self.cluster.batch,
-                                      self.cluster.lease_s)
-            for c in claims:
-                why = (f"controller {c.job.controller or '?'} stopped renewing its lease"
-                       f" (dead or stalled; taken over by controller {self.name})")
-                changes = self._interrupted(c.job, why, "lease", where="")
-                if await self._call(self._finish_sync, c, changes):
-                    log.warning("job %s %s: %s", c.job.short_id, c.job.op, changes[0][1].error)
-                    self._announce(changes)
-                    out.append(changes[0][1])
-            if len(claims) < self.cluster.batch:
-                return out
-
-    def _finish_sync(self, claim: Claim, changes: list[tuple[JobEventKind, Job]],
-                     patience: float | None = None) -> bool:
-        """`finish` while the claim may still hold, through a store that is restarting:
-        a COMMIT whose answer was lost is recognised by reading the job back."""
-        done, then = changes[0][1], [j for _, j in changes[1:]]
-        until = time.monotonic() + (self.cluster.lease_s if patience is None else patience)
-        tried = False
-        while True:
-            try:
-                if self.store.finish(claim, done, then):
-                    return True
-                if not tried:
-                    return False
-                now = self.store.job(done.id)  # fenced, or our lost COMMIT went through?
-                return now.state == done.state and now.finished_at == done.finished_at
-            except StoreError as e:
-                if time.monotonic() > until:
-                    log.warning("queue (controller %s): job %s's end could not be recorded:"
-                                " %s", self.name, done.short_id, e)
-                    return False
-                tried = True
-                time.sleep(0.5)
-
-    async def _settle(self, claim: Claim, changes: list[tuple[JobEventKind, Job]]) -> None:
-        """Record a job's end if our claim holds; announce it only then."""
-        job = changes[0][1]
-        if job.id not in self._held:
-            return  # lost meanwhile: logged by _renew
-        self._finishing.add(job.id)
-        try:
-            ok = await asyncio.shield(self._call(self._finish_sync, claim, changes))
-        finally:
-            self._finishing.discard(job.id)
-            self._held.pop(job.id, None)
-            self._begun.discard(job.id)
-        self._ended(claim, changes, ok)
-
-    def _settle_now(self, claim: Claim, changes: list[tuple[JobEventKind, Job]]) -> None:
-        """`_settle` from a cancelled task (shutting down): blocks the loop briefly."""
-        job = changes[0][1]
-        self._held.pop(job.id, None)
-        self._begun.discard(job.id)
-        self._ended(claim, changes, self._finish_sync(claim, changes, patience=2.0))
-
-    def _ended(self, claim: Claim, changes: list[tuple[JobEventKind, Job]], ok: bool) -> None:
-        job = changes[0][1]
-        self._own.discard(job.id)
-        if ok:
-            if self.own_only:  # its retry or follow-up is ours to run too
-                self._own.update(j.id for event, j in changes[1:] if event == "queued")
-            self._announce(changes)
-        else:
-            log.warning("controller %s lost its lease on job %s (%s) before it ended"
-                        " (%s here): another controller took it over; nothing recorded",
-                        self.name, job.short_id, job.op, job.state)
-        if self._kick is not None:
-            self._kick.set()  # room for another claim
