@@ -143,6 +143,17 @@ def test_a_system_without_an_address_counts_as_not_reached(
     retried = reops("exec", "--systems", "box1,guest1", "--key", str(info.key),
                     "--known-hosts", str(info.known_hosts), "--retry", "1", "--", "true")
     assert retried.returncode == 1, retried.stdout + retried.stderr
+    # every op command reports it the same way (one shared mechanism: run_on_fleet)
+    facts = reops("facts", "--systems", "box1,guest1", "--key", str(info.key),
+                  "--known-hosts", str(info.known_hosts), "-o", "json", "all", "os")
+    assert facts.returncode == 1, facts.stdout + facts.stderr
+    doc = json.loads(facts.stdout)
+    assert sorted(doc["hosts"]) == ["box1", "guest1"]
+    assert [r["host"] for r in doc["successful"]] == ["box1"]
+    [skipped] = doc["failure"]["-1"]
+    assert (skipped["host"], skipped["op"], skipped["status"]) == (
+        "guest1", "facts", "unreachable")
+    assert "no address" in skipped["err"] and "guest1: no address" in facts.stderr
 
 
 def _stopped_in_store(home: Path, hostname: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -191,4 +202,17 @@ def test_only_systems_without_an_address_count_as_not_reached(
                     "--", "true")
     assert retried.returncode == 1, retried.stdout + retried.stderr
     none = reops("exec", "--systems", "nothing*", "--", "true")
+    assert none.returncode == 2 and "nothing" in none.stderr
+    # every op command: the same rows and exit codes as exec (run_on_fleet reports them)
+    for op in (("facts", "all", "os"), ("pkg", "installed", "all", "bash"),
+               ("service", "status", "all", "sshd"), ("files", "mkdir", "all", "/tmp/x")):
+        words = op[:2] if op[0] in ("pkg", "service", "files") else op[:1]
+        got = reops(*words, "--systems", "guest*", "-o", "json", *op[len(words):])
+        assert got.returncode == 1, (op, got.stdout + got.stderr)
+        doc = json.loads(got.stdout)
+        skipped = sorted(doc["failure"]["-1"], key=lambda r: r["host"])
+        assert [(r["host"], r["op"], r["status"]) for r in skipped] == [
+            ("guest1", ".".join(words), "unreachable"), ("guest2", ".".join(words),
+                                                         "unreachable")], op
+    none = reops("facts", "--systems", "nothing*", "all")
     assert none.returncode == 2 and "nothing" in none.stderr

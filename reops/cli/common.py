@@ -102,7 +102,7 @@ def fleet_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def select_hosts(inventory_path: Path | None, selector: str, systems: str | None = None,
                  *, unaddressed_ok: bool = False) -> Any:
     """The Hosts of an inventory SELECTOR, or of a --systems selector; none: a UserError
-    (unaddressed_ok: systems were selected, none with an address, and the caller reports
+    (unaddressed_ok: systems were selected, none with an address, and run_on_fleet reports
     them as not reached, so no Hosts is no error)."""
     if systems is not None:
         from reops.systems import hosts as system_hosts
@@ -173,12 +173,11 @@ def become_pass(opts: dict[str, Any]) -> Any:
     return None
 
 
-def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any], *,
-                 unaddressed_ok: bool = False) -> None:
-    """Select, configure, run `build(hosts)` and exit 0/1 by the Outcome (unaddressed_ok:
-    see `select_hosts`).
+def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any]) -> None:
+    """Select, configure, run `build(hosts)` and exit 0/1 by the Outcome.
 
-    The one pipeline of every fleet command (`exec` and every op command): build →
+    The one pipeline of every fleet command (`exec` and every op command): build (plus,
+    with --systems, a not-reached Result per selected system without an address) →
     --retry → --rolling → the sink of -o (pretty: the terminal sink, whose per-op views
     show facts, packages … ; jsonl; json) → --save.
     """
@@ -193,9 +192,13 @@ def run_on_fleet(opts: dict[str, Any], selector: str, build: Callable[[Any], Any
 
     terminate_like_interrupt()
     configure_fleet(opts, lines=opts["lines"] and opts["output"] == "pretty")
-    hosts = select_hosts(opts["inventory_path"], selector, opts.get("systems"),
-                         unaddressed_ok=unaddressed_ok)
+    systems = opts.get("systems")
+    skipped = unaddressed(systems) if systems is not None else []
+    hosts = select_hosts(opts["inventory_path"], selector, systems,
+                         unaddressed_ok=bool(skipped))
     stream = build(hosts)
+    if skipped:  # each selected system without an address: a host not reached, never dropped
+        stream = with_unreached(stream, skipped, _op_name())
     info = RunInfo(command=shlex.join(["reops", *sys.argv[1:]]), check=bool(opts.get("check")),
                    selector=opts["systems"] if opts.get("systems") else selector)
     if opts["retries"]:
@@ -255,17 +258,73 @@ def quiet_stdout() -> None:
 
 
 def fleet_command(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorate a click callback that gets (selector, opts) and returns a build function,
-    or (build, True) when build itself reports selected systems without an address (so
-    none with one is no error: see `select_hosts`)."""
+    """Decorate a click callback that gets (selector, opts) and returns a build function."""
 
     @functools.wraps(fn)
     def wrapper(**kwargs: Any) -> None:
         selector = kwargs.pop("selector")
-        build = fn(selector=selector, **kwargs)
-        unaddressed_ok = False
-        if isinstance(build, tuple):
-            build, unaddressed_ok = build
-        run_on_fleet(kwargs, selector, build, unaddressed_ok=unaddressed_ok)
+        run_on_fleet(kwargs, selector, fn(selector=selector, **kwargs))
 
     return wrapper
+
+
+def _op_name() -> str:
+    """The running command as an op name ("exec", "facts", "pkg.install"), for the Results
+    of systems it did not reach."""
+    words: list[str] = []
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None and ctx.parent is not None:  # the root is `reops` (or `-m reops`)
+        words.insert(0, ctx.info_name or "")
+        ctx = ctx.parent
+    return ".".join(w for w in words if w) or "run"
+
+
+def with_unreached(stream: Any, skipped: list[Any], op: str) -> Any:
+    """`stream` plus an `unreachable` Result (code -1) for each selected system without an
+    address: a host not reached, so the run exits 1 and `-o json` lists it under "-1",
+    exactly as it would an unreachable inventory host, rather than it silently missing."""
+    import reactivex
+
+    from reops.core.model import Host, Hosts, failure_result
+    from reops.streams.stream import Stream
+
+    failed = [failure_result(s.hostname, op, f"no address (state {s.state}): not run; "
+                             f"start it: reops systems start {s.short_id}") for s in skipped]
+    names = {r.host for r in failed}
+    placeholders = Hosts(Host(name=n, address="") for n in names)  # never connected to
+
+    def rebuild(subset: Any) -> Any:  # --retry/--rolling: the addressed ones run again
+        again = stream.rebuild(subset.where(lambda h: h.name not in names))
+        still = [s for s in skipped if s.hostname in subset]
+        return with_unreached(again, still, op) if still else again
+
+    return Stream(reactivex.merge(reactivex.of(*failed), stream.observable),
+                  stream.hosts | placeholders, rebuild)
+
+
+def unaddressed(selector: str) -> list[Any]:
+    """The selected systems that have no address (stopped, booting), each told in one line:
+    they are left out, never looked up in DNS by their name, and reported as not reached."""
+    import asyncio
+
+    from reops.core.selector import SelectorError
+    from reops.store.model import MachinesError
+    from reops.systems import connect
+    from reops.systems.machines import addressable
+
+    async def read() -> list[Any]:
+        api = await connect(queue=False)
+        try:
+            return list(await api.systems(selector))
+        finally:
+            await api.aclose()
+
+    try:
+        chosen = asyncio.run(read())
+    except (MachinesError, SelectorError, OSError):
+        return []  # the selection itself reports what is wrong
+    skipped = [s for s in chosen if not addressable(s)]
+    for s in skipped:
+        click.echo(f"reops: {s.hostname}: no address (state {s.state}): not run there; "
+                   f"start it: reops systems start {s.short_id}", err=True)
+    return skipped

@@ -40,69 +40,12 @@ def exec_cmd(selector: str, command: tuple[str, ...], become_user: str | None,
 
     exec_ = step(describe)
 
-    skipped: list[Any] = []
     if systems is not None:  # no inventory selector: every word is the command
         command = (selector, *command)
-        skipped = _unaddressed(systems)
     text = " ".join(command)
     if not text.strip():
         raise UserError("no command given: put it after --, e.g. reops exec all -- uptime")
-    if not skipped:
-        return lambda hosts: exec_(hosts, text, become_user=become_user)
-    # every selected system may lack an address: no Hosts, yet each is reported, not exit 2
-    return (lambda hosts: _with_unreached(exec_(hosts, text, become_user=become_user),
-                                          skipped), True)
-
-
-def _with_unreached(stream: Any, skipped: list[Any]) -> Any:
-    """`stream` plus an `unreachable` Result (code -1) for each selected system without an
-    address: a host not reached, so the run exits 1 and `-o json` lists it under "-1",
-    exactly as it would an unreachable inventory host, rather than it silently missing."""
-    import reactivex
-
-    from reops.core.model import Host, Hosts, failure_result
-    from reops.streams.stream import Stream
-
-    failed = [failure_result(s.hostname, "exec", f"no address (state {s.state}): not run; "
-                             f"start it: reops systems start {s.short_id}") for s in skipped]
-    names = {r.host for r in failed}
-    placeholders = Hosts(Host(name=n, address="") for n in names)  # never connected to
-
-    def rebuild(subset: Any) -> Any:  # --retry/--rolling: the addressed ones run again
-        again = stream.rebuild(subset.where(lambda h: h.name not in names))
-        still = [s for s in skipped if s.hostname in subset]
-        return _with_unreached(again, still) if still else again
-
-    return Stream(reactivex.merge(reactivex.of(*failed), stream.observable),
-                  stream.hosts | placeholders, rebuild)
-
-
-def _unaddressed(selector: str) -> list[Any]:
-    """The selected VMs that have no address (stopped, booting), each told in one line: they
-    are left out, never looked up in DNS by their name, and reported as not reached."""
-    from reops.core.selector import SelectorError
-    from reops.store.model import MachinesError
-    from reops.systems import connect
-    from reops.systems.machines import addressable
-
-    async def read() -> list[Any]:
-        api = await connect(queue=False)
-        try:
-            return list(await api.systems(selector))
-        finally:
-            await api.aclose()
-
-    import asyncio
-
-    try:
-        chosen = asyncio.run(read())
-    except (MachinesError, SelectorError, OSError):
-        return []  # the selection itself reports what is wrong
-    skipped = [s for s in chosen if not addressable(s)]
-    for s in skipped:
-        click.echo(f"reops: {s.hostname}: no address (state {s.state}): not run there; "
-                   f"start it: reops systems start {s.short_id}", err=True)
-    return skipped
+    return lambda hosts: exec_(hosts, text, become_user=become_user)
 
 
 @click.command("hosts")

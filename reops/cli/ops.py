@@ -76,9 +76,13 @@ def _cmd(group: Any, name: str, path: str, *params: Param,
         question = confirm(kw) if callable(confirm) else confirm
         if question and not yes and not fleet["dry_run"] and not fleet.get("check") \
                 and _interactive():
-            hosts = select_hosts(fleet["inventory_path"], selector, fleet.get("systems"))
+            # with --systems, those without an address are reported by run_on_fleet, not
+            # run on: the question names only the hosts it would act on (none: no question)
+            hosts = select_hosts(fleet["inventory_path"], selector, fleet.get("systems"),
+                                 unaddressed_ok=fleet.get("systems") is not None)
             names = ", ".join(hosts.names[:5]) + (", …" if len(hosts) > 5 else "")
-            click.confirm(f"{question} on {len(hosts)} hosts ({names})?", abort=True)
+            if len(hosts):
+                click.confirm(f"{question} on {len(hosts)} hosts ({names})?", abort=True)
         build = step_build(fleet, path, args, {**kw, **(adapt(fleet) if adapt else {})})
         run_on_fleet(fleet, selector, build)
 
