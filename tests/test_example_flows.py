@@ -24,7 +24,7 @@ from reops.lab.agents import LabHub
 from reops.lab.fleet import LabInfo
 from reops.streams.ssh_wait import wait_ssh
 from reops.systems.provision_step import provision
-from tests.conftest import Seen
+from tests.conftest import LabFactory, Seen
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "flows" / "examples"
 DEADLINE = 60.0
@@ -309,12 +309,18 @@ def _with_ghost(lab: LabInfo, dead: tuple[str, int], path: Path) -> Path:
 
 
 def test_setup_flow_in_a_real_hub_sets_up_a_started_vm(
-        lab: LabInfo, machines_hub: MachinesHub, dead_address: tuple[str, int],
+        lab_factory: LabFactory, machines_hub: MachinesHub, dead_address: tuple[str, int],
         tmp_path: Path) -> None:
     """`reops flows start setup.py` in a hub whose machines run on the libvirt test driver:
     a VM whose SSH never answers (ghost) is reported unreachable and the flow goes on; the
     next VM (web1, a lab host standing in for it) gets SSH waited for, an agent deployed
-    that registers with the hub, the Type's recipe run on it, and each Result on the bus."""
+    that registers with the hub, the Type's recipe run on it, and each Result on the bus.
+
+    web1 is a lab host with a home of its own (private_fs, as root): the agent lives in
+    ~/.reops-agent/web1, and every other lab's web1 (another test session's, run at the
+    same time) logs in as the same user; sharing that home, two deploys ran `python3 -m
+    venv` into one directory at once and failed (ensurepip exit 1), as a real host would."""
+    lab = lab_factory(hosts=1, private_fs=True).info  # web1
     from reops import bus
     from reops.control.bus import ResultBody
     from reops.control.client import HubClient
@@ -363,7 +369,8 @@ def test_setup_flow_in_a_real_hub_sets_up_a_started_vm(
         create("redis", "web1")  # the flow kept running: the next VM is set up
         done = last_of("web1", "web1's Result")
         # the 4th step (the VM start, wait_ssh, deploy, provision) ran and succeeded
-        assert (done.op, done.status, done.step) == ("provision:redis", "ok", 3), done
+        assert (done.op, done.status, done.step) == ("provision:redis", "ok", 3), (
+            f"step {done.step} {done.op} {done.status}: {done.err}")  # in full: why it failed
         agents = {a["name"]: a["state"] for a in agent_list(control)}
         assert agents.get("web1") == "connected"  # deployed, and registered with this hub
         mark, name = run(exec_(web1, "cat .reops-setup-web1; hostname")).results[0].out.split(
