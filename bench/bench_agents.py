@@ -268,11 +268,12 @@ def bench_sim(total: int, helpers: int, root: Path, rounds: int = 5,
         rss_registered = rss_kb(hub_pid)
         # idle: once the hub has handed back what the burst freed (it logs that after a
         # quiet spell: reops/hub/zap.py; on a loaded box maybe also in a gap of the burst,
-        # so a new line is awaited); a hub that never says so is measured after 15 s
-        said, settle = hub.log.count(FREED), time.monotonic() + 15.0
+        # so a new line is awaited); a hub that never says so is measured after 30 s
+        said, settle = hub.log.count(FREED), time.monotonic() + 30.0
         while hub.log.count(FREED) <= said and time.monotonic() < settle:
             time.sleep(0.1)
         rss_idle = rss_kb(hub_pid)
+        reclaims = (said, hub.log.count(FREED))
         probed = trim_probe(hub_pid) if probe else {}
 
         async def pings() -> list[float]:
@@ -295,6 +296,7 @@ def bench_sim(total: int, helpers: int, root: Path, rounds: int = 5,
                 "hub_kb_per_agent_at_registration": round(
                     (rss_registered - rss_start) / len(names), 1),
                 "hub_kb_per_idle_agent": round((rss_idle - rss_start) / len(names), 1),
+                "hub_memory_handbacks_at_registration_and_idle": reclaims,
                 "load_avg_1m": os.getloadavg()[0], **probed}
     finally:
         for p in procs:
