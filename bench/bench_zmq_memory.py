@@ -101,7 +101,8 @@ def serve(case: str) -> None:
     if case == "zap" or hubby:
         from reops.hub.keystore import KeyStore
 
-        keys = KeyStore(Path(tempfile.mkdtemp(prefix="zmqmem-keys-")))
+        scratch = tempfile.TemporaryDirectory(prefix="zmqmem-keys-")  # gone at exit
+        keys = KeyStore(Path(scratch.name))
         keys.ensure()
         zap = ctx.socket(zmq.REP)
         zap.bind("inproc://zeromq.zap.01")
