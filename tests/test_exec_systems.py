@@ -154,6 +154,13 @@ def test_a_system_without_an_address_counts_as_not_reached(
     assert (skipped["host"], skipped["op"], skipped["status"]) == (
         "guest1", "facts", "unreachable")
     assert "no address" in skipped["err"] and "guest1: no address" in facts.stderr
+    # metrics --every too: guest1's row once, box1 sampled until --count, then exit 1
+    watch = reops("metrics", "--systems", "box1,guest1", "--key", str(info.key),
+                  "--known-hosts", str(info.known_hosts), "-o", "jsonl", "all", "load",
+                  "--every", "0.2", "--count", "1")
+    assert watch.returncode == 1, watch.stdout + watch.stderr
+    rows = {r["host"]: r for r in map(json.loads, watch.stdout.splitlines())}
+    assert rows["box1"]["status"] == "ok" and rows["guest1"]["status"] == "unreachable"
 
 
 def _stopped_in_store(home: Path, hostname: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -214,5 +221,12 @@ def test_only_systems_without_an_address_count_as_not_reached(
         assert [(r["host"], r["op"], r["status"]) for r in skipped] == [
             ("guest1", ".".join(words), "unreachable"), ("guest2", ".".join(words),
                                                          "unreachable")], op
+    watch = reops("metrics", "--systems", "guest*", "-o", "jsonl", "all", "load", "--every",
+                  "1")  # nothing to sample: the not-reached rows once, no endless wait
+    assert watch.returncode == 1, watch.stdout + watch.stderr
+    assert sorted((r["host"], r["status"]) for r in map(json.loads, watch.stdout.splitlines())
+                  ) == [("guest1", "unreachable"), ("guest2", "unreachable")]
+    table = reops("metrics", "--systems", "guest*", "all", "load", "--every", "1")
+    assert table.returncode == 1 and "guest2" in table.stdout, table.stdout + table.stderr
     none = reops("facts", "--systems", "nothing*", "all")
     assert none.returncode == 2 and "nothing" in none.stderr

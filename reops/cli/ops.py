@@ -19,7 +19,14 @@ from typing import Any
 import click
 import msgspec
 
-from reops.cli.common import configure_fleet, fleet_options, run_on_fleet, select_hosts
+from reops.cli.common import (
+    configure_fleet,
+    fleet_options,
+    run_on_fleet,
+    select_hosts,
+    unaddressed,
+    with_unreached,
+)
 from reops.cli.main import UserError
 from reops.core.model import Result
 
@@ -220,7 +227,10 @@ def _watch_metrics(o: dict[str, Any], selector: str, kinds: Sequence[str], every
 
     if o["output"] == "json":
         raise UserError("--every streams samples: use -o pretty (a live table) or -o jsonl")
-    hosts = select_hosts(o["inventory_path"], selector, o.get("systems"))
+    systems = o.get("systems")
+    skipped = unaddressed(systems) if systems is not None else []  # as run_on_fleet does
+    hosts = select_hosts(o["inventory_path"], selector, systems, unaddressed_ok=bool(skipped))
+    names = [*hosts.names, *(s.hostname for s in skipped)]
     configure_fleet({**o, "dry_run": False})
     latest: dict[str, Result] = {}
     seen: dict[str, int] = {}
@@ -243,12 +253,16 @@ def _watch_metrics(o: dict[str, Any], selector: str, kinds: Sequence[str], every
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 done.set()
                 return
-        if count and len(seen) == len(hosts) and min(seen.values()) >= count:
+        # --count rounds of every host reached (none to reach: the not-reached rows once)
+        if (count or not len(hosts)) and all(seen.get(n, 0) >= (count or 1)
+                                             for n in hosts.names):
             done.set()
 
     samples = collect(hosts, kinds or KINDS, every, interval=interval, sudo=o["sudo"])
+    if skipped:
+        samples = with_unreached(samples, skipped, "metrics")
     if o["output"] == "pretty":
-        samples = samples | live(lambda now: metrics_table(hosts.names, now, caption))
+        samples = samples | live(lambda now: metrics_table(names, now, caption))
     sub = samples.subscribe(on_next)
     try:
         done.wait()
