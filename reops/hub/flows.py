@@ -33,7 +33,8 @@ queue); a flow that reacts to them belongs beside them, one runner per hub.
   in `flows ls`).
 
 Its parts elsewhere: the slots (reops.hub.flow_gates), one running version and its firings
-(reops.hub.flow_running), the duties among several controllers (reops.hub.flow_cluster).
+(reops.hub.flow_running), the duties among several controllers (reops.hub.flow_cluster), the
+`flows.*` control methods (reops.hub.flow_control).
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -57,7 +58,8 @@ from reops.core.settings import load_table
 from reops.core.threads import in_own_thread
 from reops.flows import Flow, FlowError, resolve
 from reops.hub.cluster import Cluster
-from reops.hub.flow_cluster import mark_owners, reload_elsewhere, serve_cluster, stop_elsewhere
+from reops.hub.flow_cluster import serve_cluster
+from reops.hub.flow_control import log_rows, ls, reload_asked, start, stop
 from reops.hub.flow_gates import Gate, _gate, install_gates
 from reops.hub.flow_running import Firings, Running, _built, kept_swapped, version_of, where
 from reops.hub.flow_sources import Build, FlowSources
@@ -66,7 +68,7 @@ from reops.sinks.history import record_result
 from reops.store.engines import embedded_dir, is_postgres, load_store_settings
 from reops.store.flows import AuditRow, FlowRecord, FlowStore, SqliteFlowStore
 from reops.streams.operators._keyed import Notice
-from reops.streams.operators.squelch import RATE, Resumed, Squelched, squelch
+from reops.streams.operators.squelch import RATE, Resumed, Squelched
 from reops.streams.stream import staging
 from reops.streams.triggers._trigger import sharing
 
@@ -147,8 +149,11 @@ class FlowRunner:
 
     # control methods
     def methods(self) -> dict[str, Callable[[Any], Awaitable[Any]]]:
-        return {"flows.start": self._start, "flows.ls": self._ls, "flows.stop": self._stop,
-                "flows.reload": self._reload, "flows.log": self._log}
+        return {"flows.start": functools.partial(start, self),
+                "flows.ls": functools.partial(ls, self),
+                "flows.stop": functools.partial(stop, self),
+                "flows.reload": functools.partial(reload_asked, self),
+                "flows.log": functools.partial(log_rows, self)}
 
     async def serve(self) -> None:
         """Open the store, bring back the wanted flows, write the audit; drain when
@@ -508,7 +513,7 @@ class FlowRunner:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ended(), self.settings.drain_s)
 
-    # ── control methods ──
+    # ── the store, records and reloads (what the control methods use) ──
 
     async def _open(self) -> FlowStore:
         """The store, opened (and created) on first use."""
@@ -534,52 +539,6 @@ class FlowRunner:
             raise KeyError(f"no running flow {name!r} (see `reops flows ls`)")
         return run
 
-    async def _start(self, s: Session) -> dict[str, Any]:
-        p = s.params
-        file, func = str(p.get("file") or ""), str(p.get("func") or "")
-        args = p.get("args") or []
-        if not file or not Path(file).is_absolute():
-            raise ValueError("file must be an absolute path")
-        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-            raise ValueError("args must be a list of strings")
-        await self._ready.wait()
-        store = await self._open()
-        named = str(p.get("name") or "")
-        if named and not re.fullmatch(r"[A-Za-z0-9_][\w.-]{0,99}", named):
-            raise ValueError(f"bad flow name {named!r}: letters, digits, _ . - (up to 100)")
-        max_rate = str(p.get("max_rate") or "")
-        if max_rate not in ("", "off"):
-            squelch(max_rate)  # a bad rate: ValueError, one line
-        probe = FlowRecord(name=str(p.get("name") or ""), file=file, func=func, args=args,
-                           watch=bool(p.get("watch")), max_rate=max_rate)
-        if not probe.name:  # the flow's own name: known once the file is read
-            spec = f"{file}:{func}" if func else file
-            flow = await in_own_thread(lambda: resolve(spec), name="reops-flow-import")
-            probe.name, probe.func = flow.name, flow.func.__name__
-        if probe.name in self.flows:
-            raise ValueError(f"flow {probe.name!r} is already running; stop it first, or "
-                             "start this one under another name (--as)")
-        probe.started_at = time.time()
-        if self.cluster is None:
-            return await self._start_here(store, probe)
-        async with self.cluster.taking:  # never beside a takeover of the same flow here
-            if probe.name in self.flows:
-                raise ValueError(f"flow {probe.name!r} is already running; stop it first, "
-                                 "or start this one under another name (--as)")
-            await self.cluster.start(probe.name)  # want it, hold its lease (or say who runs)
-            return await self._start_here(store, probe)
-
-    async def _start_here(self, store: FlowStore, probe: FlowRecord) -> dict[str, Any]:
-        earlier = await asyncio.to_thread(store.get, probe.name)
-        if earlier is not None:  # started before and stopped: its audit goes on
-            probe.fired = earlier.fired
-        run = await self._launch(probe, "started")
-        if run is None:  # not stored: nothing runs, the caller sees why
-            if self.cluster is not None:
-                await self.cluster.dropped(probe.name, wanted=False)
-            raise ValueError(probe.error)
-        return self._info(probe)
-
     def _info(self, rec: FlowRecord) -> dict[str, Any]:
         run = self.flows.get(rec.name)
         if run is not None and run.rec is not rec:
@@ -591,35 +550,6 @@ class FlowRunner:
             rec.publish_dropped = own.dropped
         info: dict[str, Any] = msgspec.to_builtins(rec)
         return info
-
-    async def _ls(self, s: Session) -> list[dict[str, Any]]:
-        store = await self._store()
-        stored = {r.name: r for r in (await asyncio.to_thread(store.all) if store else [])}
-        stored.update({name: run.rec for name, run in self.flows.items()})
-        stored.update(self._dirty)
-        infos = [self._info(stored[n]) for n in sorted(stored)]
-        if self.cluster is not None:  # who runs it: the lease says, not the record
-            await mark_owners(self.cluster, infos)
-        return infos
-
-    async def _stop(self, s: Session) -> dict[str, Any]:
-        name = str(s.params.get("name") or "")
-        if self.cluster is not None and name not in self.flows:
-            return await stop_elsewhere(self, name)
-        run = self.flows.pop(name, None)
-        rec = run.rec if run is not None else await self._stored(name)
-        if rec is None:
-            raise KeyError(f"no flow {name!r} (see `reops flows ls`)")
-        if self.cluster is not None:
-            await self.cluster.dropped(name, wanted=False)
-        if run is not None:
-            if run.watch is not None:
-                run.watch.cancel()
-            run.dispose()
-        self.sources.pop(name, None)
-        rec.state, rec.wanted = "stopped", False
-        self._audit(rec, "stopped", "reops flows stop")
-        return self._info(rec)
 
     async def reload(self, name: str) -> dict[str, Any]:
         """Import the flow again; on success swap it in, else keep the old version."""
@@ -690,13 +620,6 @@ class FlowRunner:
         with contextlib.suppress(Exception):  # a stopped runtime has nothing left to hop
             await asyncio.wait_for(get_runtime().wrap(asyncio.sleep(0)), self.settings.drain_s)
 
-    async def _reload(self, s: Session) -> dict[str, Any]:
-        await self._store()
-        name = str(s.params.get("name") or "")
-        if self.cluster is None or name in self.flows:
-            return await self.reload(name)
-        return await reload_elsewhere(self, name)  # another controller runs it: ask it
-
     async def _watch(self, name: str) -> None:
         """Reload `name` whenever its file is written (watchfiles; the directory is watched
         so editors that replace the file are seen too)."""
@@ -714,39 +637,6 @@ class FlowRunner:
             info = await self.reload(name)
             log.info("flow %s %s", name, "reloaded" if info["reloaded"] else
                      f"kept its old version: {info['error']}")
-
-    async def _log(self, s: Session) -> None:
-        """Emit the flow's audit rows (the newest `limit`); with `follow`, then every new
-        row as it is written, until the client cancels."""
-        p = s.params
-        name = str(p.get("name") or "")
-        store = await self._store()
-        if store is None or (name not in self.flows and await self._stored(name) is None):
-            raise KeyError(f"no flow {name!r} (see `reops flows ls`)")
-        limit = p.get("limit")
-        flushed = self._flushed  # taken before each read: no row slips between
-        rows = await asyncio.to_thread(store.audit, name, 0,
-                                       int(limit) if limit is not None else None)
-        last = 0
-        while True:
-            for row in rows:
-                s.emit(msgspec.to_builtins(row))
-                last = row.seq
-            if not p.get("follow"):
-                return
-            waits = [asyncio.create_task(flushed.wait()),
-                     asyncio.create_task(s.cancelled.wait())]
-            try:  # several controllers: another one may write its rows (look each second)
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED,
-                                   timeout=1.0 if self.cluster is not None else None)
-            finally:
-                for t in waits:
-                    t.cancel()
-            if s.cancelled.is_set():
-                return
-            flushed = self._flushed
-            rows = await asyncio.to_thread(store.audit, name, last)
-
 
 def attach(controller: Controller) -> FlowRunner:
     """Run flows in this hub: the `flows.*` control methods and the runner's task."""
