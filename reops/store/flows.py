@@ -3,7 +3,7 @@ and the audit of every firing, in SQLite.
 
 The interface is small on purpose (`FlowStore`): save/get/running/remove a `FlowRecord`,
 `record` audit rows in one transaction with the flow's counters, `audit` them back. Issue
-13 puts a PostgreSQL engine behind the same methods (reops.store.postgres). The SQLite
+13 puts a PostgreSQL engine behind the same methods (reops.store.pg_flows). The SQLite
 engine keeps its own file (`flows.db` beside `machines.db`) and its own migration
 sequence, so the flow runner never waits on the job queue's fsyncs and the two schemas
 evolve apart. WAL with `synchronous=NORMAL`: a committed row survives `kill -9` of the hub
@@ -88,7 +88,7 @@ class AuditRow(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 class FlowStore(Protocol):
     """What the flow runner needs from a store: `SqliteFlowStore` here, `PgFlowStore` in
-    reops.store.postgres (both pass tests/test_store_contract.py)."""
+    reops.store.pg_flows (both pass tests/test_store_contract.py)."""
 
     where: str
     applied: list[int]
