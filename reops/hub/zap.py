@@ -78,6 +78,10 @@ class Authenticator:
         self.trims = 0  # times freed memory was handed back to the kernel after one
         self._loop: asyncio.AbstractEventLoop | None = None
         self._kick: asyncio.Handle | None = None
+        self._quiet: asyncio.TimerHandle | None = None  # armed by handshakes, never at idle
+        self._seen = 0  # `answered` when the quiet timer was armed
+        self._renewed_at = 0  # `answered` at the last renewal
+        self._trimming: asyncio.Task[None] | None = None
         self._open()
 
     def _open(self) -> None:
@@ -91,14 +95,13 @@ class Authenticator:
         self._loop = loop = asyncio.get_running_loop()
         loop.add_reader(self._fd, self._drain)
         self._drain()  # requests queued before the reader was added
-        reclaim = asyncio.create_task(self._reclaim())
         try:
             await loop.create_future()  # until cancelled: the reader answers
         finally:
-            reclaim.cancel()
             loop.remove_reader(self._fd)
-            if self._kick is not None:
-                self._kick.cancel()
+            for handle in (self._kick, self._quiet, self._trimming):
+                if handle is not None:
+                    handle.cancel()
             self._loop = None
 
     def _drain(self) -> None:
@@ -106,6 +109,9 @@ class Authenticator:
         self._kick = None
         if self._answer(self._raw, BATCH) and self._loop is not None:
             self._kick = self._loop.call_soon(self._drain)  # more queued: next turn
+        if self._quiet is None and self._loop is not None and self.answered != self._seen:
+            self._seen = self.answered
+            self._quiet = self._loop.call_later(self.quiet_s, self._quiet_due)
 
     def _answer(self, raw: zmq.Socket[bytes], limit: int) -> bool:
         """Answer up to `limit` queued requests on `raw` (REP: one reply each, in order);
@@ -129,26 +135,31 @@ class Authenticator:
             self.answered += 1
         return True
 
-    async def _reclaim(self) -> None:
-        """After a burst of handshakes (and quiet since): renew the socket, then trim."""
-        seen = renewed_at = self.answered
-        trim_due, burst = False, 0
-        while True:
-            await asyncio.sleep(self.quiet_s)
-            if trim_due:  # (the sessions dropped their pipes on libzmq's threads meanwhile)
-                trim_due = False
-                before = memory.rss_kb()
-                await asyncio.to_thread(memory.trim)
-                self.trims += 1
-                after = memory.rss_kb()
-                if before is not None and after is not None:
-                    log.info("handed %d KB of freed memory back after %d handshakes "
-                             "(RSS now %d KB)", before - after, burst, after)
-            now = self.answered
-            if now == seen and now - renewed_at >= self.renew_after:
-                self.renew()
-                trim_due, burst, renewed_at = True, now - renewed_at, now
-            seen = now
+    def _quiet_due(self) -> None:
+        """`quiet_s` after a handshake: another came meanwhile → wait on (armed again by the
+        next drain); none, after a burst of `renew_after` → renew the socket, then (once
+        the sessions dropped their pipes on libzmq's threads) hand freed memory back."""
+        self._quiet = None
+        if self.answered != self._seen:
+            if self._loop is not None:
+                self._seen = self.answered
+                self._quiet = self._loop.call_later(self.quiet_s, self._quiet_due)
+            return
+        burst = self.answered - self._renewed_at
+        if burst >= self.renew_after:
+            self._renewed_at = self.answered
+            self.renew()
+            self._trimming = asyncio.ensure_future(self._trim(burst))
+
+    async def _trim(self, burst: int) -> None:
+        await asyncio.sleep(self.quiet_s)  # (libzmq's threads drop the pipes meanwhile)
+        before = memory.rss_kb()
+        await asyncio.to_thread(memory.trim)
+        self.trims += 1
+        after = memory.rss_kb()
+        if before is not None and after is not None:
+            log.info("handed %d KB of freed memory back after %d handshakes "
+                     "(RSS now %d KB)", before - after, burst, after)
 
     def renew(self) -> None:
         """Serve ZAP on a new socket; close the old one, releasing every connection's pipe
